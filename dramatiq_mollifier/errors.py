@@ -1,0 +1,37 @@
+"""The exceptions raised by dramatiq-mollifier."""
+
+from __future__ import annotations
+
+from dramatiq.middleware import MiddlewareError
+
+__all__ = [
+    "BufferUnavailableError",
+    "MollifierConfigurationError",
+    "MollifierError",
+    "WorkerCrashed",
+]
+
+
+class MollifierError(Exception):
+    """Base class for every error raised by this package."""
+
+
+class MollifierConfigurationError(MollifierError, ValueError):
+    """A setting has an impossible value. The message names the setting."""
+
+
+class BufferUnavailableError(MollifierError):
+    """Redis could not be reached, timed out or answered garbage (wraps the redis-py error)."""
+
+
+class WorkerCrashed(MiddlewareError, MollifierError):
+    """A previous delivery of this message died with its worker process.
+
+    Raised before the actor runs so that Dramatiq's Retries middleware counts the
+    crashed attempt under the actor's own retry policy.
+    """
+
+    def __init__(self, message: str, *, signal_name: str = "unknown") -> None:
+        super().__init__(message)
+        #: The signal that ended the crashed process (``"SIGSEGV"``, ...) or ``"unknown"``.
+        self.signal_name = signal_name

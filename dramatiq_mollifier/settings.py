@@ -1,0 +1,160 @@
+"""The one immutable settings object, read from arguments or ``MOLLIFIER_*`` variables."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import MollifierConfigurationError
+
+__all__ = [
+    "ALL_ORGS",
+    "DUAL_WRITE_ENTRY_TTL_S",
+    "MollifierMode",
+    "MollifierSettings",
+]
+
+#: The ``enabled_orgs`` element that enrols every org.
+ALL_ORGS = "*"
+
+#: How long buffered copies live in ``dual_write`` mode, where the broker holds the real copy.
+DUAL_WRITE_ENTRY_TTL_S = 600
+
+#: The drainer must stop at least this long before Dramatiq's own shutdown deadline.
+SHUTDOWN_MARGIN_MS = 1_000
+
+
+class MollifierMode(str, enum.Enum):
+    """What a ``mollify`` decision does with the message."""
+
+    #: The message goes to the buffer instead of the broker (the point of the package).
+    DIVERT = "divert"
+    #: The message goes to the broker and a copy to the buffer, which the drainer only audits.
+    DUAL_WRITE = "dual_write"
+
+
+def _parse_orgs(value: Any) -> Any:
+    """Accept a comma-separated string (from the environment) or any iterable of strings."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, (list, tuple, set, frozenset)):
+        orgs = []
+        for org in value:
+            if not isinstance(org, str):
+                raise MollifierConfigurationError(f"expected strings, got {org!r}")
+            if org.strip():
+                orgs.append(org.strip())
+        return frozenset(orgs)
+    return value
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per bad setting, naming the field and its environment variable."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        reason = str(error["msg"]).removeprefix("Value error, ")
+        if field:
+            variable = f"MOLLIFIER_{field.upper()}"
+            lines.append(f"{field} ({variable}): {reason} (got {error['input']!r})")
+        else:
+            lines.append(reason)
+    return "invalid mollifier settings: " + "; ".join(lines)
+
+
+class MollifierSettings(BaseSettings):
+    """Every knob of the mollifier. Immutable; validated once when built.
+
+    Any field may come from the environment as ``MOLLIFIER_<FIELD>``; arguments win.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MOLLIFIER_", frozen=True, extra="forbid")
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise MollifierConfigurationError(_describe(exc)) from exc
+
+    #: Kill switch. Off, the middleware does no work at all. Defaults to False.
+    enabled: bool = False
+    #: Evaluate orgs that are not enrolled and log ``mollifier.would_mollify``. Defaults to False.
+    shadow_mode: bool = False
+    #: ``divert`` (default) or ``dual_write``.
+    mode: MollifierMode = MollifierMode.DIVERT
+    #: Orgs enrolled statically; ``"*"`` enrols every org. Defaults to none.
+    enabled_orgs: Annotated[frozenset[str], NoDecode, BeforeValidator(_parse_orgs)] = frozenset()
+    #: The Redis that holds the buffer, the trip counters and the runtime flags.
+    redis_url: str = "redis://localhost:6379/0"
+    #: The prefix of every Redis key this package writes. Defaults to ``mollifier``.
+    key_prefix: str = "mollifier"
+    #: The fixed window of the trip counter, in milliseconds. Defaults to 200.
+    trip_window_ms: int = Field(default=200, gt=0)
+    #: An env trips when its window count is strictly greater than this. Defaults to 100.
+    trip_threshold: int = Field(default=100, ge=0)
+    #: How long a tripped env stays tripped after its last over-threshold enqueue. Defaults to 500.
+    trip_hold_ms: int = Field(default=500, ge=0)
+    #: Expiry of buffered entries in seconds. Unset: none in ``divert`` mode, 600 in ``dual_write``.
+    entry_ttl_s: int | None = Field(default=None, gt=0)
+    #: Run a drainer in worker processes. Unset: same as ``enabled``.
+    drainer_enabled: bool | None = None
+    #: Handlers in flight at once per drainer. Defaults to 50.
+    drain_concurrency: int = Field(default=50, gt=0)
+    #: Entries popped from one env per tick. Defaults to 100.
+    drain_batch_size: int = Field(default=100, gt=0)
+    #: Handler attempts before an entry is dead-lettered. Defaults to 3.
+    drain_max_attempts: int = Field(default=3, gt=0)
+    #: Orgs visited per drain tick. Defaults to 500.
+    drain_max_orgs_per_tick: int = Field(default=500, gt=0)
+    #: Sleep after an idle tick, in milliseconds. Defaults to 100.
+    drain_poll_interval_ms: int = Field(default=100, gt=0)
+    #: How long a popped entry may stay DRAINING before any drainer reclaims it. Defaults to 60 s.
+    drain_lease_ms: int = Field(default=60_000, gt=0)
+    #: How long worker shutdown waits for the drainer, in milliseconds. Defaults to 30 s.
+    drain_shutdown_timeout_ms: int = Field(default=30_000, gt=0)
+    #: Dramatiq's worker shutdown timeout (``--shutdown-timeout`` x 1000). Defaults to 600 s.
+    graceful_shutdown_timeout_ms: int = Field(default=600_000, gt=0)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_key_prefix(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise MollifierConfigurationError("must be a non-empty string without whitespace")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise MollifierConfigurationError("expected a redis://, rediss:// or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_shutdown_timeouts(self) -> MollifierSettings:
+        latest_ms = self.graceful_shutdown_timeout_ms - SHUTDOWN_MARGIN_MS
+        if self.drain_shutdown_timeout_ms > latest_ms:
+            raise MollifierConfigurationError(
+                f"drain_shutdown_timeout_ms ({self.drain_shutdown_timeout_ms}) must be at least "
+                f"{SHUTDOWN_MARGIN_MS} ms below graceful_shutdown_timeout_ms "
+                f"({self.graceful_shutdown_timeout_ms}), so the drainer stops before Dramatiq gives up"
+            )
+        return self
+
+    @property
+    def run_drainer(self) -> bool:
+        """Whether worker processes start a drainer (``drainer_enabled``, else ``enabled``)."""
+        return self.enabled if self.drainer_enabled is None else self.drainer_enabled
+
+    @property
+    def effective_entry_ttl_s(self) -> int | None:
+        """The entry expiry in force: ``entry_ttl_s``, else 600 s in ``dual_write``, else none."""
+        if self.entry_ttl_s is not None:
+            return self.entry_ttl_s
+        return DUAL_WRITE_ENTRY_TTL_S if self.mode is MollifierMode.DUAL_WRITE else None
+
+    def org_enrolled_statically(self, org_id: str) -> bool:
+        """Whether ``enabled_orgs`` enrols ``org_id``."""
+        return ALL_ORGS in self.enabled_orgs or org_id in self.enabled_orgs

@@ -1,0 +1,129 @@
+"""Fixtures that give every test real servers. See ``tests/servers.py`` for how they are found."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+
+from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
+
+from .servers import RabbitmqServer, RedisProvider, RedisTarget, find_rabbitmq_server, unavailable
+
+# Database 0 is left alone; each test takes the next of 1..N-1 and flushes it first.
+_databases = itertools.cycle(range(1, 16))
+
+
+def pytest_report_header() -> list[str]:
+    chosen = os.environ.get("MOLLIFIER_TEST_REDIS_URL") or find_server_binary(
+        os.environ.get("MOLLIFIER_TEST_REDIS_SERVER")
+    )
+    return [f"mollifier redis: {chosen or 'none found'}"]
+
+
+@pytest.fixture(scope="session")
+def redis_target() -> Iterator[RedisTarget]:
+    """The session's Redis-compatible server (started here unless given by URL)."""
+    provider = RedisProvider()
+    target = provider.start()
+    if isinstance(target, str):
+        unavailable(target)
+        return
+    print(f"\nredis target: {target.kind} {target.version} at {target.url}")
+    try:
+        yield target
+    finally:
+        provider.stop()
+
+
+@pytest.fixture
+def redis_url(redis_target: RedisTarget) -> str:
+    """A URL to a database of its own for this test, empty at the start."""
+    base = redis_target.url.rsplit("/", 1)[0]
+    url = f"{base}/{next(_databases)}"
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A RESP3 client (redis-py's default protocol, pinned) on this test's database."""
+    client = redis.Redis.from_url(redis_url, protocol=3, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix of its own for this test."""
+    return f"mtest-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def redis_binary() -> str:
+    """A server binary the test may start and stop itself (outage tests)."""
+    binary = find_server_binary(os.environ.get("MOLLIFIER_TEST_REDIS_SERVER"))
+    if binary is None:
+        unavailable("no redis-server or valkey-server binary to start a disposable server")
+        raise AssertionError("unreachable")
+    return binary
+
+
+@pytest.fixture
+def disposable_redis(redis_binary: str) -> Iterator[EmbeddedRedis]:
+    """A server of this test's own, which it may stop and start again on the same port."""
+    server = EmbeddedRedis(redis_binary).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
+    """AMQP URL of a RabbitMQ node started for this session on loopback."""
+    url = os.environ.get("MOLLIFIER_TEST_RABBITMQ_URL")
+    if url:
+        yield url
+        return
+    binary = find_rabbitmq_server()
+    if binary is None:
+        unavailable("no rabbitmq-server: install Debian's rabbitmq-server or set MOLLIFIER_TEST_RABBITMQ_URL")
+        return
+    server = RabbitmqServer(binary).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_redis_client(redis_url: str) -> Iterator[Callable[..., redis.Redis]]:
+    """Build extra clients on this test's database; all are closed at the end."""
+    clients: list[redis.Redis] = []
+
+    def make(**kwargs: object) -> redis.Redis:
+        client = redis.Redis.from_url(redis_url, **kwargs)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Anything that reaches a Redis server is marked, so CI can rerun exactly those on Redis 7.
+    for item in items:
+        if "redis_target" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)

@@ -1,0 +1,46 @@
+"""The harness itself: the servers it hands out are real and isolated."""
+
+from __future__ import annotations
+
+import pika
+import redis
+
+from dramatiq_mollifier.embedded import EmbeddedRedis
+
+
+def test_redis_client_talks_to_a_real_server(redis_client: redis.Redis) -> None:
+    # A Lua script runs: fakeredis-style stand-ins without EVAL would fail here.
+    assert redis_client.eval("return redis.call('INCRBY', KEYS[1], ARGV[1])", 1, "k", 41) == 41
+    info = redis_client.info("server")
+    assert info.get("redis_version")
+
+
+def test_each_test_starts_with_an_empty_database(redis_client: redis.Redis) -> None:
+    assert redis_client.dbsize() == 0
+    redis_client.set("left-behind", b"1")
+
+
+def test_disposable_server_stops_and_restarts_on_its_port(disposable_redis: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(disposable_redis.url, socket_timeout=1, socket_connect_timeout=1)
+    assert client.ping()
+    port = disposable_redis.port
+    disposable_redis.stop()
+    try:
+        client.ping()
+        raise AssertionError("the stopped server still answered")
+    except redis.ConnectionError:
+        pass
+    disposable_redis.start()
+    assert disposable_redis.port == port
+    assert client.ping()
+    client.close()
+
+
+def test_rabbitmq_server_accepts_a_publish(rabbitmq_url: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    channel = connection.channel()
+    channel.queue_declare("harness", auto_delete=True)
+    channel.basic_publish("", "harness", b"hello")
+    _method, _properties, body = channel.basic_get("harness", auto_ack=True)
+    connection.close()
+    assert body == b"hello"
