@@ -1,3 +1,35 @@
 """Smooth per-tenant enqueue bursts in Dramatiq through a fair Redis buffer."""
 
+from __future__ import annotations
+
 __version__ = "0.1.0.dev0"
+
+from .buffer import MollifierBuffer
+from .drainer import DrainResult, MollifierDrainer
+from .errors import BufferUnavailableError, MollifierConfigurationError, MollifierError, WorkerCrashed
+from .middleware import Mollifier
+from .models import BufferEntry, EntryStatus, Tenant, TripDecision
+from .settings import MollifierMode, MollifierSettings
+
+__all__ = [
+    # Middleware
+    "Mollifier",
+    "MollifierMode",
+    "MollifierSettings",
+    # Buffer
+    "BufferEntry",
+    "EntryStatus",
+    "MollifierBuffer",
+    "Tenant",
+    "TripDecision",
+    # Drainer
+    "DrainResult",
+    "MollifierDrainer",
+    # Errors
+    "BufferUnavailableError",
+    "MollifierConfigurationError",
+    "MollifierError",
+    "WorkerCrashed",
+    # Meta
+    "__version__",
+]

@@ -1,0 +1,141 @@
+"""OpenTelemetry instruments, created once per middleware; attributes from a bounded set.
+
+Only the OpenTelemetry API is used: the application brings the SDK and an exporter. Tenant and
+message ids are never metric attributes (they go to logs).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from functools import cache
+
+from opentelemetry import metrics
+
+__all__ = ["METER_NAME", "DrainResultKind", "FailOpenStage", "Outcome", "Reason", "Telemetry"]
+
+#: The meter every instrument of this package belongs to.
+METER_NAME = "dramatiq_mollifier"
+
+
+class Outcome(str, enum.Enum):
+    """What the gate decided for one message."""
+
+    PASS_THROUGH = "pass_through"
+    SHADOW_LOG = "shadow_log"
+    MOLLIFY = "mollify"
+
+
+class Reason(str, enum.Enum):
+    """Why the gate decided what it did: a small fixed set."""
+
+    #: The env's enqueue rate tripped (diverts, shadow logs).
+    PER_ENV_RATE = "per_env_rate"
+    #: Evaluated and below the threshold.
+    BELOW_THRESHOLD = "below_threshold"
+    #: The org is not enrolled and shadow mode is off.
+    NOT_ENROLLED = "not_enrolled"
+    # Bypasses: decided without touching Redis.
+    DRAINED = "bypass_drained"
+    ADMITTED = "bypass_admitted"
+    DELAYED = "bypass_delayed"
+    ACTOR_OPT_OUT = "bypass_actor_opt_out"
+    NO_TENANT = "bypass_no_tenant"
+    # Fail-open: something broke, the message went to the broker as if we were not there.
+    TRIP_ERROR = "fail_open_trip"
+    BUFFER_ERROR = "fail_open_buffer"
+    TENANT_ERROR = "fail_open_tenant"
+
+
+class FailOpenStage(str, enum.Enum):
+    """Where a fail-open event happened."""
+
+    FLAGS = "flags"
+    TENANT = "tenant"
+    TRIP = "trip"
+    BUFFER_WRITE = "buffer_write"
+
+
+class DrainResultKind(str, enum.Enum):
+    """What became of one drained entry."""
+
+    ACKED = "acked"
+    REQUEUED = "requeued"
+    FAILED = "failed"
+
+
+@cache
+def _attributes(**values: str | bool) -> Mapping[str, str | bool]:
+    # Cached per combination: the set is small and bounded, and the hot path allocates nothing.
+    return dict(values)
+
+
+class Telemetry:
+    """Every instrument of the package.
+
+    Parameters:
+      meter_provider: The provider to take the meter from. Defaults to the global one.
+    """
+
+    def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
+        from . import __version__
+
+        meter = metrics.get_meter(METER_NAME, __version__, meter_provider=meter_provider)
+        self.decisions = meter.create_counter(
+            "mollifier.decisions", unit="{decision}", description="Gate decisions, one per gated message."
+        )
+        self.buffered = meter.create_counter(
+            "mollifier.buffered", unit="{message}", description="Messages written to the buffer."
+        )
+        self.drained = meter.create_counter(
+            "mollifier.drained", unit="{message}", description="Buffered messages handled by a drainer."
+        )
+        self.fail_open = meter.create_counter(
+            "mollifier.fail_open",
+            unit="{event}",
+            description="Errors that let a message pass as if the mollifier were not there.",
+        )
+        self.reclaimed = meter.create_counter(
+            "mollifier.leases_reclaimed",
+            unit="{message}",
+            description="DRAINING entries returned to their queue after their lease expired.",
+        )
+        self.time_in_buffer = meter.create_histogram(
+            "mollifier.time_in_buffer",
+            unit="ms",
+            description="Time from accept to successful drain.",
+        )
+        self.depth = meter.create_gauge(
+            "mollifier.buffer.depth",
+            unit="{message}",
+            description="QUEUED and DRAINING entries in the buffer, as last seen by a drainer.",
+        )
+
+    def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool) -> None:
+        """Count one gate decision."""
+        self.decisions.add(1, _attributes(outcome=outcome.value, reason=reason.value, enrolled=enrolled))
+
+    def record_buffered(self, *, mode: str) -> None:
+        """Count one message written to the buffer (``mode``: divert or dual_write)."""
+        self.buffered.add(1, _attributes(mode=mode))
+
+    def record_drained(self, result: DrainResultKind, count: int = 1) -> None:
+        """Count drained entries by what became of them."""
+        self.drained.add(count, _attributes(result=result.value))
+
+    def record_fail_open(self, stage: FailOpenStage) -> None:
+        """Count one fail-open event."""
+        self.fail_open.add(1, _attributes(stage=stage.value))
+
+    def record_reclaimed(self, count: int) -> None:
+        """Count entries whose lease expired and that went back to their queue."""
+        if count:
+            self.reclaimed.add(count)
+
+    def record_time_in_buffer(self, age_ms: float) -> None:
+        """Record how long one drained entry waited in the buffer."""
+        self.time_in_buffer.record(age_ms)
+
+    def record_depth(self, depth: int) -> None:
+        """Set the buffer depth gauge."""
+        self.depth.set(depth)
