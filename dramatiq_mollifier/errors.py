@@ -8,6 +8,7 @@ __all__ = [
     "BufferUnavailableError",
     "MollifierConfigurationError",
     "MollifierError",
+    "UndeliverableEntryError",
     "WorkerCrashed",
 ]
 
@@ -22,6 +23,13 @@ class MollifierConfigurationError(MollifierError, ValueError):
 
 class BufferUnavailableError(MollifierError):
     """Redis could not be reached, timed out or answered garbage (wraps the redis-py error)."""
+
+
+class UndeliverableEntryError(MollifierError):
+    """A buffered entry can never be delivered (undecodable payload, unknown actor or queue).
+
+    A drain handler raises it to dead-letter the entry at once, without retries.
+    """
 
 
 class WorkerCrashed(MiddlewareError, MollifierError):

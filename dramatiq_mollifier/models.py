@@ -9,6 +9,9 @@ from typing import NamedTuple
 
 __all__ = [
     "DEFAULT_ENV_ID",
+    "STATE_ADMITTED",
+    "STATE_DRAINED",
+    "STATE_OPTION",
     "BufferEntry",
     "EntryStatus",
     "Tenant",
@@ -17,6 +20,13 @@ __all__ = [
 
 #: The env of a message that names an org but no env.
 DEFAULT_ENV_ID = "default"
+
+#: The message option in which the mollifier marks messages it must never gate again.
+STATE_OPTION = "mollifier_state"
+#: The gate let the message through once: its retries and delay-queue promotions bypass the gate.
+STATE_ADMITTED = "admitted"
+#: A drainer re-enqueued the message from the buffer.
+STATE_DRAINED = "drained"
 
 
 class EntryStatus(str, enum.Enum):
