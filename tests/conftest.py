@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -19,10 +20,14 @@ _databases = itertools.cycle(range(1, 16))
 
 
 def pytest_report_header() -> list[str]:
-    chosen = os.environ.get("MOLLIFIER_TEST_REDIS_URL") or find_server_binary(
-        os.environ.get("MOLLIFIER_TEST_REDIS_SERVER")
-    )
-    return [f"mollifier redis: {chosen or 'none found'}"]
+    url = os.environ.get("MOLLIFIER_TEST_REDIS_URL")
+    if url:
+        return [f"mollifier redis: {url} (MOLLIFIER_TEST_REDIS_URL)"]
+    binary = find_server_binary(os.environ.get("MOLLIFIER_TEST_REDIS_SERVER"))
+    if binary is None:
+        return ["mollifier redis: no server binary found"]
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    return [f"mollifier redis: {binary}", f"mollifier redis version: {version.stdout.strip()}"]
 
 
 @pytest.fixture(scope="session")
