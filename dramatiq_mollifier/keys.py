@@ -1,0 +1,119 @@
+"""Every Redis key this package writes, named in one place.
+
+Tenant ids and message ids are data, not syntax: each is percent-encoded with
+``urllib.parse.quote(value, safe="")`` before it becomes part of a key. The encoding is injective
+and leaves only ``A-Z a-z 0-9 _ . - ~ %`` in an encoded id, so an id containing ``:``, ``{``,
+``}``, spaces, newlines, ``%`` or thousands of characters can neither collide with another id nor
+reach outside the prefix. Below, ``{org}``, ``{env}`` and ``{id}`` stand for encoded ids and
+``{p}`` for ``key_prefix`` (default ``mollifier``).
+
+==============================  ===========  ==========================================================
+Key                             Type         Holds
+==============================  ===========  ==========================================================
+``{p}:entry:{id}``              hash         one entry: ``org``, ``env``, ``payload``, ``status``,
+                                             ``attempts``, ``created_at_ms``, ``error_code``,
+                                             ``error_message`` (org and env raw, not encoded)
+``{p}:queue:{org}:{env}``       list         FIFO of message ids of the env (head = oldest)
+``{p}:envs:{org}``              set          raw env ids of the org with queued work
+``{p}:orgs``                    set          raw org ids with queued work
+``{p}:leases``                  sorted set   DRAINING message ids, score = lease deadline (ms)
+``{p}:depth``                   hash         QUEUED + DRAINING counts: fields ``total``,
+                                             ``org:{org}``, ``env:{org}:{env}``
+``{p}:failed:{org}:{env}``      sorted set   FAILED message ids of the env, score = failed at (ms)
+``{p}:failed-envs:{org}``       set          raw env ids of the org with FAILED entries
+``{p}:failed-orgs``             set          raw org ids with FAILED entries
+``{p}:trip:count:{org}:{env}``  string       the trip window's counter (expires with the window)
+``{p}:trip:hold:{org}:{env}``   string       the "tripped" marker (expires after the hold)
+``{p}:tripped``                 sorted set   JSON ``[org, env]`` of tripped envs, score = hold
+                                             deadline (ms)
+==============================  ===========  ==========================================================
+
+Times are Redis server time (``TIME``), so every process of a fleet agrees on them. Entries carry
+no expiry unless ``entry_ttl_s`` is set.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+__all__ = ["DEPTH_TOTAL_FIELD", "KeySpace", "TenantKeys", "escape"]
+
+#: The field of the depth hash that counts every QUEUED and DRAINING entry.
+DEPTH_TOTAL_FIELD = "total"
+
+# Distinct tenants whose key names are kept precomputed; the cache is emptied when it fills.
+_TENANT_CACHE_SIZE = 10_000
+
+
+def escape(value: str) -> str:
+    """Percent-encode an id so it is safe as one segment of a key name (no ``:`` left)."""
+    return quote(value, safe="")
+
+
+class TenantKeys:
+    """The key names and depth-hash fields of one (org, env), computed once."""
+
+    __slots__ = (
+        "depth_env_field",
+        "depth_org_field",
+        "envs",
+        "failed",
+        "failed_envs",
+        "queue",
+        "trip_counter",
+        "trip_hold",
+        "tripped_member",
+    )
+
+    def __init__(self, prefix: str, org_id: str, env_id: str) -> None:
+        org, env = escape(org_id), escape(env_id)
+        self.queue = f"{prefix}:queue:{org}:{env}"
+        self.envs = f"{prefix}:envs:{org}"
+        self.failed = f"{prefix}:failed:{org}:{env}"
+        self.failed_envs = f"{prefix}:failed-envs:{org}"
+        self.trip_counter = f"{prefix}:trip:count:{org}:{env}"
+        self.trip_hold = f"{prefix}:trip:hold:{org}:{env}"
+        self.depth_org_field = f"org:{org}"
+        self.depth_env_field = f"env:{org}:{env}"
+        self.tripped_member = json.dumps([org_id, env_id])
+
+
+class KeySpace:
+    """Maps a key prefix and ids to key names. Cheap to call on the hot path (cached per tenant)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.orgs = f"{prefix}:orgs"
+        self.leases = f"{prefix}:leases"
+        self.depth = f"{prefix}:depth"
+        self.failed_orgs = f"{prefix}:failed-orgs"
+        self.tripped = f"{prefix}:tripped"
+        self._entry_prefix = f"{prefix}:entry:"
+        self._tenants: dict[tuple[str, str], TenantKeys] = {}
+
+    def entry(self, message_id: str) -> str:
+        """The hash of one entry."""
+        return self._entry_prefix + escape(message_id)
+
+    def envs(self, org_id: str) -> str:
+        """The set of an org's envs with queued work."""
+        return f"{self.prefix}:envs:{escape(org_id)}"
+
+    def failed_envs(self, org_id: str) -> str:
+        """The set of an org's envs with FAILED entries."""
+        return f"{self.prefix}:failed-envs:{escape(org_id)}"
+
+    def depth_org_field(self, org_id: str) -> str:
+        """The depth-hash field that counts an org's QUEUED and DRAINING entries."""
+        return f"org:{escape(org_id)}"
+
+    def tenant(self, org_id: str, env_id: str) -> TenantKeys:
+        """Every per-(org, env) name, from a bounded cache."""
+        key = (org_id, env_id)
+        keys = self._tenants.get(key)
+        if keys is None:
+            if len(self._tenants) >= _TENANT_CACHE_SIZE:
+                self._tenants.clear()
+            keys = self._tenants[key] = TenantKeys(self.prefix, org_id, env_id)
+        return keys

@@ -1,0 +1,45 @@
+-- fail: mark an entry FAILED with its last error and keep it in its env's dead letters.
+--
+-- KEYS[1]  entry hash
+-- KEYS[2]  the env's queue (list)
+-- KEYS[3]  the org's set of envs with queued work
+-- KEYS[4]  the set of orgs with queued work
+-- KEYS[5]  the leases (sorted set, score = deadline in ms)
+-- KEYS[6]  the env's dead letters (sorted set, score = failed at in ms)
+-- KEYS[7]  the org's set of envs with dead letters
+-- KEYS[8]  the set of orgs with dead letters
+-- KEYS[9]  the depth counters (hash)
+-- ARGV[1]  message id
+-- ARGV[2]  org id the caller believes the entry belongs to
+-- ARGV[3]  env id the caller believes the entry belongs to
+-- ARGV[4]  depth field of the total
+-- ARGV[5]  depth field of the org
+-- ARGV[6]  depth field of the env
+-- ARGV[7]  error code
+-- ARGV[8]  error message
+-- ARGV[9]  entry TTL in ms; 0 for none
+-- Returns 1 when marked, 0 when missing (nothing created), -1 when the entry belongs to
+-- another org/env.
+
+local entry, queue, envs, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, org, env = ARGV[1], ARGV[2], ARGV[3]
+local status = entry_status(entry, org, env)
+if status == nil then
+  return 0
+elseif status == false then
+  return -1
+end
+if status == 'QUEUED' then
+  redis.call('LREM', queue, 1, id)
+  prune_queue_sets(queue, envs, orgs, org, env)
+  adjust_depth(KEYS[9], ARGV[4], ARGV[5], ARGV[6], -1)
+elseif status == 'DRAINING' then
+  redis.call('ZREM', KEYS[5], id)
+  adjust_depth(KEYS[9], ARGV[4], ARGV[5], ARGV[6], -1)
+end
+redis.call('HSET', entry, 'status', 'FAILED', 'error_code', ARGV[7], 'error_message', ARGV[8])
+apply_ttl(entry, tonumber(ARGV[9]))
+redis.call('ZADD', KEYS[6], string.format('%.0f', now_ms()), id)
+redis.call('SADD', KEYS[7], env)
+redis.call('SADD', KEYS[8], org)
+return 1

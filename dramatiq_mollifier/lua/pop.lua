@@ -1,0 +1,70 @@
+-- pop: move up to ARGV[3] of the oldest QUEUED entries of an env to DRAINING under a lease.
+--
+-- The caller peeks at the head of the queue first and passes the entry key of every peeked id,
+-- so no key name is built here. Popping stops at a head id that was not peeked (another drainer
+-- got there first, or the queue changed); the caller may peek again.
+--
+-- KEYS[1]   the env's queue (list)
+-- KEYS[2]   the org's set of envs with queued work
+-- KEYS[3]   the set of orgs with queued work
+-- KEYS[4]   the leases (sorted set, score = deadline in ms)
+-- KEYS[5]   the depth counters (hash)
+-- KEYS[6..] entry hash of each peeked id, in the order of ARGV[8..]
+-- ARGV[1]   org id
+-- ARGV[2]   env id
+-- ARGV[3]   how many entries to pop at most
+-- ARGV[4]   lease in ms
+-- ARGV[5]   depth field of the total
+-- ARGV[6]   depth field of the org
+-- ARGV[7]   depth field of the env
+-- ARGV[8..] the peeked message ids
+-- Returns {stopped_at_unknown_id (0 or 1), then for each popped entry: id, payload, attempts,
+-- created_at_ms, error_code, error_message}.
+--
+-- A reference whose entry is gone (expired), is not QUEUED or belongs to another env is dropped
+-- without creating anything, and the env's depth is decremented for it: each such reference is
+-- the one left behind by an expired entry, still counted.
+
+local queue, envs, orgs, leases, depth = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local org, env, limit, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local entry_of = {}
+for i = 8, #ARGV do
+  entry_of[ARGV[i]] = KEYS[i - 2]
+end
+local out = {0}
+local taken = 0
+local deadline = nil
+while taken < limit do
+  local id = redis.call('LINDEX', queue, 0)
+  if not id then
+    break
+  end
+  local entry = entry_of[id]
+  if not entry then
+    out[1] = 1
+    break
+  end
+  redis.call('LPOP', queue)
+  local f = redis.call('HMGET', entry, 'status', 'org', 'env', 'payload', 'attempts',
+    'created_at_ms', 'error_code', 'error_message')
+  if f[1] == 'QUEUED' and f[2] == org and f[3] == env then
+    if not deadline then
+      deadline = string.format('%.0f', now_ms() + lease_ms)
+    end
+    redis.call('HSET', entry, 'status', 'DRAINING')
+    redis.call('PERSIST', entry)
+    redis.call('ZADD', leases, deadline, id)
+    local n = #out
+    out[n + 1] = id
+    out[n + 2] = f[4]
+    out[n + 3] = f[5]
+    out[n + 4] = f[6]
+    out[n + 5] = f[7]
+    out[n + 6] = f[8]
+    taken = taken + 1
+  else
+    adjust_depth(depth, ARGV[5], ARGV[6], ARGV[7], -1)
+  end
+end
+prune_queue_sets(queue, envs, orgs, org, env)
+return out

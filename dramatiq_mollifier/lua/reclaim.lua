@@ -1,0 +1,40 @@
+-- reclaim: put a DRAINING entry whose lease deadline has passed back at the tail of its queue.
+--
+-- KEYS[1]  entry hash
+-- KEYS[2]  the env's queue (list)
+-- KEYS[3]  the org's set of envs with queued work
+-- KEYS[4]  the set of orgs with queued work
+-- KEYS[5]  the leases (sorted set, score = deadline in ms)
+-- KEYS[6]  the env's dead letters (sorted set, score = failed at in ms)
+-- KEYS[7]  the org's set of envs with dead letters
+-- KEYS[8]  the set of orgs with dead letters
+-- KEYS[9]  the depth counters (hash)
+-- ARGV[1]  message id
+-- ARGV[2]  org id the caller believes the entry belongs to
+-- ARGV[3]  env id the caller believes the entry belongs to
+-- ARGV[4]  depth field of the total
+-- ARGV[5]  depth field of the org
+-- ARGV[6]  depth field of the env
+-- ARGV[7]  entry TTL in ms; 0 for none
+-- Returns 1 when reclaimed; 0 when the entry is missing, no longer DRAINING or its lease is
+-- still live (a stale lease is dropped); -1 when the entry belongs to another org/env.
+
+local entry, queue, envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local id, org, env = ARGV[1], ARGV[2], ARGV[3]
+local status = entry_status(entry, org, env)
+if status == false then
+  return -1
+elseif status ~= 'DRAINING' then
+  redis.call('ZREM', leases, id)
+  return 0
+end
+local deadline = redis.call('ZSCORE', leases, id)
+if deadline and tonumber(deadline) > now_ms() then
+  return 0
+end
+redis.call('ZREM', leases, id)
+redis.call('HSET', entry, 'status', 'QUEUED')
+apply_ttl(entry, tonumber(ARGV[7]))
+redis.call('RPUSH', queue, id)
+note_queued(envs, orgs, org, env)
+return 1

@@ -1,0 +1,38 @@
+-- retry_failed: put a FAILED entry back at the tail of its queue with attempts reset to 0.
+--
+-- KEYS[1]  entry hash
+-- KEYS[2]  the env's queue (list)
+-- KEYS[3]  the org's set of envs with queued work
+-- KEYS[4]  the set of orgs with queued work
+-- KEYS[5]  the leases (sorted set, score = deadline in ms)
+-- KEYS[6]  the env's dead letters (sorted set, score = failed at in ms)
+-- KEYS[7]  the org's set of envs with dead letters
+-- KEYS[8]  the set of orgs with dead letters
+-- KEYS[9]  the depth counters (hash)
+-- ARGV[1]  message id
+-- ARGV[2]  org id the caller believes the entry belongs to
+-- ARGV[3]  env id the caller believes the entry belongs to
+-- ARGV[4]  depth field of the total
+-- ARGV[5]  depth field of the org
+-- ARGV[6]  depth field of the env
+-- ARGV[7]  entry TTL in ms; 0 for none
+-- Returns 1 when retried, 0 when missing or not FAILED, -1 when the entry belongs to another
+-- org/env.
+
+local entry, queue, envs, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, org, env = ARGV[1], ARGV[2], ARGV[3]
+local status = entry_status(entry, org, env)
+if status == false then
+  return -1
+elseif status ~= 'FAILED' then
+  return 0
+end
+if redis.call('ZREM', KEYS[6], id) == 1 then
+  prune_dead_letter_sets(KEYS[6], KEYS[7], KEYS[8], org, env)
+end
+redis.call('HSET', entry, 'status', 'QUEUED', 'attempts', 0)
+apply_ttl(entry, tonumber(ARGV[7]))
+redis.call('RPUSH', queue, id)
+note_queued(envs, orgs, org, env)
+adjust_depth(KEYS[9], ARGV[4], ARGV[5], ARGV[6], 1)
+return 1

@@ -1,0 +1,210 @@
+"""Leases on DRAINING entries and their reclaim; entry expiry only when entry_ttl_s is set."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.models import EntryStatus
+
+
+@pytest.fixture
+def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
+    return MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=50)
+
+
+def server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def test_pop_records_a_lease_deadline_in_server_time(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    before = server_ms(redis_client)
+
+    assert buffer.pop("o", "e") is not None
+
+    deadline = redis_client.zscore(buffer.keys.leases, "m1")
+    assert deadline is not None
+    assert before + 50 <= deadline <= server_ms(redis_client) + 50
+
+
+def test_an_entry_whose_drainer_died_is_reclaimed_after_its_lease(
+    redis_url: str, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a drainer that popped m1 and then died (its client is gone, it never acks)
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=50)
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    buffer.accept("m2", org_id="o", env_id="e", payload=b"y")
+    dead_client = redis.Redis.from_url(redis_url)
+    dead = MollifierBuffer(dead_client, key_prefix=key_prefix, lease_ms=50)
+    assert dead.pop("o", "e") is not None
+    dead_client.close()
+
+    # While its lease is live, nobody takes it back
+    assert buffer.reclaim_expired() == []
+
+    # When the lease has passed, a live drainer reclaims it to the tail of its queue
+    time.sleep(0.08)
+    assert buffer.reclaim_expired() == ["m1"]
+    entry = buffer.get("m1")
+    assert entry is not None
+    assert (entry.status, entry.attempts) == (EntryStatus.QUEUED, 0)
+    assert redis_client.zscore(buffer.keys.leases, "m1") is None
+    assert buffer.reclaim_expired() == []
+    assert [e.message_id for e in buffer.pop_many("o", "e", 10)] == ["m2", "m1"]
+    assert buffer.depth("o", "e") == 2
+
+
+def test_reclaim_records_the_env_and_org_again(buffer: MollifierBuffer) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    assert buffer.pop("o", "e") is not None
+    assert buffer.orgs() == []
+
+    time.sleep(0.08)
+    assert buffer.reclaim_expired() == ["m1"]
+
+    assert buffer.orgs() == ["o"]
+    assert buffer.envs("o") == ["e"]
+
+
+def test_acked_requeued_and_failed_entries_are_not_reclaimed(buffer: MollifierBuffer) -> None:
+    for n in range(3):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
+    assert len(buffer.pop_many("o", "e", 3)) == 3
+    buffer.ack("m0")
+    assert buffer.requeue("m1")
+    assert buffer.fail("m2", code="E", message="m")
+
+    time.sleep(0.08)
+
+    assert buffer.reclaim_expired() == []
+    failed = buffer.get("m2")
+    assert failed is not None
+    assert failed.status is EntryStatus.FAILED
+
+
+def test_reclaim_drops_a_lease_whose_entry_is_gone(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    redis_client.zadd(buffer.keys.leases, {"ghost": 1})
+
+    assert buffer.reclaim_expired() == []
+
+    assert not redis_client.exists(buffer.keys.leases)
+    assert buffer.get("ghost") is None
+
+
+def test_reclaim_handles_more_expired_leases_than_one_batch(buffer: MollifierBuffer) -> None:
+    for n in range(700):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"")
+    assert len(buffer.pop_many("o", "e", 700)) == 700
+
+    time.sleep(0.08)
+    reclaimed = buffer.reclaim_expired()
+
+    assert sorted(reclaimed) == sorted(f"m{n}" for n in range(700))
+    assert buffer.depth() == 700
+
+
+def test_no_entry_expires_by_default(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
+    # divert mode: the buffer holds the only copy, so nothing may expire silently
+    for n in range(3):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
+    assert buffer.pop("o", "e") is not None
+    assert buffer.pop("o", "e") is not None
+    assert buffer.fail("m1", code="E", message="m")
+    assert buffer.requeue("m0")
+
+    for key in redis_client.keys("*"):
+        assert redis_client.pttl(key) == -1, key
+
+
+def test_entry_ttl_applies_to_queued_entries_and_not_to_draining_ones(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=30)
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    entry_key = buffer.keys.entry("m1")
+    assert 0 < redis_client.pttl(entry_key) <= 30_000
+
+    # a popped entry is persisted: it cannot vanish while leased
+    assert buffer.pop("o", "e") is not None
+    assert redis_client.pttl(entry_key) == -1
+
+    # back in the queue, it expires again
+    assert buffer.requeue("m1")
+    assert 0 < redis_client.pttl(entry_key) <= 30_000
+
+    # and so do dead letters
+    assert buffer.pop("o", "e") is not None
+    assert buffer.fail("m1", code="E", message="m")
+    assert 0 < redis_client.pttl(entry_key) <= 30_000
+    # only entries expire: queues, indexes and counters do not
+    others = [key for key in redis_client.keys("*") if key != entry_key.encode()]
+    assert others
+    assert all(redis_client.pttl(key) == -1 for key in others)
+
+
+def test_an_expired_entry_is_skipped_at_pop_and_its_depth_fixed(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a 1 s entry TTL and two entries, the first of which expires
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=1)
+    buffer.accept("old", org_id="o", env_id="e", payload=b"x")
+    time.sleep(0.5)
+    buffer.accept("new", org_id="o", env_id="e", payload=b"y")
+    time.sleep(0.6)
+    assert buffer.get("old") is None
+    assert buffer.depth("o", "e") == 2  # the expired entry is still counted until a pop meets it
+
+    # When popping, the orphan reference is skipped and its count dropped
+    entry = buffer.pop("o", "e")
+
+    assert entry is not None
+    assert entry.message_id == "new"
+    assert (buffer.depth(), buffer.depth("o"), buffer.depth("o", "e")) == (1, 1, 1)
+    buffer.ack("new")
+    assert buffer.depth() == 0
+    assert buffer.orgs() == []
+
+
+def test_an_expired_then_reaccepted_id_is_drained_once_and_counted_once(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given m1 expired (its queue reference stays) and was accepted again
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=60)
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"old")
+    redis_client.delete(buffer.keys.entry("m1"))  # what expiry does
+    assert buffer.accept("m1", org_id="o", env_id="e", payload=b"new")
+
+    # When draining the env
+    popped = buffer.pop_many("o", "e", 10)
+
+    # Then the new entry is handed out once and the counters end at zero
+    assert [(e.message_id, e.payload) for e in popped] == [("m1", b"new")]
+    assert buffer.depth("o", "e") == 1
+    buffer.ack("m1")
+    assert (buffer.depth(), buffer.depth("o"), buffer.depth("o", "e")) == (0, 0, 0)
+    assert buffer.pop("o", "e") is None
+    assert buffer.orgs() == []
+
+
+def test_expired_dead_letters_are_not_listed_nor_counted_by_purge(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=60)
+    for n in range(2):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
+        assert buffer.pop("o", "e") is not None
+        assert buffer.fail(f"m{n}", code="E", message="m")
+    redis_client.delete(buffer.keys.entry("m0"))  # what expiry does
+
+    assert [e.message_id for e in buffer.failed()] == ["m1"]
+    assert buffer.purge_failed() == 1
+    assert redis_client.keys("*") == []

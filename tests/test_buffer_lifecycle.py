@@ -1,0 +1,277 @@
+"""ack, requeue, fail, dead letters and depth through an entry's whole life."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.models import EntryStatus
+
+
+@pytest.fixture
+def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
+    return MollifierBuffer(redis_client, key_prefix=key_prefix)
+
+
+def keys_of(client: redis.Redis) -> set[bytes | str]:
+    return set(client.keys("*"))
+
+
+def depths(buffer: MollifierBuffer) -> tuple[int, int, int]:
+    return buffer.depth(), buffer.depth("o"), buffer.depth("o", "e")
+
+
+@pytest.mark.parametrize("status", ["QUEUED", "DRAINING", "FAILED"])
+def test_ack_removes_the_entry_and_everything_referring_to_it(
+    buffer: MollifierBuffer, redis_client: redis.Redis, status: str
+) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    if status != "QUEUED":
+        assert buffer.pop("o", "e") is not None
+    if status == "FAILED":
+        assert buffer.fail("m1", code="E", message="boom")
+
+    buffer.ack("m1")
+
+    assert buffer.get("m1") is None
+    assert depths(buffer) == (0, 0, 0)
+    assert buffer.orgs() == []
+    assert buffer.failed() == []
+    # Nothing is left behind at all: no queue reference, lease, dead letter, index or counter.
+    assert keys_of(redis_client) == set()
+
+
+def test_ack_of_a_missing_id_is_a_no_op(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
+    buffer.ack("missing")
+    assert redis_client.dbsize() == 0
+
+
+def test_ack_with_a_wrong_tenant_hint_still_acks_the_right_entry(buffer: MollifierBuffer) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    assert buffer.pop("o", "e") is not None
+
+    buffer.ack("m1", org_id="o", env_id="not-e")
+
+    assert buffer.get("m1") is None
+    assert depths(buffer) == (0, 0, 0)
+
+
+def test_ack_many_removes_entries_and_counts_the_ones_that_existed(buffer: MollifierBuffer) -> None:
+    for n in range(5):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
+    popped = buffer.pop_many("o", "e", 3)
+
+    removed = buffer.ack_many([e.message_id for e in popped] + ["m4", "missing"])
+
+    assert removed == 4
+    assert buffer.ack_many([]) == 0
+    assert [buffer.get(f"m{n}") is None for n in range(5)] == [True, True, True, False, True]
+    assert depths(buffer) == (1, 1, 1)
+
+
+def test_requeue_goes_to_the_tail_with_one_more_attempt(buffer: MollifierBuffer) -> None:
+    # Given m1 popped while m2 and m3 wait
+    for n in (1, 2, 3):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
+    assert buffer.pop("o", "e") is not None
+
+    # When m1 is requeued
+    assert buffer.requeue("m1")
+
+    # Then it is drained after what was already queued, as QUEUED with attempts 1
+    entry = buffer.get("m1")
+    assert entry is not None
+    assert (entry.status, entry.attempts) == (EntryStatus.QUEUED, 1)
+    order = [e.message_id for e in buffer.pop_many("o", "e", 10)]
+    assert order == ["m2", "m3", "m1"]
+    assert buffer.requeue("m1", org_id="o", env_id="e")
+    again = buffer.pop("o", "e")
+    assert again is not None
+    assert again.attempts == 2
+
+
+def test_requeue_drops_the_lease(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    assert buffer.pop("o", "e") is not None
+    assert redis_client.zscore(buffer.keys.leases, "m1") is not None
+
+    assert buffer.requeue("m1")
+
+    assert redis_client.zscore(buffer.keys.leases, "m1") is None
+
+
+def test_requeue_of_a_queued_entry_moves_it_to_the_tail_once(buffer: MollifierBuffer) -> None:
+    for n in (1, 2):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
+
+    assert buffer.requeue("m1")
+
+    assert [e.message_id for e in buffer.pop_many("o", "e", 10)] == ["m2", "m1"]
+    assert depths(buffer) == (2, 2, 2)
+
+
+def test_requeue_and_fail_of_a_missing_id_create_nothing(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    # Given a buffer with unrelated work in it
+    buffer.accept("other", org_id="o", env_id="e", payload=b"x")
+    before = keys_of(redis_client)
+    size = redis_client.dbsize()
+
+    # When requeue and fail name ids that do not exist, with and without tenant hints
+    assert not buffer.requeue("missing")
+    assert not buffer.requeue("missing", org_id="o2", env_id="e2")
+    assert not buffer.fail("missing", code="E", message="m")
+    assert not buffer.fail("missing", code="E", message="m", org_id="o2", env_id="e2")
+    assert not buffer.retry_failed("missing")
+
+    # Then no key was created
+    assert keys_of(redis_client) == before
+    assert redis_client.dbsize() == size
+
+
+def test_fail_keeps_a_dead_letter_with_the_last_error(buffer: MollifierBuffer) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    popped = buffer.pop("o", "e")
+    assert popped is not None
+
+    assert buffer.fail("m1", code="ValueError", message="bad input", org_id="o", env_id="e")
+
+    entry = buffer.get("m1")
+    assert entry is not None
+    assert entry.status is EntryStatus.FAILED
+    assert entry.last_error == ("ValueError", "bad input")
+    assert entry.payload == b"x"
+    assert [e.message_id for e in buffer.failed()] == ["m1"]
+    assert depths(buffer) == (0, 0, 0)  # FAILED is not counted
+
+
+def test_failed_lists_oldest_failure_first_and_filters_by_org_and_env(buffer: MollifierBuffer) -> None:
+    tenants = [("a", "prod"), ("a", "dev"), ("b", "prod")]
+    for n, (org, env) in enumerate(tenants * 2):
+        buffer.accept(f"m{n}", org_id=org, env_id=env, payload=b"x")
+    for org, env in tenants * 2:
+        assert buffer.pop(org, env) is not None
+    # Failed in this order: m3, m0, m5, m1 (m2 and m4 stay DRAINING); failure times are kept to
+    # the millisecond, so the failures are spread out a little.
+    for message_id in ("m3", "m0", "m5", "m1"):
+        assert buffer.fail(message_id, code="E", message=message_id)
+        time.sleep(0.003)
+
+    assert [e.message_id for e in buffer.failed()] == ["m3", "m0", "m5", "m1"]
+    assert [e.message_id for e in buffer.failed("a")] == ["m3", "m0", "m1"]
+    assert [e.message_id for e in buffer.failed("a", "dev")] == ["m1"]
+    assert [e.message_id for e in buffer.failed("b", "prod")] == ["m5"]
+    assert buffer.failed("c") == []
+    assert all(e.status is EntryStatus.FAILED for e in buffer.failed())
+    with pytest.raises(ValueError, match="org_id"):
+        buffer.failed(env_id="prod")
+
+
+def test_retry_failed_requeues_at_the_tail_with_attempts_reset(buffer: MollifierBuffer) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    assert buffer.pop("o", "e") is not None
+    assert buffer.requeue("m1")
+    assert buffer.pop("o", "e") is not None
+    assert buffer.fail("m1", code="E", message="boom")
+    buffer.accept("m2", org_id="o", env_id="e", payload=b"y")
+
+    assert buffer.retry_failed("m1")
+
+    entry = buffer.get("m1")
+    assert entry is not None
+    assert (entry.status, entry.attempts) == (EntryStatus.QUEUED, 0)
+    assert buffer.failed() == []
+    assert buffer.orgs() == ["o"]
+    assert depths(buffer) == (2, 2, 2)
+    assert [e.message_id for e in buffer.pop_many("o", "e", 10)] == ["m2", "m1"]
+
+
+def test_retry_failed_refuses_entries_that_are_not_failed(buffer: MollifierBuffer) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    assert not buffer.retry_failed("m1")
+    assert buffer.pop("o", "e") is not None
+    assert not buffer.retry_failed("m1")
+    assert depths(buffer) == (1, 1, 1)
+
+
+def test_purge_failed_deletes_dead_letters_by_scope(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    tenants = [("a", "prod"), ("a", "dev"), ("b", "prod")]
+    for n, (org, env) in enumerate(tenants * 2):
+        buffer.accept(f"m{n}", org_id=org, env_id=env, payload=b"x")
+        assert buffer.pop(org, env) is not None
+        assert buffer.fail(f"m{n}", code="E", message="m")
+    buffer.accept("live", org_id="a", env_id="prod", payload=b"x")
+
+    assert buffer.purge_failed("a", "dev") == 2
+    assert sorted(e.message_id for e in buffer.failed()) == ["m0", "m2", "m3", "m5"]
+    assert buffer.purge_failed("a") == 2
+    assert sorted(e.message_id for e in buffer.failed()) == ["m2", "m5"]
+    assert buffer.purge_failed() == 2
+    assert buffer.failed() == []
+    assert buffer.purge_failed() == 0
+
+    # Only the live entry and its indexes remain; the dead-letter indexes are gone.
+    assert buffer.get("live") is not None
+    assert not redis_client.exists(buffer.keys.failed_orgs)
+    assert not redis_client.exists(buffer.keys.failed_envs("a"))
+
+
+def test_purge_failed_spans_more_than_one_batch(buffer: MollifierBuffer) -> None:
+    for n in range(1_100):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"")
+    entries = buffer.pop_many("o", "e", 1_100)
+    assert len(entries) == 1_100
+    for entry in entries:
+        buffer.fail(entry.message_id, code="E", message="", org_id="o", env_id="e")
+
+    assert buffer.purge_failed("o", "e") == 1_100
+    assert buffer.failed() == []
+
+
+def test_depth_counts_queued_and_draining_through_the_lifecycle(buffer: MollifierBuffer) -> None:
+    assert depths(buffer) == (0, 0, 0)
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"")
+    buffer.accept("m2", org_id="o", env_id="e", payload=b"")
+    buffer.accept("x1", org_id="o", env_id="other", payload=b"")
+    buffer.accept("y1", org_id="p", env_id="e", payload=b"")
+    assert depths(buffer) == (4, 3, 2)
+    assert buffer.depth("p") == 1
+    assert buffer.depth("p", "e") == 1
+
+    assert buffer.pop("o", "e") is not None  # DRAINING still counts
+    assert depths(buffer) == (4, 3, 2)
+    assert buffer.requeue("m1")
+    assert depths(buffer) == (4, 3, 2)
+    assert buffer.pop("o", "e") is not None
+    assert buffer.fail("m2", code="E", message="m")  # the popped m2; FAILED is not counted
+    assert depths(buffer) == (3, 2, 1)
+    assert buffer.retry_failed("m2")
+    assert depths(buffer) == (4, 3, 2)
+    buffer.ack("m1")
+    buffer.ack("m2")
+    assert depths(buffer) == (2, 1, 0)
+    buffer.ack_many(["x1", "y1"])
+    assert depths(buffer) == (0, 0, 0)
+    assert buffer.depth("nobody") == 0
+
+
+def test_depth_of_an_env_needs_its_org(buffer: MollifierBuffer) -> None:
+    with pytest.raises(ValueError, match="org_id"):
+        buffer.depth(env_id="e")
+
+
+def test_depth_counters_are_removed_when_they_reach_zero(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"")
+    assert redis_client.hlen(buffer.keys.depth) == 3
+
+    buffer.ack("m1")
+
+    assert not redis_client.exists(buffer.keys.depth)

@@ -1,0 +1,292 @@
+"""The buffer's edge with Redis: scripts, protocols, construction and failures wrapped in our error."""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib import resources
+
+import pytest
+import redis
+from redis.connection import AbstractConnection
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.embedded import EmbeddedRedis
+from dramatiq_mollifier.errors import BufferUnavailableError, MollifierConfigurationError, MollifierError
+from dramatiq_mollifier.models import EntryStatus
+from dramatiq_mollifier.scripts import SCRIPT_NAMES, script_source
+
+
+@pytest.fixture
+def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
+    return MollifierBuffer(redis_client, key_prefix=key_prefix)
+
+
+def lua_file(name: str) -> str:
+    path = resources.files("dramatiq_mollifier") / "lua" / f"{name}.lua"
+    return path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_every_script_documents_the_keys_and_args_it_uses(name: str) -> None:
+    text = lua_file(name)
+    header = "\n".join(line for line in text.splitlines() if line.startswith("--"))
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+    assert text.startswith(f"-- {name}:")
+    assert "Returns" in header
+    for kind in ("KEYS", "ARGV"):
+        for index in set(re.findall(rf"{kind}\[(\d+)\]", body)):
+            assert re.search(rf"{kind}\[{index}\]|{kind}\[\d+\.\.\]", header), f"{kind}[{index}] of {name}"
+
+
+@pytest.mark.parametrize("name", [*SCRIPT_NAMES, "_lib"])
+def test_no_script_builds_key_names_or_scans(name: str) -> None:
+    code = "\n".join(line.split("--")[0] for line in lua_file(name).splitlines())
+    assert not re.search(r"'(KEYS|SCAN)'", code, re.IGNORECASE)
+    # String concatenation is how a script would build a key name; none of them needs it.
+    assert ".." not in code.replace("[i - 2]", "")
+
+
+def test_scripts_reload_after_script_flush(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    redis_client.script_flush()
+
+    assert buffer.accept("m2", org_id="o", env_id="e", payload=b"y")
+    redis_client.script_flush()
+    assert [e.message_id for e in buffer.pop_many("o", "e", 10)] == ["m1", "m2"]
+    redis_client.script_flush()
+    # pipelined scripts load themselves too
+    assert buffer.ack_many(["m1", "m2"]) == 2
+    redis_client.script_flush()
+    assert buffer.evaluate_trip("o", "e", window_ms=1000, threshold=5, hold_ms=100).count == 1
+
+
+def test_every_operation_works_on_a_resp2_client(
+    make_redis_client: Callable[..., redis.Redis], key_prefix: str
+) -> None:
+    buffer = MollifierBuffer(make_redis_client(protocol=2), key_prefix=key_prefix, lease_ms=20)
+    assert buffer.accept("m1", org_id="o", env_id="e", payload=b"\x00\xff")
+    decision, accepted = buffer.evaluate_trip_and_accept(
+        "m2", org_id="o", env_id="e", payload=b"2", window_ms=1000, threshold=0, hold_ms=1000
+    )
+    assert (decision.tripped, decision.count, accepted) == (True, 1, True)
+    assert buffer.tripped() == [("o", "e")]
+    assert buffer.orgs() == ["o"]
+    assert buffer.envs("o") == ["e"]
+    assert buffer.oldest_created_at("o", "e") is not None
+    popped = buffer.pop_many("o", "e", 10)
+    assert [(e.message_id, e.payload) for e in popped] == [("m1", b"\x00\xff"), ("m2", b"2")]
+    time.sleep(0.04)
+    assert sorted(buffer.reclaim_expired()) == ["m1", "m2"]
+    assert buffer.pop("o", "e") is not None
+    assert buffer.fail("m1", code="E", message="m")
+    assert [e.last_error for e in buffer.failed("o")] == [("E", "m")]
+    assert buffer.retry_failed("m1")
+    assert buffer.requeue("m2")
+    assert buffer.depth() == 2
+    entry = buffer.get("m1")
+    assert entry is not None
+    assert entry.status is EntryStatus.QUEUED
+    assert buffer.ack_many(["m1"]) == 1
+    assert buffer.pop("o", "e") is not None
+    assert buffer.fail("m2", code="E", message="m")
+    assert buffer.purge_failed() == 1
+    assert buffer.depth() == 0
+
+
+def test_from_url_builds_a_bounded_resp3_client(redis_url: str, key_prefix: str) -> None:
+    buffer = MollifierBuffer.from_url(redis_url, key_prefix=key_prefix, lease_ms=1234, entry_ttl_s=5)
+    try:
+        kwargs = buffer.client.connection_pool.connection_kwargs
+        assert kwargs["protocol"] == 3
+        assert kwargs["socket_timeout"] == 0.5
+        assert kwargs["socket_connect_timeout"] == 0.5
+        assert kwargs["decode_responses"] is False
+        assert (buffer.key_prefix, buffer.lease_ms, buffer.entry_ttl_s) == (key_prefix, 1234, 5)
+        assert buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    finally:
+        buffer.client.close()
+
+
+def test_from_url_refuses_decoded_responses(redis_url: str) -> None:
+    with pytest.raises(MollifierConfigurationError, match="decode_responses"):
+        MollifierBuffer.from_url(redis_url, decode_responses=True)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"lease_ms": 0}, "lease_ms"), ({"entry_ttl_s": 0}, "entry_ttl_s"), ({"key_prefix": ""}, "key_prefix")],
+)
+def test_impossible_constructor_values_are_refused(
+    redis_client: redis.Redis, kwargs: dict[str, object], name: str
+) -> None:
+    with pytest.raises(MollifierConfigurationError, match=name):
+        MollifierBuffer(redis_client, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_redis_that_goes_away_gives_a_prompt_buffer_unavailable_error(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given a buffer that works
+    buffer = MollifierBuffer.from_url(disposable_redis.url)
+    assert buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+
+    # When its Redis stops
+    disposable_redis.stop()
+
+    # Then every kind of call fails promptly with a clear error, not a hang
+    calls: list[Callable[[], object]] = [
+        lambda: buffer.accept("m2", org_id="o", env_id="e", payload=b"x"),
+        lambda: buffer.evaluate_trip("o", "e", window_ms=100, threshold=1, hold_ms=100),
+        lambda: buffer.pop("o", "e"),
+        lambda: buffer.ack("m1"),
+        buffer.depth,
+        buffer.reclaim_expired,
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(BufferUnavailableError, match=r"Redis \w+ failed: ConnectionError") as info:
+            call()
+        assert time.monotonic() - started < 3
+        assert isinstance(info.value, MollifierError)
+        assert isinstance(info.value.__cause__, redis.RedisError)
+
+    # And it works again once Redis is back
+    disposable_redis.start()
+    assert buffer.depth() == 0  # a fresh server without persistence
+    buffer.client.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server that accepts connections and never answers: a hung Redis."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def test_a_hung_redis_times_out_into_buffer_unavailable_error(silent_server: str) -> None:
+    buffer = MollifierBuffer.from_url(silent_server, protocol=2)
+    started = time.monotonic()
+
+    with pytest.raises(BufferUnavailableError, match="Timeout"):
+        buffer.evaluate_trip("o", "e", window_ms=100, threshold=1, hold_ms=100)
+
+    # 500 ms per attempt, one retry: well under the seconds a caller would notice
+    assert time.monotonic() - started < 2.5
+    buffer.client.close()
+
+
+def test_wrong_type_replies_are_wrapped(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
+    redis_client.set(buffer.keys.orgs, "not a set")
+    redis_client.set(buffer.keys.depth, "not a hash")
+
+    with pytest.raises(BufferUnavailableError, match="ResponseError"):
+        buffer.orgs()
+    with pytest.raises(BufferUnavailableError, match="ResponseError"):
+        buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    with pytest.raises(BufferUnavailableError, match="ResponseError"):
+        buffer.depth()
+
+
+def test_a_garbled_entry_is_reported_as_an_unexpected_reply(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    redis_client.hset(buffer.keys.entry("m1"), mapping={"org": "o", "env": "e", "status": "EATEN"})
+
+    with pytest.raises(BufferUnavailableError, match="unexpected reply"):
+        buffer.get("m1")
+
+
+def test_script_source_puts_the_shared_helpers_first() -> None:
+    text = script_source("accept")
+    assert text.index("local function accept_entry") < text.index("-- accept:")
+    with pytest.raises(ValueError, match="unknown script"):
+        script_source("nope")
+
+
+def round_trips(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[list[str]]:
+    """The command names ``action`` sent, grouped by write to the socket (a pipeline is one)."""
+    sent: list[list[str]] = []
+    original: Callable[..., None] = AbstractConnection.send_packed_command
+
+    def record(self: AbstractConnection, command: object, check_health: bool = True) -> None:
+        chunks = command if isinstance(command, list) else [command]
+        text = b"".join(c if isinstance(c, bytes) else bytes(c) for c in chunks)  # type: ignore[arg-type]
+        # each command is "*<n>\r\n$<len>\r\n<NAME>\r\n..."
+        sent.append(
+            [name.decode().lower() for name in re.findall(rb"\*\d+\r\n\$\d+\r\n([A-Za-z]+)\r\n", text)]
+        )
+        original(self, command, check_health)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AbstractConnection, "send_packed_command", record)
+        action()
+    return sent
+
+
+def load_scripts(client: redis.Redis) -> None:
+    """As in a warm process: the server knows every script already."""
+    for name in SCRIPT_NAMES:
+        client.script_load(script_source(name))
+
+
+def test_the_hot_paths_cost_one_round_trip(
+    buffer: MollifierBuffer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_scripts(redis_client)
+
+    def trip() -> object:
+        return buffer.evaluate_trip("o", "e", window_ms=1_000, threshold=0, hold_ms=1_000)
+
+    def trip_and_accept() -> object:
+        return buffer.evaluate_trip_and_accept(
+            "m1", org_id="o", env_id="e", payload=b"x", window_ms=1_000, threshold=0, hold_ms=1_000
+        )
+
+    assert round_trips(monkeypatch, trip) == [["evalsha"]]
+    assert round_trips(monkeypatch, trip_and_accept) == [["evalsha"]]
+    assert round_trips(monkeypatch, lambda: buffer.accept("m2", org_id="o", env_id="e", payload=b"")) == [
+        ["evalsha"]
+    ]
+
+
+def test_the_drain_side_round_trips(
+    buffer: MollifierBuffer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    load_scripts(redis_client)
+    for n in range(3):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"")
+
+    # a batch pop is a peek and one script
+    assert round_trips(monkeypatch, lambda: buffer.pop_many("o", "e", 3)) == [["lrange"], ["evalsha"]]
+    # an ack that names the tenant is one script; without it, a lookup first
+    assert round_trips(monkeypatch, lambda: buffer.ack("m0", org_id="o", env_id="e")) == [["evalsha"]]
+    assert round_trips(monkeypatch, lambda: buffer.ack("m1")) == [["hmget"], ["evalsha"]]
+    # ack_many: one pipelined lookup, one pipelined batch of scripts (no SCRIPT EXISTS)
+    assert round_trips(monkeypatch, lambda: buffer.ack_many(["m2", "missing"])) == [
+        ["hmget", "hmget"],
+        ["evalsha"],
+    ]
