@@ -1,27 +1,58 @@
-"""``Mollifier``: the Dramatiq middleware (stub; see issue 3)."""
+"""``Mollifier``: the Dramatiq middleware. ``broker.add_middleware(Mollifier(...))`` is the integration.
+
+On every enqueue the :class:`~dramatiq_mollifier.gate.Gate` decides; this module applies the
+decision to the message (the admitted marker, the diversion through :mod:`.interception`) and
+starts and stops the drainer with the worker.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
 from dramatiq.middleware import Middleware
 from opentelemetry.metrics import MeterProvider
 
+from . import interception
 from .buffer import MollifierBuffer
-from .drainer import MollifierDrainer
-from .models import Tenant
+from .flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
+from .gate import OPT_OUT_OPTION, Gate, TenantResolver
+from .models import STATE_ADMITTED, STATE_OPTION
 from .settings import MollifierSettings
+from .telemetry import FailOpenStage, Telemetry, ThrottledLog
+
+if TYPE_CHECKING:
+    from .drainer import MollifierDrainer
+    from .placement import DrainerPlacement
 
 __all__ = ["Mollifier", "TenantResolver"]
 
-#: Derives the tenant of a message; None means "no tenant, never divert".
-TenantResolver = Callable[[dramatiq.Message[Any]], Tenant | None]
+logger = logging.getLogger(__name__)
+
+#: An injected client that retries a failed command more often than this can stall ``send()``.
+MAX_CLIENT_RETRIES = 1
 
 
 class Mollifier(Middleware):
+    """Diverts a tripped, enrolled tenant's messages into a Redis buffer instead of the broker.
+
+    Parameters:
+      settings: Every knob. Defaults to ``MollifierSettings()``, read from ``MOLLIFIER_*``.
+      client: The ``redis.Redis`` client (``decode_responses=False``) for the buffer, trip
+        counters and flags. Defaults to one for ``settings.redis_url`` with bounded timeouts
+        (see :meth:`MollifierBuffer.from_url`). It connects on first use.
+      tenant: Derives a message's :class:`~dramatiq_mollifier.Tenant`, or None for none.
+        Defaults to the message options ``org_id`` and ``env_id`` (absent: ``"default"``).
+      meter_provider: Where the metrics go. Defaults to OpenTelemetry's global provider.
+      flag_refresh_ms: How often runtime org flags are re-read, at most. Defaults to 1 second.
+
+    An actor declared with ``mollifier=False`` (or a message sent with that option) is never
+    diverted. Add this middleware last (the default), so the buffered copy of a message carries
+    what the other middleware's ``before_enqueue`` set.
+    """
+
     def __init__(
         self,
         settings: MollifierSettings | None = None,
@@ -29,13 +60,114 @@ class Mollifier(Middleware):
         client: redis.Redis | None = None,
         tenant: TenantResolver | None = None,
         meter_provider: MeterProvider | None = None,
+        flag_refresh_ms: int = FLAG_REFRESH_MS,
     ) -> None:
-        raise NotImplementedError
+        self.settings = settings if settings is not None else MollifierSettings()
+        # Read first thing on every enqueue: a plain attribute, so the disabled path is one check.
+        self._enabled = self.settings.enabled
+        buffer_options: dict[str, Any] = {
+            "key_prefix": self.settings.key_prefix,
+            "entry_ttl_s": self.settings.effective_entry_ttl_s,
+            "lease_ms": self.settings.drain_lease_ms,
+        }
+        if client is None:
+            self._buffer = MollifierBuffer.from_url(self.settings.redis_url, **buffer_options)
+        else:
+            _check_client(client)
+            self._buffer = MollifierBuffer(client, **buffer_options)
+        self.telemetry = Telemetry(meter_provider)
+        self._warnings = ThrottledLog(logger)
+        self.flags = OrgFlagsView(
+            OrgFlags(self._buffer.client, key_prefix=self.settings.key_prefix),
+            refresh_ms=flag_refresh_ms,
+            on_error=self._flags_failed,
+        )
+        self.gate = Gate(
+            self.settings,
+            backend=self._buffer,
+            telemetry=self.telemetry,
+            runtime_enrolled=self.flags.enrolled,
+            tenant=tenant,
+        )
+        self._placement: DrainerPlacement | None = None
 
     @property
     def buffer(self) -> MollifierBuffer:
-        raise NotImplementedError
+        """The buffer diverted messages go to."""
+        return self._buffer
 
     @property
     def drainer(self) -> MollifierDrainer | None:
-        raise NotImplementedError
+        """This process's drainer, once a worker has booted one; None otherwise."""
+        return self._placement.drainer if self._placement is not None else None
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {OPT_OUT_OPTION}
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        # Emitted for every actor, and replayed by add_middleware for actors declared earlier:
+        # the earliest point at which this middleware sees the broker.
+        if not self._enabled:
+            return
+        interception.install(broker)
+        if actor.options.get(OPT_OUT_OPTION) is False:
+            self.gate.opt_out(actor.actor_name)
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        if not self._enabled:
+            return
+        call = interception.current_call(broker, message)
+        if call is not None:
+            if call.decided:
+                # The broker retried a publish (RabbitMQ): one message, one decision.
+                return
+            call.decided = True
+        elif not interception.is_installed(broker):
+            # A broker with no actor declared yet: this message cannot be diverted, the next can.
+            interception.install(broker)
+        decision = self.gate.decide(message, delay, intercepted=call is not None)
+        if decision.admit:
+            message.options[STATE_OPTION] = STATE_ADMITTED
+        if decision.divert:
+            interception.divert(message)
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if not self.settings.run_drainer or self._placement is not None:
+            return
+        from .placement import DrainerPlacement
+
+        self._placement = DrainerPlacement(
+            settings=self.settings, buffer=self._buffer, telemetry=self.telemetry
+        )
+        self._placement.start(broker)
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self._placement is not None:
+            self._placement.stop()
+
+    def _flags_failed(self, exc: Exception) -> None:
+        self.telemetry.record_fail_open(FailOpenStage.FLAGS)
+        self._warnings.throttled_warning(
+            "flags",
+            "mollifier fail-open (flags): could not read the runtime org flags, so only the static "
+            "enabled_orgs enrol orgs until the next refresh. %s: %s",
+            type(exc).__name__,
+            exc,
+        )
+
+
+def _check_client(client: redis.Redis) -> None:
+    """Warn about an injected client that could make ``send()`` hang while Redis is unwell."""
+    options = client.get_connection_kwargs()
+    retry = options.get("retry")
+    retries = getattr(retry, "_retries", 0) if retry is not None else 0
+    if options.get("socket_timeout") is None or retries < 0 or retries > MAX_CLIENT_RETRIES:
+        logger.warning(
+            "The Redis client given to Mollifier has socket_timeout=%r and %r retries: while its "
+            "Redis is stalled or down, each send() may wait that long before failing open. Give it "
+            "a short socket_timeout and at most %d retry, as MollifierBuffer.from_url does.",
+            options.get("socket_timeout"),
+            retries,
+            MAX_CLIENT_RETRIES,
+        )

@@ -7,15 +7,30 @@ message ids are never metric attributes (they go to logs).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
 from functools import cache
+from typing import Any
 
 from opentelemetry import metrics
 
-__all__ = ["METER_NAME", "DrainResultKind", "FailOpenStage", "Outcome", "Reason", "Telemetry"]
+__all__ = [
+    "METER_NAME",
+    "DrainResultKind",
+    "FailOpenStage",
+    "Outcome",
+    "Reason",
+    "Telemetry",
+    "ThrottledLog",
+]
 
 #: The meter every instrument of this package belongs to.
 METER_NAME = "dramatiq_mollifier"
+
+#: How often a recurring warning (a fail-open event) is logged at most, per kind. 10 seconds.
+LOG_INTERVAL_MS = 10_000
 
 
 class Outcome(str, enum.Enum):
@@ -41,6 +56,8 @@ class Reason(str, enum.Enum):
     DELAYED = "bypass_delayed"
     ACTOR_OPT_OUT = "bypass_actor_opt_out"
     NO_TENANT = "bypass_no_tenant"
+    #: Enqueued through a path that cannot skip the broker write (see ``interception``).
+    UNINTERCEPTED = "bypass_unintercepted"
     # Fail-open: something broke, the message went to the broker as if we were not there.
     TRIP_ERROR = "fail_open_trip"
     BUFFER_ERROR = "fail_open_buffer"
@@ -139,3 +156,45 @@ class Telemetry:
     def record_depth(self, depth: int) -> None:
         """Set the buffer depth gauge."""
         self.depth.set(depth)
+
+
+class ThrottledLog:
+    """Logs a recurring warning at most once per ``interval_ms`` per key, counting the rest.
+
+    A Redis outage makes every ``send()`` fail open; one line per send would flood the logs.
+
+    Parameters:
+      logger: Where the warnings go.
+      interval_ms: The least time between two lines of the same key. Defaults to 10 seconds.
+      clock: Seconds from an arbitrary origin. Defaults to ``time.monotonic``.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval_ms: int = LOG_INTERVAL_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval_s = interval_ms / 1000
+        self._clock = clock
+        self._lock = threading.Lock()
+        # key -> (when the last line was written, events suppressed since)
+        self._state: dict[str, tuple[float, int]] = {}
+
+    def throttled_warning(
+        self, key: str, msg: str, *args: Any, exc_info: BaseException | None = None
+    ) -> None:
+        """Log ``msg % args`` unless ``key`` was logged less than ``interval_ms`` ago."""
+        now = self._clock()
+        with self._lock:
+            last, suppressed = self._state.get(key, (float("-inf"), 0))
+            if now - last < self._interval_s:
+                self._state[key] = (last, suppressed + 1)
+                return
+            self._state[key] = (now, 0)
+        if suppressed:
+            msg += " (%d similar events not logged)"
+            args = (*args, suppressed)
+        self._logger.warning(msg, *args, exc_info=exc_info)

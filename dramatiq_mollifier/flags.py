@@ -1,0 +1,169 @@
+"""Runtime per-org enrolment flags: one Redis hash an operator flips without a restart.
+
+The hash ``<key_prefix>:org-flags`` maps an org id to ``"true"`` or ``"false"``. Parsing is
+strict: any other value (``"False"``, ``"yes"``, ``""``) is logged and means "not enrolled".
+The gate never reads the hash per enqueue: :class:`OrgFlagsView` keeps a copy of the whole hash
+and refreshes it at most every ``refresh_ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from .errors import BufferUnavailableError
+
+__all__ = ["FLAG_REFRESH_MS", "OrgFlags", "OrgFlagsView", "flags_key", "parse_flag"]
+
+logger = logging.getLogger(__name__)
+
+#: How often a process re-reads the runtime flags, in milliseconds: a flip takes effect within this.
+FLAG_REFRESH_MS = 1_000
+
+_TRUE = "true"
+_FALSE = "false"
+
+
+def flags_key(key_prefix: str) -> str:
+    """The name of the flags hash under ``key_prefix``."""
+    return f"{key_prefix}:org-flags"
+
+
+def parse_flag(raw: bytes | str) -> bool | None:
+    """``"true"`` is True, ``"false"`` is False, anything else None (invalid). Case-sensitive."""
+    value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    if value == _TRUE:
+        return True
+    if value == _FALSE:
+        return False
+    return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+class OrgFlags:
+    """Reads and writes the runtime flags (what the ``orgs`` CLI commands call).
+
+    Parameters:
+      client: A ``redis.Redis`` client.
+      key_prefix: The prefix of the flags key. Defaults to ``mollifier``.
+
+    Redis errors are raised as :class:`BufferUnavailableError`.
+    """
+
+    def __init__(self, client: redis.Redis, *, key_prefix: str = "mollifier") -> None:
+        self._client = client
+        self.key = flags_key(key_prefix)
+
+    def enable(self, org_id: str) -> None:
+        """Enrol ``org_id``."""
+        self._set(org_id, _TRUE)
+
+    def disable(self, org_id: str) -> None:
+        """Record ``org_id`` as not enrolled (a static ``enabled_orgs`` still enrols it)."""
+        self._set(org_id, _FALSE)
+
+    def remove(self, org_id: str) -> bool:
+        """Forget the flag of ``org_id``; False if it had none."""
+        try:
+            return bool(self._client.hdel(self.key, org_id))
+        except redis.RedisError as exc:
+            raise BufferUnavailableError(f"could not remove the flag of org {org_id!r}: {exc}") from exc
+
+    def all(self) -> dict[str, bool]:
+        """Every flag, org id to enrolled. Invalid values are logged and read as False."""
+        try:
+            raw: dict[bytes | str, bytes | str] = self._client.hgetall(self.key)
+        except redis.RedisError as exc:
+            raise BufferUnavailableError(f"could not read the org flags: {exc}") from exc
+        flags: dict[str, bool] = {}
+        for field, value in raw.items():
+            org_id = _text(field)
+            parsed = parse_flag(value)
+            if parsed is None:
+                logger.warning(
+                    "Invalid mollifier flag %r for org %r in %r: only 'true' and 'false' are "
+                    "accepted; the org is treated as not enrolled.",
+                    _text(value),
+                    org_id,
+                    self.key,
+                )
+                parsed = False
+            flags[org_id] = parsed
+        return flags
+
+    def enrolled(self) -> frozenset[str]:
+        """The orgs whose flag is ``"true"``."""
+        return frozenset(org_id for org_id, on in self.all().items() if on)
+
+    def _set(self, org_id: str, value: str) -> None:
+        if not isinstance(org_id, str) or not org_id:
+            raise ValueError(f"expected a non-empty org id, got {org_id!r}")
+        try:
+            self._client.hset(self.key, org_id, value)
+        except redis.RedisError as exc:
+            raise BufferUnavailableError(f"could not set the flag of org {org_id!r}: {exc}") from exc
+
+
+class OrgFlagsView:
+    """A process-local copy of the runtime flags, refreshed at most every ``refresh_ms``.
+
+    The refresh happens inline in the first :meth:`enrolled` call after the interval, so at most one
+    enqueue per interval per process pays one extra round trip. A failed refresh empties the view
+    (every org reads as not enrolled by its runtime flag, as the spec asks) and calls ``on_error``;
+    the next attempt waits a full interval, so an outage costs one attempt per interval.
+
+    Parameters:
+      flags: Where the flags live.
+      refresh_ms: The least time between two reads of the hash. Defaults to ``FLAG_REFRESH_MS``.
+      on_error: Called with the exception of a failed refresh. Defaults to doing nothing.
+      clock: Seconds from an arbitrary origin. Defaults to ``time.monotonic``.
+    """
+
+    def __init__(
+        self,
+        flags: OrgFlags,
+        *,
+        refresh_ms: int = FLAG_REFRESH_MS,
+        on_error: Callable[[Exception], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if refresh_ms < 0:
+            raise ValueError(f"refresh_ms must be >= 0, got {refresh_ms}")
+        self._flags = flags
+        self._refresh_s = refresh_ms / 1000
+        self._on_error = on_error
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._enrolled: frozenset[str] = frozenset()
+        self._next_refresh_at = float("-inf")
+
+    def enrolled(self, org_id: str) -> bool:
+        """Whether the runtime flag of ``org_id`` is ``"true"``, as of the last refresh."""
+        if self._clock() >= self._next_refresh_at:
+            self.refresh()
+        return org_id in self._enrolled
+
+    def refresh(self) -> None:
+        """Re-read the hash now, unless another thread is doing so."""
+        # A thread that finds a refresh under way keeps using the current copy rather than wait.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            try:
+                self._enrolled = self._flags.enrolled()
+            except Exception as exc:
+                self._enrolled = frozenset()
+                if self._on_error is not None:
+                    self._on_error(exc)
+            # Counted from the end of the read, failed or not: a slow or failing Redis is asked
+            # once per interval, never by every enqueue.
+            self._next_refresh_at = self._clock() + self._refresh_s
+        finally:
+            self._lock.release()

@@ -1,0 +1,52 @@
+"""Helpers shared by the gate and middleware tests: metrics read through the OpenTelemetry SDK."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+
+def metrics() -> tuple[MeterProvider, InMemoryMetricReader]:
+    """A meter provider of the test's own and the reader that sees what it recorded."""
+    reader = InMemoryMetricReader()
+    return MeterProvider(metric_readers=[reader]), reader
+
+
+def data_points(reader: InMemoryMetricReader, name: str | None = None) -> Iterator[tuple[str, Any]]:
+    """(metric name, data point) of every point recorded so far, optionally of one metric."""
+    data = reader.get_metrics_data()
+    if data is None:
+        return
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if name is None or metric.name == name:
+                    for point in metric.data.data_points:
+                        yield metric.name, point
+
+
+def counts(reader: InMemoryMetricReader, name: str, *keys: str) -> Counter[tuple[Any, ...]]:
+    """The counter ``name`` summed by the attribute values of ``keys``."""
+    result: Counter[tuple[Any, ...]] = Counter()
+    for _, point in data_points(reader, name):
+        result[tuple(point.attributes.get(key) for key in keys)] += point.value
+    return result
+
+
+def decisions(reader: InMemoryMetricReader) -> Counter[tuple[Any, ...]]:
+    """``mollifier.decisions`` by (outcome, reason, enrolled)."""
+    return counts(reader, "mollifier.decisions", "outcome", "reason", "enrolled")
+
+
+def total(reader: InMemoryMetricReader, name: str) -> int:
+    """The sum of every point of the counter ``name``."""
+    return sum(int(point.value) for _, point in data_points(reader, name))
+
+
+def fail_opens(reader: InMemoryMetricReader) -> Counter[tuple[Any, ...]]:
+    """``mollifier.fail_open`` by stage."""
+    return counts(reader, "mollifier.fail_open", "stage")

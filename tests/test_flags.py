@@ -1,0 +1,193 @@
+"""Runtime per-org flags on a real Redis: strict parsing, a cached view, effect without restart."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from dramatiq_mollifier import BufferUnavailableError, Mollifier, MollifierSettings
+from dramatiq_mollifier.flags import OrgFlags, OrgFlagsView, flags_key, parse_flag
+
+from .mollifier_helpers import decisions, fail_opens, metrics
+
+
+def unreachable_client() -> redis.Redis:
+    """A client for a closed port that gives up at once (as the middleware's own client does)."""
+    return redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_enable_disable_remove_and_list(redis_client: redis.Redis, key_prefix: str) -> None:
+    flags = OrgFlags(redis_client, key_prefix=key_prefix)
+
+    flags.enable("acme")
+    flags.enable("org:with{odd}chars and spaces")
+    flags.disable("globex")
+
+    assert flags.all() == {"acme": True, "org:with{odd}chars and spaces": True, "globex": False}
+    assert flags.enrolled() == {"acme", "org:with{odd}chars and spaces"}
+    assert flags.remove("acme") is True
+    assert flags.remove("acme") is False
+    assert flags.all() == {"org:with{odd}chars and spaces": True, "globex": False}
+    assert redis_client.hget(flags_key(key_prefix), "globex") == b"false"
+
+
+@pytest.mark.parametrize(
+    "raw", ["false", "False", "FALSE", "True", "TRUE", "yes", "1", "", " true", "true\n"]
+)
+def test_only_the_exact_string_true_enrols(
+    raw: str, redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis_client.hset(flags_key(key_prefix), "acme", raw)
+    flags = OrgFlags(redis_client, key_prefix=key_prefix)
+
+    assert flags.all() == {"acme": False}
+    assert flags.enrolled() == frozenset()
+    assert ("Invalid mollifier flag" in caplog.text) is (raw != "false")
+
+
+def test_parse_flag_is_strict() -> None:
+    assert parse_flag(b"true") is True
+    assert parse_flag("false") is False
+    assert parse_flag(b"\xff") is None
+    assert parse_flag("on") is None
+
+
+def test_an_empty_org_id_is_refused(redis_client: redis.Redis, key_prefix: str) -> None:
+    with pytest.raises(ValueError, match="org id"):
+        OrgFlags(redis_client, key_prefix=key_prefix).enable("")
+
+
+def test_redis_errors_are_wrapped(key_prefix: str) -> None:
+    flags = OrgFlags(unreachable_client(), key_prefix=key_prefix)
+
+    with pytest.raises(BufferUnavailableError):
+        flags.all()
+    with pytest.raises(BufferUnavailableError):
+        flags.enable("acme")
+
+
+def test_the_view_reads_the_hash_at_most_once_per_interval(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    flags = OrgFlags(redis_client, key_prefix=key_prefix)
+    reads: list[int] = []
+    enrolled = flags.enrolled
+    flags.enrolled = lambda: reads.append(1) or enrolled()  # type: ignore[method-assign]
+    clock = FakeClock()
+    view = OrgFlagsView(flags, refresh_ms=1_000, clock=clock)
+
+    assert not view.enrolled("acme")
+    flags.enable("acme")
+    for _ in range(100):
+        assert not view.enrolled("acme")  # cached: the flip is not seen yet
+    clock.now += 1.0
+    assert view.enrolled("acme")
+
+    assert len(reads) == 2
+
+
+def test_a_failed_refresh_reads_as_not_enrolled_and_waits_a_full_interval(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    flags = OrgFlags(redis_client, key_prefix=key_prefix)
+    flags.enable("acme")
+    errors: list[Exception] = []
+    clock = FakeClock()
+    view = OrgFlagsView(flags, refresh_ms=1_000, on_error=errors.append, clock=clock)
+    assert view.enrolled("acme")
+
+    def broken() -> frozenset[str]:
+        raise BufferUnavailableError("down")
+
+    flags.enrolled = broken  # type: ignore[method-assign]
+    clock.now += 1.0
+    for _ in range(10):
+        assert not view.enrolled("acme")
+
+    assert len(errors) == 1
+    del flags.enrolled
+    clock.now += 1.0
+    assert view.enrolled("acme")
+
+
+def add_mollifier(broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any) -> Any:
+    provider, reader = metrics()
+    values: dict[str, Any] = {"enabled": True, "key_prefix": key_prefix, "trip_threshold": 0, **settings}
+    mollifier = Mollifier(
+        MollifierSettings(**values), client=client, meter_provider=provider, flag_refresh_ms=50
+    )
+    broker.add_middleware(mollifier)
+    return mollifier, reader
+
+
+def test_an_operator_flip_takes_effect_without_a_restart(redis_client: redis.Redis, key_prefix: str) -> None:
+    broker = StubBroker()
+    mollifier, reader = add_mollifier(broker, redis_client, key_prefix)
+
+    @dramatiq.actor(broker=broker)
+    def ingest() -> None: ...
+
+    flags = OrgFlags(redis_client, key_prefix=key_prefix)
+    ingest.send_with_options(org_id="globex")
+    flags.enable("globex")
+    time.sleep(0.06)
+    ingest.send_with_options(org_id="globex")
+    flags.disable("globex")
+    time.sleep(0.06)
+    ingest.send_with_options(org_id="globex")
+
+    assert broker.queues["default"].qsize() == 2
+    assert mollifier.buffer.depth("globex") == 1
+    assert decisions(reader) == {
+        ("pass_through", "not_enrolled", False): 2,
+        ("mollify", "per_env_rate", True): 1,
+    }
+    broker.close()
+
+
+def test_a_static_enrolment_wins_over_a_runtime_false(redis_client: redis.Redis, key_prefix: str) -> None:
+    broker = StubBroker()
+    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, enabled_orgs={"acme"})
+    OrgFlags(redis_client, key_prefix=key_prefix).disable("acme")
+
+    @dramatiq.actor(broker=broker)
+    def ingest() -> None: ...
+
+    ingest.send_with_options(org_id="acme")
+
+    assert mollifier.buffer.depth("acme") == 1
+    broker.close()
+
+
+def test_unreadable_flags_fail_open_and_are_counted(
+    key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = StubBroker()
+    _, reader = add_mollifier(broker, unreachable_client(), key_prefix)
+
+    @dramatiq.actor(broker=broker)
+    def ingest() -> None: ...
+
+    for _ in range(5):
+        ingest.send_with_options(org_id="globex")
+
+    assert broker.queues["default"].qsize() == 5
+    assert decisions(reader) == {("pass_through", "not_enrolled", False): 5}
+    assert fail_opens(reader) == {("flags",): 1}
+    assert caplog.text.count("mollifier fail-open (flags)") == 1
+    broker.close()

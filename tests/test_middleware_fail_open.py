@@ -1,0 +1,163 @@
+"""Fail-open on real servers: a mollifier Redis that stops, stalls or answers errors never breaks send()."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier.embedded import EmbeddedRedis
+
+from .mollifier_helpers import decisions, fail_opens, metrics
+
+# One send must never wait longer than this on the mollifier (socket timeouts plus one retry).
+SEND_BOUND_S = 2.5
+
+
+@pytest.fixture
+def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=redis_url, namespace=f"dq-{key_prefix}")
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+def mollifier_on(url: str, key_prefix: str, **settings: Any) -> tuple[Mollifier, Any]:
+    """A Mollifier that builds its own client (the production path, bounded timeouts)."""
+    provider, reader = metrics()
+    values: dict[str, Any] = {
+        "enabled": True,
+        "enabled_orgs": {"acme"},
+        "redis_url": url,
+        "key_prefix": key_prefix,
+        "trip_threshold": 0,
+        "trip_hold_ms": 60_000,
+        "drainer_enabled": False,
+        **settings,
+    }
+    return Mollifier(MollifierSettings(**values), meter_provider=provider, flag_refresh_ms=100), reader
+
+
+def queue_size(broker: RedisBroker, queue_name: str) -> int:
+    return int(broker.client.hlen(f"{broker.namespace}:{queue_name}.msgs"))
+
+
+def timed_send(actor: dramatiq.Actor[Any, Any], **options: Any) -> float:
+    started = time.monotonic()
+    message = actor.send_with_options(**options)
+    assert isinstance(message, dramatiq.Message)
+    return time.monotonic() - started
+
+
+def test_sends_keep_succeeding_through_the_broker_while_the_mollifier_redis_is_down(
+    broker: RedisBroker, disposable_redis: EmbeddedRedis, key_prefix: str
+) -> None:
+    # Given a tripped, enrolled env whose messages are being diverted
+    mollifier, reader = mollifier_on(disposable_redis.url, key_prefix)
+    broker.add_middleware(mollifier)
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def ingest() -> None: ...
+
+    for _ in range(3):
+        ingest.send_with_options(org_id="acme")
+    assert queue_size(broker, ingest.queue_name) == 0
+    assert mollifier.buffer.depth() == 3
+
+    # When the mollifier's Redis stops mid-test
+    disposable_redis.stop()
+    started = time.monotonic()
+    durations = [timed_send(ingest, org_id="acme") for _ in range(10)]
+    durations += [timed_send(ingest, org_id="globex") for _ in range(5)]  # enrolment needs the flags
+
+    # Then every send reached the broker, quickly, and each fail-open was counted
+    assert max(durations) < SEND_BOUND_S
+    assert time.monotonic() - started < 10 * SEND_BOUND_S
+    assert queue_size(broker, ingest.queue_name) == 15
+    counted = decisions(reader)
+    assert counted[("pass_through", "fail_open_trip", True)] == 10
+    assert counted[("pass_through", "not_enrolled", False)] == 5
+    stages = fail_opens(reader)
+    assert stages[("trip",)] == 10
+    assert stages[("flags",)] >= 1
+
+    # And when the server is back, diverting resumes without a restart
+    disposable_redis.start()
+    ingest.send_with_options(org_id="acme")
+    assert queue_size(broker, ingest.queue_name) == 15
+    assert mollifier.buffer.depth() == 1
+
+
+def test_a_mollifier_redis_that_was_never_up_does_not_break_sends(
+    broker: RedisBroker, key_prefix: str, disposable_redis: EmbeddedRedis
+) -> None:
+    disposable_redis.stop()
+    mollifier, reader = mollifier_on(disposable_redis.url, key_prefix)
+    broker.add_middleware(mollifier)
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def ingest() -> None: ...
+
+    assert timed_send(ingest, org_id="acme") < SEND_BOUND_S
+    assert queue_size(broker, ingest.queue_name) == 1
+    assert fail_opens(reader) == {("trip",): 1}
+
+
+def test_a_stalled_mollifier_redis_costs_a_bounded_wait_then_the_broker_gets_the_message(
+    broker: RedisBroker, disposable_redis: EmbeddedRedis, key_prefix: str
+) -> None:
+    mollifier, reader = mollifier_on(disposable_redis.url, key_prefix)
+    broker.add_middleware(mollifier)
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def ingest() -> None: ...
+
+    ingest.send_with_options(org_id="acme")  # connect and trip while the server answers
+    stalling = redis.Redis.from_url(disposable_redis.url)
+
+    def spin() -> None:
+        # A script that spins for 3 s stalls the server (as a long command or a fork would).
+        stalling.eval(
+            "local deadline = redis.call('TIME')[1] + 3 "
+            "while tonumber(redis.call('TIME')[1]) < deadline do end return 1",
+            0,
+        )
+        stalling.close()
+
+    stall = threading.Thread(target=spin)
+    stall.start()
+    time.sleep(0.2)
+    try:
+        took = timed_send(ingest, org_id="acme")
+    finally:
+        stall.join()
+
+    print(f"stalled send took {took:.3f} s")
+    assert took < SEND_BOUND_S
+    assert queue_size(broker, ingest.queue_name) == 1
+    assert fail_opens(reader)[("trip",)] == 1
+
+
+def test_an_error_reply_from_redis_fails_open(
+    broker: RedisBroker, redis_url: str, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    mollifier, reader = mollifier_on(redis_url, key_prefix)
+    broker.add_middleware(mollifier)
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def ingest() -> None: ...
+
+    # The trip counter holds something INCR cannot count: the script errors.
+    redis_client.set(mollifier.buffer.keys.tenant("acme", "default").trip_counter, "not a number")
+
+    ingest.send_with_options(org_id="acme")
+
+    assert queue_size(broker, ingest.queue_name) == 1
+    assert decisions(reader) == {("pass_through", "fail_open_trip", True): 1}

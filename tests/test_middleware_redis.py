@@ -1,0 +1,196 @@
+"""The middleware on a real RedisBroker, with a real Worker and the drainer it boots."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier.models import STATE_ADMITTED, STATE_OPTION
+
+from .mollifier_helpers import decisions, metrics
+
+THRESHOLD = 20
+
+
+@pytest.fixture
+def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=redis_url, namespace=f"dq-{key_prefix}")
+    broker.emit_after("process_boot")
+    yield broker
+    broker.flush_all()
+    broker.close()
+
+
+def add_mollifier(broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any) -> Any:
+    provider, reader = metrics()
+    values: dict[str, Any] = {
+        "enabled": True,
+        "enabled_orgs": {"acme"},
+        "key_prefix": key_prefix,
+        "trip_threshold": THRESHOLD,
+        "trip_window_ms": 5_000,
+        "trip_hold_ms": 60_000,
+        "drain_poll_interval_ms": 20,
+        **settings,
+    }
+    mollifier = Mollifier(MollifierSettings(**values), client=client, meter_provider=provider)
+    broker.add_middleware(mollifier)
+    return mollifier, reader
+
+
+def on_redis_broker(broker: RedisBroker, client: redis.Redis, queue_name: str) -> list[dramatiq.Message[Any]]:
+    payloads = client.hvals(f"{broker.namespace}:{queue_name}.msgs")
+    return [dramatiq.Message.decode(payload) for payload in payloads]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+def test_a_burst_puts_exactly_threshold_on_the_redis_broker_and_the_rest_in_the_buffer(
+    broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    mollifier, reader = add_mollifier(broker, redis_client, key_prefix, drainer_enabled=False)
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def ingest(n: int) -> None: ...
+
+    sent = [ingest.send_with_options(args=(n,), org_id="acme", env_id="prod") for n in range(60)]
+
+    assert all(isinstance(message, dramatiq.Message) for message in sent)
+    on_broker = {m.message_id for m in on_redis_broker(broker, redis_client, ingest.queue_name)}
+    sent_ids = {m.message_id for m in sent}
+    diverted = sent_ids - on_broker
+    assert len(on_broker) == THRESHOLD
+    assert on_broker <= sent_ids
+    assert mollifier.buffer.depth("acme", "prod") == 60 - THRESHOLD
+    assert {m.message_id for m in sent if mollifier.buffer.get(m.message_id) is not None} == diverted
+    # A diverted send returns the message RedisBroker would have returned, its own id option included.
+    assert all("redis_message_id" in m.options for m in sent)
+    assert decisions(reader) == {
+        ("pass_through", "below_threshold", True): THRESHOLD,
+        ("mollify", "per_env_rate", True): 60 - THRESHOLD,
+    }
+
+
+def test_the_worker_boots_a_drainer_that_delivers_every_diverted_message_exactly_once(
+    broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a burst, most of it diverted while no worker runs
+    mollifier, reader = add_mollifier(broker, redis_client, key_prefix, trip_threshold=5)
+    runs: list[int] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor(
+        broker=broker, queue_name=f"q-{key_prefix}", max_retries=3, min_backoff=10, max_backoff=20
+    )
+    def ingest(n: int) -> None:
+        with lock:
+            runs.append(n)
+            first_attempt_of_7 = runs.count(7) == 1
+        if n == 7 and first_attempt_of_7:
+            raise RuntimeError("message 7 fails once, and is retried through the delay queue")
+
+    sent = [ingest.send_with_options(args=(n,), org_id="acme", env_id="prod") for n in range(30)]
+    assert mollifier.drainer is None
+    assert mollifier.buffer.depth() == 25
+
+    # When a real Worker boots (and with it the drainer) while the env stays tripped
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        assert mollifier.drainer is not None
+        wait_for(lambda: len(runs) == 31)
+    finally:
+        worker.stop()
+
+    # Then every message ran once (7 twice), none went back to the buffer, nothing is left
+    assert sorted(runs) == sorted([*range(30), 7])
+    assert mollifier.buffer.depth() == 0
+    assert len({m.message_id for m in sent}) == 30
+    counted = decisions(reader)
+    assert counted[("mollify", "per_env_rate", True)] == 25
+    assert counted[("pass_through", "below_threshold", True)] == 5
+    # drained: 25 re-enqueues; 7's retry and promotion bypass as drained or admitted
+    assert (
+        counted[("pass_through", "bypass_drained", False)]
+        + counted[("pass_through", "bypass_admitted", False)]
+        == 25 + 2
+    )
+
+
+def test_a_delayed_send_on_redis_is_promoted_by_the_worker_without_being_diverted(
+    broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    mollifier, reader = add_mollifier(
+        broker, redis_client, key_prefix, trip_threshold=0, drainer_enabled=False
+    )
+    ran = threading.Event()
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def later() -> None:
+        ran.set()
+
+    later.send_with_options(org_id="acme")  # diverted: the env is tripped
+    delayed = later.send_with_options(org_id="acme", delay=100)
+    assert delayed.options[STATE_OPTION] == STATE_ADMITTED
+
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        assert ran.wait(15)
+    finally:
+        worker.stop()
+
+    assert mollifier.buffer.depth() == 1
+    assert decisions(reader) == {
+        ("mollify", "per_env_rate", True): 1,
+        ("pass_through", "bypass_delayed", False): 1,
+        ("pass_through", "bypass_admitted", False): 1,
+    }
+
+
+def test_a_producer_process_never_starts_a_drainer(
+    broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, trip_threshold=0)
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def ingest() -> None: ...
+
+    ingest.send_with_options(org_id="acme")
+    time.sleep(0.1)
+
+    assert mollifier.drainer is None
+    assert mollifier.buffer.depth() == 1
+
+
+def test_drainer_enabled_false_keeps_workers_from_draining(
+    broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, trip_threshold=0, drainer_enabled=False)
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def ingest() -> None: ...
+
+    ingest.send_with_options(org_id="acme")
+    worker = dramatiq.Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        time.sleep(0.2)
+        assert mollifier.drainer is None
+    finally:
+        worker.stop()
+    assert mollifier.buffer.depth() == 1
