@@ -5,8 +5,16 @@ from __future__ import annotations
 __version__ = "0.1.0.dev0"
 
 from .buffer import MollifierBuffer
+from .crash_retries import CrashRetries
 from .drainer import DrainResult, MollifierDrainer
-from .errors import BufferUnavailableError, MollifierConfigurationError, MollifierError, WorkerCrashed
+from .errors import (
+    BufferUnavailableError,
+    CrashNotRetried,
+    MollifierConfigurationError,
+    MollifierError,
+    UndeliverableEntryError,
+    WorkerCrashed,
+)
 from .middleware import Mollifier
 from .models import BufferEntry, EntryStatus, Tenant, TripDecision
 from .settings import MollifierMode, MollifierSettings
@@ -25,10 +33,14 @@ __all__ = [
     # Drainer
     "DrainResult",
     "MollifierDrainer",
+    # Crash retries
+    "CrashRetries",
     # Errors
     "BufferUnavailableError",
+    "CrashNotRetried",
     "MollifierConfigurationError",
     "MollifierError",
+    "UndeliverableEntryError",
     "WorkerCrashed",
     # Meta
     "__version__",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dramatiq.middleware import MiddlewareError
+from dramatiq.middleware import MiddlewareError, SkipMessage
 
 __all__ = [
     "BufferUnavailableError",
+    "CrashNotRetried",
     "MollifierConfigurationError",
     "MollifierError",
     "UndeliverableEntryError",
@@ -39,7 +40,17 @@ class WorkerCrashed(MiddlewareError, MollifierError):
     crashed attempt under the actor's own retry policy.
     """
 
-    def __init__(self, message: str, *, signal_name: str = "unknown") -> None:
+    def __init__(self, message: str, *, signal_name: str = "unknown", cause: str = "unknown") -> None:
         super().__init__(message)
         #: The signal that ended the crashed process (``"SIGSEGV"``, ...) or ``"unknown"``.
         self.signal_name = signal_name
+        #: Why it died: ``native_crash``, ``shutdown``, ``oom``, ``time_limit`` or ``unknown``.
+        self.cause = cause
+
+
+class CrashNotRetried(WorkerCrashed, SkipMessage):
+    """A crash of a kind not retried by default (out of memory, time limit): failed at once.
+
+    A ``SkipMessage``, raised after ``message.fail()``, so Retries leaves it alone and the broker
+    dead-letters the message (as Dramatiq's AgeLimit does).
+    """

@@ -1,0 +1,162 @@
+"""The Redis side of crash detection: per-delivery in-flight records and per-process heartbeats.
+
+Keys, all under ``key_prefix``:
+
+* ``<prefix>:crash:msg:<message id, percent-encoded>``: the record of the delivery in flight, as
+  ``"<token> <json>"``. Written with ``SET ... PX ... GET`` on the way in (one command: write ours,
+  read the earlier one), deleted by ``lua/crash_release.lua`` on the way out only while it still
+  holds our token.
+* ``<prefix>:crash:proc:<proc id>``: a worker process's heartbeat and, once it is known to be dead,
+  the evidence of how it died, for workers on other hosts to judge its records by.
+
+Methods raise ``redis.RedisError``; the middleware, which fails open, is the boundary that
+catches it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from typing import Any, Literal
+from urllib.parse import quote
+
+import redis
+
+from .evidence import Evidence
+
+__all__ = ["CrashStore", "DeliveryRecord", "ProcState", "ProcStatus"]
+
+ProcStatus = Literal["running", "stopping", "dead"]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    """One delivery of a message, in flight in one worker process."""
+
+    #: Random per delivery: only this delivery may clear the record.
+    token: str
+    host: str
+    hostname: str
+    pid: int
+    start_ticks: int
+    proc_id: str
+    #: When processing began, epoch milliseconds.
+    started_ms: int
+
+    def encode(self) -> str:
+        return f"{self.token} {json.dumps(asdict(self), separators=(',', ':'))}"
+
+    @classmethod
+    def decode(cls, value: bytes | str) -> DeliveryRecord:
+        """Raises ValueError (or a subclass) when ``value`` is not a record."""
+        _token, _, body = _text(value).partition(" ")
+        fields = json.loads(body)
+        return cls(
+            token=str(fields["token"]),
+            host=str(fields["host"]),
+            hostname=str(fields["hostname"]),
+            pid=int(fields["pid"]),
+            start_ticks=int(fields["start_ticks"]),
+            proc_id=str(fields["proc_id"]),
+            started_ms=int(fields["started_ms"]),
+        )
+
+
+@dataclass(frozen=True)
+class ProcState:
+    """What Redis knows about a worker process."""
+
+    status: ProcStatus
+    #: Its last heartbeat, epoch milliseconds.
+    beat_ms: int
+    #: How it died, when a process of its host found its evidence file.
+    evidence: Evidence | None = None
+
+    def encode(self) -> str:
+        body: dict[str, Any] = {"status": self.status, "beat_ms": self.beat_ms}
+        if self.evidence is not None:
+            body["evidence"] = {
+                **asdict(self.evidence),
+                "overruns": sorted(self.evidence.overruns),
+            }
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, value: bytes | str) -> ProcState:
+        body = json.loads(_text(value))
+        status: ProcStatus = "dead"
+        if body["status"] == "running":
+            status = "running"
+        elif body["status"] == "stopping":
+            status = "stopping"
+        raw = body.get("evidence")
+        evidence = None
+        if isinstance(raw, dict):
+            evidence = Evidence(
+                fatal_signal=raw.get("fatal_signal"),
+                shutdown=bool(raw.get("shutdown")),
+                oom_killed=bool(raw.get("oom_killed")),
+                overruns=frozenset(str(m) for m in raw.get("overruns") or ()),
+                last_words=str(raw.get("last_words") or ""),
+            )
+        return cls(status=status, beat_ms=int(body["beat_ms"]), evidence=evidence)
+
+
+class CrashStore:
+    """In-flight records and process heartbeats in Redis.
+
+    Parameters:
+      client: A ``redis.Redis`` client (either ``decode_responses`` setting works).
+      key_prefix: The prefix of every key. Defaults to ``mollifier``.
+      record_ttl_ms: How long a record or a dead process's evidence outlives its writer: it must
+        cover the longest wait for a redelivery. Defaults to 7 days, as RedisBroker's
+        ``dead_message_ttl``.
+    """
+
+    def __init__(self, client: redis.Redis, *, key_prefix: str, record_ttl_ms: int) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.record_ttl_ms = record_ttl_ms
+        source = resources.files("dramatiq_mollifier").joinpath("lua/crash_release.lua").read_text()
+        self._release = client.register_script(source)
+
+    def message_key(self, message_id: str) -> str:
+        # Percent-encoded as in ``keys.py``: an id is data and cannot reach outside the prefix.
+        return f"{self.key_prefix}:crash:msg:{quote(message_id, safe='')}"
+
+    def proc_key(self, proc_id: str) -> str:
+        return f"{self.key_prefix}:crash:proc:{proc_id}"
+
+    def enter(self, message_id: str, record: DeliveryRecord) -> bytes | str | None:
+        """Write ``record`` as the message's delivery in flight; the earlier record, if any."""
+        previous = self.client.set(
+            self.message_key(message_id), record.encode(), px=self.record_ttl_ms, get=True
+        )
+        return previous if isinstance(previous, (bytes, str)) else None
+
+    def release(self, message_id: str, token: str) -> bool:
+        """Delete the message's record if it is still the one with ``token``."""
+        return bool(self._release(keys=[self.message_key(message_id)], args=[token + " "]))
+
+    def get_record(self, message_id: str) -> bytes | str | None:
+        """The raw record in flight for ``message_id`` (for inspection and tests)."""
+        value: bytes | str | None = self.client.get(self.message_key(message_id))
+        return value
+
+    def put_proc(self, proc_id: str, state: ProcState, *, ttl_ms: int) -> None:
+        """Write a process's heartbeat (``ttl_ms``: its liveness timeout) or death notice."""
+        self.client.set(self.proc_key(proc_id), state.encode(), px=ttl_ms)
+
+    def get_proc(self, proc_id: str) -> ProcState | None:
+        """What Redis knows of process ``proc_id``; None if nothing (never seen, or expired)."""
+        value = self.client.get(self.proc_key(proc_id))
+        return None if value is None else ProcState.decode(value)
+
+    def forget_proc(self, proc_id: str) -> None:
+        """Delete a process's heartbeat (clean exit)."""
+        self.client.delete(self.proc_key(proc_id))

@@ -1,0 +1,1 @@
+"""Dramatiq apps the end-to-end tests run with the real ``dramatiq`` CLI."""

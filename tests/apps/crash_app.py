@@ -1,0 +1,104 @@
+"""A Dramatiq app whose actors really segfault, for ``dramatiq tests.apps.crash_app``.
+
+Configured by environment variables set by ``tests/crash_helpers.py``:
+
+``CRASH_BROKER``            ``redis`` or ``rabbitmq``
+``CRASH_BROKER_URL``        the broker's URL
+``CRASH_REDIS_URL``         Redis for CrashRetries and for the counters the actors keep
+``CRASH_PREFIX``            CrashRetries' key prefix, also the prefix of the counters
+``CRASH_QUEUE``             the queue every actor uses
+``CRASH_EVIDENCE_DIR``      CrashRetries' evidence directory
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.middleware import Middleware
+
+from dramatiq_mollifier.crash_retries import CrashRetries, WorkerCrashed
+
+PREFIX = os.environ["CRASH_PREFIX"]
+QUEUE = os.environ["CRASH_QUEUE"]
+#: Tiny backoffs (ms) so a retry is prompt.
+BACKOFF: dict[str, Any] = {"min_backoff": 10, "max_backoff": 50}
+
+counters = redis.Redis.from_url(os.environ["CRASH_REDIS_URL"])
+
+
+def make_broker() -> Broker:
+    url = os.environ["CRASH_BROKER_URL"]
+    if os.environ["CRASH_BROKER"] == "rabbitmq":
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url)
+    from dramatiq.brokers.redis import RedisBroker
+
+    # A dead worker's unacked messages come back 3 s after its last heartbeat; maintenance on
+    # every command so that happens on the first fetch after that.
+    return RedisBroker(url=url, namespace=PREFIX, heartbeat_timeout=3_000, maintenance_chance=1_000_000)
+
+
+class RecordCrashes(Middleware):
+    """Writes every WorkerCrashed the worker sees to ``<prefix>:test:crashes`` for the test."""
+
+    def after_process_message(
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: Any = None
+    ) -> None:
+        self.after_skip_message(broker, message, exception=exception)
+
+    def after_skip_message(self, broker: Broker, message: MessageProxy, exception: Any = None) -> None:
+        exception = exception or message._exception
+        if isinstance(exception, WorkerCrashed):
+            entry = f"{message.message_id} {exception.signal_name} {exception.cause}"
+            counters.rpush(f"{PREFIX}:test:crashes", entry)
+
+
+broker = make_broker()
+broker.add_middleware(RecordCrashes())
+broker.add_middleware(
+    CrashRetries.from_url(
+        os.environ["CRASH_REDIS_URL"],
+        key_prefix=PREFIX,
+        evidence_dir=os.environ["CRASH_EVIDENCE_DIR"],
+        heartbeat_interval_ms=500,
+        liveness_timeout_ms=2_000,
+    )
+)
+dramatiq.set_broker(broker)
+
+
+def segfault(counter: str) -> None:
+    counters.incr(counter)
+    ctypes.string_at(0)  # reads address 0: SIGSEGV in C, no Python exception
+
+
+crash_max2 = dramatiq.actor(actor_name="crash_max2", queue_name=QUEUE, max_retries=2, **BACKOFF)(segfault)
+crash_max0 = dramatiq.actor(actor_name="crash_max0", queue_name=QUEUE, max_retries=0, **BACKOFF)(segfault)
+crash_refused = dramatiq.actor(
+    actor_name="crash_refused",
+    queue_name=QUEUE,
+    max_retries=20,
+    retry_when=lambda retries, exc: not isinstance(exc, WorkerCrashed),
+    **BACKOFF,
+)(segfault)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def normal(counter: str) -> None:
+    counters.incr(counter)
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, **BACKOFF)
+def slow(counter: str, first_run_s: float) -> None:
+    """Runs ``first_run_s`` the first time it starts, at once afterwards."""
+    started = counters.incr(f"{counter}:started")
+    if started == 1:
+        time.sleep(first_run_s)
+    counters.incr(f"{counter}:done")

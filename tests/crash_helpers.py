@@ -1,0 +1,175 @@
+"""Run the real ``dramatiq`` CLI on ``tests.apps.crash_app`` the way a supervisor would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from dramatiq import Message
+from dramatiq.broker import Broker
+
+REPO = Path(__file__).resolve().parent.parent
+APP = "tests.apps.crash_app"
+
+
+@dataclass
+class CrashApp:
+    """One isolated configuration of the crash app: its own prefix, queue and evidence dir."""
+
+    broker: str
+    broker_url: str
+    redis_url: str
+    evidence_dir: Path
+    prefix: str = field(default_factory=lambda: f"ctest-{uuid.uuid4().hex[:8]}")
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}-q"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "CRASH_BROKER": self.broker,
+            "CRASH_BROKER_URL": self.broker_url,
+            "CRASH_REDIS_URL": self.redis_url,
+            "CRASH_PREFIX": self.prefix,
+            "CRASH_QUEUE": self.queue,
+            "CRASH_EVIDENCE_DIR": str(self.evidence_dir),
+            "PYTHONFAULTHANDLER": "",
+        }
+
+    def send(self, actor_name: str, *args: object) -> str:
+        """Enqueue a message for one of the app's actors through a plain broker; its id."""
+        broker: Broker
+        if self.broker == "rabbitmq":
+            from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+            broker = RabbitmqBroker(url=self.broker_url, middleware=[])
+        else:
+            from dramatiq.brokers.redis import RedisBroker
+
+            broker = RedisBroker(url=self.broker_url, namespace=self.prefix, middleware=[])
+        try:
+            message: Message[Any] = Message(
+                queue_name=self.queue, actor_name=actor_name, args=args, kwargs={}, options={}
+            )
+            return broker.enqueue(message).message_id
+        finally:
+            broker.close()
+
+
+class Supervisor:
+    """Starts ``dramatiq <app> --processes 1 --threads 1`` and starts it again whenever it exits.
+
+    The CLI stops as a whole when its worker process dies of a signal; a supervisor (systemd,
+    Kubernetes, supervisord) starts it again. Output goes to ``log_path``.
+    """
+
+    def __init__(self, app: CrashApp, log_path: Path, *extra_args: str) -> None:
+        self.app = app
+        self.log_path = log_path
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.exit_codes: list[int] = []
+
+    def start(self) -> None:
+        command = [
+            sys.executable, "-m", "dramatiq", APP,
+            "--processes", "1", "--threads", "1",
+            "--path", str(REPO),
+            *self.extra_args,
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=self.app.env(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+
+    def run_until(self, done: Callable[[], bool], *, timeout_s: float) -> bool:
+        """Keep the CLI running (restarting it when it exits) until ``done()`` or the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                if self.process is not None:
+                    self.exit_codes.append(self.process.returncode)
+                self.start()
+            if done():
+                return True
+            time.sleep(0.1)
+        return done()
+
+    def terminate(self, timeout_s: float = 30) -> int | None:
+        """SIGTERM the CLI (a graceful shutdown) and wait for it; its exit code."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.exit_codes.append(process.returncode)
+        return process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+def count(client: redis.Redis, key: str) -> int:
+    value = client.get(key)
+    return int(value) if value is not None else 0
+
+
+def crashes(client: redis.Redis, app: CrashApp) -> list[str]:
+    """Every WorkerCrashed the app's workers saw: ``"<message id> <signal> <cause>"``."""
+    return [bytes(v).decode() for v in client.lrange(f"{app.prefix}:test:crashes", 0, -1)]
+
+
+def in_flight_records(client: redis.Redis, app: CrashApp) -> list[bytes]:
+    return list(client.scan_iter(f"{app.prefix}:crash:msg:*"))
+
+
+def redis_dead_letters(client: redis.Redis, app: CrashApp) -> dict[str, Message[Any]]:
+    """The messages in the RedisBroker dead-letter set of the app's queue, by message id."""
+    stored = client.hvals(f"{app.prefix}:{app.queue}.XQ.msgs")
+    messages = [Message.decode(bytes(data)) for data in stored]
+    return {message.message_id: message for message in messages}
+
+
+_rabbitmq_dead: dict[str, dict[str, Message[Any]]] = {}
+
+
+def rabbitmq_dead_letters(url: str, app: CrashApp) -> dict[str, Message[Any]]:
+    """Messages dead-lettered so far to the app queue's ``.XQ`` queue (drained as read)."""
+    import pika
+
+    seen = _rabbitmq_dead.setdefault(app.queue, {})
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        while True:
+            method, _properties, body = channel.basic_get(f"{app.queue}.XQ", auto_ack=True)
+            if method is None:
+                break
+            message = Message.decode(body)
+            seen[message.message_id] = message
+    finally:
+        connection.close()
+    return dict(seen)
