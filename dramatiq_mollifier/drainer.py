@@ -1,17 +1,42 @@
-"""``MollifierDrainer``: puts buffered messages back on the broker, fairly (stub; see issue 4)."""
+"""``MollifierDrainer``: puts buffered messages back on the broker, fairly.
+
+One tick (:meth:`MollifierDrainer.run_once`) lists the orgs with queued work, takes a window of
+them that slides by one org per tick, picks one env per org round-robin, pops up to a batch from
+each and runs the handler on a pool of daemon threads. Entries that were popped and are not yet
+acked, requeued or failed never outnumber the pool. :meth:`~MollifierDrainer.start` and
+:meth:`~MollifierDrainer.stop` run ticks in a background thread whose every sleep waits on one
+``threading.Event``, so ``stop`` wakes it at once.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import bisect
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 from .buffer import MollifierBuffer
+from .errors import UndeliverableEntryError
 from .models import BufferEntry
+from .telemetry import DrainResultKind, Telemetry
 
-__all__ = ["DrainHandler", "DrainResult", "MollifierDrainer"]
+__all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", "OrgEnvRotation"]
+
+logger = logging.getLogger(__name__)
 
 #: Called once per popped entry; raising means the attempt failed.
 DrainHandler = Callable[[BufferEntry], None]
+
+#: The longest the loop waits after consecutive ticks that raised, in milliseconds.
+MAX_BACKOFF_MS = 5_000
+#: The most often a tick reclaims expired leases, in milliseconds (also capped at a quarter lease).
+RECLAIM_INTERVAL_MS = 1_000
+#: How often a tick reads the buffer depth for the gauge, in milliseconds.
+DEPTH_INTERVAL_MS = 1_000
 
 
 class DrainResult(NamedTuple):
@@ -21,7 +46,150 @@ class DrainResult(NamedTuple):
     failed: int
 
 
+class OrgEnvRotation:
+    """Two-level round robin: a window of orgs sliding by one per tick, then one env per org.
+
+    Cursors hold names, not positions, so an org or env that comes or goes between ticks does not
+    make the rotation skip its neighbour. Env cursors exist only for orgs listed in the last tick.
+    """
+
+    def __init__(self, max_orgs: int) -> None:
+        self.max_orgs = max_orgs
+        self._org_cursor: str | None = None
+        self._env_cursors: dict[str, str] = {}
+
+    def reset(self) -> None:
+        """Forget every cursor: the next tick starts at the first org and each org's first env."""
+        self._org_cursor = None
+        self._env_cursors.clear()
+
+    @property
+    def cursor_count(self) -> int:
+        """How many per-org env cursors are held (never more than the orgs last listed)."""
+        return len(self._env_cursors)
+
+    def pick_orgs(self, orgs: Sequence[str]) -> list[str]:
+        """The window of at most ``max_orgs`` from ``orgs`` (sorted) for this tick, wrapping."""
+        if not orgs:
+            self._env_cursors.clear()
+            return []
+        start = 0 if self._org_cursor is None else bisect.bisect_right(orgs, self._org_cursor)
+        start %= len(orgs)
+        self._org_cursor = orgs[start]
+        if len(self._env_cursors) > 0:
+            listed = set(orgs)
+            for org in [org for org in self._env_cursors if org not in listed]:
+                del self._env_cursors[org]
+        count = min(self.max_orgs, len(orgs))
+        return [orgs[(start + i) % len(orgs)] for i in range(count)]
+
+    def pick_env(self, org_id: str, envs: Sequence[str]) -> str:
+        """The env of ``org_id`` that comes after the one picked last time, from ``envs`` (sorted)."""
+        last = self._env_cursors.get(org_id)
+        index = 0 if last is None else bisect.bisect_right(envs, last) % len(envs)
+        self._env_cursors[org_id] = envs[index]
+        return envs[index]
+
+
+class _Tick:
+    """Counters of one tick."""
+
+    __slots__ = ("drained", "failed")
+
+    def __init__(self) -> None:
+        self.drained = 0
+        self.failed = 0
+
+
+# What a pool thread hands back: the entry and the handler's exception (None on success).
+_Completion = tuple[BufferEntry, BaseException | None]
+# Put on the completion queue to wake the tick when the pool is abandoned.
+_WAKE = None
+
+
+class _HandlerPool:
+    """Daemon threads that run the handler; completions go back to the tick that submitted them.
+
+    Once abandoned (``stop`` ran out of time), a handler that finishes later settles its own
+    entry, so it is still acked instead of waiting for its lease to expire. The threads are
+    daemons so that a hung handler never keeps the process from exiting.
+    """
+
+    def __init__(self, size: int, handler: DrainHandler, settle: Callable[[_Completion], None]) -> None:
+        self.size = size
+        self.in_flight = 0  # touched by the tick's thread only
+        self.completions: queue.SimpleQueue[_Completion | None] = queue.SimpleQueue()
+        self._handler = handler
+        self._settle = settle
+        self._work: queue.SimpleQueue[BufferEntry | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self.abandoned = False
+
+    def submit(self, entry: BufferEntry) -> None:
+        self.in_flight += 1
+        if len(self._threads) < min(self.size, self.in_flight):
+            thread = threading.Thread(target=self._run, name="mollifier-drain-handler", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._work.put(entry)
+
+    def _run(self) -> None:
+        while (entry := self._work.get()) is not None:
+            error: BaseException | None = None
+            try:
+                self._handler(entry)
+            except BaseException as exc:
+                error = exc
+            with self._lock:
+                if not self.abandoned:
+                    self.completions.put((entry, error))
+                    continue
+            self._settle((entry, error))
+
+    def take(self, *, block: bool) -> list[_Completion]:
+        """Every completion queued now, after waiting for the first one if ``block``."""
+        items = [self.completions.get()] if block else []
+        while True:
+            try:
+                items.append(self.completions.get_nowait())
+            except queue.Empty:
+                return [item for item in items if item is not None]
+
+    def abandon(self) -> None:
+        """Stop handing completions to the tick, and wake it."""
+        with self._lock:
+            self.abandoned = True
+        self.completions.put(_WAKE)
+
+    def close(self) -> None:
+        """Let every thread exit once its current handler returns."""
+        for _ in self._threads:
+            self._work.put(None)
+
+
 class MollifierDrainer:
+    """Drains a :class:`MollifierBuffer` through ``handler``, fairly across orgs and their envs.
+
+    Parameters:
+      buffer: The buffer to drain.
+      handler: Called with each popped entry; returning means success (the entry is acked),
+        raising means the attempt failed. Raise :class:`UndeliverableEntryError` to dead-letter
+        the entry at once.
+      concurrency: Handlers running at once, which also bounds entries popped but not yet
+        settled. Defaults to 50.
+      max_attempts: Handler attempts before an entry is dead-lettered. Defaults to 3.
+      max_orgs_per_tick: Orgs visited per tick. Defaults to 500.
+      poll_interval_ms: The sleep after a tick that drained nothing. Defaults to 100.
+      batch_size: Entries popped from one env per tick. Defaults to 100.
+      is_retryable: Whether a handler exception may be retried. Defaults to every exception.
+      telemetry: Where drain metrics go. Defaults to instruments on the global meter provider.
+      reclaim_interval_ms: How often ``run_once`` reclaims expired leases. Defaults to a quarter of
+        the buffer's lease, at most once a second.
+      sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
+        tests inject it to observe the loop's waits.
+    """
+
     def __init__(
         self,
         buffer: MollifierBuffer,
@@ -33,14 +201,318 @@ class MollifierDrainer:
         poll_interval_ms: int = 100,
         batch_size: int = 100,
         is_retryable: Callable[[BaseException], bool] | None = None,
+        telemetry: Telemetry | None = None,
+        reclaim_interval_ms: int | None = None,
+        sleep: Callable[[int], object] | None = None,
     ) -> None:
-        raise NotImplementedError
+        for name, value in (
+            ("concurrency", concurrency),
+            ("max_attempts", max_attempts),
+            ("max_orgs_per_tick", max_orgs_per_tick),
+            ("poll_interval_ms", poll_interval_ms),
+            ("batch_size", batch_size),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value!r}")
+        self._buffer = buffer
+        self._handler = handler
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.poll_interval_ms = poll_interval_ms
+        self.batch_size = batch_size
+        self._refill = max(1, concurrency // 4)
+        self._is_retryable = is_retryable or (lambda exc: True)
+        self._telemetry = telemetry or Telemetry()
+        if reclaim_interval_ms is None:
+            reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
+        self.reclaim_interval_ms = reclaim_interval_ms
+        self._sleep = sleep or self._wait
+        self._rotation = OrgEnvRotation(max_orgs_per_tick)
+        self._pool: _HandlerPool | None = None
+        self._last_reclaim = float("-inf")
+        self._last_depth = float("-inf")
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
 
+    @property
+    def rotation(self) -> OrgEnvRotation:
+        """The org/env cursors (read them, do not drive them)."""
+        return self._rotation
+
+    @property
+    def running(self) -> bool:
+        """Whether the background loop is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    # One tick -------------------------------------------------------------------------------
     def run_once(self) -> DrainResult:
-        raise NotImplementedError
+        """Reclaim expired leases (throttled), then drain one window of orgs, one env each.
 
+        Raises when the org list cannot be read (Redis down); any other buffer error is counted
+        as a failure of the env it concerns. Not re-entrant: one caller at a time.
+        """
+        now = time.monotonic()
+        self._reclaim(now)
+        self._record_depth(now)
+        orgs = self._buffer.orgs()
+        tick = _Tick()
+        pool = self._pool
+        if pool is None or pool.abandoned:
+            pool = self._pool = _HandlerPool(self.concurrency, self._handler, self._settle_alone)
+        try:
+            for org_id in self._rotation.pick_orgs(orgs):
+                if self._stopping.is_set():
+                    break
+                try:
+                    envs = self._buffer.envs(org_id)
+                except Exception:
+                    logger.warning("mollifier.drain_error listing envs of org %r", org_id, exc_info=True)
+                    tick.failed += 1
+                    continue
+                if envs and not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
+                    break
+        finally:
+            self._collect(pool, tick, until=0)
+        return DrainResult(tick.drained, tick.failed)
+
+    def _drain_env(self, pool: _HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
+        """Pop up to a batch from the env, never past the free slots. False if abandoned."""
+        remaining = self.batch_size
+        while remaining > 0 and not self._stopping.is_set():
+            # Wait for a few free slots rather than one: fewer, larger pops (and acks).
+            wanted = min(remaining, self._refill)
+            if not self._collect(pool, tick, until=self.concurrency - wanted):
+                return False
+            limit = min(remaining, self.concurrency - pool.in_flight)
+            try:
+                entries = self._buffer.pop_many(org_id, env_id, limit)
+            except Exception:
+                logger.warning("mollifier.drain_error popping org %r env %r", org_id, env_id, exc_info=True)
+                tick.failed += 1
+                return True
+            for entry in entries:
+                pool.submit(entry)
+            if len(entries) < limit:
+                return True
+            remaining -= len(entries)
+        return True
+
+    def _collect(self, pool: _HandlerPool, tick: _Tick, *, until: int) -> bool:
+        """Settle completions until at most ``until`` entries are in flight. False if abandoned."""
+        while pool.in_flight > until:
+            # Read before blocking: abandon() sets the flag before it puts the wake-up.
+            abandoned = pool.abandoned
+            batch = pool.take(block=not abandoned)
+            if batch:
+                self._settle(batch, tick)
+                pool.in_flight -= len(batch)
+            if abandoned or pool.abandoned:
+                return False
+        return True
+
+    # Settling -------------------------------------------------------------------------------
+    def _settle(self, batch: Iterable[_Completion], tick: _Tick) -> None:
+        succeeded: list[BufferEntry] = []
+        for entry, error in batch:
+            if error is None:
+                succeeded.append(entry)
+            else:
+                self._settle_failure(entry, error)
+                tick.failed += 1
+        if not succeeded:
+            return
+        try:
+            self._buffer.ack_many([entry.message_id for entry in succeeded])
+        except Exception:
+            logger.warning(
+                "mollifier.drain_error acking %d entries (they stay DRAINING until their lease expires)",
+                len(succeeded),
+                exc_info=True,
+            )
+            tick.failed += 1
+            return
+        tick.drained += len(succeeded)
+        self._record_acked(succeeded)
+
+    def _settle_alone(self, completion: _Completion) -> None:
+        """Settle one entry from a handler thread, after the tick gave up waiting for it."""
+        entry, error = completion
+        try:
+            if error is None:
+                self._buffer.ack(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
+                self._record_acked([entry])
+            else:
+                self._settle_failure(entry, error)
+        except Exception:
+            logger.warning(
+                "mollifier.drain_error settling %r after shutdown", entry.message_id, exc_info=True
+            )
+
+    def _settle_failure(self, entry: BufferEntry, error: BaseException) -> DrainResultKind | None:
+        """Requeue or dead-letter after a handler error; None if the buffer call itself failed."""
+        try:
+            retryable = not isinstance(error, UndeliverableEntryError) and self._retryable(error)
+            if retryable and entry.attempts + 1 < self.max_attempts:
+                self._buffer.requeue(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
+                logger.warning(
+                    "mollifier.drain_retry message_id=%r org_id=%r env_id=%r attempts=%d: %s: %s",
+                    entry.message_id,
+                    entry.org_id,
+                    entry.env_id,
+                    entry.attempts + 1,
+                    type(error).__name__,
+                    error,
+                )
+                kind = DrainResultKind.REQUEUED
+            else:
+                self._buffer.fail(
+                    entry.message_id,
+                    code=type(error).__name__,
+                    message=str(error),
+                    org_id=entry.org_id,
+                    env_id=entry.env_id,
+                )
+                logger.error(
+                    "mollifier.drain_failed message_id=%r org_id=%r env_id=%r attempts=%d: %s: %s",
+                    entry.message_id,
+                    entry.org_id,
+                    entry.env_id,
+                    entry.attempts + 1,
+                    type(error).__name__,
+                    error,
+                    exc_info=error,
+                )
+                kind = DrainResultKind.FAILED
+        except Exception:
+            logger.warning(
+                "mollifier.drain_error settling %r (it stays DRAINING until its lease expires)",
+                entry.message_id,
+                exc_info=True,
+            )
+            return None
+        self._telemetry.record_drained(kind)
+        return kind
+
+    def _retryable(self, error: BaseException) -> bool:
+        try:
+            return self._is_retryable(error)
+        except Exception:
+            logger.warning("mollifier.drain_error in is_retryable; retrying", exc_info=True)
+            return True
+
+    def _record_acked(self, entries: Sequence[BufferEntry]) -> None:
+        self._telemetry.record_drained(DrainResultKind.ACKED, len(entries))
+        now_ms = time.time() * 1000
+        log = logger.isEnabledFor(logging.INFO)
+        for entry in entries:
+            age_ms = max(0.0, now_ms - entry.created_at.timestamp() * 1000)
+            self._telemetry.record_time_in_buffer(age_ms)
+            if log:
+                logger.info(
+                    "mollifier.drained message_id=%r org_id=%r env_id=%r attempts=%d age_ms=%d sha256=%s",
+                    entry.message_id,
+                    entry.org_id,
+                    entry.env_id,
+                    entry.attempts,
+                    age_ms,
+                    hashlib.sha256(entry.payload).hexdigest(),
+                )
+
+    # Housekeeping ---------------------------------------------------------------------------
+    def _reclaim(self, now: float) -> None:
+        if (now - self._last_reclaim) * 1000 < self.reclaim_interval_ms:
+            return
+        self._last_reclaim = now
+        try:
+            reclaimed = self._buffer.reclaim_expired()
+        except Exception:
+            logger.warning("mollifier.drain_error reclaiming expired leases", exc_info=True)
+            return
+        if reclaimed:
+            self._telemetry.record_reclaimed(len(reclaimed))
+            logger.warning(
+                "mollifier.reclaimed %d entries whose lease expired, first %r", len(reclaimed), reclaimed[0]
+            )
+
+    def _record_depth(self, now: float) -> None:
+        if (now - self._last_depth) * 1000 < DEPTH_INTERVAL_MS:
+            return
+        self._last_depth = now
+        try:
+            self._telemetry.record_depth(self._buffer.depth())
+        except Exception:
+            logger.debug("mollifier.drain_error reading the depth", exc_info=True)
+
+    # The loop -------------------------------------------------------------------------------
     def start(self) -> None:
-        raise NotImplementedError
+        """Run ticks in a background thread until :meth:`stop`. Does nothing if already running."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                if not self._stopping.is_set():
+                    return
+                # A stop that ran out of time: its abandoned loop exits after its current call.
+                self._thread.join()
+            self._stopping = threading.Event()
+            self._rotation.reset()
+            self._thread = threading.Thread(target=self._loop, name="mollifier-drainer", daemon=True)
+            self._thread.start()
 
     def stop(self, timeout_ms: int = 30_000) -> bool:
-        raise NotImplementedError
+        """Wake the loop, let in-flight handlers finish until the deadline, and end the loop.
+
+        Returns True when the loop ended within ``timeout_ms`` (and when it never started).
+        Entries whose handler is still running at the deadline keep their lease: a handler that
+        returns later still acks its entry, and one that never does is reclaimed by any drainer.
+        """
+        with self._lock:
+            thread = self._thread
+            self._stopping.set()
+            if thread is not None:
+                thread.join(max(0, timeout_ms) / 1000)
+            stopped = thread is None or not thread.is_alive()
+            pool = self._pool
+            if pool is not None:
+                if not stopped:
+                    pool.abandon()
+                pool.close()
+                self._pool = None
+            if stopped:
+                self._thread = None
+                self._stopping = threading.Event()
+            else:
+                logger.warning("mollifier.drainer did not stop within %d ms", timeout_ms)
+            return stopped
+
+    def _wait(self, delay_ms: int) -> None:
+        self._stopping.wait(delay_ms / 1000)
+
+    def _loop(self) -> None:
+        stopping = self._stopping
+        failures = 0
+        while not stopping.is_set():
+            try:
+                result = self.run_once()
+            except Exception:
+                failures += 1
+                delay_ms = backoff_ms(self.poll_interval_ms, failures)
+                logger.warning(
+                    "mollifier.drain_error tick failed %d time(s) in a row; next try in %d ms",
+                    failures,
+                    delay_ms,
+                    exc_info=failures == 1,
+                )
+                self._sleep(delay_ms)
+                continue
+            if failures:
+                logger.info("mollifier.drainer recovered after %d failed tick(s)", failures)
+                failures = 0
+            if result.drained == 0:
+                self._sleep(self.poll_interval_ms)
+
+
+def backoff_ms(poll_interval_ms: int, failures: int) -> int:
+    """The wait after ``failures`` consecutive raising ticks: poll interval doubling, 5 s at most."""
+    if failures < 1:
+        return poll_interval_ms
+    return min(MAX_BACKOFF_MS, poll_interval_ms << min(failures - 1, 32))

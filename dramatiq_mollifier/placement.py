@@ -1,0 +1,90 @@
+"""Where a drainer runs: one thread per worker process, from worker boot to worker shutdown.
+
+The :class:`~dramatiq_mollifier.Mollifier` middleware starts a placement in ``after_worker_boot``
+and stops it in ``before_worker_shutdown``, so producer-only processes (web servers), which never
+boot a worker, never drain. ``dramatiq-mollifier drain`` uses the same placement on its own.
+
+Configuration errors are raised when :class:`MollifierSettings` is built, at import time of the
+user's module, since Dramatiq swallows ordinary exceptions raised by worker-boot hooks. Nothing
+here does I/O on start: a Redis outage at boot shows up as failing ticks, which the drainer logs
+and retries with backoff, and never takes the worker down.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+
+from .buffer import MollifierBuffer
+from .drain_handler import make_drain_handler
+from .drainer import MollifierDrainer
+from .settings import MollifierSettings
+from .telemetry import Telemetry
+
+__all__ = ["DrainerPlacement"]
+
+logger = logging.getLogger(__name__)
+
+
+class DrainerPlacement:
+    """Owns the drainer of one process.
+
+    Parameters:
+      settings: The ``drain_*`` settings size the drainer; ``mode`` picks its handler;
+        ``drain_shutdown_timeout_ms`` bounds :meth:`stop`.
+      buffer: The buffer to drain.
+      telemetry: Where drain metrics go.
+    """
+
+    def __init__(self, *, settings: MollifierSettings, buffer: MollifierBuffer, telemetry: Telemetry) -> None:
+        self.settings = settings
+        self.buffer = buffer
+        self.telemetry = telemetry
+        self._drainer: MollifierDrainer | None = None
+
+    @property
+    def drainer(self) -> MollifierDrainer | None:
+        """The drainer once :meth:`start` has built it; None before."""
+        return self._drainer
+
+    def start(self, broker: dramatiq.Broker) -> None:
+        """Start draining onto ``broker`` in a background thread. A second call does nothing."""
+        if self._drainer is not None and self._drainer.running:
+            return
+        settings = self.settings
+        if self._drainer is None:
+            self._drainer = MollifierDrainer(
+                self.buffer,
+                make_drain_handler(broker, mode=settings.mode),
+                concurrency=settings.drain_concurrency,
+                max_attempts=settings.drain_max_attempts,
+                max_orgs_per_tick=settings.drain_max_orgs_per_tick,
+                poll_interval_ms=settings.drain_poll_interval_ms,
+                batch_size=settings.drain_batch_size,
+                telemetry=self.telemetry,
+            )
+        self._drainer.start()
+        logger.info(
+            "mollifier.drainer started (mode=%s, concurrency=%d, batch_size=%d, prefix=%r)",
+            settings.mode.value,
+            settings.drain_concurrency,
+            settings.drain_batch_size,
+            settings.key_prefix,
+        )
+
+    def stop(self) -> bool:
+        """Stop the drainer within ``drain_shutdown_timeout_ms``; True if it stopped in time."""
+        if self._drainer is None:
+            return True
+        timeout_ms = self.settings.drain_shutdown_timeout_ms
+        stopped = self._drainer.stop(timeout_ms)
+        if stopped:
+            logger.info("mollifier.drainer stopped")
+        else:
+            logger.warning(
+                "mollifier.drainer still had handlers running after drain_shutdown_timeout_ms=%d; "
+                "their entries stay leased and are reclaimed if they never finish",
+                timeout_ms,
+            )
+        return stopped

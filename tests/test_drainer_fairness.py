@@ -1,0 +1,186 @@
+"""Fairness: orgs first, then envs within an org; a sliding org window; bounded cursor state."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import redis
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.drainer import DrainResult, MollifierDrainer, OrgEnvRotation
+from dramatiq_mollifier.models import BufferEntry
+
+
+@pytest.fixture
+def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
+    return MollifierBuffer(redis_client, key_prefix=key_prefix)
+
+
+class Log:
+    """A handler that records (org, env, message id) in the order the handler saw them."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, str]] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, entry: BufferEntry) -> None:
+        with self._lock:
+            self.entries.append((entry.org_id, entry.env_id, entry.message_id))
+
+    def take(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            taken, self.entries = self.entries, []
+        return taken
+
+
+def seed(buffer: MollifierBuffer, org: str, env: str, count: int) -> None:
+    for i in range(count):
+        buffer.accept(f"{org}/{env}/{i}", org_id=org, env_id=env, payload=b"x")
+
+
+# Pure policy ---------------------------------------------------------------------------------
+def test_the_org_window_slides_by_one_each_tick_and_wraps() -> None:
+    rotation = OrgEnvRotation(max_orgs=3)
+    orgs = ["a", "b", "c", "d", "e"]
+
+    windows = [rotation.pick_orgs(orgs) for _ in range(6)]
+
+    assert windows == [
+        ["a", "b", "c"],
+        ["b", "c", "d"],
+        ["c", "d", "e"],
+        ["d", "e", "a"],
+        ["e", "a", "b"],
+        ["a", "b", "c"],
+    ]
+
+
+def test_the_org_cursor_does_not_skip_the_next_org_when_the_current_one_leaves() -> None:
+    rotation = OrgEnvRotation(max_orgs=1)
+    assert rotation.pick_orgs(["a", "b", "c"]) == ["a"]
+
+    # a drained empty and left the org set: b is next, not c.
+    assert rotation.pick_orgs(["b", "c"]) == ["b"]
+    assert rotation.pick_orgs(["b", "c"]) == ["c"]
+
+
+def test_envs_of_an_org_rotate_and_envs_of_other_orgs_have_their_own_cursor() -> None:
+    rotation = OrgEnvRotation(max_orgs=10)
+    envs = ["dev", "prod", "staging"]
+
+    picks = [rotation.pick_env("a", envs) for _ in range(4)]
+    other = rotation.pick_env("b", envs)
+
+    assert picks == ["dev", "prod", "staging", "dev"]
+    assert other == "dev"
+
+
+def test_env_cursors_are_pruned_when_their_org_is_no_longer_listed() -> None:
+    rotation = OrgEnvRotation(max_orgs=500)
+    for i in range(1_000):
+        org = f"org-{i}"
+        for picked in rotation.pick_orgs([org]):
+            rotation.pick_env(picked, ["prod"])
+        assert rotation.cursor_count <= 1
+    rotation.pick_orgs([])
+    assert rotation.cursor_count == 0
+
+
+# Against the real server ---------------------------------------------------------------------
+def test_max_orgs_per_tick_bounds_the_orgs_visited_and_the_window_slides(buffer: MollifierBuffer) -> None:
+    for i in range(6):
+        seed(buffer, f"org{i}", "prod", 3)
+    log = Log()
+    drainer = MollifierDrainer(buffer, log, max_orgs_per_tick=2, batch_size=1)
+
+    visited = []
+    for _ in range(4):
+        assert drainer.run_once() == DrainResult(drained=2, failed=0)
+        visited.append(sorted(org for org, _, _ in log.take()))
+
+    assert visited == [["org0", "org1"], ["org1", "org2"], ["org2", "org3"], ["org3", "org4"]]
+
+
+def test_an_org_with_many_envs_gets_the_share_of_an_org_with_one(buffer: MollifierBuffer) -> None:
+    for env in range(20):
+        seed(buffer, "many", f"env{env:02}", 20)
+    seed(buffer, "single", "prod", 400)
+    log = Log()
+    drainer = MollifierDrainer(buffer, log, batch_size=5)
+
+    for _ in range(20):
+        drainer.run_once()
+
+    share = Counter(org for org, _, _ in log.take())
+    ratio = share["many"] / share["single"]
+    assert 0.7 <= ratio <= 1.5, share
+
+
+def test_envs_within_an_org_take_turns(buffer: MollifierBuffer) -> None:
+    for env in ("a", "b", "c"):
+        seed(buffer, "acme", env, 5)
+    log = Log()
+    drainer = MollifierDrainer(buffer, log, batch_size=2)
+
+    order = []
+    for _ in range(6):
+        drainer.run_once()
+        order.append({env for _, env, _ in log.take()})
+
+    assert order == [{"a"}, {"b"}, {"c"}, {"a"}, {"b"}, {"c"}]
+
+
+def test_light_orgs_are_not_starved_behind_a_heavy_one(buffer: MollifierBuffer) -> None:
+    for env in range(5):
+        seed(buffer, "heavy", f"env{env}", 200)
+    for i in range(30):
+        seed(buffer, f"light{i:02}", "prod", 3)
+    log = Log()
+    drainer = MollifierDrainer(buffer, log, batch_size=10, concurrency=8)
+
+    handled: list[tuple[str, str, str]] = []
+    while any(org != "heavy" for org in buffer.orgs()):
+        drainer.run_once()
+        handled.extend(log.take())
+
+    heavy = sum(1 for org, _, _ in handled if org == "heavy")
+    light = sum(1 for org, _, _ in handled if org != "heavy")
+    assert light == 90
+    # Three ticks at most: the heavy org drained 10 per tick meanwhile, out of its 1,000.
+    assert heavy <= 30
+
+
+def test_start_resets_the_cursors(buffer: MollifierBuffer) -> None:
+    for org in ("a", "b", "c"):
+        seed(buffer, org, "prod", 5)
+    log = Log()
+    drainer = MollifierDrainer(buffer, log, max_orgs_per_tick=1, batch_size=1)
+    drainer.run_once()
+    drainer.run_once()
+    assert [org for org, _, _ in log.take()] == ["a", "b"]
+
+    drainer.start()
+    deadline = time.monotonic() + 5
+    while not log.entries and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert drainer.stop(5_000)
+
+    # After a restart, rotation begins again at the first org.
+    assert log.entries[0][0] == "a"
+
+
+def test_cursor_state_stays_bounded_as_orgs_come_and_go(buffer: MollifierBuffer) -> None:
+    log = Log()
+    drainer = MollifierDrainer(buffer, log)
+
+    for i in range(200):
+        seed(buffer, f"org{i}", f"env{i}", 1)
+        assert drainer.run_once() == DrainResult(1, 0)
+        assert drainer.rotation.cursor_count <= 1
+
+    assert drainer.run_once() == DrainResult(0, 0)
+    assert drainer.rotation.cursor_count == 0
+    assert len(log.entries) == 200

@@ -1,0 +1,228 @@
+"""The background loop: the concurrency cap, bounded stop, sleeps that stop wakes, backoff."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.drainer import MAX_BACKOFF_MS, MollifierDrainer, backoff_ms
+from dramatiq_mollifier.embedded import EmbeddedRedis
+from dramatiq_mollifier.models import BufferEntry, EntryStatus
+
+
+@pytest.fixture
+def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
+    return MollifierBuffer(redis_client, key_prefix=key_prefix)
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+def seed(buffer: MollifierBuffer, count: int, *, orgs: int = 1, envs: int = 1) -> None:
+    for i in range(count):
+        buffer.accept(f"m{i}", org_id=f"org{i % orgs}", env_id=f"env{i % envs}", payload=b"x")
+
+
+def drainer_threads() -> set[threading.Thread]:
+    """Live drainer loop threads (other tests' leftovers included: compare with a snapshot)."""
+    return {t for t in threading.enumerate() if t.name == "mollifier-drainer"}
+
+
+def test_entries_in_flight_never_exceed_the_concurrency_cap(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    seed(buffer, 300, orgs=5, envs=3)
+    lock = threading.Lock()
+    running = 0
+    peak_running = 0
+    peak_draining = 0
+
+    def handler(entry: BufferEntry) -> None:
+        nonlocal running, peak_running, peak_draining
+        with lock:
+            running += 1
+            peak_running = max(peak_running, running)
+        # Popped but not settled, as the buffer sees it: every DRAINING entry holds a lease.
+        draining = redis_client.zcard(buffer.keys.leases)
+        time.sleep(0.002)
+        with lock:
+            peak_draining = max(peak_draining, draining)
+            running -= 1
+
+    drainer = MollifierDrainer(buffer, handler, concurrency=7, batch_size=50)
+    while drainer.run_once().drained:
+        pass
+
+    assert buffer.depth() == 0
+    assert peak_running == 7
+    assert peak_draining <= 7
+
+
+def test_stop_lets_in_flight_handlers_finish_and_leaves_nothing_draining(buffer: MollifierBuffer) -> None:
+    seed(buffer, 200)
+    started = threading.Event()
+
+    def handler(entry: BufferEntry) -> None:
+        started.set()
+        time.sleep(0.05)
+
+    drainer = MollifierDrainer(buffer, handler, concurrency=10, batch_size=200)
+    drainer.start()
+    assert started.wait(5)
+
+    assert drainer.stop(5_000)
+
+    assert 0 < buffer.depth() < 200
+    entries = [buffer.get(f"m{i}") for i in range(200)]
+    assert all(e is None or e.status is EntryStatus.QUEUED for e in entries)
+
+
+def test_stop_is_bounded_while_a_handler_hangs(buffer: MollifierBuffer) -> None:
+    seed(buffer, 1)
+    entered, release = threading.Event(), threading.Event()
+
+    def handler(entry: BufferEntry) -> None:
+        entered.set()
+        release.wait(30)
+
+    before = drainer_threads()
+    drainer = MollifierDrainer(buffer, handler)
+    drainer.start()
+    assert entered.wait(5)
+
+    began = time.monotonic()
+    assert drainer.stop(300) is False
+    assert time.monotonic() - began < 1.0
+
+    # The hung entry keeps its lease; when its handler does return, it is still acked.
+    entry = buffer.get("m0")
+    assert entry is not None
+    assert entry.status is EntryStatus.DRAINING
+    release.set()
+    eventually(lambda: buffer.get("m0") is None)
+    eventually(lambda: drainer_threads() <= before)
+
+
+def test_stop_wakes_a_long_sleep_at_once(buffer: MollifierBuffer) -> None:
+    drainer = MollifierDrainer(buffer, lambda entry: None, poll_interval_ms=60_000)
+    drainer.start()
+    time.sleep(0.1)  # an idle tick, then a one-minute sleep
+
+    began = time.monotonic()
+    assert drainer.stop(5_000)
+    assert time.monotonic() - began < 0.5
+    assert not drainer.running
+
+
+def test_start_twice_runs_one_loop(buffer: MollifierBuffer) -> None:
+    before = drainer_threads()
+    drainer = MollifierDrainer(buffer, lambda entry: None)
+    drainer.start()
+    drainer.start()
+    try:
+        assert len(drainer_threads() - before) == 1
+    finally:
+        assert drainer.stop(5_000)
+    assert drainer_threads() <= before
+
+
+def test_stop_when_never_started_returns_true_at_once(buffer: MollifierBuffer) -> None:
+    drainer = MollifierDrainer(buffer, lambda entry: None)
+
+    began = time.monotonic()
+    assert drainer.stop(10_000) is True
+    assert time.monotonic() - began < 0.1
+
+
+def test_a_stopped_drainer_can_start_again(buffer: MollifierBuffer) -> None:
+    seen: list[str] = []
+    drainer = MollifierDrainer(buffer, lambda entry: seen.append(entry.message_id), poll_interval_ms=10)
+    drainer.start()
+    assert drainer.stop(5_000)
+    seed(buffer, 3)
+
+    drainer.start()
+    eventually(lambda: len(seen) == 3)
+    assert drainer.stop(5_000)
+
+
+def test_backoff_doubles_from_the_poll_interval_up_to_five_seconds() -> None:
+    assert [backoff_ms(100, n) for n in range(1, 8)] == [100, 200, 400, 800, 1600, 3200, 5000]
+    assert backoff_ms(100, 10_000) == MAX_BACKOFF_MS
+
+
+def test_backoff_grows_while_ticks_raise_and_resets_on_success(disposable_redis: EmbeddedRedis) -> None:
+    buffer = MollifierBuffer.from_url(disposable_redis.url, key_prefix="backoff")
+    waits: list[int] = []
+    lock = threading.Lock()
+
+    def sleep(delay_ms: int) -> None:
+        with lock:
+            waits.append(delay_ms)
+        time.sleep(0.002)  # observe the waits, do not serve them
+
+    drainer = MollifierDrainer(buffer, lambda entry: None, poll_interval_ms=10, sleep=sleep)
+    disposable_redis.stop()
+    drainer.start()
+    try:
+        eventually(lambda: waits.count(MAX_BACKOFF_MS) >= 2)
+        with lock:
+            failing = list(waits)
+        assert failing[:6] == [10, 20, 40, 80, 160, 320]
+        assert max(failing) == MAX_BACKOFF_MS
+
+        disposable_redis.start()
+        eventually(lambda: waits[-3:] == [10, 10, 10])
+    finally:
+        assert drainer.stop(5_000)
+        buffer.client.close()
+
+
+def test_a_tick_that_raises_does_not_spin(disposable_redis: EmbeddedRedis) -> None:
+    buffer = MollifierBuffer.from_url(disposable_redis.url, key_prefix="spin")
+    disposable_redis.stop()
+    ticks = 0
+    real_sleep = threading.Event()
+
+    def sleep(delay_ms: int) -> None:
+        nonlocal ticks
+        ticks += 1
+        real_sleep.wait(delay_ms / 1000)
+
+    drainer = MollifierDrainer(buffer, lambda entry: None, poll_interval_ms=20, sleep=sleep)
+    drainer.start()
+    time.sleep(1.0)
+    real_sleep.set()
+    assert drainer.stop(5_000)
+    buffer.client.close()
+
+    # 20 + 40 + 80 + 160 + 320 ms of backoff fill the second: about six ticks, not thousands.
+    assert 3 <= ticks <= 8
+
+
+def test_a_tick_whose_entries_all_fail_does_not_spin(buffer: MollifierBuffer) -> None:
+    seed(buffer, 1)
+    calls = 0
+
+    def handler(entry: BufferEntry) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("always")
+
+    drainer = MollifierDrainer(buffer, handler, max_attempts=1_000, poll_interval_ms=50)
+    drainer.start()
+    time.sleep(0.5)
+    assert drainer.stop(5_000)
+
+    # One attempt per tick, a 50 ms sleep after each: about ten in half a second.
+    assert 3 <= calls <= 12

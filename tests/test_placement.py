@@ -1,0 +1,165 @@
+"""Drainer placement: one drainer per worker process, from worker boot to worker shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.embedded import EmbeddedRedis
+from dramatiq_mollifier.errors import MollifierConfigurationError
+from dramatiq_mollifier.placement import DrainerPlacement
+from dramatiq_mollifier.telemetry import Telemetry
+
+
+@pytest.fixture
+def broker() -> Iterator[StubBroker]:
+    broker = StubBroker()
+    yield broker
+    broker.close()
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def drainer_threads() -> set[threading.Thread]:
+    """Live drainer loop threads (other tests' leftovers included: compare with a snapshot)."""
+    return {t for t in threading.enumerate() if t.name == "mollifier-drainer"}
+
+
+def declare_ingest(broker: dramatiq.Broker) -> dramatiq.Actor[Any, Any]:
+    def ingest(n: int) -> None:
+        pass
+
+    return dramatiq.actor(ingest, broker=broker, max_retries=0)
+
+
+def seed(buffer: MollifierBuffer, count: int) -> None:
+    for n in range(count):
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name="default", actor_name="ingest", args=(n,), kwargs={}, options={}
+        )
+        buffer.accept(message.message_id, org_id="acme", env_id="prod", payload=message.encode())
+
+
+def test_placement_drains_onto_the_broker_until_stopped(
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    declare_ingest(broker)
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    seed(buffer, 30)
+    settings = MollifierSettings(enabled=True, key_prefix=key_prefix, drain_poll_interval_ms=10)
+    placement = DrainerPlacement(settings=settings, buffer=buffer, telemetry=Telemetry())
+    assert placement.drainer is None
+    before = drainer_threads()
+
+    placement.start(broker)
+    placement.start(broker)
+    eventually(lambda: broker.queues["default"].qsize() == 30)
+
+    assert len(drainer_threads() - before) == 1
+    assert placement.stop() is True
+    assert drainer_threads() <= before
+    assert buffer.depth() == 0
+
+
+def test_stopping_a_placement_that_never_started_returns_at_once(redis_client: redis.Redis) -> None:
+    placement = DrainerPlacement(
+        settings=MollifierSettings(), buffer=MollifierBuffer(redis_client), telemetry=Telemetry()
+    )
+
+    assert placement.stop() is True
+
+
+def test_redis_down_at_boot_is_retried_and_never_raises(
+    broker: StubBroker, disposable_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    declare_ingest(broker)
+    buffer = MollifierBuffer.from_url(disposable_redis.url, key_prefix="boot")
+    disposable_redis.stop()
+    settings = MollifierSettings(enabled=True, key_prefix="boot", drain_poll_interval_ms=20)
+    placement = DrainerPlacement(settings=settings, buffer=buffer, telemetry=Telemetry())
+
+    placement.start(broker)  # must not raise
+    time.sleep(0.3)
+    assert any("tick failed" in r.getMessage() for r in caplog.records)
+    disposable_redis.start()  # empty: the embedded server keeps nothing on disk
+    seed(buffer, 5)
+
+    eventually(lambda: broker.queues["default"].qsize() == 5)
+    assert placement.stop() is True
+    buffer.client.close()
+
+
+def test_a_worker_boot_starts_the_drainer_and_its_shutdown_stops_it(
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    settings = MollifierSettings(enabled=True, key_prefix=key_prefix, drain_poll_interval_ms=10)
+    mollifier = Mollifier(settings, client=redis_client)
+    broker.add_middleware(mollifier)
+    declare_ingest(broker)
+    seed(mollifier.buffer, 10)
+    assert mollifier.drainer is None
+
+    before = drainer_threads()
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        assert mollifier.drainer is not None
+        assert len(drainer_threads() - before) == 1
+        eventually(lambda: mollifier.buffer.depth() == 0)
+        broker.join("default")
+    finally:
+        worker.stop()
+    assert drainer_threads() <= before
+    assert mollifier.drainer is not None and not mollifier.drainer.running
+
+
+def test_a_producer_process_never_starts_a_drainer(
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    settings = MollifierSettings(enabled=True, enabled_orgs={"*"}, trip_threshold=0, key_prefix=key_prefix)
+    mollifier = Mollifier(settings, client=redis_client)
+    broker.add_middleware(mollifier)
+    ingest = declare_ingest(broker)
+    before = drainer_threads()
+
+    ingest.send_with_options(args=(1,), org_id="acme")
+
+    assert mollifier.buffer.depth() == 1
+    assert mollifier.drainer is None
+    assert drainer_threads() <= before
+
+
+def test_drainer_enabled_false_keeps_a_worker_from_draining(
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    settings = MollifierSettings(enabled=True, drainer_enabled=False, key_prefix=key_prefix)
+    broker.add_middleware(Mollifier(settings, client=redis_client))
+    declare_ingest(broker)
+    before = drainer_threads()
+
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        assert drainer_threads() <= before
+    finally:
+        worker.stop()
+
+
+def test_a_drain_shutdown_timeout_too_close_to_dramatiqs_is_refused_when_settings_are_built() -> None:
+    with pytest.raises(MollifierConfigurationError, match="drain_shutdown_timeout_ms"):
+        MollifierSettings(drain_shutdown_timeout_ms=10_000, graceful_shutdown_timeout_ms=10_500)
