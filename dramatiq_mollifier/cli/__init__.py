@@ -13,10 +13,21 @@ __all__ = ["main"]
 COMMANDS = ("demo", "stats", "orgs", "failed", "drain")
 
 
+EPILOG = """\
+Run 'dramatiq-mollifier COMMAND --help' for a command's options and examples.
+Settings come from MOLLIFIER_* variables; --redis-url and --key-prefix override them.
+
+exit codes: 0 ok, 1 problem found, 2 bad arguments, settings or URL,
+            3 Redis unreachable or failing, 130 interrupted
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dramatiq-mollifier",
         description="Smooth per-tenant enqueue bursts in Dramatiq: demo, inspect and steer the buffer.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

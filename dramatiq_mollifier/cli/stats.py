@@ -1,15 +1,124 @@
-"""``dramatiq-mollifier stats``: placeholder until its issue lands."""
+"""``dramatiq-mollifier stats``: what the buffer holds right now."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+import redis
+
+from ..buffer import MollifierBuffer
+from . import common
+
+DESCRIPTION = """\
+Show what the mollifier's buffer holds: buffered messages (QUEUED and DRAINING) and the age of
+the oldest per org and env, the envs whose trip marker is live now, and the dead letters
+(FAILED entries; see 'dramatiq-mollifier failed')."""
+
+EPILOG = f"""\
+examples:
+  dramatiq-mollifier stats
+  dramatiq-mollifier stats --org acme
+  dramatiq-mollifier stats --json | jq .depth
+  MOLLIFIER_REDIS_URL=redis://cache:6379/2 dramatiq-mollifier stats
+
+{common.EXIT_CODES_HELP}"""
+
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser("stats", help="(not built yet)")
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "stats",
+        help="buffer depth and oldest age per org and env, tripped envs, dead letters",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=common.help_formatter,
+    )
+    parser.add_argument("--org", metavar="ORG", help="only this org")
+    parser.add_argument("--json", action="store_true", help="print one JSON document (for machines)")
+    common.add_connection_arguments(parser)
     parser.set_defaults(func=run)
 
 
+def collect(buffer: MollifierBuffer, client: redis.Redis, org_id: str | None = None) -> dict[str, Any]:
+    """The numbers ``stats`` prints, as a JSON-ready dict. Ages use the Redis server's clock."""
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    envs = []
+    for org in [org_id] if org_id is not None else buffer.orgs():
+        for env in buffer.envs(org):
+            oldest = buffer.oldest_created_at(org, env)
+            envs.append(
+                {
+                    "org_id": org,
+                    "env_id": env,
+                    "depth": buffer.depth(org, env),
+                    "oldest_age_ms": None
+                    if oldest is None
+                    else max(0, now_ms - int(oldest.timestamp() * 1000)),
+                }
+            )
+    failed_by_env: dict[tuple[str, str], int] = {}
+    for entry in buffer.failed(org_id):
+        key = (entry.org_id, entry.env_id)
+        failed_by_env[key] = failed_by_env.get(key, 0) + 1
+    return {
+        "org_id": org_id,
+        "depth": buffer.depth(org_id),
+        "envs": envs,
+        "tripped": [
+            {"org_id": t.org_id, "env_id": t.env_id}
+            for t in buffer.tripped()
+            if org_id is None or t.org_id == org_id
+        ],
+        "failed": sum(failed_by_env.values()),
+        "failed_by_env": [
+            {"org_id": org, "env_id": env, "count": count}
+            for (org, env), count in sorted(failed_by_env.items())
+        ],
+    }
+
+
+def format_age(age_ms: int | None) -> str:
+    """``850 ms``, ``12.3 s``, ``4.5 min`` or ``2.0 h``."""
+    if age_ms is None:
+        return "-"
+    if age_ms < 1000:
+        return f"{age_ms} ms"
+    if age_ms < 60_000:
+        return f"{age_ms / 1000:.1f} s"
+    if age_ms < 3_600_000:
+        return f"{age_ms / 60_000:.1f} min"
+    return f"{age_ms / 3_600_000:.1f} h"
+
+
+def render(stats: dict[str, Any], *, where: str) -> str:
+    """The human-readable report."""
+    scope = f" of org {stats['org_id']!r}" if stats["org_id"] is not None else ""
+    lines = [f"Buffer{scope} at {where}", f"  buffered messages: {stats['depth']:,}"]
+    if stats["envs"]:
+        rows: list[tuple[object, ...]] = [
+            (e["org_id"], e["env_id"], e["depth"], format_age(e["oldest_age_ms"])) for e in stats["envs"]
+        ]
+        lines += ["", common.format_table(("ORG", "ENV", "DEPTH", "OLDEST"), rows)]
+    tripped = ", ".join(f"{t['org_id']}/{t['env_id']}" for t in stats["tripped"]) or "none"
+    lines += ["", f"Tripped now: {tripped}", f"Dead letters: {stats['failed']:,}"]
+    if stats["failed_by_env"]:
+        rows = [(f["org_id"], f["env_id"], f["count"]) for f in stats["failed_by_env"]]
+        lines += ["", common.format_table(("ORG", "ENV", "FAILED"), rows)]
+        lines.append("(inspect with: dramatiq-mollifier failed list)")
+    return "\n".join(lines)
+
+
+@common.command
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("stats")
+    settings = common.settings_from_args(args)
+    with common.open_buffer(settings) as (buffer, client):
+        stats = collect(buffer, client, args.org)
+    if args.json:
+        common.print_json(
+            {"redis_url": common.redact_url(settings.redis_url), "key_prefix": settings.key_prefix, **stats}
+        )
+    else:
+        where = f"{common.redact_url(settings.redis_url)} (key prefix {settings.key_prefix!r})"
+        print(render(stats, where=where))
+    return common.EXIT_OK

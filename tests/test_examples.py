@@ -1,0 +1,86 @@
+"""``examples/``: the producer's burst is buffered, and a real worker processes every event once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+BURST = 800
+STEADY = 10
+
+
+def python(*argv: str, redis_url: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def counts(client: redis.Redis, key: str) -> dict[str, int]:
+    """A hash of counters, decoded."""
+    raw: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
+    return {field.decode(): int(value) for field, value in raw.items()}
+
+
+@pytest.mark.e2e
+def test_the_example_burst_is_buffered_then_processed_exactly_once(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # Given no worker yet: the producer's burst trips acme/prod, which is diverted to the buffer.
+    produced = python(
+        "-m", "examples.producer", "--burst", str(BURST), "--steady", str(STEADY), redis_url=redis_url
+    )
+    assert produced.returncode == 0, produced.stderr
+    assert f"acme/prod sent {BURST} events" in produced.stdout
+    stats = python(
+        "-m", "dramatiq_mollifier", "stats", "--json", "--redis-url", redis_url, redis_url=redis_url
+    )
+    buffered = json.loads(stats.stdout)["depth"]
+    assert 0 < buffered < BURST
+
+    # When a worker runs the example app (its drainer starts with it).
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "examples.app", "--processes", "1", "--threads", "4"],
+        cwd=ROOT,
+        env={**os.environ, "REDIS_URL": redis_url},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    expected = {f"acme/prod/{i}" for i in range(BURST)}
+    expected |= {f"{org}/{i}" for org in ("globex/prod", "initech/eu") for i in range(STEADY)}
+    try:
+        deadline = time.monotonic() + 60
+        while redis_client.hlen("example:events") < len(expected) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)  # room for a duplicate to show up, if there were one
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+        log.close()
+
+    # Then every event was stored exactly once, the buffer is empty and billing went through.
+    stored = counts(redis_client, "example:events")
+    worker_log = (tmp_path / "worker.log").read_text(errors="replace")[-3000:]
+    assert set(stored) == expected, worker_log
+    assert set(stored.values()) == {1}
+    receipts = counts(redis_client, "example:receipts")
+    assert receipts == {"acme": BURST, "globex": STEADY, "initech": STEADY}
+    stats = python(
+        "-m", "dramatiq_mollifier", "stats", "--json", "--redis-url", redis_url, redis_url=redis_url
+    )
+    assert json.loads(stats.stdout)["depth"] == 0
