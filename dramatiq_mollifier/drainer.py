@@ -10,10 +10,8 @@ acked, requeued or failed never outnumber the pool. :meth:`~MollifierDrainer.sta
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,15 +19,14 @@ from typing import NamedTuple
 
 from .buffer import MollifierBuffer
 from .errors import UndeliverableEntryError
+from .handler_pool import Completion, DrainHandler, HandlerPool
 from .models import BufferEntry
+from .rotation import OrgEnvRotation
 from .telemetry import DrainResultKind, Telemetry
 
-__all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", "OrgEnvRotation"]
+__all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer"]
 
 logger = logging.getLogger(__name__)
-
-#: Called once per popped entry; raising means the attempt failed.
-DrainHandler = Callable[[BufferEntry], None]
 
 #: The longest the loop waits after consecutive ticks that raised, in milliseconds.
 MAX_BACKOFF_MS = 5_000
@@ -46,51 +43,6 @@ class DrainResult(NamedTuple):
     failed: int
 
 
-class OrgEnvRotation:
-    """Two-level round robin: a window of orgs sliding by one per tick, then one env per org.
-
-    Cursors hold names, not positions, so an org or env that comes or goes between ticks does not
-    make the rotation skip its neighbour. Env cursors exist only for orgs listed in the last tick.
-    """
-
-    def __init__(self, max_orgs: int) -> None:
-        self.max_orgs = max_orgs
-        self._org_cursor: str | None = None
-        self._env_cursors: dict[str, str] = {}
-
-    def reset(self) -> None:
-        """Forget every cursor: the next tick starts at the first org and each org's first env."""
-        self._org_cursor = None
-        self._env_cursors.clear()
-
-    @property
-    def cursor_count(self) -> int:
-        """How many per-org env cursors are held (never more than the orgs last listed)."""
-        return len(self._env_cursors)
-
-    def pick_orgs(self, orgs: Sequence[str]) -> list[str]:
-        """The window of at most ``max_orgs`` from ``orgs`` (sorted) for this tick, wrapping."""
-        if not orgs:
-            self._env_cursors.clear()
-            return []
-        start = 0 if self._org_cursor is None else bisect.bisect_right(orgs, self._org_cursor)
-        start %= len(orgs)
-        self._org_cursor = orgs[start]
-        if len(self._env_cursors) > 0:
-            listed = set(orgs)
-            for org in [org for org in self._env_cursors if org not in listed]:
-                del self._env_cursors[org]
-        count = min(self.max_orgs, len(orgs))
-        return [orgs[(start + i) % len(orgs)] for i in range(count)]
-
-    def pick_env(self, org_id: str, envs: Sequence[str]) -> str:
-        """The env of ``org_id`` that comes after the one picked last time, from ``envs`` (sorted)."""
-        last = self._env_cursors.get(org_id)
-        index = 0 if last is None else bisect.bisect_right(envs, last) % len(envs)
-        self._env_cursors[org_id] = envs[index]
-        return envs[index]
-
-
 class _Tick:
     """Counters of one tick."""
 
@@ -99,73 +51,6 @@ class _Tick:
     def __init__(self) -> None:
         self.drained = 0
         self.failed = 0
-
-
-# What a pool thread hands back: the entry and the handler's exception (None on success).
-_Completion = tuple[BufferEntry, BaseException | None]
-# Put on the completion queue to wake the tick when the pool is abandoned.
-_WAKE = None
-
-
-class _HandlerPool:
-    """Daemon threads that run the handler; completions go back to the tick that submitted them.
-
-    Once abandoned (``stop`` ran out of time), a handler that finishes later settles its own
-    entry, so it is still acked instead of waiting for its lease to expire. The threads are
-    daemons so that a hung handler never keeps the process from exiting.
-    """
-
-    def __init__(self, size: int, handler: DrainHandler, settle: Callable[[_Completion], None]) -> None:
-        self.size = size
-        self.in_flight = 0  # touched by the tick's thread only
-        self.completions: queue.SimpleQueue[_Completion | None] = queue.SimpleQueue()
-        self._handler = handler
-        self._settle = settle
-        self._work: queue.SimpleQueue[BufferEntry | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self.abandoned = False
-
-    def submit(self, entry: BufferEntry) -> None:
-        self.in_flight += 1
-        if len(self._threads) < min(self.size, self.in_flight):
-            thread = threading.Thread(target=self._run, name="mollifier-drain-handler", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        self._work.put(entry)
-
-    def _run(self) -> None:
-        while (entry := self._work.get()) is not None:
-            error: BaseException | None = None
-            try:
-                self._handler(entry)
-            except BaseException as exc:
-                error = exc
-            with self._lock:
-                if not self.abandoned:
-                    self.completions.put((entry, error))
-                    continue
-            self._settle((entry, error))
-
-    def take(self, *, block: bool) -> list[_Completion]:
-        """Every completion queued now, after waiting for the first one if ``block``."""
-        items = [self.completions.get()] if block else []
-        while True:
-            try:
-                items.append(self.completions.get_nowait())
-            except queue.Empty:
-                return [item for item in items if item is not None]
-
-    def abandon(self) -> None:
-        """Stop handing completions to the tick, and wake it."""
-        with self._lock:
-            self.abandoned = True
-        self.completions.put(_WAKE)
-
-    def close(self) -> None:
-        """Let every thread exit once its current handler returns."""
-        for _ in self._threads:
-            self._work.put(None)
 
 
 class MollifierDrainer:
@@ -228,7 +113,7 @@ class MollifierDrainer:
         self.reclaim_interval_ms = reclaim_interval_ms
         self._sleep = sleep or self._wait
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
-        self._pool: _HandlerPool | None = None
+        self._pool: HandlerPool | None = None
         self._last_reclaim = float("-inf")
         self._last_depth = float("-inf")
         self._lock = threading.Lock()
@@ -259,7 +144,7 @@ class MollifierDrainer:
         tick = _Tick()
         pool = self._pool
         if pool is None or pool.abandoned:
-            pool = self._pool = _HandlerPool(self.concurrency, self._handler, self._settle_alone)
+            pool = self._pool = HandlerPool(self.concurrency, self._handler, self._settle_alone)
         try:
             for org_id in self._rotation.pick_orgs(orgs):
                 if self._stopping.is_set():
@@ -276,7 +161,7 @@ class MollifierDrainer:
             self._collect(pool, tick, until=0)
         return DrainResult(tick.drained, tick.failed)
 
-    def _drain_env(self, pool: _HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
+    def _drain_env(self, pool: HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
         remaining = self.batch_size
         while remaining > 0 and not self._stopping.is_set():
@@ -298,7 +183,7 @@ class MollifierDrainer:
             remaining -= len(entries)
         return True
 
-    def _collect(self, pool: _HandlerPool, tick: _Tick, *, until: int) -> bool:
+    def _collect(self, pool: HandlerPool, tick: _Tick, *, until: int) -> bool:
         """Settle completions until at most ``until`` entries are in flight. False if abandoned."""
         while pool.in_flight > until:
             # Read before blocking: abandon() sets the flag before it puts the wake-up.
@@ -312,7 +197,7 @@ class MollifierDrainer:
         return True
 
     # Settling -------------------------------------------------------------------------------
-    def _settle(self, batch: Iterable[_Completion], tick: _Tick) -> None:
+    def _settle(self, batch: Iterable[Completion], tick: _Tick) -> None:
         succeeded: list[BufferEntry] = []
         for entry, error in batch:
             if error is None:
@@ -335,7 +220,7 @@ class MollifierDrainer:
         tick.drained += len(succeeded)
         self._record_acked(succeeded)
 
-    def _settle_alone(self, completion: _Completion) -> None:
+    def _settle_alone(self, completion: Completion) -> None:
         """Settle one entry from a handler thread, after the tick gave up waiting for it."""
         entry, error = completion
         try:

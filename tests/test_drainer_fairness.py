@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.drainer import DrainResult, MollifierDrainer, OrgEnvRotation
+from dramatiq_mollifier.drainer import DrainResult, MollifierDrainer
 from dramatiq_mollifier.models import BufferEntry
+from dramatiq_mollifier.rotation import OrgEnvRotation
 
 
 @pytest.fixture
