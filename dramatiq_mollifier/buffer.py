@@ -12,7 +12,6 @@ again, atomically, and the buffer looks it up afresh if it changed in between.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -24,9 +23,9 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from .errors import BufferUnavailableError, MollifierConfigurationError
-from .keys import DEPTH_TOTAL_FIELD, KeySpace, TenantKeys
+from .keys import DEPTH_TOTAL_FIELD, KeySpace, TenantKeys, parse_tenant_tag
 from .models import BufferEntry, EntryStatus, Tenant, TripDecision
-from .scripts import Scripts, run_pipelined
+from .scripts import Scripts, run, run_pipelined
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_MS",
@@ -56,6 +55,8 @@ _RECLAIM_BATCH = 500
 _PURGE_BATCH = 500
 _OLDEST_WINDOW = 50
 _POP_FIELDS = 6
+# Distinct (window, threshold, hold) settings whose encoded form is kept; emptied when it fills.
+_TRIP_ARGS_CACHE_SIZE = 64
 # Replies that are not what the scripts promise surface as these while being decoded.
 _GARBAGE = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 
@@ -136,6 +137,8 @@ class MollifierBuffer:
         self.keys = KeySpace(key_prefix)
         self._ttl_ms = entry_ttl_s * 1000 if entry_ttl_s else 0
         self._scripts = Scripts(client)
+        # (window_ms, threshold, hold_ms) -> those ARGV and the entry TTL, encoded once.
+        self._trip_args: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MollifierBuffer:
@@ -165,18 +168,16 @@ class MollifierBuffer:
         keys = self.keys
         t = keys.tenant(org_id, env_id)
         try:
-            reply = self._scripts.accept(
-                keys=(keys.entry(message_id), t.queue, t.envs, keys.orgs, keys.depth),
-                args=(
-                    message_id,
-                    org_id,
-                    env_id,
-                    payload,
-                    self._ttl_ms,
-                    DEPTH_TOTAL_FIELD,
-                    t.depth_org_field,
-                    t.depth_env_field,
-                ),
+            reply = run(
+                self.client,
+                self._scripts.accept,
+                5,
+                keys.entry(message_id),
+                *t.accept_keys,
+                message_id,
+                *t.ids,
+                payload,
+                self._ttl_ms,
             )
             return bool(reply == 1)
         except redis.RedisError as exc:
@@ -188,11 +189,11 @@ class MollifierBuffer:
         """Count one enqueue for the env and say whether it is tripped (one round trip)."""
         t = self.keys.tenant(org_id, env_id)
         try:
-            tripped, count = self._scripts.evaluate_trip(
-                keys=(t.trip_counter, t.trip_hold, self.keys.tripped),
-                args=(window_ms, threshold, hold_ms, t.tripped_member),
+            window, limit, hold, _ = self._encoded_trip_args(window_ms, threshold, hold_ms)
+            reply = run(
+                self.client, self._scripts.evaluate_trip, 3, *t.trip_keys, window, limit, hold, *t.ids
             )
-            return TripDecision(tripped == 1, int(count))
+            return TripDecision(reply & 1 == 1, reply >> 1)
         except redis.RedisError as exc:
             raise _wrap("evaluate_trip", exc) from exc
         except _GARBAGE as exc:
@@ -217,33 +218,19 @@ class MollifierBuffer:
         keys = self.keys
         t = keys.tenant(org_id, env_id)
         try:
-            tripped, count, accepted = self._scripts.evaluate_trip_and_accept(
-                keys=(
-                    t.trip_counter,
-                    t.trip_hold,
-                    keys.tripped,
-                    keys.entry(message_id),
-                    t.queue,
-                    t.envs,
-                    keys.orgs,
-                    keys.depth,
-                ),
-                args=(
-                    window_ms,
-                    threshold,
-                    hold_ms,
-                    t.tripped_member,
-                    message_id,
-                    org_id,
-                    env_id,
-                    payload,
-                    self._ttl_ms,
-                    DEPTH_TOTAL_FIELD,
-                    t.depth_org_field,
-                    t.depth_env_field,
-                ),
+            reply = run(
+                self.client,
+                self._scripts.evaluate_trip_and_accept,
+                8,
+                *t.trip_keys,
+                keys.entry(message_id),
+                *t.accept_keys,
+                *self._encoded_trip_args(window_ms, threshold, hold_ms),
+                message_id,
+                *t.ids,
+                payload,
             )
-            return TripDecision(tripped == 1, int(count)), accepted == 1
+            return TripDecision(reply & 2 == 2, reply >> 2), reply & 1 == 1
         except redis.RedisError as exc:
             raise _wrap("evaluate_trip_and_accept", exc) from exc
         except _GARBAGE as exc:
@@ -273,16 +260,7 @@ class MollifierBuffer:
                 ids = _texts(self.client.lrange(t.queue, 0, wanted * _PEEK_FACTOR - 1))
                 reply = self._scripts.pop(
                     keys=[t.queue, t.envs, keys.orgs, keys.leases, keys.depth, *map(keys.entry, ids)],
-                    args=[
-                        org_id,
-                        env_id,
-                        wanted,
-                        self.lease_ms,
-                        DEPTH_TOTAL_FIELD,
-                        t.depth_org_field,
-                        t.depth_env_field,
-                        *ids,
-                    ],
+                    args=[org_id, env_id, wanted, self.lease_ms, *ids],
                 )
                 for i in range(1, len(reply), _POP_FIELDS):
                     message_id, payload, attempts, created_at_ms, code, message = reply[i : i + _POP_FIELDS]
@@ -487,12 +465,40 @@ class MollifierBuffer:
                 start += len(ids)
 
     def tripped(self) -> list[Tenant]:
-        """Envs whose trip marker is live now, sorted."""
+        """Envs whose trip marker is live now, sorted.
+
+        Two round trips: the registry (pruned of members whose deadline has passed), then the
+        hold marker of each member left, since a member may outlive its marker by half a hold.
+        """
         with _boundary("tripped"):
-            members = self._scripts.tripped(keys=(self.keys.tripped,))
-            return sorted(Tenant(*json.loads(member)) for member in members)
+            members = run(self.client, self._scripts.tripped, 1, self.keys.tripped)
+            tenants = [Tenant(*parse_tenant_tag(member)) for member in members]
+            if not tenants:
+                return []
+            pipe = self.client.pipeline(transaction=False)
+            for tenant in tenants:
+                pipe.exists(self.keys.tenant(*tenant).trip_hold)
+            live = pipe.execute()
+            return sorted(tenant for tenant, exists in zip(tenants, live, strict=True) if exists)
 
     # Internals ------------------------------------------------------------------------------
+    def _encoded_trip_args(
+        self, window_ms: int, threshold: int, hold_ms: int
+    ) -> tuple[bytes, bytes, bytes, bytes]:
+        """The window, threshold and hold ARGV and the entry TTL, as sent (cached: they rarely vary)."""
+        setting = (window_ms, threshold, hold_ms)
+        encoded = self._trip_args.get(setting)
+        if encoded is None:
+            if len(self._trip_args) >= _TRIP_ARGS_CACHE_SIZE:
+                self._trip_args.clear()
+            encoded = self._trip_args[setting] = (
+                b"%d" % window_ms,
+                b"%d" % threshold,
+                b"%d" % hold_ms,
+                b"%d" % self._ttl_ms,
+            )
+        return encoded
+
     def _entry_from_hash(self, message_id: str, fields: dict[Any, Any]) -> BufferEntry:
         return BufferEntry(
             message_id=message_id,
@@ -533,7 +539,7 @@ class MollifierBuffer:
                 keys.failed_orgs,
                 keys.depth,
             ),
-            (message_id, org_id, env_id, DEPTH_TOTAL_FIELD, t.depth_org_field, t.depth_env_field, *extra),
+            (message_id, org_id, env_id, *extra),
         )
 
     def _entry_op(

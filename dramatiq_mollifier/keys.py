@@ -18,15 +18,21 @@ Key                             Type         Holds
 ``{p}:orgs``                    set          raw org ids with queued work
 ``{p}:leases``                  sorted set   DRAINING message ids, score = lease deadline (ms)
 ``{p}:depth``                   hash         QUEUED + DRAINING counts: fields ``total``,
-                                             ``org:{org}``, ``env:{org}:{env}``
+                                             ``org:<org>``, ``env:<tag>`` (raw ids, see below)
 ``{p}:failed:{org}:{env}``      sorted set   FAILED message ids of the env, score = failed at (ms)
 ``{p}:failed-envs:{org}``       set          raw env ids of the org with FAILED entries
 ``{p}:failed-orgs``             set          raw org ids with FAILED entries
 ``{p}:trip:count:{org}:{env}``  string       the trip window's counter (expires with the window)
-``{p}:trip:hold:{org}:{env}``   string       the "tripped" marker (expires after the hold)
-``{p}:tripped``                 sorted set   JSON ``[org, env]`` of tripped envs, score = hold
-                                             deadline (ms)
+``{p}:trip:hold:{org}:{env}``   string       the "tripped" marker (expires after the hold);
+                                             holds the env's score in ``{p}:tripped``
+``{p}:tripped``                 sorted set   ``<tag>`` of tripped envs, score = a deadline no
+                                             earlier than the hold marker's expiry (ms)
 ==============================  ===========  ==========================================================
+
+Hash fields and sorted-set members are not keys, so they hold raw ids, and the scripts build
+them themselves (no ARGV for them): ``<tag>`` is ``<byte length of org>:<org>:<env>``, injective
+whatever the ids contain since the length says where the org ends; ``org:<org>`` is injective
+by itself. The three depth fields cannot collide (``total``, ``org:``, ``env:``).
 
 Times are Redis server time (``TIME``), so every process of a fleet agrees on them. Entries carry
 no expiry unless ``entry_ttl_s`` is set.
@@ -34,16 +40,18 @@ no expiry unless ``entry_ttl_s`` is set.
 
 from __future__ import annotations
 
-import json
+import re
 from urllib.parse import quote
 
-__all__ = ["DEPTH_TOTAL_FIELD", "KeySpace", "TenantKeys", "escape"]
+__all__ = ["DEPTH_TOTAL_FIELD", "KeySpace", "TenantKeys", "escape", "parse_tenant_tag", "tenant_tag"]
 
 #: The field of the depth hash that counts every QUEUED and DRAINING entry.
 DEPTH_TOTAL_FIELD = "total"
 
 # Distinct tenants whose key names are kept precomputed; the cache is emptied when it fills.
 _TENANT_CACHE_SIZE = 10_000
+# The characters ``quote(value, safe="")`` leaves as they are (message ids are usually UUIDs).
+_UNESCAPED = re.compile(r"[A-Za-z0-9_.~-]*").fullmatch
 
 
 def escape(value: str) -> str:
@@ -51,18 +59,39 @@ def escape(value: str) -> str:
     return quote(value, safe="")
 
 
+def tenant_tag(org_id: str, env_id: str) -> str:
+    """``<byte length of org>:<org>:<env>``, as ``tenant_tag`` in ``lua/_lib.lua`` builds it."""
+    return f"{len(org_id.encode())}:{org_id}:{env_id}"
+
+
+def parse_tenant_tag(tag: bytes) -> tuple[str, str]:
+    """The ``(org, env)`` of a :func:`tenant_tag` read back from Redis; ValueError if malformed."""
+    length, colon, rest = tag.partition(b":")
+    size = int(length)
+    if not colon or size < 0 or rest[size : size + 1] != b":":
+        raise ValueError(f"not a tenant tag: {tag!r}")
+    return rest[:size].decode(), rest[size + 1 :].decode()
+
+
 class TenantKeys:
-    """The key names and depth-hash fields of one (org, env), computed once."""
+    """The key names and depth-hash fields of one (org, env), computed once.
+
+    ``trip_keys``, ``accept_keys`` and ``ids`` are what the hot scripts are sent, encoded once
+    (UTF-8, as the buffer assumes throughout): redis-py sends ``bytes`` as they are.
+    """
 
     __slots__ = (
+        "accept_keys",
         "depth_env_field",
         "depth_org_field",
         "envs",
         "failed",
         "failed_envs",
+        "ids",
         "queue",
         "trip_counter",
         "trip_hold",
+        "trip_keys",
         "tripped_member",
     )
 
@@ -74,9 +103,20 @@ class TenantKeys:
         self.failed_envs = f"{prefix}:failed-envs:{org}"
         self.trip_counter = f"{prefix}:trip:count:{org}:{env}"
         self.trip_hold = f"{prefix}:trip:hold:{org}:{env}"
-        self.depth_org_field = f"org:{org}"
-        self.depth_env_field = f"env:{org}:{env}"
-        self.tripped_member = json.dumps([org_id, env_id])
+        self.depth_org_field = f"org:{org_id}"
+        self.tripped_member = tenant_tag(org_id, env_id)
+        self.depth_env_field = f"env:{self.tripped_member}"
+        #: KEYS of evaluate_trip.lua: counter, hold marker, tripped registry.
+        self.trip_keys = (self.trip_counter.encode(), self.trip_hold.encode(), f"{prefix}:tripped".encode())
+        #: KEYS 5-8 of evaluate_trip_and_accept.lua: queue, envs of the org, orgs, depth.
+        self.accept_keys = (
+            self.queue.encode(),
+            self.envs.encode(),
+            f"{prefix}:orgs".encode(),
+            f"{prefix}:depth".encode(),
+        )
+        #: The raw org and env ids.
+        self.ids = (org_id.encode(), env_id.encode())
 
 
 class KeySpace:
@@ -94,7 +134,8 @@ class KeySpace:
 
     def entry(self, message_id: str) -> str:
         """The hash of one entry."""
-        return self._entry_prefix + escape(message_id)
+        # On the diverting hot path: skip quote() for an id it would leave as it is.
+        return self._entry_prefix + (message_id if _UNESCAPED(message_id) else escape(message_id))
 
     def envs(self, org_id: str) -> str:
         """The set of an org's envs with queued work."""
@@ -106,7 +147,7 @@ class KeySpace:
 
     def depth_org_field(self, org_id: str) -> str:
         """The depth-hash field that counts an org's QUEUED and DRAINING entries."""
-        return f"org:{escape(org_id)}"
+        return f"org:{org_id}"
 
     def tenant(self, org_id: str, env_id: str) -> TenantKeys:
         """Every per-(org, env) name, from a bounded cache."""

@@ -1,22 +1,25 @@
 """The buffer's Lua scripts, read from ``lua/`` and registered on a client.
 
 Each ``lua/<verb>.lua`` is one atomic operation with a KEYS/ARGV/returns header. ``lua/_lib.lua``
-holds the helpers they share and is prepended to each script when it is loaded. Registration
-goes through ``client.register_script``, whose script objects run EVALSHA and load the script
-again when the server answers NOSCRIPT (after a restart or ``SCRIPT FLUSH``).
+holds the helpers they share; each script gets the helpers it calls (and the ones those call)
+prepended when it is loaded, so a hot script does not define unused functions on every call.
+Registration goes through ``client.register_script`` (which computes the SHA1 and does no I/O).
+The buffer runs scripts with :func:`run` (EVALSHA, and a load on NOSCRIPT after a restart or
+``SCRIPT FLUSH``), or :func:`run_pipelined` for batches.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
 import redis
 from redis.commands.core import Script
 
-__all__ = ["SCRIPT_NAMES", "Scripts", "run_pipelined", "script_source"]
+__all__ = ["SCRIPT_NAMES", "Scripts", "run", "run_pipelined", "script_source"]
 
 #: Every script the buffer runs, by file name without ``.lua``.
 SCRIPT_NAMES = (
@@ -41,12 +44,39 @@ def _read(name: str) -> str:
     return (resources.files(__package__) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
+_HELPER = re.compile(r"^local function (\w+)\(", re.MULTILINE)
+_EVALSHA = b"EVALSHA"
+
+
+@functools.cache
+def _helpers() -> tuple[tuple[str, str], ...]:
+    """``(name, text)`` of each helper of ``_lib.lua`` in file order, with its leading comment.
+
+    The library is a sequence of blocks separated by blank lines; a block that defines a
+    ``local function`` is that helper. Helpers only call helpers defined above them.
+    """
+    found = []
+    for block in _read(_LIBRARY).split("\n\n"):
+        match = _HELPER.search(block)
+        if match is not None:
+            found.append((match.group(1), block.strip("\n")))
+    return tuple(found)
+
+
 @functools.cache
 def script_source(name: str) -> str:
-    """The text sent to Redis for script ``name``: the shared helpers, then the script."""
+    """The text sent to Redis for script ``name``: the helpers it uses, then the script."""
     if name not in SCRIPT_NAMES:
         raise ValueError(f"unknown script {name!r}")
-    return f"{_read(_LIBRARY)}\n{_read(name)}"
+    body = _read(name)
+    # Walk the library bottom-up: a helper is needed if the script or a needed helper calls it.
+    needed_text = body
+    kept: list[str] = []
+    for helper, text in reversed(_helpers()):
+        if re.search(rf"\b{helper}\(", needed_text):
+            kept.append(text)
+            needed_text += text
+    return "\n\n".join([*reversed(kept), body])
 
 
 class Scripts:
@@ -68,6 +98,21 @@ class Scripts:
         self.requeue = register("requeue")
         self.retry_failed = register("retry_failed")
         self.tripped = register("tripped")
+
+
+def run(client: redis.Redis, script: Script, numkeys: int, *keys_and_args: Any) -> Any:
+    """EVALSHA ``script`` with ``numkeys`` keys then args; on NOSCRIPT, load it and run it again.
+
+    The hot paths' way to run a script: redis-py's ``Script.__call__`` copies keys and args into
+    new tuples and imports a module on every call, and a ``str`` command name is split again on
+    every call. Pass keys and args as ``bytes`` where they can be cached: they are sent as is.
+    """
+    execute: Callable[..., Any] = client.execute_command
+    try:
+        return execute(_EVALSHA, script.sha, numkeys, *keys_and_args)
+    except redis.exceptions.NoScriptError:
+        script.sha = client.script_load(script.script)
+        return execute(_EVALSHA, script.sha, numkeys, *keys_and_args)
 
 
 def run_pipelined(

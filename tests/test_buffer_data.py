@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.keys import KeySpace, escape
+from dramatiq_mollifier.keys import KeySpace, escape, parse_tenant_tag, tenant_tag
 
 AWKWARD_PAYLOADS = [
     b"",
@@ -163,8 +163,30 @@ def test_key_names_are_built_from_escaped_ids() -> None:
     assert keys.tenant("a:b", "c").queue == "p:queue:a%3Ab:c"
     assert keys.tenant("a", "b:c").queue == "p:queue:a:b%3Ac"
     assert keys.envs("{o}") == "p:envs:%7Bo%7D"
-    assert keys.tenant("o", "e").depth_env_field == "env:o:e"
-    assert keys.depth_org_field("o") == "org:o"
+
+
+def test_depth_fields_and_registry_members_are_length_prefixed_raw_ids() -> None:
+    # Hash fields and sorted-set members, not keys: the scripts build them from the raw ids
+    keys = KeySpace("p")
+
+    assert keys.tenant("o", "e").depth_env_field == "env:1:o:e"
+    assert keys.depth_org_field("a:b") == "org:a:b"
+    assert keys.tenant("a:1", "b").tripped_member == "3:a:1:b"
+    assert keys.tenant("a", "1:b").tripped_member == "1:a:1:b"
+    assert keys.tenant("\u00e9", "e").tripped_member == "2:\u00e9:e"  # the length counts bytes
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.text(), st.text(), st.text())
+def test_tenant_tags_are_injective_and_read_back(org_a: str, env_a: str, org_b: str, env_b: str) -> None:
+    assert parse_tenant_tag(tenant_tag(org_a, env_a).encode()) == (org_a, env_a)
+    assert (tenant_tag(org_a, env_a) == tenant_tag(org_b, env_b)) == ((org_a, env_a) == (org_b, env_b))
+
+
+@pytest.mark.parametrize("garbage", [b"", b"x:a:b", b"5:a:b", b"1:ab", b'["a", "b"]', b"-1:a:b"])
+def test_a_malformed_tenant_tag_is_refused(garbage: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_tenant_tag(garbage)
 
 
 @settings(max_examples=200, deadline=None)
@@ -181,3 +203,9 @@ def test_tenant_key_cache_stays_bounded() -> None:
         keys.tenant("o", str(n))
     assert len(keys._tenants) <= 10_000
     assert keys.tenant("o", "1").queue == "p:queue:o:1"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_entry_keys_escape_exactly_as_escape_does(message_id: str) -> None:
+    assert KeySpace("p").entry(message_id) == f"p:entry:{escape(message_id)}"

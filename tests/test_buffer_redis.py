@@ -42,12 +42,21 @@ def test_every_script_documents_the_keys_and_args_it_uses(name: str) -> None:
             assert re.search(rf"{kind}\[{index}\]|{kind}\[\d+\.\.\]", header), f"{kind}[{index}] of {name}"
 
 
+# The only helpers that compose strings: hash fields and sorted-set members, never key names.
+FIELD_BUILDERS = ("tenant_tag", "org_field", "env_field")
+
+
 @pytest.mark.parametrize("name", [*SCRIPT_NAMES, "_lib"])
 def test_no_script_builds_key_names_or_scans(name: str) -> None:
     code = "\n".join(line.split("--")[0] for line in lua_file(name).splitlines())
     assert not re.search(r"'(KEYS|SCAN)'", code, re.IGNORECASE)
-    # String concatenation is how a script would build a key name; none of them needs it.
-    assert ".." not in code.replace("[i - 2]", "")
+    # String concatenation is how a script would build a key name: only the field builders
+    # concatenate, and what they build is never the key argument of a command.
+    for builder in FIELD_BUILDERS:
+        code = re.sub(rf"local function {builder}\(.*?\nend\n", "", code, flags=re.DOTALL)
+    assert ".." not in code
+    assert "string.format('%s" not in code
+    assert not re.search(rf"redis\.call\('\w+', ({'|'.join(FIELD_BUILDERS)})\(", code)
 
 
 def test_scripts_reload_after_script_flush(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
@@ -222,9 +231,30 @@ def test_a_garbled_entry_is_reported_as_an_unexpected_reply(
 
 def test_script_source_puts_the_shared_helpers_first() -> None:
     text = script_source("accept")
-    assert text.index("local function accept_entry") < text.index("-- accept:")
+    assert text.index("local function adjust_depth") < text.index("-- accept:")
     with pytest.raises(ValueError, match="unknown script"):
         script_source("nope")
+
+
+def test_a_script_gets_the_helpers_it_calls_and_only_those() -> None:
+    def helpers(name: str) -> list[str]:
+        return re.findall(r"^local function (\w+)\(", script_source(name), re.MULTILINE)
+
+    # adjust_depth calls adjust_counter, org_field and env_field, which calls tenant_tag; each
+    # comes before its callers
+    assert helpers("accept") == [
+        "now_ms",
+        "tenant_tag",
+        "org_field",
+        "env_field",
+        "adjust_counter",
+        "adjust_depth",
+        "note_queued",
+    ]
+    assert helpers("expired_leases") == ["now_ms"]
+    # the enqueue hot paths define next to nothing on each run
+    assert helpers("evaluate_trip") == ["tenant_tag"]
+    assert helpers("evaluate_trip_and_accept") == ["tenant_tag", "org_field", "env_field"]
 
 
 def round_trips(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[list[str]]:

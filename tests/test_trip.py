@@ -194,6 +194,28 @@ def test_trip_and_accept_accepts_once_tripped_and_stays_idempotent(buffer: Molli
     assert buffer.tripped() == [Tenant("o", "e")]
 
 
+def test_trip_and_accept_accepts_below_the_threshold_while_the_hold_lives(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    # Given an env tripped with a long hold, whose window then resets
+    options = {"window_ms": 10_000, "threshold": 1, "hold_ms": 10_000}
+    for n in range(2):
+        buffer.evaluate_trip_and_accept(f"m{n}", org_id="o", env_id="e", payload=b"x", **options)
+    redis_client.delete(buffer.keys.tenant("o", "e").trip_counter)
+
+    # When the next send counts 1, below the threshold
+    decision, accepted = buffer.evaluate_trip_and_accept(
+        "m2", org_id="o", env_id="e", payload=b"2", **options
+    )
+
+    # Then it is tripped by the hold, and the entry is stored: a diverted send is never dropped
+    assert (decision, accepted) == (TripDecision(True, 1), True)
+    entry = buffer.get("m2")
+    assert entry is not None
+    assert entry.payload == b"2"
+    assert buffer.depth("o", "e") == 2
+
+
 def test_trip_and_accept_respects_entry_ttl(redis_client: redis.Redis, key_prefix: str) -> None:
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=30)
     buffer.evaluate_trip_and_accept(
@@ -211,4 +233,119 @@ def test_the_tripped_registry_forgets_expired_holds_without_being_listed(
 
     evaluate(buffer, "b", "prod", threshold=0, hold_ms=10_000)
 
-    assert redis_client.zrange(buffer.keys.tripped, 0, -1) == [b'["b", "prod"]']
+    assert redis_client.zrange(buffer.keys.tripped, 0, -1) == [b"1:b:prod"]
+
+
+def test_a_tripped_env_writes_the_registry_once_per_half_hold_not_on_every_send(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    options = {"threshold": 0, "hold_ms": 10_000}
+    t = buffer.keys.tenant("o", "e")
+    evaluate(buffer, **options)
+    score = redis_client.zscore(buffer.keys.tripped, t.tripped_member)
+    assert score is not None
+
+    for _ in range(5):
+        assert evaluate(buffer, **options).tripped
+
+    # Then the registry is as the first trip left it, and its deadline still covers the marker,
+    # whose value is that deadline
+    assert redis_client.zscore(buffer.keys.tripped, t.tripped_member) == score
+    assert redis_client.get(t.trip_hold) == b"%d" % score
+    server_ms = redis_client.time()
+    now_ms = server_ms[0] * 1000 + server_ms[1] // 1000
+    assert now_ms + redis_client.pttl(t.trip_hold) <= score <= now_ms + 15_000
+
+
+def test_the_registry_moves_its_deadline_when_the_hold_would_outlive_it(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    options = {"threshold": 0, "hold_ms": 100}
+    member = buffer.keys.tenant("o", "e").tripped_member
+    evaluate(buffer, **options)
+    first = redis_client.zscore(buffer.keys.tripped, member)
+    assert first is not None
+
+    # Re-armed more than half a hold later: the deadline moves with the marker
+    time.sleep(0.06)
+    evaluate(buffer, **options)
+    later = redis_client.zscore(buffer.keys.tripped, member)
+    assert later is not None
+    assert later > first
+    assert buffer.tripped() == [Tenant("o", "e")]
+
+
+def test_tripped_checks_each_marker_not_only_the_registry(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    evaluate(buffer, "a", "prod", threshold=0, hold_ms=10_000)
+    evaluate(buffer, "b", "prod", threshold=0, hold_ms=10_000)
+
+    # When a marker is gone while its registry deadline has not passed yet
+    redis_client.delete(buffer.keys.tenant("a", "prod").trip_hold)
+
+    # Then only the live one is listed
+    assert buffer.tripped() == [Tenant("b", "prod")]
+    # And the next trip of the env writes the registry again
+    evaluate(buffer, "a", "prod", threshold=0, hold_ms=10_000)
+    assert buffer.tripped() == [Tenant("a", "prod"), Tenant("b", "prod")]
+
+
+def snapshot(client: redis.Redis, prefix: str) -> dict[str, tuple[str, object, bool]]:
+    """Every key under ``prefix``: its type, its value and whether it expires (times left out)."""
+    state: dict[str, tuple[str, object, bool]] = {}
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        kind = client.type(key).decode()
+        value: object
+        if kind == "hash":
+            value = {k: v for k, v in client.hgetall(key).items() if k != b"created_at_ms"}
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
+        elif kind == "set":
+            value = client.smembers(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1)  # scores are deadlines
+        else:
+            value = None if b":trip:hold:" in key else client.get(key)  # the hold's deadline
+        state[key.decode()[len(prefix) :]] = (kind, value, client.pttl(key) > 0)
+    return state
+
+
+@pytest.mark.parametrize(
+    ("threshold", "hold_ms", "entry_ttl_s"), [(2, 10_000, None), (0, 10_000, 30), (1, 0, None)]
+)
+def test_the_fused_script_leaves_what_evaluate_trip_then_accept_leave(
+    redis_client: redis.Redis, key_prefix: str, threshold: int, hold_ms: int, entry_ttl_s: int | None
+) -> None:
+    # The hot scripts spell their steps out instead of sharing helpers: this keeps them in step
+    separate = MollifierBuffer(redis_client, key_prefix=f"{key_prefix}-a", entry_ttl_s=entry_ttl_s)
+    fused = MollifierBuffer(redis_client, key_prefix=f"{key_prefix}-b", entry_ttl_s=entry_ttl_s)
+    options = {"window_ms": 10_000, "threshold": threshold, "hold_ms": hold_ms}
+    sends = [("o", "e", "m0"), ("o", "e", "m1"), ("o", "e", "m2"), ("o", "e", "m2"), ("o", "e", "m3")]
+    sends += [("o:1", "x", "n0"), ("o", "1:x", "n1"), ("p", "e", "m0")]
+
+    # Then the window resets while the hold lives: tripped below the threshold
+    sends += [("window-reset", "", ""), ("o", "e", "m4"), ("o", "e", "m5"), ("o", "e", "m6")]
+
+    replies_separate = []
+    replies_fused = []
+    for org, env, message_id in sends:
+        if org == "window-reset":
+            for buffer in (separate, fused):
+                redis_client.delete(buffer.keys.tenant("o", "e").trip_counter)
+            continue
+        decision = separate.evaluate_trip(org, env, **options)
+        accepted = decision.tripped and separate.accept(message_id, org_id=org, env_id=env, payload=b"p")
+        replies_separate.append((decision, accepted))
+        replies_fused.append(
+            fused.evaluate_trip_and_accept(message_id, org_id=org, env_id=env, payload=b"p", **options)
+        )
+
+    assert replies_fused == replies_separate
+    assert snapshot(redis_client, f"{key_prefix}-b") == snapshot(redis_client, f"{key_prefix}-a")
+    assert fused.tripped() == separate.tripped()
+    assert [fused.depth(), fused.depth("o"), fused.depth("o", "e")] == [
+        separate.depth(),
+        separate.depth("o"),
+        separate.depth("o", "e"),
+    ]

@@ -1,6 +1,12 @@
--- Helpers shared by every buffer script. scripts.py prepends this file to each script, so the
--- functions below are locals of the script that uses them. Nothing here names a key: every key
--- arrives as an argument that the caller took from KEYS.
+-- Helpers shared by the buffer scripts. scripts.py prepends the ones a script calls (and the
+-- ones those call) to that script, so the functions below are locals of the script that uses
+-- them. Nothing here names a key: every key arrives as an argument that the caller took from
+-- KEYS. tenant_tag, org_field and env_field build the only composed strings, and those are hash
+-- fields and sorted-set members, never key names.
+--
+-- The two scripts on the enqueue hot path (evaluate_trip, evaluate_trip_and_accept) spell their
+-- work out rather than call helpers: in Redis's Lua, a helper costs a closure per run and a
+-- call, and that was measurable there.
 
 -- Redis server time in milliseconds, so every process of a fleet agrees on deadlines.
 local function now_ms()
@@ -8,14 +14,36 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Add delta to the QUEUED + DRAINING counters (total, org, env); a counter that reaches 0 is
--- deleted so the depth hash only holds tenants with work.
-local function adjust_depth(depth, total_field, org_field, env_field, delta)
-  for _, field in ipairs({total_field, org_field, env_field}) do
-    if redis.call('HINCRBY', depth, field, delta) <= 0 then
-      redis.call('HDEL', depth, field)
-    end
+-- "<byte length of org>:<org>:<env>": names an (org, env) injectively whatever the ids contain
+-- (the length says where the org ends). The env's depth field is "env:" followed by it, and it
+-- is the env's member in the tripped registry. keys.py builds the same strings.
+local function tenant_tag(org, env)
+  return #org .. ':' .. org .. ':' .. env
+end
+
+-- The depth-hash field that counts an org's entries: "org:<org>".
+local function org_field(org)
+  return 'org:' .. org
+end
+
+-- The depth-hash field that counts an env's entries: "env:<tenant_tag>".
+local function env_field(org, env)
+  return 'env:' .. tenant_tag(org, env)
+end
+
+-- Add delta to one depth counter; a counter that reaches 0 is deleted.
+local function adjust_counter(depth, field, delta)
+  if redis.call('HINCRBY', depth, field, delta) <= 0 then
+    redis.call('HDEL', depth, field)
   end
+end
+
+-- Add delta to the QUEUED + DRAINING counters (the total, the org's, the env's). The depth hash
+-- only holds tenants with work.
+local function adjust_depth(depth, org, env, delta)
+  adjust_counter(depth, 'total', delta)
+  adjust_counter(depth, org_field(org), delta)
+  adjust_counter(depth, env_field(org, env), delta)
 end
 
 -- Record that the env (within its org) and the org have queued work.
@@ -65,41 +93,4 @@ local function entry_status(entry, org, env)
     return false
   end
   return fields[1]
-end
-
--- Store a new QUEUED entry at the tail of its env's queue; 0 (and no change) if the id exists.
-local function accept_entry(entry, queue, envs, orgs, depth, id, org, env, payload, ttl_ms,
-                            total_field, org_field, env_field)
-  if redis.call('EXISTS', entry) == 1 then
-    return 0
-  end
-  redis.call('HSET', entry, 'org', org, 'env', env, 'payload', payload, 'status', 'QUEUED',
-    'attempts', 0, 'created_at_ms', string.format('%.0f', now_ms()))
-  if ttl_ms > 0 then
-    redis.call('PEXPIRE', entry, ttl_ms)
-  end
-  redis.call('RPUSH', queue, id)
-  note_queued(envs, orgs, org, env)
-  adjust_depth(depth, total_field, org_field, env_field, 1)
-  return 1
-end
-
--- Count one enqueue in the env's fixed window; (re-)arm the hold marker above the threshold.
--- Returns tripped (0/1) and the window count.
-local function evaluate_trip(counter, hold, registry, window_ms, threshold, hold_ms, member)
-  local count = redis.call('INCR', counter)
-  if count == 1 then
-    redis.call('PEXPIRE', counter, window_ms)
-  end
-  if count > threshold then
-    if hold_ms > 0 then
-      local now = now_ms()
-      redis.call('SET', hold, '1', 'PX', hold_ms)
-      redis.call('ZADD', registry, string.format('%.0f', now + hold_ms), member)
-      -- Keep the registry to live holds even when nobody lists it.
-      redis.call('ZREMRANGEBYSCORE', registry, '-inf', string.format('%.0f', now))
-    end
-    return 1, count
-  end
-  return redis.call('EXISTS', hold), count
 end

@@ -1,5 +1,8 @@
 -- accept: store a new QUEUED entry and append its id to its env's FIFO queue.
 --
+-- evaluate_trip_and_accept.lua does the same once tripped (spelled out there for speed);
+-- tests/test_trip.py checks that both leave the same state.
+--
 -- KEYS[1]  entry hash
 -- KEYS[2]  the env's queue (list)
 -- KEYS[3]  the org's set of envs with queued work
@@ -10,10 +13,20 @@
 -- ARGV[3]  env id
 -- ARGV[4]  payload (bytes, stored as is)
 -- ARGV[5]  entry TTL in ms; 0 for none
--- ARGV[6]  depth field of the total
--- ARGV[7]  depth field of the org
--- ARGV[8]  depth field of the env
 -- Returns 1 when stored, 0 when an entry with this id exists in any status (nothing changed).
 
-return accept_entry(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3],
-  ARGV[4], tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8])
+local entry = KEYS[1]
+local org, env = ARGV[2], ARGV[3]
+if redis.call('EXISTS', entry) == 1 then
+  return 0
+end
+redis.call('HSET', entry, 'org', org, 'env', env, 'payload', ARGV[4], 'status', 'QUEUED',
+  'attempts', 0, 'created_at_ms', string.format('%.0f', now_ms()))
+local ttl_ms = tonumber(ARGV[5])
+if ttl_ms > 0 then
+  redis.call('PEXPIRE', entry, ttl_ms)
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+note_queued(KEYS[3], KEYS[4], org, env)
+adjust_depth(KEYS[5], org, env, 1)
+return 1

@@ -12,9 +12,6 @@
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
--- ARGV[4]  depth field of the total
--- ARGV[5]  depth field of the org
--- ARGV[6]  depth field of the env
 -- Returns 1 when removed, 0 when missing, -1 when the entry belongs to another org/env.
 
 local entry, queue, envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -28,9 +25,9 @@ end
 if status == 'QUEUED' then
   redis.call('LREM', queue, 1, id)
   prune_queue_sets(queue, envs, orgs, org, env)
-  adjust_depth(KEYS[9], ARGV[4], ARGV[5], ARGV[6], -1)
+  adjust_depth(KEYS[9], org, env, -1)
 elseif status == 'DRAINING' then
-  adjust_depth(KEYS[9], ARGV[4], ARGV[5], ARGV[6], -1)
+  adjust_depth(KEYS[9], org, env, -1)
 end
 redis.call('ZREM', leases, id)
 if redis.call('ZREM', KEYS[6], id) == 1 then

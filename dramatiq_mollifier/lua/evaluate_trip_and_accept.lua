@@ -1,6 +1,9 @@
 -- evaluate_trip_and_accept: evaluate_trip, then accept only when tripped. One round trip for
 -- the diverting hot path.
 --
+-- The steps of evaluate_trip.lua then accept.lua, written out without helper calls (see
+-- _lib.lua): tests/test_trip.py checks that this leaves the same state as those two.
+--
 -- KEYS[1]  the env's window counter
 -- KEYS[2]  the env's hold marker
 -- KEYS[3]  the registry of tripped envs
@@ -12,22 +15,59 @@
 -- ARGV[1]  window in ms
 -- ARGV[2]  threshold
 -- ARGV[3]  hold in ms
--- ARGV[4]  the env's registry member (JSON [org, env])
+-- ARGV[4]  entry TTL in ms; 0 for none
 -- ARGV[5]  message id
 -- ARGV[6]  org id
 -- ARGV[7]  env id
 -- ARGV[8]  payload
--- ARGV[9]  entry TTL in ms; 0 for none
--- ARGV[10] depth field of the total
--- ARGV[11] depth field of the org
--- ARGV[12] depth field of the env
--- Returns {tripped (0 or 1), count, accepted (0 or 1)}.
+-- Returns count * 4 + tripped (0 or 1) * 2 + accepted (0 or 1): one integer, cheap to parse.
 
-local tripped, count = evaluate_trip(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]),
-  tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4])
-local accepted = 0
-if tripped == 1 then
-  accepted = accept_entry(KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[5], ARGV[6], ARGV[7],
-    ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11], ARGV[12])
+local counter, hold = KEYS[1], KEYS[2]
+local org, env = ARGV[6], ARGV[7]
+local count = redis.call('INCR', counter)
+if count == 1 then
+  redis.call('PEXPIRE', counter, ARGV[1])
 end
-return {tripped, count, accepted}
+-- Not over the threshold: tripped (and accepted) only while the hold marker lives.
+if count <= tonumber(ARGV[2]) and redis.call('EXISTS', hold) == 0 then
+  return count * 4
+end
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local hold_ms = tonumber(ARGV[3])
+if count > tonumber(ARGV[2]) and hold_ms > 0 then
+  local step = math.max(math.floor(hold_ms / 2), 1)
+  local deadline = string.format('%.0f', (math.floor((now + hold_ms) / step) + 1) * step)
+  if redis.call('SET', hold, deadline, 'PX', hold_ms, 'GET') ~= deadline then
+    redis.call('ZADD', KEYS[3], deadline, tenant_tag(org, env))
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now))
+  end
+end
+
+local entry = KEYS[4]
+if redis.call('EXISTS', entry) == 1 then
+  return count * 4 + 2
+end
+redis.call('HSET', entry, 'org', org, 'env', env, 'payload', ARGV[8], 'status', 'QUEUED',
+  'attempts', 0, 'created_at_ms', string.format('%.0f', now))
+local ttl_ms = tonumber(ARGV[4])
+if ttl_ms > 0 then
+  redis.call('PEXPIRE', entry, ttl_ms)
+end
+redis.call('RPUSH', KEYS[5], ARGV[5])
+redis.call('SADD', KEYS[6], env)
+redis.call('SADD', KEYS[7], org)
+local depth = KEYS[8]
+local field = 'total'
+if redis.call('HINCRBY', depth, field, 1) <= 0 then
+  redis.call('HDEL', depth, field)
+end
+field = org_field(org)
+if redis.call('HINCRBY', depth, field, 1) <= 0 then
+  redis.call('HDEL', depth, field)
+end
+field = env_field(org, env)
+if redis.call('HINCRBY', depth, field, 1) <= 0 then
+  redis.call('HDEL', depth, field)
+end
+return count * 4 + 3

@@ -12,12 +12,9 @@
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
--- ARGV[4]  depth field of the total
--- ARGV[5]  depth field of the org
--- ARGV[6]  depth field of the env
--- ARGV[7]  error code
--- ARGV[8]  error message
--- ARGV[9]  entry TTL in ms; 0 for none
+-- ARGV[4]  error code
+-- ARGV[5]  error message
+-- ARGV[6]  entry TTL in ms; 0 for none
 -- Returns 1 when marked, 0 when missing (nothing created), -1 when the entry belongs to
 -- another org/env.
 
@@ -32,13 +29,13 @@ end
 if status == 'QUEUED' then
   redis.call('LREM', queue, 1, id)
   prune_queue_sets(queue, envs, orgs, org, env)
-  adjust_depth(KEYS[9], ARGV[4], ARGV[5], ARGV[6], -1)
+  adjust_depth(KEYS[9], org, env, -1)
 elseif status == 'DRAINING' then
   redis.call('ZREM', KEYS[5], id)
-  adjust_depth(KEYS[9], ARGV[4], ARGV[5], ARGV[6], -1)
+  adjust_depth(KEYS[9], org, env, -1)
 end
-redis.call('HSET', entry, 'status', 'FAILED', 'error_code', ARGV[7], 'error_message', ARGV[8])
-apply_ttl(entry, tonumber(ARGV[9]))
+redis.call('HSET', entry, 'status', 'FAILED', 'error_code', ARGV[4], 'error_message', ARGV[5])
+apply_ttl(entry, tonumber(ARGV[6]))
 redis.call('ZADD', KEYS[6], string.format('%.0f', now_ms()), id)
 redis.call('SADD', KEYS[7], env)
 redis.call('SADD', KEYS[8], org)

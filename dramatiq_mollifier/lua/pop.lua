@@ -9,15 +9,12 @@
 -- KEYS[3]   the set of orgs with queued work
 -- KEYS[4]   the leases (sorted set, score = deadline in ms)
 -- KEYS[5]   the depth counters (hash)
--- KEYS[6..] entry hash of each peeked id, in the order of ARGV[8..]
+-- KEYS[6..] entry hash of each peeked id, in the order of ARGV[5..]
 -- ARGV[1]   org id
 -- ARGV[2]   env id
 -- ARGV[3]   how many entries to pop at most
 -- ARGV[4]   lease in ms
--- ARGV[5]   depth field of the total
--- ARGV[6]   depth field of the org
--- ARGV[7]   depth field of the env
--- ARGV[8..] the peeked message ids
+-- ARGV[5..] the peeked message ids
 -- Returns {stopped_at_unknown_id (0 or 1), then for each popped entry: id, payload, attempts,
 -- created_at_ms, error_code, error_message}.
 --
@@ -28,8 +25,8 @@
 local queue, envs, orgs, leases, depth = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, env, limit, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local entry_of = {}
-for i = 8, #ARGV do
-  entry_of[ARGV[i]] = KEYS[i - 2]
+for i = 5, #ARGV do
+  entry_of[ARGV[i]] = KEYS[i + 1]
 end
 local out = {0}
 local taken = 0
@@ -63,7 +60,7 @@ while taken < limit do
     out[n + 6] = f[8]
     taken = taken + 1
   else
-    adjust_depth(depth, ARGV[5], ARGV[6], ARGV[7], -1)
+    adjust_depth(depth, org, env, -1)
   end
 end
 prune_queue_sets(queue, envs, orgs, org, env)

@@ -12,10 +12,7 @@
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
--- ARGV[4]  depth field of the total
--- ARGV[5]  depth field of the org
--- ARGV[6]  depth field of the env
--- ARGV[7]  entry TTL in ms; 0 for none
+-- ARGV[4]  entry TTL in ms; 0 for none
 -- Returns 1 when reclaimed; 0 when the entry is missing, no longer DRAINING or its lease is
 -- still live (a stale lease is dropped); -1 when the entry belongs to another org/env.
 
@@ -34,7 +31,7 @@ if deadline and tonumber(deadline) > now_ms() then
 end
 redis.call('ZREM', leases, id)
 redis.call('HSET', entry, 'status', 'QUEUED')
-apply_ttl(entry, tonumber(ARGV[7]))
+apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)
 note_queued(envs, orgs, org, env)
 return 1

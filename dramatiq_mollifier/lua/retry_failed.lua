@@ -12,10 +12,7 @@
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
--- ARGV[4]  depth field of the total
--- ARGV[5]  depth field of the org
--- ARGV[6]  depth field of the env
--- ARGV[7]  entry TTL in ms; 0 for none
+-- ARGV[4]  entry TTL in ms; 0 for none
 -- Returns 1 when retried, 0 when missing or not FAILED, -1 when the entry belongs to another
 -- org/env.
 
@@ -31,8 +28,8 @@ if redis.call('ZREM', KEYS[6], id) == 1 then
   prune_dead_letter_sets(KEYS[6], KEYS[7], KEYS[8], org, env)
 end
 redis.call('HSET', entry, 'status', 'QUEUED', 'attempts', 0)
-apply_ttl(entry, tonumber(ARGV[7]))
+apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)
 note_queued(envs, orgs, org, env)
-adjust_depth(KEYS[9], ARGV[4], ARGV[5], ARGV[6], 1)
+adjust_depth(KEYS[9], org, env, 1)
 return 1
