@@ -31,6 +31,7 @@ from dramatiq.middleware import Middleware, TimeLimit
 from opentelemetry import metrics
 
 from ..errors import CrashNotRetried, MollifierConfigurationError, WorkerCrashed
+from ..telemetry import METER_NAME
 from .classify import CrashVerdict
 from .evidence import Evidence, EvidenceFile, publish_dead_neighbours
 from .heartbeat import Heartbeat
@@ -54,7 +55,6 @@ DEFAULT_LIVENESS_TIMEOUT_MS = 10_000
 #: Where ``MOLLIFIER_REDIS_URL`` points when it is unset.
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
-_METER_NAME = "dramatiq_mollifier"
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class CrashRetries(Middleware):
         self._heartbeat: Heartbeat | None = None
         self._stopping = False
         self._neighbours_published = False
-        meter = metrics.get_meter(_METER_NAME, meter_provider=meter_provider)
+        meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
         self._crashes = meter.create_counter(
             "mollifier.crash_retries",
             unit="{attempt}",

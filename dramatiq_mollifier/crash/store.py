@@ -19,10 +19,10 @@ import json
 from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any, Literal
-from urllib.parse import quote
 
 import redis
 
+from ..keys import escape
 from .evidence import Evidence
 
 __all__ = ["CrashStore", "DeliveryRecord", "ProcState", "ProcStatus"]
@@ -127,7 +127,7 @@ class CrashStore:
 
     def message_key(self, message_id: str) -> str:
         # Percent-encoded as in ``keys.py``: an id is data and cannot reach outside the prefix.
-        return f"{self.key_prefix}:crash:msg:{quote(message_id, safe='')}"
+        return f"{self.key_prefix}:crash:msg:{escape(message_id)}"
 
     def proc_key(self, proc_id: str) -> str:
         return f"{self.key_prefix}:crash:proc:{proc_id}"
