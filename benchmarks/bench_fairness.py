@@ -22,7 +22,6 @@ import time
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.drainer import MollifierDrainer
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
-from dramatiq_mollifier.keys import DEPTH_TOTAL_FIELD
 from dramatiq_mollifier.models import BufferEntry
 from dramatiq_mollifier.scripts import run_pipelined, script_source
 
@@ -44,16 +43,7 @@ def seed(buffer: MollifierBuffer, tenants: list[tuple[str, str, int]], chunk: in
             calls.append(
                 (
                     [keys.entry(message_id), t.queue, t.envs, keys.orgs, keys.depth],
-                    [
-                        message_id,
-                        org,
-                        env,
-                        PAYLOAD,
-                        0,
-                        DEPTH_TOTAL_FIELD,
-                        t.depth_org_field,
-                        t.depth_env_field,
-                    ],
+                    [message_id, org, env, PAYLOAD, 0],
                 )
             )
     began = time.perf_counter()

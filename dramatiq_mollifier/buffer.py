@@ -316,6 +316,39 @@ class MollifierBuffer:
                 removed += result == 1
             return removed
 
+    def ack_entries(self, entries: Sequence[BufferEntry]) -> int:
+        """:meth:`ack` entries this process popped, in one round trip; returns how many existed.
+
+        The entries' tenants come from the entries, so nothing is looked up: one script removes
+        every entry still DRAINING under its tenant. Any other (its lease expired and it was
+        reclaimed, say) is acked on its own afterwards, as :meth:`ack` would.
+        """
+        if not entries:
+            return 0
+        keys = self.keys
+        entry_keys: list[str] = []
+        args: list[str] = []
+        for entry in entries:
+            entry_keys.append(keys.entry(entry.message_id))
+            args += (entry.message_id, entry.org_id, entry.env_id)
+        with _boundary("ack_entries"):
+            reply = run(
+                self.client,
+                self._scripts.ack_draining,
+                len(entry_keys) + 2,
+                keys.leases,
+                keys.depth,
+                *entry_keys,
+                *args,
+            )
+            removed = int(reply[0])
+            for position in reply[1:]:
+                entry = entries[int(position) - 1]
+                removed += (
+                    self._entry_op(self._scripts.ack, entry.message_id, entry.org_id, entry.env_id, ()) == 1
+                )
+            return removed
+
     def requeue(self, message_id: str, *, org_id: str | None = None, env_id: str | None = None) -> bool:
         """attempts + 1, back to QUEUED at the tail of its env's queue. False if missing.
 

@@ -208,7 +208,7 @@ class MollifierDrainer:
         if not succeeded:
             return
         try:
-            self._buffer.ack_many([entry.message_id for entry in succeeded])
+            self._buffer.ack_entries(succeeded)
         except Exception:
             logger.warning(
                 "mollifier.drain_error acking %d entries (they stay DRAINING until their lease expires)",

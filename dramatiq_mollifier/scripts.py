@@ -25,6 +25,7 @@ __all__ = ["SCRIPT_NAMES", "Scripts", "run", "run_pipelined", "script_source"]
 SCRIPT_NAMES = (
     "accept",
     "ack",
+    "ack_draining",
     "evaluate_trip",
     "evaluate_trip_and_accept",
     "expired_leases",
@@ -88,6 +89,7 @@ class Scripts:
 
         self.accept = register("accept")
         self.ack = register("ack")
+        self.ack_draining = register("ack_draining")
         self.evaluate_trip = register("evaluate_trip")
         self.evaluate_trip_and_accept = register("evaluate_trip_and_accept")
         self.expired_leases = register("expired_leases")

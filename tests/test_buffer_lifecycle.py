@@ -72,6 +72,59 @@ def test_ack_many_removes_entries_and_counts_the_ones_that_existed(buffer: Molli
     assert depths(buffer) == (1, 1, 1)
 
 
+def test_ack_entries_removes_popped_entries_of_several_tenants_in_one_call(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    for org, env in (("o", "e"), ("o", "f"), ("p", "e")):
+        for n in range(3):
+            buffer.accept(f"{org}{env}{n}", org_id=org, env_id=env, payload=b"x")
+    popped = [*buffer.pop_many("o", "e", 3), *buffer.pop_many("o", "f", 2), *buffer.pop_many("p", "e", 3)]
+
+    assert buffer.ack_entries(popped) == 8
+    assert buffer.ack_entries([]) == 0
+
+    assert all(buffer.get(e.message_id) is None for e in popped)
+    assert redis_client.zcard(buffer.keys.leases) == 0
+    # Only the one entry never popped is left, and counted.
+    assert (buffer.depth(), buffer.depth("o"), buffer.depth("o", "f"), buffer.depth("p")) == (1, 1, 1, 0)
+    assert buffer.get("of2") is not None
+    buffer.ack("of2")
+    assert keys_of(redis_client) == set()
+
+
+def test_ack_entries_acks_entries_no_longer_draining_on_their_own(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    # m0 stays DRAINING; m1 was reclaimed (QUEUED again); m2 failed meanwhile; m3 is gone.
+    for n in range(4):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
+    popped = buffer.pop_many("o", "e", 4)
+    assert buffer.requeue("m1")
+    assert buffer.fail("m2", code="E", message="boom")
+    buffer.ack("m3")
+
+    assert buffer.ack_entries(popped) == 3
+
+    assert depths(buffer) == (0, 0, 0)
+    assert buffer.orgs() == []
+    assert buffer.failed() == []
+    assert keys_of(redis_client) == set()
+
+
+def test_ack_entries_leaves_an_entry_that_moved_to_another_tenant_to_ack(buffer: MollifierBuffer) -> None:
+    # An entry whose id was reused by another tenant since it was popped is acked where it is.
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    popped = buffer.pop("o", "e")
+    assert popped is not None
+    buffer.ack("m1")
+    buffer.accept("m1", org_id="p", env_id="e", payload=b"y")
+
+    assert buffer.ack_entries([popped]) == 1
+
+    assert buffer.get("m1") is None
+    assert (buffer.depth(), buffer.depth("o"), buffer.depth("p")) == (0, 0, 0)
+
+
 def test_requeue_goes_to_the_tail_with_one_more_attempt(buffer: MollifierBuffer) -> None:
     # Given m1 popped while m2 and m3 wait
     for n in (1, 2, 3):

@@ -70,6 +70,11 @@ def test_scripts_reload_after_script_flush(buffer: MollifierBuffer, redis_client
     # pipelined scripts load themselves too
     assert buffer.ack_many(["m1", "m2"]) == 2
     redis_client.script_flush()
+    assert buffer.accept("m3", org_id="o", env_id="e", payload=b"z")
+    popped = buffer.pop_many("o", "e", 10)
+    redis_client.script_flush()
+    assert buffer.ack_entries(popped) == 1
+    redis_client.script_flush()
     assert buffer.evaluate_trip("o", "e", window_ms=1000, threshold=5, hold_ms=100).count == 1
 
 
@@ -100,8 +105,12 @@ def test_every_operation_works_on_a_resp2_client(
     assert entry is not None
     assert entry.status is EntryStatus.QUEUED
     assert buffer.ack_many(["m1"]) == 1
+    popped = buffer.pop("o", "e")
+    assert popped is not None
+    assert buffer.ack_entries([popped]) == 1
+    assert buffer.accept("m3", org_id="o", env_id="e", payload=b"3")
     assert buffer.pop("o", "e") is not None
-    assert buffer.fail("m2", code="E", message="m")
+    assert buffer.fail("m3", code="E", message="m")
     assert buffer.purge_failed() == 1
     assert buffer.depth() == 0
 
