@@ -161,7 +161,11 @@ def rabbitmq_dead_letters(url: str, app: CrashApp) -> dict[str, Message[Any]]:
     import pika
 
     seen = _rabbitmq_dead.setdefault(app.queue, {})
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+    except pika.exceptions.AMQPConnectionError:
+        # A busy node may refuse one poll; the caller polls again.
+        return dict(seen)
     try:
         channel = connection.channel()
         while True:

@@ -62,7 +62,8 @@ def test_drain_puts_the_buffer_on_the_broker_and_stops_cleanly_on_sigterm(
     process = drain_command("tests.apps.drain_app", env=environment, log=tmp_path / "drain.log")
     try:
         deadline = time.monotonic() + 20
-        while redis_client.hlen(QUEUE_MESSAGES) < 50 and time.monotonic() < deadline:
+        # The broker write comes before the ack: wait for both, then check both.
+        while (redis_client.hlen(QUEUE_MESSAGES) < 50 or buffer.depth() > 0) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert redis_client.hlen(QUEUE_MESSAGES) == 50
         assert buffer.depth() == 0
@@ -70,7 +71,8 @@ def test_drain_puts_the_buffer_on_the_broker_and_stops_cleanly_on_sigterm(
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
-        assert time.monotonic() - began < 2.5
+        # The drainer's deadline is 2 s; interpreter exit on a loaded machine gets 2 s more.
+        assert time.monotonic() - began < 4.0
     finally:
         if process.poll() is None:
             process.kill()
