@@ -120,13 +120,15 @@ def test_a_stalled_mollifier_redis_costs_a_bounded_wait_then_the_broker_gets_the
     def ingest() -> None: ...
 
     ingest.send_with_options(org_id="acme")  # connect and trip while the server answers
-    stalling = redis.Redis.from_url(disposable_redis.url)
+    # This client waits out the stall itself: its own timeout must outlast the script.
+    stalling = redis.Redis.from_url(disposable_redis.url, socket_timeout=30, retry=None)
 
     def spin() -> None:
         # A script that spins for 3 s stalls the server (as a long command or a fork would).
         stalling.eval(
-            "local deadline = redis.call('TIME')[1] + 3 "
-            "while tonumber(redis.call('TIME')[1]) < deadline do end return 1",
+            "local function now() local t = redis.call('TIME') return t[1] * 1000000 + t[2] end "
+            "local deadline = now() + 3000000 "
+            "while now() < deadline do end return 1",
             0,
         )
         stalling.close()
