@@ -1,4 +1,4 @@
-"""Helpers shared by the gate and middleware tests: metrics read through the OpenTelemetry SDK."""
+"""Helpers shared by the gate and middleware tests: a Mollifier under test, metrics read through the SDK."""
 
 from __future__ import annotations
 
@@ -6,8 +6,15 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import dramatiq
+import redis
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from dramatiq_mollifier import Mollifier, MollifierSettings
+
+#: The trip threshold of the middleware tests: a burst of N puts this many on the broker.
+THRESHOLD = 20
 
 
 def metrics() -> tuple[MeterProvider, InMemoryMetricReader]:
@@ -50,3 +57,26 @@ def total(reader: InMemoryMetricReader, name: str) -> int:
 def fail_opens(reader: InMemoryMetricReader) -> Counter[tuple[Any, ...]]:
     """``mollifier.fail_open`` by stage."""
     return counts(reader, "mollifier.fail_open", "stage")
+
+
+def add_mollifier(
+    broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any
+) -> tuple[Mollifier, InMemoryMetricReader]:
+    """Add a Mollifier over ``client`` enrolling ``acme``, with windows long enough for slow machines.
+
+    Returns it and the reader of its metrics. ``settings`` override the defaults.
+    """
+    provider, reader = metrics()
+    values: dict[str, Any] = {
+        "enabled": True,
+        "enabled_orgs": {"acme"},
+        "key_prefix": key_prefix,
+        "trip_threshold": THRESHOLD,
+        "trip_window_ms": 5_000,
+        "trip_hold_ms": 5_000,
+        "drainer_enabled": False,
+        **settings,
+    }
+    mollifier = Mollifier(MollifierSettings(**values), client=client, meter_provider=provider)
+    broker.add_middleware(mollifier)
+    return mollifier, reader

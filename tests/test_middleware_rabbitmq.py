@@ -13,13 +13,9 @@ import redis
 pika = pytest.importorskip("pika")
 from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: E402
 
-from dramatiq_mollifier import Mollifier, MollifierSettings  # noqa: E402
-
-from .mollifier_helpers import decisions, metrics, total  # noqa: E402
+from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, total  # noqa: E402
 
 pytestmark = pytest.mark.rabbitmq
-
-THRESHOLD = 20
 
 
 @pytest.fixture
@@ -35,23 +31,6 @@ def broker(rabbitmq_url: str, queue_name: str) -> Iterator[RabbitmqBroker]:
     for name in (queue_name, f"{queue_name}.DQ", f"{queue_name}.XQ"):
         channel.queue_delete(name)
     broker.close()
-
-
-def add_mollifier(broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any) -> Any:
-    provider, reader = metrics()
-    values: dict[str, Any] = {
-        "enabled": True,
-        "enabled_orgs": {"acme"},
-        "key_prefix": key_prefix,
-        "trip_threshold": THRESHOLD,
-        "trip_window_ms": 5_000,
-        "trip_hold_ms": 5_000,
-        "drainer_enabled": False,
-        **settings,
-    }
-    mollifier = Mollifier(MollifierSettings(**values), client=client, meter_provider=provider)
-    broker.add_middleware(mollifier)
-    return mollifier, reader
 
 
 def on_rabbitmq(broker: RabbitmqBroker, queue_name: str) -> list[dramatiq.Message[Any]]:

@@ -12,12 +12,10 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier import Mollifier
 from dramatiq_mollifier.models import STATE_ADMITTED, STATE_OPTION
 
-from .mollifier_helpers import decisions, metrics
-
-THRESHOLD = 20
+from .mollifier_helpers import THRESHOLD, add_mollifier, decisions
 
 
 @pytest.fixture
@@ -29,21 +27,12 @@ def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
     broker.close()
 
 
-def add_mollifier(broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any) -> Any:
-    provider, reader = metrics()
-    values: dict[str, Any] = {
-        "enabled": True,
-        "enabled_orgs": {"acme"},
-        "key_prefix": key_prefix,
-        "trip_threshold": THRESHOLD,
-        "trip_window_ms": 5_000,
-        "trip_hold_ms": 60_000,
-        "drain_poll_interval_ms": 20,
-        **settings,
-    }
-    mollifier = Mollifier(MollifierSettings(**values), client=client, meter_provider=provider)
-    broker.add_middleware(mollifier)
-    return mollifier, reader
+def add_redis_mollifier(
+    broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any
+) -> tuple[Mollifier, Any]:
+    # These tests run real workers: their drainer runs (as enabled implies) and polls briskly.
+    defaults: dict[str, Any] = {"trip_hold_ms": 60_000, "drain_poll_interval_ms": 20, "drainer_enabled": None}
+    return add_mollifier(broker, client, key_prefix, **{**defaults, **settings})
 
 
 def on_redis_broker(broker: RedisBroker, client: redis.Redis, queue_name: str) -> list[dramatiq.Message[Any]]:
@@ -62,7 +51,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
 def test_a_burst_puts_exactly_threshold_on_the_redis_broker_and_the_rest_in_the_buffer(
     broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    mollifier, reader = add_mollifier(broker, redis_client, key_prefix, drainer_enabled=False)
+    mollifier, reader = add_redis_mollifier(broker, redis_client, key_prefix, drainer_enabled=False)
 
     @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
     def ingest(n: int) -> None: ...
@@ -89,7 +78,7 @@ def test_the_worker_boots_a_drainer_that_delivers_every_diverted_message_exactly
     broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     # Given a burst, most of it diverted while no worker runs
-    mollifier, reader = add_mollifier(broker, redis_client, key_prefix, trip_threshold=5)
+    mollifier, reader = add_redis_mollifier(broker, redis_client, key_prefix, trip_threshold=5)
     runs: list[int] = []
     lock = threading.Lock()
 
@@ -134,7 +123,7 @@ def test_the_worker_boots_a_drainer_that_delivers_every_diverted_message_exactly
 def test_a_delayed_send_on_redis_is_promoted_by_the_worker_without_being_diverted(
     broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    mollifier, reader = add_mollifier(
+    mollifier, reader = add_redis_mollifier(
         broker, redis_client, key_prefix, trip_threshold=0, drainer_enabled=False
     )
     ran = threading.Event()
@@ -165,7 +154,7 @@ def test_a_delayed_send_on_redis_is_promoted_by_the_worker_without_being_diverte
 def test_a_producer_process_never_starts_a_drainer(
     broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, trip_threshold=0)
+    mollifier, _ = add_redis_mollifier(broker, redis_client, key_prefix, trip_threshold=0)
 
     @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
     def ingest() -> None: ...
@@ -180,7 +169,9 @@ def test_a_producer_process_never_starts_a_drainer(
 def test_drainer_enabled_false_keeps_workers_from_draining(
     broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, trip_threshold=0, drainer_enabled=False)
+    mollifier, _ = add_redis_mollifier(
+        broker, redis_client, key_prefix, trip_threshold=0, drainer_enabled=False
+    )
 
     @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
     def ingest() -> None: ...

@@ -14,9 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq_mollifier import Mollifier, MollifierSettings, interception
 from dramatiq_mollifier.models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION
 
-from .mollifier_helpers import decisions, metrics, total
-
-THRESHOLD = 20
+from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, metrics, total
 
 
 @pytest.fixture
@@ -25,24 +23,6 @@ def broker() -> Iterator[StubBroker]:
     broker.emit_after("process_boot")
     yield broker
     broker.close()
-
-
-def add_mollifier(broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any) -> Any:
-    """Add a Mollifier over ``client``; returns it and the reader of its metrics."""
-    provider, reader = metrics()
-    values: dict[str, Any] = {
-        "enabled": True,
-        "enabled_orgs": {"acme"},
-        "key_prefix": key_prefix,
-        "trip_threshold": THRESHOLD,
-        "trip_window_ms": 5_000,
-        "trip_hold_ms": 5_000,
-        "drainer_enabled": False,
-        **settings,
-    }
-    mollifier = Mollifier(MollifierSettings(**values), client=client, meter_provider=provider)
-    broker.add_middleware(mollifier)
-    return mollifier, reader
 
 
 def on_stub_broker(broker: StubBroker, queue_name: str = "default") -> list[dramatiq.Message[Any]]:
