@@ -63,6 +63,20 @@ local function prune_queue_sets(queue, envs, orgs, org, env)
   end
 end
 
+-- Take a QUEUED entry out of its queue (pruning the sets) or a DRAINING one out of the leases,
+-- and out of the depth counts; any other status is left alone.
+local function leave_live_state(status, id, queue, envs, orgs, leases, depth, org, env)
+  if status == 'QUEUED' then
+    redis.call('LREM', queue, 1, id)
+    prune_queue_sets(queue, envs, orgs, org, env)
+  elseif status == 'DRAINING' then
+    redis.call('ZREM', leases, id)
+  else
+    return
+  end
+  adjust_depth(depth, org, env, -1)
+end
+
 -- The same for the dead-letter indexes.
 local function prune_dead_letter_sets(failed, failed_envs, failed_orgs, org, env)
   if redis.call('ZCARD', failed) == 0 then

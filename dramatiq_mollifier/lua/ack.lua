@@ -22,14 +22,7 @@ if status == nil then
 elseif status == false then
   return -1
 end
-if status == 'QUEUED' then
-  redis.call('LREM', queue, 1, id)
-  prune_queue_sets(queue, envs, orgs, org, env)
-  adjust_depth(KEYS[9], org, env, -1)
-elseif status == 'DRAINING' then
-  adjust_depth(KEYS[9], org, env, -1)
-end
-redis.call('ZREM', leases, id)
+leave_live_state(status, id, queue, envs, orgs, leases, KEYS[9], org, env)
 if redis.call('ZREM', KEYS[6], id) == 1 then
   prune_dead_letter_sets(KEYS[6], KEYS[7], KEYS[8], org, env)
 end

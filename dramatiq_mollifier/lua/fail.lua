@@ -26,14 +26,7 @@ if status == nil then
 elseif status == false then
   return -1
 end
-if status == 'QUEUED' then
-  redis.call('LREM', queue, 1, id)
-  prune_queue_sets(queue, envs, orgs, org, env)
-  adjust_depth(KEYS[9], org, env, -1)
-elseif status == 'DRAINING' then
-  redis.call('ZREM', KEYS[5], id)
-  adjust_depth(KEYS[9], org, env, -1)
-end
+leave_live_state(status, id, queue, envs, orgs, KEYS[5], KEYS[9], org, env)
 redis.call('HSET', entry, 'status', 'FAILED', 'error_code', ARGV[4], 'error_message', ARGV[5])
 apply_ttl(entry, tonumber(ARGV[6]))
 redis.call('ZADD', KEYS[6], string.format('%.0f', now_ms()), id)
