@@ -12,6 +12,7 @@ again, atomically, and the buffer looks it up afresh if it changed in between.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -47,14 +48,16 @@ DEFAULT_CONNECTION_RETRIES = 1
 # The script answer for "the entry belongs to another tenant than the caller believed".
 _WRONG_TENANT = -1
 _TENANT_LOOKUPS = 3
-# A pop peeks at twice the ids it wants, so a drainer that loses a race on the head of the queue
-# to another drainer can usually take the entries after them in the same call.
-_PEEK_FACTOR = 2
+# A pop peeks at a few more ids than it wants, so a drainer that loses a race on the head of the
+# queue to another drainer, or meets references that expired entries left, can usually still
+# fill its batch in the same call; else it peeks again, at most _POP_ATTEMPTS times in all.
+_PEEK_SLACK = 16
 _POP_ATTEMPTS = 3
 _RECLAIM_BATCH = 500
 _PURGE_BATCH = 500
 _OLDEST_WINDOW = 50
-_POP_FIELDS = 6
+# The header of each entry in a pop reply's frames (see lua/pop.lua).
+_POP_HEADER = struct.Struct(">iiiiiq")
 # Distinct (window, threshold, hold) settings whose encoded form is kept; emptied when it fills.
 _TRIP_ARGS_CACHE_SIZE = 64
 # Replies that are not what the scripts promise surface as these while being decoded.
@@ -77,6 +80,30 @@ def _last_error(code: bytes | None, message: bytes | None) -> tuple[str, str] | 
     if code is None:
         return None
     return _text(code), _text(message or b"")
+
+
+def _unpack_popped(frames: bytes, org_id: str, env_id: str) -> Iterator[BufferEntry]:
+    header = _POP_HEADER
+    at = 0
+    while at < len(frames):
+        id_len, payload_len, code_len, message_len, attempts, created_at_ms = header.unpack_from(frames, at)
+        at += header.size
+        message_id = frames[at : (at := at + id_len)].decode("utf-8")
+        payload = frames[at : (at := at + payload_len)]
+        last_error = None
+        if code_len >= 0:
+            code = frames[at : (at := at + code_len)].decode("utf-8")
+            last_error = (code, frames[at : (at := at + message_len)].decode("utf-8"))
+        yield BufferEntry(
+            message_id=message_id,
+            org_id=org_id,
+            env_id=env_id,
+            payload=payload,
+            status=EntryStatus.DRAINING,
+            attempts=attempts,
+            created_at=_datetime(created_at_ms),
+            last_error=last_error,
+        )
 
 
 def _wrap(operation: str, exc: Exception) -> BufferUnavailableError:
@@ -257,25 +284,24 @@ class MollifierBuffer:
         with _boundary("pop"):
             for _ in range(_POP_ATTEMPTS):
                 wanted = limit - len(entries)
-                ids = _texts(self.client.lrange(t.queue, 0, wanted * _PEEK_FACTOR - 1))
-                reply = self._scripts.pop(
-                    keys=[t.queue, t.envs, keys.orgs, keys.leases, keys.depth, *map(keys.entry, ids)],
-                    args=[org_id, env_id, wanted, self.lease_ms, *ids],
+                ids = _texts(self.client.lrange(t.queue, 0, wanted + _PEEK_SLACK - 1))
+                reply = run(
+                    self.client,
+                    self._scripts.pop,
+                    5 + len(ids),
+                    t.queue,
+                    t.envs,
+                    keys.orgs,
+                    keys.leases,
+                    keys.depth,
+                    *map(keys.entry, ids),
+                    org_id,
+                    env_id,
+                    wanted,
+                    self.lease_ms,
+                    *ids,
                 )
-                for i in range(1, len(reply), _POP_FIELDS):
-                    message_id, payload, attempts, created_at_ms, code, message = reply[i : i + _POP_FIELDS]
-                    entries.append(
-                        BufferEntry(
-                            message_id=_text(message_id),
-                            org_id=org_id,
-                            env_id=env_id,
-                            payload=payload,
-                            status=EntryStatus.DRAINING,
-                            attempts=int(attempts),
-                            created_at=_datetime(created_at_ms),
-                            last_error=_last_error(code, message),
-                        )
-                    )
+                entries += _unpack_popped(reply[1], org_id, env_id)
                 if reply[0] == 0 or len(entries) >= limit:
                     break
         return entries
@@ -348,6 +374,21 @@ class MollifierBuffer:
                     self._entry_op(self._scripts.ack, entry.message_id, entry.org_id, entry.env_id, ()) == 1
                 )
             return removed
+
+    def release(self, entries: Sequence[BufferEntry]) -> int:
+        """Give back popped entries whose handler never ran; returns how many went back.
+
+        For a drainer that stops with entries popped but not yet handled: each still DRAINING
+        is QUEUED again at the head of its queue, in the same order, attempts unchanged.
+        """
+        if not entries:
+            return 0
+        calls = [
+            self._entry_op_call(e.message_id, e.org_id, e.env_id, (self._ttl_ms,)) for e in reversed(entries)
+        ]
+        with _boundary("release"):
+            answers = run_pipelined(self.client, self._scripts.release, calls)
+        return sum(int(answer) == 1 for answer in answers)
 
     def requeue(self, message_id: str, *, org_id: str | None = None, env_id: str | None = None) -> bool:
         """attempts + 1, back to QUEUED at the tail of its env's queue. False if missing.

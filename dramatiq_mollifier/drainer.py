@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from .buffer import MollifierBuffer
 from .errors import UndeliverableEntryError
-from .handler_pool import Completion, DrainHandler, HandlerPool
+from .handler_pool import Completion, DrainHandler, HandlerPool, NotStarted
 from .models import BufferEntry
 from .rotation import OrgEnvRotation
 from .telemetry import DrainResultKind, Telemetry
@@ -105,7 +105,7 @@ class MollifierDrainer:
         self.max_attempts = max_attempts
         self.poll_interval_ms = poll_interval_ms
         self.batch_size = batch_size
-        self._refill = max(1, concurrency // 4)
+        self._refill = max(1, concurrency // 2)
         self._is_retryable = is_retryable or (lambda exc: True)
         self._telemetry = telemetry or Telemetry()
         if reclaim_interval_ms is None:
@@ -114,6 +114,7 @@ class MollifierDrainer:
         self._sleep = sleep or self._wait
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
         self._pool: HandlerPool | None = None
+        self._idle = True
         self._last_reclaim = float("-inf")
         self._last_depth = float("-inf")
         self._lock = threading.Lock()
@@ -145,6 +146,9 @@ class MollifierDrainer:
         pool = self._pool
         if pool is None or pool.abandoned:
             pool = self._pool = HandlerPool(self.concurrency, self._handler, self._settle_alone)
+        elif self._idle:
+            # The sleep after an idle tick says nothing about how the handlers use the CPU.
+            pool.parallelism.restart()
         try:
             for org_id in self._rotation.pick_orgs(orgs):
                 if self._stopping.is_set():
@@ -159,6 +163,7 @@ class MollifierDrainer:
                     break
         finally:
             self._collect(pool, tick, until=0)
+            self._idle = tick.drained + tick.failed == 0
         return DrainResult(tick.drained, tick.failed)
 
     def _drain_env(self, pool: HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
@@ -176,35 +181,43 @@ class MollifierDrainer:
                 logger.warning("mollifier.drain_error popping org %r env %r", org_id, env_id, exc_info=True)
                 tick.failed += 1
                 return True
-            for entry in entries:
-                pool.submit(entry)
+            pool.submit(entries)
             if len(entries) < limit:
                 return True
             remaining -= len(entries)
         return True
 
     def _collect(self, pool: HandlerPool, tick: _Tick, *, until: int) -> bool:
-        """Settle completions until at most ``until`` entries are in flight. False if abandoned."""
-        while pool.in_flight > until:
-            # Read before blocking: abandon() sets the flag before it puts the wake-up.
-            abandoned = pool.abandoned
-            batch = pool.take(block=not abandoned)
-            if batch:
-                self._settle(batch, tick)
+        """Settle completions once at most ``until`` entries are in flight. False if abandoned.
+
+        The completions are gathered first and settled together: one ack round trip for all.
+        """
+        done: list[Completion] = []
+        try:
+            while pool.in_flight > until:
+                batch = pool.take(pool.in_flight - until)
+                done += batch
                 pool.in_flight -= len(batch)
-            if abandoned or pool.abandoned:
-                return False
-        return True
+                if pool.abandoned:
+                    return False
+            return True
+        finally:
+            if done:
+                self._settle(done, tick)
 
     # Settling -------------------------------------------------------------------------------
     def _settle(self, batch: Iterable[Completion], tick: _Tick) -> None:
         succeeded: list[BufferEntry] = []
+        not_started: list[BufferEntry] = []
         for entry, error in batch:
             if error is None:
                 succeeded.append(entry)
+            elif isinstance(error, NotStarted):
+                not_started.append(entry)
             else:
                 self._settle_failure(entry, error)
                 tick.failed += 1
+        self._release(not_started)
         if not succeeded:
             return
         try:
@@ -223,6 +236,9 @@ class MollifierDrainer:
     def _settle_alone(self, completion: Completion) -> None:
         """Settle one entry from a handler thread, after the tick gave up waiting for it."""
         entry, error = completion
+        if isinstance(error, NotStarted):
+            self._release([entry])
+            return
         try:
             if error is None:
                 self._buffer.ack(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
@@ -278,6 +294,19 @@ class MollifierDrainer:
             return None
         self._telemetry.record_drained(kind)
         return kind
+
+    def _release(self, entries: Sequence[BufferEntry]) -> None:
+        if not entries:
+            return
+        try:
+            self._buffer.release(entries)
+        except Exception:
+            logger.warning(
+                "mollifier.drain_error giving back %d entries not handled before the stop "
+                "(they stay DRAINING until their lease expires)",
+                len(entries),
+                exc_info=True,
+            )
 
     def _retryable(self, error: BaseException) -> bool:
         try:
@@ -353,6 +382,8 @@ class MollifierDrainer:
         with self._lock:
             thread = self._thread
             self._stopping.set()
+            if self._pool is not None:
+                self._pool.stop_starting()
             if thread is not None:
                 thread.join(max(0, timeout_ms) / 1000)
             stopped = thread is None or not thread.is_alive()

@@ -33,6 +33,7 @@ SCRIPT_NAMES = (
     "pop",
     "purge_failed",
     "reclaim",
+    "release",
     "requeue",
     "retry_failed",
     "tripped",
@@ -97,6 +98,7 @@ class Scripts:
         self.pop = register("pop")
         self.purge_failed = register("purge_failed")
         self.reclaim = register("reclaim")
+        self.release = register("release")
         self.requeue = register("requeue")
         self.retry_failed = register("retry_failed")
         self.tripped = register("tripped")

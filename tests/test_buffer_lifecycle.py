@@ -328,3 +328,20 @@ def test_depth_counters_are_removed_when_they_reach_zero(
     buffer.ack("m1")
 
     assert not redis_client.exists(buffer.keys.depth)
+
+
+def test_release_gives_popped_entries_back_at_the_head_untried(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    for n in range(5):
+        buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
+    popped = buffer.pop_many("o", "e", 3)
+    buffer.ack(popped[0].message_id, org_id="o", env_id="e")
+
+    assert buffer.release(popped) == 2  # the acked one is gone, not brought back
+
+    assert redis_client.zcard(buffer.keys.leases) == 0
+    assert buffer.depth() == 4
+    again = buffer.pop_many("o", "e", 10)
+    assert [e.message_id for e in again] == ["m1", "m2", "m3", "m4"]
+    assert [e.attempts for e in again] == [0, 0, 0, 0]

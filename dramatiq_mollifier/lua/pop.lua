@@ -15,8 +15,11 @@
 -- ARGV[3]   how many entries to pop at most
 -- ARGV[4]   lease in ms
 -- ARGV[5..] the peeked message ids
--- Returns {stopped_at_unknown_id (0 or 1), then for each popped entry: id, payload, attempts,
--- created_at_ms, error_code, error_message}.
+-- Returns {stopped_at_unknown_id (0 or 1), frames}: frames is one string, the popped entries in
+-- order, each a big-endian header struct.pack('>i4i4i4i4i4i8', #id, #payload, #error_code,
+-- #error_message, attempts, created_at_ms) followed by the bytes of those four strings (an
+-- entry without an error has -1 as its code length). One string, not six replies per entry:
+-- a client parses a reply element far more slowly than it unpacks a header.
 --
 -- A reference whose entry is gone (expired), is not QUEUED or belongs to another env is dropped
 -- without creating anything, and the env's depth is decremented for it: each such reference is
@@ -28,7 +31,8 @@ local entry_of = {}
 for i = 5, #ARGV do
   entry_of[ARGV[i]] = KEYS[i + 1]
 end
-local out = {0}
+local stopped = 0
+local frames = {}
 local taken = 0
 local deadline = nil
 while taken < limit do
@@ -38,7 +42,7 @@ while taken < limit do
   end
   local entry = entry_of[id]
   if not entry then
-    out[1] = 1
+    stopped = 1
     break
   end
   redis.call('LPOP', queue)
@@ -51,17 +55,18 @@ while taken < limit do
     redis.call('HSET', entry, 'status', 'DRAINING')
     redis.call('PERSIST', entry)
     redis.call('ZADD', leases, deadline, id)
-    local n = #out
-    out[n + 1] = id
-    out[n + 2] = f[4]
-    out[n + 3] = f[5]
-    out[n + 4] = f[6]
-    out[n + 5] = f[7]
-    out[n + 6] = f[8]
+    local code, message = f[7], f[8] or ''
+    local n = #frames
+    frames[n + 1] = struct.pack('>i4i4i4i4i4i8', #id, #f[4], code and #code or -1, #message,
+      tonumber(f[5]), tonumber(f[6]))
+    frames[n + 2] = id
+    frames[n + 3] = f[4]
+    frames[n + 4] = code or ''
+    frames[n + 5] = message
     taken = taken + 1
   else
     adjust_depth(depth, org, env, -1)
   end
 end
 prune_queue_sets(queue, envs, orgs, org, env)
-return out
+return {stopped, table.concat(frames)}

@@ -1,0 +1,36 @@
+-- release: give back a DRAINING entry whose handler never ran (its drainer is stopping): QUEUED
+-- again at the head of its env's queue, attempts unchanged, lease dropped. The caller releases
+-- a batch newest first, so the batch keeps its order at the head.
+--
+-- KEYS[1]  entry hash
+-- KEYS[2]  the env's queue (list)
+-- KEYS[3]  the org's set of envs with queued work
+-- KEYS[4]  the set of orgs with queued work
+-- KEYS[5]  the leases (sorted set, score = deadline in ms)
+-- KEYS[6]  the env's dead letters (unused: the layout every per-entry script shares)
+-- KEYS[7]  the org's set of envs with dead letters (unused)
+-- KEYS[8]  the set of orgs with dead letters (unused)
+-- KEYS[9]  the depth counters (unused: a DRAINING entry is counted as a QUEUED one is)
+-- ARGV[1]  message id
+-- ARGV[2]  org id the caller believes the entry belongs to
+-- ARGV[3]  env id the caller believes the entry belongs to
+-- ARGV[4]  entry TTL in ms; 0 for none
+-- Returns 1 when released; 0 when missing or not DRAINING (acked, or reclaimed and popped
+-- again elsewhere); -1 when the entry belongs to another org/env.
+
+local entry, queue, envs, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, org, env = ARGV[1], ARGV[2], ARGV[3]
+local status = entry_status(entry, org, env)
+if status == nil then
+  return 0
+elseif status == false then
+  return -1
+elseif status ~= 'DRAINING' then
+  return 0
+end
+redis.call('ZREM', KEYS[5], id)
+redis.call('HSET', entry, 'status', 'QUEUED')
+apply_ttl(entry, tonumber(ARGV[4]))
+redis.call('LPUSH', queue, id)
+note_queued(envs, orgs, org, env)
+return 1
