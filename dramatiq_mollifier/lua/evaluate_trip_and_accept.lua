@@ -54,9 +54,12 @@ local ttl_ms = tonumber(ARGV[4])
 if ttl_ms > 0 then
   redis.call('PEXPIRE', entry, ttl_ms)
 end
-redis.call('RPUSH', KEYS[5], ARGV[5])
-redis.call('SADD', KEYS[6], env)
-redis.call('SADD', KEYS[7], org)
+-- A queue that was not empty already has its env and org registered (prune_queue_sets
+-- unregisters them only once it is empty): the two SADDs are for the first entry alone.
+if redis.call('RPUSH', KEYS[5], ARGV[5]) == 1 then
+  redis.call('SADD', KEYS[6], env)
+  redis.call('SADD', KEYS[7], org)
+end
 local depth = KEYS[8]
 local field = 'total'
 if redis.call('HINCRBY', depth, field, 1) <= 0 then
