@@ -98,7 +98,7 @@ def fairness(buffer: MollifierBuffer, heavy: int, window: int) -> None:
     )
 
 
-def tick_cost(buffer: MollifierBuffer, orgs: int, window: int = 100, ticks: int = 5) -> float:
+def tick_cost(buffer: MollifierBuffer, orgs: int, window: int = 100, ticks: int = 15) -> float:
     buffer.client.flushdb()
     seed(buffer, [(f"org{o:05}", "prod", ticks + 1) for o in range(orgs)])
     drainer = MollifierDrainer(buffer, lambda entry: None, max_orgs_per_tick=window, batch_size=1)

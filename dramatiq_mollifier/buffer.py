@@ -476,7 +476,38 @@ class MollifierBuffer:
     def orgs(self) -> list[str]:
         """Orgs with QUEUED work, sorted."""
         with _boundary("orgs"):
-            return sorted(_text(org) for org in self.client.smembers(self.keys.orgs))
+            return _texts(self.client.zrange(self.keys.orgs, 0, -1))
+
+    def envs_of(self, org_ids: Sequence[str]) -> list[list[str] | None]:
+        """:meth:`envs` of each org, in one round trip; None for an org whose envs could not be
+        read (its key holds something else), so one bad key does not hide the other orgs.
+        """
+        with _boundary("envs_of"):
+            pipe = self.client.pipeline(transaction=False)
+            for org_id in org_ids:
+                pipe.smembers(self.keys.envs(org_id))
+            return [
+                None if isinstance(reply, Exception) else sorted(_texts(reply))
+                for reply in pipe.execute(raise_on_error=False)
+            ]
+
+    def org_window(self, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` orgs with QUEUED work, in order from the first one after ``after``
+        (from the first of all when None), wrapping around to the first: one round trip whose
+        cost depends on ``limit``, not on how many orgs have work.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        if after is None:
+            with _boundary("org_window"):
+                return _texts(self.client.zrangebylex(self.keys.orgs, "-", "+", 0, limit))
+        bound = after.encode("utf-8")
+        with _boundary("org_window"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrangebylex(self.keys.orgs, b"(" + bound, "+", 0, limit)
+            pipe.zrangebylex(self.keys.orgs, "-", b"[" + bound, 0, limit)
+            later, wrapped = pipe.execute()
+            return _texts([*later, *wrapped][:limit])
 
     def envs(self, org_id: str) -> list[str]:
         """Envs of ``org_id`` with QUEUED work, sorted."""

@@ -1,7 +1,7 @@
 """``MollifierDrainer``: puts buffered messages back on the broker, fairly.
 
-One tick (:meth:`MollifierDrainer.run_once`) lists the orgs with queued work, takes a window of
-them that slides by one org per tick, picks one env per org round-robin, pops up to a batch from
+One tick (:meth:`MollifierDrainer.run_once`) reads a window of the orgs with queued work that
+slides by one org per tick, picks one env per org round-robin, pops up to a batch from
 each and runs the handler on a pool of daemon threads. Entries that were popped and are not yet
 acked, requeued or failed never outnumber the pool. :meth:`~MollifierDrainer.start` and
 :meth:`~MollifierDrainer.stop` run ticks in a background thread whose every sleep waits on one
@@ -135,13 +135,13 @@ class MollifierDrainer:
     def run_once(self) -> DrainResult:
         """Reclaim expired leases (throttled), then drain one window of orgs, one env each.
 
-        Raises when the org list cannot be read (Redis down); any other buffer error is counted
-        as a failure of the env it concerns. Not re-entrant: one caller at a time.
+        Raises when the orgs or their envs cannot be read (Redis down); any other buffer error is
+        counted as a failure of the org or env it concerns. Not re-entrant: one caller at a time.
         """
         now = time.monotonic()
         self._reclaim(now)
         self._record_depth(now)
-        orgs = self._buffer.orgs()
+        window = self._buffer.org_window(self._rotation.org_cursor, self._rotation.max_orgs)
         tick = _Tick()
         pool = self._pool
         if pool is None or pool.abandoned:
@@ -150,13 +150,12 @@ class MollifierDrainer:
             # The sleep after an idle tick says nothing about how the handlers use the CPU.
             pool.parallelism.restart()
         try:
-            for org_id in self._rotation.pick_orgs(orgs):
+            orgs = self._rotation.pick_orgs(window)
+            for org_id, envs in zip(orgs, self._buffer.envs_of(orgs), strict=True):
                 if self._stopping.is_set():
                     break
-                try:
-                    envs = self._buffer.envs(org_id)
-                except Exception:
-                    logger.warning("mollifier.drain_error listing envs of org %r", org_id, exc_info=True)
+                if envs is None:
+                    logger.warning("mollifier.drain_error listing envs of org %r", org_id)
                     tick.failed += 1
                     continue
                 if envs and not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):

@@ -15,7 +15,7 @@ Key                             Type         Holds
                                              ``error_message`` (org and env raw, not encoded)
 ``{p}:queue:{org}:{env}``       list         FIFO of message ids of the env (head = oldest)
 ``{p}:envs:{org}``              set          raw env ids of the org with queued work
-``{p}:orgs``                    set          raw org ids with queued work
+``{p}:orgs``                    sorted set   raw org ids with queued work (scores 0: by id)
 ``{p}:leases``                  sorted set   DRAINING message ids, score = lease deadline (ms)
 ``{p}:depth``                   hash         QUEUED + DRAINING counts: fields ``total``,
                                              ``org:<org>``, ``env:<tag>`` (raw ids, see below)

@@ -12,7 +12,8 @@ class OrgEnvRotation:
     """Two-level round robin: a window of orgs sliding by one per tick, then one env per org.
 
     Cursors hold names, not positions, so an org or env that comes or goes between ticks does not
-    make the rotation skip its neighbour. Env cursors exist only for orgs listed in the last tick.
+    make the rotation skip its neighbour. Env cursors exist only for orgs in the last window: an
+    org that slides out of it starts again at its first env when it comes back.
     """
 
     def __init__(self, max_orgs: int) -> None:
@@ -30,20 +31,24 @@ class OrgEnvRotation:
         """How many per-org env cursors are held (never more than the orgs last listed)."""
         return len(self._env_cursors)
 
-    def pick_orgs(self, orgs: Sequence[str]) -> list[str]:
-        """The window of at most ``max_orgs`` from ``orgs`` (sorted) for this tick, wrapping."""
-        if not orgs:
-            self._env_cursors.clear()
-            return []
-        start = 0 if self._org_cursor is None else bisect.bisect_right(orgs, self._org_cursor)
-        start %= len(orgs)
-        self._org_cursor = orgs[start]
+    @property
+    def org_cursor(self) -> str | None:
+        """The first org of the last window: the next one starts after it (None: at the first)."""
+        return self._org_cursor
+
+    def pick_orgs(self, window: Sequence[str]) -> list[str]:
+        """Take ``window`` as this tick's orgs and move the cursor to its first org.
+
+        ``window`` is what :meth:`MollifierBuffer.org_window` answers for :attr:`org_cursor`
+        and :attr:`max_orgs`: the orgs in order from the one after the cursor, wrapping around.
+        """
+        picked = list(window[: self.max_orgs])
+        self._org_cursor = picked[0] if picked else None
         if len(self._env_cursors) > 0:
-            listed = set(orgs)
-            for org in [org for org in self._env_cursors if org not in listed]:
+            kept = set(picked)
+            for org in [org for org in self._env_cursors if org not in kept]:
                 del self._env_cursors[org]
-        count = min(self.max_orgs, len(orgs))
-        return [orgs[(start + i) % len(orgs)] for i in range(count)]
+        return picked
 
     def pick_env(self, org_id: str, envs: Sequence[str]) -> str:
         """The env of ``org_id`` that comes after the one picked last time, from ``envs`` (sorted)."""

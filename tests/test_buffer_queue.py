@@ -279,3 +279,18 @@ def test_oldest_created_at_is_that_of_the_head_queued_entry(
     assert entry is not None
     assert buffer.oldest_created_at("o", "e") == entry.created_at
     assert buffer.oldest_created_at("o", "other") is None
+
+
+def test_org_window_reads_orgs_in_order_after_the_cursor_and_wraps(buffer: MollifierBuffer) -> None:
+    assert buffer.org_window(None, 3) == []
+    for org in ("d", "b", "e", "a", "c"):
+        buffer.accept(f"m-{org}", org_id=org, env_id="e", payload=b"x")
+
+    assert buffer.org_window(None, 3) == ["a", "b", "c"]
+    assert buffer.org_window("a", 3) == ["b", "c", "d"]
+    assert buffer.org_window("d", 3) == ["e", "a", "b"]
+    assert buffer.org_window("e", 10) == ["a", "b", "c", "d", "e"]
+    # A cursor on an org that has left still places the window where that org was.
+    assert buffer.org_window("bb", 2) == ["c", "d"]
+    with pytest.raises(ValueError, match="limit"):
+        buffer.org_window(None, 0)

@@ -42,12 +42,18 @@ def seed(buffer: MollifierBuffer, org: str, env: str, count: int) -> None:
         buffer.accept(f"{org}/{env}/{i}", org_id=org, env_id=env, payload=b"x")
 
 
-# Pure policy ---------------------------------------------------------------------------------
-def test_the_org_window_slides_by_one_each_tick_and_wraps() -> None:
-    rotation = OrgEnvRotation(max_orgs=3)
-    orgs = ["a", "b", "c", "d", "e"]
+def next_window(buffer: MollifierBuffer, rotation: OrgEnvRotation) -> list[str]:
+    """One tick's choice of orgs, as the drainer makes it."""
+    return rotation.pick_orgs(buffer.org_window(rotation.org_cursor, rotation.max_orgs))
 
-    windows = [rotation.pick_orgs(orgs) for _ in range(6)]
+
+# The rotation -------------------------------------------------------------------------------
+def test_the_org_window_slides_by_one_each_tick_and_wraps(buffer: MollifierBuffer) -> None:
+    for org in ("e", "c", "a", "d", "b"):
+        seed(buffer, org, "prod", 1)
+    rotation = OrgEnvRotation(max_orgs=3)
+
+    windows = [next_window(buffer, rotation) for _ in range(6)]
 
     assert windows == [
         ["a", "b", "c"],
@@ -59,13 +65,18 @@ def test_the_org_window_slides_by_one_each_tick_and_wraps() -> None:
     ]
 
 
-def test_the_org_cursor_does_not_skip_the_next_org_when_the_current_one_leaves() -> None:
+def test_the_org_cursor_does_not_skip_the_next_org_when_the_current_one_leaves(
+    buffer: MollifierBuffer,
+) -> None:
+    for org in ("a", "b", "c"):
+        seed(buffer, org, "prod", 1)
     rotation = OrgEnvRotation(max_orgs=1)
-    assert rotation.pick_orgs(["a", "b", "c"]) == ["a"]
+    assert next_window(buffer, rotation) == ["a"]
 
     # a drained empty and left the org set: b is next, not c.
-    assert rotation.pick_orgs(["b", "c"]) == ["b"]
-    assert rotation.pick_orgs(["b", "c"]) == ["c"]
+    buffer.ack("a/prod/0")
+    assert next_window(buffer, rotation) == ["b"]
+    assert next_window(buffer, rotation) == ["c"]
 
 
 def test_envs_of_an_org_rotate_and_envs_of_other_orgs_have_their_own_cursor() -> None:
@@ -79,13 +90,12 @@ def test_envs_of_an_org_rotate_and_envs_of_other_orgs_have_their_own_cursor() ->
     assert other == "dev"
 
 
-def test_env_cursors_are_pruned_when_their_org_is_no_longer_listed() -> None:
-    rotation = OrgEnvRotation(max_orgs=500)
+def test_env_cursors_are_kept_only_for_orgs_in_the_window() -> None:
+    rotation = OrgEnvRotation(max_orgs=2)
     for i in range(1_000):
-        org = f"org-{i}"
-        for picked in rotation.pick_orgs([org]):
+        for picked in rotation.pick_orgs([f"org-{i}", f"org-{i + 1}"]):
             rotation.pick_env(picked, ["prod"])
-        assert rotation.cursor_count <= 1
+        assert rotation.cursor_count <= 2
     rotation.pick_orgs([])
     assert rotation.cursor_count == 0
 

@@ -152,6 +152,23 @@ def test_one_envs_pop_error_is_one_failure_and_the_other_envs_still_drain(
     assert sorted(handler.ids) == ["a1", "c1"]
 
 
+def test_one_orgs_unreadable_envs_are_one_failure_and_the_other_orgs_still_drain(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    for org in ("a", "b", "c"):
+        buffer.accept(f"{org}1", org_id=org, env_id="prod", payload=b"x")
+    # Corrupt b's set of envs: reading it answers WRONGTYPE for that org only.
+    envs = buffer.keys.envs("b")
+    redis_client.delete(envs)
+    redis_client.set(envs, "not a set")
+    handler = Recorder()
+
+    result = MollifierDrainer(buffer, handler).run_once()
+
+    assert result == DrainResult(drained=2, failed=1)
+    assert sorted(handler.ids) == ["a1", "c1"]
+
+
 def test_a_handler_that_raises_base_exception_does_not_lose_the_entry(buffer: MollifierBuffer) -> None:
     buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
     handler = Recorder({"m1": SystemExit(3)})

@@ -49,7 +49,7 @@ end
 -- Record that the env (within its org) and the org have queued work.
 local function note_queued(envs, orgs, org, env)
   redis.call('SADD', envs, env)
-  redis.call('SADD', orgs, org)
+  redis.call('ZADD', orgs, 0, org)
 end
 
 -- When the env's queue is empty, the env leaves its org's set, and the org leaves the org set
@@ -58,7 +58,7 @@ local function prune_queue_sets(queue, envs, orgs, org, env)
   if redis.call('LLEN', queue) == 0 then
     redis.call('SREM', envs, env)
     if redis.call('SCARD', envs) == 0 then
-      redis.call('SREM', orgs, org)
+      redis.call('ZREM', orgs, org)
     end
   end
 end

@@ -6,7 +6,7 @@
 -- KEYS[1]  entry hash
 -- KEYS[2]  the env's queue (list)
 -- KEYS[3]  the org's set of envs with queued work
--- KEYS[4]  the set of orgs with queued work
+-- KEYS[4]  the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[5]  the depth counters (hash)
 -- ARGV[1]  message id
 -- ARGV[2]  org id

@@ -10,7 +10,7 @@
 -- KEYS[4]  entry hash
 -- KEYS[5]  the env's queue
 -- KEYS[6]  the org's set of envs with queued work
--- KEYS[7]  the set of orgs with queued work
+-- KEYS[7]  the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[8]  the depth counters
 -- ARGV[1]  window in ms
 -- ARGV[2]  threshold
@@ -55,10 +55,10 @@ if ttl_ms > 0 then
   redis.call('PEXPIRE', entry, ttl_ms)
 end
 -- A queue that was not empty already has its env and org registered (prune_queue_sets
--- unregisters them only once it is empty): the two SADDs are for the first entry alone.
+-- unregisters them only once it is empty): registering is for the first entry alone.
 if redis.call('RPUSH', KEYS[5], ARGV[5]) == 1 then
   redis.call('SADD', KEYS[6], env)
-  redis.call('SADD', KEYS[7], org)
+  redis.call('ZADD', KEYS[7], 0, org)
 end
 local depth = KEYS[8]
 local field = 'total'

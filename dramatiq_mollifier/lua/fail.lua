@@ -3,7 +3,7 @@
 -- KEYS[1]  entry hash
 -- KEYS[2]  the env's queue (list)
 -- KEYS[3]  the org's set of envs with queued work
--- KEYS[4]  the set of orgs with queued work
+-- KEYS[4]  the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[5]  the leases (sorted set, score = deadline in ms)
 -- KEYS[6]  the env's dead letters (sorted set, score = failed at in ms)
 -- KEYS[7]  the org's set of envs with dead letters

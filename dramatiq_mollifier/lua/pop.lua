@@ -6,7 +6,7 @@
 --
 -- KEYS[1]   the env's queue (list)
 -- KEYS[2]   the org's set of envs with queued work
--- KEYS[3]   the set of orgs with queued work
+-- KEYS[3]   the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[4]   the leases (sorted set, score = deadline in ms)
 -- KEYS[5]   the depth counters (hash)
 -- KEYS[6..] entry hash of each peeked id, in the order of ARGV[5..]
