@@ -178,8 +178,16 @@ def test_a_redis_that_goes_away_gives_a_prompt_buffer_unavailable_error(
     buffer.client.close()
 
 
+class FakeServer:
+    """A fake Redis listening on loopback, and the connections it accepted."""
+
+    def __init__(self, url: str, accepted: list[socket.socket]) -> None:
+        self.url = url
+        self.accepted = accepted
+
+
 @pytest.fixture
-def silent_server() -> Iterator[str]:
+def silent_server() -> Iterator[FakeServer]:
     """A TCP server that accepts connections and never answers: a hung Redis."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -197,7 +205,7 @@ def silent_server() -> Iterator[str]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+    yield FakeServer(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", accepted)
     stop.set()
     thread.join()
     for conn in accepted:
@@ -205,8 +213,8 @@ def silent_server() -> Iterator[str]:
     listener.close()
 
 
-def test_a_hung_redis_times_out_into_buffer_unavailable_error(silent_server: str) -> None:
-    buffer = MollifierBuffer.from_url(silent_server, protocol=2)
+def test_a_hung_redis_times_out_into_buffer_unavailable_error(silent_server: FakeServer) -> None:
+    buffer = MollifierBuffer.from_url(silent_server.url, protocol=2)
     started = time.monotonic()
 
     with pytest.raises(BufferUnavailableError, match="Timeout"):
@@ -329,3 +337,100 @@ def test_the_drain_side_round_trips(
         ["hmget", "hmget"],
         ["evalsha"],
     ]
+
+
+# The hot paths write commands straight to a pooled connection (scripts.execute) --------------
+def trip(buffer: MollifierBuffer) -> int:
+    return buffer.evaluate_trip("o", "e", window_ms=60_000, threshold=1_000, hold_ms=0).count
+
+
+def test_a_pooled_connection_the_server_dropped_does_not_surface(redis_url: str, key_prefix: str) -> None:
+    buffer = MollifierBuffer.from_url(redis_url, key_prefix=key_prefix)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        assert trip(buffer) == 1
+        pooled = buffer.client.client_id()  # the pool's one idle connection
+        assert admin.client_kill_filter(_id=pooled) == 1
+
+        assert trip(buffer) == 2
+        assert buffer.client.client_id() != pooled
+    finally:
+        buffer.client.close()
+        admin.close()
+
+
+def test_an_error_reply_keeps_the_pooled_connection(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    counter = buffer.keys.tenant("o", "e").trip_keys[0]
+    redis_client.hset(counter, "not", "a counter")
+    connection_id = buffer.client.client_id()
+
+    with pytest.raises(BufferUnavailableError, match="WRONGTYPE"):
+        trip(buffer)
+
+    redis_client.delete(counter)
+    assert trip(buffer) == 1
+    assert buffer.client.client_id() == connection_id
+
+
+@pytest.fixture
+def script_dropping_server() -> Iterator[FakeServer]:
+    """A TCP server that answers +OK to every command and drops the connection on EVALSHA."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                if b"EVALSHA" in data:
+                    return
+                commands = len(re.findall(rb"(?:^|\n)\*\d+\r\n", data))
+                conn.sendall(b"+OK\r\n" * commands)
+
+    def accept() -> None:
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conn = listener.accept()[0]
+            except OSError:
+                continue
+            accepted.append(conn)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield FakeServer(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", accepted)
+    stop.set()
+    thread.join()
+    listener.close()
+
+
+def test_a_connection_lost_mid_command_is_retried_once_on_a_fresh_connection(
+    script_dropping_server: FakeServer,
+) -> None:
+    buffer = MollifierBuffer.from_url(script_dropping_server.url, protocol=2)
+
+    with pytest.raises(BufferUnavailableError, match="ConnectionError"):
+        trip(buffer)
+
+    # The first connection died under the script; from_url allows one retry, on a new one.
+    assert len(script_dropping_server.accepted) == 2
+    buffer.client.close()
+
+
+def test_a_single_connection_client_works_too(redis_url: str, key_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url, single_connection_client=True)
+    buffer = MollifierBuffer(client, key_prefix=key_prefix)
+    try:
+        decision, accepted = buffer.evaluate_trip_and_accept(
+            "m1", org_id="o", env_id="e", payload=b"x", window_ms=1_000, threshold=0, hold_ms=1_000
+        )
+        assert decision.tripped and accepted
+        popped = buffer.pop("o", "e")
+        assert popped is not None and popped.message_id == "m1"
+    finally:
+        client.close()
