@@ -76,7 +76,8 @@ def seed(buffer: MollifierBuffer, batch: list[dramatiq.Message[Any]]) -> None:
 
 def memory_per_entry(buffer: MollifierBuffer, batch: list[dramatiq.Message[Any]]) -> tuple[float, float]:
     """Redis bytes per buffered message beyond its payload (SPEC section 11), and the payload size."""
-    buffer.client.flushdb()
+    # SYNC: an asynchronous flush (Valkey's default) would still be freeing the last round.
+    buffer.client.execute_command("FLUSHDB", "SYNC")
     before = int(buffer.client.info("memory")["used_memory"])
     seed(buffer, batch)
     used = int(buffer.client.info("memory")["used_memory"]) - before

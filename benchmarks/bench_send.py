@@ -132,8 +132,9 @@ def script_costs(url: str, cases: list[Case], sends: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sends", type=int, default=2_000, help="sends per batch (default 2000)")
-    parser.add_argument("--repetitions", type=int, default=10, help="batches per case (default 10)")
+    # Many short batches, interleaved: a noisy neighbour's burst then hits every case alike.
+    parser.add_argument("--sends", type=int, default=500, help="sends per batch (default 500)")
+    parser.add_argument("--repetitions", type=int, default=40, help="batches per case (default 40)")
     parser.add_argument("--server", help="redis-server or valkey-server binary to start")
     parser.add_argument(
         "--script-costs", action="store_true", help="also report the server time of each script per call"
