@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import EqualJitterBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
@@ -184,7 +184,7 @@ class MollifierBuffer:
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_MS / 1000)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS / 1000)
         kwargs.setdefault(
-            "retry", Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.05), DEFAULT_CONNECTION_RETRIES)
+            "retry", Retry(EqualJitterBackoff(cap=0.05, base=0.01), DEFAULT_CONNECTION_RETRIES)
         )
         client = redis.Redis.from_url(url, **kwargs)
         return cls(client, **own)
