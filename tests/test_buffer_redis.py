@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -179,38 +180,47 @@ def test_a_redis_that_goes_away_gives_a_prompt_buffer_unavailable_error(
 
 
 class FakeServer:
-    """A fake Redis listening on loopback, and the connections it accepted."""
+    """A fake Redis on loopback: ``serve`` runs in a thread for each connection it accepts."""
 
-    def __init__(self, url: str, accepted: list[socket.socket]) -> None:
-        self.url = url
-        self.accepted = accepted
+    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
+        self.accepted: list[socket.socket] = []
+        self._serve = serve
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.05)
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn = self._listener.accept()[0]
+            except OSError:
+                continue
+            self.accepted.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # closed under it by close()
+            self._serve(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self.accepted:
+            conn.close()
+        self._listener.close()
 
 
 @pytest.fixture
 def silent_server() -> Iterator[FakeServer]:
-    """A TCP server that accepts connections and never answers: a hung Redis."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield FakeServer(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", accepted)
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
+    """Accepts connections and never answers: a hung Redis."""
+    server = FakeServer(lambda conn: None)
+    yield server
+    server.close()
 
 
 def test_a_hung_redis_times_out_into_buffer_unavailable_error(silent_server: FakeServer) -> None:
@@ -376,37 +386,19 @@ def test_an_error_reply_keeps_the_pooled_connection(
 
 @pytest.fixture
 def script_dropping_server() -> Iterator[FakeServer]:
-    """A TCP server that answers +OK to every command and drops the connection on EVALSHA."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
+    """Answers +OK to every command, and drops the connection on EVALSHA."""
 
     def serve(conn: socket.socket) -> None:
-        with conn:
-            while data := conn.recv(65536):
-                if b"EVALSHA" in data:
-                    return
-                commands = len(re.findall(rb"(?:^|\n)\*\d+\r\n", data))
-                conn.sendall(b"+OK\r\n" * commands)
+        while data := conn.recv(65536):
+            if b"EVALSHA" in data:
+                conn.close()
+                return
+            commands = len(re.findall(rb"(?:^|\n)\*\d+\r\n", data))
+            conn.sendall(b"+OK\r\n" * commands)
 
-    def accept() -> None:
-        listener.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                conn = listener.accept()[0]
-            except OSError:
-                continue
-            accepted.append(conn)
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield FakeServer(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", accepted)
-    stop.set()
-    thread.join()
-    listener.close()
+    server = FakeServer(serve)
+    yield server
+    server.close()
 
 
 def test_a_connection_lost_mid_command_is_retried_once_on_a_fresh_connection(
