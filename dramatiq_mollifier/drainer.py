@@ -61,8 +61,9 @@ class MollifierDrainer:
       handler: Called with each popped entry; returning means success (the entry is acked),
         raising means the attempt failed. Raise :class:`UndeliverableEntryError` to dead-letter
         the entry at once.
-      concurrency: Handlers running at once, which also bounds entries popped but not yet
-        settled. Defaults to 50.
+      concurrency: The most handlers running at once (fewer while they keep the interpreter
+        busy: see :class:`~dramatiq_mollifier.parallelism.AdaptiveParallelism`), which also
+        bounds entries popped but not yet settled. Defaults to 50.
       max_attempts: Handler attempts before an entry is dead-lettered. Defaults to 3.
       max_orgs_per_tick: Orgs visited per tick. Defaults to 500.
       poll_interval_ms: The sleep after a tick that drained nothing. Defaults to 100.
