@@ -183,9 +183,7 @@ class MollifierBuffer:
         kwargs.setdefault("protocol", 3)
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_MS / 1000)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS / 1000)
-        kwargs.setdefault(
-            "retry", Retry(EqualJitterBackoff(cap=0.05, base=0.01), DEFAULT_CONNECTION_RETRIES)
-        )
+        kwargs.setdefault("retry", Retry(EqualJitterBackoff(cap=0.05, base=0.01), DEFAULT_CONNECTION_RETRIES))
         client = redis.Redis.from_url(url, **kwargs)
         return cls(client, **own)
 
