@@ -60,8 +60,9 @@ _OLDEST_WINDOW = 50
 _POP_HEADER = struct.Struct(">iiiiiq")
 # Distinct (window, threshold, hold) settings whose encoded form is kept; emptied when it fills.
 _TRIP_ARGS_CACHE_SIZE = 64
-# Replies that are not what the scripts promise surface as these while being decoded.
-_GARBAGE = (ValueError, TypeError, KeyError, IndexError, AttributeError)
+# What a buffer call can raise: Redis errors, and replies that are not what the scripts promise
+# (they surface as these while being decoded).
+_FAILURES = (redis.RedisError, ValueError, TypeError, KeyError, IndexError, AttributeError)
 
 
 def _text(value: bytes | str) -> str:
@@ -124,9 +125,7 @@ def _boundary(operation: str) -> Iterator[None]:
     """Turn Redis errors, and replies that cannot be decoded, into BufferUnavailableError."""
     try:
         yield
-    except redis.RedisError as exc:
-        raise _wrap(operation, exc) from exc
-    except _GARBAGE as exc:
+    except _FAILURES as exc:
         raise _wrap(operation, exc) from exc
 
 
@@ -205,7 +204,7 @@ class MollifierBuffer:
                 self._ttl_ms,
             )
             return bool(reply == 1)
-        except redis.RedisError as exc:
+        except _FAILURES as exc:
             raise _wrap("accept", exc) from exc
 
     def evaluate_trip(
@@ -219,9 +218,7 @@ class MollifierBuffer:
                 self.client, self._scripts.evaluate_trip, 3, *t.trip_keys, window, limit, hold, *t.ids
             )
             return TripDecision(reply & 1 == 1, reply >> 1)
-        except redis.RedisError as exc:
-            raise _wrap("evaluate_trip", exc) from exc
-        except _GARBAGE as exc:
+        except _FAILURES as exc:
             raise _wrap("evaluate_trip", exc) from exc
 
     def evaluate_trip_and_accept(
@@ -256,9 +253,7 @@ class MollifierBuffer:
                 payload,
             )
             return TripDecision(reply & 2 == 2, reply >> 2), reply & 1 == 1
-        except redis.RedisError as exc:
-            raise _wrap("evaluate_trip_and_accept", exc) from exc
-        except _GARBAGE as exc:
+        except _FAILURES as exc:
             raise _wrap("evaluate_trip_and_accept", exc) from exc
 
     # Drain side -----------------------------------------------------------------------------

@@ -250,22 +250,13 @@ class MollifierDrainer:
                 "mollifier.drain_error settling %r after shutdown", entry.message_id, exc_info=True
             )
 
-    def _settle_failure(self, entry: BufferEntry, error: BaseException) -> DrainResultKind | None:
-        """Requeue or dead-letter after a handler error; None if the buffer call itself failed."""
+    def _settle_failure(self, entry: BufferEntry, error: BaseException) -> None:
+        """Requeue or dead-letter after a handler error (logged if the buffer call itself fails)."""
         try:
             retryable = not isinstance(error, UndeliverableEntryError) and self._retryable(error)
             if retryable and entry.attempts + 1 < self.max_attempts:
                 self._buffer.requeue(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
-                logger.warning(
-                    "mollifier.drain_retry message_id=%r org_id=%r env_id=%r attempts=%d: %s: %s",
-                    entry.message_id,
-                    entry.org_id,
-                    entry.env_id,
-                    entry.attempts + 1,
-                    type(error).__name__,
-                    error,
-                )
-                kind = DrainResultKind.REQUEUED
+                kind, level, event = DrainResultKind.REQUEUED, logging.WARNING, "mollifier.drain_retry"
             else:
                 self._buffer.fail(
                     entry.message_id,
@@ -274,26 +265,28 @@ class MollifierDrainer:
                     org_id=entry.org_id,
                     env_id=entry.env_id,
                 )
-                logger.error(
-                    "mollifier.drain_failed message_id=%r org_id=%r env_id=%r attempts=%d: %s: %s",
-                    entry.message_id,
-                    entry.org_id,
-                    entry.env_id,
-                    entry.attempts + 1,
-                    type(error).__name__,
-                    error,
-                    exc_info=error,
-                )
-                kind = DrainResultKind.FAILED
+                kind, level, event = DrainResultKind.FAILED, logging.ERROR, "mollifier.drain_failed"
         except Exception:
             logger.warning(
                 "mollifier.drain_error settling %r (it stays DRAINING until its lease expires)",
                 entry.message_id,
                 exc_info=True,
             )
-            return None
+            return
+        logger.log(
+            level,
+            "%s message_id=%r org_id=%r env_id=%r attempts=%d: %s: %s",
+            event,
+            entry.message_id,
+            entry.org_id,
+            entry.env_id,
+            entry.attempts + 1,
+            type(error).__name__,
+            error,
+            # The traceback once, when the entry is given up on.
+            exc_info=error if kind is DrainResultKind.FAILED else None,
+        )
         self._telemetry.record_drained(kind)
-        return kind
 
     def _release(self, entries: Sequence[BufferEntry]) -> None:
         if not entries:

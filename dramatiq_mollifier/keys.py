@@ -95,26 +95,22 @@ class TenantKeys:
         "tripped_member",
     )
 
-    def __init__(self, prefix: str, org_id: str, env_id: str) -> None:
+    def __init__(self, space: KeySpace, org_id: str, env_id: str) -> None:
+        prefix = space.prefix
         org, env = escape(org_id), escape(env_id)
         self.queue = f"{prefix}:queue:{org}:{env}"
-        self.envs = f"{prefix}:envs:{org}"
+        self.envs = space.envs(org_id)
         self.failed = f"{prefix}:failed:{org}:{env}"
-        self.failed_envs = f"{prefix}:failed-envs:{org}"
+        self.failed_envs = space.failed_envs(org_id)
         self.trip_counter = f"{prefix}:trip:count:{org}:{env}"
         self.trip_hold = f"{prefix}:trip:hold:{org}:{env}"
-        self.depth_org_field = f"org:{org_id}"
+        self.depth_org_field = space.depth_org_field(org_id)
         self.tripped_member = tenant_tag(org_id, env_id)
         self.depth_env_field = f"env:{self.tripped_member}"
         #: KEYS of evaluate_trip.lua: counter, hold marker, tripped registry.
-        self.trip_keys = (self.trip_counter.encode(), self.trip_hold.encode(), f"{prefix}:tripped".encode())
+        self.trip_keys = (self.trip_counter.encode(), self.trip_hold.encode(), space.tripped.encode())
         #: KEYS 5-8 of evaluate_trip_and_accept.lua: queue, envs of the org, orgs, depth.
-        self.accept_keys = (
-            self.queue.encode(),
-            self.envs.encode(),
-            f"{prefix}:orgs".encode(),
-            f"{prefix}:depth".encode(),
-        )
+        self.accept_keys = tuple(name.encode() for name in (self.queue, self.envs, space.orgs, space.depth))
         #: The raw org and env ids.
         self.ids = (org_id.encode(), env_id.encode())
 
@@ -156,5 +152,5 @@ class KeySpace:
         if keys is None:
             if len(self._tenants) >= _TENANT_CACHE_SIZE:
                 self._tenants.clear()
-            keys = self._tenants[key] = TenantKeys(self.prefix, org_id, env_id)
+            keys = self._tenants[key] = TenantKeys(self, org_id, env_id)
         return keys
