@@ -24,6 +24,7 @@ __all__ = [
     "Reason",
     "Telemetry",
     "ThrottledLog",
+    "meter",
 ]
 
 #: The meter every instrument of this package belongs to.
@@ -87,42 +88,48 @@ def _attributes(**values: str | bool) -> Mapping[str, str | bool]:
     return dict(values)
 
 
+def meter(meter_provider: metrics.MeterProvider | None = None) -> metrics.Meter:
+    """The package's meter (one instrumentation scope for every instrument), from ``meter_provider``
+    or the global provider."""
+    from . import __version__
+
+    return metrics.get_meter(METER_NAME, __version__, meter_provider=meter_provider)
+
+
 class Telemetry:
-    """Every instrument of the package.
+    """Every instrument of the package but the crash-retry ones (see ``CrashRetries``).
 
     Parameters:
       meter_provider: The provider to take the meter from. Defaults to the global one.
     """
 
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
-        from . import __version__
-
-        meter = metrics.get_meter(METER_NAME, __version__, meter_provider=meter_provider)
-        self.decisions = meter.create_counter(
+        instruments = meter(meter_provider)
+        self.decisions = instruments.create_counter(
             "mollifier.decisions", unit="{decision}", description="Gate decisions, one per gated message."
         )
-        self.buffered = meter.create_counter(
+        self.buffered = instruments.create_counter(
             "mollifier.buffered", unit="{message}", description="Messages written to the buffer."
         )
-        self.drained = meter.create_counter(
+        self.drained = instruments.create_counter(
             "mollifier.drained", unit="{message}", description="Buffered messages handled by a drainer."
         )
-        self.fail_open = meter.create_counter(
+        self.fail_open = instruments.create_counter(
             "mollifier.fail_open",
             unit="{event}",
             description="Errors that let a message pass as if the mollifier were not there.",
         )
-        self.reclaimed = meter.create_counter(
+        self.reclaimed = instruments.create_counter(
             "mollifier.leases_reclaimed",
             unit="{message}",
             description="DRAINING entries returned to their queue after their lease expired.",
         )
-        self.time_in_buffer = meter.create_histogram(
+        self.time_in_buffer = instruments.create_histogram(
             "mollifier.time_in_buffer",
             unit="ms",
             description="Time from accept to successful drain.",
         )
-        self.depth = meter.create_gauge(
+        self.depth = instruments.create_gauge(
             "mollifier.buffer.depth",
             unit="{message}",
             description="QUEUED and DRAINING entries in the buffer, as last seen by a drainer.",

@@ -1,6 +1,6 @@
 """Crash retries: a message whose worker process died is retried under its actor's policy.
 
-See :class:`CrashRetries` and section 10 of the specification.
+See :class:`CrashRetries` and the README's "Crash retries" section.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ class Judge:
     heartbeat_interval_ms: int
     retry_oom_kills: bool
     retry_time_limit_kills: bool
-    #: Called with a stage name when Redis fails; the judge then answers "alive" (fail-open).
+    #: Called with a stage name when Redis fails (fail-open): the judge goes on without what it
+    #: could not read.
     failed_open: Callable[[str], None]
 
     def verdict(self, prior: DeliveryRecord, message_id: str, *, own_host: str) -> CrashVerdict | None:

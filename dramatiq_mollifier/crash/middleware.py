@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,7 @@ from dramatiq.middleware import Middleware, TimeLimit
 from opentelemetry import metrics
 
 from ..errors import CrashNotRetried, MollifierConfigurationError, WorkerCrashed
-from ..telemetry import METER_NAME
+from ..telemetry import ThrottledLog, meter
 from .classify import CrashVerdict
 from .evidence import Evidence, EvidenceFile, publish_dead_neighbours
 from .heartbeat import Heartbeat
@@ -73,7 +74,6 @@ def default_evidence_dir() -> Path:
 class _Delivery:
     message_id: str
     token: str
-    started_ms: int
     #: When the message's time limit runs out (epoch ms), if a TimeLimit middleware enforces one.
     limit_at_ms: int | None
     overrun_marked: bool = False
@@ -149,13 +149,14 @@ class CrashRetries(Middleware):
         self._heartbeat: Heartbeat | None = None
         self._stopping = False
         self._neighbours_published = False
-        meter = metrics.get_meter(METER_NAME, meter_provider=meter_provider)
-        self._crashes = meter.create_counter(
+        instruments = meter(meter_provider)
+        self._warnings = ThrottledLog(logger)
+        self._crashes = instruments.create_counter(
             "mollifier.crash_retries",
             unit="{attempt}",
             description="Crashed attempts found at a message's next delivery, by signal, cause and action.",
         )
-        self._fail_open = meter.create_counter(
+        self._fail_open = instruments.create_counter(
             "mollifier.crash_fail_open",
             unit="{event}",
             description="Redis errors that CrashRetries ignored to let the message run (fail-open).",
@@ -286,7 +287,7 @@ class CrashRetries(Middleware):
         now = _now_ms()
         limit_ms = self._time_limit_ms(broker, message)
         delivery = _Delivery(
-            message.message_id, uuid.uuid4().hex, now, None if limit_ms is None else now + limit_ms
+            message.message_id, uuid.uuid4().hex, None if limit_ms is None else now + limit_ms
         )
         record = DeliveryRecord(
             token=delivery.token,
@@ -396,5 +397,9 @@ class CrashRetries(Middleware):
         return int(limit if limit is not None else enforcer.time_limit)
 
     def _failed_open(self, stage: str) -> None:
+        """Count a Redis error let pass; called in its ``except`` block. One line per stage per
+        interval: while Redis is down, every delivery fails open."""
         self._fail_open.add(1, {"stage": stage})
-        logger.warning("mollifier.crash_fail_open stage=%s", stage, exc_info=True)
+        self._warnings.throttled_warning(
+            stage, "mollifier.crash_fail_open stage=%s", stage, exc_info=sys.exc_info()[1]
+        )

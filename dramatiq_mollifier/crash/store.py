@@ -112,10 +112,10 @@ class CrashStore:
 
     Parameters:
       client: A ``redis.Redis`` client (either ``decode_responses`` setting works).
-      key_prefix: The prefix of every key. Defaults to ``mollifier``.
+      key_prefix: The prefix of every key.
       record_ttl_ms: How long a record or a dead process's evidence outlives its writer: it must
-        cover the longest wait for a redelivery. Defaults to 7 days, as RedisBroker's
-        ``dead_message_ttl``.
+        cover the longest wait for a redelivery (``CrashRetries`` passes its own
+        ``record_ttl_ms``, 7 days by default).
     """
 
     def __init__(self, client: redis.Redis, *, key_prefix: str, record_ttl_ms: int) -> None:
