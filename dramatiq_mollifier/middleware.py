@@ -65,16 +65,11 @@ class Mollifier(Middleware):
         self.settings = settings if settings is not None else MollifierSettings()
         # Read first thing on every enqueue: a plain attribute, so the disabled path is one check.
         self._enabled = self.settings.enabled
-        buffer_options: dict[str, Any] = {
-            "key_prefix": self.settings.key_prefix,
-            "entry_ttl_s": self.settings.effective_entry_ttl_s,
-            "lease_ms": self.settings.drain_lease_ms,
-        }
         if client is None:
-            self._buffer = MollifierBuffer.from_url(self.settings.redis_url, **buffer_options)
+            self._buffer = MollifierBuffer.from_url(self.settings.redis_url, **self.settings.buffer_options)
         else:
             _check_client(client)
-            self._buffer = MollifierBuffer(client, **buffer_options)
+            self._buffer = MollifierBuffer(client, **self.settings.buffer_options)
         self.telemetry = Telemetry(meter_provider)
         self._warnings = ThrottledLog(logger)
         self.flags = OrgFlagsView(

