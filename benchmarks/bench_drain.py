@@ -1,7 +1,7 @@
 """Drain throughput: buffered messages put back on a RedisBroker per second, against plain
 ``broker.enqueue`` of the same messages, measured in the same run on the same server.
 
-Target (SPEC section 11): drained messages per second at least 80% of plain enqueues per second.
+Target: drained messages per second at least 80% of plain enqueues per second.
 Also reports the Redis memory a buffered message takes beyond its payload (``used_memory``
 before and after buffering the same messages).
 
@@ -75,7 +75,7 @@ def seed(buffer: MollifierBuffer, batch: list[dramatiq.Message[Any]]) -> None:
 
 
 def memory_per_entry(buffer: MollifierBuffer, batch: list[dramatiq.Message[Any]]) -> tuple[float, float]:
-    """Redis bytes per buffered message beyond its payload (SPEC section 11), and the payload size."""
+    """Redis bytes per buffered message beyond its payload, and the payload size."""
     # SYNC: an asynchronous flush (Valkey's default) would still be freeing the last round.
     buffer.client.execute_command("FLUSHDB", "SYNC")
     before = int(buffer.client.info("memory")["used_memory"])

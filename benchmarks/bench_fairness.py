@@ -1,4 +1,4 @@
-"""Fairness and scale of the drain rotation (SPEC section 11).
+"""Fairness and scale of the drain rotation.
 
 1. One org holds 100,000 buffered messages over 20 envs; 200 orgs hold 10 each. At what fraction
    of the heavy org's drain is the last light message drained? Target: within the first 1%.

@@ -10,7 +10,7 @@ On a noisy machine the ratio moves by a few points from run to run; ``--script-c
 reports the server time of each Lua script per call (from ``SLOWLOG`` with a threshold of 0, one
 case at a time), a steadier figure to compare the scripts with Dramatiq's own enqueue script.
 
-Targets (SPEC section 11): the disabled mollifier within 3% of no middleware; diverting at least
+Targets: the disabled mollifier within 3% of no middleware; diverting at least
 90% of plain sends per second. Pass-through pays one extra round trip (the trip evaluation).
 """
 

@@ -116,7 +116,7 @@ class OrgFlagsView:
 
     The refresh happens inline in the first :meth:`enrolled` call after the interval, so at most one
     enqueue per interval per process pays one extra round trip. A failed refresh empties the view
-    (every org reads as not enrolled by its runtime flag, as the spec asks) and calls ``on_error``;
+    (every org reads as not enrolled by its runtime flag: fail-open) and calls ``on_error``;
     the next attempt waits a full interval, so an outage costs one attempt per interval.
 
     Parameters:

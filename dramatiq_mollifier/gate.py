@@ -1,4 +1,4 @@
-"""The gate: SPEC section 3's cascade for one message, recording exactly one decision.
+"""The gate: the README's cascade ("How it works") for one message, recording one decision.
 
 Pure policy over its collaborators: the trip evaluator and buffer come in as a
 :class:`GateBackend` (a :class:`~dramatiq_mollifier.buffer.MollifierBuffer` in production), the

@@ -49,7 +49,7 @@ class DrainerPlacement:
         return self._drainer
 
     def start(self, broker: dramatiq.Broker) -> None:
-        """Start draining onto ``broker`` in a background thread. A second call does nothing."""
+        """Start draining onto ``broker`` in a background thread; nothing if already draining."""
         if self._drainer is not None and self._drainer.running:
             return
         settings = self.settings

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from dramatiq_mollifier import Mollifier, MollifierConfigurationError, MollifierMode, MollifierSettings
 
 
-def test_defaults_match_the_spec() -> None:
+def test_defaults_match_the_documented_ones() -> None:
     settings = MollifierSettings()
 
     assert settings.enabled is False

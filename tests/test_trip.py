@@ -1,4 +1,4 @@
-"""The trip evaluator (SPEC section 4): a fixed window per (org, env), a strict threshold, a hold."""
+"""The trip evaluator: a fixed window per (org, env), a strict threshold, a hold."""
 
 from __future__ import annotations
 
