@@ -128,7 +128,9 @@ def make_redis_client(redis_url: str) -> Iterator[Callable[..., redis.Redis]]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # Anything that reaches a Redis server is marked, so CI can rerun exactly those on Redis 7.
+    # Anything that reaches a Redis server (the shared one, or one of its own) is marked, so CI
+    # can rerun exactly those on Redis 7 and with the oldest redis-py.
     for item in items:
-        if "redis_target" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "redis_target" in fixtures or "redis_binary" in fixtures:
             item.add_marker(pytest.mark.redis)

@@ -195,7 +195,7 @@ def test_a_record_from_another_host_without_heartbeat_is_an_unknown_crash(
 
 
 def test_a_record_from_another_host_whose_heartbeat_moves_on_is_not_a_crash(
-    crash_retries: CrashRetries,
+    crash_retries: CrashRetries, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a process elsewhere that keeps beating every 50 ms
     other = record_of(ProcessIdentity.current(), host="elsewhere/pid:[1]", proc_id="other")
@@ -210,9 +210,9 @@ def test_a_record_from_another_host_whose_heartbeat_moves_on_is_not_a_crash(
     beater = threading.Thread(target=beat)
     beater.start()
     try:
-        started = time.monotonic()
         assert crash_retries.judge(other, "m") is None
-        assert time.monotonic() - started < 0.5
+        # Answered because the beat moved, not because the judge's own deadline ran out.
+        assert "mollifier.crash_duplicate_delivery" in caplog.text
     finally:
         stop.set()
         beater.join()
@@ -316,6 +316,7 @@ def test_a_message_overrunning_its_time_limit_is_marked_in_the_evidence_file(
     assert not evidence_file.exists()  # a clean shutdown removes it
 
 
+@pytest.mark.redis  # how redis-py meets a failing server: rerun with the oldest redis-py
 def test_redis_down_fails_open_and_the_actor_runs(tmp_path: Path, reader: InMemoryMetricReader) -> None:
     client = redis.Redis(
         port=free_port(), socket_connect_timeout=0.2, socket_timeout=0.2, retry=Retry(NoBackoff(), 0)
