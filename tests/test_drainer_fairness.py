@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -13,6 +12,8 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.drainer import DrainResult, MollifierDrainer
 from dramatiq_mollifier.models import BufferEntry
 from dramatiq_mollifier.rotation import OrgEnvRotation
+
+from .mollifier_helpers import eventually
 
 
 @pytest.fixture
@@ -174,9 +175,7 @@ def test_start_resets_the_cursors(buffer: MollifierBuffer) -> None:
     assert [org for org, _, _ in log.take()] == ["a", "b"]
 
     drainer.start()
-    deadline = time.monotonic() + 5
-    while not log.entries and time.monotonic() < deadline:
-        time.sleep(0.005)
+    eventually(lambda: bool(log.entries), 5.0, "a tick after the restart")
     assert drainer.stop(5_000)
 
     # After a restart, rotation begins again at the first org.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 import redis
@@ -14,28 +13,17 @@ from dramatiq_mollifier.drainer import MAX_BACKOFF_MS, MollifierDrainer, backoff
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
 
+from .mollifier_helpers import drainer_threads, eventually
+
 
 @pytest.fixture
 def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
     return MollifierBuffer(redis_client, key_prefix=key_prefix)
 
 
-def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
 def seed(buffer: MollifierBuffer, count: int, *, orgs: int = 1, envs: int = 1) -> None:
     for i in range(count):
         buffer.accept(f"m{i}", org_id=f"org{i % orgs}", env_id=f"env{i % envs}", payload=b"x")
-
-
-def drainer_threads() -> set[threading.Thread]:
-    """Live drainer loop threads (other tests' leftovers included: compare with a snapshot)."""
-    return {t for t in threading.enumerate() if t.name == "mollifier-drainer"}
 
 
 def test_entries_in_flight_never_exceed_the_concurrency_cap(
@@ -117,9 +105,15 @@ def test_stop_is_bounded_while_a_handler_hangs(buffer: MollifierBuffer) -> None:
 
 
 def test_stop_wakes_a_long_sleep_at_once(buffer: MollifierBuffer) -> None:
-    drainer = MollifierDrainer(buffer, lambda entry: None, poll_interval_ms=60_000)
+    sleeping = threading.Event()
+
+    def sleep(delay_ms: int) -> None:
+        sleeping.set()
+        drainer._wait(delay_ms)  # the real wait on the stop event, seen entering
+
+    drainer = MollifierDrainer(buffer, lambda entry: None, poll_interval_ms=60_000, sleep=sleep)
     drainer.start()
-    time.sleep(0.1)  # an idle tick, then a one-minute sleep
+    assert sleeping.wait(5)  # an idle tick, then a one-minute sleep
 
     began = time.monotonic()
     assert drainer.stop(5_000)

@@ -26,6 +26,8 @@ from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.models import EntryStatus
 
+from .mollifier_helpers import eventually
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,14 +111,6 @@ def processed(client: redis.Redis) -> list[str]:
     return [raw.decode() for raw in client.lrange(PROCESSED_KEY, 0, -1)]
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def seed(buffer: MollifierBuffer, count: int) -> list[str]:
     """Buffer ``count`` encoded messages for the app's actor over three orgs, as diverts would."""
     ids = []
@@ -162,7 +156,7 @@ def test_a_diverted_burst_is_drained_and_processed_exactly_once(
     assert diverted >= 300
 
     worker = workers(environment)
-    wait_for(lambda: redis_client.llen(PROCESSED_KEY) >= len(sent), 25, "every message to be processed")
+    eventually(lambda: redis_client.llen(PROCESSED_KEY) >= len(sent), 25, "every message to be processed")
     time.sleep(0.5)  # room for a duplicate to show up
     worker.terminate()
     assert worker.wait(15) == 0
@@ -185,7 +179,7 @@ def test_sigterm_while_draining_exits_in_time_leaving_nothing_draining_or_lost(
     # A slow broker: each re-enqueue takes 100 ms, four at a time, so draining takes ~5 s.
     slow = {**environment, "E2E_REDELIVERY_SLEEP_MS": "100", "MOLLIFIER_DRAIN_CONCURRENCY": "4"}
     worker = workers(slow)
-    wait_for(lambda: redis_client.llen(PROCESSED_KEY) >= 10, 15, "draining to start")
+    eventually(lambda: redis_client.llen(PROCESSED_KEY) >= 10, 15, "draining to start")
 
     began = time.monotonic()
     worker.terminate()
@@ -201,7 +195,7 @@ def test_sigterm_while_draining_exits_in_time_leaving_nothing_draining_or_lost(
 
     # Nothing lost: a fresh worker finishes the job, and a clean stop made no duplicate.
     worker = workers(environment)
-    wait_for(lambda: redis_client.llen(PROCESSED_KEY) >= len(ids), 20, "the rest to be processed")
+    eventually(lambda: redis_client.llen(PROCESSED_KEY) >= len(ids), 20, "the rest to be processed")
     time.sleep(0.5)
     worker.terminate()
     assert worker.wait(15) == 0
@@ -220,7 +214,7 @@ def test_sigkill_mid_drain_then_restart_processes_every_message_at_least_once(
     leased = {**environment, "MOLLIFIER_DRAIN_LEASE_MS": "1500"}
     slow = {**leased, "E2E_REDELIVERY_SLEEP_MS": "100", "MOLLIFIER_DRAIN_CONCURRENCY": "4"}
     worker = workers(slow)
-    wait_for(lambda: redis_client.llen(PROCESSED_KEY) >= 20, 15, "draining to start")
+    eventually(lambda: redis_client.llen(PROCESSED_KEY) >= 20, 15, "draining to start")
 
     worker.kill()
     worker.wait(5)
@@ -229,7 +223,7 @@ def test_sigkill_mid_drain_then_restart_processes_every_message_at_least_once(
     assert in_doubt  # the kill left leased entries behind for the restart to reclaim
 
     worker = workers(leased)
-    wait_for(lambda: set(processed(redis_client)) >= set(ids), 25, "every message to be processed")
+    eventually(lambda: set(processed(redis_client)) >= set(ids), 25, "every message to be processed")
     worker.terminate()
     assert worker.wait(15) == 0
 

@@ -169,9 +169,11 @@ def test_calls_are_per_thread() -> None:
     interception.install(broker)
     started, release = threading.Event(), threading.Event()
     from_other_thread: list[Any] = []
+    from_own_thread: list[Any] = []
 
     class Hold(Middleware):
         def before_enqueue(self, b: dramatiq.Broker, m: dramatiq.Message[Any], delay: int) -> None:
+            from_own_thread.append(interception.current_call(b, m))
             started.set()
             release.wait(5)
 
@@ -179,9 +181,10 @@ def test_calls_are_per_thread() -> None:
     held = message()
     thread = threading.Thread(target=broker.enqueue, args=(held,))
     thread.start()
-    started.wait(5)
+    assert started.wait(5)
     from_other_thread.append(interception.current_call(broker, held))
     release.set()
     thread.join()
 
     assert from_other_thread == [None]
+    assert len(from_own_thread) == 1 and from_own_thread[0] is not None

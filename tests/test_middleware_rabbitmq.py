@@ -7,13 +7,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
+import pika
 import pytest
 import redis
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-pika = pytest.importorskip("pika")
-from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: E402
-
-from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, total  # noqa: E402
+from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, total
 
 pytestmark = pytest.mark.rabbitmq
 

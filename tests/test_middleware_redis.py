@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -15,7 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_mollifier import Mollifier
 from dramatiq_mollifier.models import STATE_ADMITTED, STATE_OPTION
 
-from .mollifier_helpers import THRESHOLD, add_mollifier, decisions
+from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, eventually
 
 
 @pytest.fixture
@@ -38,14 +38,6 @@ def add_redis_mollifier(
 def on_redis_broker(broker: RedisBroker, client: redis.Redis, queue_name: str) -> list[dramatiq.Message[Any]]:
     payloads = client.hvals(f"{broker.namespace}:{queue_name}.msgs")
     return [dramatiq.Message.decode(payload) for payload in payloads]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)
 
 
 def test_a_burst_puts_exactly_threshold_on_the_redis_broker_and_the_rest_in_the_buffer(
@@ -101,7 +93,7 @@ def test_the_worker_boots_a_drainer_that_delivers_every_diverted_message_exactly
     worker.start()
     try:
         assert mollifier.drainer is not None
-        wait_for(lambda: len(runs) == 31)
+        eventually(lambda: len(runs) == 31, 15.0)
     finally:
         worker.stop()
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -19,25 +18,14 @@ from dramatiq_mollifier.errors import MollifierConfigurationError
 from dramatiq_mollifier.placement import DrainerPlacement
 from dramatiq_mollifier.telemetry import Telemetry
 
+from .mollifier_helpers import drainer_threads, eventually
+
 
 @pytest.fixture
 def broker() -> Iterator[StubBroker]:
     broker = StubBroker()
     yield broker
     broker.close()
-
-
-def eventually(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
-
-
-def drainer_threads() -> set[threading.Thread]:
-    """Live drainer loop threads (other tests' leftovers included: compare with a snapshot)."""
-    return {t for t in threading.enumerate() if t.name == "mollifier-drainer"}
 
 
 def declare_ingest(broker: dramatiq.Broker) -> dramatiq.Actor[Any, Any]:
