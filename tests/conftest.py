@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
+from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
 
 from .servers import RabbitmqServer, RedisProvider, RedisTarget, find_rabbitmq_server, unavailable
@@ -125,6 +126,12 @@ def make_redis_client(redis_url: str) -> Iterator[Callable[..., redis.Redis]]:
     yield make
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
+    """A buffer over the test's own database and key prefix (default lease and TTL)."""
+    return MollifierBuffer(redis_client, key_prefix=key_prefix)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

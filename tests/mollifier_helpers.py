@@ -14,6 +14,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier.flags import FLAG_REFRESH_MS
 
 #: The trip threshold of the middleware tests: a burst of N puts this many on the broker.
 THRESHOLD = 20
@@ -62,11 +63,17 @@ def fail_opens(reader: InMemoryMetricReader) -> Counter[tuple[Any, ...]]:
 
 
 def add_mollifier(
-    broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any
+    broker: dramatiq.Broker,
+    client: redis.Redis | None,
+    key_prefix: str,
+    *,
+    flag_refresh_ms: int = FLAG_REFRESH_MS,
+    **settings: Any,
 ) -> tuple[Mollifier, InMemoryMetricReader]:
     """Add a Mollifier over ``client`` enrolling ``acme``, with windows long enough for slow machines.
 
-    Returns it and the reader of its metrics. ``settings`` override the defaults.
+    Returns it and the reader of its metrics. ``settings`` override the defaults. With no
+    ``client``, the Mollifier builds its own for the ``redis_url`` setting (the production path).
     """
     provider, reader = metrics()
     values: dict[str, Any] = {
@@ -79,7 +86,9 @@ def add_mollifier(
         "drainer_enabled": False,
         **settings,
     }
-    mollifier = Mollifier(MollifierSettings(**values), client=client, meter_provider=provider)
+    mollifier = Mollifier(
+        MollifierSettings(**values), client=client, meter_provider=provider, flag_refresh_ms=flag_refresh_ms
+    )
     broker.add_middleware(mollifier)
     return mollifier, reader
 

@@ -41,11 +41,6 @@ AWKWARD_IDS = [
 ]
 
 
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
-
-
 @pytest.mark.parametrize("payload", AWKWARD_PAYLOADS)
 def test_awkward_payload_bytes_round_trip_exactly(buffer: MollifierBuffer, payload: bytes) -> None:
     assert buffer.accept("m1", org_id="o", env_id="e", payload=payload)

@@ -11,11 +11,6 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.models import EntryStatus
 
 
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
-
-
 def keys_of(client: redis.Redis) -> set[bytes | str]:
     return set(client.keys("*"))
 

@@ -13,11 +13,6 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.models import EntryStatus
 
 
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
-
-
 def test_accept_stores_a_queued_entry_with_server_time(buffer: MollifierBuffer) -> None:
     before = datetime.now(timezone.utc)
     assert buffer.accept("m1", org_id="acme", env_id="prod", payload=b"payload")

@@ -21,11 +21,6 @@ from dramatiq_mollifier.models import EntryStatus
 from dramatiq_mollifier.scripts import SCRIPT_NAMES, script_source
 
 
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
-
-
 def lua_file(name: str) -> str:
     path = resources.files("dramatiq_mollifier") / "lua" / f"{name}.lua"
     return path.read_text(encoding="utf-8")

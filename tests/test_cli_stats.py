@@ -5,16 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 
 from .cli_helpers import dead_letter, run_cli
-
-
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
 
 
 def fill(buffer: MollifierBuffer) -> None:

@@ -5,20 +5,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-import pytest
-import redis
-
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.drainer import DrainResult, MollifierDrainer
 from dramatiq_mollifier.models import BufferEntry
 from dramatiq_mollifier.rotation import OrgEnvRotation
 
 from .mollifier_helpers import eventually
-
-
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
 
 
 class Log:

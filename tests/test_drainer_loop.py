@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
@@ -14,11 +13,6 @@ from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
 
 from .mollifier_helpers import drainer_threads, eventually
-
-
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
 
 
 def seed(buffer: MollifierBuffer, count: int, *, orgs: int = 1, envs: int = 1) -> None:

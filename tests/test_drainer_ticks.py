@@ -17,11 +17,6 @@ from dramatiq_mollifier.telemetry import Telemetry
 from .mollifier_helpers import counts, data_points, metrics, total
 
 
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
-
-
 class Recorder:
     """A handler that records what it was given and raises what it is told to, per message id."""
 

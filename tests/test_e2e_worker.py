@@ -102,11 +102,6 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         print(f"--- {worker.log.name}\n{worker.output()[-3000:]}")
 
 
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
-
-
 def processed(client: redis.Redis) -> list[str]:
     return [raw.decode() for raw in client.lrange(PROCESSED_KEY, 0, -1)]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import dramatiq
 import pytest
@@ -12,10 +11,10 @@ from dramatiq.brokers.stub import StubBroker
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dramatiq_mollifier import BufferUnavailableError, Mollifier, MollifierSettings
+from dramatiq_mollifier import BufferUnavailableError
 from dramatiq_mollifier.flags import OrgFlags, OrgFlagsView, flags_key, parse_flag
 
-from .mollifier_helpers import decisions, fail_opens, metrics
+from .mollifier_helpers import add_mollifier, decisions, fail_opens
 
 
 def unreachable_client() -> redis.Redis:
@@ -126,19 +125,11 @@ def test_a_failed_refresh_reads_as_not_enrolled_and_waits_a_full_interval(
     assert view.enrolled("acme")
 
 
-def add_mollifier(broker: dramatiq.Broker, client: redis.Redis, key_prefix: str, **settings: Any) -> Any:
-    provider, reader = metrics()
-    values: dict[str, Any] = {"enabled": True, "key_prefix": key_prefix, "trip_threshold": 0, **settings}
-    mollifier = Mollifier(
-        MollifierSettings(**values), client=client, meter_provider=provider, flag_refresh_ms=50
-    )
-    broker.add_middleware(mollifier)
-    return mollifier, reader
-
-
 def test_an_operator_flip_takes_effect_without_a_restart(redis_client: redis.Redis, key_prefix: str) -> None:
     broker = StubBroker()
-    mollifier, reader = add_mollifier(broker, redis_client, key_prefix)
+    mollifier, reader = add_mollifier(
+        broker, redis_client, key_prefix, enabled_orgs=set(), trip_threshold=0, flag_refresh_ms=50
+    )
 
     @dramatiq.actor(broker=broker)
     def ingest() -> None: ...
@@ -163,7 +154,7 @@ def test_an_operator_flip_takes_effect_without_a_restart(redis_client: redis.Red
 
 def test_a_static_enrolment_wins_over_a_runtime_false(redis_client: redis.Redis, key_prefix: str) -> None:
     broker = StubBroker()
-    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, enabled_orgs={"acme"})
+    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, trip_threshold=0, flag_refresh_ms=50)
     OrgFlags(redis_client, key_prefix=key_prefix).disable("acme")
 
     @dramatiq.actor(broker=broker)
@@ -180,7 +171,9 @@ def test_unreadable_flags_fail_open_and_are_counted(
     key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     broker = StubBroker()
-    _, reader = add_mollifier(broker, unreachable_client(), key_prefix)
+    _, reader = add_mollifier(
+        broker, unreachable_client(), key_prefix, enabled_orgs=set(), trip_threshold=0, flag_refresh_ms=50
+    )
 
     @dramatiq.actor(broker=broker)
     def ingest() -> None: ...

@@ -12,10 +12,9 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
-from .mollifier_helpers import decisions, fail_opens, metrics
+from .mollifier_helpers import add_mollifier, decisions, fail_opens
 
 # One send must never wait longer than this on the mollifier (socket timeouts plus one retry).
 SEND_BOUND_S = 2.5
@@ -27,22 +26,6 @@ def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
     yield broker
     broker.flush_all()
     broker.close()
-
-
-def mollifier_on(url: str, key_prefix: str, **settings: Any) -> tuple[Mollifier, Any]:
-    """A Mollifier that builds its own client (the production path, bounded timeouts)."""
-    provider, reader = metrics()
-    values: dict[str, Any] = {
-        "enabled": True,
-        "enabled_orgs": {"acme"},
-        "redis_url": url,
-        "key_prefix": key_prefix,
-        "trip_threshold": 0,
-        "trip_hold_ms": 60_000,
-        "drainer_enabled": False,
-        **settings,
-    }
-    return Mollifier(MollifierSettings(**values), meter_provider=provider, flag_refresh_ms=100), reader
 
 
 def queue_size(broker: RedisBroker, queue_name: str) -> int:
@@ -60,8 +43,15 @@ def test_sends_keep_succeeding_through_the_broker_while_the_mollifier_redis_is_d
     broker: RedisBroker, disposable_redis: EmbeddedRedis, key_prefix: str
 ) -> None:
     # Given a tripped, enrolled env whose messages are being diverted
-    mollifier, reader = mollifier_on(disposable_redis.url, key_prefix)
-    broker.add_middleware(mollifier)
+    mollifier, reader = add_mollifier(
+        broker,
+        None,
+        key_prefix,
+        redis_url=disposable_redis.url,
+        trip_threshold=0,
+        trip_hold_ms=60_000,
+        flag_refresh_ms=100,
+    )
 
     @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
     def ingest() -> None: ...
@@ -99,8 +89,15 @@ def test_a_mollifier_redis_that_was_never_up_does_not_break_sends(
     broker: RedisBroker, key_prefix: str, disposable_redis: EmbeddedRedis
 ) -> None:
     disposable_redis.stop()
-    mollifier, reader = mollifier_on(disposable_redis.url, key_prefix)
-    broker.add_middleware(mollifier)
+    _, reader = add_mollifier(
+        broker,
+        None,
+        key_prefix,
+        redis_url=disposable_redis.url,
+        trip_threshold=0,
+        trip_hold_ms=60_000,
+        flag_refresh_ms=100,
+    )
 
     @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
     def ingest() -> None: ...
@@ -113,8 +110,15 @@ def test_a_mollifier_redis_that_was_never_up_does_not_break_sends(
 def test_a_stalled_mollifier_redis_costs_a_bounded_wait_then_the_broker_gets_the_message(
     broker: RedisBroker, disposable_redis: EmbeddedRedis, key_prefix: str
 ) -> None:
-    mollifier, reader = mollifier_on(disposable_redis.url, key_prefix)
-    broker.add_middleware(mollifier)
+    _, reader = add_mollifier(
+        broker,
+        None,
+        key_prefix,
+        redis_url=disposable_redis.url,
+        trip_threshold=0,
+        trip_hold_ms=60_000,
+        flag_refresh_ms=100,
+    )
 
     @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
     def ingest() -> None: ...
@@ -150,8 +154,15 @@ def test_a_stalled_mollifier_redis_costs_a_bounded_wait_then_the_broker_gets_the
 def test_an_error_reply_from_redis_fails_open(
     broker: RedisBroker, redis_url: str, redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    mollifier, reader = mollifier_on(redis_url, key_prefix)
-    broker.add_middleware(mollifier)
+    mollifier, reader = add_mollifier(
+        broker,
+        None,
+        key_prefix,
+        redis_url=redis_url,
+        trip_threshold=0,
+        trip_hold_ms=60_000,
+        flag_refresh_ms=100,
+    )
 
     @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
     def ingest() -> None: ...

@@ -12,11 +12,6 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.models import Tenant, TripDecision
 
 
-@pytest.fixture
-def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
-    return MollifierBuffer(redis_client, key_prefix=key_prefix)
-
-
 def evaluate(
     buffer: MollifierBuffer,
     org: str = "o",
