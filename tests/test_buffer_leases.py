@@ -154,12 +154,13 @@ def test_entry_ttl_applies_to_queued_entries_and_not_to_draining_ones(
 def test_an_expired_entry_is_skipped_at_pop_and_its_depth_fixed(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    # Given a 1 s entry TTL and two entries, the first of which expires
-    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=1)
+    # Given a 60 s entry TTL and two entries, the first of which expires (sooner, by hand: the
+    # server's own expiry, without a race against the second entry's)
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=60)
     buffer.accept("old", org_id="o", env_id="e", payload=b"x")
-    time.sleep(0.5)
     buffer.accept("new", org_id="o", env_id="e", payload=b"y")
-    time.sleep(0.6)
+    redis_client.pexpire(buffer.keys.entry("old"), 1)
+    time.sleep(0.05)
     assert buffer.get("old") is None
     assert buffer.depth("o", "e") == 2  # the expired entry is still counted until a pop meets it
 
