@@ -23,7 +23,7 @@ import redis
 from dramatiq import Worker
 from dramatiq.brokers.redis import RedisBroker
 
-from dramatiq_mollifier.crash_retries import CrashRetries
+from dramatiq_mollifier.crash import CrashRetries
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
 
 

@@ -25,8 +25,8 @@ import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.drain_handler import make_drain_handler
-from dramatiq_mollifier.drainer import MollifierDrainer
+from dramatiq_mollifier.drain.drainer import MollifierDrainer
+from dramatiq_mollifier.drain.handler import make_drain_handler
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
 
 QUEUE = "bench"

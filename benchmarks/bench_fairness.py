@@ -20,10 +20,10 @@ import threading
 import time
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.drainer import MollifierDrainer
+from dramatiq_mollifier.buffer.scripts import run_pipelined, script_source
+from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
 from dramatiq_mollifier.models import BufferEntry
-from dramatiq_mollifier.scripts import run_pipelined, script_source
 
 PAYLOAD = b'{"queue_name":"default","actor_name":"ingest","args":[1],"kwargs":{},"options":{}}'
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
-
+from ._version import __version__
 from .buffer import MollifierBuffer
-from .crash_retries import CrashRetries
-from .drainer import DrainResult, MollifierDrainer
+from .crash import CrashRetries
+from .drain.drainer import DrainResult, MollifierDrainer
 from .errors import (
     BufferUnavailableError,
     CrashNotRetried,

@@ -15,17 +15,17 @@ import redis
 from dramatiq.middleware import Middleware
 from opentelemetry.metrics import MeterProvider
 
-from . import interception
 from .buffer import MollifierBuffer
-from .flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
-from .gate import OPT_OUT_OPTION, Gate, TenantResolver
+from .gate import interception
+from .gate.cascade import OPT_OUT_OPTION, Gate, TenantResolver
+from .gate.flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
 from .models import STATE_ADMITTED, STATE_OPTION
 from .settings import MollifierSettings
 from .telemetry import FailOpenStage, Telemetry, ThrottledLog
 
 if TYPE_CHECKING:
-    from .drainer import MollifierDrainer
-    from .placement import DrainerPlacement
+    from .drain.drainer import MollifierDrainer
+    from .drain.worker_drainer import WorkerDrainer
 
 __all__ = ["Mollifier", "TenantResolver"]
 
@@ -84,7 +84,7 @@ class Mollifier(Middleware):
             runtime_enrolled=self.flags.enrolled,
             tenant=tenant,
         )
-        self._placement: DrainerPlacement | None = None
+        self._worker_drainer: WorkerDrainer | None = None
 
     @property
     def buffer(self) -> MollifierBuffer:
@@ -94,7 +94,7 @@ class Mollifier(Middleware):
     @property
     def drainer(self) -> MollifierDrainer | None:
         """This process's drainer, once a worker has booted one; None otherwise."""
-        return self._placement.drainer if self._placement is not None else None
+        return self._worker_drainer.drainer if self._worker_drainer is not None else None
 
     @property
     def actor_options(self) -> set[str]:
@@ -128,18 +128,18 @@ class Mollifier(Middleware):
             interception.divert(message)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if not self.settings.run_drainer or self._placement is not None:
+        if not self.settings.run_drainer or self._worker_drainer is not None:
             return
-        from .placement import DrainerPlacement
+        from .drain.worker_drainer import WorkerDrainer
 
-        self._placement = DrainerPlacement(
+        self._worker_drainer = WorkerDrainer(
             settings=self.settings, buffer=self._buffer, telemetry=self.telemetry
         )
-        self._placement.start(broker)
+        self._worker_drainer.start(broker)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if self._placement is not None:
-            self._placement.stop()
+        if self._worker_drainer is not None:
+            self._worker_drainer.stop()
 
     def _flags_failed(self, exc: Exception) -> None:
         self.telemetry.record_fail_open(FailOpenStage.FLAGS)

@@ -16,6 +16,8 @@ from typing import Any
 
 from opentelemetry import metrics
 
+from ._version import __version__
+
 __all__ = [
     "METER_NAME",
     "DrainResultKind",
@@ -91,8 +93,6 @@ def _attributes(**values: str | bool) -> Mapping[str, str | bool]:
 def meter(meter_provider: metrics.MeterProvider | None = None) -> metrics.Meter:
     """The package's meter (one instrumentation scope for every instrument), from ``meter_provider``
     or the global provider."""
-    from . import __version__
-
     return metrics.get_meter(METER_NAME, __version__, meter_provider=meter_provider)
 
 

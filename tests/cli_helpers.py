@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.cli import main
 
 
@@ -27,6 +28,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> CliResult:
 def dead_letter(buffer: MollifierBuffer, message_id: str, org_id: str, env_id: str) -> None:
     """Accept an entry, pop it and fail it, as a drainer that gave up would."""
     assert buffer.accept(message_id, org_id=org_id, env_id=env_id, payload=b"payload")
-    popped = buffer.pop(org_id, env_id)
+    popped = DrainProtocol(buffer).pop(org_id, env_id)
     assert popped is not None and popped.message_id == message_id
-    assert buffer.fail(message_id, code="ConnectionError", message="broker said no")
+    assert DrainProtocol(buffer).fail(message_id, code="ConnectionError", message="broker said no")

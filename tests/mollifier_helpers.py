@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
-from dramatiq_mollifier.flags import FLAG_REFRESH_MS
+from dramatiq_mollifier.gate.flags import FLAG_REFRESH_MS
 
 #: The trip threshold of the middleware tests: a burst of N puts this many on the broker.
 THRESHOLD = 20

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.keys import KeySpace, escape, parse_tenant_tag, tenant_tag
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.buffer.keys import KeySpace, escape, parse_tenant_tag, tenant_tag
 
 AWKWARD_PAYLOADS = [
     b"",
@@ -46,7 +47,7 @@ def test_awkward_payload_bytes_round_trip_exactly(buffer: MollifierBuffer, paylo
     assert buffer.accept("m1", org_id="o", env_id="e", payload=payload)
 
     stored = buffer.get("m1")
-    popped = buffer.pop("o", "e")
+    popped = DrainProtocol(buffer).pop("o", "e")
 
     assert stored is not None
     assert popped is not None
@@ -59,7 +60,7 @@ def test_a_one_mebibyte_payload_round_trips(buffer: MollifierBuffer) -> None:
     assert len(payload) == 1 << 20
 
     assert buffer.accept("big", org_id="o", env_id="e", payload=payload)
-    entries = buffer.pop_many("o", "e", 5)
+    entries = DrainProtocol(buffer).pop_many("o", "e", 5)
 
     assert [e.payload == payload for e in entries] == [True]
 
@@ -72,11 +73,11 @@ def test_any_payload_round_trips_through_accept_and_pop(
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
     assert buffer.accept(message_id, org_id="o", env_id="e", payload=payload)
 
-    entry = buffer.pop("o", "e")
+    entry = DrainProtocol(buffer).pop("o", "e")
 
     assert entry is not None
     assert (entry.message_id, entry.payload) == (message_id, payload)
-    buffer.ack(message_id)
+    DrainProtocol(buffer).ack(message_id)
     assert buffer.depth() == 0
 
 
@@ -87,7 +88,7 @@ def test_the_same_env_name_in_two_orgs_stays_apart(buffer: MollifierBuffer) -> N
 
     assert buffer.depth("a", "prod") == 2
     assert buffer.depth("b", "prod") == 1
-    popped = buffer.pop_many("b", "prod", 10)
+    popped = DrainProtocol(buffer).pop_many("b", "prod", 10)
     assert [e.message_id for e in popped] == ["b1"]
     assert buffer.orgs() == ["a"]
     assert buffer.envs("a") == ["prod"]
@@ -112,11 +113,11 @@ def test_tenants_that_would_collide_unescaped_stay_apart(
 
     assert buffer.depth(*first) == 1
     assert buffer.depth(*second) == 1
-    one = buffer.pop(*first)
+    one = DrainProtocol(buffer).pop(*first)
     assert one is not None
     assert one.message_id == "m1"
-    assert buffer.pop(*first) is None
-    two = buffer.pop(*second)
+    assert DrainProtocol(buffer).pop(*first) is None
+    two = DrainProtocol(buffer).pop(*second)
     assert two is not None
     assert two.message_id == "m2"
 
@@ -128,8 +129,8 @@ def test_awkward_ids_work_and_every_key_stays_under_the_prefix(
     # Given the awkward string as message id, org id and env id at once
     assert buffer.accept(awkward, org_id=awkward, env_id=awkward, payload=b"p")
     buffer.evaluate_trip(awkward, awkward, window_ms=10_000, threshold=0, hold_ms=10_000)
-    assert buffer.pop(awkward, awkward) is not None
-    assert buffer.fail(awkward, code="E", message=awkward)
+    assert DrainProtocol(buffer).pop(awkward, awkward) is not None
+    assert DrainProtocol(buffer).fail(awkward, code="E", message=awkward)
 
     # Then it reads back as it went in
     assert buffer.failed(awkward, awkward)[0].message_id == awkward
@@ -147,7 +148,7 @@ def test_awkward_ids_work_and_every_key_stays_under_the_prefix(
         rest = key[len(key_prefix) + 1 :]
         assert all(c.isalnum() or c in "_.-~%:" for c in rest), key
 
-    buffer.ack(awkward)
+    DrainProtocol(buffer).ack(awkward)
     assert buffer.depth() == 0
 
 

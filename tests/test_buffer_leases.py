@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
 
@@ -27,7 +28,7 @@ def test_pop_records_a_lease_deadline_in_server_time(
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
     before = server_ms(redis_client)
 
-    assert buffer.pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
 
     deadline = redis_client.zscore(buffer.keys.leases, "m1")
     assert deadline is not None
@@ -43,31 +44,31 @@ def test_an_entry_whose_drainer_died_is_reclaimed_after_its_lease(
     buffer.accept("m2", org_id="o", env_id="e", payload=b"y")
     dead_client = redis.Redis.from_url(redis_url)
     dead = MollifierBuffer(dead_client, key_prefix=key_prefix, lease_ms=50)
-    assert dead.pop("o", "e") is not None
+    assert DrainProtocol(dead).pop("o", "e") is not None
     dead_client.close()
 
     # While its lease is live, nobody takes it back
-    assert buffer.reclaim_expired() == []
+    assert DrainProtocol(buffer).reclaim_expired() == []
 
     # When the lease has passed, a live drainer reclaims it to the tail of its queue
     time.sleep(0.08)
-    assert buffer.reclaim_expired() == ["m1"]
+    assert DrainProtocol(buffer).reclaim_expired() == ["m1"]
     entry = buffer.get("m1")
     assert entry is not None
     assert (entry.status, entry.attempts) == (EntryStatus.QUEUED, 0)
     assert redis_client.zscore(buffer.keys.leases, "m1") is None
-    assert buffer.reclaim_expired() == []
-    assert [e.message_id for e in buffer.pop_many("o", "e", 10)] == ["m2", "m1"]
+    assert DrainProtocol(buffer).reclaim_expired() == []
+    assert [e.message_id for e in DrainProtocol(buffer).pop_many("o", "e", 10)] == ["m2", "m1"]
     assert buffer.depth("o", "e") == 2
 
 
 def test_reclaim_records_the_env_and_org_again(buffer: MollifierBuffer) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
-    assert buffer.pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
     assert buffer.orgs() == []
 
     time.sleep(0.08)
-    assert buffer.reclaim_expired() == ["m1"]
+    assert DrainProtocol(buffer).reclaim_expired() == ["m1"]
 
     assert buffer.orgs() == ["o"]
     assert buffer.envs("o") == ["e"]
@@ -76,14 +77,14 @@ def test_reclaim_records_the_env_and_org_again(buffer: MollifierBuffer) -> None:
 def test_acked_requeued_and_failed_entries_are_not_reclaimed(buffer: MollifierBuffer) -> None:
     for n in range(3):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
-    assert len(buffer.pop_many("o", "e", 3)) == 3
-    buffer.ack("m0")
-    assert buffer.requeue("m1")
-    assert buffer.fail("m2", code="E", message="m")
+    assert len(DrainProtocol(buffer).pop_many("o", "e", 3)) == 3
+    DrainProtocol(buffer).ack("m0")
+    assert DrainProtocol(buffer).requeue("m1")
+    assert DrainProtocol(buffer).fail("m2", code="E", message="m")
 
     time.sleep(0.08)
 
-    assert buffer.reclaim_expired() == []
+    assert DrainProtocol(buffer).reclaim_expired() == []
     failed = buffer.get("m2")
     assert failed is not None
     assert failed.status is EntryStatus.FAILED
@@ -94,7 +95,7 @@ def test_reclaim_drops_a_lease_whose_entry_is_gone(
 ) -> None:
     redis_client.zadd(buffer.keys.leases, {"ghost": 1})
 
-    assert buffer.reclaim_expired() == []
+    assert DrainProtocol(buffer).reclaim_expired() == []
 
     assert not redis_client.exists(buffer.keys.leases)
     assert buffer.get("ghost") is None
@@ -103,10 +104,10 @@ def test_reclaim_drops_a_lease_whose_entry_is_gone(
 def test_reclaim_handles_more_expired_leases_than_one_batch(buffer: MollifierBuffer) -> None:
     for n in range(700):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"")
-    assert len(buffer.pop_many("o", "e", 700)) == 700
+    assert len(DrainProtocol(buffer).pop_many("o", "e", 700)) == 700
 
     time.sleep(0.08)
-    reclaimed = buffer.reclaim_expired()
+    reclaimed = DrainProtocol(buffer).reclaim_expired()
 
     assert sorted(reclaimed) == sorted(f"m{n}" for n in range(700))
     assert buffer.depth() == 700
@@ -116,10 +117,10 @@ def test_no_entry_expires_by_default(buffer: MollifierBuffer, redis_client: redi
     # divert mode: the buffer holds the only copy, so nothing may expire silently
     for n in range(3):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
-    assert buffer.pop("o", "e") is not None
-    assert buffer.pop("o", "e") is not None
-    assert buffer.fail("m1", code="E", message="m")
-    assert buffer.requeue("m0")
+    assert DrainProtocol(buffer).pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
+    assert DrainProtocol(buffer).fail("m1", code="E", message="m")
+    assert DrainProtocol(buffer).requeue("m0")
 
     for key in redis_client.keys("*"):
         assert redis_client.pttl(key) == -1, key
@@ -134,16 +135,16 @@ def test_entry_ttl_applies_to_queued_entries_and_not_to_draining_ones(
     assert 0 < redis_client.pttl(entry_key) <= 30_000
 
     # a popped entry is persisted: it cannot vanish while leased
-    assert buffer.pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
     assert redis_client.pttl(entry_key) == -1
 
     # back in the queue, it expires again
-    assert buffer.requeue("m1")
+    assert DrainProtocol(buffer).requeue("m1")
     assert 0 < redis_client.pttl(entry_key) <= 30_000
 
     # and so do dead letters
-    assert buffer.pop("o", "e") is not None
-    assert buffer.fail("m1", code="E", message="m")
+    assert DrainProtocol(buffer).pop("o", "e") is not None
+    assert DrainProtocol(buffer).fail("m1", code="E", message="m")
     assert 0 < redis_client.pttl(entry_key) <= 30_000
     # only entries expire: queues, indexes and counters do not
     others = [key for key in redis_client.keys("*") if key != entry_key.encode()]
@@ -165,12 +166,12 @@ def test_an_expired_entry_is_skipped_at_pop_and_its_depth_fixed(
     assert buffer.depth("o", "e") == 2  # the expired entry is still counted until a pop meets it
 
     # When popping, the orphan reference is skipped and its count dropped
-    entry = buffer.pop("o", "e")
+    entry = DrainProtocol(buffer).pop("o", "e")
 
     assert entry is not None
     assert entry.message_id == "new"
     assert (buffer.depth(), buffer.depth("o"), buffer.depth("o", "e")) == (1, 1, 1)
-    buffer.ack("new")
+    DrainProtocol(buffer).ack("new")
     assert buffer.depth() == 0
     assert buffer.orgs() == []
 
@@ -185,14 +186,14 @@ def test_an_expired_then_reaccepted_id_is_drained_once_and_counted_once(
     assert buffer.accept("m1", org_id="o", env_id="e", payload=b"new")
 
     # When draining the env
-    popped = buffer.pop_many("o", "e", 10)
+    popped = DrainProtocol(buffer).pop_many("o", "e", 10)
 
     # Then the new entry is handed out once and the counters end at zero
     assert [(e.message_id, e.payload) for e in popped] == [("m1", b"new")]
     assert buffer.depth("o", "e") == 1
-    buffer.ack("m1")
+    DrainProtocol(buffer).ack("m1")
     assert (buffer.depth(), buffer.depth("o"), buffer.depth("o", "e")) == (0, 0, 0)
-    assert buffer.pop("o", "e") is None
+    assert DrainProtocol(buffer).pop("o", "e") is None
     assert buffer.orgs() == []
 
 
@@ -202,8 +203,8 @@ def test_expired_dead_letters_are_not_listed_nor_counted_by_purge(
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=60)
     for n in range(2):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
-        assert buffer.pop("o", "e") is not None
-        assert buffer.fail(f"m{n}", code="E", message="m")
+        assert DrainProtocol(buffer).pop("o", "e") is not None
+        assert DrainProtocol(buffer).fail(f"m{n}", code="E", message="m")
     redis_client.delete(buffer.keys.entry("m0"))  # what expiry does
 
     assert [e.message_id for e in buffer.failed()] == ["m1"]

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
 
@@ -25,11 +26,11 @@ def test_ack_removes_the_entry_and_everything_referring_to_it(
 ) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
     if status != "QUEUED":
-        assert buffer.pop("o", "e") is not None
+        assert DrainProtocol(buffer).pop("o", "e") is not None
     if status == "FAILED":
-        assert buffer.fail("m1", code="E", message="boom")
+        assert DrainProtocol(buffer).fail("m1", code="E", message="boom")
 
-    buffer.ack("m1")
+    DrainProtocol(buffer).ack("m1")
 
     assert buffer.get("m1") is None
     assert depths(buffer) == (0, 0, 0)
@@ -40,15 +41,15 @@ def test_ack_removes_the_entry_and_everything_referring_to_it(
 
 
 def test_ack_of_a_missing_id_is_a_no_op(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
-    buffer.ack("missing")
+    DrainProtocol(buffer).ack("missing")
     assert redis_client.dbsize() == 0
 
 
 def test_ack_with_a_wrong_tenant_hint_still_acks_the_right_entry(buffer: MollifierBuffer) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
-    assert buffer.pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
 
-    buffer.ack("m1", org_id="o", env_id="not-e")
+    DrainProtocol(buffer).ack("m1", org_id="o", env_id="not-e")
 
     assert buffer.get("m1") is None
     assert depths(buffer) == (0, 0, 0)
@@ -57,12 +58,12 @@ def test_ack_with_a_wrong_tenant_hint_still_acks_the_right_entry(buffer: Mollifi
 def test_ack_many_removes_entries_and_counts_the_ones_that_existed(buffer: MollifierBuffer) -> None:
     for n in range(5):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
-    popped = buffer.pop_many("o", "e", 3)
+    popped = DrainProtocol(buffer).pop_many("o", "e", 3)
 
-    removed = buffer.ack_many([e.message_id for e in popped] + ["m4", "missing"])
+    removed = DrainProtocol(buffer).ack_many([e.message_id for e in popped] + ["m4", "missing"])
 
     assert removed == 4
-    assert buffer.ack_many([]) == 0
+    assert DrainProtocol(buffer).ack_many([]) == 0
     assert [buffer.get(f"m{n}") is None for n in range(5)] == [True, True, True, False, True]
     assert depths(buffer) == (1, 1, 1)
 
@@ -73,17 +74,21 @@ def test_ack_entries_removes_popped_entries_of_several_tenants_in_one_call(
     for org, env in (("o", "e"), ("o", "f"), ("p", "e")):
         for n in range(3):
             buffer.accept(f"{org}{env}{n}", org_id=org, env_id=env, payload=b"x")
-    popped = [*buffer.pop_many("o", "e", 3), *buffer.pop_many("o", "f", 2), *buffer.pop_many("p", "e", 3)]
+    popped = [
+        *DrainProtocol(buffer).pop_many("o", "e", 3),
+        *DrainProtocol(buffer).pop_many("o", "f", 2),
+        *DrainProtocol(buffer).pop_many("p", "e", 3),
+    ]
 
-    assert buffer.ack_entries(popped) == 8
-    assert buffer.ack_entries([]) == 0
+    assert DrainProtocol(buffer).ack_entries(popped) == 8
+    assert DrainProtocol(buffer).ack_entries([]) == 0
 
     assert all(buffer.get(e.message_id) is None for e in popped)
     assert redis_client.zcard(buffer.keys.leases) == 0
     # Only the one entry never popped is left, and counted.
     assert (buffer.depth(), buffer.depth("o"), buffer.depth("o", "f"), buffer.depth("p")) == (1, 1, 1, 0)
     assert buffer.get("of2") is not None
-    buffer.ack("of2")
+    DrainProtocol(buffer).ack("of2")
     assert keys_of(redis_client) == set()
 
 
@@ -93,12 +98,12 @@ def test_ack_entries_acks_entries_no_longer_draining_on_their_own(
     # m0 stays DRAINING; m1 was reclaimed (QUEUED again); m2 failed meanwhile; m3 is gone.
     for n in range(4):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
-    popped = buffer.pop_many("o", "e", 4)
-    assert buffer.requeue("m1")
-    assert buffer.fail("m2", code="E", message="boom")
-    buffer.ack("m3")
+    popped = DrainProtocol(buffer).pop_many("o", "e", 4)
+    assert DrainProtocol(buffer).requeue("m1")
+    assert DrainProtocol(buffer).fail("m2", code="E", message="boom")
+    DrainProtocol(buffer).ack("m3")
 
-    assert buffer.ack_entries(popped) == 3
+    assert DrainProtocol(buffer).ack_entries(popped) == 3
 
     assert depths(buffer) == (0, 0, 0)
     assert buffer.orgs() == []
@@ -109,12 +114,12 @@ def test_ack_entries_acks_entries_no_longer_draining_on_their_own(
 def test_ack_entries_leaves_an_entry_that_moved_to_another_tenant_to_ack(buffer: MollifierBuffer) -> None:
     # An entry whose id was reused by another tenant since it was popped is acked where it is.
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
-    popped = buffer.pop("o", "e")
+    popped = DrainProtocol(buffer).pop("o", "e")
     assert popped is not None
-    buffer.ack("m1")
+    DrainProtocol(buffer).ack("m1")
     buffer.accept("m1", org_id="p", env_id="e", payload=b"y")
 
-    assert buffer.ack_entries([popped]) == 1
+    assert DrainProtocol(buffer).ack_entries([popped]) == 1
 
     assert buffer.get("m1") is None
     assert (buffer.depth(), buffer.depth("o"), buffer.depth("p")) == (0, 0, 0)
@@ -124,29 +129,29 @@ def test_requeue_goes_to_the_tail_with_one_more_attempt(buffer: MollifierBuffer)
     # Given m1 popped while m2 and m3 wait
     for n in (1, 2, 3):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
-    assert buffer.pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
 
     # When m1 is requeued
-    assert buffer.requeue("m1")
+    assert DrainProtocol(buffer).requeue("m1")
 
     # Then it is drained after what was already queued, as QUEUED with attempts 1
     entry = buffer.get("m1")
     assert entry is not None
     assert (entry.status, entry.attempts) == (EntryStatus.QUEUED, 1)
-    order = [e.message_id for e in buffer.pop_many("o", "e", 10)]
+    order = [e.message_id for e in DrainProtocol(buffer).pop_many("o", "e", 10)]
     assert order == ["m2", "m3", "m1"]
-    assert buffer.requeue("m1", org_id="o", env_id="e")
-    again = buffer.pop("o", "e")
+    assert DrainProtocol(buffer).requeue("m1", org_id="o", env_id="e")
+    again = DrainProtocol(buffer).pop("o", "e")
     assert again is not None
     assert again.attempts == 2
 
 
 def test_requeue_drops_the_lease(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
-    assert buffer.pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
     assert redis_client.zscore(buffer.keys.leases, "m1") is not None
 
-    assert buffer.requeue("m1")
+    assert DrainProtocol(buffer).requeue("m1")
 
     assert redis_client.zscore(buffer.keys.leases, "m1") is None
 
@@ -155,9 +160,9 @@ def test_requeue_of_a_queued_entry_moves_it_to_the_tail_once(buffer: MollifierBu
     for n in (1, 2):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
 
-    assert buffer.requeue("m1")
+    assert DrainProtocol(buffer).requeue("m1")
 
-    assert [e.message_id for e in buffer.pop_many("o", "e", 10)] == ["m2", "m1"]
+    assert [e.message_id for e in DrainProtocol(buffer).pop_many("o", "e", 10)] == ["m2", "m1"]
     assert depths(buffer) == (2, 2, 2)
 
 
@@ -170,10 +175,10 @@ def test_requeue_and_fail_of_a_missing_id_create_nothing(
     size = redis_client.dbsize()
 
     # When requeue and fail name ids that do not exist, with and without tenant hints
-    assert not buffer.requeue("missing")
-    assert not buffer.requeue("missing", org_id="o2", env_id="e2")
-    assert not buffer.fail("missing", code="E", message="m")
-    assert not buffer.fail("missing", code="E", message="m", org_id="o2", env_id="e2")
+    assert not DrainProtocol(buffer).requeue("missing")
+    assert not DrainProtocol(buffer).requeue("missing", org_id="o2", env_id="e2")
+    assert not DrainProtocol(buffer).fail("missing", code="E", message="m")
+    assert not DrainProtocol(buffer).fail("missing", code="E", message="m", org_id="o2", env_id="e2")
     assert not buffer.retry_failed("missing")
 
     # Then no key was created
@@ -183,10 +188,10 @@ def test_requeue_and_fail_of_a_missing_id_create_nothing(
 
 def test_fail_keeps_a_dead_letter_with_the_last_error(buffer: MollifierBuffer) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
-    popped = buffer.pop("o", "e")
+    popped = DrainProtocol(buffer).pop("o", "e")
     assert popped is not None
 
-    assert buffer.fail("m1", code="ValueError", message="bad input", org_id="o", env_id="e")
+    assert DrainProtocol(buffer).fail("m1", code="ValueError", message="bad input", org_id="o", env_id="e")
 
     entry = buffer.get("m1")
     assert entry is not None
@@ -202,11 +207,11 @@ def test_failed_lists_oldest_failure_first_and_filters_by_org_and_env(buffer: Mo
     for n, (org, env) in enumerate(tenants * 2):
         buffer.accept(f"m{n}", org_id=org, env_id=env, payload=b"x")
     for org, env in tenants * 2:
-        assert buffer.pop(org, env) is not None
+        assert DrainProtocol(buffer).pop(org, env) is not None
     # Failed in this order: m3, m0, m5, m1 (m2 and m4 stay DRAINING); failure times are kept to
     # the millisecond, so the failures are spread out a little.
     for message_id in ("m3", "m0", "m5", "m1"):
-        assert buffer.fail(message_id, code="E", message=message_id)
+        assert DrainProtocol(buffer).fail(message_id, code="E", message=message_id)
         time.sleep(0.003)
 
     assert [e.message_id for e in buffer.failed()] == ["m3", "m0", "m5", "m1"]
@@ -221,10 +226,10 @@ def test_failed_lists_oldest_failure_first_and_filters_by_org_and_env(buffer: Mo
 
 def test_retry_failed_requeues_at_the_tail_with_attempts_reset(buffer: MollifierBuffer) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
-    assert buffer.pop("o", "e") is not None
-    assert buffer.requeue("m1")
-    assert buffer.pop("o", "e") is not None
-    assert buffer.fail("m1", code="E", message="boom")
+    assert DrainProtocol(buffer).pop("o", "e") is not None
+    assert DrainProtocol(buffer).requeue("m1")
+    assert DrainProtocol(buffer).pop("o", "e") is not None
+    assert DrainProtocol(buffer).fail("m1", code="E", message="boom")
     buffer.accept("m2", org_id="o", env_id="e", payload=b"y")
 
     assert buffer.retry_failed("m1")
@@ -235,13 +240,13 @@ def test_retry_failed_requeues_at_the_tail_with_attempts_reset(buffer: Mollifier
     assert buffer.failed() == []
     assert buffer.orgs() == ["o"]
     assert depths(buffer) == (2, 2, 2)
-    assert [e.message_id for e in buffer.pop_many("o", "e", 10)] == ["m2", "m1"]
+    assert [e.message_id for e in DrainProtocol(buffer).pop_many("o", "e", 10)] == ["m2", "m1"]
 
 
 def test_retry_failed_refuses_entries_that_are_not_failed(buffer: MollifierBuffer) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
     assert not buffer.retry_failed("m1")
-    assert buffer.pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
     assert not buffer.retry_failed("m1")
     assert depths(buffer) == (1, 1, 1)
 
@@ -252,8 +257,8 @@ def test_purge_failed_deletes_dead_letters_by_scope(
     tenants = [("a", "prod"), ("a", "dev"), ("b", "prod")]
     for n, (org, env) in enumerate(tenants * 2):
         buffer.accept(f"m{n}", org_id=org, env_id=env, payload=b"x")
-        assert buffer.pop(org, env) is not None
-        assert buffer.fail(f"m{n}", code="E", message="m")
+        assert DrainProtocol(buffer).pop(org, env) is not None
+        assert DrainProtocol(buffer).fail(f"m{n}", code="E", message="m")
     buffer.accept("live", org_id="a", env_id="prod", payload=b"x")
 
     assert buffer.purge_failed("a", "dev") == 2
@@ -273,10 +278,10 @@ def test_purge_failed_deletes_dead_letters_by_scope(
 def test_purge_failed_spans_more_than_one_batch(buffer: MollifierBuffer) -> None:
     for n in range(1_100):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"")
-    entries = buffer.pop_many("o", "e", 1_100)
+    entries = DrainProtocol(buffer).pop_many("o", "e", 1_100)
     assert len(entries) == 1_100
     for entry in entries:
-        buffer.fail(entry.message_id, code="E", message="", org_id="o", env_id="e")
+        DrainProtocol(buffer).fail(entry.message_id, code="E", message="", org_id="o", env_id="e")
 
     assert buffer.purge_failed("o", "e") == 1_100
     assert buffer.failed() == []
@@ -292,19 +297,19 @@ def test_depth_counts_queued_and_draining_through_the_lifecycle(buffer: Mollifie
     assert buffer.depth("p") == 1
     assert buffer.depth("p", "e") == 1
 
-    assert buffer.pop("o", "e") is not None  # DRAINING still counts
+    assert DrainProtocol(buffer).pop("o", "e") is not None  # DRAINING still counts
     assert depths(buffer) == (4, 3, 2)
-    assert buffer.requeue("m1")
+    assert DrainProtocol(buffer).requeue("m1")
     assert depths(buffer) == (4, 3, 2)
-    assert buffer.pop("o", "e") is not None
-    assert buffer.fail("m2", code="E", message="m")  # the popped m2; FAILED is not counted
+    assert DrainProtocol(buffer).pop("o", "e") is not None
+    assert DrainProtocol(buffer).fail("m2", code="E", message="m")  # the popped m2; FAILED is not counted
     assert depths(buffer) == (3, 2, 1)
     assert buffer.retry_failed("m2")
     assert depths(buffer) == (4, 3, 2)
-    buffer.ack("m1")
-    buffer.ack("m2")
+    DrainProtocol(buffer).ack("m1")
+    DrainProtocol(buffer).ack("m2")
     assert depths(buffer) == (2, 1, 0)
-    buffer.ack_many(["x1", "y1"])
+    DrainProtocol(buffer).ack_many(["x1", "y1"])
     assert depths(buffer) == (0, 0, 0)
     assert buffer.depth("nobody") == 0
 
@@ -320,7 +325,7 @@ def test_depth_counters_are_removed_when_they_reach_zero(
     buffer.accept("m1", org_id="o", env_id="e", payload=b"")
     assert redis_client.hlen(buffer.keys.depth) == 3
 
-    buffer.ack("m1")
+    DrainProtocol(buffer).ack("m1")
 
     assert not redis_client.exists(buffer.keys.depth)
 
@@ -330,13 +335,13 @@ def test_release_gives_popped_entries_back_at_the_head_untried(
 ) -> None:
     for n in range(5):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
-    popped = buffer.pop_many("o", "e", 3)
-    buffer.ack(popped[0].message_id, org_id="o", env_id="e")
+    popped = DrainProtocol(buffer).pop_many("o", "e", 3)
+    DrainProtocol(buffer).ack(popped[0].message_id, org_id="o", env_id="e")
 
-    assert buffer.release(popped) == 2  # the acked one is gone, not brought back
+    assert DrainProtocol(buffer).release(popped) == 2  # the acked one is gone, not brought back
 
     assert redis_client.zcard(buffer.keys.leases) == 0
     assert buffer.depth() == 4
-    again = buffer.pop_many("o", "e", 10)
+    again = DrainProtocol(buffer).pop_many("o", "e", 10)
     assert [e.message_id for e in again] == ["m1", "m2", "m3", "m4"]
     assert [e.attempts for e in again] == [0, 0, 0, 0]

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
 
@@ -38,21 +39,21 @@ def test_pop_returns_entries_oldest_first_as_draining(buffer: MollifierBuffer) -
     for n in range(3):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"%d" % n)
 
-    popped = [buffer.pop("o", "e") for _ in range(3)]
+    popped = [DrainProtocol(buffer).pop("o", "e") for _ in range(3)]
 
     assert [entry.message_id for entry in popped if entry] == ["m0", "m1", "m2"]
     assert all(entry and entry.status is EntryStatus.DRAINING for entry in popped)
     stored = buffer.get("m0")
     assert stored is not None
     assert stored.status is EntryStatus.DRAINING
-    assert buffer.pop("o", "e") is None
+    assert DrainProtocol(buffer).pop("o", "e") is None
 
 
 def test_pop_of_an_unknown_env_is_none_and_creates_nothing(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
-    assert buffer.pop("ghost", "env") is None
-    assert buffer.pop_many("ghost", "env", 10) == []
+    assert DrainProtocol(buffer).pop("ghost", "env") is None
+    assert DrainProtocol(buffer).pop_many("ghost", "env", 10) == []
     assert redis_client.dbsize() == 0
 
 
@@ -60,8 +61,8 @@ def test_pop_many_takes_up_to_limit_in_order(buffer: MollifierBuffer) -> None:
     for n in range(10):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
 
-    first = buffer.pop_many("o", "e", 4)
-    rest = buffer.pop_many("o", "e", 100)
+    first = DrainProtocol(buffer).pop_many("o", "e", 4)
+    rest = DrainProtocol(buffer).pop_many("o", "e", 100)
 
     assert [e.message_id for e in first] == ["m0", "m1", "m2", "m3"]
     assert [e.message_id for e in rest] == [f"m{n}" for n in range(4, 10)]
@@ -70,7 +71,7 @@ def test_pop_many_takes_up_to_limit_in_order(buffer: MollifierBuffer) -> None:
 
 def test_pop_many_rejects_a_limit_below_one(buffer: MollifierBuffer) -> None:
     with pytest.raises(ValueError, match="limit"):
-        buffer.pop_many("o", "e", 0)
+        DrainProtocol(buffer).pop_many("o", "e", 0)
 
 
 @pytest.mark.parametrize("status", ["QUEUED", "DRAINING", "FAILED"])
@@ -78,9 +79,9 @@ def test_accept_is_idempotent_in_every_status(buffer: MollifierBuffer, status: s
     # Given an entry in the status under test
     buffer.accept("m1", org_id="o", env_id="e", payload=b"first")
     if status != "QUEUED":
-        assert buffer.pop("o", "e") is not None
+        assert DrainProtocol(buffer).pop("o", "e") is not None
     if status == "FAILED":
-        assert buffer.fail("m1", code="E", message="boom")
+        assert DrainProtocol(buffer).fail("m1", code="E", message="boom")
     before = buffer.get("m1")
     depth = buffer.depth()
 
@@ -92,19 +93,19 @@ def test_accept_is_idempotent_in_every_status(buffer: MollifierBuffer, status: s
     assert buffer.get("m1") == before
     assert buffer.depth() == depth
     assert buffer.orgs() == (["o"] if status == "QUEUED" else [])
-    popped = buffer.pop_many("o", "e", 10)
+    popped = DrainProtocol(buffer).pop_many("o", "e", 10)
     assert [e.message_id for e in popped] == (["m1"] if status == "QUEUED" else [])
 
 
 def test_an_acked_id_may_be_accepted_again(buffer: MollifierBuffer) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"first")
-    entry = buffer.pop("o", "e")
+    entry = DrainProtocol(buffer).pop("o", "e")
     assert entry is not None
-    buffer.ack(entry.message_id)
+    DrainProtocol(buffer).ack(entry.message_id)
 
     assert buffer.accept("m1", org_id="o", env_id="e", payload=b"second")
 
-    again = buffer.pop("o", "e")
+    again = DrainProtocol(buffer).pop("o", "e")
     assert again is not None
     assert again.payload == b"second"
     assert again.attempts == 0
@@ -119,7 +120,7 @@ def test_pop_skips_references_whose_entry_is_gone_and_creates_nothing(
     redis_client.delete(buffer.keys.entry("gone"))
 
     # When popping
-    entry = buffer.pop("o", "e")
+    entry = DrainProtocol(buffer).pop("o", "e")
 
     # Then the live entry comes out and no entry hash was made for the orphan
     assert entry is not None
@@ -133,16 +134,16 @@ def test_pop_skips_references_whose_entry_is_not_queued(
 ) -> None:
     # Given a stray second reference to an entry that is already DRAINING
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
-    assert buffer.pop("o", "e") is not None
+    assert DrainProtocol(buffer).pop("o", "e") is not None
     redis_client.rpush(buffer.keys.tenant("o", "e").queue, "m1")
     buffer.accept("m2", org_id="o", env_id="e", payload=b"y")
 
     # When popping, the DRAINING entry is not handed out twice
-    entry = buffer.pop("o", "e")
+    entry = DrainProtocol(buffer).pop("o", "e")
 
     assert entry is not None
     assert entry.message_id == "m2"
-    assert buffer.pop("o", "e") is None
+    assert DrainProtocol(buffer).pop("o", "e") is None
 
 
 def test_pop_skips_references_to_an_entry_of_another_env(
@@ -152,8 +153,8 @@ def test_pop_skips_references_to_an_entry_of_another_env(
     buffer.accept("m1", org_id="o", env_id="b", payload=b"x")
     redis_client.rpush(buffer.keys.tenant("o", "a").queue, "m1")
 
-    assert buffer.pop("o", "a") is None
-    entry = buffer.pop("o", "b")
+    assert DrainProtocol(buffer).pop("o", "a") is None
+    entry = DrainProtocol(buffer).pop("o", "b")
     assert entry is not None
     assert entry.message_id == "m1"
 
@@ -168,25 +169,25 @@ def test_org_and_env_sets_follow_queued_work(buffer: MollifierBuffer) -> None:
     assert buffer.envs("b") == ["prod"]
 
     # the pop that empties an env removes it; the org stays while it has another env
-    assert buffer.pop("a", "dev") is not None
+    assert DrainProtocol(buffer).pop("a", "dev") is not None
     assert buffer.envs("a") == ["prod"]
     assert buffer.orgs() == ["a", "b"]
 
     # the org leaves when its last env leaves
-    assert buffer.pop("a", "prod") is not None
+    assert DrainProtocol(buffer).pop("a", "prod") is not None
     assert buffer.envs("a") == []
     assert buffer.orgs() == ["b"]
 
     # requeue records both again
-    assert buffer.requeue("a2")
+    assert DrainProtocol(buffer).requeue("a2")
     assert buffer.orgs() == ["a", "b"]
     assert buffer.envs("a") == ["dev"]
 
     # fail of a popped entry leaves the sets as they are; ack of a QUEUED entry prunes them
-    assert buffer.pop("b", "prod") is not None
-    assert buffer.fail("b1", code="E", message="m")
+    assert DrainProtocol(buffer).pop("b", "prod") is not None
+    assert DrainProtocol(buffer).fail("b1", code="E", message="m")
     assert buffer.orgs() == ["a"]
-    buffer.ack("a2")
+    DrainProtocol(buffer).ack("a2")
     assert buffer.orgs() == []
     assert buffer.envs("a") == []
 
@@ -194,11 +195,11 @@ def test_org_and_env_sets_follow_queued_work(buffer: MollifierBuffer) -> None:
 def test_fail_of_a_queued_entry_prunes_the_sets(buffer: MollifierBuffer) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"")
 
-    assert buffer.fail("m1", code="E", message="operator")
+    assert DrainProtocol(buffer).fail("m1", code="E", message="operator")
 
     assert buffer.orgs() == []
     assert buffer.envs("o") == []
-    assert buffer.pop("o", "e") is None
+    assert DrainProtocol(buffer).pop("o", "e") is None
     assert buffer.depth() == 0
 
 
@@ -219,9 +220,9 @@ def test_concurrent_pops_never_hand_out_one_entry_twice(redis_url: str, key_pref
         try:
             while True:
                 if use_many:
-                    batch = [e.message_id for e in buffer.pop_many("o", "e", 7)]
+                    batch = [e.message_id for e in DrainProtocol(buffer).pop_many("o", "e", 7)]
                 else:
-                    one = buffer.pop("o", "e")
+                    one = DrainProtocol(buffer).pop("o", "e")
                     batch = [one.message_id] if one else []
                 if not batch:
                     # Empty-handed after losing every race; done only once the queue is empty.
@@ -254,8 +255,8 @@ def test_pop_many_after_losing_the_head_takes_the_entries_behind_it(
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
     other = MollifierBuffer(redis_client, key_prefix=key_prefix)
 
-    first = other.pop_many("o", "e", 5)
-    second = buffer.pop_many("o", "e", 5)
+    first = DrainProtocol(other).pop_many("o", "e", 5)
+    second = DrainProtocol(buffer).pop_many("o", "e", 5)
 
     assert [e.message_id for e in first] == [f"m{n}" for n in range(5)]
     assert [e.message_id for e in second] == [f"m{n}" for n in range(5, 10)]
@@ -277,15 +278,15 @@ def test_oldest_created_at_is_that_of_the_head_queued_entry(
 
 
 def test_org_window_reads_orgs_in_order_after_the_cursor_and_wraps(buffer: MollifierBuffer) -> None:
-    assert buffer.org_window(None, 3) == []
+    assert DrainProtocol(buffer).org_window(None, 3) == []
     for org in ("d", "b", "e", "a", "c"):
         buffer.accept(f"m-{org}", org_id=org, env_id="e", payload=b"x")
 
-    assert buffer.org_window(None, 3) == ["a", "b", "c"]
-    assert buffer.org_window("a", 3) == ["b", "c", "d"]
-    assert buffer.org_window("d", 3) == ["e", "a", "b"]
-    assert buffer.org_window("e", 10) == ["a", "b", "c", "d", "e"]
+    assert DrainProtocol(buffer).org_window(None, 3) == ["a", "b", "c"]
+    assert DrainProtocol(buffer).org_window("a", 3) == ["b", "c", "d"]
+    assert DrainProtocol(buffer).org_window("d", 3) == ["e", "a", "b"]
+    assert DrainProtocol(buffer).org_window("e", 10) == ["a", "b", "c", "d", "e"]
     # A cursor on an org that has left still places the window where that org was.
-    assert buffer.org_window("bb", 2) == ["c", "d"]
+    assert DrainProtocol(buffer).org_window("bb", 2) == ["c", "d"]
     with pytest.raises(ValueError, match="limit"):
-        buffer.org_window(None, 0)
+        DrainProtocol(buffer).org_window(None, 0)

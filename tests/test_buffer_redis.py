@@ -15,14 +15,15 @@ import redis
 from redis.connection import AbstractConnection
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.buffer.scripts import SCRIPT_NAMES, script_source
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.errors import BufferUnavailableError, MollifierConfigurationError, MollifierError
 from dramatiq_mollifier.models import EntryStatus
-from dramatiq_mollifier.scripts import SCRIPT_NAMES, script_source
 
 
 def lua_file(name: str) -> str:
-    path = resources.files("dramatiq_mollifier") / "lua" / f"{name}.lua"
+    path = resources.files("dramatiq_mollifier.buffer") / "lua" / f"{name}.lua"
     return path.read_text(encoding="utf-8")
 
 
@@ -61,15 +62,15 @@ def test_scripts_reload_after_script_flush(buffer: MollifierBuffer, redis_client
 
     assert buffer.accept("m2", org_id="o", env_id="e", payload=b"y")
     redis_client.script_flush()
-    assert [e.message_id for e in buffer.pop_many("o", "e", 10)] == ["m1", "m2"]
+    assert [e.message_id for e in DrainProtocol(buffer).pop_many("o", "e", 10)] == ["m1", "m2"]
     redis_client.script_flush()
     # pipelined scripts load themselves too
-    assert buffer.ack_many(["m1", "m2"]) == 2
+    assert DrainProtocol(buffer).ack_many(["m1", "m2"]) == 2
     redis_client.script_flush()
     assert buffer.accept("m3", org_id="o", env_id="e", payload=b"z")
-    popped = buffer.pop_many("o", "e", 10)
+    popped = DrainProtocol(buffer).pop_many("o", "e", 10)
     redis_client.script_flush()
-    assert buffer.ack_entries(popped) == 1
+    assert DrainProtocol(buffer).ack_entries(popped) == 1
     redis_client.script_flush()
     assert buffer.evaluate_trip("o", "e", window_ms=1000, threshold=5, hold_ms=100).count == 1
 
@@ -87,26 +88,26 @@ def test_every_operation_works_on_a_resp2_client(
     assert buffer.orgs() == ["o"]
     assert buffer.envs("o") == ["e"]
     assert buffer.oldest_created_at("o", "e") is not None
-    popped = buffer.pop_many("o", "e", 10)
+    popped = DrainProtocol(buffer).pop_many("o", "e", 10)
     assert [(e.message_id, e.payload) for e in popped] == [("m1", b"\x00\xff"), ("m2", b"2")]
     time.sleep(0.04)
-    assert sorted(buffer.reclaim_expired()) == ["m1", "m2"]
-    assert buffer.pop("o", "e") is not None
-    assert buffer.fail("m1", code="E", message="m")
+    assert sorted(DrainProtocol(buffer).reclaim_expired()) == ["m1", "m2"]
+    assert DrainProtocol(buffer).pop("o", "e") is not None
+    assert DrainProtocol(buffer).fail("m1", code="E", message="m")
     assert [e.last_error for e in buffer.failed("o")] == [("E", "m")]
     assert buffer.retry_failed("m1")
-    assert buffer.requeue("m2")
+    assert DrainProtocol(buffer).requeue("m2")
     assert buffer.depth() == 2
     entry = buffer.get("m1")
     assert entry is not None
     assert entry.status is EntryStatus.QUEUED
-    assert buffer.ack_many(["m1"]) == 1
-    popped = buffer.pop("o", "e")
+    assert DrainProtocol(buffer).ack_many(["m1"]) == 1
+    popped = DrainProtocol(buffer).pop("o", "e")
     assert popped is not None
-    assert buffer.ack_entries([popped]) == 1
+    assert DrainProtocol(buffer).ack_entries([popped]) == 1
     assert buffer.accept("m3", org_id="o", env_id="e", payload=b"3")
-    assert buffer.pop("o", "e") is not None
-    assert buffer.fail("m3", code="E", message="m")
+    assert DrainProtocol(buffer).pop("o", "e") is not None
+    assert DrainProtocol(buffer).fail("m3", code="E", message="m")
     assert buffer.purge_failed() == 1
     assert buffer.depth() == 0
 
@@ -155,10 +156,10 @@ def test_a_redis_that_goes_away_gives_a_prompt_buffer_unavailable_error(
     calls: list[Callable[[], object]] = [
         lambda: buffer.accept("m2", org_id="o", env_id="e", payload=b"x"),
         lambda: buffer.evaluate_trip("o", "e", window_ms=100, threshold=1, hold_ms=100),
-        lambda: buffer.pop("o", "e"),
-        lambda: buffer.ack("m1"),
+        lambda: DrainProtocol(buffer).pop("o", "e"),
+        lambda: DrainProtocol(buffer).ack("m1"),
         buffer.depth,
-        buffer.reclaim_expired,
+        DrainProtocol(buffer).reclaim_expired,
     ]
     for call in calls:
         started = time.monotonic()
@@ -334,12 +335,17 @@ def test_the_drain_side_round_trips(
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"")
 
     # a batch pop is a peek and one script
-    assert round_trips(monkeypatch, lambda: buffer.pop_many("o", "e", 3)) == [["lrange"], ["evalsha"]]
+    assert round_trips(monkeypatch, lambda: DrainProtocol(buffer).pop_many("o", "e", 3)) == [
+        ["lrange"],
+        ["evalsha"],
+    ]
     # an ack that names the tenant is one script; without it, a lookup first
-    assert round_trips(monkeypatch, lambda: buffer.ack("m0", org_id="o", env_id="e")) == [["evalsha"]]
-    assert round_trips(monkeypatch, lambda: buffer.ack("m1")) == [["hmget"], ["evalsha"]]
+    assert round_trips(monkeypatch, lambda: DrainProtocol(buffer).ack("m0", org_id="o", env_id="e")) == [
+        ["evalsha"]
+    ]
+    assert round_trips(monkeypatch, lambda: DrainProtocol(buffer).ack("m1")) == [["hmget"], ["evalsha"]]
     # ack_many: one pipelined lookup, one pipelined batch of scripts (no SCRIPT EXISTS)
-    assert round_trips(monkeypatch, lambda: buffer.ack_many(["m2", "missing"])) == [
+    assert round_trips(monkeypatch, lambda: DrainProtocol(buffer).ack_many(["m2", "missing"])) == [
         ["hmget", "hmget"],
         ["evalsha"],
     ]
@@ -419,7 +425,7 @@ def test_a_single_connection_client_works_too(redis_url: str, key_prefix: str) -
             "m1", org_id="o", env_id="e", payload=b"x", window_ms=1_000, threshold=0, hold_ms=1_000
         )
         assert decision.tripped and accepted
-        popped = buffer.pop("o", "e")
+        popped = DrainProtocol(buffer).pop("o", "e")
         assert popped is not None and popped.message_id == "m1"
     finally:
         client.close()

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
 from .cli_helpers import dead_letter, run_cli
@@ -81,7 +82,7 @@ def test_retry_by_id_puts_the_entry_back_in_its_queue(
     entry = buffer.get("a1")
     assert entry is not None and entry.status is EntryStatus.QUEUED
     assert buffer.depth("acme", "prod") == 1
-    popped = buffer.pop("acme", "prod")
+    popped = DrainProtocol(buffer).pop("acme", "prod")
     assert popped is not None and popped.message_id == "a1"
 
 

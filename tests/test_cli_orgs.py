@@ -7,7 +7,7 @@ import json
 import pytest
 import redis
 
-from dramatiq_mollifier.flags import OrgFlags
+from dramatiq_mollifier.gate.flags import OrgFlags
 
 from .cli_helpers import run_cli
 

@@ -27,10 +27,10 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from dramatiq_mollifier.crash import CrashRetries
 from dramatiq_mollifier.crash.evidence import Evidence, evidence_path, read_evidence
 from dramatiq_mollifier.crash.identity import ProcessIdentity
 from dramatiq_mollifier.crash.store import DeliveryRecord, ProcState
-from dramatiq_mollifier.crash_retries import CrashRetries
 from dramatiq_mollifier.embedded import free_port
 from dramatiq_mollifier.errors import MollifierConfigurationError
 

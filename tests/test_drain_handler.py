@@ -14,8 +14,8 @@ from dramatiq.common import dq_name
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.drain_handler import make_drain_handler
-from dramatiq_mollifier.drainer import DrainResult, MollifierDrainer
+from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
+from dramatiq_mollifier.drain.handler import make_drain_handler
 from dramatiq_mollifier.errors import UndeliverableEntryError
 from dramatiq_mollifier.models import STATE_DRAINED, STATE_OPTION, BufferEntry, EntryStatus
 from dramatiq_mollifier.settings import MollifierMode

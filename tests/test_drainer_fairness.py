@@ -6,9 +6,10 @@ import threading
 from collections import Counter
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.drainer import DrainResult, MollifierDrainer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
+from dramatiq_mollifier.drain.rotation import OrgEnvRotation
 from dramatiq_mollifier.models import BufferEntry
-from dramatiq_mollifier.rotation import OrgEnvRotation
 
 from .mollifier_helpers import eventually
 
@@ -37,7 +38,7 @@ def seed(buffer: MollifierBuffer, org: str, env: str, count: int) -> None:
 
 def next_window(buffer: MollifierBuffer, rotation: OrgEnvRotation) -> list[str]:
     """One tick's choice of orgs, as the drainer makes it."""
-    return rotation.pick_orgs(buffer.org_window(rotation.org_cursor, rotation.max_orgs))
+    return rotation.pick_orgs(DrainProtocol(buffer).org_window(rotation.org_cursor, rotation.max_orgs))
 
 
 # The rotation -------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_the_org_cursor_does_not_skip_the_next_org_when_the_current_one_leaves(
     assert next_window(buffer, rotation) == ["a"]
 
     # a drained empty and left the org set: b is next, not c.
-    buffer.ack("a/prod/0")
+    DrainProtocol(buffer).ack("a/prod/0")
     assert next_window(buffer, rotation) == ["b"]
     assert next_window(buffer, rotation) == ["c"]
 

@@ -8,7 +8,7 @@ import time
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.drainer import MAX_BACKOFF_MS, MollifierDrainer, backoff_ms
+from dramatiq_mollifier.drain.drainer import MAX_BACKOFF_MS, MollifierDrainer, backoff_ms
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
 

@@ -9,7 +9,8 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.drainer import DrainResult, MollifierDrainer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
 from dramatiq_mollifier.errors import UndeliverableEntryError
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
 from dramatiq_mollifier.telemetry import Telemetry
@@ -189,7 +190,7 @@ def test_an_expired_lease_is_reclaimed_by_run_once(redis_client: redis.Redis, ke
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=200)
     buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
     # A drainer pops the entry, then dies before acking it.
-    assert buffer.pop("acme", "prod") is not None
+    assert DrainProtocol(buffer).pop("acme", "prod") is not None
     provider, reader = metrics()
     handler = Recorder()
     drainer = MollifierDrainer(buffer, handler, telemetry=Telemetry(provider))
@@ -210,7 +211,7 @@ def test_reclaim_is_throttled_to_the_reclaim_interval(
     drainer = MollifierDrainer(buffer, Recorder(), reclaim_interval_ms=60_000)
     assert drainer.run_once() == DrainResult(0, 0)
     buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
-    assert buffer.pop("acme", "prod") is not None
+    assert DrainProtocol(buffer).pop("acme", "prod") is not None
     # Force the lease into the past: only a reclaim can bring the entry back.
     redis_client.zadd(buffer.keys.leases, {"m1": 0})
 
@@ -241,7 +242,7 @@ def test_the_drained_log_names_the_message_its_tenant_age_and_sha256(
     buffer: MollifierBuffer, caplog: pytest.LogCaptureFixture
 ) -> None:
     buffer.accept("m'1", org_id="acme", env_id="prod", payload=b"hello")
-    caplog.set_level("INFO", logger="dramatiq_mollifier.drainer")
+    caplog.set_level("INFO", logger="dramatiq_mollifier.drain")
 
     MollifierDrainer(buffer, Recorder()).run_once()
 

@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from dramatiq_mollifier import BufferUnavailableError
-from dramatiq_mollifier.flags import OrgFlags, OrgFlagsView, flags_key, parse_flag
+from dramatiq_mollifier.gate.flags import OrgFlags, OrgFlagsView, flags_key, parse_flag
 
 from .mollifier_helpers import add_mollifier, decisions, fail_opens
 

@@ -14,7 +14,7 @@ from dramatiq.brokers.stub import StubBroker
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from dramatiq_mollifier import Mollifier, MollifierSettings, Tenant, TripDecision
-from dramatiq_mollifier.gate import Decision, Gate
+from dramatiq_mollifier.gate.cascade import Decision, Gate
 from dramatiq_mollifier.models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION
 from dramatiq_mollifier.telemetry import Telemetry
 
@@ -268,7 +268,7 @@ def test_star_enrols_every_org() -> None:
 def test_shadow_mode_logs_would_mollify_and_never_buffers(caplog: pytest.LogCaptureFixture) -> None:
     backend = StubBackend(tripped=True)
     gate, _, _ = make_gate(backend, enabled_orgs=set(), shadow_mode=True)
-    caplog.set_level(logging.INFO, logger="dramatiq_mollifier.gate")
+    caplog.set_level(logging.INFO, logger="dramatiq_mollifier.gate.cascade")
 
     for _ in range(3):
         decision = gate.decide(message(org_id="acme", env_id="prod"))

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from dramatiq_mollifier import BufferUnavailableError
-from dramatiq_mollifier import gate as gate_module
+from dramatiq_mollifier.gate import cascade as gate_module
 
 from .mollifier_helpers import decisions, fail_opens, total
 from .test_gate import StubBackend, make_gate, message
@@ -123,7 +123,7 @@ def test_dual_write_buffers_a_copy_and_lets_the_message_reach_the_broker() -> No
 def test_the_buffered_payload_is_the_encoded_message(caplog: pytest.LogCaptureFixture) -> None:
     backend = StubBackend(tripped=True)
     gate, _, _ = make_gate(backend)
-    caplog.set_level(logging.INFO, logger="dramatiq_mollifier.gate")
+    caplog.set_level(logging.INFO, logger="dramatiq_mollifier.gate.cascade")
     sent = message(org_id="acme", env_id="prod")
 
     gate.decide(sent)

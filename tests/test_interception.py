@@ -11,7 +11,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware, MiddlewareError
 
-from dramatiq_mollifier import interception
+from dramatiq_mollifier.gate import interception
 
 
 class DivertEverything(Middleware):

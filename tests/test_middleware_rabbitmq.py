@@ -103,7 +103,7 @@ def test_a_retried_publish_is_one_message_with_one_decision(
 
 
 def mollifier_count(client: redis.Redis, key_prefix: str) -> int:
-    from dramatiq_mollifier.keys import KeySpace
+    from dramatiq_mollifier.buffer.keys import KeySpace
 
     return int(client.get(KeySpace(key_prefix).tenant("acme", "default").trip_counter) or 0)
 

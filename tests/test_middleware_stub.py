@@ -10,7 +10,9 @@ import pytest
 import redis
 from dramatiq.brokers.stub import StubBroker
 
-from dramatiq_mollifier import Mollifier, MollifierSettings, interception
+from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.gate import interception
 from dramatiq_mollifier.models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION
 
 from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, metrics, total
@@ -31,10 +33,10 @@ def on_stub_broker(broker: StubBroker, queue_name: str = "default") -> list[dram
 def drain_by_hand(mollifier: Mollifier, broker: dramatiq.Broker, org: str, env: str) -> list[str]:
     """What the drainer's handler does: re-enqueue each stored message with the drained marker."""
     ids = []
-    while (entry := mollifier.buffer.pop(org, env)) is not None:
+    while (entry := DrainProtocol(mollifier.buffer).pop(org, env)) is not None:
         stored = dramatiq.Message.decode(entry.payload)
         broker.enqueue(stored.copy(options={STATE_OPTION: STATE_DRAINED}))
-        mollifier.buffer.ack(entry.message_id)
+        DrainProtocol(mollifier.buffer).ack(entry.message_id)
         ids.append(entry.message_id)
     return ids
 

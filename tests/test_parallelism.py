@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dramatiq_mollifier.parallelism import AdaptiveParallelism
+from dramatiq_mollifier.drain.parallelism import AdaptiveParallelism
 
 
 class Clocks:

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import Tenant, TripDecision
 
 
@@ -182,10 +183,10 @@ def test_trip_and_accept_accepts_once_tripped_and_stays_idempotent(buffer: Molli
     )
     assert (again, accepted_again) == (TripDecision(True, 3), False)
 
-    entry = buffer.pop("o", "e")
+    entry = DrainProtocol(buffer).pop("o", "e")
     assert entry is not None
     assert (entry.message_id, entry.payload) == ("m1", b"1")
-    assert buffer.pop("o", "e") is None
+    assert DrainProtocol(buffer).pop("o", "e") is None
     assert buffer.tripped() == [Tenant("o", "e")]
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import dramatiq
 
+from ..drain.worker_drainer import WorkerDrainer
 from ..middleware import Mollifier
-from ..placement import DrainerPlacement
 from . import common
 
 DESCRIPTION = """\
@@ -112,12 +112,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    placement = DrainerPlacement(
+    worker_drainer = WorkerDrainer(
         settings=mollifier.settings, buffer=mollifier.buffer, telemetry=mollifier.telemetry
     )
-    placement.start(broker)
+    worker_drainer.start(broker)
     while not stop.wait(0.5):
         pass
-    stopped = placement.stop()
+    stopped = worker_drainer.stop()
     broker.close()
     return common.EXIT_OK if stopped else common.EXIT_PROBLEM

@@ -80,7 +80,7 @@ def render(data: dict[str, Any]) -> str:
 
 @common.command
 def run(args: argparse.Namespace) -> int:
-    from ..flags import OrgFlags
+    from ..gate.flags import OrgFlags
 
     if args.action != "list" and not all(org.strip() for org in args.org_ids):
         raise common.CommandError("an org id must not be empty", exit_code=common.EXIT_CONFIG)

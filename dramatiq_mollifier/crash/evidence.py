@@ -19,6 +19,7 @@ import faulthandler
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "oom_kill_count",
     "parse_evidence",
     "publish_dead_neighbours",
+    "default_evidence_dir",
     "read_evidence",
 ]
 
@@ -215,3 +217,9 @@ def publish_dead_neighbours(
             published += 1
         path.unlink(missing_ok=True)
     return published
+
+
+def default_evidence_dir() -> Path:
+    """``<tmp>/dramatiq-mollifier-<uid>``: local to the host, private to the user."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"dramatiq-mollifier-{uid}"

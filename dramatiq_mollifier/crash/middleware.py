@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -34,7 +33,7 @@ from opentelemetry import metrics
 from ..errors import CrashNotRetried, MollifierConfigurationError, WorkerCrashed
 from ..telemetry import ThrottledLog, meter
 from .classify import CrashVerdict
-from .evidence import Evidence, EvidenceFile, publish_dead_neighbours
+from .evidence import Evidence, EvidenceFile, default_evidence_dir, publish_dead_neighbours
 from .heartbeat import Heartbeat
 from .identity import ProcessIdentity, host_id
 from .judge import Judge
@@ -62,12 +61,6 @@ logger = logging.getLogger(__name__)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def default_evidence_dir() -> Path:
-    """``<tmp>/dramatiq-mollifier-<uid>``: local to the host, private to the user."""
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return Path(tempfile.gettempdir()) / f"dramatiq-mollifier-{uid}"
 
 
 @dataclass

@@ -4,7 +4,7 @@ Keys, all under ``key_prefix``:
 
 * ``<prefix>:crash:msg:<message id, percent-encoded>``: the record of the delivery in flight, as
   ``"<token> <json>"``. Written with ``SET ... PX ... GET`` on the way in (one command: write ours,
-  read the earlier one), deleted by ``lua/crash_release.lua`` on the way out only while it still
+  read the earlier one), deleted by ``lua/release.lua`` on the way out only while it still
   holds our token.
 * ``<prefix>:crash:proc:<proc id>``: a worker process's heartbeat and, once it is known to be dead,
   the evidence of how it died, for workers on other hosts to judge its records by.
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import redis
 
-from ..keys import escape
+from ..buffer.keys import escape
 from .evidence import Evidence
 
 __all__ = ["CrashStore", "DeliveryRecord", "ProcState", "ProcStatus"]
@@ -122,7 +122,7 @@ class CrashStore:
         self.client = client
         self.key_prefix = key_prefix
         self.record_ttl_ms = record_ttl_ms
-        source = resources.files("dramatiq_mollifier").joinpath("lua/crash_release.lua").read_text()
+        source = resources.files(__package__).joinpath("lua/release.lua").read_text()
         self._release = client.register_script(source)
 
     def message_key(self, message_id: str) -> str:

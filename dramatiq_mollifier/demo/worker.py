@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from ..cli.common import CommandError
+from ..console import CommandError
 from .app import CONFIG_VARIABLE, DemoConfig, DemoKeys
 
 __all__ = ["WorkerProcess"]

@@ -22,7 +22,7 @@ import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
-from dramatiq_mollifier.crash_retries import CrashRetries, WorkerCrashed
+from dramatiq_mollifier.crash import CrashRetries, WorkerCrashed
 
 PREFIX = os.environ["CRASH_PREFIX"]
 QUEUE = os.environ["CRASH_QUEUE"]

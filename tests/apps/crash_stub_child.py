@@ -13,7 +13,7 @@ import dramatiq
 from dramatiq import Message, Worker
 from dramatiq.brokers.stub import StubBroker
 
-from dramatiq_mollifier.crash_retries import CrashRetries
+from dramatiq_mollifier.crash import CrashRetries
 
 
 def main(redis_url: str, key_prefix: str, evidence_dir: str, message_id: str) -> None:

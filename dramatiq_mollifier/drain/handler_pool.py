@@ -6,7 +6,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 
-from .models import BufferEntry
+from ..models import BufferEntry
 from .parallelism import AdaptiveParallelism
 
 __all__ = ["Completion", "DrainHandler", "HandlerPool", "NotStarted"]

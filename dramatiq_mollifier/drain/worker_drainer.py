@@ -1,8 +1,8 @@
-"""Where a drainer runs: one thread per worker process, from worker boot to worker shutdown.
+"""The drainer of one worker process: one thread, from worker boot to worker shutdown.
 
-The :class:`~dramatiq_mollifier.Mollifier` middleware starts a placement in ``after_worker_boot``
+The :class:`~dramatiq_mollifier.Mollifier` middleware starts one in ``after_worker_boot``
 and stops it in ``before_worker_shutdown``, so producer-only processes (web servers), which never
-boot a worker, never drain. ``dramatiq-mollifier drain`` uses the same placement on its own.
+boot a worker, never drain. ``dramatiq-mollifier drain`` runs one on its own.
 
 Configuration errors are raised when :class:`MollifierSettings` is built, at import time of the
 user's module, since Dramatiq swallows ordinary exceptions raised by worker-boot hooks. Nothing
@@ -16,18 +16,18 @@ import logging
 
 import dramatiq
 
-from .buffer import MollifierBuffer
-from .drain_handler import make_drain_handler
+from ..buffer import MollifierBuffer
+from ..settings import MollifierSettings
+from ..telemetry import Telemetry
 from .drainer import MollifierDrainer
-from .settings import MollifierSettings
-from .telemetry import Telemetry
+from .handler import make_drain_handler
 
-__all__ = ["DrainerPlacement"]
+__all__ = ["WorkerDrainer"]
 
 logger = logging.getLogger(__name__)
 
 
-class DrainerPlacement:
+class WorkerDrainer:
     """Owns the drainer of one process.
 
     Parameters:

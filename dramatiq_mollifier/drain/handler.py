@@ -16,10 +16,10 @@ from typing import Any
 import dramatiq
 from dramatiq.errors import ActorNotFound
 
+from ..errors import UndeliverableEntryError
+from ..models import STATE_DRAINED, STATE_OPTION, BufferEntry
+from ..settings import MollifierMode
 from .drainer import DrainHandler
-from .errors import UndeliverableEntryError
-from .models import STATE_DRAINED, STATE_OPTION, BufferEntry
-from .settings import MollifierMode
 
 __all__ = ["decode_entry", "make_drain_handler"]
 

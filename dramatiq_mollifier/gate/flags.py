@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import redis
 
-from .errors import BufferUnavailableError
+from ..errors import BufferUnavailableError
 
 __all__ = ["FLAG_REFRESH_MS", "OrgFlags", "OrgFlagsView", "flags_key", "parse_flag"]
 

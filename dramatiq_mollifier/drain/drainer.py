@@ -10,19 +10,18 @@ acked, requeued or failed never outnumber the pool. :meth:`~MollifierDrainer.sta
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
-from .buffer import MollifierBuffer
-from .errors import UndeliverableEntryError
-from .handler_pool import Completion, DrainHandler, HandlerPool, NotStarted
-from .models import BufferEntry
+from ..buffer import MollifierBuffer
+from ..buffer.drain_protocol import DrainProtocol
+from ..telemetry import Telemetry
+from .handler_pool import Completion, DrainHandler, HandlerPool
 from .rotation import OrgEnvRotation
-from .telemetry import DrainResultKind, Telemetry
+from .settling import Settler
 
 __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer"]
 
@@ -100,15 +99,21 @@ class MollifierDrainer:
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value!r}")
-        self._buffer = buffer
+        self._buffer = DrainProtocol(buffer)
+        self._inspect = buffer
         self._handler = handler
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.poll_interval_ms = poll_interval_ms
         self.batch_size = batch_size
         self._refill = max(1, concurrency // 2)
-        self._is_retryable = is_retryable or (lambda exc: True)
         self._telemetry = telemetry or Telemetry()
+        self._settler = Settler(
+            self._buffer,
+            telemetry=self._telemetry,
+            max_attempts=max_attempts,
+            is_retryable=is_retryable or (lambda exc: True),
+        )
         if reclaim_interval_ms is None:
             reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
         self.reclaim_interval_ms = reclaim_interval_ms
@@ -146,7 +151,7 @@ class MollifierDrainer:
         tick = _Tick()
         pool = self._pool
         if pool is None or pool.abandoned:
-            pool = self._pool = HandlerPool(self.concurrency, self._handler, self._settle_alone)
+            pool = self._pool = HandlerPool(self.concurrency, self._handler, self._settler.settle_alone)
         elif self._idle:
             # The sleep after an idle tick says nothing about how the handlers use the CPU.
             pool.parallelism.restart()
@@ -203,128 +208,9 @@ class MollifierDrainer:
             return True
         finally:
             if done:
-                self._settle(done, tick)
-
-    # Settling -------------------------------------------------------------------------------
-    def _settle(self, batch: Iterable[Completion], tick: _Tick) -> None:
-        succeeded: list[BufferEntry] = []
-        not_started: list[BufferEntry] = []
-        for entry, error in batch:
-            if error is None:
-                succeeded.append(entry)
-            elif isinstance(error, NotStarted):
-                not_started.append(entry)
-            else:
-                self._settle_failure(entry, error)
-                tick.failed += 1
-        self._release(not_started)
-        if not succeeded:
-            return
-        try:
-            self._buffer.ack_entries(succeeded)
-        except Exception:
-            logger.warning(
-                "mollifier.drain_error acking %d entries (they stay DRAINING until their lease expires)",
-                len(succeeded),
-                exc_info=True,
-            )
-            tick.failed += 1
-            return
-        tick.drained += len(succeeded)
-        self._record_acked(succeeded)
-
-    def _settle_alone(self, completion: Completion) -> None:
-        """Settle one entry from a handler thread, after the tick gave up waiting for it."""
-        entry, error = completion
-        if isinstance(error, NotStarted):
-            self._release([entry])
-            return
-        try:
-            if error is None:
-                self._buffer.ack(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
-                self._record_acked([entry])
-            else:
-                self._settle_failure(entry, error)
-        except Exception:
-            logger.warning(
-                "mollifier.drain_error settling %r after shutdown", entry.message_id, exc_info=True
-            )
-
-    def _settle_failure(self, entry: BufferEntry, error: BaseException) -> None:
-        """Requeue or dead-letter after a handler error (logged if the buffer call itself fails)."""
-        try:
-            retryable = not isinstance(error, UndeliverableEntryError) and self._retryable(error)
-            if retryable and entry.attempts + 1 < self.max_attempts:
-                self._buffer.requeue(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
-                kind, level, event = DrainResultKind.REQUEUED, logging.WARNING, "mollifier.drain_retry"
-            else:
-                self._buffer.fail(
-                    entry.message_id,
-                    code=type(error).__name__,
-                    message=str(error),
-                    org_id=entry.org_id,
-                    env_id=entry.env_id,
-                )
-                kind, level, event = DrainResultKind.FAILED, logging.ERROR, "mollifier.drain_failed"
-        except Exception:
-            logger.warning(
-                "mollifier.drain_error settling %r (it stays DRAINING until its lease expires)",
-                entry.message_id,
-                exc_info=True,
-            )
-            return
-        logger.log(
-            level,
-            "%s message_id=%r org_id=%r env_id=%r attempts=%d: %s: %s",
-            event,
-            entry.message_id,
-            entry.org_id,
-            entry.env_id,
-            entry.attempts + 1,
-            type(error).__name__,
-            error,
-            # The traceback once, when the entry is given up on.
-            exc_info=error if kind is DrainResultKind.FAILED else None,
-        )
-        self._telemetry.record_drained(kind)
-
-    def _release(self, entries: Sequence[BufferEntry]) -> None:
-        if not entries:
-            return
-        try:
-            self._buffer.release(entries)
-        except Exception:
-            logger.warning(
-                "mollifier.drain_error giving back %d entries not handled before the stop "
-                "(they stay DRAINING until their lease expires)",
-                len(entries),
-                exc_info=True,
-            )
-
-    def _retryable(self, error: BaseException) -> bool:
-        try:
-            return self._is_retryable(error)
-        except Exception:
-            logger.warning("mollifier.drain_error in is_retryable; retrying", exc_info=True)
-            return True
-
-    def _record_acked(self, entries: Sequence[BufferEntry]) -> None:
-        self._telemetry.record_drained(DrainResultKind.ACKED, len(entries))
-        now_ms = time.time() * 1000
-        log = logger.isEnabledFor(logging.INFO)
-        for entry in entries:
-            age_ms = max(0.0, now_ms - entry.created_at.timestamp() * 1000)
-            self._telemetry.record_time_in_buffer(age_ms)
-            if log:
-                logger.info(
-                    "mollifier.drained message_id=%r org_id=%r env_id=%r attempts=%d age_ms=%d sha256=%s",
-                    entry.message_id,
-                    entry.org_id,
-                    entry.env_id,
-                    entry.attempts,
-                    age_ms,
-                    hashlib.sha256(entry.payload).hexdigest(),
-                )
+                drained, failed = self._settler.settle(done)
+                tick.drained += drained
+                tick.failed += failed
 
     # Housekeeping ---------------------------------------------------------------------------
     def _reclaim(self, now: float) -> None:
@@ -347,7 +233,7 @@ class MollifierDrainer:
             return
         self._last_depth = now
         try:
-            self._telemetry.record_depth(self._buffer.depth())
+            self._telemetry.record_depth(self._inspect.depth())
         except Exception:
             logger.debug("mollifier.drain_error reading the depth", exc_info=True)
 

@@ -1,4 +1,4 @@
-"""Drainer placement: one drainer per worker process, from worker boot to worker shutdown."""
+"""The drainer of a worker process: one drainer per worker process, from worker boot to worker shutdown."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.drain.worker_drainer import WorkerDrainer
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.errors import MollifierConfigurationError
-from dramatiq_mollifier.placement import DrainerPlacement
 from dramatiq_mollifier.telemetry import Telemetry
 
 from .mollifier_helpers import drainer_threads, eventually
@@ -43,33 +43,33 @@ def seed(buffer: MollifierBuffer, count: int) -> None:
         buffer.accept(message.message_id, org_id="acme", env_id="prod", payload=message.encode())
 
 
-def test_placement_drains_onto_the_broker_until_stopped(
+def test_worker_drainer_drains_onto_the_broker_until_stopped(
     broker: StubBroker, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     declare_ingest(broker)
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
     seed(buffer, 30)
     settings = MollifierSettings(enabled=True, key_prefix=key_prefix, drain_poll_interval_ms=10)
-    placement = DrainerPlacement(settings=settings, buffer=buffer, telemetry=Telemetry())
-    assert placement.drainer is None
+    worker_drainer = WorkerDrainer(settings=settings, buffer=buffer, telemetry=Telemetry())
+    assert worker_drainer.drainer is None
     before = drainer_threads()
 
-    placement.start(broker)
-    placement.start(broker)
+    worker_drainer.start(broker)
+    worker_drainer.start(broker)
     eventually(lambda: broker.queues["default"].qsize() == 30)
 
     assert len(drainer_threads() - before) == 1
-    assert placement.stop() is True
+    assert worker_drainer.stop() is True
     assert drainer_threads() <= before
     assert buffer.depth() == 0
 
 
-def test_stopping_a_placement_that_never_started_returns_at_once(redis_client: redis.Redis) -> None:
-    placement = DrainerPlacement(
+def test_stopping_a_worker_drainer_that_never_started_returns_at_once(redis_client: redis.Redis) -> None:
+    worker_drainer = WorkerDrainer(
         settings=MollifierSettings(), buffer=MollifierBuffer(redis_client), telemetry=Telemetry()
     )
 
-    assert placement.stop() is True
+    assert worker_drainer.stop() is True
 
 
 def test_redis_down_at_boot_is_retried_and_never_raises(
@@ -79,16 +79,16 @@ def test_redis_down_at_boot_is_retried_and_never_raises(
     buffer = MollifierBuffer.from_url(disposable_redis.url, key_prefix="boot")
     disposable_redis.stop()
     settings = MollifierSettings(enabled=True, key_prefix="boot", drain_poll_interval_ms=20)
-    placement = DrainerPlacement(settings=settings, buffer=buffer, telemetry=Telemetry())
+    worker_drainer = WorkerDrainer(settings=settings, buffer=buffer, telemetry=Telemetry())
 
-    placement.start(broker)  # must not raise
+    worker_drainer.start(broker)  # must not raise
     time.sleep(0.3)
     assert any("tick failed" in r.getMessage() for r in caplog.records)
     disposable_redis.start()  # empty: the embedded server keeps nothing on disk
     seed(buffer, 5)
 
     eventually(lambda: broker.queues["default"].qsize() == 5)
-    assert placement.stop() is True
+    assert worker_drainer.stop() is True
     buffer.client.close()
 
 

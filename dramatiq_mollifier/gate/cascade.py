@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import dramatiq
 
-from .models import DEFAULT_ENV_ID, STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, Tenant, TripDecision
-from .settings import MollifierMode, MollifierSettings
-from .telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
+from ..models import DEFAULT_ENV_ID, STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, Tenant, TripDecision
+from ..settings import MollifierMode, MollifierSettings
+from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
 
 __all__ = ["OPT_OUT_OPTION", "Decision", "Gate", "GateBackend", "TenantResolver"]
 

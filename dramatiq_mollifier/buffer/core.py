@@ -1,0 +1,123 @@
+"""What every side of the buffer shares: the client, the key space, the scripts, per-entry calls.
+
+Operations on one message id (``ack``, ``requeue``, ``fail``, ``retry_failed``) touch keys that
+depend on the entry's org and env. Since every key a script touches must be passed in KEYS, the
+buffer first reads the entry's tenant (one round trip) unless the caller names it (as the drainer
+can from the popped entry); the script checks the tenant again, atomically, and the buffer looks
+it up afresh if it changed in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis
+from redis.commands.core import Script
+
+from ..errors import BufferUnavailableError, MollifierConfigurationError
+from .codec import text
+from .keys import KeySpace, TenantKeys
+from .scripts import Scripts
+
+__all__ = ["DEFAULT_LEASE_MS", "WRONG_TENANT", "BufferCore"]
+
+#: How long a popped entry may stay DRAINING before any drainer reclaims it.
+DEFAULT_LEASE_MS = 60_000
+#: The script answer for "the entry belongs to another tenant than the caller believed".
+WRONG_TENANT = -1
+TENANT_LOOKUPS = 3
+
+
+class BufferCore:
+    """The client, keys and scripts of one buffer, and the calls every per-entry script shares.
+
+    Parameters:
+      client: A ``redis.Redis`` client with ``decode_responses=False`` (RESP2 or RESP3).
+      key_prefix: The prefix of every key. Defaults to ``mollifier``.
+      entry_ttl_s: Expiry of QUEUED entries in seconds. Defaults to None: no expiry, since in
+        ``divert`` mode the buffer holds the only copy of a message. DRAINING entries never
+        expire; FAILED entries expire too when it is set.
+      lease_ms: How long a popped entry stays DRAINING before it may be reclaimed.
+        Defaults to 60 seconds.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str = "mollifier",
+        entry_ttl_s: int | None = None,
+        lease_ms: int = DEFAULT_LEASE_MS,
+    ) -> None:
+        if not key_prefix:
+            raise MollifierConfigurationError("key_prefix must not be empty")
+        if entry_ttl_s is not None and entry_ttl_s <= 0:
+            raise MollifierConfigurationError(f"entry_ttl_s must be positive or None, got {entry_ttl_s}")
+        if lease_ms <= 0:
+            raise MollifierConfigurationError(f"lease_ms must be positive, got {lease_ms}")
+        self.client = client
+        self.key_prefix = key_prefix
+        self.entry_ttl_s = entry_ttl_s
+        self.lease_ms = lease_ms
+        self.keys = KeySpace(key_prefix)
+        self.ttl_ms = entry_ttl_s * 1000 if entry_ttl_s else 0
+        self.scripts = Scripts(client)
+
+    def tenants_of(self, message_ids: Sequence[str]) -> list[tuple[str, str] | None]:
+        """The (org, env) of each entry, None for a missing one (one pipelined round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for message_id in message_ids:
+            pipe.hmget(self.keys.entry(message_id), "org", "env")
+        return [
+            (text(org), text(env)) if org is not None and env is not None else None
+            for org, env in pipe.execute()
+        ]
+
+    def entry_op_call(
+        self, message_id: str, org_id: str, env_id: str, extra: tuple[str | int, ...]
+    ) -> tuple[tuple[str, ...], tuple[str | int, ...]]:
+        """KEYS and ARGV of a per-entry script (the layout every such script shares)."""
+        keys = self.keys
+        t: TenantKeys = keys.tenant(org_id, env_id)
+        return (
+            (
+                keys.entry(message_id),
+                t.queue,
+                t.envs,
+                keys.orgs,
+                keys.leases,
+                t.failed,
+                t.failed_envs,
+                keys.failed_orgs,
+                keys.depth,
+            ),
+            (message_id, org_id, env_id, *extra),
+        )
+
+    def entry_op(
+        self,
+        script: Script,
+        message_id: str,
+        org_id: str | None,
+        env_id: str | None,
+        extra: tuple[str | int, ...],
+    ) -> int:
+        """Run a per-entry script, looking the entry's tenant up unless the caller named it.
+
+        Returns the script's answer: 1 done, 0 missing or not applicable. Nothing is created for
+        a missing entry: the lookup finds none and no script runs.
+        """
+        for _ in range(TENANT_LOOKUPS):
+            if org_id is None or env_id is None:
+                tenant = self.tenants_of([message_id])[0]
+                if tenant is None:
+                    return 0
+                org_id, env_id = tenant
+            keys, args = self.entry_op_call(message_id, org_id, env_id, extra)
+            result = int(script(keys=keys, args=args))
+            if result != WRONG_TENANT:
+                return result
+            org_id = env_id = None
+        raise BufferUnavailableError(
+            f"mollifier buffer: entry {message_id!r} kept changing tenant while it was being updated"
+        )

@@ -1,0 +1,252 @@
+"""The drain protocol: how drainers take entries out of the buffer and settle them.
+
+Not public API: :class:`~dramatiq_mollifier.MollifierDrainer` is the way to drain. A pop moves
+entries from QUEUED to DRAINING under a lease; each is then acked (gone), requeued (attempts + 1,
+back at the tail), failed (dead-lettered) or released (back at the head, untried). An entry whose
+lease expires is reclaimed by any drainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..models import BufferEntry
+from .codec import boundary, texts, unpack_popped
+from .core import WRONG_TENANT, BufferCore
+from .scripts import run, run_pipelined
+
+__all__ = ["DrainProtocol"]
+
+# A pop peeks at a few more ids than it wants, so a drainer that loses a race on the head of the
+# queue to another drainer, or meets references that expired entries left, can usually still
+# fill its batch in the same call; else it peeks again, at most _POP_ATTEMPTS times in all.
+_PEEK_SLACK = 16
+_POP_ATTEMPTS = 3
+_RECLAIM_BATCH = 500
+
+
+class DrainProtocol:
+    """The drain side of ``buffer``: pops under a lease, and what settles a popped entry."""
+
+    def __init__(self, buffer: BufferCore) -> None:
+        self._buffer = buffer
+        self.client = buffer.client
+        self.keys = buffer.keys
+        self.scripts = buffer.scripts
+        self.ttl_ms = buffer.ttl_ms
+        self.lease_ms = buffer.lease_ms
+
+    # Which work there is ----------------------------------------------------------------------
+    def org_window(self, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` orgs with QUEUED work, in order from the first one after ``after``
+        (from the first of all when None), wrapping around to the first: one round trip whose
+        cost depends on ``limit``, not on how many orgs have work.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        if after is None:
+            with boundary("org_window"):
+                return texts(self.client.zrangebylex(self.keys.orgs, "-", "+", 0, limit))
+        bound = after.encode("utf-8")
+        with boundary("org_window"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrangebylex(self.keys.orgs, b"(" + bound, "+", 0, limit)
+            pipe.zrangebylex(self.keys.orgs, "-", b"[" + bound, 0, limit)
+            later, wrapped = pipe.execute()
+            return texts([*later, *wrapped][:limit])
+
+    def envs_of(self, org_ids: Sequence[str]) -> list[list[str] | None]:
+        """:meth:`envs` of each org, in one round trip; None for an org whose envs could not be
+        read (its key holds something else), so one bad key does not hide the other orgs.
+        """
+        with boundary("envs_of"):
+            pipe = self.client.pipeline(transaction=False)
+            for org_id in org_ids:
+                pipe.smembers(self.keys.envs(org_id))
+            return [
+                None if isinstance(reply, Exception) else sorted(texts(reply))
+                for reply in pipe.execute(raise_on_error=False)
+            ]
+
+    # Taking and settling ----------------------------------------------------------------------
+    def pop(self, org_id: str, env_id: str) -> BufferEntry | None:
+        """The oldest QUEUED entry of the env, moved to DRAINING under a lease, or None."""
+        entries = self.pop_many(org_id, env_id, 1)
+        return entries[0] if entries else None
+
+    def pop_many(self, org_id: str, env_id: str, limit: int) -> list[BufferEntry]:
+        """Up to ``limit`` entries as :meth:`pop` would return them, in one round trip.
+
+        Two round trips in fact: a peek at the head of the queue (LRANGE), then the script that
+        pops, since the script must be given the key of every entry it touches. A drainer that
+        loses the head to a concurrent pop peeks again, at most a few times.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        keys = self.keys
+        t = keys.tenant(org_id, env_id)
+        entries: list[BufferEntry] = []
+        with boundary("pop"):
+            for _ in range(_POP_ATTEMPTS):
+                wanted = limit - len(entries)
+                ids = texts(self.client.lrange(t.queue, 0, wanted + _PEEK_SLACK - 1))
+                reply = run(
+                    self.client,
+                    self.scripts.pop,
+                    5 + len(ids),
+                    t.queue,
+                    t.envs,
+                    keys.orgs,
+                    keys.leases,
+                    keys.depth,
+                    *map(keys.entry, ids),
+                    org_id,
+                    env_id,
+                    wanted,
+                    self.lease_ms,
+                    *ids,
+                )
+                entries += unpack_popped(reply[1], org_id, env_id)
+                if reply[0] == 0 or len(entries) >= limit:
+                    break
+        return entries
+
+    def ack(self, message_id: str, *, org_id: str | None = None, env_id: str | None = None) -> None:
+        """Remove the entry (any status) and everything that refers to it.
+
+        ``org_id`` and ``env_id``, when the caller knows them (from a popped entry), save the
+        round trip that looks them up. A wrong guess costs that round trip, nothing else.
+        """
+        with boundary("ack"):
+            self._buffer.entry_op(self.scripts.ack, message_id, org_id, env_id, ())
+
+    def ack_many(self, message_ids: Sequence[str]) -> int:
+        """:meth:`ack` several entries in one round trip; returns how many existed.
+
+        Two round trips in fact, each pipelined: the tenants of the entries, then the acks.
+        """
+        if not message_ids:
+            return 0
+        with boundary("ack_many"):
+            tenants = self._buffer.tenants_of(message_ids)
+            present = [
+                (mid, tenant) for mid, tenant in zip(message_ids, tenants, strict=True) if tenant is not None
+            ]
+            if not present:
+                return 0
+            answers = run_pipelined(
+                self.client,
+                self.scripts.ack,
+                [self._buffer.entry_op_call(mid, org, env, ()) for mid, (org, env) in present],
+            )
+            removed = 0
+            for (message_id, _), answer in zip(present, answers, strict=True):
+                result = int(answer)
+                if result == WRONG_TENANT:
+                    result = self._buffer.entry_op(self.scripts.ack, message_id, None, None, ())
+                removed += result == 1
+            return removed
+
+    def ack_entries(self, entries: Sequence[BufferEntry]) -> int:
+        """:meth:`ack` entries this process popped, in one round trip; returns how many existed.
+
+        The entries' tenants come from the entries, so nothing is looked up: one script removes
+        every entry still DRAINING under its tenant. Any other (its lease expired and it was
+        reclaimed, say) is acked on its own afterwards, as :meth:`ack` would.
+        """
+        if not entries:
+            return 0
+        keys = self.keys
+        entry_keys: list[str] = []
+        args: list[str] = []
+        for entry in entries:
+            entry_keys.append(keys.entry(entry.message_id))
+            args += (entry.message_id, entry.org_id, entry.env_id)
+        with boundary("ack_entries"):
+            reply = run(
+                self.client,
+                self.scripts.ack_draining,
+                len(entry_keys) + 2,
+                keys.leases,
+                keys.depth,
+                *entry_keys,
+                *args,
+            )
+            removed = int(reply[0])
+            for position in reply[1:]:
+                entry = entries[int(position) - 1]
+                removed += (
+                    self._buffer.entry_op(self.scripts.ack, entry.message_id, entry.org_id, entry.env_id, ())
+                    == 1
+                )
+            return removed
+
+    def release(self, entries: Sequence[BufferEntry]) -> int:
+        """Give back popped entries whose handler never ran; returns how many went back.
+
+        For a drainer that stops with entries popped but not yet handled: each still DRAINING
+        is QUEUED again at the head of its queue, in the same order, attempts unchanged.
+        """
+        if not entries:
+            return 0
+        calls = [
+            self._buffer.entry_op_call(e.message_id, e.org_id, e.env_id, (self.ttl_ms,))
+            for e in reversed(entries)
+        ]
+        with boundary("release"):
+            answers = run_pipelined(self.client, self.scripts.release, calls)
+        return sum(int(answer) == 1 for answer in answers)
+
+    def requeue(self, message_id: str, *, org_id: str | None = None, env_id: str | None = None) -> bool:
+        """attempts + 1, back to QUEUED at the tail of its env's queue. False if missing.
+
+        ``org_id``/``env_id``: as for :meth:`ack`.
+        """
+        with boundary("requeue"):
+            return (
+                self._buffer.entry_op(self.scripts.requeue, message_id, org_id, env_id, (self.ttl_ms,)) == 1
+            )
+
+    def fail(
+        self,
+        message_id: str,
+        *,
+        code: str,
+        message: str,
+        org_id: str | None = None,
+        env_id: str | None = None,
+    ) -> bool:
+        """Mark FAILED with the last error and keep it in its env's dead-letter set.
+
+        False (and nothing created) if the entry is missing. ``org_id``/``env_id``: as for
+        :meth:`ack`.
+        """
+        with boundary("fail"):
+            args = (code, message, self.ttl_ms)
+            return self._buffer.entry_op(self.scripts.fail, message_id, org_id, env_id, args) == 1
+
+    def reclaim_expired(self) -> list[str]:
+        """Return DRAINING entries whose lease has expired to their queue; their ids."""
+        reclaimed: list[str] = []
+        with boundary("reclaim_expired"):
+            while True:
+                ids = texts(self.scripts.expired_leases(keys=(self.keys.leases,), args=(_RECLAIM_BATCH,)))
+                if not ids:
+                    break
+                calls = []
+                for message_id, tenant in zip(ids, self._buffer.tenants_of(ids), strict=True):
+                    # A lease whose entry is gone is dropped by the script; any tenant will do.
+                    org_id, env_id = tenant or ("", "")
+                    calls.append(self._buffer.entry_op_call(message_id, org_id, env_id, (self.ttl_ms,)))
+                answers = run_pipelined(self.client, self.scripts.reclaim, calls)
+                for message_id, answer in zip(ids, answers, strict=True):
+                    result = int(answer)
+                    if result == WRONG_TENANT:
+                        result = self._buffer.entry_op(
+                            self.scripts.reclaim, message_id, None, None, (self.ttl_ms,)
+                        )
+                    if result == 1:
+                        reclaimed.append(message_id)
+                if len(ids) < _RECLAIM_BATCH:
+                    break
+        return reclaimed

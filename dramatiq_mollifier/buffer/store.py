@@ -1,0 +1,172 @@
+"""``MollifierBuffer``: the Redis buffer that holds diverted messages until a drainer puts them
+back on the broker.
+
+Every multi-step operation is one atomic Lua script from ``lua/``; Redis errors are wrapped in
+:class:`BufferUnavailableError` at the boundary (:mod:`.codec`). The key layout is in :mod:`.keys`.
+This module is the send side (the gate's calls); :mod:`.admin` is the operator's side and
+:mod:`.drain_protocol` the drainers'.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
+
+from ..errors import MollifierConfigurationError
+from ..models import TripDecision
+from .admin import BufferAdmin
+from .codec import FAILURES, wrap
+from .core import DEFAULT_LEASE_MS
+from .scripts import run
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_MS",
+    "DEFAULT_LEASE_MS",
+    "DEFAULT_SOCKET_TIMEOUT_MS",
+    "MollifierBuffer",
+]
+
+#: ``from_url``: how long one Redis command may wait for its reply. A ``send()`` must never hang
+#: long because of the mollifier.
+DEFAULT_SOCKET_TIMEOUT_MS = 500
+#: ``from_url``: how long opening a connection may take.
+DEFAULT_CONNECT_TIMEOUT_MS = 500
+#: ``from_url``: retries of a command after a connection error (one, for a stale pooled socket).
+DEFAULT_CONNECTION_RETRIES = 1
+# Distinct (window, threshold, hold) settings whose encoded form is kept; emptied when it fills.
+_TRIP_ARGS_CACHE_SIZE = 64
+
+
+class MollifierBuffer(BufferAdmin):
+    """Per-env FIFO queues of buffered messages, with org/env indexes, leases and dead letters.
+
+    Parameters:
+      client: A ``redis.Redis`` client with ``decode_responses=False`` (RESP2 or RESP3).
+      key_prefix: The prefix of every key. Defaults to ``mollifier``.
+      entry_ttl_s: Expiry of QUEUED entries in seconds. Defaults to None: no expiry, since in
+        ``divert`` mode the buffer holds the only copy of a message. DRAINING entries never
+        expire; FAILED entries expire too when it is set.
+      lease_ms: How long a popped entry stays DRAINING before it may be reclaimed.
+        Defaults to 60 seconds.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str = "mollifier",
+        entry_ttl_s: int | None = None,
+        lease_ms: int = DEFAULT_LEASE_MS,
+    ) -> None:
+        super().__init__(client, key_prefix=key_prefix, entry_ttl_s=entry_ttl_s, lease_ms=lease_ms)
+        # (window_ms, threshold, hold_ms) -> those ARGV and the entry TTL, encoded once.
+        self._trip_args: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> MollifierBuffer:
+        """Build a buffer over a new client for ``url`` with bounded socket timeouts.
+
+        ``key_prefix``, ``entry_ttl_s`` and ``lease_ms`` go to the buffer; any other keyword goes
+        to ``redis.Redis.from_url`` and overrides the defaults: RESP3, socket and connect timeouts
+        of :data:`DEFAULT_SOCKET_TIMEOUT_MS` and :data:`DEFAULT_CONNECT_TIMEOUT_MS`, and one quick
+        retry after a connection error.
+        """
+        own = {name: kwargs.pop(name) for name in ("key_prefix", "entry_ttl_s", "lease_ms") if name in kwargs}
+        if kwargs.get("decode_responses"):
+            raise MollifierConfigurationError("the buffer needs decode_responses=False (payloads are bytes)")
+        kwargs["decode_responses"] = False
+        kwargs.setdefault("protocol", 3)
+        kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_MS / 1000)
+        kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS / 1000)
+        kwargs.setdefault("retry", Retry(EqualJitterBackoff(cap=0.05, base=0.01), DEFAULT_CONNECTION_RETRIES))
+        client = redis.Redis.from_url(url, **kwargs)
+        return cls(client, **own)
+
+    # Enqueue side ---------------------------------------------------------------------------
+    def accept(self, message_id: str, *, org_id: str, env_id: str, payload: bytes) -> bool:
+        """Store a QUEUED entry and append it to its env's queue. False if the id exists."""
+        keys = self.keys
+        t = keys.tenant(org_id, env_id)
+        try:
+            reply = run(
+                self.client,
+                self.scripts.accept,
+                5,
+                keys.entry(message_id),
+                *t.accept_keys,
+                message_id,
+                *t.ids,
+                payload,
+                self.ttl_ms,
+            )
+            return bool(reply == 1)
+        except FAILURES as exc:
+            raise wrap("accept", exc) from exc
+
+    def evaluate_trip(
+        self, org_id: str, env_id: str, *, window_ms: int, threshold: int, hold_ms: int
+    ) -> TripDecision:
+        """Count one enqueue for the env and say whether it is tripped (one round trip)."""
+        t = self.keys.tenant(org_id, env_id)
+        try:
+            window, limit, hold, _ = self._encoded_trip_args(window_ms, threshold, hold_ms)
+            reply = run(self.client, self.scripts.evaluate_trip, 3, *t.trip_keys, window, limit, hold, *t.ids)
+            return TripDecision(reply & 1 == 1, reply >> 1)
+        except FAILURES as exc:
+            raise wrap("evaluate_trip", exc) from exc
+
+    def evaluate_trip_and_accept(
+        self,
+        message_id: str,
+        *,
+        org_id: str,
+        env_id: str,
+        payload: bytes,
+        window_ms: int,
+        threshold: int,
+        hold_ms: int,
+    ) -> tuple[TripDecision, bool]:
+        """``evaluate_trip`` then, only when tripped, ``accept``: one script, one round trip.
+
+        Returns the decision and whether the entry was accepted (False when not tripped or when
+        the id already exists).
+        """
+        keys = self.keys
+        t = keys.tenant(org_id, env_id)
+        try:
+            reply = run(
+                self.client,
+                self.scripts.evaluate_trip_and_accept,
+                8,
+                *t.trip_keys,
+                keys.entry(message_id),
+                *t.accept_keys,
+                *self._encoded_trip_args(window_ms, threshold, hold_ms),
+                message_id,
+                *t.ids,
+                payload,
+            )
+            return TripDecision(reply & 2 == 2, reply >> 2), reply & 1 == 1
+        except FAILURES as exc:
+            raise wrap("evaluate_trip_and_accept", exc) from exc
+
+    # Internals ------------------------------------------------------------------------------
+    def _encoded_trip_args(
+        self, window_ms: int, threshold: int, hold_ms: int
+    ) -> tuple[bytes, bytes, bytes, bytes]:
+        """The window, threshold and hold ARGV and the entry TTL, as sent (cached: they rarely vary)."""
+        setting = (window_ms, threshold, hold_ms)
+        encoded = self._trip_args.get(setting)
+        if encoded is None:
+            if len(self._trip_args) >= _TRIP_ARGS_CACHE_SIZE:
+                self._trip_args.clear()
+            encoded = self._trip_args[setting] = (
+                b"%d" % window_ms,
+                b"%d" % threshold,
+                b"%d" % hold_ms,
+                b"%d" % self.ttl_ms,
+            )
+        return encoded
