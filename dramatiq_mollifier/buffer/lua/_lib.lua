@@ -96,15 +96,21 @@ local function apply_ttl(entry, ttl_ms)
   end
 end
 
--- The entry's status when it exists and belongs to (org, env); nil when it does not exist;
--- false when it belongs to another tenant (the caller looked its tenant up before it changed).
-local function entry_status(entry, org, env)
+-- The preamble of every per-entry script: whether it may go on with the entry. Returns the
+-- entry's status when the entry exists, belongs to (org, env) and is in status `wanted` (in any
+-- status when `wanted` is nil). Otherwise returns nil and the script's answer: 0 when the entry
+-- is missing or in another status, -1 when it belongs to another tenant (the caller looked its
+-- tenant up before it changed, and looks it up again).
+local function admit_entry(entry, org, env, wanted)
   local fields = redis.call('HMGET', entry, 'status', 'org', 'env')
   if not fields[1] then
-    return nil
+    return nil, 0
   end
   if fields[2] ~= org or fields[3] ~= env then
-    return false
+    return nil, -1
   end
-  return fields[1]
+  if wanted and fields[1] ~= wanted then
+    return nil, 0
+  end
+  return fields[1], nil
 end

@@ -20,11 +20,9 @@
 
 local entry, queue, envs, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
-local status = entry_status(entry, org, env)
-if status == nil then
-  return 0
-elseif status == false then
-  return -1
+local status, answer = admit_entry(entry, org, env)
+if not status then
+  return answer
 end
 leave_live_state(status, id, queue, envs, orgs, KEYS[5], KEYS[9], org, env)
 redis.call('HSET', entry, 'status', 'FAILED', 'error_code', ARGV[4], 'error_message', ARGV[5])

@@ -18,12 +18,12 @@
 
 local entry, queue, envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
-local status = entry_status(entry, org, env)
-if status == false then
-  return -1
-elseif status ~= 'DRAINING' then
-  redis.call('ZREM', leases, id)
-  return 0
+local status, answer = admit_entry(entry, org, env, 'DRAINING')
+if not status then
+  if answer == 0 then
+    redis.call('ZREM', leases, id)
+  end
+  return answer
 end
 local deadline = redis.call('ZSCORE', leases, id)
 if deadline and tonumber(deadline) > now_ms() then

@@ -20,13 +20,9 @@
 
 local entry, queue, envs, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
-local status = entry_status(entry, org, env)
-if status == nil then
-  return 0
-elseif status == false then
-  return -1
-elseif status ~= 'DRAINING' then
-  return 0
+local status, answer = admit_entry(entry, org, env, 'DRAINING')
+if not status then
+  return answer
 end
 redis.call('ZREM', KEYS[5], id)
 redis.call('HSET', entry, 'status', 'QUEUED')

@@ -18,11 +18,9 @@
 
 local entry, queue, envs, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
-local status = entry_status(entry, org, env)
-if status == false then
-  return -1
-elseif status ~= 'FAILED' then
-  return 0
+local status, answer = admit_entry(entry, org, env, 'FAILED')
+if not status then
+  return answer
 end
 if redis.call('ZREM', KEYS[6], id) == 1 then
   prune_dead_letter_sets(KEYS[6], KEYS[7], KEYS[8], org, env)
