@@ -128,13 +128,17 @@ class Mollifier(Middleware):
             interception.divert(message)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if not self.settings.run_drainer or self._worker_drainer is not None:
+        if not self.settings.run_drainer:
             return
-        from .drain.worker_drainer import WorkerDrainer
+        # Every worker the broker boots drains: a process that stopped one worker and starts
+        # another restarts the drainer the first one's shutdown stopped (start does nothing
+        # while it still runs).
+        if self._worker_drainer is None:
+            from .drain.worker_drainer import WorkerDrainer
 
-        self._worker_drainer = WorkerDrainer(
-            settings=self.settings, buffer=self._buffer, telemetry=self.telemetry
-        )
+            self._worker_drainer = WorkerDrainer(
+                settings=self.settings, buffer=self._buffer, telemetry=self.telemetry
+            )
         self._worker_drainer.start(broker)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:

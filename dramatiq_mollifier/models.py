@@ -68,3 +68,6 @@ class BufferEntry:
     created_at: datetime
     #: ``(code, message)`` of the last terminal failure, or None.
     last_error: tuple[str, str] | None = None
+    #: The mode of the gate that wrote it (``divert`` or ``dual_write``): a drainer handles the
+    #: entry by this mode, whatever its own. None for an entry written before entries said.
+    mode: str | None = None

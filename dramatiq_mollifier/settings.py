@@ -157,11 +157,14 @@ class MollifierSettings(BaseSettings):
 
     @property
     def buffer_options(self) -> dict[str, Any]:
-        """The ``MollifierBuffer`` keywords these settings imply: key prefix, entry TTL, lease."""
+        """The ``MollifierBuffer`` keywords these settings imply: key prefix, entry TTL, lease,
+        and the mode every accepted entry records.
+        """
         return {
             "key_prefix": self.key_prefix,
             "entry_ttl_s": self.effective_entry_ttl_s,
             "lease_ms": self.drain_lease_ms,
+            "mode": self.mode.value,
         }
 
     def org_enrolled_statically(self, org_id: str) -> bool:

@@ -11,6 +11,8 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
+from .mollifier_helpers import eventually
+
 
 @pytest.fixture
 def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
@@ -99,6 +101,31 @@ def test_reclaim_drops_a_lease_whose_entry_is_gone(
 
     assert not redis_client.exists(buffer.keys.leases)
     assert buffer.get("ghost") is None
+
+
+def test_reclaim_gives_back_the_counts_of_a_draining_entry_whose_hash_vanished(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    # Given a DRAINING entry whose hash is evicted or deleted by hand (ids with the separator
+    # in them, so the tenant recorded at pop must be parsed back, not split)
+    org, env = "o:1", "e:x"
+    buffer.accept("m1", org_id=org, env_id=env, payload=b"x")
+    buffer.accept("m2", org_id=org, env_id=env, payload=b"y")
+    assert DrainProtocol(buffer).pop(org, env) is not None
+    redis_client.delete(buffer.keys.entry("m1"))
+    deadline = redis_client.zscore(buffer.keys.leases, "m1")
+    assert deadline is not None
+    eventually(lambda: server_ms(redis_client) > deadline, what="the lease to expire")
+
+    # When its lease is reclaimed
+    assert DrainProtocol(buffer).reclaim_expired() == []
+
+    # Then it is no longer counted, and once the rest is drained every counter is back to 0
+    assert (buffer.depth(), buffer.depth(org), buffer.depth(org, env)) == (1, 1, 1)
+    DrainProtocol(buffer).ack("m2")
+    assert buffer.depth() == 0
+    assert not redis_client.exists(buffer.keys.depth)
+    assert not redis_client.exists(buffer.keys.leases)
 
 
 def test_reclaim_handles_more_expired_leases_than_one_batch(buffer: MollifierBuffer) -> None:

@@ -40,7 +40,7 @@ def test_every_script_documents_the_keys_and_args_it_uses(name: str) -> None:
 
 
 # The only helpers that compose strings: hash fields and sorted-set members, never key names.
-FIELD_BUILDERS = ("tenant_tag", "org_field", "env_field")
+FIELD_BUILDERS = ("tenant_tag", "org_field", "env_field", "lease_field")
 
 
 @pytest.mark.parametrize("name", [*SCRIPT_NAMES, "_lib"])

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # The header of each entry in a pop reply's frames (see lua/pop.lua).
-POP_HEADER = struct.Struct(">iiiiiq")
+POP_HEADER = struct.Struct(">iiiiiiq")
 # What a buffer call can raise: Redis errors, and replies that are not what the scripts promise
 # (they surface as these while being decoded).
 FAILURES = (redis.RedisError, ValueError, TypeError, KeyError, IndexError, AttributeError)
@@ -59,7 +59,9 @@ def unpack_popped(frames: bytes, org_id: str, env_id: str) -> Iterator[BufferEnt
     header = POP_HEADER
     at = 0
     while at < len(frames):
-        id_len, payload_len, code_len, message_len, attempts, created_at_ms = header.unpack_from(frames, at)
+        id_len, payload_len, code_len, message_len, mode_len, attempts, created_at_ms = header.unpack_from(
+            frames, at
+        )
         at += header.size
         message_id = frames[at : (at := at + id_len)].decode("utf-8")
         payload = frames[at : (at := at + payload_len)]
@@ -67,6 +69,9 @@ def unpack_popped(frames: bytes, org_id: str, env_id: str) -> Iterator[BufferEnt
         if code_len >= 0:
             code = frames[at : (at := at + code_len)].decode("utf-8")
             error = (code, frames[at : (at := at + message_len)].decode("utf-8"))
+        else:
+            at += message_len
+        mode = frames[at : (at := at + mode_len)].decode("utf-8") if mode_len >= 0 else None
         yield BufferEntry(
             message_id=message_id,
             org_id=org_id,
@@ -76,6 +81,7 @@ def unpack_popped(frames: bytes, org_id: str, env_id: str) -> Iterator[BufferEnt
             attempts=attempts,
             created_at=to_datetime(created_at_ms),
             last_error=error,
+            mode=mode,
         )
 
 
@@ -90,6 +96,7 @@ def entry_from_hash(message_id: str, fields: dict[Any, Any]) -> BufferEntry:
         attempts=int(fields[b"attempts"]),
         created_at=to_datetime(fields[b"created_at_ms"]),
         last_error=last_error(fields.get(b"error_code"), fields.get(b"error_message")),
+        mode=text(fields[b"mode"]) if b"mode" in fields else None,
     )
 
 

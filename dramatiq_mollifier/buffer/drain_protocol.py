@@ -235,7 +235,9 @@ class DrainProtocol:
                     break
                 calls = []
                 for message_id, tenant in zip(ids, self._buffer.tenants_of(ids), strict=True):
-                    # A lease whose entry is gone is dropped by the script; any tenant will do.
+                    # A lease whose entry is gone is dropped by the script, which gives the
+                    # entry's depth counts back under the tenant its pop recorded; any tenant
+                    # will do here.
                     org_id, env_id = tenant or ("", "")
                     calls.append(self._buffer.entry_op_call(message_id, org_id, env_id, (self.ttl_ms,)))
                 answers = run_pipelined(self.client, self.scripts.reclaim, calls)

@@ -18,7 +18,8 @@ Key                             Type         Holds
 ``{p}:orgs``                    sorted set   raw org ids with queued work (scores 0: by id)
 ``{p}:leases``                  sorted set   DRAINING message ids, score = lease deadline (ms)
 ``{p}:depth``                   hash         QUEUED + DRAINING counts: fields ``total``,
-                                             ``org:<org>``, ``env:<tag>`` (raw ids, see below)
+                                             ``org:<org>``, ``env:<tag>`` (raw ids, see below);
+                                             ``lease:<id>`` = ``<tag>`` of each DRAINING entry
 ``{p}:failed:{org}:{env}``      sorted set   FAILED message ids of the env, score = failed at (ms)
 ``{p}:failed-envs:{org}``       set          raw env ids of the org with FAILED entries
 ``{p}:failed-orgs``             set          raw org ids with FAILED entries
@@ -32,7 +33,9 @@ Key                             Type         Holds
 Hash fields and sorted-set members are not keys, so they hold raw ids, and the scripts build
 them themselves (no ARGV for them): ``<tag>`` is ``<byte length of org>:<org>:<env>``, injective
 whatever the ids contain since the length says where the org ends; ``org:<org>`` is injective
-by itself. The three depth fields cannot collide (``total``, ``org:``, ``env:``).
+by itself. The four kinds of depth field cannot collide (``total``, ``org:``, ``env:``,
+``lease:``). ``lease:<id>`` records the tenant a DRAINING entry is counted under, so that
+reclaim can give the counts back when the entry's hash vanishes (evicted, deleted by hand).
 
 Times are Redis server time (``TIME``), so every process of a fleet agrees on them. Entries carry
 no expiry unless ``entry_ttl_s`` is set.
@@ -125,6 +128,9 @@ class KeySpace:
         self.depth = f"{prefix}:depth"
         self.failed_orgs = f"{prefix}:failed-orgs"
         self.tripped = f"{prefix}:tripped"
+        #: Drained messages in the broker not yet started (the drain budget), and the rate bucket.
+        self.outstanding = f"{prefix}:drain:outstanding"
+        self.drain_rate = f"{prefix}:drain:rate"
         self._entry_prefix = f"{prefix}:entry:"
         self._tenants: dict[tuple[str, str], TenantKeys] = {}
 

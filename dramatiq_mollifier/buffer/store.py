@@ -23,6 +23,7 @@ from .core import DEFAULT_LEASE_MS
 from .scripts import run
 
 __all__ = [
+    "WRITE_MODES",
     "DEFAULT_CONNECT_TIMEOUT_MS",
     "DEFAULT_LEASE_MS",
     "DEFAULT_SOCKET_TIMEOUT_MS",
@@ -36,6 +37,8 @@ DEFAULT_SOCKET_TIMEOUT_MS = 500
 DEFAULT_CONNECT_TIMEOUT_MS = 500
 #: ``from_url``: retries of a command after a connection error (one, for a stale pooled socket).
 DEFAULT_CONNECTION_RETRIES = 1
+#: The modes an entry may record, as ``MollifierMode`` spells them; the first is the default.
+WRITE_MODES = ("divert", "dual_write")
 # Distinct (window, threshold, hold) settings whose encoded form is kept; emptied when it fills.
 _TRIP_ARGS_CACHE_SIZE = 64
 
@@ -51,6 +54,9 @@ class MollifierBuffer(BufferAdmin):
         expire; FAILED entries expire too when it is set.
       lease_ms: How long a popped entry stays DRAINING before it may be reclaimed.
         Defaults to 60 seconds.
+      mode: The mode recorded in every entry this buffer accepts, ``divert`` (the buffer holds
+        the only copy) or ``dual_write`` (the broker has it too): a drainer handles each entry by
+        the mode that wrote it, whatever its own. Defaults to ``divert``.
     """
 
     def __init__(
@@ -60,8 +66,13 @@ class MollifierBuffer(BufferAdmin):
         key_prefix: str = "mollifier",
         entry_ttl_s: int | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
+        mode: str = WRITE_MODES[0],
     ) -> None:
         super().__init__(client, key_prefix=key_prefix, entry_ttl_s=entry_ttl_s, lease_ms=lease_ms)
+        if mode not in WRITE_MODES:
+            raise MollifierConfigurationError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
+        self.mode = mode
+        self._mode_arg = mode.encode("utf-8")
         # (window_ms, threshold, hold_ms) -> those ARGV and the entry TTL, encoded once.
         self._trip_args: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
 
@@ -74,7 +85,11 @@ class MollifierBuffer(BufferAdmin):
         of :data:`DEFAULT_SOCKET_TIMEOUT_MS` and :data:`DEFAULT_CONNECT_TIMEOUT_MS`, and one quick
         retry after a connection error.
         """
-        own = {name: kwargs.pop(name) for name in ("key_prefix", "entry_ttl_s", "lease_ms") if name in kwargs}
+        own = {
+            name: kwargs.pop(name)
+            for name in ("key_prefix", "entry_ttl_s", "lease_ms", "mode")
+            if name in kwargs
+        }
         if kwargs.get("decode_responses"):
             raise MollifierConfigurationError("the buffer needs decode_responses=False (payloads are bytes)")
         kwargs["decode_responses"] = False
@@ -101,6 +116,7 @@ class MollifierBuffer(BufferAdmin):
                 *t.ids,
                 payload,
                 self.ttl_ms,
+                self._mode_arg,
             )
             return bool(reply == 1)
         except FAILURES as exc:
@@ -148,6 +164,7 @@ class MollifierBuffer(BufferAdmin):
                 message_id,
                 *t.ids,
                 payload,
+                self._mode_arg,
             )
             return TripDecision(reply & 2 == 2, reply >> 2), reply & 1 == 1
         except FAILURES as exc:

@@ -1,9 +1,11 @@
 """The handler a worker's drainer runs on each buffered entry: back onto the broker, as it was.
 
-``divert`` mode: the buffer holds the only copy, so the stored message is decoded and enqueued on
-its own queue with the ``drained`` marker (the gate lets it through), keeping its ``message_id``,
-args, kwargs and options. ``dual_write`` mode: the broker already has the message, so the entry
-is only audited: the drainer acks it and logs ``mollifier.drained`` with its age and sha256.
+Each entry is handled by the mode of the gate that wrote it (recorded in the entry), not the
+drainer's. ``divert``: the buffer holds the only copy, so the stored message is decoded and
+enqueued on its own queue with the ``drained`` marker (the gate lets it through), keeping its
+``message_id``, args, kwargs and options. ``dual_write``: the broker already has the message, so
+the entry is only audited: the drainer acks it and logs ``mollifier.drained`` with its age and
+sha256.
 
 A message that cannot be decoded, or whose actor or queue this broker does not know, can never
 be delivered: :class:`UndeliverableEntryError` dead-letters it at once instead of retrying it.
@@ -37,9 +39,17 @@ def decode_entry(entry: BufferEntry) -> dramatiq.Message[Any]:
 def make_drain_handler(
     broker: dramatiq.Broker, *, mode: MollifierMode = MollifierMode.DIVERT
 ) -> DrainHandler:
-    """The handler for ``mode``: re-enqueue on ``broker`` (divert) or audit only (dual_write)."""
-    if mode is MollifierMode.DUAL_WRITE:
-        return _audit
+    """The handler that treats each entry by the mode that wrote it: re-enqueue on ``broker``
+    (divert) or audit only (dual_write). ``mode`` is for entries that do not say (written by an
+    older version): a fleet that mixes modes during a rollout loses and duplicates nothing.
+    """
+    default_audits = mode is MollifierMode.DUAL_WRITE
+
+    def handle(entry: BufferEntry) -> None:
+        if entry.mode == MollifierMode.DUAL_WRITE.value or (entry.mode is None and default_audits):
+            _audit(entry)
+        else:
+            redeliver(entry)
 
     def redeliver(entry: BufferEntry) -> None:
         message = decode_entry(entry)
@@ -57,7 +67,7 @@ def make_drain_handler(
             )
         broker.enqueue(message.copy(options={STATE_OPTION: STATE_DRAINED}))
 
-    return redeliver
+    return handle
 
 
 def _audit(entry: BufferEntry) -> None:

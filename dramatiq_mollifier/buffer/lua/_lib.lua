@@ -31,6 +31,26 @@ local function env_field(org, env)
   return 'env:' .. tenant_tag(org, env)
 end
 
+-- The depth-hash field that records the tenant a DRAINING entry is counted under:
+-- "lease:<message id>", holding the entry's tenant_tag. Reclaim reads it when the entry's hash
+-- has vanished (evicted, deleted by hand) to give the entry's counts back.
+local function lease_field(id)
+  return 'lease:' .. id
+end
+
+-- The (org, env) a tenant_tag names.
+local function parse_tenant_tag(tag)
+  local length, rest = string.match(tag, '^(%d+):(.*)$')
+  length = tonumber(length)
+  return string.sub(rest, 1, length), string.sub(rest, length + 2)
+end
+
+-- Drop a DRAINING entry's lease and the record of the tenant it is counted under.
+local function drop_lease(leases, depth, id)
+  redis.call('ZREM', leases, id)
+  redis.call('HDEL', depth, lease_field(id))
+end
+
 -- Add delta to one depth counter; a counter that reaches 0 is deleted.
 local function adjust_counter(depth, field, delta)
   if redis.call('HINCRBY', depth, field, delta) <= 0 then
@@ -70,7 +90,7 @@ local function leave_live_state(status, id, queue, envs, orgs, leases, depth, or
     redis.call('LREM', queue, 1, id)
     prune_queue_sets(queue, envs, orgs, org, env)
   elseif status == 'DRAINING' then
-    redis.call('ZREM', leases, id)
+    drop_lease(leases, depth, id)
   else
     return
   end

@@ -13,6 +13,7 @@
 -- ARGV[3]  env id
 -- ARGV[4]  payload (bytes, stored as is)
 -- ARGV[5]  entry TTL in ms; 0 for none
+-- ARGV[6]  the writer's mode (divert or dual_write): the drainer handles the entry by it
 -- Returns 1 when stored, 0 when an entry with this id exists in any status (nothing changed).
 
 local entry = KEYS[1]
@@ -21,7 +22,7 @@ if redis.call('EXISTS', entry) == 1 then
   return 0
 end
 redis.call('HSET', entry, 'org', org, 'env', env, 'payload', ARGV[4], 'status', 'QUEUED',
-  'attempts', 0, 'created_at_ms', string.format('%.0f', now_ms()))
+  'attempts', 0, 'created_at_ms', string.format('%.0f', now_ms()), 'mode', ARGV[6])
 local ttl_ms = tonumber(ARGV[5])
 if ttl_ms > 0 then
   redis.call('PEXPIRE', entry, ttl_ms)

@@ -31,7 +31,7 @@ for i = 3, #KEYS do
   local id, org, env = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
   local f = redis.call('HMGET', entry, 'status', 'org', 'env')
   if f[1] == 'DRAINING' and f[2] == org and f[3] == env then
-    redis.call('ZREM', leases, id)
+    drop_lease(leases, depth, id)
     redis.call('DEL', entry)
     count('total')
     count(org_field(org))

@@ -20,6 +20,7 @@
 -- ARGV[6]  org id
 -- ARGV[7]  env id
 -- ARGV[8]  payload
+-- ARGV[9]  the writer's mode (divert or dual_write): the drainer handles the entry by it
 -- Returns count * 4 + tripped (0 or 1) * 2 + accepted (0 or 1): one integer, cheap to parse.
 
 local counter, hold = KEYS[1], KEYS[2]
@@ -49,7 +50,7 @@ if redis.call('EXISTS', entry) == 1 then
   return count * 4 + 2
 end
 redis.call('HSET', entry, 'org', org, 'env', env, 'payload', ARGV[8], 'status', 'QUEUED',
-  'attempts', 0, 'created_at_ms', string.format('%.0f', now))
+  'attempts', 0, 'created_at_ms', string.format('%.0f', now), 'mode', ARGV[9])
 local ttl_ms = tonumber(ARGV[4])
 if ttl_ms > 0 then
   redis.call('PEXPIRE', entry, ttl_ms)

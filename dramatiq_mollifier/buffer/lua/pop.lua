@@ -16,14 +16,16 @@
 -- ARGV[4]   lease in ms
 -- ARGV[5..] the peeked message ids
 -- Returns {stopped_at_unknown_id (0 or 1), frames}: frames is one string, the popped entries in
--- order, each a big-endian header struct.pack('>i4i4i4i4i4i8', #id, #payload, #error_code,
--- #error_message, attempts, created_at_ms) followed by the bytes of those four strings (an
--- entry without an error has -1 as its code length). One string, not six replies per entry:
+-- order, each a big-endian header struct.pack('>i4i4i4i4i4i4i8', #id, #payload, #error_code,
+-- #error_message, #mode, attempts, created_at_ms) followed by the bytes of those five strings
+-- (an entry without an error has -1 as its code length, one written before entries recorded
+-- their writer's mode -1 as its mode length). One string, not six replies per entry:
 -- a client parses a reply element far more slowly than it unpacks a header.
 --
 -- A reference whose entry is gone (expired), is not QUEUED or belongs to another env is dropped
 -- without creating anything, and the env's depth is decremented for it: each such reference is
--- the one left behind by an expired entry, still counted.
+-- the one left behind by an expired entry, still counted. Each popped entry's tenant is recorded
+-- in the depth hash (see lease_field) for reclaim.
 
 local queue, envs, orgs, leases, depth = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, env, limit, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -47,7 +49,7 @@ while taken < limit do
   end
   redis.call('LPOP', queue)
   local f = redis.call('HMGET', entry, 'status', 'org', 'env', 'payload', 'attempts',
-    'created_at_ms', 'error_code', 'error_message')
+    'created_at_ms', 'error_code', 'error_message', 'mode')
   if f[1] == 'QUEUED' and f[2] == org and f[3] == env then
     if not deadline then
       deadline = string.format('%.0f', now_ms() + lease_ms)
@@ -55,14 +57,16 @@ while taken < limit do
     redis.call('HSET', entry, 'status', 'DRAINING')
     redis.call('PERSIST', entry)
     redis.call('ZADD', leases, deadline, id)
-    local code, message = f[7], f[8] or ''
+    redis.call('HSET', depth, lease_field(id), tenant_tag(org, env))
+    local code, message, mode = f[7], f[8] or '', f[9]
     local n = #frames
-    frames[n + 1] = struct.pack('>i4i4i4i4i4i8', #id, #f[4], code and #code or -1, #message,
-      tonumber(f[5]), tonumber(f[6]))
+    frames[n + 1] = struct.pack('>i4i4i4i4i4i4i8', #id, #f[4], code and #code or -1, #message,
+      mode and #mode or -1, tonumber(f[5]), tonumber(f[6]))
     frames[n + 2] = id
     frames[n + 3] = f[4]
     frames[n + 4] = code or ''
     frames[n + 5] = message
+    frames[n + 6] = mode or ''
     taken = taken + 1
   else
     adjust_depth(depth, org, env, -1)

@@ -14,14 +14,25 @@
 -- ARGV[3]  env id the caller believes the entry belongs to
 -- ARGV[4]  entry TTL in ms; 0 for none
 -- Returns 1 when reclaimed; 0 when the entry is missing, no longer DRAINING or its lease is
--- still live (a stale lease is dropped); -1 when the entry belongs to another org/env.
+-- still live (a stale lease is dropped, and a missing entry's depth counts are given back);
+-- -1 when the entry belongs to another org/env.
 
 local entry, queue, envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local depth = KEYS[9]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
 local status, answer = admit_entry(entry, org, env, 'DRAINING')
 if not status then
   if answer == 0 then
-    redis.call('ZREM', leases, id)
+    -- The lease is stale. An entry that vanished while DRAINING (evicted, deleted by hand) is
+    -- still counted: its counts go back under the tenant its pop recorded.
+    if redis.call('EXISTS', entry) == 0 then
+      local tag = redis.call('HGET', depth, lease_field(id))
+      if tag then
+        local lost_org, lost_env = parse_tenant_tag(tag)
+        adjust_depth(depth, lost_org, lost_env, -1)
+      end
+    end
+    drop_lease(leases, depth, id)
   end
   return answer
 end
@@ -29,7 +40,7 @@ local deadline = redis.call('ZSCORE', leases, id)
 if deadline and tonumber(deadline) > now_ms() then
   return 0
 end
-redis.call('ZREM', leases, id)
+drop_lease(leases, depth, id)
 redis.call('HSET', entry, 'status', 'QUEUED')
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)

@@ -10,7 +10,8 @@
 -- KEYS[6]  the env's dead letters (unused: the layout every per-entry script shares)
 -- KEYS[7]  the org's set of envs with dead letters (unused)
 -- KEYS[8]  the set of orgs with dead letters (unused)
--- KEYS[9]  the depth counters (unused: a DRAINING entry is counted as a QUEUED one is)
+-- KEYS[9]  the depth counters (hash; only the lease's tenant record changes: a DRAINING entry
+--          is counted as a QUEUED one is)
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
@@ -24,7 +25,7 @@ local status, answer = admit_entry(entry, org, env, 'DRAINING')
 if not status then
   return answer
 end
-redis.call('ZREM', KEYS[5], id)
+drop_lease(KEYS[5], KEYS[9], id)
 redis.call('HSET', entry, 'status', 'QUEUED')
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('LPUSH', queue, id)

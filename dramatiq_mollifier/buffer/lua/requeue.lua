@@ -26,7 +26,7 @@ end
 if status == 'QUEUED' then
   redis.call('LREM', queue, 1, id)
 elseif status == 'DRAINING' then
-  redis.call('ZREM', KEYS[5], id)
+  drop_lease(KEYS[5], KEYS[9], id)
 else
   if redis.call('ZREM', KEYS[6], id) == 1 then
     prune_dead_letter_sets(KEYS[6], KEYS[7], KEYS[8], org, env)
