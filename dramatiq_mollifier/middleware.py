@@ -12,14 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
+from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 from opentelemetry.metrics import MeterProvider
 
+from .breaker import CircuitBreaker
 from .buffer import MollifierBuffer
+from .drain.pace import pace_for
 from .gate import interception
 from .gate.cascade import OPT_OUT_OPTION, Gate, TenantResolver
 from .gate.flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
-from .models import STATE_ADMITTED, STATE_OPTION
+from .models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION
 from .settings import MollifierSettings
 from .telemetry import FailOpenStage, Telemetry, ThrottledLog
 
@@ -72,10 +75,17 @@ class Mollifier(Middleware):
             self._buffer = MollifierBuffer(client, **self.settings.buffer_options)
         self.telemetry = Telemetry(meter_provider)
         self._warnings = ThrottledLog(logger)
+        # One breaker for every call to the mollifier's Redis on the send path.
+        self.breaker = CircuitBreaker(
+            "mollifier",
+            failure_threshold=self.settings.breaker_failure_threshold,
+            cooldown_ms=self.settings.breaker_cooldown_ms,
+        )
         self.flags = OrgFlagsView(
             OrgFlags(self._buffer.client, key_prefix=self.settings.key_prefix),
             refresh_ms=flag_refresh_ms,
             on_error=self._flags_failed,
+            breaker=self.breaker,
         )
         self.gate = Gate(
             self.settings,
@@ -83,8 +93,11 @@ class Mollifier(Middleware):
             telemetry=self.telemetry,
             runtime_enrolled=self.flags.enrolled,
             tenant=tenant,
+            breaker=self.breaker,
         )
         self._worker_drainer: WorkerDrainer | None = None
+        # The drain budget: workers give a slot back when they start a drained message.
+        self._pace = pace_for(self.settings, self._buffer.client)
 
     @property
     def buffer(self) -> MollifierBuffer:
@@ -140,6 +153,17 @@ class Mollifier(Middleware):
                 settings=self.settings, buffer=self._buffer, telemetry=self.telemetry
             )
         self._worker_drainer.start(broker)
+
+    def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        self._started(message)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        # A message skipped before this middleware's before_process_message still frees its slot.
+        self._started(message)
+
+    def _started(self, message: MessageProxy) -> None:
+        if self._pace is not None and message.options.get(STATE_OPTION) == STATE_DRAINED:
+            self._pace.release((message.message_id,))
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._worker_drainer is not None:

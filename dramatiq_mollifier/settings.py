@@ -101,8 +101,17 @@ class MollifierSettings(BaseSettings):
     entry_ttl_s: int | None = Field(default=None, gt=0)
     #: Run a drainer in worker processes. Unset: same as ``enabled``.
     drainer_enabled: bool | None = None
-    #: Handlers in flight at once per drainer. Defaults to 50.
-    drain_concurrency: int = Field(default=50, gt=0)
+    #: Drained messages waiting in the broker (not yet started by a worker), fleet-wide, at most:
+    #: the drain budget that keeps a burst in the buffer instead of the broker queue. 0 turns
+    #: pacing off (the drainer then pushes as fast as its handlers can). Defaults to 100.
+    drain_max_outstanding: int = Field(default=100, ge=0, le=100_000)
+    #: Drained messages per second, fleet-wide, at most. Defaults to 0: no rate cap.
+    drain_rate_limit_per_s: int = Field(default=0, ge=0, le=1_000_000)
+    #: How long a drained message may wait in the broker unstarted before its budget slot is freed
+    #: anyway (a message lost from the broker, a purged queue). Defaults to 60 s.
+    drain_outstanding_ttl_ms: int = Field(default=60_000, gt=0, le=86_400_000)
+    #: Handler threads per drainer: broker writes in flight at once. Defaults to 16.
+    drain_concurrency: int = Field(default=16, gt=0)
     #: Entries popped from one env per tick. Defaults to 100.
     drain_batch_size: int = Field(default=100, gt=0)
     #: Handler attempts before an entry is dead-lettered. Defaults to 3.
@@ -117,6 +126,12 @@ class MollifierSettings(BaseSettings):
     drain_shutdown_timeout_ms: int = Field(default=30_000, gt=0)
     #: Dramatiq's worker shutdown timeout (``--shutdown-timeout`` x 1000). Defaults to 600 s.
     graceful_shutdown_timeout_ms: int = Field(default=600_000, gt=0)
+    #: Consecutive Redis outages (connection errors, timeouts) after which the gate and the flags
+    #: refresh stop calling Redis for ``breaker_cooldown_ms``, failing open. Defaults to 3.
+    breaker_failure_threshold: int = Field(default=3, gt=0)
+    #: How long the open circuit breaker fails open without calling Redis before one probe call.
+    #: Defaults to 5 s.
+    breaker_cooldown_ms: int = Field(default=5_000, gt=0)
 
     @field_validator("key_prefix")
     @classmethod

@@ -65,6 +65,8 @@ class Reason(str, enum.Enum):
     TRIP_ERROR = "fail_open_trip"
     BUFFER_ERROR = "fail_open_buffer"
     TENANT_ERROR = "fail_open_tenant"
+    #: The circuit breaker was open: Redis was not called at all.
+    BREAKER_OPEN = "fail_open_breaker"
 
 
 class FailOpenStage(str, enum.Enum):
@@ -74,6 +76,8 @@ class FailOpenStage(str, enum.Enum):
     TENANT = "tenant"
     TRIP = "trip"
     BUFFER_WRITE = "buffer_write"
+    #: Refused at once by the open circuit breaker (no Redis call).
+    BREAKER = "breaker"
 
 
 class DrainResultKind(str, enum.Enum):
@@ -134,6 +138,11 @@ class Telemetry:
             unit="{message}",
             description="QUEUED and DRAINING entries in the buffer, as last seen by a drainer.",
         )
+        self.outstanding = instruments.create_gauge(
+            "mollifier.drain.outstanding",
+            unit="{message}",
+            description="Drained messages waiting in the broker, not yet started (the drain budget in use).",
+        )
 
     def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool) -> None:
         """Count one gate decision."""
@@ -163,6 +172,10 @@ class Telemetry:
     def record_depth(self, depth: int) -> None:
         """Set the buffer depth gauge."""
         self.depth.set(depth)
+
+    def record_outstanding(self, in_use: int) -> None:
+        """Set the drain budget gauge: drained messages in the broker, not yet started."""
+        self.outstanding.set(in_use)
 
 
 class ThrottledLog:

@@ -42,21 +42,32 @@ def next_window(buffer: MollifierBuffer, rotation: OrgEnvRotation) -> list[str]:
 
 
 # The rotation -------------------------------------------------------------------------------
-def test_the_org_window_slides_by_one_each_tick_and_wraps(buffer: MollifierBuffer) -> None:
+def next_window_all_served(buffer: MollifierBuffer, rotation: OrgEnvRotation) -> list[str]:
+    """One tick that serves every org of its window, as an unpaced drainer does."""
+    window = next_window(buffer, rotation)
+    for org in window:
+        rotation.visited(org)
+    return window
+
+
+def test_each_tick_starts_after_the_last_org_served_and_wraps(buffer: MollifierBuffer) -> None:
     for org in ("e", "c", "a", "d", "b"):
         seed(buffer, org, "prod", 1)
     rotation = OrgEnvRotation(max_orgs=3)
 
-    windows = [next_window(buffer, rotation) for _ in range(6)]
+    windows = [next_window_all_served(buffer, rotation) for _ in range(4)]
 
-    assert windows == [
-        ["a", "b", "c"],
-        ["b", "c", "d"],
-        ["c", "d", "e"],
-        ["d", "e", "a"],
-        ["e", "a", "b"],
-        ["a", "b", "c"],
-    ]
+    assert windows == [["a", "b", "c"], ["d", "e", "a"], ["b", "c", "d"], ["e", "a", "b"]]
+
+
+def test_an_org_the_tick_did_not_serve_comes_first_next_tick(buffer: MollifierBuffer) -> None:
+    for org in ("a", "b", "c", "d"):
+        seed(buffer, org, "prod", 1)
+    rotation = OrgEnvRotation(max_orgs=4)
+    assert next_window(buffer, rotation) == ["a", "b", "c", "d"]
+    rotation.visited("a")  # the budget ran out at b
+
+    assert next_window(buffer, rotation) == ["b", "c", "d", "a"]
 
 
 def test_the_org_cursor_does_not_skip_the_next_org_when_the_current_one_leaves(
@@ -65,12 +76,12 @@ def test_the_org_cursor_does_not_skip_the_next_org_when_the_current_one_leaves(
     for org in ("a", "b", "c"):
         seed(buffer, org, "prod", 1)
     rotation = OrgEnvRotation(max_orgs=1)
-    assert next_window(buffer, rotation) == ["a"]
+    assert next_window_all_served(buffer, rotation) == ["a"]
 
     # a drained empty and left the org set: b is next, not c.
     DrainProtocol(buffer).ack("a/prod/0")
-    assert next_window(buffer, rotation) == ["b"]
-    assert next_window(buffer, rotation) == ["c"]
+    assert next_window_all_served(buffer, rotation) == ["b"]
+    assert next_window_all_served(buffer, rotation) == ["c"]
 
 
 def test_envs_of_an_org_rotate_and_envs_of_other_orgs_have_their_own_cursor() -> None:
@@ -84,18 +95,20 @@ def test_envs_of_an_org_rotate_and_envs_of_other_orgs_have_their_own_cursor() ->
     assert other == "dev"
 
 
-def test_env_cursors_are_kept_only_for_orgs_in_the_window() -> None:
+def test_env_cursors_outlive_the_window_and_stay_bounded() -> None:
     rotation = OrgEnvRotation(max_orgs=2)
-    for i in range(1_000):
-        for picked in rotation.pick_orgs([f"org-{i}", f"org-{i + 1}"]):
-            rotation.pick_env(picked, ["prod"])
-        assert rotation.cursor_count <= 2
-    rotation.pick_orgs([])
-    assert rotation.cursor_count == 0
+    assert rotation.pick_env("a", ["e1", "e2", "e3"]) == "e1"
+    for i in range(rotation.max_env_cursors + 500):
+        rotation.pick_env(f"org-{i}", ["prod"])
+        rotation.pick_env("a", ["e1", "e2", "e3"])  # a stays recently used
+        assert rotation.cursor_count <= rotation.max_env_cursors
+    # a's cursor survived: it goes on where it was, not back at its first env.
+    picks = {rotation.pick_env("a", ["e1", "e2", "e3"]) for _ in range(3)}
+    assert picks == {"e1", "e2", "e3"}
 
 
 # Against the real server ---------------------------------------------------------------------
-def test_max_orgs_per_tick_bounds_the_orgs_visited_and_the_window_slides(buffer: MollifierBuffer) -> None:
+def test_max_orgs_per_tick_bounds_the_orgs_visited_and_the_next_tick_goes_on(buffer: MollifierBuffer) -> None:
     for i in range(6):
         seed(buffer, f"org{i}", "prod", 3)
     log = Log()
@@ -106,7 +119,40 @@ def test_max_orgs_per_tick_bounds_the_orgs_visited_and_the_window_slides(buffer:
         assert drainer.run_once() == DrainResult(drained=2, failed=0)
         visited.append(sorted(org for org, _, _ in log.take()))
 
-    assert visited == [["org0", "org1"], ["org1", "org2"], ["org2", "org3"], ["org3", "org4"]]
+    assert visited == [["org0", "org1"], ["org2", "org3"], ["org4", "org5"], ["org0", "org1"]]
+
+
+def test_a_light_org_is_drained_within_one_rotation_however_many_orgs_are_ahead(
+    buffer: MollifierBuffer,
+) -> None:
+    # Given 60 heavy orgs and a light one that sorts last, 5 orgs per tick
+    for i in range(60):
+        seed(buffer, f"heavy{i:02d}", "prod", 50)
+    seed(buffer, "zz-light", "prod", 1)
+    log = Log()
+    drainer = MollifierDrainer(buffer, log, max_orgs_per_tick=5, batch_size=1)
+
+    # When ticks run for one rotation (61 orgs / 5 per tick, rounded up)
+    for _ in range(13):
+        drainer.run_once()
+
+    # Then the light org's message was drained (a window sliding one org per tick needs 57 ticks)
+    assert "zz-light" in {org for org, _, _ in log.take()}
+
+
+def test_every_env_of_an_org_with_more_envs_than_orgs_per_tick_is_drained(buffer: MollifierBuffer) -> None:
+    envs = [f"env{i}" for i in range(6)]
+    for env in envs:
+        seed(buffer, "big", env, 20)
+    for org in ("a", "b"):
+        seed(buffer, org, "prod", 20)
+    log = Log()
+    drainer = MollifierDrainer(buffer, log, max_orgs_per_tick=2, batch_size=1)
+
+    for _ in range(30):
+        drainer.run_once()
+
+    assert {env for org, env, _ in log.take() if org == "big"} == set(envs)
 
 
 def test_an_org_with_many_envs_gets_the_share_of_an_org_with_one(buffer: MollifierBuffer) -> None:
@@ -178,12 +224,12 @@ def test_start_resets_the_cursors(buffer: MollifierBuffer) -> None:
 def test_cursor_state_stays_bounded_as_orgs_come_and_go(buffer: MollifierBuffer) -> None:
     log = Log()
     drainer = MollifierDrainer(buffer, log)
+    drainer.rotation.max_env_cursors = 50
 
     for i in range(200):
         seed(buffer, f"org{i}", f"env{i}", 1)
         assert drainer.run_once() == DrainResult(1, 0)
-        assert drainer.rotation.cursor_count <= 1
+        assert drainer.rotation.cursor_count == min(i + 1, 50)
 
     assert drainer.run_once() == DrainResult(0, 0)
-    assert drainer.rotation.cursor_count == 0
     assert len(log.entries) == 200

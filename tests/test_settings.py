@@ -23,7 +23,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.entry_ttl_s is None
     assert settings.effective_entry_ttl_s is None
     assert settings.run_drainer is False
-    assert settings.drain_concurrency == 50
+    assert settings.drain_concurrency == 16
     assert settings.drain_max_attempts == 3
     assert settings.drain_max_orgs_per_tick == 500
     assert settings.drain_poll_interval_ms == 100

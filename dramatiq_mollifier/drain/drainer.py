@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
+from ..models import BufferEntry
 from ..telemetry import Telemetry
 from .handler_pool import Completion, DrainHandler, HandlerPool
+from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
 from .settling import Settler
 
@@ -31,25 +33,31 @@ logger = logging.getLogger(__name__)
 MAX_BACKOFF_MS = 5_000
 #: The most often a tick reclaims expired leases, in milliseconds (also capped at a quarter lease).
 RECLAIM_INTERVAL_MS = 1_000
+#: The wait after a tick that stopped because the drain budget was used up, in milliseconds.
+PACE_WAIT_MS = 5
 #: How often a tick reads the buffer depth for the gauge, in milliseconds.
 DEPTH_INTERVAL_MS = 1_000
 
 
 class DrainResult(NamedTuple):
-    """What one tick did: entries acked, and failures (handler errors and per-env pop errors)."""
+    """What one tick did: entries acked, failures (handler errors and per-env pop errors), and
+    whether it stopped because the drain budget was used up (the loop then waits briefly).
+    """
 
     drained: int
     failed: int
+    paced: bool = False
 
 
 class _Tick:
     """Counters of one tick."""
 
-    __slots__ = ("drained", "failed")
+    __slots__ = ("drained", "failed", "paced")
 
     def __init__(self) -> None:
         self.drained = 0
         self.failed = 0
+        self.paced = False
 
 
 class MollifierDrainer:
@@ -71,6 +79,8 @@ class MollifierDrainer:
       telemetry: Where drain metrics go. Defaults to instruments on the global meter provider.
       reclaim_interval_ms: How often ``run_once`` reclaims expired leases. Defaults to a quarter of
         the buffer's lease, at most once a second.
+      pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
+        Defaults to None: no budget, every popped entry goes to the handler at once.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
     """
@@ -88,6 +98,7 @@ class MollifierDrainer:
         is_retryable: Callable[[BaseException], bool] | None = None,
         telemetry: Telemetry | None = None,
         reclaim_interval_ms: int | None = None,
+        pace: DrainPace | None = None,
         sleep: Callable[[int], object] | None = None,
     ) -> None:
         for name, value in (
@@ -118,6 +129,7 @@ class MollifierDrainer:
             reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
         self.reclaim_interval_ms = reclaim_interval_ms
         self._sleep = sleep or self._wait
+        self._pace = pace
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
         self._pool: HandlerPool | None = None
         self._idle = True
@@ -166,10 +178,14 @@ class MollifierDrainer:
                     continue
                 if envs and not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
                     break
+                if tick.paced:
+                    # The budget ran out before this org got anything: it goes first next time.
+                    break
+                self._rotation.visited(org_id)
         finally:
             self._collect(pool, tick, until=0)
-            self._idle = tick.drained + tick.failed == 0
-        return DrainResult(tick.drained, tick.failed)
+            self._idle = tick.drained + tick.failed == 0 and not tick.paced
+        return DrainResult(tick.drained, tick.failed, tick.paced)
 
     def _drain_env(self, pool: HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
@@ -180,11 +196,22 @@ class MollifierDrainer:
             if not self._collect(pool, tick, until=self.concurrency - wanted):
                 return False
             limit = min(remaining, self.concurrency - pool.in_flight)
+            claim = self._claim(tick, limit)
+            if claim is not None:
+                if claim.granted == 0:
+                    # Once an org got part of a batch, it had its turn: the next org goes first.
+                    tick.paced = remaining == self.batch_size
+                    return True
+                limit = claim.granted
+            entries: list[BufferEntry] | None = None
             try:
                 entries = self._buffer.pop_many(org_id, env_id, limit)
             except Exception:
                 logger.warning("mollifier.drain_error popping org %r env %r", org_id, env_id, exc_info=True)
                 tick.failed += 1
+            if claim is not None:
+                self._bind(claim, entries or [])
+            if entries is None:
                 return True
             pool.submit(entries)
             if len(entries) < limit:
@@ -208,9 +235,34 @@ class MollifierDrainer:
             return True
         finally:
             if done:
+                if self._pace is not None:
+                    # What never reached the broker gives its slot back at once.
+                    self._pace.release([entry.message_id for entry, error in done if error is not None])
                 drained, failed = self._settler.settle(done)
                 tick.drained += drained
                 tick.failed += failed
+
+    # Pacing ---------------------------------------------------------------------------------
+    def _claim(self, tick: _Tick, wanted: int) -> Claim | None:
+        """Slots of the drain budget for up to ``wanted`` entries; None when there is no pace."""
+        if self._pace is None:
+            return None
+        try:
+            claim = self._pace.claim(wanted)
+        except Exception:
+            logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
+            tick.failed += 1
+            return Claim(0, 0, "")
+        self._telemetry.record_outstanding(claim.in_use)
+        return claim
+
+    def _bind(self, claim: Claim, entries: Sequence[BufferEntry]) -> None:
+        assert self._pace is not None
+        try:
+            self._pace.bind(claim, [entry.message_id for entry in entries])
+        except Exception:
+            # The entries still go to the broker: the budget undercounts until the slots expire.
+            logger.warning("mollifier.drain_error binding drain budget", exc_info=True)
 
     # Housekeeping ---------------------------------------------------------------------------
     def _reclaim(self, now: float) -> None:
@@ -302,7 +354,10 @@ class MollifierDrainer:
             if failures:
                 logger.info("mollifier.drainer recovered after %d failed tick(s)", failures)
                 failures = 0
-            if result.drained == 0:
+            if result.paced:
+                # The fleet's workers free slots as they start drained messages: look again soon.
+                self._sleep(PACE_WAIT_MS)
+            elif result.drained == 0:
                 self._sleep(self.poll_interval_ms)
 
 

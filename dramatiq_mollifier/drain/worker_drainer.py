@@ -17,10 +17,11 @@ import logging
 import dramatiq
 
 from ..buffer import MollifierBuffer
-from ..settings import MollifierSettings
+from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
 from .drainer import MollifierDrainer
 from .handler import make_drain_handler
+from .pace import pace_for
 
 __all__ = ["WorkerDrainer"]
 
@@ -63,6 +64,10 @@ class WorkerDrainer:
                 poll_interval_ms=settings.drain_poll_interval_ms,
                 batch_size=settings.drain_batch_size,
                 telemetry=self.telemetry,
+                # Audits (dual_write) never reach the broker: nothing to pace.
+                pace=pace_for(settings, self.buffer.client)
+                if settings.mode is MollifierMode.DIVERT
+                else None,
             )
         self._drainer.start()
         logger.info(

@@ -1,0 +1,152 @@
+"""The drain pace: a fleet-wide budget of drained messages waiting in the broker.
+
+Dramatiq queues are FIFO, so whatever the drainer puts on the broker, every message sent after
+it waits behind. Draining as fast as possible rebuilds the burst inside the broker queue, and a
+quiet tenant's message waits as long as if nothing had been buffered. The pace keeps the burst in
+the buffer instead: at most ``max_outstanding`` drained messages may be in the broker and not yet
+started by a worker, counted in Redis for every drainer of the fleet. A worker's
+:class:`~dramatiq_mollifier.Mollifier` gives a slot back as soon as it starts a drained message,
+so the drainer refills exactly as fast as the fleet consumes, and a quiet message waits behind
+at most ``max_outstanding`` of the burst's.
+
+Each slot is a member of one sorted set, scored with a deadline: a message that never starts (it
+was lost from the broker, its queue purged) frees its slot when the deadline passes, so a leak
+heals by itself. An optional ``rate_per_s`` caps the fleet's drain rate as well, for users who
+protect a database behind the actors rather than the broker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+from typing import NamedTuple
+
+import redis
+
+from ..buffer.keys import KeySpace
+from ..settings import MollifierSettings
+
+__all__ = ["DEFAULT_MAX_OUTSTANDING", "DEFAULT_OUTSTANDING_TTL_MS", "Claim", "DrainPace", "pace_for"]
+
+logger = logging.getLogger(__name__)
+
+#: Drained messages the fleet may have waiting in the broker: a few batches for the workers to
+#: take while the drainer refills, and no more than a quiet message should wait behind.
+DEFAULT_MAX_OUTSTANDING = 100
+#: How long a drained message may sit in the broker unstarted before its slot is freed anyway.
+DEFAULT_OUTSTANDING_TTL_MS = 60_000
+#: After a failed release, releases are skipped for this long (the slots heal by their deadline),
+#: so a sick Redis does not cost every drained message a socket timeout.
+RELEASE_COOL_DOWN_MS = 1_000
+
+
+def _script(client: redis.Redis, name: str) -> redis.commands.core.Script:
+    source = resources.files(__package__).joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+    return client.register_script(source)
+
+
+class Claim(NamedTuple):
+    """Slots granted by :meth:`DrainPace.claim`, held as placeholders until bound."""
+
+    granted: int
+    in_use: int
+    prefix: str
+
+
+class DrainPace:
+    """The fleet-wide drain budget in Redis (and an optional rate cap).
+
+    Parameters:
+      client: The buffer's Redis client.
+      key_prefix: The buffer's key prefix.
+      max_outstanding: Drained messages waiting in the broker, fleet-wide, at most. Defaults to
+        :data:`DEFAULT_MAX_OUTSTANDING`.
+      outstanding_ttl_ms: How long a slot lives without its message starting. Defaults to
+        :data:`DEFAULT_OUTSTANDING_TTL_MS`.
+      rate_per_s: Drained messages per second, fleet-wide, at most. Defaults to 0: no cap.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str = "mollifier",
+        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+        outstanding_ttl_ms: int = DEFAULT_OUTSTANDING_TTL_MS,
+        rate_per_s: int = 0,
+    ) -> None:
+        if max_outstanding < 1:
+            raise ValueError(f"max_outstanding must be at least 1, got {max_outstanding!r}")
+        if outstanding_ttl_ms < 1 or rate_per_s < 0:
+            raise ValueError("outstanding_ttl_ms must be positive and rate_per_s not negative")
+        self.client = client
+        self.max_outstanding = max_outstanding
+        self.outstanding_ttl_ms = outstanding_ttl_ms
+        self.rate_per_s = rate_per_s
+        keys = KeySpace(key_prefix)
+        self._outstanding = keys.outstanding
+        self._rate = keys.drain_rate
+        self._claim = _script(client, "claim")
+        self._bind = _script(client, "bind")
+        self._token = f"~{uuid.uuid4().hex}:"
+        self._claims = itertools.count(1)
+        self._release_paused_until = 0.0
+
+    def claim(self, wanted: int) -> Claim:
+        """Take up to ``wanted`` slots (fewer when the budget or the rate says so)."""
+        prefix = f"{self._token}{next(self._claims)}:"
+        granted, in_use = self._claim(
+            keys=(self._outstanding, self._rate),
+            args=(wanted, self.max_outstanding, prefix, self.outstanding_ttl_ms, self.rate_per_s),
+        )
+        return Claim(int(granted), int(in_use), prefix)
+
+    def bind(self, claim: Claim, message_ids: Sequence[str]) -> None:
+        """Turn a claim's slots into ``message_ids`` (before they reach the broker); frees the rest."""
+        if claim.granted == 0 and not message_ids:
+            return
+        self._bind(
+            keys=(self._outstanding,),
+            args=(claim.prefix, claim.granted, self.outstanding_ttl_ms, *message_ids),
+        )
+
+    def release(self, message_ids: Sequence[str]) -> None:
+        """Give back the slots of messages a worker started (or that never reached the broker).
+
+        Never raises: a slot that cannot be released now is freed by its deadline.
+        """
+        if not message_ids or time.monotonic() < self._release_paused_until:
+            return
+        try:
+            self.client.zrem(self._outstanding, *message_ids)
+        except redis.RedisError as exc:
+            self._release_paused_until = time.monotonic() + RELEASE_COOL_DOWN_MS / 1000
+            logger.warning(
+                "mollifier.pace could not release %d drain slot(s); they free themselves within "
+                "%d ms. %s: %s",
+                len(message_ids),
+                self.outstanding_ttl_ms,
+                type(exc).__name__,
+                exc,
+            )
+
+    def in_use(self) -> int:
+        """Slots taken now (expired ones included until the next claim prunes them)."""
+        return int(self.client.zcard(self._outstanding))
+
+
+def pace_for(settings: MollifierSettings, client: redis.Redis) -> DrainPace | None:
+    """The pace these settings ask for, on ``client``; None when ``drain_max_outstanding`` is 0."""
+    if settings.drain_max_outstanding == 0:
+        return None
+    return DrainPace(
+        client,
+        key_prefix=settings.key_prefix,
+        max_outstanding=settings.drain_max_outstanding,
+        outstanding_ttl_ms=settings.drain_outstanding_ttl_ms,
+        rate_per_s=settings.drain_rate_limit_per_s,
+    )
