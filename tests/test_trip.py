@@ -331,6 +331,9 @@ def test_the_fused_script_leaves_what_evaluate_trip_then_accept_leave(
                 redis_client.delete(buffer.keys.tenant("o", "e").trip_counter)
             continue
         decision = separate.evaluate_trip(org, env, **options)
+        # Sticky: an env with entries buffered diverts whatever its count.
+        if not decision.tripped and separate.depth(org, env) > 0:
+            decision = TripDecision(True, decision.count)
         accepted = decision.tripped and separate.accept(message_id, org_id=org, env_id=env, payload=b"p")
         replies_separate.append((decision, accepted))
         replies_fused.append(
@@ -345,3 +348,41 @@ def test_the_fused_script_leaves_what_evaluate_trip_then_accept_leave(
         separate.depth("o"),
         separate.depth("o", "e"),
     ]
+
+
+def test_an_env_with_a_backlog_keeps_diverting_below_the_threshold_until_it_is_drained(
+    buffer: MollifierBuffer,
+) -> None:
+    # Given an env that tripped (no hold: only the window count trips it) and buffered one entry
+    options = {"window_ms": 10_000, "hold_ms": 0}
+    decision, accepted = buffer.evaluate_trip_and_accept(
+        "m0", org_id="o", env_id="e", payload=b"p", threshold=0, **options
+    )
+    assert decision.tripped and accepted
+
+    # When it sends again far below a threshold it cannot reach
+    decision, accepted = buffer.evaluate_trip_and_accept(
+        "m1", org_id="o", env_id="e", payload=b"p", threshold=1_000, **options
+    )
+
+    # Then the message joins the backlog behind m0 instead of overtaking it
+    assert decision.tripped and accepted
+    drain = DrainProtocol(buffer)
+    assert [entry.message_id for entry in drain.pop_many("o", "e", 10)] == ["m0", "m1"]
+    # And another env of the org is not held by it
+    other, _ = buffer.evaluate_trip_and_accept(
+        "n0", org_id="o", env_id="f", payload=b"p", threshold=1_000, **options
+    )
+    assert not other.tripped
+
+    # When the backlog is drained, the env passes through again
+    drain.ack("m0", org_id="o", env_id="e")
+    assert buffer.evaluate_trip_and_accept(
+        "m2", org_id="o", env_id="e", payload=b"p", threshold=1_000, **options
+    )[0].tripped
+    for message_id in ("m1", "m2"):
+        drain.ack(message_id, org_id="o", env_id="e")
+    decision, accepted = buffer.evaluate_trip_and_accept(
+        "m3", org_id="o", env_id="e", payload=b"p", threshold=1_000, **options
+    )
+    assert decision.tripped is False and accepted is False

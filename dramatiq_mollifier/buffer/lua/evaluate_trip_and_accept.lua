@@ -29,8 +29,11 @@ local count = redis.call('INCR', counter)
 if count == 1 then
   redis.call('PEXPIRE', counter, ARGV[1])
 end
--- Not over the threshold: tripped (and accepted) only while the hold marker lives.
-if count <= tonumber(ARGV[2]) and redis.call('EXISTS', hold) == 0 then
+-- Not over the threshold: tripped (and accepted) only while the hold marker lives, or while
+-- the env still has entries in the buffer (sticky: a new message joins the backlog behind it
+-- instead of overtaking it on the broker).
+if count <= tonumber(ARGV[2]) and redis.call('EXISTS', hold) == 0
+    and (tonumber(redis.call('HGET', KEYS[8], env_field(org, env))) or 0) <= 0 then
   return count * 4
 end
 local time = redis.call('TIME')
