@@ -14,6 +14,7 @@ import redis
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
 
+from .fake_redis import refused_url, silent_server  # noqa: F401 (fixtures for every test module)
 from .servers import RabbitmqServer, RedisProvider, RedisTarget, find_rabbitmq_server, unavailable
 
 # Database 0 is left alone; each test takes the next of 1..N-1 and flushes it first.

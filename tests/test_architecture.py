@@ -24,6 +24,7 @@ RANKS = {
     "settings": 1,
     "telemetry": 1,
     "embedded": 1,
+    "breaker": 1,
     "buffer": 2,
     "gate": 3,
     "drain": 3,

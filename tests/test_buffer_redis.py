@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -20,6 +18,8 @@ from dramatiq_mollifier.buffer.scripts import SCRIPT_NAMES, script_source
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.errors import BufferUnavailableError, MollifierConfigurationError, MollifierError
 from dramatiq_mollifier.models import EntryStatus
+
+from .fake_redis import FakeServer
 
 
 def lua_file(name: str) -> str:
@@ -173,50 +173,6 @@ def test_a_redis_that_goes_away_gives_a_prompt_buffer_unavailable_error(
     disposable_redis.start()
     assert buffer.depth() == 0  # a fresh server without persistence
     buffer.client.close()
-
-
-class FakeServer:
-    """A fake Redis on loopback: ``serve`` runs in a thread for each connection it accepts."""
-
-    def __init__(self, serve: Callable[[socket.socket], None]) -> None:
-        self.accepted: list[socket.socket] = []
-        self._serve = serve
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(16)
-        self._listener.settimeout(0.05)
-        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn = self._listener.accept()[0]
-            except OSError:
-                continue
-            self.accepted.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):  # closed under it by close()
-            self._serve(conn)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        for conn in self.accepted:
-            conn.close()
-        self._listener.close()
-
-
-@pytest.fixture
-def silent_server() -> Iterator[FakeServer]:
-    """Accepts connections and never answers: a hung Redis."""
-    server = FakeServer(lambda conn: None)
-    yield server
-    server.close()
 
 
 @pytest.mark.redis  # how redis-py meets a failing server: rerun with the oldest redis-py

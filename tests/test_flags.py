@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import dramatiq
 import pytest
@@ -12,14 +13,21 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from dramatiq_mollifier import BufferUnavailableError
+from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.gate.flags import OrgFlags, OrgFlagsView, flags_key, parse_flag
 
-from .mollifier_helpers import add_mollifier, decisions, fail_opens
+from .fake_redis import FakeServer
+from .mollifier_helpers import add_mollifier, decisions, eventually, fail_opens
 
 
 def unreachable_client() -> redis.Redis:
     """A client for a closed port that gives up at once (as the middleware's own client does)."""
     return redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+
+
+def inline(refresh: Callable[[], None]) -> None:
+    """Run a refresh in the caller's thread, so a fake clock alone decides when one happens."""
+    refresh()
 
 
 class FakeClock:
@@ -89,7 +97,7 @@ def test_the_view_reads_the_hash_at_most_once_per_interval(
     enrolled = flags.enrolled
     flags.enrolled = lambda: reads.append(1) or enrolled()  # type: ignore[method-assign]
     clock = FakeClock()
-    view = OrgFlagsView(flags, refresh_ms=1_000, clock=clock)
+    view = OrgFlagsView(flags, refresh_ms=1_000, clock=clock, spawn=inline)
 
     assert not view.enrolled("acme")
     flags.enable("acme")
@@ -108,7 +116,7 @@ def test_a_failed_refresh_reads_as_not_enrolled_and_waits_a_full_interval(
     flags.enable("acme")
     errors: list[Exception] = []
     clock = FakeClock()
-    view = OrgFlagsView(flags, refresh_ms=1_000, on_error=errors.append, clock=clock)
+    view = OrgFlagsView(flags, refresh_ms=1_000, on_error=errors.append, clock=clock, spawn=inline)
     assert view.enrolled("acme")
 
     def broken() -> frozenset[str]:
@@ -137,10 +145,11 @@ def test_an_operator_flip_takes_effect_without_a_restart(redis_client: redis.Red
     flags = OrgFlags(redis_client, key_prefix=key_prefix)
     ingest.send_with_options(org_id="globex")
     flags.enable("globex")
-    time.sleep(0.06)
+    # The refresh runs in the background: a send starts it and is answered from the copy it has.
+    eventually(lambda: mollifier.flags.enrolled("globex"), what="the flip to be seen")
     ingest.send_with_options(org_id="globex")
     flags.disable("globex")
-    time.sleep(0.06)
+    eventually(lambda: not mollifier.flags.enrolled("globex"), what="the flip back to be seen")
     ingest.send_with_options(org_id="globex")
 
     assert broker.queues["default"].qsize() == 2
@@ -183,6 +192,34 @@ def test_unreadable_flags_fail_open_and_are_counted(
 
     assert broker.queues["default"].qsize() == 5
     assert decisions(reader) == {("pass_through", "not_enrolled", False): 5}
-    assert fail_opens(reader) == {("flags",): 1}
+    eventually(lambda: fail_opens(reader) == {("flags",): 1}, what="the background refresh to fail")
     assert caplog.text.count("mollifier fail-open (flags)") == 1
+    broker.close()
+
+
+@pytest.mark.redis  # how redis-py meets a failing server: rerun with the oldest redis-py
+def test_a_stalled_flags_redis_never_holds_up_a_send(silent_server: FakeServer, key_prefix: str) -> None:
+    # Given flags on a Redis that accepts connections and never answers
+    broker = StubBroker()
+    client = MollifierBuffer.from_url(silent_server.url).client
+    _, reader = add_mollifier(
+        broker, client, key_prefix, enabled_orgs=set(), trip_threshold=0, flag_refresh_ms=50
+    )
+
+    @dramatiq.actor(broker=broker)
+    def ingest() -> None: ...
+
+    # When an org that only a runtime flag could enrol sends for a while
+    started = time.monotonic()
+    for _ in range(200):
+        ingest.send_with_options(org_id="globex")
+    took = time.monotonic() - started
+
+    # Then no send waited on the refresh (one read takes the 500 ms socket timeout), and the
+    # refreshes that failed in the background were counted
+    assert took < 0.4, took
+    assert broker.queues["default"].qsize() == 200
+    assert decisions(reader) == {("pass_through", "not_enrolled", False): 200}
+    eventually(lambda: fail_opens(reader)[("flags",)] >= 1, what="a refresh to time out")
+    client.close()
     broker.close()

@@ -14,7 +14,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
-from .mollifier_helpers import add_mollifier, decisions, fail_opens
+from .mollifier_helpers import add_mollifier, decisions, eventually, fail_opens
 
 # One send must never wait longer than this on the mollifier (socket timeouts plus one retry).
 SEND_BOUND_S = 2.5
@@ -51,6 +51,7 @@ def test_sends_keep_succeeding_through_the_broker_while_the_mollifier_redis_is_d
         trip_threshold=0,
         trip_hold_ms=60_000,
         flag_refresh_ms=100,
+        breaker_cooldown_ms=200,
     )
 
     @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
@@ -72,16 +73,26 @@ def test_sends_keep_succeeding_through_the_broker_while_the_mollifier_redis_is_d
     assert time.monotonic() - started < 10 * SEND_BOUND_S
     assert queue_size(broker, ingest.queue_name) == 15
     counted = decisions(reader)
-    assert counted[("pass_through", "fail_open_trip", True)] == 10
+    # three failed calls open the breaker; it refuses the next calls at once
+    failed = counted[("pass_through", "fail_open_trip", True)]
+    assert 1 <= failed <= 3
+    assert failed + counted[("pass_through", "fail_open_breaker", True)] == 10
     assert counted[("pass_through", "not_enrolled", False)] == 5
     stages = fail_opens(reader)
-    assert stages[("trip",)] == 10
-    assert stages[("flags",)] >= 1
+    assert stages[("trip",)] == failed
+    assert stages[("breaker",)] == 10 - failed
+    assert mollifier.breaker.is_open
 
-    # And when the server is back, diverting resumes without a restart
+    # And when the server is back, the breaker's probe finds it and diverting resumes
     disposable_redis.start()
-    ingest.send_with_options(org_id="acme")
-    assert queue_size(broker, ingest.queue_name) == 15
+
+    def diverted() -> bool:
+        before = queue_size(broker, ingest.queue_name)
+        ingest.send_with_options(org_id="acme")
+        return queue_size(broker, ingest.queue_name) == before
+
+    eventually(diverted, what="a send diverted again")
+    assert not mollifier.breaker.is_open
     assert mollifier.buffer.depth() == 1
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_LEASE_MS",
     "DEFAULT_SOCKET_TIMEOUT_MS",
     "MollifierBuffer",
+    "connection_retry",
 ]
 
 #: ``from_url``: how long one Redis command may wait for its reply. A ``send()`` must never hang
@@ -41,6 +42,16 @@ DEFAULT_CONNECTION_RETRIES = 1
 WRITE_MODES = ("divert", "dual_write")
 # Distinct (window, threshold, hold) settings whose encoded form is kept; emptied when it fills.
 _TRIP_ARGS_CACHE_SIZE = 64
+
+
+def connection_retry() -> Retry:
+    """One quick retry after a connection error (a stale pooled socket), none after a timeout:
+    a server that did not answer within the socket timeout will not answer a second time either."""
+    return Retry(
+        EqualJitterBackoff(cap=0.05, base=0.01),
+        DEFAULT_CONNECTION_RETRIES,
+        supported_errors=(redis.ConnectionError,),
+    )
 
 
 class MollifierBuffer(BufferAdmin):
@@ -83,7 +94,7 @@ class MollifierBuffer(BufferAdmin):
         ``key_prefix``, ``entry_ttl_s`` and ``lease_ms`` go to the buffer; any other keyword goes
         to ``redis.Redis.from_url`` and overrides the defaults: RESP3, socket and connect timeouts
         of :data:`DEFAULT_SOCKET_TIMEOUT_MS` and :data:`DEFAULT_CONNECT_TIMEOUT_MS`, and one quick
-        retry after a connection error.
+        retry after a connection error (:func:`connection_retry`).
         """
         own = {
             name: kwargs.pop(name)
@@ -96,7 +107,7 @@ class MollifierBuffer(BufferAdmin):
         kwargs.setdefault("protocol", 3)
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_MS / 1000)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS / 1000)
-        kwargs.setdefault("retry", Retry(EqualJitterBackoff(cap=0.05, base=0.01), DEFAULT_CONNECTION_RETRIES))
+        kwargs.setdefault("retry", connection_retry())
         client = redis.Redis.from_url(url, **kwargs)
         return cls(client, **own)
 

@@ -30,6 +30,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.middleware import Middleware, TimeLimit
 from opentelemetry import metrics
 
+from ..breaker import CircuitOpenError
 from ..errors import CrashNotRetried, MollifierConfigurationError, WorkerCrashed
 from ..telemetry import ThrottledLog, meter
 from .classify import CrashVerdict
@@ -37,7 +38,7 @@ from .evidence import Evidence, EvidenceFile, default_evidence_dir, publish_dead
 from .heartbeat import Heartbeat
 from .identity import ProcessIdentity, host_id
 from .judge import Judge
-from .store import CrashStore, DeliveryRecord, ProcState
+from .store import CrashStore, DeliveryRecord, ProcState, client_for
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL_MS",
@@ -158,8 +159,7 @@ class CrashRetries(Middleware):
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> CrashRetries:
         """Build the middleware over a new client for ``url`` with bounded socket timeouts."""
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        return cls(client=client, **kwargs)
+        return cls(client=client_for(url), **kwargs)
 
     @property
     def store(self) -> CrashStore:
@@ -171,8 +171,7 @@ class CrashRetries(Middleware):
                     client = self._client
                     if client is None:
                         url = os.environ.get("MOLLIFIER_REDIS_URL", DEFAULT_REDIS_URL)
-                        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-                        self._client = client
+                        client = self._client = client_for(url)
                     self._store = CrashStore(
                         client, key_prefix=self.key_prefix, record_ttl_ms=self.record_ttl_ms
                     )
@@ -390,8 +389,10 @@ class CrashRetries(Middleware):
         return int(limit if limit is not None else enforcer.time_limit)
 
     def _failed_open(self, stage: str) -> None:
-        """Count a Redis error let pass; called in its ``except`` block. One line per stage per
-        interval: while Redis is down, every delivery fails open."""
+        """Count a Redis error let pass (in its ``except`` block); one line per stage per interval.
+        A call the open breaker refused counts as stage ``breaker``; the breaker logs that."""
+        if isinstance(sys.exc_info()[1], CircuitOpenError):
+            return self._fail_open.add(1, {"stage": "breaker"})
         self._fail_open.add(1, {"stage": stage})
         self._warnings.throttled_warning(
             stage, "mollifier.crash_fail_open stage=%s", stage, exc_info=sys.exc_info()[1]

@@ -10,7 +10,8 @@ Keys, all under ``key_prefix``:
   the evidence of how it died, for workers on other hosts to judge its records by.
 
 Methods raise ``redis.RedisError``; the middleware, which fails open, is the boundary that
-catches it.
+catches it. Every call goes through a circuit breaker: while Redis is unreachable or stalled,
+calls raise :class:`~dramatiq_mollifier.breaker.CircuitOpenError` at once instead of waiting.
 """
 
 from __future__ import annotations
@@ -22,10 +23,31 @@ from typing import Any, Literal
 
 import redis
 
+from ..breaker import CircuitBreaker
 from ..buffer.keys import escape
+from ..buffer.store import connection_retry
 from .evidence import Evidence
 
-__all__ = ["CrashStore", "DeliveryRecord", "ProcState", "ProcStatus"]
+__all__ = [
+    "DEFAULT_SOCKET_TIMEOUT_MS",
+    "CrashStore",
+    "DeliveryRecord",
+    "ProcState",
+    "ProcStatus",
+    "client_for",
+]
+
+#: ``client_for``: how long one command and one connection attempt may wait. 1 second.
+DEFAULT_SOCKET_TIMEOUT_MS = 1_000
+
+
+def client_for(url: str) -> redis.Redis:
+    """A client for ``url`` with bounded timeouts and one quick retry after a connection error only."""
+    timeout_s = DEFAULT_SOCKET_TIMEOUT_MS / 1000
+    return redis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=connection_retry()
+    )
+
 
 ProcStatus = Literal["running", "stopping", "dead"]
 
@@ -116,10 +138,19 @@ class CrashStore:
       record_ttl_ms: How long a record or a dead process's evidence outlives its writer: it must
         cover the longest wait for a redelivery (``CrashRetries`` passes its own
         ``record_ttl_ms``, 7 days by default).
+      breaker: Guards every call. Defaults to a breaker of the store's own.
     """
 
-    def __init__(self, client: redis.Redis, *, key_prefix: str, record_ttl_ms: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str,
+        record_ttl_ms: int,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.client = client
+        self.breaker = breaker if breaker is not None else CircuitBreaker("crash_retries")
         self.key_prefix = key_prefix
         self.record_ttl_ms = record_ttl_ms
         source = resources.files(__package__).joinpath("lua/release.lua").read_text()
@@ -134,29 +165,29 @@ class CrashStore:
 
     def enter(self, message_id: str, record: DeliveryRecord) -> bytes | str | None:
         """Write ``record`` as the message's delivery in flight; the earlier record, if any."""
-        previous = self.client.set(
-            self.message_key(message_id), record.encode(), px=self.record_ttl_ms, get=True
+        previous = self.breaker.call(
+            self.client.set, self.message_key(message_id), record.encode(), px=self.record_ttl_ms, get=True
         )
         return previous if isinstance(previous, (bytes, str)) else None
 
     def release(self, message_id: str, token: str) -> bool:
         """Delete the message's record if it is still the one with ``token``."""
-        return bool(self._release(keys=[self.message_key(message_id)], args=[token + " "]))
+        return bool(self.breaker.call(self._release, keys=[self.message_key(message_id)], args=[token + " "]))
 
     def get_record(self, message_id: str) -> bytes | str | None:
         """The raw record in flight for ``message_id`` (for inspection and tests)."""
-        value: bytes | str | None = self.client.get(self.message_key(message_id))
+        value: bytes | str | None = self.breaker.call(self.client.get, self.message_key(message_id))
         return value
 
     def put_proc(self, proc_id: str, state: ProcState, *, ttl_ms: int) -> None:
         """Write a process's heartbeat (``ttl_ms``: its liveness timeout) or death notice."""
-        self.client.set(self.proc_key(proc_id), state.encode(), px=ttl_ms)
+        self.breaker.call(self.client.set, self.proc_key(proc_id), state.encode(), px=ttl_ms)
 
     def get_proc(self, proc_id: str) -> ProcState | None:
         """What Redis knows of process ``proc_id``; None if nothing (never seen, or expired)."""
-        value = self.client.get(self.proc_key(proc_id))
+        value = self.breaker.call(self.client.get, self.proc_key(proc_id))
         return None if value is None else ProcState.decode(value)
 
     def forget_proc(self, proc_id: str) -> None:
         """Delete a process's heartbeat (clean exit)."""
-        self.client.delete(self.proc_key(proc_id))
+        self.breaker.call(self.client.delete, self.proc_key(proc_id))

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import dramatiq
 
+from ..breaker import CircuitBreaker
 from ..models import DEFAULT_ENV_ID, STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, Tenant, TripDecision
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
@@ -83,6 +84,7 @@ _NOT_ENROLLED = Decision(_PASS, Reason.NOT_ENROLLED, admit=True)
 _SHADOW_LOG = Decision(Outcome.SHADOW_LOG, Reason.PER_ENV_RATE, admit=True)
 _BELOW = {on: Decision(_PASS, Reason.BELOW_THRESHOLD, enrolled=on, admit=True) for on in (False, True)}
 _TRIP_ERROR = {on: Decision(_PASS, Reason.TRIP_ERROR, enrolled=on, admit=True) for on in (False, True)}
+_BREAKER_OPEN = {on: Decision(_PASS, Reason.BREAKER_OPEN, enrolled=on, admit=True) for on in (False, True)}
 _BUFFER_ERROR = Decision(_PASS, Reason.BUFFER_ERROR, enrolled=True, admit=True)
 _MOLLIFY = {
     MollifierMode.DIVERT: Decision(Outcome.MOLLIFY, Reason.PER_ENV_RATE, enrolled=True, divert=True),
@@ -108,6 +110,8 @@ class Gate:
         Defaults to "never".
       tenant: Derives the tenant of a message. Defaults to the ``org_id``/``env_id`` options.
       clock: Seconds from an arbitrary origin, for the trip hint. Defaults to ``time.monotonic``.
+      breaker: Stops the Redis calls while Redis is unreachable or stalled; refused calls fail
+        open at once (``fail_open{stage=breaker}``). Defaults to a breaker of the gate's own.
     """
 
     def __init__(
@@ -119,8 +123,10 @@ class Gate:
         runtime_enrolled: Callable[[str], bool] = _never_enrolled,
         tenant: TenantResolver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._settings = settings
+        self._breaker = breaker if breaker is not None else CircuitBreaker("gate")
         self._backend = backend
         self._telemetry = telemetry
         self._runtime_enrolled = runtime_enrolled
@@ -177,6 +183,9 @@ class Gate:
         enrolled = self._settings.org_enrolled_statically(org_id) or self._runtime_enrolled(org_id)
         if not enrolled and not self._settings.shadow_mode:
             return _NOT_ENROLLED
+        if not self._breaker.allow():
+            self._telemetry.record_fail_open(FailOpenStage.BREAKER)
+            return _BREAKER_OPEN[enrolled]
         if enrolled and self._is_hot(tenant):
             return self._evaluate_and_accept(message, tenant)
         return self._evaluate(message, tenant, enrolled)
@@ -236,8 +245,10 @@ class Gate:
             )
             tripped = bool(trip.tripped)
         except Exception as exc:
+            self._breaker.record(exc)
             self._trip_failed(message, tenant, exc)
             return _TRIP_ERROR[enrolled]
+        self._breaker.record_success()
         if not tripped:
             return _BELOW[enrolled]
         if not enrolled:
@@ -250,11 +261,15 @@ class Gate:
             )
             return _SHADOW_LOG
         self._heat(tenant)
+        if not self._breaker.allow():
+            self._telemetry.record_fail_open(FailOpenStage.BREAKER)
+            return _BREAKER_OPEN[True]
         try:
             accepted = self._backend.accept(
                 message.message_id, org_id=tenant.org_id, env_id=tenant.env_id, payload=message.encode()
             )
         except Exception as exc:
+            self._breaker.record(exc)
             self._fail_open(
                 FailOpenStage.BUFFER_WRITE,
                 "Could not buffer message %r of org %r env %r; it goes to the broker.",
@@ -264,6 +279,7 @@ class Gate:
                 exc=exc,
             )
             return _BUFFER_ERROR
+        self._breaker.record_success()
         return self._mollified(message, tenant, accepted)
 
     def _evaluate_and_accept(self, message: dramatiq.Message[Any], tenant: Tenant) -> Decision:
@@ -282,8 +298,10 @@ class Gate:
         except Exception as exc:
             # A lost reply may hide a stored entry: then the broker gets a copy too (same message
             # id, so the duplicate is recognisable). Dropping the message would be worse.
+            self._breaker.record(exc)
             self._trip_failed(message, tenant, exc)
             return _TRIP_ERROR[True]
+        self._breaker.record_success()
         if not tripped:
             self._hot.pop(tenant, None)
             return _BELOW[True]

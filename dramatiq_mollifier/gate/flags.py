@@ -9,12 +9,14 @@ and refreshes it at most every ``refresh_ms``.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 
 import redis
 
+from ..breaker import CircuitBreaker
 from ..errors import BufferUnavailableError
 
 __all__ = ["FLAG_REFRESH_MS", "OrgFlags", "OrgFlagsView", "flags_key", "parse_flag"]
@@ -114,16 +116,20 @@ class OrgFlags:
 class OrgFlagsView:
     """A process-local copy of the runtime flags, refreshed at most every ``refresh_ms``.
 
-    The refresh happens inline in the first :meth:`enrolled` call after the interval, so at most one
-    enqueue per interval per process pays one extra round trip. A failed refresh empties the view
-    (every org reads as not enrolled by its runtime flag: fail-open) and calls ``on_error``;
-    the next attempt waits a full interval, so an outage costs one attempt per interval.
+    Reading never waits on Redis: the first :meth:`enrolled` call after the interval serves the
+    copy it has and starts a refresh in the background (one at a time), so a slow or stalled
+    Redis never holds up a ``send()``. Until the first refresh has finished, no org is enrolled by
+    its runtime flag. A failed refresh empties the view (every org reads as not enrolled by its
+    runtime flag: fail-open) and calls ``on_error``; the next attempt waits a full interval.
+    While ``breaker`` is open, no refresh is attempted.
 
     Parameters:
       flags: Where the flags live.
       refresh_ms: The least time between two reads of the hash. Defaults to ``FLAG_REFRESH_MS``.
       on_error: Called with the exception of a failed refresh. Defaults to doing nothing.
       clock: Seconds from an arbitrary origin. Defaults to ``time.monotonic``.
+      breaker: Shared with the other callers of the same Redis. Defaults to none.
+      spawn: Runs a refresh off the caller's thread. Defaults to a new daemon thread per refresh.
     """
 
     def __init__(
@@ -133,6 +139,8 @@ class OrgFlagsView:
         refresh_ms: int = FLAG_REFRESH_MS,
         on_error: Callable[[Exception], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None,
+        spawn: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         if refresh_ms < 0:
             raise ValueError(f"refresh_ms must be >= 0, got {refresh_ms}")
@@ -140,30 +148,63 @@ class OrgFlagsView:
         self._refresh_s = refresh_ms / 1000
         self._on_error = on_error
         self._clock = clock
+        self._breaker = breaker
+        self._spawn = spawn if spawn is not None else _in_thread
         self._lock = threading.Lock()
+        self._pid = os.getpid()
         self._enrolled: frozenset[str] = frozenset()
         self._next_refresh_at = float("-inf")
 
     def enrolled(self, org_id: str) -> bool:
         """Whether the runtime flag of ``org_id`` is ``"true"``, as of the last refresh."""
         if self._clock() >= self._next_refresh_at:
-            self.refresh()
+            self._start_refresh()
         return org_id in self._enrolled
 
-    def refresh(self) -> None:
-        """Re-read the hash now, unless another thread is doing so."""
+    def _start_refresh(self) -> None:
+        if os.getpid() != self._pid:
+            # A forked child: the parent's refresh thread (and a lock it held) did not come along.
+            self._pid = os.getpid()
+            self._lock = threading.Lock()
         # A thread that finds a refresh under way keeps using the current copy rather than wait.
         if not self._lock.acquire(blocking=False):
             return
+        # Nobody else starts one until this one is over and an interval has passed.
+        self._next_refresh_at = float("inf")
         try:
-            try:
-                self._enrolled = self._flags.enrolled()
-            except Exception as exc:
-                self._enrolled = frozenset()
-                if self._on_error is not None:
-                    self._on_error(exc)
+            self._spawn(self._refresh_locked)
+        except Exception:
+            self._next_refresh_at = self._clock() + self._refresh_s
+            self._lock.release()
+            raise
+
+    def refresh(self) -> None:
+        """Re-read the hash now, in the caller's thread, unless a refresh is under way."""
+        if not self._lock.acquire(blocking=False):
+            return
+        self._refresh_locked()
+
+    def _refresh_locked(self) -> None:
+        try:
+            breaker = self._breaker
+            if breaker is None or breaker.allow():
+                try:
+                    self._enrolled = self._flags.enrolled()
+                except Exception as exc:
+                    if breaker is not None:
+                        breaker.record(exc)
+                    self._enrolled = frozenset()
+                    if self._on_error is not None:
+                        self._on_error(exc)
+                else:
+                    if breaker is not None:
+                        breaker.record_success()
+        finally:
             # Counted from the end of the read, failed or not: a slow or failing Redis is asked
             # once per interval, never by every enqueue.
             self._next_refresh_at = self._clock() + self._refresh_s
-        finally:
             self._lock.release()
+
+
+def _in_thread(target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name="mollifier-flags-refresh", daemon=True).start()
