@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,6 +16,7 @@ __all__ = [
     "DUAL_WRITE_ENTRY_TTL_S",
     "MollifierMode",
     "MollifierSettings",
+    "redis_url_problem",
 ]
 
 #: The ``enabled_orgs`` element that enrols every org.
@@ -23,8 +25,37 @@ ALL_ORGS = "*"
 #: How long buffered copies live in ``dual_write`` mode, where the broker holds the real copy.
 DUAL_WRITE_ENTRY_TTL_S = 600
 
-#: The drainer must stop at least this long before Dramatiq's own shutdown deadline.
+#: What the supervisor's grace period must hold beyond the drainer's stop: Dramatiq's own
+#: shutdown (stopping consumers, requeueing unstarted messages) needs a moment too.
 SHUTDOWN_MARGIN_MS = 1_000
+
+# Upper bounds. Past them a value is a mistake, and it would fail later and quietly: Redis
+# refuses an expiry that overflows (every tripped send would then fail open), a thread cannot
+# wait that long (OverflowError in the drainer's thread), a tick cannot read that many orgs.
+_DAY_MS = 86_400_000
+_YEAR_S = 365 * 86_400
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a Redis URL, or None. Shared by the settings and the CLI.
+
+    Catches what redis-py would fail on late (a non-numeric or out-of-range port) or silently
+    misread (a database part like ``/abc`` means db 0 to it).
+    """
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return "expected a redis://, rediss:// or unix:// URL"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
+    except ValueError as exc:
+        return f"bad port ({exc})"
+    if parts.scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            return "no host"
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            return f"database {db!r} is not a number"
+    return None
 
 
 class MollifierMode(str, enum.Enum):
@@ -92,13 +123,13 @@ class MollifierSettings(BaseSettings):
     #: The prefix of every Redis key this package writes. Defaults to ``mollifier``.
     key_prefix: str = "mollifier"
     #: The fixed window of the trip counter, in milliseconds. Defaults to 200.
-    trip_window_ms: int = Field(default=200, gt=0)
+    trip_window_ms: int = Field(default=200, gt=0, le=_DAY_MS)
     #: An env trips when its window count is strictly greater than this. Defaults to 100.
-    trip_threshold: int = Field(default=100, ge=0)
+    trip_threshold: int = Field(default=100, ge=0, le=1_000_000_000)
     #: How long a tripped env stays tripped after its last over-threshold enqueue. Defaults to 500.
-    trip_hold_ms: int = Field(default=500, ge=0)
+    trip_hold_ms: int = Field(default=500, ge=0, le=_DAY_MS)
     #: Expiry of buffered entries in seconds. Unset: none in ``divert`` mode, 600 in ``dual_write``.
-    entry_ttl_s: int | None = Field(default=None, gt=0)
+    entry_ttl_s: int | None = Field(default=None, gt=0, le=_YEAR_S)
     #: Run a drainer in worker processes. Unset: same as ``enabled``.
     drainer_enabled: bool | None = None
     #: Drained messages waiting in the broker (not yet started by a worker), fleet-wide, at most:
@@ -111,21 +142,30 @@ class MollifierSettings(BaseSettings):
     #: anyway (a message lost from the broker, a purged queue). Defaults to 60 s.
     drain_outstanding_ttl_ms: int = Field(default=60_000, gt=0, le=86_400_000)
     #: Handler threads per drainer: broker writes in flight at once. Defaults to 16.
-    drain_concurrency: int = Field(default=16, gt=0)
+    drain_concurrency: int = Field(default=16, gt=0, le=1_000)
     #: Entries popped from one env per tick. Defaults to 100.
-    drain_batch_size: int = Field(default=100, gt=0)
+    drain_batch_size: int = Field(default=100, gt=0, le=10_000)
     #: Handler attempts before an entry is dead-lettered. Defaults to 3.
-    drain_max_attempts: int = Field(default=3, gt=0)
+    drain_max_attempts: int = Field(default=3, gt=0, le=1_000)
     #: Orgs visited per drain tick. Defaults to 500.
-    drain_max_orgs_per_tick: int = Field(default=500, gt=0)
+    drain_max_orgs_per_tick: int = Field(default=500, gt=0, le=10_000)
     #: Sleep after an idle tick, in milliseconds. Defaults to 100.
-    drain_poll_interval_ms: int = Field(default=100, gt=0)
+    drain_poll_interval_ms: int = Field(default=100, gt=0, le=60_000)
     #: How long a popped entry may stay DRAINING before any drainer reclaims it. Defaults to 60 s.
-    drain_lease_ms: int = Field(default=60_000, gt=0)
-    #: How long worker shutdown waits for the drainer, in milliseconds. Defaults to 30 s.
-    drain_shutdown_timeout_ms: int = Field(default=30_000, gt=0)
-    #: Dramatiq's worker shutdown timeout (``--shutdown-timeout`` x 1000). Defaults to 600 s.
-    graceful_shutdown_timeout_ms: int = Field(default=600_000, gt=0)
+    drain_lease_ms: int = Field(default=60_000, gt=0, le=_DAY_MS)
+    #: How long worker shutdown waits for the drainer, in milliseconds. It runs first, in
+    #: ``before_worker_shutdown``: Dramatiq's own shutdown timeout starts after it, so the two add
+    #: up. Must end ``SHUTDOWN_MARGIN_MS`` (1 s) within ``supervisor_grace_period_ms``.
+    #: Defaults to 10 s.
+    drain_shutdown_timeout_ms: int = Field(default=10_000, gt=0, le=_DAY_MS)
+    #: Dramatiq's worker shutdown timeout (``dramatiq --worker-shutdown-timeout``, in ms). When
+    #: set, the drainer's stop plus this must fit in ``supervisor_grace_period_ms``. Defaults to
+    #: None: not checked (Dramatiq's own default, 600 s, outlasts most supervisors).
+    graceful_shutdown_timeout_ms: int | None = Field(default=None, gt=0, le=_DAY_MS)
+    #: How long the process supervisor waits between SIGTERM and SIGKILL, in ms: Kubernetes'
+    #: ``terminationGracePeriodSeconds`` (30 s by default), systemd's ``TimeoutStopSec`` (90 s),
+    #: Docker's ``stop --time`` (10 s), supervisord's ``stopwaitsecs`` (10 s). Defaults to 30 s.
+    supervisor_grace_period_ms: int = Field(default=30_000, gt=0, le=_DAY_MS)
     #: Consecutive Redis outages (connection errors, timeouts) after which the gate and the flags
     #: refresh stop calling Redis for ``breaker_cooldown_ms``, failing open. Defaults to 3.
     breaker_failure_threshold: int = Field(default=3, gt=0)
@@ -143,18 +183,28 @@ class MollifierSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        if not value.startswith(("redis://", "rediss://", "unix://")):
-            raise MollifierConfigurationError("expected a redis://, rediss:// or unix:// URL")
+        problem = redis_url_problem(value)
+        if problem is not None:
+            raise MollifierConfigurationError(problem)
         return value
 
     @model_validator(mode="after")
     def _check_shutdown_timeouts(self) -> MollifierSettings:
-        latest_ms = self.graceful_shutdown_timeout_ms - SHUTDOWN_MARGIN_MS
-        if self.drain_shutdown_timeout_ms > latest_ms:
+        # Dramatiq runs before_worker_shutdown (the drainer's stop) and only then starts its own
+        # shutdown timeout: the two add up, and the supervisor kills the process at its grace
+        # period whatever either says.
+        grace_ms = self.supervisor_grace_period_ms
+        shutdown_ms = self.drain_shutdown_timeout_ms + (self.graceful_shutdown_timeout_ms or 0)
+        if shutdown_ms + SHUTDOWN_MARGIN_MS > grace_ms:
+            graceful = self.graceful_shutdown_timeout_ms
+            parts = f"drain_shutdown_timeout_ms ({self.drain_shutdown_timeout_ms})"
+            if graceful is not None:
+                parts += f" + graceful_shutdown_timeout_ms ({graceful})"
             raise MollifierConfigurationError(
-                f"drain_shutdown_timeout_ms ({self.drain_shutdown_timeout_ms}) must be at least "
-                f"{SHUTDOWN_MARGIN_MS} ms below graceful_shutdown_timeout_ms "
-                f"({self.graceful_shutdown_timeout_ms}), so the drainer stops before Dramatiq gives up"
+                f"{parts} must end at least {SHUTDOWN_MARGIN_MS} ms before "
+                f"supervisor_grace_period_ms ({grace_ms}): the drainer stops before Dramatiq's "
+                "own shutdown timeout starts, and the supervisor kills the process at its grace "
+                "period"
             )
         return self
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import enum
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,27 +13,48 @@ from pydantic import ValidationError
 
 from dramatiq_mollifier import Mollifier, MollifierConfigurationError, MollifierMode, MollifierSettings
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 
-def test_defaults_match_the_documented_ones() -> None:
-    settings = MollifierSettings()
 
-    assert settings.enabled is False
-    assert settings.shadow_mode is False
-    assert settings.mode is MollifierMode.DIVERT
-    assert settings.enabled_orgs == frozenset()
-    assert settings.redis_url == "redis://localhost:6379/0"
-    assert settings.key_prefix == "mollifier"
-    assert (settings.trip_window_ms, settings.trip_threshold, settings.trip_hold_ms) == (200, 100, 500)
-    assert settings.entry_ttl_s is None
-    assert settings.effective_entry_ttl_s is None
-    assert settings.run_drainer is False
-    assert settings.drain_concurrency == 16
-    assert settings.drain_max_attempts == 3
-    assert settings.drain_max_orgs_per_tick == 500
-    assert settings.drain_poll_interval_ms == 100
-    assert settings.drain_lease_ms == 60_000
-    assert settings.drain_shutdown_timeout_ms == 30_000
-    assert settings.graceful_shutdown_timeout_ms == 600_000
+@pytest.fixture(autouse=True)
+def no_mollifier_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own ``MOLLIFIER_*`` variables must not change what these tests see."""
+    for name in list(os.environ):
+        if name.startswith("MOLLIFIER_"):
+            monkeypatch.delenv(name)
+
+
+def documented_settings() -> dict[str, tuple[str, str]]:
+    """setting -> (environment variable, default cell) of each row of the README's table."""
+    section = README.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| `(\w+)` \| ([^|]+) \|", section, re.MULTILINE)
+    return {name: (variable, default.strip()) for name, variable, default in rows}
+
+
+def shown(value: object) -> str:
+    """A default as the README writes it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return str(value)
+
+
+def test_the_readme_documents_every_setting_its_variable_and_its_default() -> None:
+    documented = documented_settings()
+    defaults = MollifierSettings()
+
+    assert sorted(documented) == sorted(MollifierSettings.model_fields)
+    for name, (variable, default) in documented.items():
+        assert variable == f"MOLLIFIER_{name.upper()}"
+        value = getattr(defaults, name)
+        # A literal default is written `value`, maybe with a gloss: "`0` (none)".
+        literal = re.fullmatch(r"`([^`]+)`( \(.*\))?", default)
+        if literal:
+            assert literal.group(1) == shown(value), name
+        else:
+            # "empty", "unset: ...", "same as `enabled`": nothing set
+            assert value in (None, frozenset()), name
 
 
 @pytest.mark.parametrize(
@@ -43,6 +68,10 @@ def test_defaults_match_the_documented_ones() -> None:
         ("enabled_orgs", 42),
         ("redis_url", "http://localhost:6379"),
         ("redis_url", "localhost:6379"),
+        ("redis_url", "redis://localhost:abc/0"),
+        ("redis_url", "redis://localhost:99999/0"),
+        ("redis_url", "redis://localhost:6379/abc"),
+        ("redis_url", "redis:///0"),
         ("key_prefix", ""),
         ("key_prefix", "has space"),
         ("trip_window_ms", 0),
@@ -61,6 +90,21 @@ def test_defaults_match_the_documented_ones() -> None:
         ("drain_lease_ms", 0),
         ("drain_shutdown_timeout_ms", 0),
         ("graceful_shutdown_timeout_ms", -1),
+        ("supervisor_grace_period_ms", 0),
+        # Upper bounds: past them a value would fail later and quietly.
+        ("trip_window_ms", 86_400_001),
+        ("trip_threshold", 10**12),
+        ("trip_hold_ms", 10**18),
+        ("entry_ttl_s", 10**16),
+        ("drain_concurrency", 1_001),
+        ("drain_batch_size", 10**9),
+        ("drain_max_attempts", 10**9),
+        ("drain_max_orgs_per_tick", 10**9),
+        ("drain_poll_interval_ms", 10**13),
+        ("drain_lease_ms", 10**13),
+        ("drain_shutdown_timeout_ms", 10**13),
+        ("graceful_shutdown_timeout_ms", 10**13),
+        ("supervisor_grace_period_ms", 10**13),
     ],
 )
 def test_a_bad_value_is_rejected_with_a_message_naming_the_setting(field: str, value: Any) -> None:
@@ -83,19 +127,34 @@ def test_a_bad_environment_value_is_rejected_naming_the_variable(monkeypatch: py
         MollifierSettings()
 
 
-def test_the_drain_shutdown_must_end_a_second_before_dramatiqs() -> None:
-    MollifierSettings(drain_shutdown_timeout_ms=29_000, graceful_shutdown_timeout_ms=30_000)
+def test_the_drain_shutdown_must_end_a_second_before_the_supervisors_grace_period() -> None:
+    MollifierSettings(drain_shutdown_timeout_ms=29_000)
 
     with pytest.raises(MollifierConfigurationError) as caught:
-        MollifierSettings(drain_shutdown_timeout_ms=29_001, graceful_shutdown_timeout_ms=30_000)
+        MollifierSettings(drain_shutdown_timeout_ms=29_001)
 
     assert "drain_shutdown_timeout_ms" in str(caught.value)
-    assert "graceful_shutdown_timeout_ms" in str(caught.value)
+    assert "supervisor_grace_period_ms (30000)" in str(caught.value)
+    MollifierSettings(drain_shutdown_timeout_ms=89_000, supervisor_grace_period_ms=90_000)
 
 
-def test_the_shutdown_relation_is_checked_against_the_default_graceful_timeout() -> None:
-    with pytest.raises(MollifierConfigurationError, match="drain_shutdown_timeout_ms"):
-        MollifierSettings(drain_shutdown_timeout_ms=600_000)
+def test_the_drain_shutdown_and_dramatiqs_add_up_against_the_grace_period() -> None:
+    # Dramatiq starts its own shutdown timeout after before_worker_shutdown (the drainer's
+    # stop) returns: 10 s + 20 s leave no margin in 30 s, though each alone fits.
+    with pytest.raises(MollifierConfigurationError) as caught:
+        MollifierSettings(drain_shutdown_timeout_ms=10_000, graceful_shutdown_timeout_ms=20_000)
+
+    assert "graceful_shutdown_timeout_ms (20000)" in str(caught.value)
+    MollifierSettings(drain_shutdown_timeout_ms=10_000, graceful_shutdown_timeout_ms=19_000)
+
+
+def test_a_bad_redis_url_names_the_setting_and_what_is_wrong() -> None:
+    with pytest.raises(MollifierConfigurationError, match=r"MOLLIFIER_REDIS_URL.*is not a number"):
+        MollifierSettings(redis_url="redis://localhost:6379/abc")
+    with pytest.raises(MollifierConfigurationError, match=r"MOLLIFIER_REDIS_URL.*port"):
+        MollifierSettings(redis_url="redis://localhost:port/0")
+    MollifierSettings(redis_url="rediss://user:pw@example.com:6380/15")
+    MollifierSettings(redis_url="unix:///run/redis.sock?db=2")
 
 
 @pytest.mark.parametrize(

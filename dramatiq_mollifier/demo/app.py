@@ -90,7 +90,6 @@ class DemoConfig:
             drain_concurrency=self.drain_concurrency,
             drain_poll_interval_ms=50,
             drain_shutdown_timeout_ms=10_000,
-            graceful_shutdown_timeout_ms=600_000,
         )
 
 

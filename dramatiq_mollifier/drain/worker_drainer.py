@@ -79,7 +79,13 @@ class WorkerDrainer:
         )
 
     def stop(self) -> bool:
-        """Stop the drainer within ``drain_shutdown_timeout_ms``; True if it stopped in time."""
+        """Stop the drainer within ``drain_shutdown_timeout_ms``; True if it stopped in time.
+
+        Called from ``before_worker_shutdown``: Dramatiq starts its own shutdown timeout
+        (``dramatiq --worker-shutdown-timeout``) only after this returns, so a worker's shutdown
+        takes up to the sum of both, and the settings check that the drainer's share fits in
+        ``supervisor_grace_period_ms``.
+        """
         if self._drainer is None:
             return True
         timeout_ms = self.settings.drain_shutdown_timeout_ms

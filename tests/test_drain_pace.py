@@ -1,0 +1,143 @@
+"""The drain pace: a fleet-wide budget of drained messages waiting in the broker, on a real Redis."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
+from dramatiq_mollifier.drain.pace import DrainPace
+from dramatiq_mollifier.models import BufferEntry
+
+from .mollifier_helpers import eventually
+
+pytestmark = pytest.mark.redis
+
+
+class Broker:
+    """A handler standing in for the broker write: records ids, nothing consumes them."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, entry: BufferEntry) -> None:
+        with self._lock:
+            self.ids.append(entry.message_id)
+
+
+def seed(buffer: MollifierBuffer, org: str, count: int) -> None:
+    for i in range(count):
+        buffer.accept(f"{org}-{i}", org_id=org, env_id="prod", payload=b"x")
+
+
+def drain_until_paced(*drainers: MollifierDrainer) -> None:
+    for _ in range(20):
+        results = [drainer.run_once() for drainer in drainers]
+        if all(result.paced for result in results):
+            return
+    raise AssertionError(f"the drainers never ran out of budget: {results}")
+
+
+def test_two_drainers_share_one_budget(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given 200 buffered messages and two drainers (two processes of a fleet) with one budget of 30
+    seed(buffer, "burst", 200)
+    broker = Broker()
+    drainers = [
+        MollifierDrainer(
+            buffer,
+            broker,
+            batch_size=20,
+            pace=DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=30),
+        )
+        for _ in range(2)
+    ]
+
+    # When both drain until the budget stops them
+    drain_until_paced(*drainers)
+
+    # Then 30 messages reached the broker in all, not 30 per drainer
+    assert len(broker.ids) == 30
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=30)
+    assert pace.in_use() == 30
+
+    # When workers start 12 of them, exactly 12 more are drained
+    pace.release(broker.ids[:12])
+    drain_until_paced(*drainers)
+    assert len(broker.ids) == 42
+    assert len(set(broker.ids)) == 42
+    assert buffer.depth() == 200 - 42
+
+
+def test_a_paced_tick_says_so_and_leaves_the_org_first_in_line(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    seed(buffer, "a", 10)
+    seed(buffer, "b", 10)
+    broker = Broker()
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=5)
+    drainer = MollifierDrainer(buffer, broker, batch_size=5, pace=pace)
+
+    assert drainer.run_once() == DrainResult(drained=5, failed=0, paced=True)
+    assert {message_id[0] for message_id in broker.ids} == {"a"}
+
+    # b got nothing: once slots are free it is served before a again
+    pace.release(broker.ids)
+    drainer.run_once()
+    assert {message_id[0] for message_id in broker.ids[5:10]} == {"b"}
+
+
+def test_a_slot_whose_message_never_starts_frees_itself(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a budget of 2 held by messages lost from the broker (never started, never released)
+    seed(buffer, "a", 4)
+    broker = Broker()
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=2, outstanding_ttl_ms=200)
+    drainer = MollifierDrainer(buffer, broker, pace=pace)
+    drainer.run_once()
+    assert len(broker.ids) == 2
+
+    # Then the budget comes back by itself once their deadline passes
+    eventually(lambda: not drainer.run_once().paced or len(broker.ids) > 2, what="the slots to expire")
+    assert len(broker.ids) == 4
+
+
+def test_a_failed_broker_write_gives_its_slot_back_at_once(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    seed(buffer, "a", 3)
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=3)
+
+    def broker_down(entry: BufferEntry) -> None:
+        raise ConnectionError("broker down")
+
+    drainer = MollifierDrainer(buffer, broker_down, pace=pace, max_attempts=10)
+    drainer.run_once()
+
+    assert pace.in_use() == 0
+
+
+def test_the_rate_cap_is_fleet_wide(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    paces = [
+        DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=1_000, rate_per_s=50) for _ in range(2)
+    ]
+    # Two drainers asking at once for far more than a second's worth get one second's worth
+    granted = sum(pace.claim(100).granted for pace in paces)
+    assert 50 <= granted <= 52  # the bucket refills during the two calls
+
+
+def test_settings_reject_a_budget_out_of_range() -> None:
+    from dramatiq_mollifier import MollifierConfigurationError, MollifierSettings
+
+    with pytest.raises(MollifierConfigurationError, match="drain_max_outstanding"):
+        MollifierSettings(drain_max_outstanding=-1)
+    with pytest.raises(MollifierConfigurationError, match="drain_rate_limit_per_s"):
+        MollifierSettings(drain_rate_limit_per_s=10**9)

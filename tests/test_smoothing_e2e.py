@@ -1,0 +1,32 @@
+"""Quiet tenants are protected where they feel it: at the worker, with the real ``dramatiq`` CLI.
+
+One org bursts while three quiet orgs send 10/s, once without the mollifier and once with it on
+its default settings (``benchmarks/smoothing_scenario.py``). The bound is loose on purpose (a
+third); the tight figures belong to ``benchmarks/bench_smoothing.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.smoothing_scenario import run_scenario
+from dramatiq_mollifier.embedded import EmbeddedRedis
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+def test_quiet_tenants_do_not_wait_behind_a_burst(disposable_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    url = disposable_redis.url
+    without = run_scenario(redis_url=url, mollified=False, burst=3_000, log=tmp_path / "without.log")
+    with_ = run_scenario(redis_url=url, mollified=True, burst=3_000, log=tmp_path / "with.log")
+
+    # Everything was processed both times, and quiet messages were measured both times
+    assert without.burst_processed == with_.burst_processed == 3_000
+    assert len(without.quiet_waits_ms) >= 10 and len(with_.quiet_waits_ms) >= 10
+    # The burst waited in the buffer, not in the broker queue
+    assert with_.peak_buffer_depth > 1_000
+    assert with_.peak_broker_depth < without.peak_broker_depth / 3
+    # And the quiet orgs' p99 wait fell to under a third of what it is without the mollifier
+    assert with_.p99 < without.p99 / 3, (with_.p99, without.p99)
