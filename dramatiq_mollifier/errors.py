@@ -5,11 +5,13 @@ from __future__ import annotations
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 __all__ = [
+    "BrokerUnavailableError",
     "BufferUnavailableError",
     "CrashNotRetried",
     "MollifierConfigurationError",
     "MollifierError",
     "UndeliverableEntryError",
+    "UnknownDestinationError",
     "WorkerCrashed",
 ]
 
@@ -26,11 +28,27 @@ class BufferUnavailableError(MollifierError):
     """Redis could not be reached, timed out or answered garbage (wraps the redis-py error)."""
 
 
+class BrokerUnavailableError(MollifierError):
+    """Drain handlers could not reach the broker: their entries went back untried."""
+
+
 class UndeliverableEntryError(MollifierError):
     """A buffered entry can never be delivered (undecodable payload, unknown actor or queue).
 
     A drain handler raises it to dead-letter the entry at once, without retries.
     """
+
+
+class UnknownDestinationError(UndeliverableEntryError):
+    """A buffered entry's actor or queue is not declared here (yet: a deploy may be rolling out).
+
+    The drainer retries it for ``drain_unknown_actor_grace_ms`` before it dead-letters it.
+    """
+
+    def __init__(self, message: str, *, actor_name: str) -> None:
+        super().__init__(message)
+        #: The actor the entry is for.
+        self.actor_name = actor_name
 
 
 class WorkerCrashed(MiddlewareError, MollifierError):

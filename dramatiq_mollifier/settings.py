@@ -147,6 +147,13 @@ class MollifierSettings(BaseSettings):
     drain_batch_size: int = Field(default=100, gt=0, le=10_000)
     #: Handler attempts before an entry is dead-lettered. Defaults to 3.
     drain_max_attempts: int = Field(default=3, gt=0, le=1_000)
+    #: The wait before a failed entry's second attempt, doubling per attempt (at most half the
+    #: lease), in milliseconds. Broker unavailability consumes no attempt. Defaults to 1 second.
+    drain_retry_delay_ms: int = Field(default=1_000, ge=0, le=3_600_000)
+    #: How long entries for an actor or queue this worker does not declare (a deploy rolling out)
+    #: are retried before they are dead-lettered, in milliseconds; 0 dead-letters them at once.
+    #: Defaults to 5 minutes.
+    drain_unknown_actor_grace_ms: int = Field(default=300_000, ge=0, le=86_400_000)
     #: Orgs visited per drain tick. Defaults to 500.
     drain_max_orgs_per_tick: int = Field(default=500, gt=0, le=10_000)
     #: Sleep after an idle tick, in milliseconds. Defaults to 100.

@@ -210,10 +210,10 @@ def test_a_tick_whose_entries_all_fail_does_not_spin(buffer: MollifierBuffer) ->
         calls += 1
         raise RuntimeError("always")
 
-    drainer = MollifierDrainer(buffer, handler, max_attempts=1_000, poll_interval_ms=50)
+    drainer = MollifierDrainer(buffer, handler, max_attempts=1_000, poll_interval_ms=50, retry_delay_ms=50)
     drainer.start()
     time.sleep(0.5)
     assert drainer.stop(5_000)
 
-    # One attempt per tick, a 50 ms sleep after each: about ten in half a second.
-    assert 3 <= calls <= 12
+    # Each retry waits its own delay, 50 ms doubling: attempts at about 0, 50, 150 and 350 ms.
+    assert 2 <= calls <= 5

@@ -20,10 +20,11 @@ from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
 from ..models import BufferEntry
 from ..telemetry import Telemetry
+from .failures import RETRY_DELAY_MS
 from .handler_pool import Completion, DrainHandler, HandlerPool
 from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
-from .settling import Settler
+from .settling import UNKNOWN_ACTOR_GRACE_MS, Settler
 
 __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer"]
 
@@ -79,6 +80,10 @@ class MollifierDrainer:
       telemetry: Where drain metrics go. Defaults to instruments on the global meter provider.
       reclaim_interval_ms: How often ``run_once`` reclaims expired leases. Defaults to a quarter of
         the buffer's lease, at most once a second.
+      retry_delay_ms: The wait before an entry's second attempt, doubling per attempt; broker
+        unavailability consumes no attempt (see :mod:`.settling`). Defaults to 1 second.
+      unknown_actor_grace_ms: How long entries for an undeclared actor or queue are retried before
+        they are dead-lettered. Defaults to 5 minutes.
       pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
         Defaults to None: no budget, every popped entry goes to the handler at once.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
@@ -98,6 +103,8 @@ class MollifierDrainer:
         is_retryable: Callable[[BaseException], bool] | None = None,
         telemetry: Telemetry | None = None,
         reclaim_interval_ms: int | None = None,
+        retry_delay_ms: int = RETRY_DELAY_MS,
+        unknown_actor_grace_ms: int = UNKNOWN_ACTOR_GRACE_MS,
         pace: DrainPace | None = None,
         sleep: Callable[[int], object] | None = None,
     ) -> None:
@@ -124,6 +131,8 @@ class MollifierDrainer:
             telemetry=self._telemetry,
             max_attempts=max_attempts,
             is_retryable=is_retryable or (lambda exc: True),
+            retry_delay_ms=retry_delay_ms,
+            unknown_actor_grace_ms=unknown_actor_grace_ms,
         )
         if reclaim_interval_ms is None:
             reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
@@ -190,7 +199,7 @@ class MollifierDrainer:
     def _drain_env(self, pool: HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
         remaining = self.batch_size
-        while remaining > 0 and not self._stopping.is_set():
+        while remaining > 0 and not self._stopping.is_set() and not self._settler.broker_unavailable:
             # Wait for a few free slots rather than one: fewer, larger pops (and acks).
             wanted = min(remaining, self._refill)
             if not self._collect(pool, tick, until=self.concurrency - wanted):
@@ -325,6 +334,7 @@ class MollifierDrainer:
                 pool.close()
                 self._pool = None
             if stopped:
+                self._settler.settle_due(everything=True)
                 self._thread = None
                 self._stopping = threading.Event()
             else:
@@ -340,6 +350,8 @@ class MollifierDrainer:
         while not stopping.is_set():
             try:
                 result = self.run_once()
+                self._settler.settle_due()
+                self._settler.check_broker()
             except Exception:
                 failures += 1
                 delay_ms = backoff_ms(self.poll_interval_ms, failures)

@@ -7,8 +7,10 @@ enqueued on its own queue with the ``drained`` marker (the gate lets it through)
 the entry is only audited: the drainer acks it and logs ``mollifier.drained`` with its age and
 sha256.
 
-A message that cannot be decoded, or whose actor or queue this broker does not know, can never
-be delivered: :class:`UndeliverableEntryError` dead-letters it at once instead of retrying it.
+A message that cannot be decoded can never be delivered: :class:`UndeliverableEntryError`
+dead-letters it at once instead of retrying it. One whose actor or queue this broker does not
+know raises :class:`UnknownDestinationError`: during a rolling deploy only newer workers may
+declare it, so the drainer retries it for a grace period first.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any
 import dramatiq
 from dramatiq.errors import ActorNotFound
 
-from ..errors import UndeliverableEntryError
-from ..models import STATE_DRAINED, STATE_OPTION, BufferEntry
+from ..errors import UndeliverableEntryError, UnknownDestinationError
+from ..models import STATE_DRAINED, BufferEntry, marker
 from ..settings import MollifierMode
 from .drainer import DrainHandler
 
@@ -56,16 +58,18 @@ def make_drain_handler(
         try:
             broker.get_actor(message.actor_name)
         except ActorNotFound:
-            raise UndeliverableEntryError(
+            raise UnknownDestinationError(
                 f"buffered message {entry.message_id!r} is for actor {message.actor_name!r}, "
-                "which this broker does not declare"
+                "which this broker does not declare",
+                actor_name=message.actor_name,
             ) from None
         if message.queue_name not in broker.get_declared_queues():
-            raise UndeliverableEntryError(
+            raise UnknownDestinationError(
                 f"buffered message {entry.message_id!r} is for queue {message.queue_name!r}, "
-                "which this broker does not declare"
+                "which this broker does not declare",
+                actor_name=message.actor_name,
             )
-        broker.enqueue(message.copy(options={STATE_OPTION: STATE_DRAINED}))
+        broker.enqueue(message.copy(options=marker(STATE_DRAINED, message.message_id)))
 
     return handle
 

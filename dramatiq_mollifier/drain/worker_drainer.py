@@ -60,6 +60,8 @@ class WorkerDrainer:
                 make_drain_handler(broker, mode=settings.mode),
                 concurrency=settings.drain_concurrency,
                 max_attempts=settings.drain_max_attempts,
+                retry_delay_ms=settings.drain_retry_delay_ms,
+                unknown_actor_grace_ms=settings.drain_unknown_actor_grace_ms,
                 max_orgs_per_tick=settings.drain_max_orgs_per_tick,
                 poll_interval_ms=settings.drain_poll_interval_ms,
                 batch_size=settings.drain_batch_size,

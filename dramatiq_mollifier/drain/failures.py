@@ -1,0 +1,57 @@
+"""Whose fault a handler error is: the broker's (unavailable) or the message's.
+
+An entry whose handler could not reach the broker did nothing wrong: it goes back untried, with
+no attempt consumed, and the drainer backs off as a whole. Only the other errors count toward
+``drain_max_attempts``.
+"""
+
+from __future__ import annotations
+
+import redis
+from dramatiq.errors import BrokerConnectionError
+
+__all__ = ["is_unavailable", "retry_delay_ms"]
+
+#: The first wait before a failed entry is tried again, in milliseconds; doubled per attempt.
+RETRY_DELAY_MS = 1_000
+# How far up __cause__/__context__ a wrapped error is looked for.
+_CHAIN_DEPTH = 5
+
+
+def _unavailable_types() -> tuple[type[BaseException], ...]:
+    # Builtin ConnectionError and TimeoutError cover sockets refused, reset or timed out; any
+    # redis-py error out of a RedisBroker is its server's (down, loading, read-only replica
+    # after a failover, out of memory); pika's connection errors are RabbitMQ's.
+    found: list[type[BaseException]] = [
+        ConnectionError,
+        TimeoutError,
+        BrokerConnectionError,
+        redis.RedisError,
+    ]
+    try:
+        from pika.exceptions import AMQPConnectionError
+    except ImportError:  # pragma: no cover - pika comes with dramatiq[rabbitmq] only
+        pass
+    else:
+        found.append(AMQPConnectionError)
+    return tuple(found)
+
+
+_UNAVAILABLE = _unavailable_types()
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` (or what it wraps) says the broker could not be reached or used."""
+    seen: BaseException | None = error
+    for _ in range(_CHAIN_DEPTH):
+        if seen is None:
+            return False
+        if isinstance(seen, _UNAVAILABLE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_delay_ms(base_ms: int, attempts: int, cap_ms: int) -> int:
+    """The wait before attempt ``attempts + 1`` of an entry: ``base_ms`` doubling, ``cap_ms`` at most."""
+    return min(cap_ms, base_ms << min(max(attempts, 0), 20))

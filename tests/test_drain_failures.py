@@ -1,0 +1,169 @@
+"""Whose fault a failure is: a broker outage or a rolling deploy dead-letters nothing.
+
+The buffer is on the session's Redis; the broker's Redis is a server of the test's own, which it
+stops and starts again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.drain.drainer import MollifierDrainer
+from dramatiq_mollifier.drain.failures import is_unavailable
+from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.embedded import EmbeddedRedis
+from dramatiq_mollifier.models import BufferEntry
+
+from .mollifier_helpers import eventually
+
+BACKLOG = 400
+
+
+def seed(buffer: MollifierBuffer, count: int, actor_name: str = "record") -> set[str]:
+    ids = set()
+    for n in range(count):
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name="default", actor_name=actor_name, args=(n,), kwargs={}, options={}
+        )
+        buffer.accept(message.message_id, org_id=f"org{n % 4}", env_id="prod", payload=message.encode())
+        ids.add(message.message_id)
+    return ids
+
+
+def declare(broker: dramatiq.Broker, actor_name: str = "record") -> None:
+    def record(n: int) -> None:
+        pass
+
+    dramatiq.actor(record, broker=broker, actor_name=actor_name)
+
+
+@pytest.fixture
+def stub_brokers() -> Iterator[list[StubBroker]]:
+    made: list[StubBroker] = []
+    yield made
+    for broker in made:
+        broker.close()
+
+
+def test_broker_connection_errors_are_unavailability_and_others_are_the_messages() -> None:
+    assert is_unavailable(ConnectionRefusedError())
+    assert is_unavailable(TimeoutError())
+    assert is_unavailable(redis.ConnectionError("down"))
+    assert is_unavailable(redis.ResponseError("READONLY You can't write against a read only replica."))
+    assert is_unavailable(dramatiq.errors.ConnectionClosed(OSError("gone")))
+    wrapped = RuntimeError("enqueue failed")
+    wrapped.__cause__ = PermissionError("denied")
+    assert not is_unavailable(wrapped)  # OSError alone is not a connection error
+    wrapped.__cause__ = ConnectionResetError()
+    assert is_unavailable(wrapped)
+    assert not is_unavailable(ValueError("bad payload"))
+
+
+def test_a_broker_outage_under_a_backlog_dead_letters_nothing_and_consumes_no_attempt(
+    buffer: MollifierBuffer, disposable_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dramatiq_mollifier")
+    broker = RedisBroker(url=disposable_redis.url)
+    declare(broker)
+    ids = seed(buffer, BACKLOG)
+    redeliver = make_drain_handler(broker)
+    handled = 0
+    midway, down = threading.Event(), threading.Event()
+
+    def handler(entry: BufferEntry) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == 50:
+            midway.set()
+            down.wait(10)
+        redeliver(entry)
+
+    drainer = MollifierDrainer(buffer, handler, concurrency=2, batch_size=10, poll_interval_ms=20)
+    drainer.start()
+    try:
+        # Given a drain under way, when the broker's Redis goes away for 2 s (saving its data)
+        assert midway.wait(10)
+        redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+        disposable_redis.stop()
+        down.set()
+        time.sleep(2)
+        disposable_redis.start()
+
+        # Then everything is delivered once it is back
+        admin = redis.Redis.from_url(disposable_redis.url)
+        eventually(lambda: buffer.depth() == 0, timeout_s=30, what="the backlog to drain")
+    finally:
+        assert drainer.stop(5_000)
+    # RedisBroker keys each enqueue by a fresh redis_message_id: a copy enqueued twice shows.
+    delivered = [dramatiq.Message.decode(raw).message_id for raw in admin.hvals("dramatiq:default.msgs")]
+    admin.close()
+    broker.close()
+    # Everything once, except what was in flight when the server went (its reply lost, the
+    # enqueue may have landed): at most one per handler thread.
+    assert set(delivered) == ids
+    assert len(delivered) - len(ids) <= 2
+    assert buffer.failed() == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("mollifier.broker_unavailable" in m for m in messages)
+    assert not any("mollifier.drain_retry" in m or "mollifier.drain_failed" in m for m in messages)
+    drained = [m for m in messages if m.startswith("mollifier.drained ")]
+    assert len(drained) == BACKLOG, (len(delivered), len(drained))
+    assert all(" attempts=0 " in m for m in drained)
+
+
+def test_a_deploy_where_only_new_workers_know_an_actor_dead_letters_nothing(
+    buffer: MollifierBuffer, stub_brokers: list[StubBroker], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given messages for an actor only the new version declares, and an old worker draining
+    old_broker, new_broker = StubBroker(), StubBroker()
+    stub_brokers += [old_broker, new_broker]
+    declare(old_broker, "record")
+    declare(new_broker, "new_feature")
+    ids = seed(buffer, 20, actor_name="new_feature")
+    old = MollifierDrainer(buffer, make_drain_handler(old_broker), poll_interval_ms=10, retry_delay_ms=50)
+    new = MollifierDrainer(buffer, make_drain_handler(new_broker), poll_interval_ms=10)
+    old.start()
+    try:
+        eventually(lambda: "mollifier.unknown_actor" in caplog.text, what="the old worker to meet the actor")
+        # When the new version's worker comes up
+        new.start()
+        eventually(lambda: buffer.depth() == 0, what="the new worker to drain")
+    finally:
+        assert old.stop(5_000)
+        assert new.stop(5_000)
+
+    # Then nothing was dead-lettered, and the old worker said so once
+    assert buffer.failed() == []
+    assert {dramatiq.Message.decode(raw).message_id for raw in new_broker.queues["default"].queue} == ids
+    assert caplog.text.count("mollifier.unknown_actor") == 1
+
+
+def test_an_unknown_actor_is_dead_lettered_once_its_grace_is_over(buffer: MollifierBuffer) -> None:
+    broker = StubBroker()
+    declare(broker, "record")
+    seed(buffer, 3, actor_name="never_declared")
+    drainer = MollifierDrainer(
+        buffer, make_drain_handler(broker), poll_interval_ms=10, retry_delay_ms=20, unknown_actor_grace_ms=200
+    )
+    started = time.monotonic()
+    drainer.start()
+    try:
+        eventually(lambda: len(buffer.failed()) == 3, what="the entries to be dead-lettered")
+    finally:
+        assert drainer.stop(5_000)
+        broker.close()
+    assert time.monotonic() - started >= 0.2
+    assert {entry.last_error[0] for entry in buffer.failed() if entry.last_error} == {
+        "UnknownDestinationError"
+    }
