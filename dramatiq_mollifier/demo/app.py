@@ -58,9 +58,6 @@ class DemoConfig:
     trip_threshold: int = 100
     #: The mollifier's trip window, in milliseconds.
     trip_window_ms: int = 200
-    #: Drain handlers in flight at once in the worker. Small on purpose: it bounds the rate at
-    #: which the burst goes back onto the broker, so the worker keeps up with everyone else.
-    drain_concurrency: int = 4
 
     @property
     def prefix(self) -> str:
@@ -87,8 +84,8 @@ class DemoConfig:
             trip_threshold=self.trip_threshold,
             trip_hold_ms=500,
             drainer_enabled=drainer,
-            drain_concurrency=self.drain_concurrency,
-            drain_poll_interval_ms=50,
+            # The drain settings are the defaults: the fleet-wide drain budget keeps the burst in
+            # the buffer, so nothing is tuned by hand here.
             drain_shutdown_timeout_ms=10_000,
         )
 
