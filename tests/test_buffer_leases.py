@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 
@@ -22,6 +20,22 @@ def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
 def server_ms(client: redis.Redis) -> int:
     seconds, micros = client.time()
     return int(seconds) * 1000 + int(micros) // 1000
+
+
+def latest_lease_deadline(buffer: MollifierBuffer) -> float:
+    latest = buffer.client.zrange(buffer.keys.leases, -1, -1, withscores=True)
+    assert latest, "no lease to wait for"
+    return float(latest[0][1])
+
+
+def wait_past(buffer: MollifierBuffer, deadline_ms: float) -> None:
+    """Until the server's clock has passed ``deadline_ms``."""
+    eventually(lambda: server_ms(buffer.client) > deadline_ms, what="the leases to expire")
+
+
+def wait_for_leases_to_expire(buffer: MollifierBuffer) -> None:
+    """Until the server's clock has passed every lease deadline there is now."""
+    wait_past(buffer, latest_lease_deadline(buffer))
 
 
 def test_pop_records_a_lease_deadline_in_server_time(
@@ -53,7 +67,7 @@ def test_an_entry_whose_drainer_died_is_reclaimed_after_its_lease(
     assert DrainProtocol(buffer).reclaim_expired() == []
 
     # When the lease has passed, a live drainer reclaims it to the tail of its queue
-    time.sleep(0.08)
+    wait_for_leases_to_expire(buffer)
     assert DrainProtocol(buffer).reclaim_expired() == ["m1"]
     entry = buffer.get("m1")
     assert entry is not None
@@ -69,7 +83,7 @@ def test_reclaim_records_the_env_and_org_again(buffer: MollifierBuffer) -> None:
     assert DrainProtocol(buffer).pop("o", "e") is not None
     assert buffer.orgs() == []
 
-    time.sleep(0.08)
+    wait_for_leases_to_expire(buffer)
     assert DrainProtocol(buffer).reclaim_expired() == ["m1"]
 
     assert buffer.orgs() == ["o"]
@@ -80,11 +94,12 @@ def test_acked_requeued_and_failed_entries_are_not_reclaimed(buffer: MollifierBu
     for n in range(3):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
     assert len(DrainProtocol(buffer).pop_many("o", "e", 3)) == 3
+    deadline = latest_lease_deadline(buffer)
     DrainProtocol(buffer).ack("m0")
     assert DrainProtocol(buffer).requeue("m1")
     assert DrainProtocol(buffer).fail("m2", code="E", message="m")
 
-    time.sleep(0.08)
+    wait_past(buffer, deadline)
 
     assert DrainProtocol(buffer).reclaim_expired() == []
     failed = buffer.get("m2")
@@ -113,9 +128,7 @@ def test_reclaim_gives_back_the_counts_of_a_draining_entry_whose_hash_vanished(
     buffer.accept("m2", org_id=org, env_id=env, payload=b"y")
     assert DrainProtocol(buffer).pop(org, env) is not None
     redis_client.delete(buffer.keys.entry("m1"))
-    deadline = redis_client.zscore(buffer.keys.leases, "m1")
-    assert deadline is not None
-    eventually(lambda: server_ms(redis_client) > deadline, what="the lease to expire")
+    wait_for_leases_to_expire(buffer)
 
     # When its lease is reclaimed
     assert DrainProtocol(buffer).reclaim_expired() == []
@@ -133,7 +146,7 @@ def test_reclaim_handles_more_expired_leases_than_one_batch(buffer: MollifierBuf
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"")
     assert len(DrainProtocol(buffer).pop_many("o", "e", 700)) == 700
 
-    time.sleep(0.08)
+    wait_for_leases_to_expire(buffer)
     reclaimed = DrainProtocol(buffer).reclaim_expired()
 
     assert sorted(reclaimed) == sorted(f"m{n}" for n in range(700))
@@ -188,7 +201,7 @@ def test_an_expired_entry_is_skipped_at_pop_and_its_depth_fixed(
     buffer.accept("old", org_id="o", env_id="e", payload=b"x")
     buffer.accept("new", org_id="o", env_id="e", payload=b"y")
     redis_client.pexpire(buffer.keys.entry("old"), 1)
-    time.sleep(0.05)
+    eventually(lambda: not redis_client.exists(buffer.keys.entry("old")), what="the entry to expire")
     assert buffer.get("old") is None
     assert buffer.depth("o", "e") == 2  # the expired entry is still counted until a pop meets it
 

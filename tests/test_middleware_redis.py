@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,39 +140,3 @@ def test_a_delayed_send_on_redis_is_promoted_by_the_worker_without_being_diverte
         ("pass_through", "bypass_delayed", False): 1,
         ("pass_through", "bypass_admitted", False): 1,
     }
-
-
-def test_a_producer_process_never_starts_a_drainer(
-    broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
-) -> None:
-    mollifier, _ = add_redis_mollifier(broker, redis_client, key_prefix, trip_threshold=0)
-
-    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
-    def ingest() -> None: ...
-
-    ingest.send_with_options(org_id="acme")
-    time.sleep(0.1)
-
-    assert mollifier.drainer is None
-    assert mollifier.buffer.depth() == 1
-
-
-def test_drainer_enabled_false_keeps_workers_from_draining(
-    broker: RedisBroker, redis_client: redis.Redis, key_prefix: str
-) -> None:
-    mollifier, _ = add_redis_mollifier(
-        broker, redis_client, key_prefix, trip_threshold=0, drainer_enabled=False
-    )
-
-    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
-    def ingest() -> None: ...
-
-    ingest.send_with_options(org_id="acme")
-    worker = dramatiq.Worker(broker, worker_timeout=50)
-    worker.start()
-    try:
-        time.sleep(0.2)
-        assert mollifier.drainer is None
-    finally:
-        worker.stop()
-    assert mollifier.buffer.depth() == 1
