@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .buffer import MollifierBuffer
-from .settings import MollifierSettings
+from .settings import MollifierSettings, redis_url_problem
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
@@ -80,21 +80,11 @@ def redact_url(url: str) -> str:
 
 
 def _check_url(url: str) -> None:
-    """Reject what redis-py would silently misread (a non-numeric db) or fail on later."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise CommandError(f"bad Redis URL {redact_url(url)}: {exc}", exit_code=EXIT_CONFIG) from exc
-    if parts.scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise CommandError(f"bad Redis URL {redact_url(url)}: no host", exit_code=EXIT_CONFIG)
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            raise CommandError(
-                f"bad Redis URL {redact_url(url)}: database {db!r} is not a number",
-                exit_code=EXIT_CONFIG,
-            )
+    """Reject what redis-py would silently misread (a non-numeric db) or fail on later, as the
+    settings do (:func:`~dramatiq_mollifier.settings.redis_url_problem`)."""
+    problem = redis_url_problem(url)
+    if problem is not None:
+        raise CommandError(f"bad Redis URL {redact_url(url)}: {problem}", exit_code=EXIT_CONFIG)
 
 
 def connect(url: str) -> redis.Redis:

@@ -48,7 +48,7 @@ def redis_url_problem(url: str) -> str | None:
         parts = urlsplit(url)
         _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
     except ValueError as exc:
-        return f"bad port ({exc})"
+        return f"bad port: {exc}"
     if parts.scheme in ("redis", "rediss"):
         if not parts.hostname:
             return "no host"
@@ -90,7 +90,9 @@ def _describe(exc: ValidationError) -> str:
         reason = str(error["msg"]).removeprefix("Value error, ")
         if field:
             variable = f"MOLLIFIER_{field.upper()}"
-            lines.append(f"{field} ({variable}): {reason} (got {error['input']!r})")
+            # A URL may hold a password: never echo it.
+            got = "" if field == "redis_url" else f" (got {error['input']!r})"
+            lines.append(f"{field} ({variable}): {reason}{got}")
         else:
             lines.append(reason)
     return "invalid mollifier settings: " + "; ".join(lines)

@@ -46,7 +46,8 @@ def test_an_unreachable_server_is_one_line_and_exit_3(
     ("url", "says"),
     [
         ("http://localhost:6379/0", "expected a redis://"),
-        ("redis://localhost:port/0", "bad Redis URL"),
+        ("redis://localhost:port/0", "bad port"),
+        ("redis://localhost:99999/0", "bad port"),
         ("redis://localhost:6379/zero", "database 'zero' is not a number"),
         ("redis:///0", "no host"),
     ],
@@ -75,6 +76,32 @@ def test_a_bad_key_prefix_is_a_configuration_error(capsys: pytest.CaptureFixture
 
     assert result.code == 2
     assert "key_prefix" in result.err
+
+
+def test_an_empty_key_prefix_is_refused_not_taken_for_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli(capsys, "stats", "--key-prefix", "", "--redis-url", "redis://127.0.0.1:1/0")
+
+    assert result.code == 2
+    assert "key_prefix" in result.err
+
+
+def test_a_bad_url_error_never_shows_the_password(capsys: pytest.CaptureFixture[str]) -> None:
+    result = run_cli(capsys, "stats", "--redis-url", "redis://user:s3cret@localhost:6379/abc")
+
+    assert result.code == 2
+    assert "is not a number" in result.err
+    assert "s3cret" not in result.err
+
+
+def test_drain_reports_an_app_whose_import_raises_in_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    result = run_cli(capsys, "drain", "tests.apps.broken_app")
+
+    assert result.code == 2
+    assert "importing 'tests.apps.broken_app' raised RuntimeError" in result.err
+    assert "missing DATABASE_URL" in result.err
+    assert result.err.count("\n") == 1
 
 
 def test_a_redis_failure_during_a_command_is_exit_3(capsys: pytest.CaptureFixture[str]) -> None:

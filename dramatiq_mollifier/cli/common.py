@@ -82,9 +82,11 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> MollifierSettings:
     """The settings from ``MOLLIFIER_*``, with the command's flags on top."""
     values: dict[str, Any] = {}
-    if getattr(args, "redis_url", None):
+    # An empty flag is a value to check, not a missing one: --key-prefix "" must not mean the
+    # default prefix.
+    if getattr(args, "redis_url", None) is not None:
         values["redis_url"] = args.redis_url
-    if getattr(args, "key_prefix", None):
+    if getattr(args, "key_prefix", None) is not None:
         values["key_prefix"] = args.key_prefix
     return MollifierSettings(**values)
 

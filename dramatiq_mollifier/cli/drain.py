@@ -9,12 +9,14 @@ import logging
 import signal
 import sys
 import threading
+import traceback
 from types import FrameType
 from typing import Any
 
 import dramatiq
 
 from ..drain.worker_drainer import WorkerDrainer
+from ..errors import MollifierConfigurationError
 from ..middleware import Mollifier
 from . import common
 
@@ -78,13 +80,33 @@ def load_broker(app: str, paths: list[str]) -> dramatiq.Broker:
         target = functools.reduce(getattr, attribute.split("."), module) if attribute else None
     except (ImportError, AttributeError) as exc:
         raise common.CommandError(f"cannot import {app!r}: {exc}", exit_code=common.EXIT_CONFIG) from exc
+    except MollifierConfigurationError:
+        raise  # its own message, exit 2
+    except Exception as exc:
+        raise _app_failed(app, "importing", exc) from exc
     if isinstance(target, dramatiq.Broker):
         return target
     if target is not None:
         if not callable(target):
             raise common.CommandError(f"{app!r} is not a broker", exit_code=common.EXIT_CONFIG)
-        target()
+        try:
+            target()
+        except MollifierConfigurationError:
+            raise
+        except Exception as exc:
+            raise _app_failed(app, "calling", exc) from exc
     return dramatiq.get_broker()
+
+
+def _app_failed(app: str, doing: str, exc: Exception) -> common.CommandError:
+    """The app's own code raised: a configuration problem of the deployment, exit 2."""
+    where = ""
+    if exc.__traceback__ is not None:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        where = f" at {frame.filename}:{frame.lineno}"
+    return common.CommandError(
+        f"{doing} {app!r} raised {type(exc).__name__}{where}: {exc}", exit_code=common.EXIT_CONFIG
+    )
 
 
 @common.command
