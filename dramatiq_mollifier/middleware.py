@@ -22,7 +22,7 @@ from .drain.pace import pace_for
 from .gate import interception
 from .gate.cascade import OPT_OUT_OPTION, Gate, TenantResolver
 from .gate.flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
-from .models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION
+from .models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, marker
 from .settings import MollifierSettings
 from .telemetry import FailOpenStage, Telemetry, ThrottledLog
 
@@ -136,9 +136,9 @@ class Mollifier(Middleware):
             interception.install(broker)
         decision = self.gate.decide(message, delay, intercepted=call is not None)
         if decision.admit:
-            message.options[STATE_OPTION] = STATE_ADMITTED
+            message.options.update(marker(STATE_ADMITTED, message.message_id))
         if decision.divert:
-            interception.divert(message)
+            interception.divert(message, decision.reason.value)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if not self.settings.run_drainer:

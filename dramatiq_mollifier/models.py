@@ -3,30 +3,50 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = [
     "DEFAULT_ENV_ID",
     "STATE_ADMITTED",
     "STATE_DRAINED",
+    "STATE_FOR_OPTION",
     "STATE_OPTION",
     "BufferEntry",
     "EntryStatus",
     "Tenant",
     "TripDecision",
+    "marker",
+    "marker_of",
 ]
 
 #: The env of a message that names an org but no env.
 DEFAULT_ENV_ID = "default"
 
-#: The message option in which the mollifier marks messages it must never gate again.
+#: The message option in which the mollifier marks an enqueue it must not gate again.
 STATE_OPTION = "mollifier_state"
-#: The gate let the message through once: its retries and delay-queue promotions bypass the gate.
+#: The message id the marker was set for: a copy under another id is gated like any message.
+STATE_FOR_OPTION = "mollifier_for"
+#: The gate let a delayed send through: its promotion from the delay queue bypasses the gate.
 STATE_ADMITTED = "admitted"
 #: A drainer re-enqueued the message from the buffer.
 STATE_DRAINED = "drained"
+
+
+def marker(state: str, message_id: str) -> dict[str, str]:
+    """The options that mark message ``message_id`` with ``state`` (bound to that id)."""
+    return {STATE_OPTION: state, STATE_FOR_OPTION: message_id}
+
+
+def marker_of(options: Mapping[str, Any], message_id: str) -> str | None:
+    """The marker state set for ``message_id`` in ``options``; None if none, or if it was set
+    for another message id (the options were copied from another message)."""
+    state = options.get(STATE_OPTION)
+    if state is None or options.get(STATE_FOR_OPTION) != message_id:
+        return None
+    return str(state)
 
 
 class EntryStatus(str, enum.Enum):

@@ -198,6 +198,16 @@ class MollifierSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_entry_ttl(self) -> MollifierSettings:
+        if self.entry_ttl_s is not None and self.mode is MollifierMode.DIVERT:
+            raise MollifierConfigurationError(
+                "entry_ttl_s (MOLLIFIER_ENTRY_TTL_S) cannot be set in divert mode: the buffer holds "
+                "the only copy of a diverted message, and an expired entry would be lost without a "
+                "trace. Unset it, or use mode=dual_write"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_shutdown_timeouts(self) -> MollifierSettings:
         # Dramatiq runs before_worker_shutdown (the drainer's stop) and only then starts its own
         # shutdown timeout: the two add up, and the supervisor kills the process at its grace

@@ -65,6 +65,8 @@ class Reason(str, enum.Enum):
     TRIP_ERROR = "fail_open_trip"
     BUFFER_ERROR = "fail_open_buffer"
     TENANT_ERROR = "fail_open_tenant"
+    #: A re-send whose message id the buffer already holds: it went to the broker.
+    DUPLICATE_ID = "duplicate_id"
     #: The circuit breaker was open: Redis was not called at all.
     BREAKER_OPEN = "fail_open_breaker"
 

@@ -17,7 +17,7 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
 from dramatiq_mollifier.drain.handler import make_drain_handler
 from dramatiq_mollifier.errors import UndeliverableEntryError
-from dramatiq_mollifier.models import STATE_DRAINED, STATE_OPTION, BufferEntry, EntryStatus
+from dramatiq_mollifier.models import STATE_DRAINED, STATE_FOR_OPTION, STATE_OPTION, BufferEntry, EntryStatus
 from dramatiq_mollifier.settings import MollifierMode
 
 
@@ -71,7 +71,11 @@ def test_divert_mode_enqueues_the_stored_message_with_the_drained_marker(broker:
     assert (sent.queue_name, sent.actor_name) == ("ingest-queue", "ingest")
     assert sent.args == message.args
     assert sent.kwargs == message.kwargs
-    assert sent.options == {**message.options, STATE_OPTION: STATE_DRAINED}
+    assert sent.options == {
+        **message.options,
+        STATE_OPTION: STATE_DRAINED,
+        STATE_FOR_OPTION: message.message_id,
+    }
     assert "eta" not in sent.options
     assert broker.queues[dq_name("ingest-queue")].qsize() == 0
 

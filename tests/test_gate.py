@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from dramatiq_mollifier import Mollifier, MollifierSettings, Tenant, TripDecision
 from dramatiq_mollifier.gate.cascade import Decision, Gate
-from dramatiq_mollifier.models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION
+from dramatiq_mollifier.models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, marker
 from dramatiq_mollifier.telemetry import Telemetry
 
 from .mollifier_helpers import decisions, fail_opens, metrics
@@ -72,6 +72,13 @@ class FakeClock:
 
 def message(**options: Any) -> dramatiq.Message[Any]:
     return dramatiq.Message(queue_name="default", actor_name="ingest", args=(1,), kwargs={}, options=options)
+
+
+def marked(state: str, **options: Any) -> dramatiq.Message[Any]:
+    """A message carrying ``state`` set for its own id (as the drainer and the middleware set it)."""
+    sent = message(**options)
+    sent.options.update(marker(state, sent.message_id))
+    return sent
 
 
 def make_gate(
@@ -142,15 +149,17 @@ def test_truth_table_calls_the_evaluator_only_where_it_should_and_records_one_de
     assert decisions(reader) == {decision: 1}
     assert broker.queues["default"].qsize() == (1 if on_broker else 0)
     assert (sent.message_id in backend.buffered) is (not on_broker)
-    assert (sent.options.get(STATE_OPTION) == STATE_ADMITTED) is on_broker
+    # The gate never marks the message the caller holds; a diverted one says it was mollified
+    assert STATE_OPTION not in sent.options
+    assert sent.options.get("mollified", False) is (not on_broker)
 
 
 # Bypasses: decided without touching the evaluator ---------------------------------------------
 @pytest.mark.parametrize(
     ("options", "delay", "reason", "admit"),
     [
-        ({STATE_OPTION: STATE_DRAINED, "org_id": "acme"}, None, "bypass_drained", False),
-        ({STATE_OPTION: STATE_ADMITTED, "org_id": "acme"}, None, "bypass_admitted", False),
+        ({"state": STATE_DRAINED, "org_id": "acme"}, None, "bypass_drained", False),
+        ({"state": STATE_ADMITTED, "org_id": "acme"}, None, "bypass_admitted", False),
         ({"org_id": "acme"}, 1000, "bypass_delayed", True),
         ({"org_id": "acme"}, 0, "bypass_delayed", True),
         ({"org_id": "acme", "mollifier": False}, None, "bypass_actor_opt_out", False),
@@ -164,8 +173,9 @@ def test_bypasses_pass_through_without_evaluating(
 ) -> None:
     backend = StubBackend(tripped=True)
     gate, reader, _ = make_gate(backend)
+    state = options.pop("state", None)
 
-    decision = gate.decide(message(**options), delay)
+    decision = gate.decide(message(**options) if state is None else marked(state, **options), delay)
 
     assert backend.calls == []
     assert (decision.outcome.value, decision.reason.value, decision.admit) == ("pass_through", reason, admit)
@@ -272,7 +282,7 @@ def test_shadow_mode_logs_would_mollify_and_never_buffers(caplog: pytest.LogCapt
 
     for _ in range(3):
         decision = gate.decide(message(org_id="acme", env_id="prod"))
-        assert (decision.outcome.value, decision.divert, decision.admit) == ("shadow_log", False, True)
+        assert (decision.outcome.value, decision.divert, decision.admit) == ("shadow_log", False, False)
 
     assert backend.calls == ["evaluate_trip"] * 3
     assert backend.buffered == {}
@@ -285,3 +295,38 @@ def test_decision_is_a_frozen_value() -> None:
     assert isinstance(decision, Decision)
     with pytest.raises(AttributeError):
         decision.divert = True  # type: ignore[misc]
+
+
+# Markers describe one enqueue ---------------------------------------------------------------
+@pytest.mark.parametrize("state", [STATE_DRAINED, STATE_ADMITTED])
+def test_a_copy_of_a_marked_message_under_a_new_id_is_gated(state: str) -> None:
+    # Given a message marked by the drainer or the middleware, and a fan-out copy of it
+    backend = StubBackend(tripped=True)
+    gate, _, _ = make_gate(backend)
+    original = marked(state, org_id="acme")
+    copy = original.copy(message_id="fan-out-1")
+
+    # When both reach the gate
+    first = gate.decide(original)
+    second = gate.decide(copy)
+
+    # Then the marked enqueue bypasses, the copy is evaluated and diverted like any message
+    assert first.reason.value == f"bypass_{state}"
+    assert (second.outcome.value, second.divert) == ("mollify", True)
+    assert backend.buffered.keys() == {"fan-out-1"}
+
+
+def test_a_re_send_whose_id_is_already_buffered_goes_to_the_broker_and_is_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend = StubBackend(tripped=True)
+    gate, reader, _ = make_gate(backend)
+    sent = message(org_id="acme")
+
+    first = gate.decide(sent)
+    again = gate.decide(sent.copy())
+
+    assert first.divert
+    assert (again.outcome.value, again.reason.value, again.divert) == ("pass_through", "duplicate_id", False)
+    assert decisions(reader)[("pass_through", "duplicate_id", True)] == 1
+    assert "already in the buffer" in caplog.text

@@ -27,7 +27,7 @@ class DivertEverything(Middleware):
         call = interception.current_call(broker, message)
         self.calls.append(call)
         if call is not None:
-            interception.divert(message)
+            interception.divert(message, "per_env_rate")
 
     def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         self.after.append(message.message_id)
@@ -52,7 +52,13 @@ def test_a_diverted_message_is_returned_without_a_broker_write_or_after_enqueue(
 
     returned = broker.enqueue(sent)
 
-    assert returned is sent
+    # A copy that says it was mollified; the caller's own message is left alone
+    assert returned is not sent
+    assert returned.asdict() == {
+        **sent.asdict(),
+        "options": {"mollified": True, "mollifier_reason": "per_env_rate"},
+    }
+    assert sent.options == {}
     assert broker.queues["default"].qsize() == 0
     assert middleware.after == []
 
@@ -73,7 +79,7 @@ def test_the_error_reaches_the_caller_if_raised_outside_a_wrapped_call() -> None
 
     class Raise(Middleware):
         def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
-            interception.divert(message)
+            interception.divert(message, "per_env_rate")
 
     broker.add_middleware(Raise())
     with pytest.raises(MiddlewareError):

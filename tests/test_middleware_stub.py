@@ -13,7 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.gate import interception
-from dramatiq_mollifier.models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION
+from dramatiq_mollifier.models import STATE_DRAINED, STATE_OPTION, marker
 
 from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, metrics, total
 
@@ -35,7 +35,7 @@ def drain_by_hand(mollifier: Mollifier, broker: dramatiq.Broker, org: str, env: 
     ids = []
     while (entry := DrainProtocol(mollifier.buffer).pop(org, env)) is not None:
         stored = dramatiq.Message.decode(entry.payload)
-        broker.enqueue(stored.copy(options={STATE_OPTION: STATE_DRAINED}))
+        broker.enqueue(stored.copy(options=marker(STATE_DRAINED, stored.message_id)))
         DrainProtocol(mollifier.buffer).ack(entry.message_id)
         ids.append(entry.message_id)
     return ids
@@ -254,7 +254,7 @@ def test_an_admitted_message_is_retried_and_promoted_without_being_diverted(
 
     admitted = flaky.send_with_options(args=(1,), org_id="acme")  # count 1: admitted
     flaky.send_with_options(args=(2,), org_id="acme")  # count 2: the env trips, diverted
-    assert admitted.options[STATE_OPTION] == STATE_ADMITTED
+    assert STATE_OPTION not in admitted.options  # the caller's message is never marked
     assert mollifier.buffer.depth() == 1
 
     worker = dramatiq.Worker(broker, worker_timeout=50)
@@ -270,7 +270,9 @@ def test_an_admitted_message_is_retried_and_promoted_without_being_diverted(
     assert decisions(reader) == {
         ("pass_through", "below_threshold", True): 1,
         ("mollify", "per_env_rate", True): 1,
-        ("pass_through", "bypass_admitted", False): 2,
+        # the retry is delayed (and marked admitted), so its promotion bypasses
+        ("pass_through", "bypass_delayed", False): 1,
+        ("pass_through", "bypass_admitted", False): 1,
     }
 
 

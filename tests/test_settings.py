@@ -224,9 +224,17 @@ def test_drainer_enabled_defaults_to_enabled_and_may_differ() -> None:
     assert MollifierSettings(enabled=False, drainer_enabled=True).run_drainer is True
 
 
-def test_an_explicit_entry_ttl_wins_in_either_mode() -> None:
-    assert MollifierSettings(entry_ttl_s=30).effective_entry_ttl_s == 30
+def test_an_explicit_entry_ttl_wins_in_dual_write_mode() -> None:
     assert MollifierSettings(mode="dual_write", entry_ttl_s=30).effective_entry_ttl_s == 30
+
+
+def test_an_entry_ttl_in_divert_mode_is_refused_since_it_would_expire_the_only_copy() -> None:
+    with pytest.raises(
+        MollifierConfigurationError, match=r"entry_ttl_s \(MOLLIFIER_ENTRY_TTL_S\) cannot be set in divert"
+    ):
+        MollifierSettings(entry_ttl_s=30)
+    with pytest.raises(MollifierConfigurationError, match="divert mode"):
+        MollifierSettings(mode="divert", entry_ttl_s=600)
 
 
 def test_mollifier_without_arguments_reads_the_environment_and_does_no_io(

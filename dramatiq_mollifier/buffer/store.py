@@ -54,6 +54,13 @@ def connection_retry() -> Retry:
     )
 
 
+def _decodes_responses(client: Any) -> bool:
+    try:
+        return bool(client.get_encoder().decode_responses)
+    except AttributeError:  # not a redis-py client we know: its own calls will tell
+        return False
+
+
 class MollifierBuffer(BufferAdmin):
     """Per-env FIFO queues of buffered messages, with org/env indexes, leases and dead letters.
 
@@ -79,6 +86,11 @@ class MollifierBuffer(BufferAdmin):
         lease_ms: int = DEFAULT_LEASE_MS,
         mode: str = WRITE_MODES[0],
     ) -> None:
+        if _decodes_responses(client):
+            raise MollifierConfigurationError(
+                "the mollifier's Redis client must have decode_responses=False: payloads are bytes, "
+                "and a decoding client cannot read them back (entries would never drain)"
+            )
         super().__init__(client, key_prefix=key_prefix, entry_ttl_s=entry_ttl_s, lease_ms=lease_ms)
         if mode not in WRITE_MODES:
             raise MollifierConfigurationError(f"mode must be one of {WRITE_MODES}, got {mode!r}")

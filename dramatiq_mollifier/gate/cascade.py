@@ -17,7 +17,15 @@ from typing import Any, Protocol
 import dramatiq
 
 from ..breaker import CircuitBreaker
-from ..models import DEFAULT_ENV_ID, STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, Tenant, TripDecision
+from ..models import (
+    DEFAULT_ENV_ID,
+    STATE_ADMITTED,
+    STATE_DRAINED,
+    STATE_OPTION,
+    Tenant,
+    TripDecision,
+    marker_of,
+)
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
 
@@ -67,7 +75,8 @@ class Decision:
     enrolled: bool = False
     #: The buffer holds the message: skip the broker write (``divert`` mode only).
     divert: bool = False
-    #: Mark the message admitted, so its retries and delay-queue promotions bypass the gate.
+    #: Mark the message admitted (bound to its id), so its delay-queue promotion bypasses the gate.
+    #: Only delayed sends: the message a broker delays is always its own copy, never the caller's.
     admit: bool = False
 
 
@@ -80,15 +89,20 @@ _BYPASS_OPT_OUT = Decision(_PASS, Reason.ACTOR_OPT_OUT)
 _BYPASS_NO_TENANT = Decision(_PASS, Reason.NO_TENANT)
 _BYPASS_UNINTERCEPTED = Decision(_PASS, Reason.UNINTERCEPTED)
 _TENANT_ERROR = Decision(_PASS, Reason.TENANT_ERROR)
-_NOT_ENROLLED = Decision(_PASS, Reason.NOT_ENROLLED, admit=True)
-_SHADOW_LOG = Decision(Outcome.SHADOW_LOG, Reason.PER_ENV_RATE, admit=True)
-_BELOW = {on: Decision(_PASS, Reason.BELOW_THRESHOLD, enrolled=on, admit=True) for on in (False, True)}
-_TRIP_ERROR = {on: Decision(_PASS, Reason.TRIP_ERROR, enrolled=on, admit=True) for on in (False, True)}
-_BREAKER_OPEN = {on: Decision(_PASS, Reason.BREAKER_OPEN, enrolled=on, admit=True) for on in (False, True)}
-_BUFFER_ERROR = Decision(_PASS, Reason.BUFFER_ERROR, enrolled=True, admit=True)
+# Messages let through undelayed carry no marker: a Dramatiq retry is always delayed, and a copy
+# of the message (a fan-out, a re-send) must be gated like any other.
+_NOT_ENROLLED = Decision(_PASS, Reason.NOT_ENROLLED)
+_SHADOW_LOG = Decision(Outcome.SHADOW_LOG, Reason.PER_ENV_RATE)
+_BELOW = {on: Decision(_PASS, Reason.BELOW_THRESHOLD, enrolled=on) for on in (False, True)}
+_TRIP_ERROR = {on: Decision(_PASS, Reason.TRIP_ERROR, enrolled=on) for on in (False, True)}
+_BREAKER_OPEN = {on: Decision(_PASS, Reason.BREAKER_OPEN, enrolled=on) for on in (False, True)}
+_BUFFER_ERROR = Decision(_PASS, Reason.BUFFER_ERROR, enrolled=True)
+# A re-send whose id the buffer already holds (queued, draining or dead-lettered) goes to the
+# broker: the buffer keeps one entry per id, and swallowing the re-send would lose it.
+_DUPLICATE_ID = Decision(_PASS, Reason.DUPLICATE_ID, enrolled=True)
 _MOLLIFY = {
     MollifierMode.DIVERT: Decision(Outcome.MOLLIFY, Reason.PER_ENV_RATE, enrolled=True, divert=True),
-    MollifierMode.DUAL_WRITE: Decision(Outcome.MOLLIFY, Reason.PER_ENV_RATE, enrolled=True, admit=True),
+    MollifierMode.DUAL_WRITE: Decision(Outcome.MOLLIFY, Reason.PER_ENV_RATE, enrolled=True),
 }
 
 # Returned by _resolve_tenant when the resolver failed.
@@ -161,7 +175,7 @@ class Gate:
 
     def _decide(self, message: dramatiq.Message[Any], delay: int | None, intercepted: bool) -> Decision:
         options = message.options
-        state = options.get(STATE_OPTION)
+        state = marker_of(options, message.message_id) if STATE_OPTION in options else None
         if state == STATE_DRAINED:
             return _BYPASS_DRAINED
         if state == STATE_ADMITTED:
@@ -318,10 +332,27 @@ class Gate:
                 tenant.env_id,
                 self._mode,
             )
-        else:
-            # Already buffered (a re-send of the same message id): not written twice.
-            logger.debug("Message %r is already buffered.", message.message_id)
-        return self._mollify
+            self._warnings.throttled_warning(
+                "mollify",
+                "mollifier: org %r env %r sent more than trip_threshold=%d messages in "
+                "trip_window_ms=%d, so its sends are buffered and drained at the workers' pace. A "
+                "producer that legitimately sends this much needs a higher MOLLIFIER_TRIP_THRESHOLD "
+                "(or its actor declared with mollifier=False).",
+                tenant.org_id,
+                tenant.env_id,
+                self._threshold,
+                self._window_ms,
+            )
+            return self._mollify
+        self._warnings.throttled_warning(
+            "duplicate_id",
+            "mollifier: message %r of org %r env %r is already in the buffer (queued, draining or "
+            "dead-lettered); this re-send goes to the broker instead.",
+            message.message_id,
+            tenant.org_id,
+            tenant.env_id,
+        )
+        return _DUPLICATE_ID
 
     def _is_hot(self, tenant: Tenant) -> bool:
         until = self._hot.get(tenant)

@@ -8,8 +8,10 @@ exception raised there is logged and swallowed (the message is still written), a
 Until then: :func:`install` shadows the broker instance's ``enqueue`` with a wrapper that opens an
 :class:`EnqueueCall` for the message, calls the original ``enqueue``, and turns :class:`Diverted`
 (a private ``MiddlewareError``, raised by the gate in ``before_enqueue`` through :func:`divert`)
-into a normal return of the message the broker would have returned. Nothing is written to the
-broker and no ``after_enqueue`` is emitted, since nothing was enqueued.
+into a normal return of the message as the buffer holds it, with the options ``mollified: True``
+and ``mollifier_reason`` (and without the options a broker assigns to what it stores, such as
+RedisBroker's ``redis_message_id``). Nothing is written to the broker and no ``after_enqueue``
+is emitted, since nothing was enqueued.
 
 The call also lets the gate recognise a second ``before_enqueue`` for the same message within one
 ``enqueue``: RabbitmqBroker emits it again each time it retries a failed publish.
@@ -24,7 +26,24 @@ from typing import Any, NoReturn
 import dramatiq
 from dramatiq.middleware import MiddlewareError
 
-__all__ = ["Diverted", "EnqueueCall", "current_call", "divert", "install", "is_installed"]
+__all__ = [
+    "BROKER_ASSIGNED_OPTIONS",
+    "MOLLIFIED_OPTION",
+    "MOLLIFIED_REASON_OPTION",
+    "Diverted",
+    "EnqueueCall",
+    "current_call",
+    "divert",
+    "install",
+    "is_installed",
+]
+
+#: Set to True on the message a diverted ``send()`` returns.
+MOLLIFIED_OPTION = "mollified"
+#: Why that message was diverted (``per_env_rate``).
+MOLLIFIED_REASON_OPTION = "mollifier_reason"
+#: Options a broker adds to the message it stores; a diverted message was stored by no broker.
+BROKER_ASSIGNED_OPTIONS = frozenset({"redis_message_id"})
 
 # Set on a broker instance once its enqueue is wrapped.
 _INSTALLED_ATTRIBUTE = "_mollifier_interception"
@@ -36,9 +55,10 @@ _local = threading.local()
 class Diverted(MiddlewareError):
     """The gate sent this message to the buffer; never escapes the ``enqueue`` wrapper."""
 
-    def __init__(self, message: dramatiq.Message[Any]) -> None:
+    def __init__(self, message: dramatiq.Message[Any], reason: str) -> None:
         super().__init__(message.message_id)
         self.message = message
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -63,9 +83,18 @@ def current_call(broker: dramatiq.Broker, message: dramatiq.Message[Any]) -> Enq
     return call
 
 
-def divert(message: dramatiq.Message[Any]) -> NoReturn:
-    """Skip the broker write of ``message``; ``send()`` returns it. Only inside a :func:`current_call`."""
-    raise Diverted(message)
+def divert(message: dramatiq.Message[Any], reason: str) -> NoReturn:
+    """Skip the broker write of ``message``; ``send()`` returns it, marked mollified for ``reason``.
+    Only inside a :func:`current_call`."""
+    raise Diverted(message, reason)
+
+
+def _as_diverted(sent: dramatiq.Message[Any], exc: Diverted) -> dramatiq.Message[Any]:
+    """The message ``send()`` returns for ``sent``: the buffered one, marked, minus broker options."""
+    result = exc.message.copy(options={MOLLIFIED_OPTION: True, MOLLIFIED_REASON_OPTION: exc.reason})
+    for name in BROKER_ASSIGNED_OPTIONS.difference(sent.options):
+        result.options.pop(name, None)  # the copy's own dict
+    return result
 
 
 def is_installed(broker: dramatiq.Broker) -> bool:
@@ -88,7 +117,7 @@ def install(broker: dramatiq.Broker) -> None:
             try:
                 return original(message, delay=delay)
             except Diverted as exc:
-                return exc.message
+                return _as_diverted(message, exc)
             finally:
                 _local.call = previous
 
