@@ -357,6 +357,26 @@ def test_without_a_client_the_url_comes_from_the_environment_on_first_use(
     crash_retries.store.client.close()
 
 
+def test_without_a_key_prefix_it_uses_the_mollifiers_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, key_prefix: str, tmp_path: Path
+) -> None:
+    # Given the prefix the Mollifier beside it is configured with
+    monkeypatch.setenv("MOLLIFIER_KEY_PREFIX", f"{key_prefix}-app")
+    crash_retries = CrashRetries(client=redis_client, evidence_dir=tmp_path)
+
+    crash_retries.store.put_proc("p", ProcState("running", 1), ttl_ms=60_000)
+
+    assert crash_retries.key_prefix == f"{key_prefix}-app"
+    assert redis_client.exists(f"{key_prefix}-app:crash:proc:p")
+
+
+def test_a_bad_mollifier_setting_is_refused_when_it_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOLLIFIER_REDIS_URL", "redis://localhost:6379/abc")
+
+    with pytest.raises(MollifierConfigurationError, match="MOLLIFIER_REDIS_URL"):
+        CrashRetries()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "setting"),
     [

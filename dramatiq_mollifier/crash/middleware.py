@@ -6,9 +6,7 @@ found on the way in whose process is gone is a crashed attempt: ``WorkerCrashed`
 the actor runs, and Dramatiq's Retries applies ``max_retries``, ``retry_when``, ``throws`` and
 backoff to it like to any other failure.
 
-Whether that process is gone: on the same host (same boot and PID namespace), at once, from its
-PID and start time. From another host, by its heartbeat key in Redis, waiting at most
-``liveness_timeout_ms`` for it to expire or move on.
+Whether that process is gone, and how it died, is :class:`~.judge.Judge`'s call.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ from opentelemetry import metrics
 
 from ..breaker import CircuitOpenError
 from ..errors import CrashNotRetried, MollifierConfigurationError, WorkerCrashed
+from ..settings import MollifierSettings
 from ..telemetry import ThrottledLog, meter
 from .classify import CrashVerdict
 from .evidence import Evidence, EvidenceFile, default_evidence_dir, publish_dead_neighbours
@@ -53,8 +52,6 @@ DEFAULT_RECORD_TTL_MS = 7 * 86_400_000
 DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000
 #: How long a heartbeat key lives unrefreshed: 10 seconds.
 DEFAULT_LIVENESS_TIMEOUT_MS = 10_000
-#: Where ``MOLLIFIER_REDIS_URL`` points when it is unset.
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
 logger = logging.getLogger(__name__)
@@ -80,9 +77,10 @@ class CrashRetries(Middleware):
     (where ``add_middleware`` puts it): the Retries middleware must be on the broker.
 
     Parameters:
-      client: A ``redis.Redis`` client for the records. Defaults to None: a client for
-        ``MOLLIFIER_REDIS_URL`` (default ``redis://localhost:6379/0``), made on first use.
-      key_prefix: The prefix of every key. Defaults to ``mollifier``.
+      client: A ``redis.Redis`` client for the records. Defaults to None: a client for the
+        ``redis_url`` of :class:`MollifierSettings` (``MOLLIFIER_REDIS_URL``), made on first use.
+      key_prefix: The prefix of every key. Defaults to None: the settings' ``key_prefix``
+        (``MOLLIFIER_KEY_PREFIX``, else ``mollifier``), as the ``Mollifier`` beside it uses.
       record_ttl_ms: How long an in-flight record waits for a redelivery. Must exceed the longest
         time your broker takes to redeliver a dead worker's message. Defaults to 7 days.
       heartbeat_interval_ms: How often each worker process refreshes its heartbeat key.
@@ -104,7 +102,7 @@ class CrashRetries(Middleware):
         self,
         *,
         client: redis.Redis | None = None,
-        key_prefix: str = "mollifier",
+        key_prefix: str | None = None,
         record_ttl_ms: int = DEFAULT_RECORD_TTL_MS,
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
         liveness_timeout_ms: int = DEFAULT_LIVENESS_TIMEOUT_MS,
@@ -114,6 +112,10 @@ class CrashRetries(Middleware):
         install_faulthandler: bool = True,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
+        # Read (and validated) now, as Mollifier does; the client is made on first use.
+        settings = MollifierSettings() if client is None or key_prefix is None else None
+        self._redis_url = settings.redis_url if settings is not None else ""
+        key_prefix = settings.key_prefix if settings is not None and key_prefix is None else key_prefix
         if not key_prefix:
             raise MollifierConfigurationError("key_prefix must not be empty")
         if heartbeat_interval_ms <= 0:
@@ -170,8 +172,7 @@ class CrashRetries(Middleware):
                 if self._store is None:
                     client = self._client
                     if client is None:
-                        url = os.environ.get("MOLLIFIER_REDIS_URL", DEFAULT_REDIS_URL)
-                        client = self._client = client_for(url)
+                        client = self._client = client_for(self._redis_url)
                     self._store = CrashStore(
                         client, key_prefix=self.key_prefix, record_ttl_ms=self.record_ttl_ms
                     )
