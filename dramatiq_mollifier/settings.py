@@ -181,6 +181,10 @@ class MollifierSettings(BaseSettings):
     #: How long the open circuit breaker fails open without calling Redis before one probe call.
     #: Defaults to 5 s.
     breaker_cooldown_ms: int = Field(default=5_000, gt=0)
+    #: Send-side scripts written straight to a pooled connection where that is safe (a plain
+    #: ``redis.Redis``, no client-side caching, no instrumentation). False keeps every call on
+    #: redis-py's command path, for tracing. Defaults to True.
+    redis_direct_hot_path: bool = True
 
     @field_validator("key_prefix")
     @classmethod
@@ -249,6 +253,7 @@ class MollifierSettings(BaseSettings):
             "entry_ttl_s": self.effective_entry_ttl_s,
             "lease_ms": self.drain_lease_ms,
             "mode": self.mode.value,
+            "direct_hot_path": self.redis_direct_hot_path,
         }
 
     def org_enrolled_statically(self, org_id: str) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
@@ -20,7 +21,16 @@ from typing import Any
 import redis
 from redis.commands.core import Script
 
-__all__ = ["SCRIPT_NAMES", "Scripts", "execute", "run", "run_pipelined", "script_source"]
+__all__ = [
+    "SCRIPT_NAMES",
+    "Scripts",
+    "direct_path_allowed",
+    "execute",
+    "force_command_path",
+    "run",
+    "run_pipelined",
+    "script_source",
+]
 
 #: Every script the buffer runs, by file name without ``.lua``.
 SCRIPT_NAMES = (
@@ -41,6 +51,13 @@ SCRIPT_NAMES = (
 )
 
 _LIBRARY = "_lib"
+
+# The exact client, pool and connection types the direct path knows to be plain redis-py
+# (subclasses may override what it bypasses: instrumentation, caching, routing).
+_DIRECT_POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
+_DIRECT_CONNECTIONS = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
+# client -> whether execute() may write straight to its pool (decided once per client).
+_direct: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def _read(name: str) -> str:
@@ -118,6 +135,30 @@ def run(client: redis.Redis, script: Script, numkeys: int, *keys_and_args: Any) 
         return execute(client, _EVALSHA, script.sha, numkeys, *keys_and_args)
 
 
+def direct_path_allowed(client: Any) -> bool:
+    """Whether :func:`execute` may bypass ``client.execute_command`` for ``client``.
+
+    Only for an exact ``redis.Redis`` over an exact ``ConnectionPool`` or
+    ``BlockingConnectionPool`` of plain connections, without client-side caching (which the
+    direct path would leave stale) and without a wrapped ``execute_command`` (OpenTelemetry's
+    and similar instrumentation, which it would skip). Anything else, ``RedisCluster`` included,
+    takes redis-py's normal command path.
+    """
+    if type(client) is not redis.Redis or client.connection is not None:
+        return False
+    pool = client.connection_pool
+    if type(pool) not in _DIRECT_POOLS or pool.connection_class not in _DIRECT_CONNECTIONS:
+        return False
+    if getattr(pool, "cache", None) is not None or pool.connection_kwargs.get("cache_config"):
+        return False
+    return not hasattr(type(client).execute_command, "__wrapped__")
+
+
+def force_command_path(client: Any) -> None:
+    """Make :func:`execute` use ``client.execute_command`` for ``client`` (for tracing users)."""
+    _direct[client] = False
+
+
 def execute(client: redis.Redis, *args: Any) -> Any:
     """Send one command on a connection of ``client``'s pool and read the reply, unparsed.
 
@@ -126,9 +167,13 @@ def execute(client: redis.Redis, *args: Any) -> Any:
     spends in the Redis server. This writes the packed command straight to a pooled connection
     through redis-py's public connection API: the pool's health checks, the connection's retry
     policy (a fresh connection after a connection error or timeout) and its RESP2/RESP3 parser
-    all apply. A single-connection client goes through ``execute_command``.
+    all apply. Only where :func:`direct_path_allowed`, and not after :func:`force_command_path`;
+    otherwise through ``execute_command``.
     """
-    if client.connection is not None:
+    direct = _direct.get(client)
+    if direct is None:
+        direct = _direct[client] = direct_path_allowed(client)
+    if not direct:
         execute_command: Callable[..., Any] = client.execute_command
         return execute_command(*args)
     pool = client.connection_pool

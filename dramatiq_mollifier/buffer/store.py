@@ -20,7 +20,7 @@ from ..models import TripDecision
 from .admin import BufferAdmin
 from .codec import FAILURES, wrap
 from .core import DEFAULT_LEASE_MS
-from .scripts import run
+from .scripts import force_command_path, run
 
 __all__ = [
     "WRITE_MODES",
@@ -75,6 +75,9 @@ class MollifierBuffer(BufferAdmin):
       mode: The mode recorded in every entry this buffer accepts, ``divert`` (the buffer holds
         the only copy) or ``dual_write`` (the broker has it too): a drainer handles each entry by
         the mode that wrote it, whatever its own. Defaults to ``divert``.
+      direct_hot_path: Let the send-side scripts skip ``execute_command`` where that is safe
+        (see :func:`~.scripts.direct_path_allowed`). False keeps every call on redis-py's
+        command path, for users who trace Redis calls. Defaults to True.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class MollifierBuffer(BufferAdmin):
         entry_ttl_s: int | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
         mode: str = WRITE_MODES[0],
+        direct_hot_path: bool = True,
     ) -> None:
         if _decodes_responses(client):
             raise MollifierConfigurationError(
@@ -96,6 +100,8 @@ class MollifierBuffer(BufferAdmin):
             raise MollifierConfigurationError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
         self.mode = mode
         self._mode_arg = mode.encode("utf-8")
+        if not direct_hot_path:
+            force_command_path(client)
         # (window_ms, threshold, hold_ms) -> those ARGV and the entry TTL, encoded once.
         self._trip_args: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
 
@@ -110,7 +116,7 @@ class MollifierBuffer(BufferAdmin):
         """
         own = {
             name: kwargs.pop(name)
-            for name in ("key_prefix", "entry_ttl_s", "lease_ms", "mode")
+            for name in ("key_prefix", "entry_ttl_s", "lease_ms", "mode", "direct_hot_path")
             if name in kwargs
         }
         if kwargs.get("decode_responses"):
