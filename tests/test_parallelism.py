@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import datetime, timezone
+
+from dramatiq_mollifier.drain.handler_pool import HandlerPool
 from dramatiq_mollifier.drain.parallelism import AdaptiveParallelism
+from dramatiq_mollifier.models import BufferEntry, EntryStatus
 
 
 class Clocks:
@@ -65,3 +71,36 @@ def test_restart_leaves_an_idle_spell_out_of_the_measure() -> None:
     parallelism.restart()
     clocks.spend(0.125, cpu_share=1.0)
     assert parallelism.update() == 2
+
+
+def entries(n: int) -> list[BufferEntry]:
+    now = datetime.now(timezone.utc)
+    return [BufferEntry(f"m{i}", "o", "e", b"", EntryStatus.DRAINING, 0, now) for i in range(n)]
+
+
+def test_actors_burning_cpu_beside_the_drainer_do_not_throttle_it() -> None:
+    # Given a thread that keeps the interpreter busy, as actors of the same worker process do
+    stop = threading.Event()
+
+    def actor() -> None:
+        while not stop.is_set():
+            pass
+
+    burner = threading.Thread(target=actor, daemon=True)
+    burner.start()
+    pool = HandlerPool(8, lambda entry: time.sleep(0.002), lambda completion: None)
+    try:
+        # When handlers that only wait (on a broker, say) run batch after batch
+        deadline = time.monotonic() + 10
+        while pool.parallelism.value < 8 and time.monotonic() < deadline:
+            pool.submit(entries(8))
+            pool.take(8)
+            pool.in_flight -= 8
+    finally:
+        stop.set()
+        burner.join()
+        pool.close()
+
+    # Then the drainer sees handlers that wait and runs them side by side
+    assert pool.parallelism.value == 8
+    assert pool.handler_cpu_s() < 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from ..models import BufferEntry
@@ -40,7 +41,10 @@ class HandlerPool:
     def __init__(self, size: int, handler: DrainHandler, settle: Callable[[Completion], None]) -> None:
         self.size = size
         self.in_flight = 0  # touched by the tick's thread only
-        self.parallelism = AdaptiveParallelism(size)
+        # The handlers' own CPU time, not the process's: actors running in the same worker
+        # process must not make the drainer think its handlers keep the interpreter busy.
+        self._handler_cpu_s = 0.0
+        self.parallelism = AdaptiveParallelism(size, cpu_clock=self.handler_cpu_s)
         self._handler = handler
         self._settle = settle
         self._work: queue.SimpleQueue[Sequence[BufferEntry] | None] = queue.SimpleQueue()
@@ -72,20 +76,28 @@ class HandlerPool:
         while (chunk := self._work.get()) is not None:
             for entry in chunk:
                 error: BaseException | None = None
+                cpu_s = 0.0
                 if self._starting:
+                    started_cpu_s = time.thread_time()
                     try:
                         self._handler(entry)
                     except BaseException as exc:
                         error = exc
+                    cpu_s = time.thread_time() - started_cpu_s
                 else:
                     error = NotStarted()
                 with self._lock:
+                    self._handler_cpu_s += cpu_s
                     if not self.abandoned:
                         self._done.append((entry, error))
                         if len(self._done) >= self._wanted:
                             self._enough_done.notify()
                         continue
                 self._settle((entry, error))
+
+    def handler_cpu_s(self) -> float:
+        """CPU time the handlers have used so far, in seconds (each thread's ``thread_time``)."""
+        return self._handler_cpu_s  # a float read is atomic; the threads add to it under the lock
 
     def take(self, at_least: int) -> list[Completion]:
         """The completions so far, once there are ``at_least`` or the pool is abandoned."""

@@ -2,9 +2,11 @@
 
 Handlers that mostly wait (on a network, a sleep, a lock) gain from running side by side; handlers
 that mostly compute do not, since the GIL runs one thread at a time, and every switch between
-threads costs about as much as a fast handler. The process's CPU time over a short window tells
+threads costs about as much as a fast handler. The handlers' CPU time over a short window tells
 which case holds: little CPU used means the handlers wait, so run more at once; about one CPU
-used means the interpreter is the bottleneck, so run fewer.
+used means the interpreter is the bottleneck, so run fewer. The handlers' own time, measured in
+their threads (``HandlerPool.handler_cpu_s``), not the process's: actors running beside the
+drainer in a worker process would otherwise throttle it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class AdaptiveParallelism:
       limit: The most chunks at once (the drainer's concurrency).
       window_ms: The shortest measuring window. Defaults to :data:`WINDOW_MS`.
       clock: Wall time in seconds. Defaults to ``time.perf_counter``.
-      cpu_clock: This process's CPU time in seconds. Defaults to ``time.process_time``.
+      cpu_clock: The CPU time, in seconds, of the threads whose work is measured. Defaults to
+        ``time.process_time`` (the whole process); the drainer's pool passes its handlers' own.
     """
 
     def __init__(
