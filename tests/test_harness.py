@@ -7,6 +7,8 @@ import redis
 
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
+from .servers import refuse_occupied_databases
+
 
 def test_redis_client_talks_to_a_real_server(redis_client: redis.Redis) -> None:
     # A Lua script runs: fakeredis-style stand-ins without EVAL would fail here.
@@ -44,3 +46,22 @@ def test_rabbitmq_server_accepts_a_publish(rabbitmq_url: str) -> None:
     _method, _properties, body = channel.basic_get("harness", auto_ack=True)
     connection.close()
     assert body == b"hello"
+
+
+def test_a_server_given_by_url_with_data_in_the_test_databases_is_refused(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    url = disposable_redis.url
+    assert refuse_occupied_databases(url, flush_allowed=False) is None
+
+    # Given someone's data in database 4 and in database 0 (which the tests never touch)
+    for db in (0, 4):
+        client = redis.Redis.from_url(f"{url.rsplit('/', 1)[0]}/{db}")
+        client.set("theirs", b"1")
+        client.close()
+
+    refusal = refuse_occupied_databases(url, flush_allowed=False)
+    assert refusal is not None
+    assert "db 4: 1 keys" in refusal and "db 0" not in refusal
+    assert "MOLLIFIER_TEST_REDIS_FLUSH=1" in refusal
+    assert refuse_occupied_databases(url, flush_allowed=True) is None
