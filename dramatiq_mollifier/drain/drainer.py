@@ -245,8 +245,11 @@ class MollifierDrainer:
         finally:
             if done:
                 if self._pace is not None:
-                    # What never reached the broker gives its slot back at once.
-                    self._pace.release([entry.message_id for entry, error in done if error is not None])
+                    # What never reached the broker (a failure, an audited dual_write copy) gives
+                    # its slot back at once.
+                    self._pace.release(
+                        [e.message_id for e, error in done if error is not None or e.mode == "dual_write"]
+                    )
                 drained, failed = self._settler.settle(done)
                 tick.drained += drained
                 tick.failed += failed
