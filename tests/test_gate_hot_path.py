@@ -69,7 +69,7 @@ def test_a_fused_call_that_finds_the_env_cooled_passes_through_and_drops_the_hin
     first = gate.decide(message(org_id="acme"))
     second = gate.decide(message(org_id="acme"))
 
-    assert (first.reason.value, first.admit, first.divert) == ("below_threshold", True, False)
+    assert (first.reason.value, first.admit, first.divert) == ("below_threshold", False, False)
     assert second.reason.value == "below_threshold"
     assert backend.calls == ["evaluate_trip", "accept", "evaluate_trip_and_accept", "evaluate_trip"]
     assert len(backend.buffered) == 1
@@ -95,17 +95,20 @@ def test_shadow_mode_never_uses_the_fused_write_even_for_a_hot_env() -> None:
     assert backend.buffered == {}
 
 
-def test_an_id_already_buffered_is_still_diverted_and_not_counted_twice() -> None:
+def test_an_id_already_buffered_is_not_written_twice_and_the_re_send_goes_to_the_broker() -> None:
     backend = StubBackend(tripped=True)
     gate, reader, _ = make_gate(backend)
     again = message(org_id="acme")
 
     assert gate.decide(again).divert
-    assert gate.decide(again).divert
+    assert not gate.decide(again).divert  # the buffer keeps one entry per id: not swallowed
 
     assert len(backend.buffered) == 1
     assert total(reader, "mollifier.buffered") == 1
-    assert decisions(reader) == {("mollify", "per_env_rate", True): 2}
+    assert decisions(reader) == {
+        ("mollify", "per_env_rate", True): 1,
+        ("pass_through", "duplicate_id", True): 1,
+    }
 
 
 def test_dual_write_buffers_a_copy_and_lets_the_message_reach_the_broker() -> None:
@@ -115,7 +118,7 @@ def test_dual_write_buffers_a_copy_and_lets_the_message_reach_the_broker() -> No
 
     decision = gate.decide(sent)
 
-    assert (decision.outcome.value, decision.divert, decision.admit) == ("mollify", False, True)
+    assert (decision.outcome.value, decision.divert, decision.admit) == ("mollify", False, False)
     assert backend.buffered == {sent.message_id: sent.encode()}
     assert total(reader, "mollifier.buffered") == 1
 
@@ -143,7 +146,7 @@ def test_a_trip_error_fails_open_to_the_broker(hot: bool, caplog: pytest.LogCapt
     decision = gate.decide(message(org_id="acme"))
 
     assert (decision.outcome.value, decision.reason.value) == ("pass_through", "fail_open_trip")
-    assert (decision.divert, decision.admit, decision.enrolled) == (False, True, True)
+    assert (decision.divert, decision.admit, decision.enrolled) == (False, False, True)
     assert fail_opens(reader) == {("trip",): 1}
     assert "mollifier fail-open (trip)" in caplog.text
 
@@ -165,7 +168,7 @@ def test_a_buffer_write_error_sends_the_message_to_the_broker_after_all() -> Non
     decision = gate.decide(message(org_id="acme"))
 
     assert (decision.outcome.value, decision.reason.value) == ("pass_through", "fail_open_buffer")
-    assert (decision.divert, decision.admit) == (False, True)
+    assert (decision.divert, decision.admit) == (False, False)
     assert fail_opens(reader) == {("buffer_write",): 1}
     assert decisions(reader) == {("pass_through", "fail_open_buffer", True): 1}
     assert total(reader, "mollifier.buffered") == 0
