@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from dramatiq import Message
+from dramatiq import Message, Worker
 from dramatiq.broker import Broker
+from dramatiq.brokers.stub import StubBroker
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+
+from dramatiq_mollifier.crash.identity import ProcessIdentity
+from dramatiq_mollifier.crash.store import DeliveryRecord
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "tests.apps.crash_app"
@@ -30,6 +35,10 @@ class CrashApp:
     redis_url: str
     evidence_dir: Path
     prefix: str = field(default_factory=lambda: f"ctest-{uuid.uuid4().hex[:8]}")
+    #: The host id the workers claim ("": their real one); two apps with two ids play two hosts.
+    host: str = ""
+    #: CrashRetries' liveness_timeout_ms in the workers (0: the app's default, 2 s).
+    liveness_ms: int = 0
 
     @property
     def queue(self) -> str:
@@ -45,6 +54,8 @@ class CrashApp:
             "CRASH_QUEUE": self.queue,
             "CRASH_EVIDENCE_DIR": str(self.evidence_dir),
             "PYTHONFAULTHANDLER": "",
+            "CRASH_HOST": self.host,
+            "CRASH_LIVENESS_MS": str(self.liveness_ms or 2_000),
         }
 
     def send(self, actor_name: str, *args: object) -> str:
@@ -177,3 +188,48 @@ def rabbitmq_dead_letters(url: str, app: CrashApp) -> dict[str, Message[Any]]:
     finally:
         connection.close()
     return dict(seen)
+
+
+# In-process helpers (StubBroker workers, records of made-up deliveries) -------------------------
+def points(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], int]:
+    """Counter values of instrument ``name`` by sorted attribute items."""
+    found: dict[tuple[tuple[str, Any], ...], int] = {}
+    data = reader.get_metrics_data()
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == name:
+                    for point in metric.data.data_points:
+                        assert isinstance(point, NumberDataPoint)
+                        found[tuple(sorted((point.attributes or {}).items()))] = int(point.value)
+    return found
+
+
+def run_worker(broker: StubBroker, queue: str = "default") -> None:
+    worker = Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join(queue, timeout=10_000, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()
+
+
+def message(message_id: str, actor_name: str = "work") -> Message[Any]:
+    return Message(
+        queue_name="default", actor_name=actor_name, args=(), kwargs={}, options={}, message_id=message_id
+    )
+
+
+def record_of(identity: ProcessIdentity, **changes: Any) -> DeliveryRecord:
+    fields: dict[str, Any] = {
+        "token": uuid.uuid4().hex,
+        "host": identity.host,
+        "hostname": identity.hostname,
+        "pid": identity.pid,
+        "start_ticks": identity.start_ticks,
+        "proc_id": identity.proc_id,
+        "started_ms": int(time.time() * 1000),
+        **changes,
+    }
+    return DeliveryRecord(**fields)

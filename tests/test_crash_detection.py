@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,22 +18,23 @@ from typing import Any
 import dramatiq
 import pytest
 import redis
-from dramatiq import Message, Worker
+from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries, TimeLimit
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dramatiq_mollifier.crash import CrashRetries
+from dramatiq_mollifier.crash import CrashRetries, CrashVerdict
 from dramatiq_mollifier.crash.evidence import Evidence, evidence_path, read_evidence
 from dramatiq_mollifier.crash.identity import ProcessIdentity
-from dramatiq_mollifier.crash.store import DeliveryRecord, ProcState
+from dramatiq_mollifier.crash.judge import Unjudged
+from dramatiq_mollifier.crash.store import ProcState
 from dramatiq_mollifier.embedded import free_port
 from dramatiq_mollifier.errors import MollifierConfigurationError
 
-from .crash_helpers import REPO
+from .crash_helpers import REPO, message, points, record_of, run_worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,50 +68,6 @@ def broker(crash_retries: CrashRetries) -> Iterator[StubBroker]:
     broker.emit_after("process_boot")
     yield broker
     broker.close()
-
-
-def points(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], int]:
-    """Counter values of instrument ``name`` by sorted attribute items."""
-    found: dict[tuple[tuple[str, Any], ...], int] = {}
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name == name:
-                    for point in metric.data.data_points:
-                        assert isinstance(point, NumberDataPoint)
-                        found[tuple(sorted((point.attributes or {}).items()))] = int(point.value)
-    return found
-
-
-def run_worker(broker: StubBroker, queue: str = "default") -> None:
-    worker = Worker(broker, worker_threads=1, worker_timeout=50)
-    worker.start()
-    try:
-        broker.join(queue, timeout=10_000, fail_fast=False)
-        worker.join()
-    finally:
-        worker.stop()
-
-
-def message(message_id: str, actor_name: str = "work") -> Message[Any]:
-    return Message(
-        queue_name="default", actor_name=actor_name, args=(), kwargs={}, options={}, message_id=message_id
-    )
-
-
-def record_of(identity: ProcessIdentity, **changes: Any) -> DeliveryRecord:
-    fields: dict[str, Any] = {
-        "token": uuid.uuid4().hex,
-        "host": identity.host,
-        "hostname": identity.hostname,
-        "pid": identity.pid,
-        "start_ticks": identity.start_ticks,
-        "proc_id": identity.proc_id,
-        "started_ms": int(time.time() * 1000),
-        **changes,
-    }
-    return DeliveryRecord(**fields)
 
 
 def test_a_real_segfault_is_found_at_the_next_delivery_and_dead_lettered_with_max_retries_0(
@@ -182,59 +138,15 @@ def test_worker_crashed_goes_through_retries_and_the_retry_runs_the_actor(
 
 def test_a_record_from_a_live_process_of_this_host_is_not_a_crash(crash_retries: CrashRetries) -> None:
     identity = ProcessIdentity.current()
-    assert crash_retries.judge(record_of(identity), "m") is None
-
-
-def test_a_record_from_another_host_without_heartbeat_is_an_unknown_crash(
-    crash_retries: CrashRetries,
-) -> None:
-    identity = ProcessIdentity.current()
-    verdict = crash_retries.judge(record_of(identity, host="elsewhere/pid:[1]"), "m")
-    assert verdict is not None
-    assert (verdict.signal_name, verdict.cause.value, verdict.retry) == ("unknown", "unknown", True)
-
-
-def test_a_record_from_another_host_whose_heartbeat_moves_on_is_not_a_crash(
-    crash_retries: CrashRetries, caplog: pytest.LogCaptureFixture
-) -> None:
-    # Given a process elsewhere that keeps beating every 50 ms
-    other = record_of(ProcessIdentity.current(), host="elsewhere/pid:[1]", proc_id="other")
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.is_set():
-            crash_retries.store.put_proc("other", ProcState("running", time.time_ns()), ttl_ms=400)
-            stop.wait(0.05)
-
-    crash_retries.store.put_proc("other", ProcState("running", 0), ttl_ms=400)
-    beater = threading.Thread(target=beat)
-    beater.start()
-    try:
-        assert crash_retries.judge(other, "m") is None
-        # Answered because the beat moved, not because the judge's own deadline ran out.
-        assert "mollifier.crash_duplicate_delivery" in caplog.text
-    finally:
-        stop.set()
-        beater.join()
-
-
-def test_a_record_from_another_host_that_stopped_beating_is_a_crash_within_the_liveness_timeout(
-    crash_retries: CrashRetries,
-) -> None:
-    other = record_of(ProcessIdentity.current(), host="elsewhere/pid:[1]", proc_id="other")
-    crash_retries.store.put_proc("other", ProcState("running", 1), ttl_ms=300)
-    started = time.monotonic()
-    verdict = crash_retries.judge(other, "m")
-    assert verdict is not None and verdict.cause.value == "unknown"
-    assert time.monotonic() - started < 0.6
+    assert crash_retries.judge(record_of(identity), "m", silent_ms=10**9) is Unjudged.ALIVE
 
 
 def test_a_death_notice_published_by_the_crashed_host_names_the_signal(crash_retries: CrashRetries) -> None:
     other = record_of(ProcessIdentity.current(), host="elsewhere/pid:[1]", proc_id="other")
     notice = ProcState("dead", 1, Evidence(fatal_signal="SIGBUS"))
     crash_retries.store.put_proc("other", notice, ttl_ms=10_000)
-    verdict = crash_retries.judge(other, "m")
-    assert verdict is not None
+    verdict = crash_retries.judge(other, "m", silent_ms=0)  # proof of death needs no silence
+    assert isinstance(verdict, CrashVerdict)
     assert (verdict.signal_name, verdict.cause.value) == ("SIGBUS", "native_crash")
 
 
@@ -274,8 +186,8 @@ def test_an_out_of_memory_kill_is_retried_when_allowed(
     )
     crash_retries.store.put_proc("oom", ProcState("dead", 1, Evidence(oom_killed=True)), ttl_ms=10_000)
     other = record_of(ProcessIdentity.current(), host="elsewhere/pid:[1]", proc_id="oom")
-    verdict = crash_retries.judge(other, "m")
-    assert verdict is not None and verdict.retry
+    verdict = crash_retries.judge(other, "m", silent_ms=0)
+    assert isinstance(verdict, CrashVerdict) and verdict.retry
 
 
 def test_clearing_a_record_spares_a_later_delivery_of_the_same_message(crash_retries: CrashRetries) -> None:
@@ -285,6 +197,7 @@ def test_clearing_a_record_spares_a_later_delivery_of_the_same_message(crash_ret
     crash_retries.store.enter("m", second)  # a retry picked up before the first one cleared
     assert crash_retries.store.release("m", first.token) is False
     assert crash_retries.store.get_record("m") == second.encode().encode()
+    assert crash_retries.store.refresh([("m", first.token), ("m", second.token)]) == 1
     assert crash_retries.store.release("m", second.token) is True
     assert crash_retries.store.get_record("m") is None
 

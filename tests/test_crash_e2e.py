@@ -8,6 +8,9 @@ it crashes, so the counts survive the crash.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from .crash_helpers import (
     rabbitmq_dead_letters,
     redis_dead_letters,
 )
+from .mollifier_helpers import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -169,3 +173,45 @@ def test_rabbitmq_segfaulting_actor_counts_hold(
         assert in_flight_records(redis_client, app) == []
     finally:
         supervisor.terminate()
+
+
+def test_a_frozen_worker_on_another_host_keeps_its_message_and_no_crash_is_counted(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # Given two workers playing two hosts (liveness timeout 15 s), and worker A running a message
+    # of an actor with max_retries=0
+    on_a = CrashApp("redis", redis_url, redis_url, tmp_path / "a", host="host-a", liveness_ms=15_000)
+    on_b = dataclasses.replace(on_a, evidence_dir=tmp_path / "b", host="host-b")
+    a, b = Supervisor(on_a, tmp_path / "a.log"), Supervisor(on_b, tmp_path / "b.log")
+    message_id = on_a.send("held", "held", 2.0)
+    try:
+        a.start()
+        eventually(lambda: count(redis_client, "held:started") == 1, 20, "A to start the message")
+        frozen = count(redis_client, "held:pid:1")
+
+        # When A's worker process is frozen (SIGSTOP) until the broker has handed the message to B
+        # (RedisBroker requeues a silent worker's messages after its 3 s heartbeat timeout)
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            b.start()
+
+            def handled_by_b() -> bool:
+                ran = count(redis_client, "held:started") == 2 and count(redis_client, "held:done") == 1
+                return ran or message_id in redis_dead_letters(redis_client, on_a)
+
+            eventually(handled_by_b, 40, "B to run or dead-letter the message")
+        finally:
+            # Then, thawed, A finishes the message too
+            os.kill(frozen, signal.SIGCONT)
+        eventually(lambda: count(redis_client, "held:done") == 2, 20, "A to finish the message")
+
+        # And neither delivery counted a crash: nothing dead-lettered, no record left behind
+        assert crashes(redis_client, on_a) == [], b.log()
+        assert redis_dead_letters(redis_client, on_a) == {}
+        assert count(redis_client, "held:pid:2") != frozen
+        eventually(lambda: in_flight_records(redis_client, on_a) == [], 10, "the records to clear")
+        assert a.terminate() == 0
+        assert b.terminate() == 0
+    finally:
+        a.terminate()
+        b.terminate()

@@ -1,9 +1,17 @@
-"""Deciding whether the process behind an earlier delivery's record is gone, and how it died."""
+"""Deciding whether the process behind an earlier delivery's record is gone, and how it died.
+
+The judge never waits. Proof of death is acted on at once: on the same host the PID and start
+time (or the evidence file), from another host a death notice a neighbour of the dead process
+published. Without proof, silence decides, and only a long one: the record's process must have
+let both its heartbeat key and this message's own record go unrefreshed for at least
+``liveness_timeout_ms``. A process that is frozen (SIGSTOP, a long GC or VM pause) or cut off
+from Redis for less than that still holds its message: its delivery is not judged. Anything in
+between is :attr:`Unjudged.UNDECIDED`, and the caller leaves the record for a later delivery.
+"""
 
 from __future__ import annotations
 
-import logging
-import time
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,80 +23,79 @@ from .evidence import Evidence, read_evidence
 from .identity import same_process_alive
 from .store import CrashStore, DeliveryRecord, ProcState
 
-__all__ = ["Judge"]
+__all__ = ["Judge", "Unjudged"]
 
-logger = logging.getLogger(__name__)
+
+class Unjudged(enum.Enum):
+    """A judgement that is not a crash."""
+
+    #: Its process lives (on this host), or lives and no longer refreshes this record (it ended
+    #: without clearing it): the new delivery takes the record over.
+    ALIVE = "alive"
+    #: Its process may still be running the message (it refreshed the record or beat within
+    #: ``liveness_timeout_ms``), or may have just died: no verdict yet. The earlier record stays
+    #: for a later delivery to judge; this one runs without a record of its own.
+    UNDECIDED = "undecided"
 
 
 @dataclass(frozen=True)
 class Judge:
-    """Judges in-flight records left by earlier deliveries.
+    """Judges in-flight records left by earlier deliveries, without waiting.
 
-    Same host (same boot and PID namespace): at once, by PID and start time; how it died comes
-    from its evidence file, or from Redis if a restarted neighbour published it already. Another
-    host: by its heartbeat key, waiting at most ``liveness_timeout_ms`` (plus one interval) for
-    the key to expire (gone) or its beat to move on (alive).
+    Same host (same boot and PID namespace): by PID and start time; how it died comes from its
+    evidence file, or from Redis if a restarted neighbour published it already. Another host:
+    a published death notice, else the silence of both its heartbeat key and the record.
     """
 
     store: CrashStore
     evidence_dir: Path
     liveness_timeout_ms: int
-    heartbeat_interval_ms: int
     retry_oom_kills: bool
     retry_time_limit_kills: bool
     #: Called with a stage name when Redis fails (fail-open): the judge goes on without what it
     #: could not read.
     failed_open: Callable[[str], None]
 
-    def verdict(self, prior: DeliveryRecord, message_id: str, *, own_host: str) -> CrashVerdict | None:
-        """A verdict when ``prior``'s process is gone; None while it is alive (or unknowable)."""
+    def verdict(
+        self, prior: DeliveryRecord, message_id: str, *, own_host: str, silent_ms: int
+    ) -> CrashVerdict | Unjudged:
+        """The verdict on ``prior``, whose record nobody refreshed for ``silent_ms``."""
         if prior.host == own_host:
             if same_process_alive(prior.pid, prior.start_ticks):
-                return None  # a duplicate delivery, or a retry racing our own clean-up
+                return Unjudged.ALIVE  # a duplicate delivery, or a retry racing our own clean-up
             evidence = read_evidence(self.evidence_dir, prior.pid, prior.start_ticks)
             if evidence is None:  # a restarted neighbour may have published it already
-                state = self._proc_state(prior.proc_id)
+                try:
+                    state = self._proc_state(prior.proc_id)
+                except redis.RedisError:
+                    state = None
                 evidence = state.evidence if state is not None else None
             return self._classify(evidence, message_id)
-        return self._remote(prior, message_id)
+        return self._remote(prior, message_id, silent_ms=silent_ms)
 
-    def _remote(self, prior: DeliveryRecord, message_id: str) -> CrashVerdict | None:
-        deadline = time.monotonic() + (self.liveness_timeout_ms + self.heartbeat_interval_ms) / 1000
-        first_beat: int | None = None
-        while True:
-            try:
-                state = self.store.get_proc(prior.proc_id)
-            except redis.RedisError:
-                self.failed_open("judge")
-                return None
-            except (ValueError, KeyError, TypeError):
-                state = None
-            if state is None:
-                return self._classify(None, message_id)
-            if state.status == "dead":
-                return self._classify(state.evidence, message_id)
-            if first_beat is None:
-                first_beat = state.beat_ms
-            elif state.beat_ms != first_beat:
-                logger.warning(
-                    "mollifier.crash_duplicate_delivery message_id=%r other_host=%s",
-                    message_id,
-                    prior.hostname,
-                )
-                return None
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            time.sleep(min(remaining, self.heartbeat_interval_ms / 2000))
+    def _remote(self, prior: DeliveryRecord, message_id: str, *, silent_ms: int) -> CrashVerdict | Unjudged:
+        try:
+            state = self._proc_state(prior.proc_id)
+        except redis.RedisError:
+            return Unjudged.UNDECIDED
+        if state is not None and state.status == "dead":
+            return self._classify(state.evidence, message_id)
+        if silent_ms < self.liveness_timeout_ms:
+            return Unjudged.UNDECIDED
+        if state is None:  # its heartbeat expired too: silent for the whole bound
+            return self._classify(None, message_id)
+        return Unjudged.ALIVE
 
     def _proc_state(self, proc_id: str) -> ProcState | None:
+        """What Redis knows of the process; None when nothing (or nothing readable).
+        Raises ``redis.RedisError`` after counting it as a fail-open."""
         try:
             return self.store.get_proc(proc_id)
         except redis.RedisError:
             self.failed_open("judge")
+            raise
         except (ValueError, KeyError, TypeError):
-            pass
-        return None
+            return None
 
     def _classify(self, evidence: Evidence | None, message_id: str) -> CrashVerdict:
         return classify(

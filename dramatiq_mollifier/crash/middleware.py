@@ -1,23 +1,24 @@
 """``CrashRetries``: a delivery whose worker process died is counted under the actor's retry policy.
 
-On the way in, one ``SET ... GET`` writes this delivery's in-flight record and returns the one an
+On the way in, one script writes this delivery's in-flight record and returns the one an
 earlier delivery left. On the way out (success, failure or skip), one script clears ours. A record
 found on the way in whose process is gone is a crashed attempt: ``WorkerCrashed`` is raised before
 the actor runs, and Dramatiq's Retries applies ``max_retries``, ``retry_when``, ``throws`` and
 backoff to it like to any other failure.
 
-Whether that process is gone, and how it died, is :class:`~.judge.Judge`'s call.
+Whether that process is gone, and how it died, is :class:`~.judge.Judge`'s call, made without
+waiting. While the earlier process may still be running the message (it refreshed its record or
+its heartbeat within ``liveness_timeout_ms``), the earlier record is put back for a later delivery
+to judge and this delivery runs without one. This process's own side (heartbeat, evidence file,
+the records it refreshes) is :class:`~.process.WorkerProcess`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,11 @@ from ..errors import CrashNotRetried, MollifierConfigurationError, WorkerCrashed
 from ..settings import MollifierSettings
 from ..telemetry import ThrottledLog, meter
 from .classify import CrashVerdict
-from .evidence import Evidence, EvidenceFile, default_evidence_dir, publish_dead_neighbours
-from .heartbeat import Heartbeat
-from .identity import ProcessIdentity, host_id
-from .judge import Judge
-from .store import CrashStore, DeliveryRecord, ProcState, client_for
+from .evidence import default_evidence_dir
+from .identity import host_id
+from .judge import Judge, Unjudged
+from .process import Delivery, WorkerProcess, now_ms
+from .store import CrashStore, DeliveryRecord, Previous, client_for
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL_MS",
@@ -57,19 +58,6 @@ DEFAULT_LIVENESS_TIMEOUT_MS = 10_000
 logger = logging.getLogger(__name__)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-@dataclass
-class _Delivery:
-    message_id: str
-    token: str
-    #: When the message's time limit runs out (epoch ms), if a TimeLimit middleware enforces one.
-    limit_at_ms: int | None
-    overrun_marked: bool = False
-
-
 class CrashRetries(Middleware):
     """Count deliveries that died with their worker process under the actor's retry policy.
 
@@ -83,10 +71,13 @@ class CrashRetries(Middleware):
         (``MOLLIFIER_KEY_PREFIX``, else ``mollifier``), as the ``Mollifier`` beside it uses.
       record_ttl_ms: How long an in-flight record waits for a redelivery. Must exceed the longest
         time your broker takes to redeliver a dead worker's message. Defaults to 7 days.
-      heartbeat_interval_ms: How often each worker process refreshes its heartbeat key.
-        Defaults to 2 seconds.
-      liveness_timeout_ms: How long a heartbeat key outlives its last refresh; a record from
-        another host is judged crashed after at most this long. Defaults to 10 seconds.
+      heartbeat_interval_ms: How often each worker process refreshes its heartbeat key and the
+        records of the messages it runs. Defaults to 2 seconds.
+      liveness_timeout_ms: How long a heartbeat key outlives its last refresh, and how long a
+        process on another host must have left both that key and the message's record
+        unrefreshed before a delivery it held is judged crashed without evidence. A process frozen
+        or cut off from Redis for longer is judged crashed too: keep it above the longest pause
+        you expect. Defaults to 10 seconds.
       retry_oom_kills: Retry a crash known to be an out-of-memory kill under the actor's policy.
         Defaults to False: the message is failed (dead-lettered) at once.
       retry_time_limit_kills: Retry a crash of a message that was running past its time limit.
@@ -137,20 +128,28 @@ class CrashRetries(Middleware):
         self._client = client
         self._store: CrashStore | None = None
         self._judge: Judge | None = None
-        self._lock = threading.Lock()
         self._store_lock = threading.Lock()
-        self._inflight: dict[int, _Delivery] = {}  # by worker thread id
-        self._identity: ProcessIdentity | None = None
-        self._evidence: EvidenceFile | None = None
-        self._heartbeat: Heartbeat | None = None
-        self._stopping = False
-        self._neighbours_published = False
+        self.process = WorkerProcess(
+            store=lambda: self.store,
+            evidence_dir=self.evidence_dir,
+            install_faulthandler=install_faulthandler,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            liveness_timeout_ms=liveness_timeout_ms,
+            record_ttl_ms=record_ttl_ms,
+            failed_open=self._failed_open,
+        )
         instruments = meter(meter_provider)
         self._warnings = ThrottledLog(logger)
         self._crashes = instruments.create_counter(
             "mollifier.crash_retries",
             unit="{attempt}",
             description="Crashed attempts found at a message's next delivery, by signal, cause and action.",
+        )
+        self._undecided_count = instruments.create_counter(
+            "mollifier.crash_undecided",
+            unit="{delivery}",
+            description="Deliveries that found an earlier one's process silent for less than "
+            "the liveness timeout: not judged, the earlier record left in place.",
         )
         self._fail_open = instruments.create_counter(
             "mollifier.crash_fail_open",
@@ -181,107 +180,25 @@ class CrashRetries(Middleware):
 
     # Process lifecycle ----------------------------------------------------------------------
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
-        self._boot()
+        self.process.boot()
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
-        # A message still running when the process dies after this was interrupted by shutdown.
-        self._stopping = True
-        if self._evidence is not None:
-            self._evidence.write("shutdown")
+        self.process.begin_shutdown()
 
     def after_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
-        with self._lock:
-            abandoned = len(self._inflight)
-            identity, evidence, heartbeat = self._identity, self._evidence, self._heartbeat
-            self._identity = self._evidence = self._heartbeat = None
-        if heartbeat is not None:
-            heartbeat.stop(self.heartbeat_interval_ms)
-        if identity is not None:
-            try:
-                if abandoned:
-                    notice = ProcState("dead", _now_ms(), Evidence(shutdown=True))
-                    self.store.put_proc(identity.proc_id, notice, ttl_ms=self.record_ttl_ms)
-                else:
-                    self.store.forget_proc(identity.proc_id)
-            except redis.RedisError:
-                self._failed_open("shutdown")
-        if evidence is not None:
-            evidence.close(keep=abandoned > 0)
-        if abandoned:
-            logger.warning("mollifier.crash_shutdown_abandoned count=%d", abandoned)
-        self._stopping = False
-
-    def _boot(self) -> ProcessIdentity:
-        identity = self._identity
-        if identity is not None and identity.pid == os.getpid():
-            return identity
-        with self._lock:
-            identity = self._identity
-            if identity is not None and identity.pid == os.getpid():
-                return identity
-            identity = self._identity = ProcessIdentity.current()
-            self._neighbours_published = False
-            try:
-                self._evidence = EvidenceFile(
-                    self.evidence_dir,
-                    pid=identity.pid,
-                    start_ticks=identity.start_ticks,
-                    proc_id=identity.proc_id,
-                    install_faulthandler=self.install_faulthandler,
-                )
-            except OSError:
-                logger.warning(
-                    "mollifier.crash_evidence_unavailable dir=%s", self.evidence_dir, exc_info=True
-                )
-                self._evidence = None
-            self._heartbeat = Heartbeat(
-                self.beat_once, interval_ms=self.heartbeat_interval_ms, name="mollifier-crash-heartbeat"
-            )
-            self._heartbeat.start()
-            return identity
+        self.process.end_shutdown()
 
     def beat_once(self) -> None:
-        """Refresh this process's heartbeat, mark overrunning messages, publish dead neighbours."""
-        identity = self._identity
-        if identity is None:
-            return
-        now = _now_ms()
-        with self._lock:
-            overrun = [
-                d
-                for d in self._inflight.values()
-                if d.limit_at_ms is not None
-                and not d.overrun_marked
-                and now > d.limit_at_ms + self.heartbeat_interval_ms
-            ]
-            for delivery in overrun:
-                delivery.overrun_marked = True
-        for delivery in overrun:
-            if self._evidence is not None:
-                self._evidence.write(f"overrun {delivery.message_id}")
-        try:
-            state = ProcState("stopping" if self._stopping else "running", now)
-            self.store.put_proc(identity.proc_id, state, ttl_ms=self.liveness_timeout_ms)
-            if not self._neighbours_published:
-                publish_dead_neighbours(
-                    self.evidence_dir,
-                    own=(identity.pid, identity.start_ticks),
-                    publish=lambda proc_id, evidence: self.store.put_proc(
-                        proc_id, ProcState("dead", _now_ms(), evidence), ttl_ms=self.record_ttl_ms
-                    ),
-                )
-                self._neighbours_published = True
-        except redis.RedisError:
-            self._failed_open("heartbeat")
+        """One heartbeat of this process (see :meth:`WorkerProcess.beat_once`)."""
+        self.process.beat_once()
 
     # Message hooks --------------------------------------------------------------------------
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
-        identity = self._boot()
-        now = _now_ms()
+        identity = self.process.boot()
+        now = now_ms()
         limit_ms = self._time_limit_ms(broker, message)
-        delivery = _Delivery(
-            message.message_id, uuid.uuid4().hex, None if limit_ms is None else now + limit_ms
-        )
+        limit_at_ms = None if limit_ms is None else now + limit_ms
+        delivery = Delivery(message.message_id, uuid.uuid4().hex, limit_at_ms)
         record = DeliveryRecord(
             token=delivery.token,
             host=identity.host,
@@ -290,23 +207,26 @@ class CrashRetries(Middleware):
             start_ticks=identity.start_ticks,
             proc_id=identity.proc_id,
             started_ms=now,
+            ttl_ms=self.record_ttl_ms,
         )
         try:
             previous = self.store.enter(message.message_id, record)
         except redis.RedisError:
             self._failed_open("enter")
             return
-        with self._lock:
-            self._inflight[threading.get_ident()] = delivery
+        self.process.track(delivery)
         if previous is None:
             return
         try:
-            prior = DeliveryRecord.decode(previous)
+            prior = DeliveryRecord.decode(previous.raw)
         except (ValueError, KeyError, TypeError):
             logger.warning("mollifier.crash_record_malformed message_id=%r", message.message_id)
             return
-        verdict = self.judge(prior, message.message_id)
-        if verdict is not None:
+        silent_ms = previous.silent_ms(prior, default_ttl_ms=self.record_ttl_ms)
+        verdict = self.judge(prior, message.message_id, silent_ms=silent_ms)
+        if verdict is Unjudged.UNDECIDED:
+            self._undecided(message, prior, delivery, previous, silent_ms)
+        elif isinstance(verdict, CrashVerdict):
             self._crashed(message, prior, verdict)
 
     def after_process_message(
@@ -323,8 +243,7 @@ class CrashRetries(Middleware):
         self._end(message)
 
     def _end(self, message: MessageProxy) -> None:
-        with self._lock:
-            delivery = self._inflight.pop(threading.get_ident(), None)
+        delivery = self.process.untrack()
         if delivery is None or delivery.message_id != message.message_id:
             return  # our before hook did not run for it (an earlier middleware raised)
         try:
@@ -333,20 +252,44 @@ class CrashRetries(Middleware):
             self._failed_open("release")
 
     # Judgement ------------------------------------------------------------------------------
-    def judge(self, prior: DeliveryRecord, message_id: str) -> CrashVerdict | None:
-        """The verdict on an earlier delivery's record: None while its process is alive."""
+    def judge(self, prior: DeliveryRecord, message_id: str, *, silent_ms: int) -> CrashVerdict | Unjudged:
+        """The verdict on an earlier delivery's record, which nobody refreshed for ``silent_ms``."""
         if self._judge is None:
             self._judge = Judge(
                 self.store,
                 evidence_dir=self.evidence_dir,
                 liveness_timeout_ms=self.liveness_timeout_ms,
-                heartbeat_interval_ms=self.heartbeat_interval_ms,
                 retry_oom_kills=self.retry_oom_kills,
                 retry_time_limit_kills=self.retry_time_limit_kills,
                 failed_open=self._failed_open,
             )
-        identity = self._identity
-        return self._judge.verdict(prior, message_id, own_host=identity.host if identity else host_id())
+        identity = self.process.identity
+        own_host = identity.host if identity else host_id()
+        return self._judge.verdict(prior, message_id, own_host=own_host, silent_ms=silent_ms)
+
+    def _undecided(
+        self,
+        message: MessageProxy,
+        prior: DeliveryRecord,
+        delivery: Delivery,
+        previous: Previous,
+        silent_ms: int,
+    ) -> None:
+        """Give the earlier record back for a later delivery to judge; run this one untracked."""
+        self._undecided_count.add(1)
+        logger.warning(
+            "mollifier.crash_undecided message_id=%r pid=%d host=%s silent_ms=%d",
+            message.message_id,
+            prior.pid,
+            prior.hostname,
+            silent_ms,
+        )
+        try:
+            self.store.restore(message.message_id, delivery.token, previous)
+        except redis.RedisError:
+            self._failed_open("restore")
+            return  # our record stays; keep it tracked so that it is cleared at the end
+        self.process.untrack()
 
     def _crashed(self, message: MessageProxy, prior: DeliveryRecord, verdict: CrashVerdict) -> None:
         action = "retry_policy" if verdict.retry else "failed"

@@ -3,9 +3,10 @@
 Keys, all under ``key_prefix``:
 
 * ``<prefix>:crash:msg:<message id, percent-encoded>``: the record of the delivery in flight, as
-  ``"<token> <json>"``. Written with ``SET ... PX ... GET`` on the way in (one command: write ours,
-  read the earlier one), deleted by ``lua/release.lua`` on the way out only while it still
-  holds our token.
+  ``"<token> <json>"``. Written by ``lua/enter.lua`` on the way in (one call: write ours, read the
+  earlier one and how much of its time to live is gone), its time to live reset by
+  ``lua/refresh.lua`` on every heartbeat of the process running it, deleted by
+  ``lua/release.lua`` on the way out only while it still holds our token.
 * ``<prefix>:crash:proc:<proc id>``: a worker process's heartbeat and, once it is known to be dead,
   the evidence of how it died, for workers on other hosts to judge its records by.
 
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_SOCKET_TIMEOUT_MS",
     "CrashStore",
     "DeliveryRecord",
+    "Previous",
     "ProcState",
     "ProcStatus",
     "client_for",
@@ -69,6 +71,8 @@ class DeliveryRecord:
     proc_id: str
     #: When processing began, epoch milliseconds.
     started_ms: int
+    #: The time to live its writer gives it on every refresh; 0 when an older version wrote it.
+    ttl_ms: int = 0
 
     def encode(self) -> str:
         return f"{self.token} {json.dumps(asdict(self), separators=(',', ':'))}"
@@ -86,7 +90,24 @@ class DeliveryRecord:
             start_ticks=int(fields["start_ticks"]),
             proc_id=str(fields["proc_id"]),
             started_ms=int(fields["started_ms"]),
+            ttl_ms=int(fields.get("ttl_ms", 0)),
         )
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The record an earlier delivery left, as ``enter`` found it."""
+
+    #: The record as stored (``DeliveryRecord.decode`` reads it).
+    raw: bytes | str
+    #: Its remaining time to live when found, in milliseconds (-1: none).
+    pttl_ms: int
+
+    def silent_ms(self, record: DeliveryRecord, *, default_ttl_ms: int) -> int:
+        """How long ago its process last refreshed it, by the server's clock (0 when unknown)."""
+        if self.pttl_ms < 0:
+            return 0
+        return max(0, (record.ttl_ms or default_ttl_ms) - self.pttl_ms)
 
 
 @dataclass(frozen=True)
@@ -153,8 +174,11 @@ class CrashStore:
         self.breaker = breaker if breaker is not None else CircuitBreaker("crash_retries")
         self.key_prefix = key_prefix
         self.record_ttl_ms = record_ttl_ms
-        source = resources.files(__package__).joinpath("lua/release.lua").read_text()
-        self._release = client.register_script(source)
+        lua = resources.files(__package__).joinpath("lua")
+        self._enter = client.register_script(lua.joinpath("enter.lua").read_text())
+        self._refresh = client.register_script(lua.joinpath("refresh.lua").read_text())
+        self._restore = client.register_script(lua.joinpath("restore.lua").read_text())
+        self._release = client.register_script(lua.joinpath("release.lua").read_text())
 
     def message_key(self, message_id: str) -> str:
         # Percent-encoded as in ``keys.py``: an id is data and cannot reach outside the prefix.
@@ -163,12 +187,36 @@ class CrashStore:
     def proc_key(self, proc_id: str) -> str:
         return f"{self.key_prefix}:crash:proc:{proc_id}"
 
-    def enter(self, message_id: str, record: DeliveryRecord) -> bytes | str | None:
+    def enter(self, message_id: str, record: DeliveryRecord) -> Previous | None:
         """Write ``record`` as the message's delivery in flight; the earlier record, if any."""
-        previous = self.breaker.call(
-            self.client.set, self.message_key(message_id), record.encode(), px=self.record_ttl_ms, get=True
+        found = self.breaker.call(
+            self._enter, keys=[self.message_key(message_id)], args=[record.encode(), self.record_ttl_ms]
         )
-        return previous if isinstance(previous, (bytes, str)) else None
+        previous, pttl = found[0], int(found[1])
+        return Previous(previous, pttl) if isinstance(previous, (bytes, str)) else None
+
+    def restore(self, message_id: str, token: str, previous: Previous) -> bool:
+        """Put ``previous`` back, with the time to live it had, while the record is still ours."""
+        pttl = previous.pttl_ms if previous.pttl_ms > 0 else self.record_ttl_ms
+        return bool(
+            self.breaker.call(
+                self._restore, keys=[self.message_key(message_id)], args=[token + " ", previous.raw, pttl]
+            )
+        )
+
+    def refresh(self, deliveries: list[tuple[str, str]]) -> int:
+        """Reset the time to live of each (message id, token) record still ours; how many were."""
+        if not deliveries:
+            return 0
+
+        def run() -> int:
+            with self.client.pipeline(transaction=False) as pipe:
+                for message_id, token in deliveries:
+                    key = self.message_key(message_id)
+                    self._refresh(keys=[key], args=[token + " ", self.record_ttl_ms], client=pipe)
+                return sum(int(done) for done in pipe.execute())
+
+        return int(self.breaker.call(run))
 
     def release(self, message_id: str, token: str) -> bool:
         """Delete the message's record if it is still the one with ``token``."""

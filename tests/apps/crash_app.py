@@ -8,6 +8,8 @@ Configured by environment variables set by ``tests/crash_helpers.py``:
 ``CRASH_PREFIX``            CrashRetries' key prefix, also the prefix of the counters
 ``CRASH_QUEUE``             the queue every actor uses
 ``CRASH_EVIDENCE_DIR``      CrashRetries' evidence directory
+``CRASH_HOST``              optional: the host id this worker claims, to play a second host
+``CRASH_LIVENESS_MS``       optional: CrashRetries' ``liveness_timeout_ms`` (default 2000)
 """
 
 from __future__ import annotations
@@ -22,7 +24,12 @@ import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
-from dramatiq_mollifier.crash import CrashRetries, WorkerCrashed
+from dramatiq_mollifier.crash import CrashRetries, WorkerCrashed, identity
+
+if os.environ.get("CRASH_HOST"):
+    # Two workers on one machine play two hosts: neither can see the other's PIDs, as on two
+    # machines, so only Redis (heartbeats, records, death notices) tells them about each other.
+    identity.host_id = lambda: os.environ["CRASH_HOST"]
 
 PREFIX = os.environ["CRASH_PREFIX"]
 QUEUE = os.environ["CRASH_QUEUE"]
@@ -68,7 +75,7 @@ broker.add_middleware(
         key_prefix=PREFIX,
         evidence_dir=os.environ["CRASH_EVIDENCE_DIR"],
         heartbeat_interval_ms=500,
-        liveness_timeout_ms=2_000,
+        liveness_timeout_ms=int(os.environ.get("CRASH_LIVENESS_MS", "2000")),
     )
 )
 dramatiq.set_broker(broker)
@@ -99,6 +106,16 @@ def normal(counter: str) -> None:
 def slow(counter: str, first_run_s: float) -> None:
     """Runs ``first_run_s`` the first time it starts, at once afterwards."""
     started = counters.incr(f"{counter}:started")
+    if started == 1:
+        time.sleep(first_run_s)
+    counters.incr(f"{counter}:done")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0)
+def held(counter: str, first_run_s: float) -> None:
+    """Like ``slow``, and records the PID of each run's process (``<counter>:pid:<run>``)."""
+    started = counters.incr(f"{counter}:started")
+    counters.set(f"{counter}:pid:{started}", os.getpid())
     if started == 1:
         time.sleep(first_run_s)
     counters.incr(f"{counter}:done")
