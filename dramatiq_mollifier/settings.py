@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .breaker import DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES
 from .errors import MollifierConfigurationError
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DUAL_WRITE_ENTRY_TTL_S",
     "MollifierMode",
     "MollifierSettings",
+    "default_of",
     "redis_url_problem",
 ]
 
@@ -176,11 +178,12 @@ class MollifierSettings(BaseSettings):
     #: Docker's ``stop --time`` (10 s), supervisord's ``stopwaitsecs`` (10 s). Defaults to 30 s.
     supervisor_grace_period_ms: int = Field(default=30_000, gt=0, le=_DAY_MS)
     #: Consecutive Redis outages (connection errors, timeouts) after which the gate and the flags
-    #: refresh stop calling Redis for ``breaker_cooldown_ms``, failing open. Defaults to 3.
-    breaker_failure_threshold: int = Field(default=3, gt=0)
+    #: refresh stop calling Redis for ``breaker_cooldown_ms``, failing open. At most 1,000: past
+    #: that the breaker would never open. Defaults to 3.
+    breaker_failure_threshold: int = Field(default=DEFAULT_BREAKER_FAILURES, gt=0, le=1_000)
     #: How long the open circuit breaker fails open without calling Redis before one probe call.
-    #: Defaults to 5 s.
-    breaker_cooldown_ms: int = Field(default=5_000, gt=0)
+    #: At most 1 hour: while it is open the mollifier is off. Defaults to 5 s.
+    breaker_cooldown_ms: int = Field(default=DEFAULT_BREAKER_COOLDOWN_MS, gt=0, le=3_600_000)
     #: Send-side scripts written straight to a pooled connection where that is safe (a plain
     #: ``redis.Redis``, no client-side caching, no instrumentation). False keeps every call on
     #: redis-py's command path, for tracing. Defaults to True.
@@ -259,3 +262,12 @@ class MollifierSettings(BaseSettings):
     def org_enrolled_statically(self, org_id: str) -> bool:
         """Whether ``enabled_orgs`` enrols ``org_id``."""
         return ALL_ORGS in self.enabled_orgs or org_id in self.enabled_orgs
+
+
+def default_of(name: str) -> Any:
+    """The default of setting ``name``: the one place each default is written.
+
+    Components that also take the setting as a keyword argument (``MollifierDrainer``,
+    ``MollifierBuffer``) default to this, so using them directly behaves as the settings do.
+    """
+    return MollifierSettings.model_fields[name].default

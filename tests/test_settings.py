@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import annotated_types
 import pytest
 from pydantic import ValidationError
 
@@ -91,6 +92,8 @@ def test_the_readme_documents_every_setting_its_variable_and_its_default() -> No
         ("drain_shutdown_timeout_ms", 0),
         ("graceful_shutdown_timeout_ms", -1),
         ("supervisor_grace_period_ms", 0),
+        ("breaker_failure_threshold", 0),
+        ("breaker_cooldown_ms", 0),
         # Upper bounds: past them a value would fail later and quietly.
         ("trip_window_ms", 86_400_001),
         ("trip_threshold", 10**12),
@@ -105,6 +108,8 @@ def test_the_readme_documents_every_setting_its_variable_and_its_default() -> No
         ("drain_shutdown_timeout_ms", 10**13),
         ("graceful_shutdown_timeout_ms", 10**13),
         ("supervisor_grace_period_ms", 10**13),
+        ("breaker_failure_threshold", 1_001),
+        ("breaker_cooldown_ms", 3_600_001),
     ],
 )
 def test_a_bad_value_is_rejected_with_a_message_naming_the_setting(field: str, value: Any) -> None:
@@ -113,6 +118,22 @@ def test_a_bad_value_is_rejected_with_a_message_naming_the_setting(field: str, v
 
     assert field in str(caught.value)
     assert f"MOLLIFIER_{field.upper()}" in str(caught.value)
+
+
+def test_every_numeric_setting_has_an_upper_bound() -> None:
+    # A setting added without one fails here, not in production with a huge value.
+    unbounded = [
+        name
+        for name, field in MollifierSettings.model_fields.items()
+        if field.annotation in (int, int | None)
+        and not any(isinstance(rule, (annotated_types.Le, annotated_types.Lt)) for rule in field.metadata)
+    ]
+    assert unbounded == []
+
+
+def test_the_breaker_bounds_themselves_are_accepted() -> None:
+    settings = MollifierSettings(breaker_failure_threshold=1_000, breaker_cooldown_ms=3_600_000)
+    assert (settings.breaker_failure_threshold, settings.breaker_cooldown_ms) == (1_000, 3_600_000)
 
 
 def test_an_unknown_setting_is_rejected() -> None:

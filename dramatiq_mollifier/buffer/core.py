@@ -15,14 +15,16 @@ import redis
 from redis.commands.core import Script
 
 from ..errors import BufferUnavailableError, MollifierConfigurationError
+from ..settings import default_of
 from .codec import text
 from .keys import KeySpace, TenantKeys
 from .scripts import Scripts
 
 __all__ = ["DEFAULT_LEASE_MS", "WRONG_TENANT", "BufferCore"]
 
-#: How long a popped entry may stay DRAINING before any drainer reclaims it.
-DEFAULT_LEASE_MS = 60_000
+#: How long a popped entry may stay DRAINING before any drainer reclaims it: ``drain_lease_ms``'s
+#: default.
+DEFAULT_LEASE_MS: int = default_of("drain_lease_ms")
 #: The script answer for "the entry belongs to another tenant than the caller believed".
 WRONG_TENANT = -1
 TENANT_LOOKUPS = 3
@@ -38,14 +40,14 @@ class BufferCore:
         ``divert`` mode the buffer holds the only copy of a message. DRAINING entries never
         expire; FAILED entries expire too when it is set.
       lease_ms: How long a popped entry stays DRAINING before it may be reclaimed.
-        Defaults to 60 seconds.
+        Defaults to :data:`DEFAULT_LEASE_MS` (``drain_lease_ms``'s default, 60 seconds).
     """
 
     def __init__(
         self,
         client: redis.Redis,
         *,
-        key_prefix: str = "mollifier",
+        key_prefix: str = default_of("key_prefix"),
         entry_ttl_s: int | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
     ) -> None:

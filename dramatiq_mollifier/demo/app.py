@@ -27,7 +27,7 @@ from dramatiq.middleware import CurrentMessage, Middleware
 
 from ..middleware import Mollifier
 from ..models import STATE_DRAINED, STATE_OPTION
-from ..settings import MollifierMode, MollifierSettings
+from ..settings import MollifierMode, MollifierSettings, default_of
 
 __all__ = ["CONFIG_VARIABLE", "ACTOR_NAME", "DemoConfig", "DemoKeys", "build_broker", "setup_worker"]
 
@@ -54,10 +54,10 @@ class DemoConfig:
     run_id: str
     #: Simulated work per message (a database write), in milliseconds.
     work_ms: float = 2.0
-    #: The mollifier's trip threshold: enqueues per window per env.
-    trip_threshold: int = 100
-    #: The mollifier's trip window, in milliseconds.
-    trip_window_ms: int = 200
+    #: The mollifier's trip threshold: enqueues per window per env. Defaults to the setting's.
+    trip_threshold: int = default_of("trip_threshold")
+    #: The mollifier's trip window, in milliseconds. Defaults to the setting's.
+    trip_window_ms: int = default_of("trip_window_ms")
 
     @property
     def prefix(self) -> str:

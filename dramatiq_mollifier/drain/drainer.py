@@ -19,12 +19,12 @@ from typing import NamedTuple
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
 from ..models import BufferEntry
+from ..settings import default_of
 from ..telemetry import Telemetry
-from .failures import RETRY_DELAY_MS
 from .handler_pool import Completion, DrainHandler, HandlerPool
 from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
-from .settling import UNKNOWN_ACTOR_GRACE_MS, Settler
+from .settling import Settler
 
 __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer"]
 
@@ -64,6 +64,9 @@ class _Tick:
 class MollifierDrainer:
     """Drains a :class:`MollifierBuffer` through ``handler``, fairly across orgs and their envs.
 
+    The defaults named ``drain_*`` are those of :class:`~dramatiq_mollifier.settings.MollifierSettings`
+    (read from there, written once), so a drainer built directly drains as the settings do.
+
     Parameters:
       buffer: The buffer to drain.
       handler: Called with each popped entry; returning means success (the entry is acked),
@@ -71,19 +74,22 @@ class MollifierDrainer:
         the entry at once.
       concurrency: The most handlers running at once (fewer while they keep the interpreter
         busy: see :class:`~dramatiq_mollifier.parallelism.AdaptiveParallelism`), which also
-        bounds entries popped but not yet settled. Defaults to 50.
-      max_attempts: Handler attempts before an entry is dead-lettered. Defaults to 3.
-      max_orgs_per_tick: Orgs visited per tick. Defaults to 500.
-      poll_interval_ms: The sleep after a tick that drained nothing. Defaults to 100.
-      batch_size: Entries popped from one env per tick. Defaults to 100.
+        bounds entries popped but not yet settled. Defaults to ``drain_concurrency``'s.
+      max_attempts: Handler attempts before an entry is dead-lettered. Defaults to
+        ``drain_max_attempts``'s (3).
+      max_orgs_per_tick: Orgs visited per tick. Defaults to ``drain_max_orgs_per_tick``'s.
+      poll_interval_ms: The sleep after a tick that drained nothing. Defaults to
+        ``drain_poll_interval_ms``'s (100).
+      batch_size: Entries popped from one env per tick. Defaults to ``drain_batch_size``'s.
       is_retryable: Whether a handler exception may be retried. Defaults to every exception.
       telemetry: Where drain metrics go. Defaults to instruments on the global meter provider.
       reclaim_interval_ms: How often ``run_once`` reclaims expired leases. Defaults to a quarter of
         the buffer's lease, at most once a second.
       retry_delay_ms: The wait before an entry's second attempt, doubling per attempt; broker
-        unavailability consumes no attempt (see :mod:`.settling`). Defaults to 1 second.
+        unavailability consumes no attempt (see :mod:`.settling`). Defaults to
+        ``drain_retry_delay_ms``'s (1 second).
       unknown_actor_grace_ms: How long entries for an undeclared actor or queue are retried before
-        they are dead-lettered. Defaults to 5 minutes.
+        they are dead-lettered. Defaults to ``drain_unknown_actor_grace_ms``'s.
       pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
         Defaults to None: no budget, every popped entry goes to the handler at once.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
@@ -95,16 +101,16 @@ class MollifierDrainer:
         buffer: MollifierBuffer,
         handler: DrainHandler,
         *,
-        concurrency: int = 50,
-        max_attempts: int = 3,
-        max_orgs_per_tick: int = 500,
-        poll_interval_ms: int = 100,
-        batch_size: int = 100,
+        concurrency: int = default_of("drain_concurrency"),
+        max_attempts: int = default_of("drain_max_attempts"),
+        max_orgs_per_tick: int = default_of("drain_max_orgs_per_tick"),
+        poll_interval_ms: int = default_of("drain_poll_interval_ms"),
+        batch_size: int = default_of("drain_batch_size"),
         is_retryable: Callable[[BaseException], bool] | None = None,
         telemetry: Telemetry | None = None,
         reclaim_interval_ms: int | None = None,
-        retry_delay_ms: int = RETRY_DELAY_MS,
-        unknown_actor_grace_ms: int = UNKNOWN_ACTOR_GRACE_MS,
+        retry_delay_ms: int = default_of("drain_retry_delay_ms"),
+        unknown_actor_grace_ms: int = default_of("drain_unknown_actor_grace_ms"),
         pace: DrainPace | None = None,
         sleep: Callable[[int], object] | None = None,
     ) -> None:

@@ -18,6 +18,7 @@ import redis
 
 from ..breaker import CircuitBreaker
 from ..errors import BufferUnavailableError
+from ..settings import default_of
 
 __all__ = ["FLAG_REFRESH_MS", "OrgFlags", "OrgFlagsView", "flags_key", "parse_flag"]
 
@@ -59,7 +60,7 @@ class OrgFlags:
     Redis errors are raised as :class:`BufferUnavailableError`.
     """
 
-    def __init__(self, client: redis.Redis, *, key_prefix: str = "mollifier") -> None:
+    def __init__(self, client: redis.Redis, *, key_prefix: str = default_of("key_prefix")) -> None:
         self._client = client
         self.key = flags_key(key_prefix)
 
