@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from dramatiq_mollifier import console
 from dramatiq_mollifier.cli import build_parser, common
 from dramatiq_mollifier.embedded import free_port
 from dramatiq_mollifier.errors import BufferUnavailableError
@@ -36,7 +39,7 @@ def test_an_unreachable_server_is_one_line_and_exit_3(
     result = run_cli(capsys, *argv, "--redis-url", url)
 
     assert result.code == 3
-    assert time.monotonic() - started < common.CONNECT_TIMEOUT_S
+    assert time.monotonic() - started < console.CONNECT_TIMEOUT_S
     assert result.err.startswith(f"dramatiq-mollifier: error: cannot reach Redis at {url}")
     assert result.err.count("\n") == 1
     assert result.out == ""
@@ -114,13 +117,13 @@ def test_a_redis_failure_during_a_command_is_exit_3(capsys: pytest.CaptureFixtur
 
 
 def test_redact_url_hides_only_the_password() -> None:
-    assert common.redact_url("redis://u:pw@h:6379/1") == "redis://u:***@h:6379/1"
-    assert common.redact_url("rediss://:pw@h/0") == "rediss://:***@h/0"
-    assert common.redact_url("redis://h:6379/0") == "redis://h:6379/0"
+    assert console.redact_url("redis://u:pw@h:6379/1") == "redis://u:***@h:6379/1"
+    assert console.redact_url("rediss://:pw@h/0") == "rediss://:***@h/0"
+    assert console.redact_url("redis://h:6379/0") == "redis://h:6379/0"
 
 
 def test_format_table_aligns_numbers_right() -> None:
-    table = common.format_table(("NAME", "N"), [("a", 1), ("bbbb", 12_345)])
+    table = console.format_table(("NAME", "N"), [("a", 1), ("bbbb", 12_345)])
 
     assert table.splitlines() == ["NAME       N", "a          1", "bbbb  12,345"]
 
@@ -166,3 +169,16 @@ def test_the_module_entry_point_and_its_exit_codes(redis_url: str, key_prefix: s
     assert "Traceback" not in unreachable.stderr
     assert usage.returncode == 2
     assert unknown.returncode == 2
+
+
+def test_cli_common_keeps_only_what_is_particular_to_the_cli() -> None:
+    # Exit codes, connecting, tables live in console (shared with the demo); no second home here.
+    assert not set(common.__all__) & set(console.__all__)
+    cli = Path(common.__file__).parent
+    through_common = [
+        f"{path.name}: common.{name}"
+        for path in sorted(cli.glob("*.py"))
+        for name in console.__all__
+        if re.search(rf"\bcommon\.{name}\b", path.read_text(encoding="utf-8"))
+    ]
+    assert through_common == []

@@ -9,6 +9,7 @@ This module is the send side (the gate's calls); :mod:`.admin` is the operator's
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import redis
@@ -17,6 +18,7 @@ from redis.retry import Retry
 
 from ..errors import MollifierConfigurationError
 from ..models import TripDecision
+from ..settings import default_of
 from .admin import BufferAdmin
 from .codec import FAILURES, wrap
 from .core import DEFAULT_LEASE_MS
@@ -40,7 +42,7 @@ DEFAULT_CONNECT_TIMEOUT_MS = 500
 DEFAULT_CONNECTION_RETRIES = 1
 #: The modes an entry may record, as ``MollifierMode`` spells them; the first is the default.
 WRITE_MODES = ("divert", "dual_write")
-# Distinct (window, threshold, hold) settings whose encoded form is kept; emptied when it fills.
+# Distinct (window, threshold, hold, entry TTL) settings whose encoded form is kept.
 _TRIP_ARGS_CACHE_SIZE = 64
 
 
@@ -54,6 +56,14 @@ def connection_retry() -> Retry:
     )
 
 
+@functools.lru_cache(maxsize=_TRIP_ARGS_CACHE_SIZE)
+def _trip_argv(
+    window_ms: int, threshold: int, hold_ms: int, ttl_ms: int
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """Those ARGV of the trip scripts, encoded once per distinct setting."""
+    return b"%d" % window_ms, b"%d" % threshold, b"%d" % hold_ms, b"%d" % ttl_ms
+
+
 def _decodes_responses(client: Any) -> bool:
     try:
         return bool(client.get_encoder().decode_responses)
@@ -65,13 +75,8 @@ class MollifierBuffer(BufferAdmin):
     """Per-env FIFO queues of buffered messages, with org/env indexes, leases and dead letters.
 
     Parameters:
-      client: A ``redis.Redis`` client with ``decode_responses=False`` (RESP2 or RESP3).
-      key_prefix: The prefix of every key. Defaults to ``mollifier``.
-      entry_ttl_s: Expiry of QUEUED entries in seconds. Defaults to None: no expiry, since in
-        ``divert`` mode the buffer holds the only copy of a message. DRAINING entries never
-        expire; FAILED entries expire too when it is set.
-      lease_ms: How long a popped entry stays DRAINING before it may be reclaimed.
-        Defaults to 60 seconds.
+      client, key_prefix, entry_ttl_s, lease_ms: As :class:`~.core.BufferCore`; the client must
+        not decode responses (payloads are bytes).
       mode: The mode recorded in every entry this buffer accepts, ``divert`` (the buffer holds
         the only copy) or ``dual_write`` (the broker has it too): a drainer handles each entry by
         the mode that wrote it, whatever its own. Defaults to ``divert``.
@@ -84,7 +89,7 @@ class MollifierBuffer(BufferAdmin):
         self,
         client: redis.Redis,
         *,
-        key_prefix: str = "mollifier",
+        key_prefix: str = default_of("key_prefix"),
         entry_ttl_s: int | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
         mode: str = WRITE_MODES[0],
@@ -102,8 +107,6 @@ class MollifierBuffer(BufferAdmin):
         self._mode_arg = mode.encode("utf-8")
         if not direct_hot_path:
             force_command_path(client)
-        # (window_ms, threshold, hold_ms) -> those ARGV and the entry TTL, encoded once.
-        self._trip_args: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MollifierBuffer:
@@ -204,15 +207,4 @@ class MollifierBuffer(BufferAdmin):
         self, window_ms: int, threshold: int, hold_ms: int
     ) -> tuple[bytes, bytes, bytes, bytes]:
         """The window, threshold and hold ARGV and the entry TTL, as sent (cached: they rarely vary)."""
-        setting = (window_ms, threshold, hold_ms)
-        encoded = self._trip_args.get(setting)
-        if encoded is None:
-            if len(self._trip_args) >= _TRIP_ARGS_CACHE_SIZE:
-                self._trip_args.clear()
-            encoded = self._trip_args[setting] = (
-                b"%d" % window_ms,
-                b"%d" % threshold,
-                b"%d" % hold_ms,
-                b"%d" % self.ttl_ms,
-            )
-        return encoded
+        return _trip_argv(window_ms, threshold, hold_ms, self.ttl_ms)

@@ -1,10 +1,11 @@
-"""What every operator command shares: connection options, settings, opening the buffer, errors.
+"""What every operator command shares: connection options, settings, errors as exit codes, help.
 
 Every command reads the same settings as the middleware (``MOLLIFIER_*`` variables, see
 :class:`~dramatiq_mollifier.settings.MollifierSettings`); ``--redis-url`` and ``--key-prefix``
 override them.
 
-Exit codes and the shared helpers live in :mod:`dramatiq_mollifier.console`.
+Exit codes, connecting, opening the buffer and tables live in :mod:`dramatiq_mollifier.console`
+(shared with the demo): commands import them from there.
 """
 
 from __future__ import annotations
@@ -18,41 +19,16 @@ from typing import Any
 
 import redis
 
-from ..console import (
-    CONNECT_TIMEOUT_S,
-    EXIT_CONFIG,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_PROBLEM,
-    EXIT_UNAVAILABLE,
-    SOCKET_TIMEOUT_S,
-    CommandError,
-    connect,
-    format_table,
-    open_buffer,
-    redact_url,
-)
+from ..console import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_UNAVAILABLE, CommandError
 from ..errors import BufferUnavailableError, MollifierConfigurationError
 from ..settings import MollifierSettings
 
 __all__ = [
-    "CONNECT_TIMEOUT_S",
-    "EXIT_CONFIG",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_PROBLEM",
-    "EXIT_UNAVAILABLE",
     "EXIT_CODES_HELP",
-    "SOCKET_TIMEOUT_S",
-    "CommandError",
     "add_connection_arguments",
     "command",
-    "connect",
-    "format_table",
     "help_formatter",
-    "open_buffer",
     "print_json",
-    "redact_url",
     "settings_from_args",
 ]
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import console
 from . import common
 
 DESCRIPTION = """\
@@ -68,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
 
     png: Path | None = None if args.no_png else args.png
     if png is not None and not png.parent.is_dir():
-        raise common.CommandError(f"--png: no directory {str(png.parent)!r}", exit_code=common.EXIT_CONFIG)
+        raise console.CommandError(f"--png: no directory {str(png.parent)!r}", exit_code=console.EXIT_CONFIG)
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     return run_demo(plan, redis_url=args.redis_url, png=png, out=sys.stdout)

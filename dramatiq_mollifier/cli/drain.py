@@ -15,6 +15,7 @@ from typing import Any
 
 import dramatiq
 
+from .. import console
 from ..drain.worker_drainer import WorkerDrainer
 from ..errors import MollifierConfigurationError
 from ..middleware import Mollifier
@@ -79,7 +80,7 @@ def load_broker(app: str, paths: list[str]) -> dramatiq.Broker:
         module = importlib.import_module(module_name)
         target = functools.reduce(getattr, attribute.split("."), module) if attribute else None
     except (ImportError, AttributeError) as exc:
-        raise common.CommandError(f"cannot import {app!r}: {exc}", exit_code=common.EXIT_CONFIG) from exc
+        raise console.CommandError(f"cannot import {app!r}: {exc}", exit_code=console.EXIT_CONFIG) from exc
     except MollifierConfigurationError:
         raise  # its own message, exit 2
     except Exception as exc:
@@ -88,7 +89,7 @@ def load_broker(app: str, paths: list[str]) -> dramatiq.Broker:
         return target
     if target is not None:
         if not callable(target):
-            raise common.CommandError(f"{app!r} is not a broker", exit_code=common.EXIT_CONFIG)
+            raise console.CommandError(f"{app!r} is not a broker", exit_code=console.EXIT_CONFIG)
         try:
             target()
         except MollifierConfigurationError:
@@ -98,14 +99,14 @@ def load_broker(app: str, paths: list[str]) -> dramatiq.Broker:
     return dramatiq.get_broker()
 
 
-def _app_failed(app: str, doing: str, exc: Exception) -> common.CommandError:
+def _app_failed(app: str, doing: str, exc: Exception) -> console.CommandError:
     """The app's own code raised: a configuration problem of the deployment, exit 2."""
     where = ""
     if exc.__traceback__ is not None:
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f" at {frame.filename}:{frame.lineno}"
-    return common.CommandError(
-        f"{doing} {app!r} raised {type(exc).__name__}{where}: {exc}", exit_code=common.EXIT_CONFIG
+    return console.CommandError(
+        f"{doing} {app!r} raised {type(exc).__name__}{where}: {exc}", exit_code=console.EXIT_CONFIG
     )
 
 
@@ -118,17 +119,17 @@ def run(args: argparse.Namespace) -> int:
     broker = load_broker(args.app, args.path)
     mollifier = find_mollifier(broker)
     if mollifier is None:
-        raise common.CommandError(
+        raise console.CommandError(
             f"the broker of {args.app!r} has no Mollifier middleware "
             "(add one with broker.add_middleware(Mollifier(...)))",
-            exit_code=common.EXIT_CONFIG,
+            exit_code=console.EXIT_CONFIG,
         )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             logger.warning("Second %s: exiting now", signal.Signals(signum).name)
-            raise SystemExit(common.EXIT_PROBLEM)
+            raise SystemExit(console.EXIT_PROBLEM)
         logger.info("%s received: stopping the drainer", signal.Signals(signum).name)
         stop.set()
 
@@ -142,4 +143,4 @@ def run(args: argparse.Namespace) -> int:
         pass
     stopped = worker_drainer.stop()
     broker.close()
-    return common.EXIT_OK if stopped else common.EXIT_PROBLEM
+    return console.EXIT_OK if stopped else console.EXIT_PROBLEM

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from .. import console
 from ..buffer import MollifierBuffer
 from ..models import BufferEntry
 from . import common
@@ -106,10 +107,10 @@ def _list(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
     entries = buffer.failed(args.org, args.env)
     if args.json:
         common.print_json([entry_json(e) for e in entries])
-        return common.EXIT_OK
+        return console.EXIT_OK
     if not entries:
         print("No dead letters.")
-        return common.EXIT_OK
+        return console.EXIT_OK
     rows = [
         (
             e.message_id,
@@ -121,10 +122,10 @@ def _list(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
         )
         for e in entries[: args.limit]
     ]
-    print(common.format_table(("MESSAGE ID", "ORG", "ENV", "ATTEMPTS", "CREATED (UTC)", "LAST ERROR"), rows))
+    print(console.format_table(("MESSAGE ID", "ORG", "ENV", "ATTEMPTS", "CREATED (UTC)", "LAST ERROR"), rows))
     if len(entries) > args.limit:
         print(f"... and {len(entries) - args.limit:,} more (--limit, or --json for all)")
-    return common.EXIT_OK
+    return console.EXIT_OK
 
 
 def _retry(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
@@ -139,20 +140,20 @@ def _retry(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
     print(f"Retried {retried:,} dead letter{'s' if retried != 1 else ''}: back in their queues.")
     for message_id in unknown:
         print(f"dramatiq-mollifier: error: no dead letter with id {message_id!r}", file=sys.stderr)
-    return common.EXIT_PROBLEM if unknown else common.EXIT_OK
+    return console.EXIT_PROBLEM if unknown else console.EXIT_OK
 
 
 def _purge(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
     purged = buffer.purge_failed(args.org, args.env)
     print(f"Purged {purged:,} dead letter{'s' if purged != 1 else ''}.")
-    return common.EXIT_OK
+    return console.EXIT_OK
 
 
 def _check_args(args: argparse.Namespace) -> None:
     """Usage errors, reported before connecting to anything."""
 
-    def usage(message: str) -> common.CommandError:
-        return common.CommandError(message, exit_code=common.EXIT_CONFIG)
+    def usage(message: str) -> console.CommandError:
+        return console.CommandError(message, exit_code=console.EXIT_CONFIG)
 
     if args.env is not None and args.org is None:
         # Envs are scoped by their org: "prod" of one org is not "prod" of another.
@@ -174,7 +175,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     settings = common.settings_from_args(args)
-    with common.open_buffer(settings) as (buffer, _client):
+    with console.open_buffer(settings) as (buffer, _client):
         if args.action == "list":
             return _list(buffer, args)
         if args.action == "retry":

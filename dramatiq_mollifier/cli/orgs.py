@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .. import console
 from ..settings import ALL_ORGS, MollifierSettings
 from . import common
 
@@ -70,7 +71,7 @@ def render(data: dict[str, Any]) -> str:
             (o["org_id"], {True: "on", False: "off", None: "-"}[o["flag"]], o["static"], o["enrolled"])
             for o in data["orgs"]
         ]
-        lines.append(common.format_table(("ORG", "RUNTIME FLAG", "STATIC", "ENROLLED"), rows))
+        lines.append(console.format_table(("ORG", "RUNTIME FLAG", "STATIC", "ENROLLED"), rows))
     else:
         lines.append("No runtime flags, and MOLLIFIER_ENABLED_ORGS names no org.")
     if data["all_orgs_enrolled"]:
@@ -83,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
     from ..gate.flags import OrgFlags
 
     if args.action != "list" and not all(org.strip() for org in args.org_ids):
-        raise common.CommandError("an org id must not be empty", exit_code=common.EXIT_CONFIG)
+        raise console.CommandError("an org id must not be empty", exit_code=console.EXIT_CONFIG)
     settings = common.settings_from_args(args)
-    client = common.connect(settings.redis_url)
+    client = console.connect(settings.redis_url)
     try:
         flags = OrgFlags(client, key_prefix=settings.key_prefix)
         if args.action == "list":
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                 common.print_json(data)
             else:
                 print(render(data))
-            return common.EXIT_OK
+            return console.EXIT_OK
         for org in args.org_ids:
             if args.action == "enable":
                 flags.enable(org)
@@ -108,6 +109,6 @@ def run(args: argparse.Namespace) -> int:
                 enrolled = "enrolled" if settings.org_enrolled_statically(org) else "not enrolled"
                 what = "runtime flag removed" if removed else "had no runtime flag"
                 print(f"{org}: {what} ({enrolled} by MOLLIFIER_ENABLED_ORGS)")
-        return common.EXIT_OK
+        return console.EXIT_OK
     finally:
         client.close()

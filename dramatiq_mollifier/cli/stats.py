@@ -7,6 +7,7 @@ from typing import Any
 
 import redis
 
+from .. import console
 from ..buffer import MollifierBuffer
 from . import common
 
@@ -99,12 +100,12 @@ def render(stats: dict[str, Any], *, where: str) -> str:
         rows: list[tuple[object, ...]] = [
             (e["org_id"], e["env_id"], e["depth"], format_age(e["oldest_age_ms"])) for e in stats["envs"]
         ]
-        lines += ["", common.format_table(("ORG", "ENV", "DEPTH", "OLDEST"), rows)]
+        lines += ["", console.format_table(("ORG", "ENV", "DEPTH", "OLDEST"), rows)]
     tripped = ", ".join(f"{t['org_id']}/{t['env_id']}" for t in stats["tripped"]) or "none"
     lines += ["", f"Tripped now: {tripped}", f"Dead letters: {stats['failed']:,}"]
     if stats["failed_by_env"]:
         rows = [(f["org_id"], f["env_id"], f["count"]) for f in stats["failed_by_env"]]
-        lines += ["", common.format_table(("ORG", "ENV", "FAILED"), rows)]
+        lines += ["", console.format_table(("ORG", "ENV", "FAILED"), rows)]
         lines.append("(inspect with: dramatiq-mollifier failed list)")
     return "\n".join(lines)
 
@@ -112,13 +113,13 @@ def render(stats: dict[str, Any], *, where: str) -> str:
 @common.command
 def run(args: argparse.Namespace) -> int:
     settings = common.settings_from_args(args)
-    with common.open_buffer(settings) as (buffer, client):
+    with console.open_buffer(settings) as (buffer, client):
         stats = collect(buffer, client, args.org)
     if args.json:
         common.print_json(
-            {"redis_url": common.redact_url(settings.redis_url), "key_prefix": settings.key_prefix, **stats}
+            {"redis_url": console.redact_url(settings.redis_url), "key_prefix": settings.key_prefix, **stats}
         )
     else:
-        where = f"{common.redact_url(settings.redis_url)} (key prefix {settings.key_prefix!r})"
+        where = f"{console.redact_url(settings.redis_url)} (key prefix {settings.key_prefix!r})"
         print(render(stats, where=where))
-    return common.EXIT_OK
+    return console.EXIT_OK
