@@ -13,7 +13,7 @@ import redis
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier import Mollifier, MollifierBuffer, MollifierSettings
 from dramatiq_mollifier.gate.flags import FLAG_REFRESH_MS
 
 #: The trip threshold of the middleware tests: a burst of N puts this many on the broker.
@@ -105,3 +105,30 @@ def eventually(condition: Callable[[], bool], timeout_s: float = 10.0, what: str
 def drainer_threads() -> set[threading.Thread]:
     """Live drainer loop threads (other tests' leftovers included: compare with a snapshot)."""
     return {t for t in threading.enumerate() if t.name == "mollifier-drainer"}
+
+
+def server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def latest_lease_deadline(buffer: MollifierBuffer) -> float:
+    latest = buffer.client.zrange(buffer.keys.leases, -1, -1, withscores=True)
+    assert latest, "no lease to wait for"
+    return float(latest[0][1])
+
+
+def wait_server_ms(client: redis.Redis, elapsed_ms: int) -> None:
+    """Until ``elapsed_ms`` have passed on the server's clock (the one its scripts read)."""
+    deadline_ms = server_ms(client) + elapsed_ms
+    eventually(lambda: server_ms(client) > deadline_ms, what=f"{elapsed_ms} ms of server time")
+
+
+def wait_past(buffer: MollifierBuffer, deadline_ms: float) -> None:
+    """Until the server's clock has passed ``deadline_ms``."""
+    eventually(lambda: server_ms(buffer.client) > deadline_ms, what="the leases to expire")
+
+
+def wait_for_leases_to_expire(buffer: MollifierBuffer) -> None:
+    """Until the server's clock has passed every lease deadline there is now."""
+    wait_past(buffer, latest_lease_deadline(buffer))

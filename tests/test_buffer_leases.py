@@ -9,33 +9,18 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
-from .mollifier_helpers import eventually
+from .mollifier_helpers import (
+    eventually,
+    latest_lease_deadline,
+    server_ms,
+    wait_for_leases_to_expire,
+    wait_past,
+)
 
 
 @pytest.fixture
 def buffer(redis_client: redis.Redis, key_prefix: str) -> MollifierBuffer:
     return MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=50)
-
-
-def server_ms(client: redis.Redis) -> int:
-    seconds, micros = client.time()
-    return int(seconds) * 1000 + int(micros) // 1000
-
-
-def latest_lease_deadline(buffer: MollifierBuffer) -> float:
-    latest = buffer.client.zrange(buffer.keys.leases, -1, -1, withscores=True)
-    assert latest, "no lease to wait for"
-    return float(latest[0][1])
-
-
-def wait_past(buffer: MollifierBuffer, deadline_ms: float) -> None:
-    """Until the server's clock has passed ``deadline_ms``."""
-    eventually(lambda: server_ms(buffer.client) > deadline_ms, what="the leases to expire")
-
-
-def wait_for_leases_to_expire(buffer: MollifierBuffer) -> None:
-    """Until the server's clock has passed every lease deadline there is now."""
-    wait_past(buffer, latest_lease_deadline(buffer))
 
 
 def test_pop_records_a_lease_deadline_in_server_time(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
+
+from .mollifier_helpers import wait_server_ms
 
 
 def keys_of(client: redis.Redis) -> set[bytes | str]:
@@ -212,7 +212,7 @@ def test_failed_lists_oldest_failure_first_and_filters_by_org_and_env(buffer: Mo
     # the millisecond, so the failures are spread out a little.
     for message_id in ("m3", "m0", "m5", "m1"):
         assert DrainProtocol(buffer).fail(message_id, code="E", message=message_id)
-        time.sleep(0.003)
+        wait_server_ms(buffer.client, 2)
 
     assert [e.message_id for e in buffer.failed()] == ["m3", "m0", "m5", "m1"]
     assert [e.message_id for e in buffer.failed("a")] == ["m3", "m0", "m1"]

@@ -20,6 +20,7 @@ from dramatiq_mollifier.errors import BufferUnavailableError, MollifierConfigura
 from dramatiq_mollifier.models import EntryStatus
 
 from .fake_redis import FakeServer
+from .mollifier_helpers import wait_for_leases_to_expire
 
 
 def lua_file(name: str) -> str:
@@ -90,7 +91,7 @@ def test_every_operation_works_on_a_resp2_client(
     assert buffer.oldest_created_at("o", "e") is not None
     popped = DrainProtocol(buffer).pop_many("o", "e", 10)
     assert [(e.message_id, e.payload) for e in popped] == [("m1", b"\x00\xff"), ("m2", b"2")]
-    time.sleep(0.04)
+    wait_for_leases_to_expire(buffer)
     assert sorted(DrainProtocol(buffer).reclaim_expired()) == ["m1", "m2"]
     assert DrainProtocol(buffer).pop("o", "e") is not None
     assert DrainProtocol(buffer).fail("m1", code="E", message="m")

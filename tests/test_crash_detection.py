@@ -211,7 +211,7 @@ def test_a_message_overrunning_its_time_limit_is_marked_in_the_evidence_file(
 
     @dramatiq.actor(broker=broker, actor_name="work", max_retries=0)
     def work() -> None:
-        time.sleep(0.6)
+        time.sleep(0.6)  # the overrun under test
 
     identity = ProcessIdentity.current()
     evidence_file = evidence_path(tmp_path / "evidence", identity.pid, identity.start_ticks)

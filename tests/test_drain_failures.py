@@ -97,7 +97,7 @@ def test_a_broker_outage_under_a_backlog_dead_letters_nothing_and_consumes_no_at
         redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
         disposable_redis.stop()
         down.set()
-        time.sleep(2)
+        time.sleep(2)  # the outage itself: the drainer meets a broker that stays down a while
         disposable_redis.start()
 
         # Then everything is delivered once it is back

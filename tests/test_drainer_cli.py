@@ -16,6 +16,8 @@ import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 
+from .mollifier_helpers import eventually
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,10 +63,8 @@ def test_drain_puts_the_buffer_on_the_broker_and_stops_cleanly_on_sigterm(
         buffer.accept(message.message_id, org_id=f"org{n % 5}", env_id="prod", payload=message.encode())
     process = drain_command("tests.apps.drain_app", env=environment, log=tmp_path / "drain.log")
     try:
-        deadline = time.monotonic() + 20
         # The broker write comes before the ack: wait for both, then check both.
-        while (redis_client.hlen(QUEUE_MESSAGES) < 50 or buffer.depth() > 0) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: redis_client.hlen(QUEUE_MESSAGES) >= 50 and buffer.depth() == 0, 20, "the drain")
         assert redis_client.hlen(QUEUE_MESSAGES) == 50
         assert buffer.depth() == 0
 

@@ -37,7 +37,7 @@ def test_entries_in_flight_never_exceed_the_concurrency_cap(
             peak_running = max(peak_running, running)
         # Popped but not settled, as the buffer sees it: every DRAINING entry holds a lease.
         draining = redis_client.zcard(buffer.keys.leases)
-        time.sleep(0.01)
+        time.sleep(0.01)  # the handler's work: it sleeps, leaving the CPU idle
         with lock:
             peak_draining = max(peak_draining, draining)
             running -= 1
@@ -57,7 +57,7 @@ def test_stop_lets_in_flight_handlers_finish_and_leaves_nothing_draining(buffer:
 
     def handler(entry: BufferEntry) -> None:
         started.set()
-        time.sleep(0.05)
+        time.sleep(0.05)  # the handler's work: stop finds handlers in flight
 
     drainer = MollifierDrainer(buffer, handler, concurrency=10, batch_size=200)
     drainer.start()
@@ -192,7 +192,7 @@ def test_a_tick_that_raises_does_not_spin(disposable_redis: EmbeddedRedis) -> No
 
     drainer = MollifierDrainer(buffer, lambda entry: None, poll_interval_ms=20, sleep=sleep)
     drainer.start()
-    time.sleep(1.0)
+    time.sleep(1.0)  # the second whose ticks are counted: the passing time is what is measured
     real_sleep.set()
     assert drainer.stop(5_000)
     buffer.client.close()
@@ -212,7 +212,7 @@ def test_a_tick_whose_entries_all_fail_does_not_spin(buffer: MollifierBuffer) ->
 
     drainer = MollifierDrainer(buffer, handler, max_attempts=1_000, poll_interval_ms=50, retry_delay_ms=50)
     drainer.start()
-    time.sleep(0.5)
+    time.sleep(0.5)  # the half second whose attempts are counted: the passing time is measured
     assert drainer.stop(5_000)
 
     # Each retry waits its own delay, 50 ms doubling: attempts at about 0, 50, 150 and 350 ms.

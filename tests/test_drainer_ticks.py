@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import redis
@@ -15,7 +14,7 @@ from dramatiq_mollifier.errors import UndeliverableEntryError
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
 from dramatiq_mollifier.telemetry import Telemetry
 
-from .mollifier_helpers import counts, data_points, metrics, total
+from .mollifier_helpers import counts, data_points, metrics, total, wait_for_leases_to_expire
 
 
 class Recorder:
@@ -199,7 +198,7 @@ def test_an_expired_lease_is_reclaimed_by_run_once(redis_client: redis.Redis, ke
     assert drainer.reclaim_interval_ms == 50
 
     assert drainer.run_once() == DrainResult(0, 0)  # the lease is still live
-    time.sleep(0.25)
+    wait_for_leases_to_expire(buffer)
     assert drainer.run_once() == DrainResult(drained=1, failed=0)
 
     assert handler.ids == ["m1"]

@@ -123,6 +123,12 @@ def seed(buffer: MollifierBuffer, count: int) -> list[str]:
     return ids
 
 
+def settled(client: redis.Redis, buffer: MollifierBuffer) -> bool:
+    """Nothing buffered, leased, queued, delayed or in flight: no duplicate can still show up."""
+    in_broker = client.hlen(f"dramatiq:{QUEUE_NAME}.msgs") + client.hlen(f"dramatiq:{QUEUE_NAME}.DQ.msgs")
+    return buffer.depth() == 0 and client.zcard(buffer.keys.leases) == 0 and in_broker == 0
+
+
 def draining(buffer: MollifierBuffer, ids: list[str]) -> list[str]:
     """Ids with a lease or in DRAINING status."""
     leased = {raw.decode() for raw in buffer.client.zrange(buffer.keys.leases, 0, -1)}
@@ -152,7 +158,7 @@ def test_a_diverted_burst_is_drained_and_processed_exactly_once(
 
     worker = workers(environment)
     eventually(lambda: redis_client.llen(PROCESSED_KEY) >= len(sent), 25, "every message to be processed")
-    time.sleep(0.5)  # room for a duplicate to show up
+    eventually(lambda: settled(redis_client, mollifier.buffer), 15, "a duplicate, if any, to show up")
     worker.terminate()
     assert worker.wait(15) == 0
 
@@ -191,7 +197,7 @@ def test_sigterm_while_draining_exits_in_time_leaving_nothing_draining_or_lost(
     # Nothing lost: a fresh worker finishes the job, and a clean stop made no duplicate.
     worker = workers(environment)
     eventually(lambda: redis_client.llen(PROCESSED_KEY) >= len(ids), 20, "the rest to be processed")
-    time.sleep(0.5)
+    eventually(lambda: settled(redis_client, buffer), 15, "a duplicate, if any, to show up")
     worker.terminate()
     assert worker.wait(15) == 0
     counts = Counter(processed(redis_client))

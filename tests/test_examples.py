@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import redis
+
+from dramatiq_mollifier import MollifierBuffer
+
+from .mollifier_helpers import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 BURST = 800
@@ -34,6 +37,14 @@ def counts(client: redis.Redis, key: str) -> dict[str, int]:
     """A hash of counters, decoded."""
     raw: dict[bytes, bytes] = client.hgetall(key)  # type: ignore[assignment]
     return {field.decode(): int(value) for field, value in raw.items()}
+
+
+def settled(client: redis.Redis) -> bool:
+    """Nothing buffered, leased, queued, delayed or in flight: no duplicate can still show up."""
+    buffer = MollifierBuffer(client)  # the example's default key prefix
+    queues = ("events", "events.DQ", "billing", "billing.DQ")
+    in_broker = sum(client.hlen(f"dramatiq:{queue}.msgs") for queue in queues)
+    return buffer.depth() == 0 and client.zcard(buffer.keys.leases) == 0 and in_broker == 0
 
 
 @pytest.mark.e2e
@@ -64,10 +75,8 @@ def test_the_example_burst_is_buffered_then_processed_exactly_once(
     expected = {f"acme/prod/{i}" for i in range(BURST)}
     expected |= {f"{org}/{i}" for org in ("globex/prod", "initech/eu") for i in range(STEADY)}
     try:
-        deadline = time.monotonic() + 60
-        while redis_client.hlen("example:events") < len(expected) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(0.5)  # room for a duplicate to show up, if there were one
+        eventually(lambda: redis_client.hlen("example:events") >= len(expected), 60, "every event")
+        eventually(lambda: settled(redis_client), 15, "a duplicate, if any, to show up")
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)

@@ -96,6 +96,18 @@ def test_sends_keep_succeeding_through_the_broker_while_the_mollifier_redis_is_d
     assert mollifier.buffer.depth() == 1
 
 
+def stalled(url: str) -> bool:
+    """Whether the server at ``url`` fails to answer a PING within 50 ms."""
+    probe = redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=0.05, retry=None)
+    try:
+        probe.ping()
+        return False
+    except redis.TimeoutError:
+        return True
+    finally:
+        probe.close()
+
+
 def test_a_mollifier_redis_that_was_never_up_does_not_break_sends(
     broker: RedisBroker, key_prefix: str, disposable_redis: EmbeddedRedis
 ) -> None:
@@ -150,7 +162,7 @@ def test_a_stalled_mollifier_redis_costs_a_bounded_wait_then_the_broker_gets_the
 
     stall = threading.Thread(target=spin)
     stall.start()
-    time.sleep(0.2)
+    eventually(lambda: stalled(disposable_redis.url), 5, "the server to stall")
     try:
         took = timed_send(ingest, org_id="acme")
     finally:

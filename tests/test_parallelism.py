@@ -88,7 +88,7 @@ def test_actors_burning_cpu_beside_the_drainer_do_not_throttle_it() -> None:
 
     burner = threading.Thread(target=actor, daemon=True)
     burner.start()
-    pool = HandlerPool(8, lambda entry: time.sleep(0.002), lambda completion: None)
+    pool = HandlerPool(8, lambda entry: time.sleep(0.002), lambda completion: None)  # work that waits
     try:
         # When handlers that only wait (on a broker, say) run batch after batch
         deadline = time.monotonic() + 10

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import redis
@@ -11,6 +10,8 @@ import redis
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import Tenant, TripDecision
+
+from .mollifier_helpers import eventually, wait_past, wait_server_ms
 
 
 def evaluate(
@@ -78,7 +79,7 @@ def test_the_window_resets_after_window_ms(buffer: MollifierBuffer, redis_client
     assert 0 < redis_client.pttl(counter) <= 300
 
     # When the window has passed, the count starts again
-    time.sleep(0.4)
+    eventually(lambda: not redis_client.exists(counter), what="the window to pass")
     assert evaluate(buffer, window_ms=300, threshold=5).count == 1
 
 
@@ -86,24 +87,28 @@ def test_the_window_is_not_extended_by_later_evaluations(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
     evaluate(buffer, window_ms=200)
-    time.sleep(0.05)
+    wait_server_ms(redis_client, 50)  # time passing is the point: a later evaluation
     evaluate(buffer, window_ms=200)
 
     assert redis_client.pttl(buffer.keys.tenant("o", "e").trip_counter) <= 160
 
 
-def test_a_tripped_env_stays_tripped_for_the_hold_after_the_window_resets(buffer: MollifierBuffer) -> None:
+def test_a_tripped_env_stays_tripped_for_the_hold_after_the_window_resets(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
     # Given an env tripped in a 200 ms window with a 750 ms hold
     options = {"window_ms": 200, "threshold": 1, "hold_ms": 750}
+    keys = buffer.keys.tenant("o", "e")
     assert not evaluate(buffer, **options).tripped
     assert evaluate(buffer, **options).tripped
 
     # When the window resets, the hold keeps it tripped
-    time.sleep(0.3)
+    eventually(lambda: not redis_client.exists(keys.trip_counter), what="the window to reset")
     assert evaluate(buffer, **options) == TripDecision(True, 1)
 
     # And once the hold has passed, it is not tripped any more
-    time.sleep(0.6)
+    eventually(lambda: not redis_client.exists(keys.trip_hold), what="the hold to pass")
+    eventually(lambda: not redis_client.exists(keys.trip_counter), what="the window to reset")
     assert evaluate(buffer, **options) == TripDecision(False, 1)
 
 
@@ -115,7 +120,7 @@ def test_every_over_threshold_evaluation_re_arms_the_hold(
     evaluate(buffer, **options)
     assert not redis_client.exists(hold)  # not over the threshold: no marker
     assert evaluate(buffer, **options).tripped
-    time.sleep(0.05)
+    wait_server_ms(redis_client, 50)  # time passing is the point: the re-arm must show
     left = redis_client.pttl(hold)
     assert 0 < left <= 9_950
 
@@ -124,11 +129,14 @@ def test_every_over_threshold_evaluation_re_arms_the_hold(
     assert redis_client.pttl(hold) > left
 
 
-def test_a_zero_hold_trips_only_while_over_the_threshold(buffer: MollifierBuffer) -> None:
+def test_a_zero_hold_trips_only_while_over_the_threshold(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
     options = {"window_ms": 200, "threshold": 1, "hold_ms": 0}
     assert evaluate(buffer, **options) == TripDecision(False, 1)
     assert evaluate(buffer, **options) == TripDecision(True, 2)
-    time.sleep(0.3)
+    counter = buffer.keys.tenant("o", "e").trip_counter
+    eventually(lambda: not redis_client.exists(counter), what="the window to reset")
     assert evaluate(buffer, **options) == TripDecision(False, 1)
 
 
@@ -151,7 +159,10 @@ def test_tripped_lists_envs_with_a_live_hold_and_forgets_expired_ones(
 
     assert buffer.tripped() == [Tenant("a", "prod"), Tenant("b", "dev")]
 
-    time.sleep(0.5)  # past a's hold and its registry deadline (at most 1.5 holds)
+    # Past a's hold and its registry deadline (at most 1.5 holds), on the server's clock
+    a_deadline = redis_client.zscore(buffer.keys.tripped, buffer.keys.tenant("a", "prod").tripped_member)
+    assert a_deadline is not None
+    wait_past(buffer, a_deadline)
     assert buffer.tripped() == [Tenant("b", "dev")]
     assert redis_client.zcard(buffer.keys.tripped) == 1
 
@@ -225,7 +236,9 @@ def test_the_tripped_registry_forgets_expired_holds_without_being_listed(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
     evaluate(buffer, "a", "prod", threshold=0, hold_ms=30)
-    time.sleep(0.06)
+    a_deadline = redis_client.zscore(buffer.keys.tripped, buffer.keys.tenant("a", "prod").tripped_member)
+    assert a_deadline is not None
+    wait_past(buffer, a_deadline)
 
     evaluate(buffer, "b", "prod", threshold=0, hold_ms=10_000)
 
@@ -262,8 +275,8 @@ def test_the_registry_moves_its_deadline_when_the_hold_would_outlive_it(
     first = redis_client.zscore(buffer.keys.tripped, member)
     assert first is not None
 
-    # Re-armed more than half a hold later: the deadline moves with the marker
-    time.sleep(0.06)
+    # Re-armed more than half a hold later (on the server's clock): the deadline moves with it
+    wait_server_ms(redis_client, 60)
     evaluate(buffer, **options)
     later = redis_client.zscore(buffer.keys.tripped, member)
     assert later is not None
