@@ -24,6 +24,16 @@ from .servers import (
     unavailable,
 )
 
+
+@pytest.fixture(autouse=True)
+def no_mollifier_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own ``MOLLIFIER_*`` settings must not change what a test (or a process it
+    starts) sees; the harness's ``MOLLIFIER_TEST_*`` variables stay."""
+    for name in list(os.environ):
+        if name.startswith("MOLLIFIER_") and not name.startswith("MOLLIFIER_TEST_"):
+            monkeypatch.delenv(name)
+
+
 # Database 0 is left alone; each test takes the next of 1..15 and flushes it first (on a server
 # given by URL, only once the provider saw them empty or was told it may flush them).
 _databases = itertools.cycle(TEST_DATABASES)

@@ -17,14 +17,6 @@ from dramatiq_mollifier import Mollifier, MollifierConfigurationError, Mollifier
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.fixture(autouse=True)
-def no_mollifier_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The developer's own ``MOLLIFIER_*`` variables must not change what these tests see."""
-    for name in list(os.environ):
-        if name.startswith("MOLLIFIER_"):
-            monkeypatch.delenv(name)
-
-
 def documented_settings() -> dict[str, tuple[str, str]]:
     """setting -> (environment variable, default cell) of each row of the README's table."""
     section = README.read_text(encoding="utf-8").split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
@@ -39,6 +31,11 @@ def shown(value: object) -> str:
     if isinstance(value, enum.Enum):
         return str(value.value)
     return str(value)
+
+
+def test_no_developer_setting_reaches_a_test() -> None:
+    # tests/conftest.py clears MOLLIFIER_* (except the harness's MOLLIFIER_TEST_*) for every test.
+    assert [n for n in os.environ if n.startswith("MOLLIFIER_") and not n.startswith("MOLLIFIER_TEST_")] == []
 
 
 def test_the_readme_documents_every_setting_its_variable_and_its_default() -> None:
