@@ -5,8 +5,8 @@
 Starts its own throwaway Redis-compatible server (``EmbeddedRedis``), pre-enqueues the messages on
 a RedisBroker, then times an in-process Dramatiq ``Worker`` draining them (a no-op actor, so the
 figure is the per-message overhead, not an actor's work). Plain and CrashRetries rounds alternate;
-the best round of each is compared. CrashRetries adds two Redis round trips per message (``SET
-... GET`` in, one script out) on the same server as the broker.
+the best round of each is compared. CrashRetries adds two Redis round trips per message (one
+script in, one out) on the same server as the broker, and one pipelined refresh per heartbeat.
 """
 
 from __future__ import annotations
