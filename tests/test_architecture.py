@@ -67,9 +67,12 @@ def imports_of(module: str, path: Path) -> set[str]:
                 target = ".".join([*base, node.module] if node.module else base)
             else:
                 target = node.module or ""
-            found.add(target)
-            # "from . import interception" names a module, not an attribute.
-            found.update(f"{target}.{alias.name}" for alias in node.names if not node.module)
+            if node.module:
+                found.add(target)
+            else:
+                # "from .. import console" names a module of the package, not the package's own
+                # namespace (an attribute imported so, like a name from the root, has no rank).
+                found.update(f"{target}.{alias.name}" for alias in node.names)
     return {name for name in found if name.startswith("dramatiq_mollifier")}
 
 
