@@ -175,8 +175,8 @@ class MollifierSettings(BaseSettings):
     #: burst still starts draining at once; 0 turns this off (polling every
     #: ``drain_poll_interval_ms``). Defaults to 5 s.
     drain_idle_wait_ms: int = Field(default=5_000, ge=0, le=60_000)
-    #: Broker connections the drainer's handlers share on brokers that open one per thread
-    #: (RabbitMQ). Defaults to 2.
+    #: Broker connections the drainer's handlers share on brokers that open one per thread that
+    #: enqueues (RabbitMQ), kept across drainer restarts. Defaults to 2.
     drain_broker_connections: int = Field(default=2, gt=0, le=64)
     #: How long worker shutdown waits for the drainer, in milliseconds. It runs first, in
     #: ``before_worker_shutdown``: Dramatiq's own shutdown timeout starts after it, so the two add

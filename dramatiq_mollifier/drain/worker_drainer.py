@@ -23,6 +23,7 @@ from .connections import drain_client
 from .drainer import MollifierDrainer
 from .handler import make_drain_handler
 from .pace import pace_for
+from .publisher import enqueue_for
 
 __all__ = ["WorkerDrainer"]
 
@@ -60,7 +61,12 @@ class WorkerDrainer:
             client = drain_client(self.buffer.client, socket_timeout_ms=settings.drain_socket_timeout_ms)
             self._drainer = MollifierDrainer(
                 MollifierBuffer(client, **settings.buffer_options),
-                make_drain_handler(broker, mode=settings.mode),
+                make_drain_handler(
+                    broker,
+                    mode=settings.mode,
+                    # RabbitMQ: a few connections shared by every handler thread, kept across restarts.
+                    enqueue=enqueue_for(broker, connections=settings.drain_broker_connections),
+                ),
                 concurrency=settings.drain_concurrency,
                 max_attempts=settings.drain_max_attempts,
                 retry_delay_ms=settings.drain_retry_delay_ms,
