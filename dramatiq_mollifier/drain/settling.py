@@ -76,7 +76,7 @@ class Settler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._buffer = protocol
-        self._leases = leases or LeaseKeeper(protocol)
+        self._leases = leases if leases is not None else LeaseKeeper(protocol)
         self._wake = wake
         self._telemetry = telemetry
         self.max_attempts = max_attempts
@@ -136,7 +136,8 @@ class Settler:
         if refused:
             self._record_stale(acked.refused)
         done = [entry for entry in entries if id(entry) not in refused]
-        self._record_acked(done)
+        if done:
+            self._record_acked(done)
         return len(done)
 
     def retry_acks(self, *, last_chance: bool = False) -> int:
