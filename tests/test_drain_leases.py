@@ -196,3 +196,26 @@ def test_an_entry_whose_lease_keeps_expiring_is_dead_lettered_with_its_reason(
     assert protocol.pop("acme", "prod") is not None
     redis_client.zadd(buffer.keys.leases, {"m1": 0})
     assert protocol.reclaim(max_expiries=2).requeued == ["m1"]
+
+
+def test_a_drainer_dead_letters_an_entry_whose_lease_expired_once_too_often(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given an entry popped by a drainer that never settled it, its lease now expired
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    assert DrainProtocol(buffer).pop("acme", "prod") is not None
+    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    provider, reader = metrics()
+    handled: list[str] = []
+
+    # When a drainer allowing one attempt reclaims it
+    drainer = MollifierDrainer(
+        buffer, lambda entry: handled.append(entry.message_id), max_attempts=1, telemetry=Telemetry(provider)
+    )
+    drainer.run_once()
+
+    # Then it is dead-lettered with its reason, not handed to a handler again
+    assert handled == []
+    assert [e.last_error[0] for e in buffer.failed() if e.last_error] == ["LeaseExpired"]
+    assert counts(reader, "mollifier.drained", "result") == {("failed",): 1}
