@@ -219,3 +219,21 @@ def test_a_drainer_dead_letters_an_entry_whose_lease_expired_once_too_often(
     assert handled == []
     assert [e.last_error[0] for e in buffer.failed() if e.last_error] == ["LeaseExpired"]
     assert counts(reader, "mollifier.drained", "result") == {("failed",): 1}
+
+
+def test_an_entry_held_for_too_many_leases_is_renewed_no_more(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given an entry whose handler never returns, held by its drainer (leases of 50 ms)
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=50)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    entry = protocol.pop("acme", "prod")
+    assert entry is not None
+    keeper = LeaseKeeper(protocol)
+    keeper.hold([entry])
+    assert keeper.renew() == 1
+
+    # Then after MAX_RENEWALS leases it is let go, for another drainer to reclaim
+    eventually(lambda: keeper.renew() == 0 and len(keeper) == 0, what="the keeper to let it go")
+    eventually(lambda: protocol.reclaim_expired() == ["m1"], what="its lease to expire")

@@ -6,24 +6,29 @@ renewal another drainer would reclaim the entries and deliver them a second time
 :class:`LeaseKeeper` renews every lease its drainer still holds, every third of the lease, from a
 thread of its own (so a tick blocked waiting on handlers, or a long GC pause short of the lease,
 does not let them lapse). Renewal goes through the owner check: an entry whose lease passed to
-another drainer meanwhile is not taken back, only reported.
+another drainer meanwhile is not taken back, only reported. An entry held for more than
+:data:`MAX_RENEWALS` leases (a handler that never returns) is renewed no more: its lease
+expires, another drainer reclaims it, and one whose lease keeps expiring is dead-lettered.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 from ..buffer.drain_protocol import DrainProtocol
 from ..models import BufferEntry
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["MAX_RENEWALS", "LeaseKeeper"]
 
 logger = logging.getLogger(__name__)
 
 # Entries renewed per script call.
 _RENEW_BATCH = 500
+#: How many leases' worth an entry is held at most (renewed): 10 minutes with the default lease.
+MAX_RENEWALS = 10
 
 
 class LeaseKeeper:
@@ -37,7 +42,9 @@ class LeaseKeeper:
     def __init__(self, protocol: DrainProtocol, *, interval_ms: int | None = None) -> None:
         self._protocol = protocol
         self.interval_ms = interval_ms or max(1, protocol.lease_ms // 3)
-        self._held: dict[tuple[str, str | None], BufferEntry] = {}
+        self._max_hold_s = MAX_RENEWALS * protocol.lease_ms / 1000
+        # (id, owner) -> (the entry, when it was first held, monotonic seconds)
+        self._held: dict[tuple[str, str | None], tuple[BufferEntry, float]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -47,9 +54,10 @@ class LeaseKeeper:
 
     def hold(self, entries: Iterable[BufferEntry]) -> None:
         """Renew these popped entries' leases until :meth:`drop`."""
+        now = time.monotonic()
         with self._lock:
             for entry in entries:
-                self._held[entry.message_id, entry.lease_owner] = entry
+                self._held[entry.message_id, entry.lease_owner] = (entry, now)
 
     def drop(self, entries: Iterable[BufferEntry]) -> None:
         """Stop renewing these (settled, given back or given up)."""
@@ -63,8 +71,19 @@ class LeaseKeeper:
         An entry whose lease another drainer holds now is dropped and logged: its handler's
         outcome will be refused when it is settled.
         """
+        too_old = time.monotonic() - self._max_hold_s
         with self._lock:
-            entries = list(self._held.values())
+            entries = [entry for entry, since in self._held.values() if since > too_old]
+            hung = [entry for entry, since in self._held.values() if since <= too_old]
+        if hung:
+            self.drop(hung)
+            logger.warning(
+                "mollifier.lease_lost %d entries held for %d leases are renewed no more (a handler "
+                "that never returns?): they will be reclaimed, first %r",
+                len(hung),
+                MAX_RENEWALS,
+                hung[0].message_id,
+            )
         renewed = 0
         for start in range(0, len(entries), _RENEW_BATCH):
             batch = entries[start : start + _RENEW_BATCH]
