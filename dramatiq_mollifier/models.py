@@ -91,3 +91,6 @@ class BufferEntry:
     #: The mode of the gate that wrote it (``divert`` or ``dual_write``): a drainer handles the
     #: entry by this mode, whatever its own. None for an entry written before entries said.
     mode: str | None = None
+    #: The owner token of the pop that leased it (a DRAINING entry this process popped): only
+    #: its holder may ack, requeue, fail or release it. None otherwise.
+    lease_owner: str | None = None

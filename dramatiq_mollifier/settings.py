@@ -162,8 +162,24 @@ class MollifierSettings(BaseSettings):
     drain_max_orgs_per_tick: int = Field(default=500, gt=0, le=10_000)
     #: Sleep after an idle tick, in milliseconds. Defaults to 100.
     drain_poll_interval_ms: int = Field(default=100, gt=0, le=60_000)
-    #: How long a popped entry may stay DRAINING before any drainer reclaims it. Defaults to 60 s.
+    #: How long a popped entry may stay DRAINING before any drainer reclaims it; the drainer
+    #: renews the leases of handlers still running. Defaults to 60 s.
     drain_lease_ms: int = Field(default=60_000, gt=0, le=_DAY_MS)
+    #: Payload bytes one pop may return at most (the first entry whatever its size), so a batch
+    #: of large messages is read in replies that fit the socket timeout. Defaults to 4 MiB.
+    drain_batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1_024, le=512 * 1024 * 1024)
+    #: How long one Redis command of the drainer may wait for its reply, in milliseconds: the
+    #: drainer has its own connections, without the send path's 0.5 s timeout and without
+    #: retries (a pop must never run twice). Defaults to 10 s.
+    drain_socket_timeout_ms: int = Field(default=10_000, ge=1_000, le=600_000)
+    #: The longest an idle drainer (nothing queued) waits between looks at the buffer, in
+    #: milliseconds. It blocks on a wake-up list that the first message buffered signals, so a
+    #: burst still starts draining at once; 0 turns this off (polling every
+    #: ``drain_poll_interval_ms``). Defaults to 5 s.
+    drain_idle_wait_ms: int = Field(default=5_000, ge=0, le=60_000)
+    #: Broker connections the drainer's handlers share on brokers that open one per thread that
+    #: enqueues (RabbitMQ), kept across drainer restarts. Defaults to 2.
+    drain_broker_connections: int = Field(default=2, gt=0, le=64)
     #: How long worker shutdown waits for the drainer, in milliseconds. It runs first, in
     #: ``before_worker_shutdown``: Dramatiq's own shutdown timeout starts after it, so the two add
     #: up. Must end ``SHUTDOWN_MARGIN_MS`` (1 s) within ``supervisor_grace_period_ms``.
@@ -211,6 +227,16 @@ class MollifierSettings(BaseSettings):
                 "entry_ttl_s (MOLLIFIER_ENTRY_TTL_S) cannot be set in divert mode: the buffer holds "
                 "the only copy of a diverted message, and an expired entry would be lost without a "
                 "trace. Unset it, or use mode=dual_write"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_idle_wait(self) -> MollifierSettings:
+        if self.drain_idle_wait_ms and self.drain_idle_wait_ms + 1_000 > self.drain_socket_timeout_ms:
+            raise MollifierConfigurationError(
+                f"drain_idle_wait_ms ({self.drain_idle_wait_ms}) must be at least 1000 ms shorter than "
+                f"drain_socket_timeout_ms ({self.drain_socket_timeout_ms}): an idle drainer blocks on "
+                "Redis that long, and a reply that late would be taken for an outage"
             )
         return self
 

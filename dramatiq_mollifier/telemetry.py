@@ -88,6 +88,8 @@ class DrainResultKind(str, enum.Enum):
     ACKED = "acked"
     REQUEUED = "requeued"
     FAILED = "failed"
+    #: Handled, but its ack was refused: the lease had passed to another drainer.
+    STALE = "stale"
 
 
 @cache

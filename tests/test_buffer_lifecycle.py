@@ -6,6 +6,7 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.core import STALE_OWNER
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
@@ -13,7 +14,8 @@ from .mollifier_helpers import wait_server_ms
 
 
 def keys_of(client: redis.Redis) -> set[bytes | str]:
-    return set(client.keys("*"))
+    # The drainers' wake-up list is a signal to idle drainers (at most 8 tokens), not an entry's state.
+    return {key for key in client.keys("*") if not key.endswith(b":drain:wake")}
 
 
 def depths(buffer: MollifierBuffer) -> tuple[int, int, int]:
@@ -80,8 +82,8 @@ def test_ack_entries_removes_popped_entries_of_several_tenants_in_one_call(
         *DrainProtocol(buffer).pop_many("p", "e", 3),
     ]
 
-    assert DrainProtocol(buffer).ack_entries(popped) == 8
-    assert DrainProtocol(buffer).ack_entries([]) == 0
+    assert DrainProtocol(buffer).ack_entries(popped) == (8, [])
+    assert DrainProtocol(buffer).ack_entries([]) == (0, [])
 
     assert all(buffer.get(e.message_id) is None for e in popped)
     assert redis_client.zcard(buffer.keys.leases) == 0
@@ -92,37 +94,72 @@ def test_ack_entries_removes_popped_entries_of_several_tenants_in_one_call(
     assert keys_of(redis_client) == set()
 
 
-def test_ack_entries_acks_entries_no_longer_draining_on_their_own(
+def test_ack_entries_refuses_entries_whose_lease_passed_to_someone_else(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
-    # m0 stays DRAINING; m1 was reclaimed (QUEUED again); m2 failed meanwhile; m3 is gone.
-    for n in range(4):
+    # m0 stays DRAINING; m1 was requeued (QUEUED again); m2 failed meanwhile; m3 is gone; m4 was
+    # given back and popped again by another drainer.
+    for n in range(5):
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
-    popped = DrainProtocol(buffer).pop_many("o", "e", 4)
+    popped = DrainProtocol(buffer).pop_many("o", "e", 5)
     assert DrainProtocol(buffer).requeue("m1")
     assert DrainProtocol(buffer).fail("m2", code="E", message="boom")
     DrainProtocol(buffer).ack("m3")
+    assert DrainProtocol(buffer).release([popped[4]]) == 1
+    popped_again = DrainProtocol(buffer).pop_many("o", "e", 5)
+    assert [e.message_id for e in popped_again] == ["m4", "m1"]
 
-    assert DrainProtocol(buffer).ack_entries(popped) == 3
+    acked = DrainProtocol(buffer).ack_entries(popped)
 
+    # Only m0 was still this pop's: the rest are refused and left as they are.
+    assert acked.removed == 1
+    assert [e.message_id for e in acked.refused] == ["m1", "m2", "m4"]
+    assert buffer.get("m0") is None
+    assert [e.message_id for e in buffer.failed()] == ["m2"]
+    assert DrainProtocol(buffer).ack_entries(popped_again) == (2, [])
     assert depths(buffer) == (0, 0, 0)
-    assert buffer.orgs() == []
-    assert buffer.failed() == []
-    assert keys_of(redis_client) == set()
 
 
-def test_ack_entries_leaves_an_entry_that_moved_to_another_tenant_to_ack(buffer: MollifierBuffer) -> None:
-    # An entry whose id was reused by another tenant since it was popped is acked where it is.
+def test_a_stale_owner_can_neither_ack_fail_requeue_nor_release(buffer: MollifierBuffer) -> None:
+    # Given an entry popped by a drainer whose lease then passed on: given back, popped again
+    buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    stale = protocol.pop("o", "e")
+    assert stale is not None
+    assert protocol.release([stale]) == 1
+    current = protocol.pop("o", "e")
+    assert current is not None
+    assert current.lease_owner != stale.lease_owner
+    where = {"org_id": "o", "env_id": "e"}
+
+    # When the stale owner settles it, every call is refused and changes nothing
+    assert protocol.ack("m1", owner=stale.lease_owner, **where) == STALE_OWNER
+    assert not protocol.fail("m1", code="E", message="late", owner=stale.lease_owner, **where)
+    assert not protocol.requeue("m1", owner=stale.lease_owner, **where)
+    assert protocol.release([stale]) == 0
+    assert protocol.ack_entries([stale]).refused == [stale]
+    entry = buffer.get("m1")
+    assert entry is not None
+    assert (entry.status, entry.attempts) == (EntryStatus.DRAINING, 0)
+
+    # Then the current owner still settles it
+    assert protocol.ack("m1", owner=current.lease_owner, **where) == 1
+    assert buffer.get("m1") is None
+
+
+def test_ack_entries_leaves_an_entry_whose_id_moved_to_another_tenant_alone(buffer: MollifierBuffer) -> None:
+    # An entry whose id was reused by another tenant since it was popped is someone else's.
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
     popped = DrainProtocol(buffer).pop("o", "e")
     assert popped is not None
     DrainProtocol(buffer).ack("m1")
     buffer.accept("m1", org_id="p", env_id="e", payload=b"y")
 
-    assert DrainProtocol(buffer).ack_entries([popped]) == 1
+    # Refused: the entry under that id now is not the one this pop leased.
+    assert DrainProtocol(buffer).ack_entries([popped]).refused == [popped]
 
-    assert buffer.get("m1") is None
-    assert (buffer.depth(), buffer.depth("o"), buffer.depth("p")) == (0, 0, 0)
+    assert buffer.get("m1") is not None
+    assert (buffer.depth(), buffer.depth("o"), buffer.depth("p")) == (1, 0, 1)
 
 
 def test_requeue_goes_to_the_tail_with_one_more_attempt(buffer: MollifierBuffer) -> None:

@@ -71,7 +71,7 @@ def test_scripts_reload_after_script_flush(buffer: MollifierBuffer, redis_client
     assert buffer.accept("m3", org_id="o", env_id="e", payload=b"z")
     popped = DrainProtocol(buffer).pop_many("o", "e", 10)
     redis_client.script_flush()
-    assert DrainProtocol(buffer).ack_entries(popped) == 1
+    assert DrainProtocol(buffer).ack_entries(popped).removed == 1
     redis_client.script_flush()
     assert buffer.evaluate_trip("o", "e", window_ms=1000, threshold=5, hold_ms=100).count == 1
 
@@ -105,7 +105,7 @@ def test_every_operation_works_on_a_resp2_client(
     assert DrainProtocol(buffer).ack_many(["m1"]) == 1
     popped = DrainProtocol(buffer).pop("o", "e")
     assert popped is not None
-    assert DrainProtocol(buffer).ack_entries([popped]) == 1
+    assert DrainProtocol(buffer).ack_entries([popped]).removed == 1
     assert buffer.accept("m3", org_id="o", env_id="e", payload=b"3")
     assert DrainProtocol(buffer).pop("o", "e") is not None
     assert DrainProtocol(buffer).fail("m3", code="E", message="m")
@@ -230,7 +230,6 @@ def test_a_script_gets_the_helpers_it_calls_and_only_those() -> None:
         "env_field",
         "adjust_counter",
         "adjust_depth",
-        "note_queued",
     ]
     assert helpers("expired_leases") == ["now_ms"]
     # the enqueue hot paths define next to nothing on each run

@@ -152,3 +152,39 @@ def test_a_second_worker_started_after_the_first_stopped_drains(
     finally:
         second.stop()
     assert drainer_threads() <= before
+
+
+def test_a_rolling_switch_and_its_rollback_with_drainers_in_both_modes_lose_and_duplicate_nothing(
+    brokers: list[StubBroker], redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given half the workers switched to divert while the other half still dual-write, both draining
+    workers: list[StubBroker] = []
+    drainers: list[WorkerDrainer] = []
+    for mode in (MollifierMode.DUAL_WRITE, MollifierMode.DIVERT):
+        worker = new_broker(brokers)
+        declare_ingest(worker)
+        settings = MollifierSettings(
+            enabled=True, key_prefix=key_prefix, mode=mode, drain_poll_interval_ms=10
+        )
+        buffer = MollifierBuffer(redis_client, **settings.buffer_options)
+        drainer = WorkerDrainer(settings=settings, buffer=buffer, telemetry=Telemetry())
+        drainer.start(worker)
+        workers.append(worker)
+        drainers.append(drainer)
+    try:
+        # When producers send in dual_write, then divert (the switch), then dual_write (the rollback)
+        producers = [
+            produce(brokers, redis_client, key_prefix, mode)
+            for mode in (MollifierMode.DUAL_WRITE, MollifierMode.DIVERT, MollifierMode.DUAL_WRITE)
+        ]
+        buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+        eventually(lambda: buffer.depth() == 0, what="both drainers to empty the buffer")
+    finally:
+        for drainer in drainers:
+            assert drainer.stop() is True
+
+    # Then every message sent is on some broker exactly once, whichever drainer took its entry
+    copies = ids_on(*producers, *workers)
+    assert len(copies) == 3 * BURST
+    assert set(copies.values()) == {1}
+    assert sum(ids_on(*workers).values()) == BURST - THRESHOLD

@@ -231,5 +231,5 @@ def test_cursor_state_stays_bounded_as_orgs_come_and_go(buffer: MollifierBuffer)
         assert drainer.run_once() == DrainResult(1, 0)
         assert drainer.rotation.cursor_count == min(i + 1, 50)
 
-    assert drainer.run_once() == DrainResult(0, 0)
+    assert drainer.run_once() == DrainResult(0, 0, empty=True)
     assert len(log.entries) == 200

@@ -105,7 +105,10 @@ def test_stop_wakes_a_long_sleep_at_once(buffer: MollifierBuffer) -> None:
         sleeping.set()
         drainer._wait(delay_ms)  # the real wait on the stop event, seen entering
 
-    drainer = MollifierDrainer(buffer, lambda entry: None, poll_interval_ms=60_000, sleep=sleep)
+    # Polling (no block on the wake-up list) so the idle wait is a sleep.
+    drainer = MollifierDrainer(
+        buffer, lambda entry: None, poll_interval_ms=60_000, sleep=sleep, idle_wait_ms=0
+    )
     drainer.start()
     assert sleeping.wait(5)  # an idle tick, then a one-minute sleep
 

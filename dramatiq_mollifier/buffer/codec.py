@@ -54,8 +54,10 @@ def last_error(code: bytes | None, message: bytes | None) -> tuple[str, str] | N
     return text(code), text(message or b"")
 
 
-def unpack_popped(frames: bytes, org_id: str, env_id: str) -> Iterator[BufferEntry]:
-    """The entries of a pop reply: one length-prefixed frame each (see ``lua/pop.lua``)."""
+def unpack_popped(frames: bytes, org_id: str, env_id: str, owner: str | None = None) -> Iterator[BufferEntry]:
+    """The entries of a pop reply: one length-prefixed frame each (see ``lua/pop.lua``), leased
+    to ``owner`` (the pop's owner token).
+    """
     header = POP_HEADER
     at = 0
     while at < len(frames):
@@ -82,6 +84,7 @@ def unpack_popped(frames: bytes, org_id: str, env_id: str) -> Iterator[BufferEnt
             created_at=to_datetime(created_at_ms),
             last_error=error,
             mode=mode,
+            lease_owner=owner,
         )
 
 

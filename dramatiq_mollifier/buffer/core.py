@@ -20,13 +20,15 @@ from .codec import text
 from .keys import KeySpace, TenantKeys
 from .scripts import Scripts
 
-__all__ = ["DEFAULT_LEASE_MS", "WRONG_TENANT", "BufferCore"]
+__all__ = ["DEFAULT_LEASE_MS", "STALE_OWNER", "WRONG_TENANT", "BufferCore"]
 
 #: How long a popped entry may stay DRAINING before any drainer reclaims it: ``drain_lease_ms``'s
 #: default.
 DEFAULT_LEASE_MS: int = default_of("drain_lease_ms")
 #: The script answer for "the entry belongs to another tenant than the caller believed".
 WRONG_TENANT = -1
+#: The script answer for "the owner token named no longer holds the entry's lease" (nothing done).
+STALE_OWNER = -2
 TENANT_LOOKUPS = 3
 
 
@@ -106,8 +108,9 @@ class BufferCore:
     ) -> int:
         """Run a per-entry script, looking the entry's tenant up unless the caller named it.
 
-        Returns the script's answer: 1 done, 0 missing or not applicable. Nothing is created for
-        a missing entry: the lookup finds none and no script runs.
+        Returns the script's answer: 1 done, 0 missing or not applicable, :data:`STALE_OWNER`
+        when the owner token passed no longer holds the lease. Nothing is created for a missing
+        entry: the lookup finds none and no script runs.
         """
         for _ in range(TENANT_LOOKUPS):
             if org_id is None or env_id is None:

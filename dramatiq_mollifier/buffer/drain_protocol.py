@@ -4,18 +4,27 @@ Not public API: :class:`~dramatiq_mollifier.MollifierDrainer` is the way to drai
 entries from QUEUED to DRAINING under a lease; each is then acked (gone), requeued (attempts + 1,
 back at the tail), failed (dead-lettered) or released (back at the head, untried). An entry whose
 lease expires is reclaimed by any drainer.
+
+Each pop stamps its entries with an owner token of its own: a drainer settles them by naming it,
+and a drainer whose lease was taken over (it expired and the entry was reclaimed, or popped
+again elsewhere) is refused instead of acking or failing what another drainer now holds. The
+owner renews the leases of entries whose handler still runs (:meth:`DrainProtocol.renew`). With
+the owner check every settling script is safe to run twice; only the pop is not, so the drain
+side's client must not retry commands (see :mod:`dramatiq_mollifier.drain.connections`).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from ..models import BufferEntry
 from .codec import boundary, texts, unpack_popped
 from .core import WRONG_TENANT, BufferCore
 from .scripts import run, run_pipelined
 
-__all__ = ["DrainProtocol"]
+__all__ = ["Acked", "DrainProtocol", "Reclaimed"]
 
 # A pop peeks at a few more ids than it wants, so a drainer that loses a race on the head of the
 # queue to another drainer, or meets references that expired entries left, can usually still
@@ -23,6 +32,22 @@ __all__ = ["DrainProtocol"]
 _PEEK_SLACK = 16
 _POP_ATTEMPTS = 3
 _RECLAIM_BATCH = 500
+
+
+class Acked(NamedTuple):
+    """What :meth:`DrainProtocol.ack_entries` did: entries removed, and those refused because
+    their lease had passed to another owner (or they left DRAINING some other way)."""
+
+    removed: int
+    refused: list[BufferEntry]
+
+
+class Reclaimed(NamedTuple):
+    """What :meth:`DrainProtocol.reclaim` did with the entries whose lease expired: the ids put
+    back in their queue, and the ids dead-lettered because their lease expired too often."""
+
+    requeued: list[str]
+    dead_lettered: list[str]
 
 
 class DrainProtocol:
@@ -74,18 +99,25 @@ class DrainProtocol:
         entries = self.pop_many(org_id, env_id, 1)
         return entries[0] if entries else None
 
-    def pop_many(self, org_id: str, env_id: str, limit: int) -> list[BufferEntry]:
+    def pop_many(self, org_id: str, env_id: str, limit: int, *, max_bytes: int = 0) -> list[BufferEntry]:
         """Up to ``limit`` entries as :meth:`pop` would return them, in one round trip.
 
         Two round trips in fact: a peek at the head of the queue (LRANGE), then the script that
         pops, since the script must be given the key of every entry it touches. A drainer that
-        loses the head to a concurrent pop peeks again, at most a few times.
+        loses the head to a concurrent pop peeks again, at most a few times. ``max_bytes``
+        bounds the payload bytes popped (the first entry is popped whatever its size); 0 for no
+        bound. Every entry popped carries the pop's owner token (:attr:`BufferEntry.lease_owner`).
+
+        Not safe to retry: a pop whose reply is lost leaves its entries leased to an owner
+        nobody holds, until the lease expires.
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         keys = self.keys
         t = keys.tenant(org_id, env_id)
+        owner = uuid.uuid4().hex
         entries: list[BufferEntry] = []
+        budget = max_bytes
         with boundary("pop"):
             for _ in range(_POP_ATTEMPTS):
                 wanted = limit - len(entries)
@@ -104,21 +136,36 @@ class DrainProtocol:
                     env_id,
                     wanted,
                     self.lease_ms,
+                    owner,
+                    budget,
                     *ids,
                 )
-                entries += unpack_popped(reply[1], org_id, env_id)
-                if reply[0] == 0 or len(entries) >= limit:
+                popped = list(unpack_popped(reply[1], org_id, env_id, owner))
+                entries += popped
+                if max_bytes:
+                    budget -= sum(len(entry.payload) for entry in popped)
+                if reply[0] == 0 or len(entries) >= limit or (max_bytes and budget <= 0):
                     break
         return entries
 
-    def ack(self, message_id: str, *, org_id: str | None = None, env_id: str | None = None) -> None:
+    def ack(
+        self,
+        message_id: str,
+        *,
+        org_id: str | None = None,
+        env_id: str | None = None,
+        owner: str | None = None,
+    ) -> int:
         """Remove the entry (any status) and everything that refers to it.
 
         ``org_id`` and ``env_id``, when the caller knows them (from a popped entry), save the
         round trip that looks them up. A wrong guess costs that round trip, nothing else.
+        ``owner``: the pop's owner token; the ack is then refused (nothing changes) unless the
+        entry is still DRAINING under that pop's lease. Returns 1 when removed, 0 when missing,
+        :data:`~.core.STALE_OWNER` when refused.
         """
         with boundary("ack"):
-            self._buffer.entry_op(self.scripts.ack, message_id, org_id, env_id, ())
+            return self._buffer.entry_op(self.scripts.ack, message_id, org_id, env_id, (owner or "",))
 
     def ack_many(self, message_ids: Sequence[str]) -> int:
         """:meth:`ack` several entries in one round trip; returns how many existed.
@@ -147,21 +194,23 @@ class DrainProtocol:
                 removed += result == 1
             return removed
 
-    def ack_entries(self, entries: Sequence[BufferEntry]) -> int:
-        """:meth:`ack` entries this process popped, in one round trip; returns how many existed.
+    def ack_entries(self, entries: Sequence[BufferEntry]) -> Acked:
+        """:meth:`ack` entries this process popped, in one round trip, each only while its pop
+        still holds its lease.
 
-        The entries' tenants come from the entries, so nothing is looked up: one script removes
-        every entry still DRAINING under its tenant. Any other (its lease expired and it was
-        reclaimed, say) is acked on its own afterwards, as :meth:`ack` would.
+        The entries' tenants and owner tokens come from the entries, so nothing is looked up:
+        one script removes every entry still DRAINING under the lease of its pop. Any other (its
+        lease expired and it was reclaimed, say) is refused and returned; one already gone (an
+        ack retried after a lost reply) is skipped. Safe to retry.
         """
         if not entries:
-            return 0
+            return Acked(0, [])
         keys = self.keys
         entry_keys: list[str] = []
         args: list[str] = []
         for entry in entries:
             entry_keys.append(keys.entry(entry.message_id))
-            args += (entry.message_id, entry.org_id, entry.env_id)
+            args += (entry.message_id, entry.org_id, entry.env_id, entry.lease_owner or "")
         with boundary("ack_entries"):
             reply = run(
                 self.client,
@@ -172,14 +221,7 @@ class DrainProtocol:
                 *entry_keys,
                 *args,
             )
-            removed = int(reply[0])
-            for position in reply[1:]:
-                entry = entries[int(position) - 1]
-                removed += (
-                    self._buffer.entry_op(self.scripts.ack, entry.message_id, entry.org_id, entry.env_id, ())
-                    == 1
-                )
-            return removed
+            return Acked(int(reply[0]), [entries[int(position) - 1] for position in reply[1:]])
 
     def release(self, entries: Sequence[BufferEntry]) -> int:
         """Give back popped entries whose handler never ran; returns how many went back.
@@ -190,22 +232,29 @@ class DrainProtocol:
         if not entries:
             return 0
         calls = [
-            self._buffer.entry_op_call(e.message_id, e.org_id, e.env_id, (self.ttl_ms,))
+            self._buffer.entry_op_call(e.message_id, e.org_id, e.env_id, (self.ttl_ms, e.lease_owner or ""))
             for e in reversed(entries)
         ]
         with boundary("release"):
             answers = run_pipelined(self.client, self.scripts.release, calls)
         return sum(int(answer) == 1 for answer in answers)
 
-    def requeue(self, message_id: str, *, org_id: str | None = None, env_id: str | None = None) -> bool:
-        """attempts + 1, back to QUEUED at the tail of its env's queue. False if missing.
+    def requeue(
+        self,
+        message_id: str,
+        *,
+        org_id: str | None = None,
+        env_id: str | None = None,
+        owner: str | None = None,
+    ) -> bool:
+        """attempts + 1, back to QUEUED at the tail of its env's queue. False if missing (or
+        refused: ``owner`` no longer holds its lease).
 
-        ``org_id``/``env_id``: as for :meth:`ack`.
+        ``org_id``/``env_id``/``owner``: as for :meth:`ack`.
         """
         with boundary("requeue"):
-            return (
-                self._buffer.entry_op(self.scripts.requeue, message_id, org_id, env_id, (self.ttl_ms,)) == 1
-            )
+            extra = (self.ttl_ms, owner or "")
+            return self._buffer.entry_op(self.scripts.requeue, message_id, org_id, env_id, extra) == 1
 
     def fail(
         self,
@@ -215,19 +264,49 @@ class DrainProtocol:
         message: str,
         org_id: str | None = None,
         env_id: str | None = None,
+        owner: str | None = None,
     ) -> bool:
         """Mark FAILED with the last error and keep it in its env's dead-letter set.
 
-        False (and nothing created) if the entry is missing. ``org_id``/``env_id``: as for
-        :meth:`ack`.
+        False (and nothing created) if the entry is missing, or refused (``owner`` no longer
+        holds its lease). ``org_id``/``env_id``/``owner``: as for :meth:`ack`.
         """
         with boundary("fail"):
-            args = (code, message, self.ttl_ms)
+            args = (code, message, self.ttl_ms, owner or "")
             return self._buffer.entry_op(self.scripts.fail, message_id, org_id, env_id, args) == 1
+
+    def renew(self, entries: Sequence[BufferEntry]) -> list[BufferEntry]:
+        """Push back the lease deadline of popped entries (a lease from now) for the owner that
+        popped each; returns those no longer held by it (reclaimed, or gone). One round trip.
+        """
+        if not entries:
+            return []
+        keys = self.keys
+        args: list[str | int] = [self.lease_ms]
+        for entry in entries:
+            args += (entry.message_id, entry.lease_owner or "")
+        with boundary("renew"):
+            lost = run(
+                self.client,
+                self.scripts.renew,
+                len(entries) + 1,
+                keys.leases,
+                *(keys.entry(entry.message_id) for entry in entries),
+                *args,
+            )
+        return [entries[int(position) - 1] for position in lost]
 
     def reclaim_expired(self) -> list[str]:
         """Return DRAINING entries whose lease has expired to their queue; their ids."""
+        return self.reclaim().requeued
+
+    def reclaim(self, *, max_expiries: int = 0) -> Reclaimed:
+        """Return DRAINING entries whose lease has expired to their queue, or dead-letter those
+        whose lease has now expired ``max_expiries`` times (error code ``LeaseExpired``; 0:
+        never): an entry no drainer manages to settle is dead-lettered instead of looping.
+        """
         reclaimed: list[str] = []
+        dead_lettered: list[str] = []
         with boundary("reclaim_expired"):
             while True:
                 ids = texts(self.scripts.expired_leases(keys=(self.keys.leases,), args=(_RECLAIM_BATCH,)))
@@ -239,16 +318,20 @@ class DrainProtocol:
                     # entry's depth counts back under the tenant its pop recorded; any tenant
                     # will do here.
                     org_id, env_id = tenant or ("", "")
-                    calls.append(self._buffer.entry_op_call(message_id, org_id, env_id, (self.ttl_ms,)))
+                    calls.append(
+                        self._buffer.entry_op_call(message_id, org_id, env_id, (self.ttl_ms, max_expiries))
+                    )
                 answers = run_pipelined(self.client, self.scripts.reclaim, calls)
                 for message_id, answer in zip(ids, answers, strict=True):
                     result = int(answer)
                     if result == WRONG_TENANT:
                         result = self._buffer.entry_op(
-                            self.scripts.reclaim, message_id, None, None, (self.ttl_ms,)
+                            self.scripts.reclaim, message_id, None, None, (self.ttl_ms, max_expiries)
                         )
                     if result == 1:
                         reclaimed.append(message_id)
+                    elif result == 2:
+                        dead_lettered.append(message_id)
                 if len(ids) < _RECLAIM_BATCH:
                     break
-        return reclaimed
+        return Reclaimed(reclaimed, dead_lettered)

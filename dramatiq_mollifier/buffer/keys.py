@@ -12,7 +12,9 @@ Key                             Type         Holds
 ==============================  ===========  ==========================================================
 ``{p}:entry:{id}``              hash         one entry: ``org``, ``env``, ``payload``, ``status``,
                                              ``attempts``, ``created_at_ms``, ``error_code``,
-                                             ``error_message`` (org and env raw, not encoded)
+                                             ``error_message``, ``mode``, ``owner`` (the
+                                             token of the pop that leased it),
+                                             ``leases_expired`` (org and env raw, not encoded)
 ``{p}:queue:{org}:{env}``       list         FIFO of message ids of the env (head = oldest)
 ``{p}:envs:{org}``              set          raw env ids of the org with queued work
 ``{p}:orgs``                    sorted set   raw org ids with queued work (scores 0: by id)
@@ -28,6 +30,8 @@ Key                             Type         Holds
                                              holds the env's score in ``{p}:tripped``
 ``{p}:tripped``                 sorted set   ``<tag>`` of tripped envs, score = a deadline no
                                              earlier than the hold marker's expiry (ms)
+``{p}:drain:wake``              list         wake-up tokens for idle drainers (at most 8): pushed
+                                             when the first org gets queued work
 ==============================  ===========  ==========================================================
 
 Hash fields and sorted-set members are not keys, so they hold raw ids, and the scripts build
@@ -112,8 +116,10 @@ class TenantKeys:
         self.depth_env_field = f"env:{self.tripped_member}"
         #: KEYS of evaluate_trip.lua: counter, hold marker, tripped registry.
         self.trip_keys = (self.trip_counter.encode(), self.trip_hold.encode(), space.tripped.encode())
-        #: KEYS 5-8 of evaluate_trip_and_accept.lua: queue, envs of the org, orgs, depth.
-        self.accept_keys = tuple(name.encode() for name in (self.queue, self.envs, space.orgs, space.depth))
+        #: KEYS 5-9 of evaluate_trip_and_accept.lua: queue, envs of the org, orgs, depth, wake-up.
+        self.accept_keys = tuple(
+            name.encode() for name in (self.queue, self.envs, space.orgs, space.depth, space.drain_wake)
+        )
         #: The raw org and env ids.
         self.ids = (org_id.encode(), env_id.encode())
 
@@ -131,6 +137,8 @@ class KeySpace:
         #: Drained messages in the broker not yet started (the drain budget), and the rate bucket.
         self.outstanding = f"{prefix}:drain:outstanding"
         self.drain_rate = f"{prefix}:drain:rate"
+        #: What idle drainers block on: the first accept into a buffer without queued work pushes.
+        self.drain_wake = f"{prefix}:drain:wake"
         self._entry_prefix = f"{prefix}:entry:"
         self._tenants: dict[tuple[str, str], TenantKeys] = {}
 

@@ -45,6 +45,7 @@ SCRIPT_NAMES = (
     "purge_failed",
     "reclaim",
     "release",
+    "renew",
     "requeue",
     "retry_failed",
     "tripped",
@@ -117,6 +118,7 @@ class Scripts:
         self.purge_failed = register("purge_failed")
         self.reclaim = register("reclaim")
         self.release = register("release")
+        self.renew = register("renew")
         self.requeue = register("requeue")
         self.retry_failed = register("retry_failed")
         self.tripped = register("tripped")

@@ -141,7 +141,7 @@ class MollifierBuffer(BufferAdmin):
             reply = run(
                 self.client,
                 self.scripts.accept,
-                5,
+                6,
                 keys.entry(message_id),
                 *t.accept_keys,
                 message_id,
@@ -188,7 +188,7 @@ class MollifierBuffer(BufferAdmin):
             reply = run(
                 self.client,
                 self.scripts.evaluate_trip_and_accept,
-                8,
+                9,
                 *t.trip_keys,
                 keys.entry(message_id),
                 *t.accept_keys,

@@ -21,23 +21,23 @@ from ..buffer.drain_protocol import DrainProtocol
 from ..models import BufferEntry
 from ..settings import default_of
 from ..telemetry import Telemetry
+from .failures import MAX_BACKOFF_MS, backoff_ms
 from .handler_pool import Completion, DrainHandler, HandlerPool
+from .housekeeping import RECLAIM_INTERVAL_MS, Housekeeping
+from .idle import IDLE_WAIT_MS, IdleWait
+from .leases import LeaseKeeper
 from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
 from .settling import Settler
 
-__all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer"]
+__all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", "backoff_ms"]
 
 logger = logging.getLogger(__name__)
 
-#: The longest the loop waits after consecutive ticks that raised, in milliseconds.
-MAX_BACKOFF_MS = 5_000
-#: The most often a tick reclaims expired leases, in milliseconds (also capped at a quarter lease).
-RECLAIM_INTERVAL_MS = 1_000
 #: The wait after a tick that stopped because the drain budget was used up, in milliseconds.
 PACE_WAIT_MS = 5
-#: How often a tick reads the buffer depth for the gauge, in milliseconds.
-DEPTH_INTERVAL_MS = 1_000
+#: Payload bytes one pop returns at most (the first entry whatever its size): 4 MiB.
+BATCH_MAX_BYTES = default_of("drain_batch_max_bytes")
 
 
 class DrainResult(NamedTuple):
@@ -48,6 +48,8 @@ class DrainResult(NamedTuple):
     drained: int
     failed: int
     paced: bool = False
+    #: Nothing was queued at all (the drainer may block until something is).
+    empty: bool = False
 
 
 class _Tick:
@@ -92,6 +94,10 @@ class MollifierDrainer:
         they are dead-lettered. Defaults to ``drain_unknown_actor_grace_ms``'s.
       pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
         Defaults to None: no budget, every popped entry goes to the handler at once.
+      batch_max_bytes: Payload bytes one pop returns at most (the first entry whatever its
+        size). Defaults to 4 MiB.
+      idle_wait_ms: With nothing queued, the drainer blocks on the buffer's wake-up list this
+        long at most instead of polling (see :mod:`.idle`); 0 polls. Defaults to 5 seconds.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
     """
@@ -112,6 +118,8 @@ class MollifierDrainer:
         retry_delay_ms: int = default_of("drain_retry_delay_ms"),
         unknown_actor_grace_ms: int = default_of("drain_unknown_actor_grace_ms"),
         pace: DrainPace | None = None,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
+        idle_wait_ms: int = IDLE_WAIT_MS,
         sleep: Callable[[int], object] | None = None,
     ) -> None:
         for name, value in (
@@ -120,6 +128,7 @@ class MollifierDrainer:
             ("max_orgs_per_tick", max_orgs_per_tick),
             ("poll_interval_ms", poll_interval_ms),
             ("batch_size", batch_size),
+            ("batch_max_bytes", batch_max_bytes),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value!r}")
@@ -130,8 +139,13 @@ class MollifierDrainer:
         self.max_attempts = max_attempts
         self.poll_interval_ms = poll_interval_ms
         self.batch_size = batch_size
+        self.batch_max_bytes = batch_max_bytes
         self._refill = max(1, concurrency // 2)
         self._telemetry = telemetry or Telemetry()
+        self._leases = LeaseKeeper(self._buffer)
+        self._idle_wait = IdleWait(buffer.client, key=buffer.keys.drain_wake, wait_ms=idle_wait_ms)
+        # Blocking between ticks (nothing queued), and whether the last block ended with a token.
+        self._deep_idle = self._woken = False
         self._settler = Settler(
             self._buffer,
             telemetry=self._telemetry,
@@ -139,17 +153,27 @@ class MollifierDrainer:
             is_retryable=is_retryable or (lambda exc: True),
             retry_delay_ms=retry_delay_ms,
             unknown_actor_grace_ms=unknown_actor_grace_ms,
+            leases=self._leases,
+            # Entries given back untried: another drainer may take them (one that declares
+            # their actor, say), so idle ones wake.
+            wake=self._idle_wait.signal,
         )
         if reclaim_interval_ms is None:
             reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
         self.reclaim_interval_ms = reclaim_interval_ms
+        # An entry whose lease expires max_attempts times is dead-lettered rather than looped.
+        self._housekeeping = Housekeeping(
+            self._buffer,
+            buffer,
+            telemetry=self._telemetry,
+            reclaim_interval_ms=reclaim_interval_ms,
+            max_expiries=max_attempts,
+        )
         self._sleep = sleep or self._wait
         self._pace = pace
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
         self._pool: HandlerPool | None = None
         self._idle = True
-        self._last_reclaim = float("-inf")
-        self._last_depth = float("-inf")
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,10 +195,10 @@ class MollifierDrainer:
         Raises when the orgs or their envs cannot be read (Redis down); any other buffer error is
         counted as a failure of the org or env it concerns. Not re-entrant: one caller at a time.
         """
-        now = time.monotonic()
-        self._reclaim(now)
-        self._record_depth(now)
-        window = self._buffer.org_window(self._rotation.org_cursor, self._rotation.max_orgs)
+        self._housekeeping.run(time.monotonic(), idle=self._deep_idle)
+        # After a block, from the first org: one command instead of two.
+        cursor = None if self._deep_idle else self._rotation.org_cursor
+        window = self._buffer.org_window(cursor, self._rotation.max_orgs)
         tick = _Tick()
         pool = self._pool
         if pool is None or pool.abandoned:
@@ -200,7 +224,7 @@ class MollifierDrainer:
         finally:
             self._collect(pool, tick, until=0)
             self._idle = tick.drained + tick.failed == 0 and not tick.paced
-        return DrainResult(tick.drained, tick.failed, tick.paced)
+        return DrainResult(tick.drained, tick.failed, tick.paced, empty=not window)
 
     def _drain_env(self, pool: HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
@@ -220,7 +244,8 @@ class MollifierDrainer:
                 limit = claim.granted
             entries: list[BufferEntry] | None = None
             try:
-                entries = self._buffer.pop_many(org_id, env_id, limit)
+                entries = self._buffer.pop_many(org_id, env_id, limit, max_bytes=self.batch_max_bytes)
+                self._leases.hold(entries)
             except Exception:
                 logger.warning("mollifier.drain_error popping org %r env %r", org_id, env_id, exc_info=True)
                 tick.failed += 1
@@ -282,31 +307,6 @@ class MollifierDrainer:
             # The entries still go to the broker: the budget undercounts until the slots expire.
             logger.warning("mollifier.drain_error binding drain budget", exc_info=True)
 
-    # Housekeeping ---------------------------------------------------------------------------
-    def _reclaim(self, now: float) -> None:
-        if (now - self._last_reclaim) * 1000 < self.reclaim_interval_ms:
-            return
-        self._last_reclaim = now
-        try:
-            reclaimed = self._buffer.reclaim_expired()
-        except Exception:
-            logger.warning("mollifier.drain_error reclaiming expired leases", exc_info=True)
-            return
-        if reclaimed:
-            self._telemetry.record_reclaimed(len(reclaimed))
-            logger.warning(
-                "mollifier.reclaimed %d entries whose lease expired, first %r", len(reclaimed), reclaimed[0]
-            )
-
-    def _record_depth(self, now: float) -> None:
-        if (now - self._last_depth) * 1000 < DEPTH_INTERVAL_MS:
-            return
-        self._last_depth = now
-        try:
-            self._telemetry.record_depth(self._inspect.depth())
-        except Exception:
-            logger.debug("mollifier.drain_error reading the depth", exc_info=True)
-
     # The loop -------------------------------------------------------------------------------
     def start(self) -> None:
         """Run ticks in a background thread until :meth:`stop`. Does nothing if already running."""
@@ -318,6 +318,8 @@ class MollifierDrainer:
                 self._thread.join()
             self._stopping = threading.Event()
             self._rotation.reset()
+            self._idle_wait.reset()
+            self._leases.start()
             self._thread = threading.Thread(target=self._loop, name="mollifier-drainer", daemon=True)
             self._thread.start()
 
@@ -331,6 +333,7 @@ class MollifierDrainer:
         with self._lock:
             thread = self._thread
             self._stopping.set()
+            self._idle_wait.interrupt()
             if self._pool is not None:
                 self._pool.stop_starting()
             if thread is not None:
@@ -344,6 +347,7 @@ class MollifierDrainer:
                 self._pool = None
             if stopped:
                 self._settler.settle_due(everything=True)
+                self._leases.stop()
                 self._thread = None
                 self._stopping = threading.Event()
             else:
@@ -359,6 +363,8 @@ class MollifierDrainer:
         while not stopping.is_set():
             try:
                 result = self.run_once()
+                # Before settle_due: entries it gives back are queued work again.
+                may_block = result.empty and result.failed == 0 and self._may_block()
                 self._settler.settle_due()
                 self._settler.check_broker()
             except Exception:
@@ -375,15 +381,22 @@ class MollifierDrainer:
             if failures:
                 logger.info("mollifier.drainer recovered after %d failed tick(s)", failures)
                 failures = 0
+            woken, self._woken = self._woken, False
+            self._deep_idle = self._deep_idle and result.empty
             if result.paced:
                 # The fleet's workers free slots as they start drained messages: look again soon.
                 self._sleep(PACE_WAIT_MS)
             elif result.drained == 0:
+                if may_block:
+                    self._deep_idle = True
+                    self._woken = self._idle_wait.wait()
+                    continue
                 self._sleep(self.poll_interval_ms)
+            elif woken:
+                # Woken by a token, and there was work: wake the next idle drainer to join in.
+                self._idle_wait.signal()
 
-
-def backoff_ms(poll_interval_ms: int, failures: int) -> int:
-    """The wait after ``failures`` consecutive raising ticks: poll interval doubling, 5 s at most."""
-    if failures < 1:
-        return poll_interval_ms
-    return min(MAX_BACKOFF_MS, poll_interval_ms << min(failures - 1, 32))
+    def _may_block(self) -> bool:
+        """Whether nothing is left for this drainer to do until something is queued."""
+        busy = self._settler.held or self._settler.unacked or self._stopping.is_set()
+        return self._idle_wait.enabled and not busy

@@ -15,6 +15,7 @@ declare it, so the drainer retries it for a grace period first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -39,13 +40,19 @@ def decode_entry(entry: BufferEntry) -> dramatiq.Message[Any]:
 
 
 def make_drain_handler(
-    broker: dramatiq.Broker, *, mode: MollifierMode = MollifierMode.DIVERT
+    broker: dramatiq.Broker,
+    *,
+    mode: MollifierMode = MollifierMode.DIVERT,
+    enqueue: Callable[[dramatiq.Message[Any]], object] | None = None,
 ) -> DrainHandler:
     """The handler that treats each entry by the mode that wrote it: re-enqueue on ``broker``
     (divert) or audit only (dual_write). ``mode`` is for entries that do not say (written by an
     older version): a fleet that mixes modes during a rollout loses and duplicates nothing.
+    ``enqueue`` puts a message on the broker (see :func:`.publisher.enqueue_for`); defaults to
+    ``broker.enqueue``.
     """
     default_audits = mode is MollifierMode.DUAL_WRITE
+    put = enqueue or broker.enqueue
 
     def handle(entry: BufferEntry) -> None:
         if entry.mode == MollifierMode.DUAL_WRITE.value or (entry.mode is None and default_audits):
@@ -69,7 +76,7 @@ def make_drain_handler(
                 "which this broker does not declare",
                 actor_name=message.actor_name,
             )
-        broker.enqueue(message.copy(options=marker(STATE_DRAINED, message.message_id)))
+        put(message.copy(options=marker(STATE_DRAINED, message.message_id)))
 
     return handle
 

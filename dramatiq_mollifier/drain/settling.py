@@ -7,6 +7,12 @@ does not declare: the entry goes back untried after a delay, for a grace period 
 then is dead-lettered. Any other error: the entry is requeued (one attempt consumed) after a
 per-entry delay, doubling per attempt, until ``max_attempts``. A delayed entry stays DRAINING
 under this drainer's lease meanwhile, so a crash only delays it until the lease expires.
+
+Every call names the owner token of the pop that leased the entry: when the lease passed to
+another drainer meanwhile, the call is refused and counted (``drained{result=stale}``) instead of
+acking or failing what that drainer holds now. An ack that fails (Redis unreachable, restarted)
+is retried on the next loop iterations, within the lease, instead of being dropped: the
+entries are not delivered a second time once Redis is back.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from ..buffer.core import STALE_OWNER
 from ..buffer.drain_protocol import DrainProtocol
 from ..errors import BrokerUnavailableError, UndeliverableEntryError, UnknownDestinationError
 from ..models import BufferEntry
 from ..telemetry import DrainResultKind, Telemetry
 from .failures import RETRY_DELAY_MS, is_unavailable, retry_delay_ms
 from .handler_pool import Completion, NotStarted
+from .leases import LeaseKeeper
 
 __all__ = ["UNKNOWN_ACTOR_GRACE_MS", "Settler"]
 
@@ -47,6 +55,10 @@ class Settler:
       unknown_actor_grace_ms: How long entries for an actor or queue this worker does not declare
         are retried before they are dead-lettered, counted from the first such entry of the actor.
         Defaults to 5 minutes.
+      leases: The drainer's leases, given up as entries are settled. Defaults to a keeper of
+        its own (renewed by nobody).
+      wake: Called by :meth:`settle_due` after entries went back untried (queued work again).
+        Defaults to nothing.
       clock: Monotonic seconds. Defaults to ``time.monotonic``.
     """
 
@@ -59,9 +71,13 @@ class Settler:
         is_retryable: Callable[[BaseException], bool],
         retry_delay_ms: int = RETRY_DELAY_MS,
         unknown_actor_grace_ms: int = UNKNOWN_ACTOR_GRACE_MS,
+        leases: LeaseKeeper | None = None,
+        wake: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._buffer = protocol
+        self._leases = leases if leases is not None else LeaseKeeper(protocol)
+        self._wake = wake
         self._telemetry = telemetry
         self.max_attempts = max_attempts
         self._is_retryable = is_retryable
@@ -77,6 +93,10 @@ class Settler:
         self._order = itertools.count()
         # Actor -> (first, last) time an entry for it was found undeclared, in this episode.
         self._unknown: dict[str, tuple[float, float]] = {}
+        # (give up at, entries): successes whose ack failed, retried until their lease is over.
+        self._unacked: list[tuple[float, list[BufferEntry]]] = []
+        # Set when entries went back untried: queued work again, for idle drainers to wake to.
+        self._gave_back = False
 
     def settle(self, batch: Iterable[Completion]) -> tuple[int, int]:
         """Ack, requeue, dead-letter or release each completion; (acked, failed) counts."""
@@ -94,17 +114,59 @@ class Settler:
         self.release(not_started)
         if not succeeded:
             return 0, failed
+        acked = self._ack(succeeded)
+        if acked is None:
+            self._unacked.append((self._clock() + self._buffer.lease_ms / 1000, succeeded))
+            return 0, failed + 1
+        return acked, failed
+
+    def _ack(self, entries: list[BufferEntry]) -> int | None:
+        """Ack entries whose handler succeeded; how many were acked, None if the ack failed."""
         try:
-            self._buffer.ack_entries(succeeded)
+            acked = self._buffer.ack_entries(entries)
         except Exception:
             logger.warning(
-                "mollifier.drain_error acking %d entries (they stay DRAINING until their lease expires)",
-                len(succeeded),
+                "mollifier.drain_error acking %d entries (retried while their lease lasts)",
+                len(entries),
                 exc_info=True,
             )
-            return 0, failed + 1
-        self._record_acked(succeeded)
-        return len(succeeded), failed
+            return None
+        self._leases.drop(entries)
+        refused = {id(entry) for entry in acked.refused}
+        if refused:
+            self._record_stale(acked.refused)
+        done = [entry for entry in entries if id(entry) not in refused]
+        if done:
+            self._record_acked(done)
+        return len(done)
+
+    def retry_acks(self, *, last_chance: bool = False) -> int:
+        """Ack again the entries whose ack failed; how many were acked. Those whose lease is
+        over (or all, on the ``last_chance``) are given up: they are delivered a second time.
+        """
+        pending, self._unacked = self._unacked, []
+        acked = 0
+        now = self._clock()
+        for give_up_at, entries in pending:
+            done = self._ack(entries)
+            if done is not None:
+                acked += done
+            elif last_chance or now >= give_up_at:
+                self._leases.drop(entries)
+                logger.warning(
+                    "mollifier.drain_error gave up acking %d entries already on the broker, first "
+                    "%r: they will be reclaimed and delivered again",
+                    len(entries),
+                    entries[0].message_id,
+                )
+            else:
+                self._unacked.append((give_up_at, entries))
+        return acked
+
+    @property
+    def unacked(self) -> int:
+        """Entries whose handler succeeded and whose ack is still to be retried."""
+        return sum(len(entries) for _, entries in self._unacked)
 
     def settle_alone(self, completion: Completion) -> None:
         """Settle one entry from a handler thread, after the tick gave up waiting for it."""
@@ -114,11 +176,18 @@ class Settler:
             return
         try:
             if error is None:
-                self._buffer.ack(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
-                self._record_acked([entry])
+                answer = self._buffer.ack(
+                    entry.message_id, org_id=entry.org_id, env_id=entry.env_id, owner=entry.lease_owner
+                )
+                self._leases.drop([entry])
+                if answer == STALE_OWNER:
+                    self._record_stale([entry])
+                else:
+                    self._record_acked([entry])
             else:
                 self._settle_failure(entry, error, hold=False)
         except Exception:
+            self._leases.drop([entry])
             logger.warning(
                 "mollifier.drain_error settling %r after shutdown", entry.message_id, exc_info=True
             )
@@ -134,7 +203,9 @@ class Settler:
             )
 
     def settle_due(self, *, everything: bool = False) -> None:
-        """Give back the held entries whose delay is over (all of them when ``everything``)."""
+        """Give back the held entries whose delay is over (all of them when ``everything``, at
+        the drainer's stop), retry failed acks, and wake idle drainers if anything went back.
+        """
         now = self._clock()
         due: list[tuple[float, int, BufferEntry, bool]] = []
         with self._held_lock:
@@ -143,14 +214,20 @@ class Settler:
         self.release([entry for _, _, entry, consumes in due if not consumes])
         for _, _, entry, consumes in due:
             if consumes:
+                self._leases.drop([entry])
                 try:
-                    self._buffer.requeue(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
+                    self._requeue(entry)
                 except Exception:
                     logger.warning(
                         "mollifier.drain_error requeueing %r (it stays DRAINING until its lease expires)",
                         entry.message_id,
                         exc_info=True,
                     )
+        if self._unacked:
+            self.retry_acks(last_chance=everything)
+        if self._gave_back:
+            self._gave_back = False
+            self._wake()
 
     @property
     def held(self) -> int:
@@ -208,18 +285,23 @@ class Settler:
                     delay_ms = retry_delay_ms(self._retry_delay_ms, entry.attempts, self._max_delay_ms)
                     self._hold(entry, delay_ms, consumes=True)
                 else:
-                    self._buffer.requeue(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
+                    self._leases.drop([entry])
+                    self._requeue(entry)
                 kind, level, event = DrainResultKind.REQUEUED, logging.WARNING, "mollifier.drain_retry"
             else:
-                self._buffer.fail(
+                self._leases.drop([entry])
+                if not self._buffer.fail(
                     entry.message_id,
                     code=type(error).__name__,
                     message=str(error),
                     org_id=entry.org_id,
                     env_id=entry.env_id,
-                )
+                    owner=entry.lease_owner,
+                ):
+                    self._refused("dead-lettering", entry)
                 kind, level, event = DrainResultKind.FAILED, logging.ERROR, "mollifier.drain_failed"
         except Exception:
+            self._leases.drop([entry])
             logger.warning(
                 "mollifier.drain_error settling %r (it stays DRAINING until its lease expires)",
                 entry.message_id,
@@ -241,11 +323,26 @@ class Settler:
         )
         self._telemetry.record_drained(kind)
 
+    def _requeue(self, entry: BufferEntry) -> None:
+        if not self._buffer.requeue(
+            entry.message_id, org_id=entry.org_id, env_id=entry.env_id, owner=entry.lease_owner
+        ):
+            self._refused("requeueing", entry)
+
+    def _refused(self, doing: str, entry: BufferEntry) -> None:
+        logger.info(
+            "mollifier.lease_lost %s %r refused: its lease passed to another drainer (or it is gone)",
+            doing,
+            entry.message_id,
+        )
+
     def release(self, entries: Sequence[BufferEntry]) -> None:
+        """Give entries back untried (their handler never ran, or could not reach the broker)."""
         if not entries:
             return
+        self._leases.drop(entries)
         try:
-            self._buffer.release(entries)
+            self._gave_back |= self._buffer.release(entries) > 0
         except Exception:
             logger.warning(
                 "mollifier.drain_error giving back %d entries not handled before the stop "
@@ -260,6 +357,15 @@ class Settler:
         except Exception:
             logger.warning("mollifier.drain_error in is_retryable; retrying", exc_info=True)
             return True
+
+    def _record_stale(self, entries: Sequence[BufferEntry]) -> None:
+        self._telemetry.record_drained(DrainResultKind.STALE, len(entries))
+        logger.warning(
+            "mollifier.stale_ack %d entries handled here were not acked: their lease had passed to "
+            "another drainer, which may deliver them again; first %r",
+            len(entries),
+            entries[0].message_id,
+        )
 
     def _record_acked(self, entries: Sequence[BufferEntry]) -> None:
         self._telemetry.record_drained(DrainResultKind.ACKED, len(entries))

@@ -19,9 +19,11 @@ import dramatiq
 from ..buffer import MollifierBuffer
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
+from .connections import drain_client
 from .drainer import MollifierDrainer
 from .handler import make_drain_handler
 from .pace import pace_for
+from .publisher import enqueue_for
 
 __all__ = ["WorkerDrainer"]
 
@@ -55,9 +57,16 @@ class WorkerDrainer:
             return
         settings = self.settings
         if self._drainer is None:
+            # Connections of its own: timeouts for large replies and idle blocks, no retries.
+            client = drain_client(self.buffer.client, socket_timeout_ms=settings.drain_socket_timeout_ms)
             self._drainer = MollifierDrainer(
-                self.buffer,
-                make_drain_handler(broker, mode=settings.mode),
+                MollifierBuffer(client, **settings.buffer_options),
+                make_drain_handler(
+                    broker,
+                    mode=settings.mode,
+                    # RabbitMQ: a few connections shared by every handler thread, kept across restarts.
+                    enqueue=enqueue_for(broker, connections=settings.drain_broker_connections),
+                ),
                 concurrency=settings.drain_concurrency,
                 max_attempts=settings.drain_max_attempts,
                 retry_delay_ms=settings.drain_retry_delay_ms,
@@ -65,6 +74,8 @@ class WorkerDrainer:
                 max_orgs_per_tick=settings.drain_max_orgs_per_tick,
                 poll_interval_ms=settings.drain_poll_interval_ms,
                 batch_size=settings.drain_batch_size,
+                batch_max_bytes=settings.drain_batch_max_bytes,
+                idle_wait_ms=settings.drain_idle_wait_ms,
                 telemetry=self.telemetry,
                 # Audits (dual_write) never reach the broker: nothing to pace.
                 pace=pace_for(settings, self.buffer.client)

@@ -38,6 +38,18 @@ local function lease_field(id)
   return 'lease:' .. id
 end
 
+-- Whether `owner` may settle the entry: always when no owner is named (an operator's call), else
+-- only while the entry is DRAINING under the lease that owner's pop took. A drainer whose lease
+-- expired and was taken over (reclaimed, popped again elsewhere) is refused: the scripts then
+-- answer -2 and change nothing.
+local function owns(entry, owner)
+  if not owner or owner == '' then
+    return true
+  end
+  local f = redis.call('HMGET', entry, 'status', 'owner')
+  return f[1] == 'DRAINING' and f[2] == owner
+end
+
 -- The (org, env) a tenant_tag names.
 local function parse_tenant_tag(tag)
   local length, rest = string.match(tag, '^(%d+):(.*)$')

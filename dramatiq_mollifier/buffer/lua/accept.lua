@@ -8,6 +8,7 @@
 -- KEYS[3]  the org's set of envs with queued work
 -- KEYS[4]  the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[5]  the depth counters (hash)
+-- KEYS[6]  the drainers' wake-up list: signalled when the first org gets queued work
 -- ARGV[1]  message id
 -- ARGV[2]  org id
 -- ARGV[3]  env id
@@ -28,6 +29,12 @@ if ttl_ms > 0 then
   redis.call('PEXPIRE', entry, ttl_ms)
 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
-note_queued(KEYS[3], KEYS[4], org, env)
+redis.call('SADD', KEYS[3], env)
+-- The buffer had no queued work: idle drainers block on the wake-up list, one of them wakes now.
+-- Bounded, for a fleet whose drainers never wait on it.
+if redis.call('ZADD', KEYS[4], 0, org) == 1 and redis.call('ZCARD', KEYS[4]) == 1 then
+  redis.call('LPUSH', KEYS[6], '1')
+  redis.call('LTRIM', KEYS[6], 0, 7)
+end
 adjust_depth(KEYS[5], org, env, 1)
 return 1

@@ -12,13 +12,18 @@
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
--- Returns 1 when removed, 0 when missing, -1 when the entry belongs to another org/env.
+-- ARGV[4]  the owner token of the pop that leased it (optional; empty or absent: any status)
+-- Returns 1 when removed, 0 when missing, -1 when the entry belongs to another org/env, -2 when
+-- the owner named no longer holds its lease (nothing changed).
 
 local entry, queue, envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
 local status, answer = admit_entry(entry, org, env)
 if not status then
   return answer
+end
+if not owns(entry, ARGV[4]) then
+  return -2
 end
 leave_live_state(status, id, queue, envs, orgs, leases, KEYS[9], org, env)
 if redis.call('ZREM', KEYS[6], id) == 1 then

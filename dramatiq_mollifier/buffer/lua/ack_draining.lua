@@ -1,14 +1,14 @@
--- ack_draining: remove a batch of DRAINING entries whose tenants the caller knows (the drainer
--- acking what it popped), in one call. An entry in another status or of another tenant than
--- the caller says is left untouched and reported, for the caller to ack on its own (ack.lua
--- knows every status); a missing entry is skipped.
+-- ack_draining: remove a batch of entries the caller popped, in one call. Each is removed only
+-- while it is DRAINING under the lease its owner token names (the caller's own pop); any other
+-- (its lease expired and it was reclaimed, requeued, popped again elsewhere) is left untouched
+-- and reported: a stale owner's ack is refused, never applied. A missing entry is skipped (an
+-- ack that is retried after a lost reply finds it gone).
 --
 -- KEYS[1]   the leases (sorted set, score = deadline in ms)
 -- KEYS[2]   the depth counters (hash)
--- KEYS[3..] entry hash of each entry, in the order of the triples of ARGV
--- ARGV      message id, org id, env id of each entry, in triples
--- Returns {how many entries were removed, then the 1-based position of each entry left for
--- the caller}.
+-- KEYS[3..] entry hash of each entry, in the order of the quadruples of ARGV
+-- ARGV      message id, org id, env id, owner token of each entry, in quadruples
+-- Returns {how many entries were removed, then the 1-based position of each entry refused}.
 
 local leases, depth = KEYS[1], KEYS[2]
 local removed = 0
@@ -27,10 +27,10 @@ local function count(field)
 end
 for i = 3, #KEYS do
   local entry = KEYS[i]
-  local a = (i - 3) * 3
-  local id, org, env = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local f = redis.call('HMGET', entry, 'status', 'org', 'env')
-  if f[1] == 'DRAINING' and f[2] == org and f[3] == env then
+  local a = (i - 3) * 4
+  local id, org, env, owner = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local f = redis.call('HMGET', entry, 'status', 'org', 'env', 'owner')
+  if f[1] == 'DRAINING' and f[2] == org and f[3] == env and f[4] == owner then
     drop_lease(leases, depth, id)
     redis.call('DEL', entry)
     count('total')

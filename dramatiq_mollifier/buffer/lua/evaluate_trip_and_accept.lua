@@ -12,6 +12,7 @@
 -- KEYS[6]  the org's set of envs with queued work
 -- KEYS[7]  the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[8]  the depth counters
+-- KEYS[9]  the drainers' wake-up list: signalled when the first org gets queued work
 -- ARGV[1]  window in ms
 -- ARGV[2]  threshold
 -- ARGV[3]  hold in ms
@@ -62,7 +63,11 @@ end
 -- unregisters them only once it is empty): registering is for the first entry alone.
 if redis.call('RPUSH', KEYS[5], ARGV[5]) == 1 then
   redis.call('SADD', KEYS[6], env)
-  redis.call('ZADD', KEYS[7], 0, org)
+  -- The buffer had no queued work: one idle drainer wakes (see accept.lua).
+  if redis.call('ZADD', KEYS[7], 0, org) == 1 and redis.call('ZCARD', KEYS[7]) == 1 then
+    redis.call('LPUSH', KEYS[9], '1')
+    redis.call('LTRIM', KEYS[9], 0, 7)
+  end
 end
 local depth = KEYS[8]
 local field = 'total'

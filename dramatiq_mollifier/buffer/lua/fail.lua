@@ -15,14 +15,18 @@
 -- ARGV[4]  error code
 -- ARGV[5]  error message
 -- ARGV[6]  entry TTL in ms; 0 for none
+-- ARGV[7]  the owner token of the pop that leased it (optional; empty or absent: any status)
 -- Returns 1 when marked, 0 when missing (nothing created), -1 when the entry belongs to
--- another org/env.
+-- another org/env, -2 when the owner named no longer holds its lease (nothing changed).
 
 local entry, queue, envs, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
 local status, answer = admit_entry(entry, org, env)
 if not status then
   return answer
+end
+if not owns(entry, ARGV[7]) then
+  return -2
 end
 leave_live_state(status, id, queue, envs, orgs, KEYS[5], KEYS[9], org, env)
 redis.call('HSET', entry, 'status', 'FAILED', 'error_code', ARGV[4], 'error_message', ARGV[5])

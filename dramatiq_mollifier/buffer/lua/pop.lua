@@ -2,7 +2,8 @@
 --
 -- The caller peeks at the head of the queue first and passes the entry key of every peeked id,
 -- so no key name is built here. Popping stops at a head id that was not peeked (another drainer
--- got there first, or the queue changed); the caller may peek again.
+-- got there first, or the queue changed); the caller may peek again. It also stops before an
+-- entry that would take the reply's payloads past the byte bound.
 --
 -- KEYS[1]   the env's queue (list)
 -- KEYS[2]   the org's set of envs with queued work
@@ -14,7 +15,10 @@
 -- ARGV[2]   env id
 -- ARGV[3]   how many entries to pop at most
 -- ARGV[4]   lease in ms
--- ARGV[5..] the peeked message ids
+-- ARGV[5]   the owner token of this pop: only its holder may settle what it leases
+-- ARGV[6]   how many payload bytes to pop at most (the first entry is popped whatever its size);
+--           0 for no bound
+-- ARGV[7..] the peeked message ids
 -- Returns {stopped_at_unknown_id (0 or 1), frames}: frames is one string, the popped entries in
 -- order, each a big-endian header struct.pack('>i4i4i4i4i4i4i8', #id, #payload, #error_code,
 -- #error_message, #mode, attempts, created_at_ms) followed by the bytes of those five strings
@@ -29,10 +33,12 @@
 
 local queue, envs, orgs, leases, depth = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, env, limit, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local owner, max_bytes = ARGV[5], tonumber(ARGV[6])
 local entry_of = {}
-for i = 5, #ARGV do
-  entry_of[ARGV[i]] = KEYS[i + 1]
+for i = 7, #ARGV do
+  entry_of[ARGV[i]] = KEYS[i - 1]
 end
+local bytes = 0
 local stopped = 0
 local frames = {}
 local taken = 0
@@ -47,6 +53,11 @@ while taken < limit do
     stopped = 1
     break
   end
+  -- A reply of many large payloads would outlast any socket timeout: stop at the byte bound,
+  -- leaving the entry at the head, untouched.
+  if taken > 0 and max_bytes > 0 and bytes + redis.call('HSTRLEN', entry, 'payload') > max_bytes then
+    break
+  end
   redis.call('LPOP', queue)
   local f = redis.call('HMGET', entry, 'status', 'org', 'env', 'payload', 'attempts',
     'created_at_ms', 'error_code', 'error_message', 'mode')
@@ -54,7 +65,7 @@ while taken < limit do
     if not deadline then
       deadline = string.format('%.0f', now_ms() + lease_ms)
     end
-    redis.call('HSET', entry, 'status', 'DRAINING')
+    redis.call('HSET', entry, 'status', 'DRAINING', 'owner', owner)
     redis.call('PERSIST', entry)
     redis.call('ZADD', leases, deadline, id)
     redis.call('HSET', depth, lease_field(id), tenant_tag(org, env))
@@ -68,6 +79,7 @@ while taken < limit do
     frames[n + 5] = message
     frames[n + 6] = mode or ''
     taken = taken + 1
+    bytes = bytes + #f[4]
   else
     adjust_depth(depth, org, env, -1)
   end

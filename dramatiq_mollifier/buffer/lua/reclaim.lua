@@ -13,9 +13,12 @@
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
 -- ARGV[4]  entry TTL in ms; 0 for none
--- Returns 1 when reclaimed; 0 when the entry is missing, no longer DRAINING or its lease is
--- still live (a stale lease is dropped, and a missing entry's depth counts are given back);
--- -1 when the entry belongs to another org/env.
+-- ARGV[5]  how many times an entry's lease may expire before it is dead-lettered instead (an
+--          entry no drainer manages to settle: a reply too large to read, a handler that never
+--          returns); 0 for never
+-- Returns 1 when reclaimed; 2 when dead-lettered (error code LeaseExpired); 0 when the entry is
+-- missing, no longer DRAINING or its lease is still live (a stale lease is dropped, and a
+-- missing entry's depth counts are given back); -1 when the entry belongs to another org/env.
 
 local entry, queue, envs, orgs, leases = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local depth = KEYS[9]
@@ -41,6 +44,18 @@ if deadline and tonumber(deadline) > now_ms() then
   return 0
 end
 drop_lease(leases, depth, id)
+local expired = redis.call('HINCRBY', entry, 'leases_expired', 1)
+local max_expired = tonumber(ARGV[5]) or 0
+if max_expired > 0 and expired >= max_expired then
+  adjust_depth(depth, org, env, -1)
+  redis.call('HSET', entry, 'status', 'FAILED', 'error_code', 'LeaseExpired', 'error_message',
+    string.format('its lease expired %d times without its drainer settling it', expired))
+  apply_ttl(entry, tonumber(ARGV[4]))
+  redis.call('ZADD', KEYS[6], string.format('%.0f', now_ms()), id)
+  redis.call('SADD', KEYS[7], env)
+  redis.call('SADD', KEYS[8], org)
+  return 2
+end
 redis.call('HSET', entry, 'status', 'QUEUED')
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)

@@ -14,14 +14,18 @@
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
 -- ARGV[4]  entry TTL in ms; 0 for none
+-- ARGV[5]  the owner token of the pop that leased it (optional; empty or absent: no check)
 -- Returns 1 when requeued, 0 when missing (nothing created), -1 when the entry belongs to
--- another org/env.
+-- another org/env, -2 when the owner named no longer holds its lease (nothing changed).
 
 local entry, queue, envs, orgs = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
 local status, answer = admit_entry(entry, org, env)
 if not status then
   return answer
+end
+if not owns(entry, ARGV[5]) then
+  return -2
 end
 if status == 'QUEUED' then
   redis.call('LREM', queue, 1, id)

@@ -1,4 +1,5 @@
--- retry_failed: put a FAILED entry back at the tail of its queue with attempts reset to 0.
+-- retry_failed: put a FAILED entry back at the tail of its queue with attempts (and the count of
+-- its expired leases) reset to 0.
 --
 -- KEYS[1]  entry hash
 -- KEYS[2]  the env's queue (list)
@@ -26,6 +27,7 @@ if redis.call('ZREM', KEYS[6], id) == 1 then
   prune_dead_letter_sets(KEYS[6], KEYS[7], KEYS[8], org, env)
 end
 redis.call('HSET', entry, 'status', 'QUEUED', 'attempts', 0)
+redis.call('HDEL', entry, 'leases_expired')
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)
 note_queued(envs, orgs, org, env)

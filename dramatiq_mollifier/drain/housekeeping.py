@@ -1,0 +1,90 @@
+"""A drainer's housekeeping, throttled: reclaiming expired leases and reading the depth gauge.
+
+An entry whose lease expired (its drainer died, stalled past its lease, or lost a pop's reply) goes
+back to its queue; one whose lease keeps expiring (``max_expiries`` times: a reply too large to
+read, a handler that never returns) is dead-lettered with ``LeaseExpired`` instead of looping.
+An idle drainer does both less often (:data:`IDLE_HOUSEKEEPING_MS`): it then costs next to
+nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..buffer import MollifierBuffer
+from ..buffer.drain_protocol import DrainProtocol
+from ..telemetry import DrainResultKind, Telemetry
+
+__all__ = ["DEPTH_INTERVAL_MS", "IDLE_HOUSEKEEPING_MS", "RECLAIM_INTERVAL_MS", "Housekeeping"]
+
+logger = logging.getLogger(__name__)
+
+#: The most often a tick reclaims expired leases, in milliseconds (also capped at a quarter lease).
+RECLAIM_INTERVAL_MS = 1_000
+#: How often a tick reads the buffer depth for the gauge, in milliseconds.
+DEPTH_INTERVAL_MS = 1_000
+#: How often an idle drainer reclaims expired leases and reads the depth, in milliseconds.
+IDLE_HOUSEKEEPING_MS = 15_000
+
+
+class Housekeeping:
+    """Reclaims expired leases every ``reclaim_interval_ms`` and records the depth every second
+    (both every :data:`IDLE_HOUSEKEEPING_MS` while idle).
+
+    Parameters:
+      protocol: The buffer's drain side.
+      buffer: The buffer, for its depth.
+      telemetry: Where the reclaimed, dead-lettered and depth figures go.
+      reclaim_interval_ms: How often leases are reclaimed at most.
+      max_expiries: Lease expiries after which an entry is dead-lettered; 0 for never.
+    """
+
+    def __init__(
+        self,
+        protocol: DrainProtocol,
+        buffer: MollifierBuffer,
+        *,
+        telemetry: Telemetry,
+        reclaim_interval_ms: int,
+        max_expiries: int,
+    ) -> None:
+        self._protocol = protocol
+        self._buffer = buffer
+        self._telemetry = telemetry
+        self.reclaim_interval_ms = reclaim_interval_ms
+        self.max_expiries = max_expiries
+        self._last_reclaim = float("-inf")
+        self._last_depth = float("-inf")
+
+    def run(self, now: float, *, idle: bool) -> None:
+        """Reclaim and read the depth if their time has come (``now``: monotonic seconds)."""
+        if (now - self._last_reclaim) * 1000 >= (IDLE_HOUSEKEEPING_MS if idle else self.reclaim_interval_ms):
+            self._last_reclaim = now
+            self._reclaim()
+        if (now - self._last_depth) * 1000 >= (IDLE_HOUSEKEEPING_MS if idle else DEPTH_INTERVAL_MS):
+            self._last_depth = now
+            try:
+                self._telemetry.record_depth(self._buffer.depth())
+            except Exception:
+                logger.debug("mollifier.drain_error reading the depth", exc_info=True)
+
+    def _reclaim(self) -> None:
+        try:
+            reclaimed, dead = self._protocol.reclaim(max_expiries=self.max_expiries)
+        except Exception:
+            logger.warning("mollifier.drain_error reclaiming expired leases", exc_info=True)
+            return
+        if dead:
+            self._telemetry.record_drained(DrainResultKind.FAILED, len(dead))
+            logger.error(
+                "mollifier.drain_failed %d entries dead-lettered (LeaseExpired): their lease expired "
+                "%d times without a drainer settling them; first %r",
+                len(dead),
+                self.max_expiries,
+                dead[0],
+            )
+        if reclaimed:
+            self._telemetry.record_reclaimed(len(reclaimed))
+            logger.warning(
+                "mollifier.reclaimed %d entries whose lease expired, first %r", len(reclaimed), reclaimed[0]
+            )

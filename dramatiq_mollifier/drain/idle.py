@@ -1,0 +1,118 @@
+"""What an idle drainer costs: about one Redis command per second, not ten.
+
+A drainer that finds nothing queued blocks on the buffer's wake-up list (``BLPOP``) instead of
+polling every ``drain_poll_interval_ms``. The first message accepted into a buffer without queued
+work pushes a token there (``lua/accept.lua``), so one idle drainer wakes at once and drains; it
+passes the token on once it found work, so the next idle drainer joins the burst too. Without a
+token a drainer still looks every ``drain_idle_wait_ms``: for entries given back by a drainer that
+stopped, leases to reclaim, and any wake-up that was missed.
+
+``stop`` must not wait for the block to end: :meth:`IdleWait.interrupt` shuts the blocked
+connection's socket from the stopping thread, which makes the read fail at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from typing import Any
+
+import redis
+
+from ..settings import default_of
+
+__all__ = ["IDLE_WAIT_MS", "IdleWait"]
+
+logger = logging.getLogger(__name__)
+
+#: The longest an idle drainer blocks before it looks at the buffer anyway, in milliseconds.
+IDLE_WAIT_MS = default_of("drain_idle_wait_ms")
+# How much shorter than the socket timeout a block must be, so its empty reply is not a timeout.
+_MARGIN_MS = 1_000
+# The tokens the wake-up list holds at most (accept.lua trims it to as many).
+_MAX_TOKENS = 8
+
+
+class IdleWait:
+    """Blocks on the wake-up list of a buffer until a token arrives, the wait ends or :meth:`interrupt`.
+
+    Parameters:
+      client: The drainer's Redis client. Its socket timeout bounds the block (1 s shorter).
+      key: The wake-up list (``KeySpace.drain_wake``).
+      wait_ms: The longest block, in milliseconds; 0 disables blocking (:attr:`enabled` False).
+    """
+
+    def __init__(self, client: redis.Redis, *, key: str, wait_ms: int = IDLE_WAIT_MS) -> None:
+        self._client = client
+        self._key = key
+        timeout_s = client.get_connection_kwargs().get("socket_timeout")
+        if timeout_s is not None:
+            wait_ms = min(wait_ms, int(timeout_s * 1000) - _MARGIN_MS)
+        #: The block in whole seconds, as BLPOP takes it (0 would block forever: never used).
+        self.wait_ms = max(0, wait_ms)
+        self._lock = threading.Lock()
+        self._blocked: Any = None
+        self._interrupted = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the drainer blocks when idle (else it polls)."""
+        pool = getattr(self._client, "connection_pool", None)
+        return self.wait_ms > 0 and isinstance(pool, redis.ConnectionPool)
+
+    def wait(self) -> bool:
+        """Block until a token arrives (True) or the wait ends or is interrupted (False).
+
+        Never raises: when Redis is away the drainer's next tick fails too, and it backs off.
+        """
+        pool: redis.ConnectionPool = self._client.connection_pool
+        connection: Any
+        try:
+            connection = pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants the command's name
+            connection = pool.get_connection("BLPOP")
+        with self._lock:
+            if self._interrupted:
+                pool.release(connection)
+                return False
+            self._blocked = connection
+        try:
+            connection.send_command("BLPOP", self._key, self.wait_ms / 1000)
+            return connection.read_response() is not None
+        except Exception:
+            connection.disconnect()
+            with self._lock:
+                if not self._interrupted:
+                    logger.debug("mollifier.drain_error waiting on the wake-up list", exc_info=True)
+            return False
+        finally:
+            with self._lock:
+                self._blocked = None
+            pool.release(connection)
+
+    def interrupt(self) -> None:
+        """End a :meth:`wait` under way at once (from another thread), and any later one."""
+        with self._lock:
+            self._interrupted = True
+            connection = self._blocked
+        sock = getattr(connection, "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def reset(self) -> None:
+        """Allow waits again after :meth:`interrupt` (the drainer starts again)."""
+        with self._lock:
+            self._interrupted = False
+
+    def signal(self) -> None:
+        """Push a token: one other idle drainer wakes. Never raises (a lost token costs a wait)."""
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.lpush(self._key, b"1")
+            pipe.ltrim(self._key, 0, _MAX_TOKENS - 1)
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.debug("mollifier.drainer could not signal idle drainers: %s", exc)

@@ -1,0 +1,66 @@
+"""Broker writes on a few long-lived threads, for brokers that open a connection per thread.
+
+Dramatiq's ``RabbitmqBroker`` keeps one AMQP connection (and channel) per thread that enqueues,
+and never closes the connection of a thread that ends. Drain handlers calling ``enqueue``
+themselves would open one connection per handler thread (16 by default), and leak them all
+whenever the drainer stops and starts again (its handler threads are new each time). A
+:class:`SharedPublisher` runs every drained enqueue on at most ``connections`` threads of its own
+that live as long as it does, so the drainer holds that many broker connections, however many
+handler threads it runs and however often it is restarted. Brokers with a shared connection pool
+(Redis, the stub) need none of this: :func:`enqueue_for` returns their own ``enqueue``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dramatiq
+
+__all__ = ["DEFAULT_BROKER_CONNECTIONS", "SharedPublisher", "enqueue_for"]
+
+#: Broker connections a drainer's handlers share on a per-thread-connection broker.
+DEFAULT_BROKER_CONNECTIONS = 2
+
+#: What a drain handler calls to put a message on the broker.
+Enqueue = Callable[[dramatiq.Message[Any]], object]
+
+
+class SharedPublisher:
+    """Runs ``broker.enqueue`` on at most ``connections`` long-lived threads (each with its own
+    connection, opened on first use); the calling handler thread waits for the result.
+
+    Parameters:
+      broker: The broker to enqueue on.
+      connections: Threads, hence broker connections, at most. Defaults to 2.
+    """
+
+    def __init__(self, broker: dramatiq.Broker, *, connections: int = DEFAULT_BROKER_CONNECTIONS) -> None:
+        if connections < 1:
+            raise ValueError(f"connections must be at least 1, got {connections!r}")
+        self._broker = broker
+        self.connections = connections
+        self._executor = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="mollifier-publish")
+
+    def enqueue(self, message: dramatiq.Message[Any]) -> object:
+        """Enqueue on one of the publisher's threads; raises what the broker raised."""
+        return self._executor.submit(self._broker.enqueue, message).result()
+
+
+def per_thread_connections(broker: dramatiq.Broker) -> bool:
+    """Whether ``broker`` opens a connection per thread that enqueues (RabbitMQ)."""
+    try:
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+    except ImportError:  # pragma: no cover - pika comes with dramatiq[rabbitmq] only
+        return False
+    return isinstance(broker, RabbitmqBroker)
+
+
+def enqueue_for(broker: dramatiq.Broker, *, connections: int = DEFAULT_BROKER_CONNECTIONS) -> Enqueue:
+    """What drain handlers should call to enqueue on ``broker``: a :class:`SharedPublisher`'s
+    ``enqueue`` for a per-thread-connection broker, else the broker's own.
+    """
+    if per_thread_connections(broker):
+        return SharedPublisher(broker, connections=connections).enqueue
+    return broker.enqueue

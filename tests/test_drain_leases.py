@@ -1,0 +1,239 @@
+"""Leases with an owner: a stale owner is refused, a live owner renews, a failed ack is retried.
+
+Real Redis throughout; the Redis-restart test runs the buffer on a server of its own, which it
+stops and starts again with its data (``SHUTDOWN SAVE``), as a failover or a restart would.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.drain.connections import drain_client
+from dramatiq_mollifier.drain.drainer import MollifierDrainer
+from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.drain.leases import LeaseKeeper
+from dramatiq_mollifier.drain.settling import Settler
+from dramatiq_mollifier.embedded import EmbeddedRedis
+from dramatiq_mollifier.models import BufferEntry, EntryStatus
+from dramatiq_mollifier.telemetry import Telemetry
+
+from .mollifier_helpers import counts, eventually, metrics
+
+
+def test_a_stale_owners_ack_is_refused_and_counted(buffer: MollifierBuffer) -> None:
+    # Given an entry whose first drainer stalled past its lease: reclaimed, popped by another
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    stale = protocol.pop("acme", "prod")
+    assert stale is not None
+    buffer.client.zadd(buffer.keys.leases, {"m1": 0})
+    assert protocol.reclaim_expired() == ["m1"]
+    current = protocol.pop("acme", "prod")
+    assert current is not None
+    provider, reader = metrics()
+    settler = Settler(protocol, telemetry=Telemetry(provider), max_attempts=3, is_retryable=lambda e: True)
+
+    # When the stalled drainer's handler returns and it acks
+    assert settler.settle([(stale, None)]) == (0, 0)
+
+    # Then the ack is refused and counted, and the entry stays with its current owner
+    assert counts(reader, "mollifier.drained", "result") == {("stale",): 1}
+    entry = buffer.get("m1")
+    assert entry is not None
+    assert entry.status is EntryStatus.DRAINING
+    assert settler.settle([(current, None)]) == (1, 0)
+    assert buffer.get("m1") is None
+
+
+def test_a_batch_handled_serially_for_longer_than_its_lease_is_not_duplicated(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a lease of 300 ms, and a drainer whose handlers run one at a time for 150 ms each:
+    # the last entry of its batch is handled some 750 ms after the pop
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=300)
+    for n in range(5):
+        buffer.accept(f"m{n}", org_id="acme", env_id="prod", payload=b"x")
+    handled: Counter[str] = Counter()
+    one_at_a_time = threading.Lock()
+
+    def slow(entry: BufferEntry) -> None:
+        with one_at_a_time:
+            time.sleep(0.15)
+            handled[entry.message_id] += 1
+
+    def fast(entry: BufferEntry) -> None:
+        handled[entry.message_id] += 1
+
+    slow_drainer = MollifierDrainer(buffer, slow, concurrency=5, batch_size=5, poll_interval_ms=10)
+    # and another drainer reclaiming expired leases every 20 ms
+    other = MollifierDrainer(buffer, fast, poll_interval_ms=10, reclaim_interval_ms=20, idle_wait_ms=0)
+    slow_drainer.start()
+    try:
+        eventually(lambda: redis_client.zcard(buffer.keys.leases) == 5, what="the batch to be popped")
+        other.start()
+        # When the batch is handled, past its lease
+        eventually(lambda: buffer.depth() == 0, what="the batch to be handled")
+    finally:
+        assert slow_drainer.stop(5_000)
+        assert other.stop(5_000)
+
+    # Then its leases were renewed: each entry was handled once, by the drainer that popped it
+    assert handled == {f"m{n}": 1 for n in range(5)}
+
+
+def test_renewal_leaves_an_entry_that_passed_to_another_owner_alone(buffer: MollifierBuffer) -> None:
+    for n in range(2):
+        buffer.accept(f"m{n}", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    mine = protocol.pop_many("acme", "prod", 2)
+    keeper = LeaseKeeper(protocol)
+    keeper.hold(mine)
+    # m1's lease expires and another drainer takes it
+    buffer.client.zadd(buffer.keys.leases, {"m1": 0})
+    assert protocol.reclaim_expired() == ["m1"]
+    theirs = protocol.pop("acme", "prod")
+    assert theirs is not None
+    before = buffer.client.zscore(buffer.keys.leases, "m1")
+
+    assert keeper.renew() == 1
+
+    assert len(keeper) == 1  # m1 is not renewed any more
+    assert buffer.client.zscore(buffer.keys.leases, "m1") == before
+    assert (buffer.client.zscore(buffer.keys.leases, "m0") or 0) >= before - 100
+
+
+def test_the_buffer_redis_restarted_mid_drain_duplicates_at_most_what_was_in_flight(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given a backlog in a buffer whose Redis restarts (with its data) in the middle of the drain
+    backlog, concurrency = 300, 4
+    client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="restart", lease_ms=5_000)
+    broker = StubBroker()
+
+    @dramatiq.actor(broker=broker)
+    def record(n: int) -> None:
+        pass
+
+    ids = set()
+    for n in range(backlog):
+        message: dramatiq.Message[Any] = record.message(n)
+        buffer.accept(message.message_id, org_id=f"org{n % 3}", env_id="prod", payload=message.encode())
+        ids.add(message.message_id)
+    redeliver = make_drain_handler(broker)
+    handled = 0
+    midway, down = threading.Event(), threading.Event()
+
+    def handler(entry: BufferEntry) -> None:
+        nonlocal handled
+        redeliver(entry)
+        handled += 1
+        if handled == 100:
+            midway.set()
+            down.wait(10)  # the acks of this one and those beside it meet a server that is down
+
+    drainer = MollifierDrainer(buffer, handler, concurrency=concurrency, batch_size=20, poll_interval_ms=20)
+    drainer.start()
+    try:
+        assert midway.wait(10)
+        redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+        disposable_redis.stop()
+        down.set()
+        time.sleep(1)
+        disposable_redis.start()
+        # When it is back, the drain goes on
+        eventually(lambda: buffer.depth() == 0, timeout_s=30, what="the backlog to drain")
+    finally:
+        assert drainer.stop(5_000)
+        client.close()
+
+    # Then every message reached the broker once: the acks that met the server down were
+    # retried once it was back (dropping them would deliver those in flight a second time)
+    delivered = Counter(dramatiq.Message.decode(raw).message_id for raw in broker.queues["default"].queue)
+    broker.close()
+    assert set(delivered) == ids
+    assert sum(delivered.values()) == backlog, delivered.most_common(concurrency)
+
+
+@pytest.mark.parametrize("lost_replies", [1, 2])
+def test_an_entry_whose_lease_keeps_expiring_is_dead_lettered_with_its_reason(
+    redis_client: redis.Redis, key_prefix: str, lost_replies: int
+) -> None:
+    # Given an entry popped by drainers that never settle it (their reply was lost, say)
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    for _ in range(lost_replies):
+        assert protocol.pop("acme", "prod") is not None
+        redis_client.zadd(buffer.keys.leases, {"m1": 0})
+        reclaimed = protocol.reclaim(max_expiries=2)
+
+    # Then it comes back until its lease has expired max_expiries times, then is dead-lettered
+    entry = buffer.get("m1")
+    assert entry is not None
+    if lost_replies < 2:
+        assert reclaimed.requeued == ["m1"]
+        assert entry.status is EntryStatus.QUEUED
+        return
+    assert reclaimed.dead_lettered == ["m1"]
+    assert entry.status is EntryStatus.FAILED
+    assert entry.last_error is not None
+    assert entry.last_error[0] == "LeaseExpired"
+    assert "expired 2 times" in entry.last_error[1]
+    assert buffer.depth() == 0
+    # and an operator's retry starts its count afresh
+    assert buffer.retry_failed("m1")
+    assert protocol.pop("acme", "prod") is not None
+    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    assert protocol.reclaim(max_expiries=2).requeued == ["m1"]
+
+
+def test_a_drainer_dead_letters_an_entry_whose_lease_expired_once_too_often(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given an entry popped by a drainer that never settled it, its lease now expired
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    assert DrainProtocol(buffer).pop("acme", "prod") is not None
+    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    provider, reader = metrics()
+    handled: list[str] = []
+
+    # When a drainer allowing one attempt reclaims it
+    drainer = MollifierDrainer(
+        buffer, lambda entry: handled.append(entry.message_id), max_attempts=1, telemetry=Telemetry(provider)
+    )
+    drainer.run_once()
+
+    # Then it is dead-lettered with its reason, not handed to a handler again
+    assert handled == []
+    assert [e.last_error[0] for e in buffer.failed() if e.last_error] == ["LeaseExpired"]
+    assert counts(reader, "mollifier.drained", "result") == {("failed",): 1}
+
+
+def test_an_entry_held_for_too_many_leases_is_renewed_no_more(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given an entry whose handler never returns, held by its drainer (leases of 50 ms)
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=50)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    entry = protocol.pop("acme", "prod")
+    assert entry is not None
+    keeper = LeaseKeeper(protocol)
+    keeper.hold([entry])
+    assert keeper.renew() == 1
+
+    # Then after MAX_RENEWALS leases it is let go, for another drainer to reclaim
+    eventually(lambda: keeper.renew() == 0 and len(keeper) == 0, what="the keeper to let it go")
+    eventually(lambda: protocol.reclaim_expired() == ["m1"], what="its lease to expire")

@@ -1,0 +1,89 @@
+"""The drainer on a real RabbitMQ node: a bounded number of AMQP connections, none leaked.
+
+Dramatiq's RabbitmqBroker opens one connection per thread that enqueues and keeps every one it
+opened in ``broker.connections``; the test counts the open ones that the drainer added.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pika
+import pytest
+import redis
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+from dramatiq_mollifier import MollifierSettings
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.drain.worker_drainer import WorkerDrainer
+from dramatiq_mollifier.telemetry import Telemetry
+
+from .mollifier_helpers import eventually
+
+pytestmark = pytest.mark.rabbitmq
+
+ROUNDS = 3
+PER_ROUND = 200
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"mollifier-test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def broker(rabbitmq_url: str, queue_name: str) -> Iterator[RabbitmqBroker]:
+    broker = RabbitmqBroker(url=rabbitmq_url)
+    yield broker
+    channel = broker.channel
+    for name in (queue_name, f"{queue_name}.DQ", f"{queue_name}.XQ"):
+        channel.queue_delete(name)
+    broker.close()
+
+
+def open_connections(broker: RabbitmqBroker) -> set[pika.BlockingConnection]:
+    return {connection for connection in broker.connections if connection.is_open}
+
+
+def test_a_drainer_holds_a_bounded_number_of_amqp_connections_across_stop_and_start(
+    broker: RabbitmqBroker, queue_name: str, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    def ingest(n: int) -> None:
+        pass
+
+    actor = dramatiq.actor(ingest, broker=broker, queue_name=queue_name, max_retries=0)
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    settings = MollifierSettings(
+        enabled=True,
+        key_prefix=key_prefix,
+        drain_concurrency=16,
+        drain_broker_connections=2,
+        drain_max_outstanding=0,
+        drain_poll_interval_ms=10,
+    )
+    drainer = WorkerDrainer(settings=settings, buffer=buffer, telemetry=Telemetry())
+    # The test's own thread reads the queue: its connection is not the drainer's.
+    channel = broker.channel
+    before = open_connections(broker)
+    added: list[int] = []
+
+    for round_ in range(ROUNDS):
+        # Given a backlog for 16 handler threads
+        for n in range(PER_ROUND):
+            message: dramatiq.Message[Any] = actor.message(round_ * PER_ROUND + n)
+            buffer.accept(message.message_id, org_id=f"org{n % 4}", env_id="prod", payload=message.encode())
+        # When a drainer drains it, then stops (and starts again for the next round)
+        drainer.start(broker)
+        try:
+            eventually(lambda: buffer.depth() == 0, timeout_s=60, what="the backlog to drain")
+        finally:
+            assert drainer.stop()
+        added.append(len(open_connections(broker) - before))
+
+    # Then it never held more than its 2 connections, and restarts opened no new ones
+    assert all(0 < count <= 2 for count in added), added
+    queued = channel.queue_declare(queue_name, passive=True).method.message_count
+    assert queued == ROUNDS * PER_ROUND
