@@ -24,7 +24,7 @@ from ..telemetry import Telemetry
 from .failures import MAX_BACKOFF_MS, backoff_ms
 from .handler_pool import Completion, DrainHandler, HandlerPool
 from .housekeeping import RECLAIM_INTERVAL_MS, Housekeeping
-from .idle import IDLE_WAIT_MS, IdleWait
+from .idle import IdleWait
 from .leases import LeaseKeeper
 from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: The wait after a tick that stopped because the drain budget was used up, in milliseconds.
 PACE_WAIT_MS = 5
-#: Payload bytes one pop returns at most (the first entry whatever its size): 4 MiB.
-BATCH_MAX_BYTES = default_of("drain_batch_max_bytes")
 
 
 class DrainResult(NamedTuple):
@@ -118,8 +116,8 @@ class MollifierDrainer:
         retry_delay_ms: int = default_of("drain_retry_delay_ms"),
         unknown_actor_grace_ms: int = default_of("drain_unknown_actor_grace_ms"),
         pace: DrainPace | None = None,
-        batch_max_bytes: int = BATCH_MAX_BYTES,
-        idle_wait_ms: int = IDLE_WAIT_MS,
+        batch_max_bytes: int = default_of("drain_batch_max_bytes"),
+        idle_wait_ms: int = default_of("drain_idle_wait_ms"),
         sleep: Callable[[int], object] | None = None,
     ) -> None:
         for name, value in (
