@@ -6,6 +6,7 @@ from dramatiq.middleware import MiddlewareError, SkipMessage
 
 __all__ = [
     "BrokerUnavailableError",
+    "BufferCapExceededError",
     "BufferUnavailableError",
     "CrashNotRetried",
     "MollifierConfigurationError",
@@ -26,6 +27,23 @@ class MollifierConfigurationError(MollifierError, ValueError):
 
 class BufferUnavailableError(MollifierError):
     """Redis could not be reached, timed out or answered garbage (wraps the redis-py error)."""
+
+
+class BufferCapExceededError(MollifierError):
+    """``send()`` of a tenant whose buffered messages are at their cap, under the ``reject``
+    overflow policy (``MOLLIFIER_CAP_OVERFLOW=reject``). The message went nowhere: the caller
+    decides (retry later, report to its user).
+    """
+
+    def __init__(self, message: str, *, org_id: str, env_id: str, scope: str, limit: int) -> None:
+        super().__init__(message)
+        #: The tenant of the rejected message.
+        self.org_id = org_id
+        self.env_id = env_id
+        #: Which cap was reached: ``"env"`` or ``"org"``.
+        self.scope = scope
+        #: That cap.
+        self.limit = limit
 
 
 class BrokerUnavailableError(MollifierError):

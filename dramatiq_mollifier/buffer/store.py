@@ -19,6 +19,7 @@ from ..errors import MollifierConfigurationError
 from ..models import TripDecision
 from .admin import BufferAdmin
 from .codec import FAILURES, wrap
+from .controls import TenantControls
 from .core import DEFAULT_LEASE_MS
 from .scripts import force_command_path, run
 
@@ -104,6 +105,7 @@ class MollifierBuffer(BufferAdmin):
             force_command_path(client)
         # (window_ms, threshold, hold_ms) -> those ARGV and the entry TTL, encoded once.
         self._trip_args: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
+        self._controls: TenantControls | None = None
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MollifierBuffer:
@@ -128,6 +130,14 @@ class MollifierBuffer(BufferAdmin):
         kwargs.setdefault("retry", connection_retry())
         client = redis.Redis.from_url(url, **kwargs)
         return cls(client, **own)
+
+    @property
+    def controls(self) -> TenantControls:
+        """Look up, cancel, pause, cap and weigh buffered work (same client and key prefix)."""
+        controls = self._controls
+        if controls is None:
+            controls = self._controls = TenantControls(self.client, key_prefix=self.key_prefix)
+        return controls
 
     # Enqueue side ---------------------------------------------------------------------------
     def accept(self, message_id: str, *, org_id: str, env_id: str, payload: bytes) -> bool:
