@@ -9,6 +9,7 @@ __all__ = [
     "BufferCapExceededError",
     "BufferUnavailableError",
     "CrashNotRetried",
+    "EntryCancelled",
     "MollifierConfigurationError",
     "MollifierError",
     "UndeliverableEntryError",
@@ -67,6 +68,11 @@ class UnknownDestinationError(UndeliverableEntryError):
         super().__init__(message)
         #: The actor the entry is for.
         self.actor_name = actor_name
+
+
+class EntryCancelled(MollifierError):
+    """A drain handler found its entry cancelled (by an operator, or by a pending dramatiq-abort
+    abort) right before the broker write: the message was not enqueued, and never will be."""
 
 
 class WorkerCrashed(MiddlewareError, MollifierError):
