@@ -179,7 +179,7 @@ def test_tenants_pages_rows_with_every_column(buffer: MollifierBuffer, key_prefi
     by_depth = controls.tenants(sort="depth")
     assert [r.depth for r in by_depth.rows] == [9, 5, 2]
     by_age = controls.tenants(sort="oldest")
-    assert [r.org_id for r in by_age.rows][0] == "acme"  # acme/prod was filled first
+    assert (by_age.rows[0].org_id, by_age.rows[0].env_id) == ("acme", "prod")  # filled first
     assert controls.tenants(filter="glob").total == 1
     # Without settings: enrolment unknown
     assert buffer.controls.tenants().rows[0].enrolled is None
