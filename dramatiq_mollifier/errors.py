@@ -30,10 +30,11 @@ class BufferUnavailableError(MollifierError):
     """Redis could not be reached, timed out or answered garbage (wraps the redis-py error)."""
 
 
-class BufferCapExceededError(MollifierError):
+class BufferCapExceededError(MiddlewareError, MollifierError):
     """``send()`` of a tenant whose buffered messages are at their cap, under the ``reject``
     overflow policy (``MOLLIFIER_CAP_OVERFLOW=reject``). The message went nowhere: the caller
-    decides (retry later, report to its user).
+    decides (retry later, report to its user). A ``MiddlewareError``, so that Dramatiq lets it
+    out of ``before_enqueue`` to the caller of ``send()``.
     """
 
     def __init__(self, message: str, *, org_id: str, env_id: str, scope: str, limit: int) -> None:
