@@ -42,6 +42,7 @@ SCRIPT_NAMES = (
     "evaluate_trip_and_accept",
     "cancel",
     "created_at",
+    "entries_gone",
     "env_depths",
     "expired_leases",
     "fail",
