@@ -25,8 +25,9 @@ API (stable: the dashboard builds on it):
 Cancel wins over a drain: a cancelled entry is removed at once; a drainer that popped it a moment
 before checks right before its broker write and drops it (counted as ``cancelled`` in
 ``mollifier.drained``; see :mod:`dramatiq_mollifier.drain.cancel_check`: a cancel landing in the
-last 10 ms before the write may lose). ``is_cancelled(message_id)`` is that check for one entry. Pause, caps and weights are runtime rules in three small hashes (see
-:mod:`.rules`) that every process re-reads in the background at least once a second.
+last 10 ms before the write may lose). ``is_cancelled(message_id)`` is that check for one entry.
+Pause, caps and weights are runtime rules in three small hashes (see :mod:`.rules`) that every
+process re-reads in the background every 500 ms.
 """
 
 from __future__ import annotations
