@@ -193,3 +193,26 @@ def test_a_controls_call_raises_buffer_unavailable_when_redis_is_down(key_prefix
     client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     with pytest.raises(BufferUnavailableError):
         TenantControls(client, key_prefix=key_prefix).lookup("x")
+
+
+def test_the_rules_view_refreshes_in_the_background_and_stops_with_its_owner(buffer: MollifierBuffer) -> None:
+    import gc
+    import threading
+
+    from dramatiq_mollifier.buffer.rules import RulesView
+
+    from .mollifier_helpers import eventually
+
+    views = [RulesView(lambda: read_rules(buffer.client, buffer.keys), refresh_ms=20)]
+    before = set(threading.enumerate())
+    assert not views[0].current().paused  # starts the refresh, answers at once
+    (thread,) = [t for t in set(threading.enumerate()) - before if t.name == "mollifier-rules-refresh"]
+
+    # No send, no call: the pause still reaches the view
+    buffer.controls.pause("acme")
+    eventually(lambda: views[0].current().org_paused("acme"), 2, "the pause to reach the view")
+
+    views.clear()
+    gc.collect()
+    thread.join(2)
+    assert not thread.is_alive()

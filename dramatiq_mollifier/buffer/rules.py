@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -210,13 +211,22 @@ class RulesView:
             # A forked child: the parent's thread did not come along.
             self._pid = os.getpid()
             self._stop = threading.Event()
-            stop = self._stop
             threading.Thread(
-                target=self._run, args=(stop,), name="mollifier-rules-refresh", daemon=True
+                target=_refresh_loop,
+                args=(weakref.ref(self), self._stop, self._refresh_s),
+                name="mollifier-rules-refresh",
+                daemon=True,
             ).start()
 
-    def _run(self, stop: threading.Event) -> None:
-        while True:
-            self.refresh()
-            if stop.wait(self._refresh_s):
-                return
+
+def _refresh_loop(view_ref: weakref.ref[RulesView], stop: threading.Event, interval_s: float) -> None:
+    """Refresh the view until it is closed or garbage (a weak reference: the thread never keeps
+    a discarded middleware, its client and its connections alive)."""
+    while True:
+        view = view_ref()
+        if view is None:
+            return
+        view.refresh()
+        del view
+        if stop.wait(interval_s):
+            return

@@ -35,6 +35,7 @@ __all__ = ["HoldBackend", "TenantHolds", "TenantLimits"]
 logger = logging.getLogger(__name__)
 
 _STORED, _DUPLICATE = 1, 0
+_BREAKER_OPEN = Decision(Outcome.PASS_THROUGH, Reason.BREAKER_OPEN, enrolled=True)
 _OVER_ENV, _OVER_ORG = (2, 4), (3, 5)
 
 
@@ -111,13 +112,12 @@ class TenantHolds:
     ) -> Decision:
         """Buffer ``message`` under ``limits`` (paused: whatever its rate; else it tripped).
 
-        ``fallback`` is the cascade's decision for a Redis error (fail open) and its duplicate-id
-        decision comes back as ``None`` from the backend's 0 answer; over a cap, the overflow
-        policy decides (``reject`` raises :class:`BufferCapExceededError`).
+        ``fallback`` is the cascade's decision for a Redis error (fail open); over a cap, the
+        overflow policy decides (``reject`` raises :class:`BufferCapExceededError`).
         """
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
-            return fallback
+            return _BREAKER_OPEN
         overflow = self._overflow
         try:
             answer = self._backend.accept_capped(
