@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from ._version import __version__
 from .buffer import MollifierBuffer
+from .buffer.controls import TenantControls
 from .crash import CrashRetries
 from .drain.drainer import DrainResult, MollifierDrainer
 from .errors import (
+    BufferCapExceededError,
     BufferUnavailableError,
     CrashNotRetried,
     MollifierConfigurationError,
@@ -15,7 +17,18 @@ from .errors import (
     WorkerCrashed,
 )
 from .middleware import Mollifier
-from .models import BufferEntry, EntryStatus, Tenant, TripDecision
+from .models import (
+    BufferEntry,
+    CapOverflow,
+    EntryStatus,
+    MessageLookup,
+    PausedTenant,
+    Tenant,
+    TenantCap,
+    TenantPage,
+    TenantRow,
+    TripDecision,
+)
 from .settings import MollifierMode, MollifierSettings
 
 __all__ = [
@@ -29,12 +42,21 @@ __all__ = [
     "MollifierBuffer",
     "Tenant",
     "TripDecision",
+    # Operator controls
+    "CapOverflow",
+    "MessageLookup",
+    "PausedTenant",
+    "TenantCap",
+    "TenantControls",
+    "TenantPage",
+    "TenantRow",
     # Drainer
     "DrainResult",
     "MollifierDrainer",
     # Crash retries
     "CrashRetries",
     # Errors
+    "BufferCapExceededError",
     "BufferUnavailableError",
     "CrashNotRetried",
     "MollifierConfigurationError",

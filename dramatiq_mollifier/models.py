@@ -14,8 +14,15 @@ __all__ = [
     "STATE_DRAINED",
     "STATE_FOR_OPTION",
     "STATE_OPTION",
+    "LOOKUP_STATES",
     "BufferEntry",
+    "CapOverflow",
     "EntryStatus",
+    "MessageLookup",
+    "PausedTenant",
+    "TenantCap",
+    "TenantPage",
+    "TenantRow",
     "Tenant",
     "TripDecision",
     "marker",
@@ -94,3 +101,94 @@ class BufferEntry:
     #: The owner token of the pop that leased it (a DRAINING entry this process popped): only
     #: its holder may ack, requeue, fail or release it. None otherwise.
     lease_owner: str | None = None
+
+
+class CapOverflow(str, enum.Enum):
+    """What a send does when its tenant's buffered messages are at their cap."""
+
+    #: The message goes to the broker as if the mollifier were not there (counted).
+    PASS_THROUGH = "pass_through"
+    #: The send raises :class:`~dramatiq_mollifier.errors.BufferCapExceededError`.
+    REJECT = "reject"
+    #: The message is stored as a dead letter (error code ``cap_exceeded``), never delivered.
+    DEAD_LETTER = "dead_letter"
+
+
+#: The states :attr:`MessageLookup.state` takes.
+LOOKUP_STATES = ("queued", "draining", "dead_lettered", "absent")
+
+
+@dataclass(frozen=True, slots=True)
+class MessageLookup:
+    """Where one message id is in the buffer (``TenantControls.lookup``)."""
+
+    message_id: str
+    #: ``queued``, ``draining``, ``dead_lettered`` or ``absent`` (not in the buffer).
+    state: str
+    org_id: str | None = None
+    env_id: str | None = None
+    #: Earlier failed handler attempts.
+    attempts: int | None = None
+    #: Time since the entry was accepted, by the Redis server's clock.
+    age_ms: int | None = None
+    #: 0-based position in its env's queue (0 = next to drain); None unless queued.
+    position: int | None = None
+    #: ``(code, message)`` of a dead letter's last error.
+    error: tuple[str, str] | None = None
+    #: The mode that wrote the entry (``divert`` or ``dual_write``).
+    mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PausedTenant:
+    """An org (``env_id`` None: every env of it) or one env, paused by an operator."""
+
+    org_id: str
+    env_id: str | None
+    #: When it was paused (Redis server time, ms since the epoch).
+    paused_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCap:
+    """A runtime cap override: most buffered messages of an org (``env_id`` None) or an env."""
+
+    org_id: str
+    env_id: str | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class TenantRow:
+    """One line of the tenant listing: an env with buffered work (or a rule of its own)."""
+
+    org_id: str
+    env_id: str
+    #: QUEUED + DRAINING entries of the env.
+    depth: int
+    #: Age of the env's oldest QUEUED entry (ms, Redis clock); None when none is queued.
+    oldest_age_ms: int | None
+    #: Whether the env's trip marker is live.
+    tripped: bool
+    #: Whether the env or its org is paused.
+    paused: bool
+    #: The cap in force for the env (its override, else the settings' per-env cap), or None.
+    cap: int | None
+    #: The org's drain weight (1 unless overridden).
+    weight: int
+    #: Whether the org is enrolled (statically or by its runtime flag); None when unknown
+    #: (the listing was built without settings).
+    enrolled: bool | None
+    #: The cap in force for the whole org (its override, else the settings' per-org cap), or None.
+    org_cap: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPage:
+    """One page of :meth:`TenantControls.tenants`."""
+
+    rows: list[TenantRow]
+    #: Tenants matching the filter, on every page.
+    total: int
+    offset: int
+    limit: int

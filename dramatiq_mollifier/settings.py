@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .breaker import DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES
 from .errors import MollifierConfigurationError
+from .models import CapOverflow
 
 __all__ = [
     "ALL_ORGS",
@@ -204,6 +205,15 @@ class MollifierSettings(BaseSettings):
     #: ``redis.Redis``, no client-side caching, no instrumentation). False keeps every call on
     #: redis-py's command path, for tracing. Defaults to True.
     redis_direct_hot_path: bool = True
+    #: Most buffered (QUEUED + DRAINING) messages of one env; runtime overrides per env
+    #: (``dramatiq-mollifier caps set``) win. Defaults to None: no cap.
+    cap_per_env: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    #: Most buffered messages of one org, all its envs together; runtime overrides win.
+    #: Defaults to None: no cap.
+    cap_per_org: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    #: What a send over a cap does: ``pass_through`` (to the broker, counted), ``reject`` (the
+    #: send raises ``BufferCapExceededError``) or ``dead_letter``. Defaults to ``pass_through``.
+    cap_overflow: CapOverflow = CapOverflow.PASS_THROUGH
 
     @field_validator("key_prefix")
     @classmethod

@@ -1,15 +1,15 @@
 """``MollifierDrainer``: puts buffered messages back on the broker, fairly.
 
-One tick (:meth:`MollifierDrainer.run_once`) reads a window of the orgs with queued work that
-slides by one org per tick, picks one env per org round-robin, pops up to a batch from
-each and runs the handler on a pool of daemon threads. Entries that were popped and are not yet
-acked, requeued or failed never outnumber the pool. :meth:`~MollifierDrainer.start` and
-:meth:`~MollifierDrainer.stop` run ticks in a background thread whose every sleep waits on one
-``threading.Event``, so ``stop`` wakes it at once.
+One tick (:meth:`MollifierDrainer.run_once`) reads a sliding window of the orgs with work, picks
+one env per org round-robin (weights: :mod:`.turns`), pops up to a batch from each and runs the
+handler on a pool of daemon threads; popped entries not yet settled never outnumber the pool.
+:meth:`~MollifierDrainer.start` and :meth:`~MollifierDrainer.stop` run ticks in a background
+thread whose every sleep waits on one ``threading.Event``, so ``stop`` wakes it at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -23,12 +23,14 @@ from ..settings import default_of
 from ..telemetry import Telemetry
 from .failures import MAX_BACKOFF_MS, backoff_ms
 from .handler_pool import Completion, DrainHandler, HandlerPool
+from .hooks import DrainHooks
 from .housekeeping import RECLAIM_INTERVAL_MS, Housekeeping
 from .idle import IdleWait
 from .leases import LeaseKeeper
 from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
 from .settling import Settler
+from .turns import WeightedTurn, runnable_envs
 
 __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", "backoff_ms"]
 
@@ -53,12 +55,13 @@ class DrainResult(NamedTuple):
 class _Tick:
     """Counters of one tick."""
 
-    __slots__ = ("drained", "failed", "paced")
+    __slots__ = ("drained", "failed", "paced", "popped")
 
     def __init__(self) -> None:
         self.drained = 0
         self.failed = 0
         self.paced = False
+        self.popped = 0
 
 
 class MollifierDrainer:
@@ -98,6 +101,8 @@ class MollifierDrainer:
         long at most instead of polling (see :mod:`.idle`); 0 polls. Defaults to 5 seconds.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
+      hooks: The operator controls (pauses, weights, fleet gauges, cancel check); see
+        :class:`~dramatiq_mollifier.drain.hooks.DrainHooks`. Defaults to none.
     """
 
     def __init__(
@@ -119,6 +124,7 @@ class MollifierDrainer:
         batch_max_bytes: int = default_of("drain_batch_max_bytes"),
         idle_wait_ms: int = default_of("drain_idle_wait_ms"),
         sleep: Callable[[int], object] | None = None,
+        hooks: DrainHooks | None = None,
     ) -> None:
         for name, value in (
             ("concurrency", concurrency),
@@ -131,7 +137,6 @@ class MollifierDrainer:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value!r}")
         self._buffer = DrainProtocol(buffer)
-        self._inspect = buffer
         self._handler = handler
         self.concurrency = concurrency
         self.max_attempts = max_attempts
@@ -141,6 +146,7 @@ class MollifierDrainer:
         self._refill = max(1, concurrency // 2)
         self._telemetry = telemetry or Telemetry()
         self._leases = LeaseKeeper(self._buffer)
+        self._hooks = hooks or DrainHooks()
         self._idle_wait = IdleWait(buffer.client, key=buffer.keys.drain_wake, wait_ms=idle_wait_ms)
         # Blocking between ticks (nothing queued), and whether the last block ended with a token.
         self._deep_idle = self._woken = False
@@ -166,10 +172,12 @@ class MollifierDrainer:
             telemetry=self._telemetry,
             reclaim_interval_ms=reclaim_interval_ms,
             max_expiries=max_attempts,
+            report_gauges=self._hooks.report_gauges,
         )
         self._sleep = sleep or self._wait
         self._pace = pace
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
+        self._turn = WeightedTurn()
         self._pool: HandlerPool | None = None
         self._idle = True
         self._lock = threading.Lock()
@@ -204,6 +212,7 @@ class MollifierDrainer:
         elif self._idle:
             # The sleep after an idle tick says nothing about how the handlers use the CPU.
             pool.parallelism.restart()
+        rules = self._hooks.rules()
         try:
             orgs = self._rotation.pick_orgs(window)
             for org_id, envs in zip(orgs, self._buffer.envs_of(orgs), strict=True):
@@ -213,7 +222,9 @@ class MollifierDrainer:
                     logger.warning("mollifier.drain_error listing envs of org %r", org_id)
                     tick.failed += 1
                     continue
-                if envs and not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
+                runnable = runnable_envs(rules, org_id, envs)
+                visit = functools.partial(self._visit, pool, tick, org_id, runnable)
+                if runnable and not self._turn.take(org_id, rules.weight(org_id), visit):
                     break
                 if tick.paced:
                     # The budget ran out before this org got anything: it goes first next time.
@@ -223,6 +234,13 @@ class MollifierDrainer:
             self._collect(pool, tick, until=0)
             self._idle = tick.drained + tick.failed == 0 and not tick.paced
         return DrainResult(tick.drained, tick.failed, tick.paced, empty=not window)
+
+    def _visit(self, pool: HandlerPool, tick: _Tick, org_id: str, envs: list[str]) -> int | None:
+        """One env visit of a turn: entries popped, -1 if paced before any, None if abandoned."""
+        popped = tick.popped
+        if not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
+            return None
+        return -1 if tick.paced else tick.popped - popped
 
     def _drain_env(self, pool: HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
@@ -251,7 +269,10 @@ class MollifierDrainer:
                 self._bind(claim, entries or [])
             if entries is None:
                 return True
+            if self._hooks.popped is not None:
+                self._hooks.popped(entries)
             pool.submit(entries)
+            tick.popped += len(entries)
             if len(entries) < limit:
                 return True
             remaining -= len(entries)

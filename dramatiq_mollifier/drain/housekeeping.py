@@ -10,6 +10,7 @@ nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
@@ -37,6 +38,8 @@ class Housekeeping:
       telemetry: Where the reclaimed, dead-lettered and depth figures go.
       reclaim_interval_ms: How often leases are reclaimed at most.
       max_expiries: Lease expiries after which an entry is dead-lettered; 0 for never.
+      report_gauges: Reports the fleet's gauges instead of this process's depth (see
+        :class:`~dramatiq_mollifier.drain.gauges.FleetGauges`). Defaults to None: the depth.
     """
 
     def __init__(
@@ -47,12 +50,14 @@ class Housekeeping:
         telemetry: Telemetry,
         reclaim_interval_ms: int,
         max_expiries: int,
+        report_gauges: Callable[[], object] | None = None,
     ) -> None:
         self._protocol = protocol
         self._buffer = buffer
         self._telemetry = telemetry
         self.reclaim_interval_ms = reclaim_interval_ms
         self.max_expiries = max_expiries
+        self._report_gauges = report_gauges
         self._last_reclaim = float("-inf")
         self._last_depth = float("-inf")
 
@@ -63,6 +68,9 @@ class Housekeeping:
             self._reclaim()
         if (now - self._last_depth) * 1000 >= (IDLE_HOUSEKEEPING_MS if idle else DEPTH_INTERVAL_MS):
             self._last_depth = now
+            if self._report_gauges is not None:
+                self._report_gauges()
+                return
             try:
                 self._telemetry.record_depth(self._buffer.depth())
             except Exception:

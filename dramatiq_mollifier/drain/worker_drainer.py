@@ -17,11 +17,15 @@ import logging
 import dramatiq
 
 from ..buffer import MollifierBuffer
+from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
+from .cancel_check import CancelCheck
 from .connections import drain_client
 from .drainer import MollifierDrainer
+from .gauges import FleetGauges
 from .handler import make_drain_handler
+from .hooks import DrainHooks
 from .pace import pace_for
 from .publisher import enqueue_for
 
@@ -38,12 +42,21 @@ class WorkerDrainer:
         ``drain_shutdown_timeout_ms`` bounds :meth:`stop`.
       buffer: The buffer to drain.
       telemetry: Where drain metrics go.
+      rules: The operator's pauses and weights. Defaults to a view of its own on ``buffer``.
     """
 
-    def __init__(self, *, settings: MollifierSettings, buffer: MollifierBuffer, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        *,
+        settings: MollifierSettings,
+        buffer: MollifierBuffer,
+        telemetry: Telemetry,
+        rules: RulesView | None = None,
+    ) -> None:
         self.settings = settings
         self.buffer = buffer
         self.telemetry = telemetry
+        self.rules = rules or RulesView(lambda: read_rules(buffer.client, buffer.keys))
         self._drainer: MollifierDrainer | None = None
 
     @property
@@ -59,13 +72,16 @@ class WorkerDrainer:
         if self._drainer is None:
             # Connections of its own: timeouts for large replies and idle blocks, no retries.
             client = drain_client(self.buffer.client, socket_timeout_ms=settings.drain_socket_timeout_ms)
+            drain_buffer = MollifierBuffer(client, **settings.buffer_options)
+            cancelled = CancelCheck(client, drain_buffer.keys)
             self._drainer = MollifierDrainer(
-                MollifierBuffer(client, **settings.buffer_options),
+                drain_buffer,
                 make_drain_handler(
                     broker,
                     mode=settings.mode,
                     # RabbitMQ: a few connections shared by every handler thread, kept across restarts.
                     enqueue=enqueue_for(broker, connections=settings.drain_broker_connections),
+                    is_cancelled=cancelled,
                 ),
                 concurrency=settings.drain_concurrency,
                 max_attempts=settings.drain_max_attempts,
@@ -77,6 +93,11 @@ class WorkerDrainer:
                 batch_max_bytes=settings.drain_batch_max_bytes,
                 idle_wait_ms=settings.drain_idle_wait_ms,
                 telemetry=self.telemetry,
+                hooks=DrainHooks(
+                    rules=self.rules.current,
+                    report_gauges=FleetGauges(self.buffer, self.telemetry).report,
+                    popped=cancelled.popped,
+                ),
                 # Audits (dual_write) never reach the broker: nothing to pace.
                 pace=pace_for(settings, self.buffer.client)
                 if settings.mode is MollifierMode.DIVERT
