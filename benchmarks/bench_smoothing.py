@@ -35,7 +35,7 @@ def row(label: str, outcome: Outcome) -> str:
         f"peak broker {outcome.peak_broker_depth:6d}  peak buffer {outcome.peak_buffer_depth:6d}"
         + (
             f"\n           while buffered: mean broker depth {outcome.mean_broker_depth:5.0f}, "
-            f"no drained message waiting in {100 * outcome.starved_share:4.1f}% of samples"
+            f"queue empty in {100 * outcome.starved_share:4.1f}% of samples"
             if outcome.peak_buffer_depth
             else ""
         )

@@ -37,9 +37,9 @@ class Outcome:
     peak_broker_depth: int
     peak_buffer_depth: int
     burst_processed: int
-    #: Share of the samples taken while the buffer held work in which no drained message was
-    #: waiting for a worker (none in the broker queue or prefetched): the workers had nothing
-    #: of the burst to take. Work conservation means this stays near 0.
+    #: Share of the samples taken while the buffer held work in which the broker queue was empty:
+    #: a consumer that looked then found nothing to prefetch (and backed off). Work conservation
+    #: means this stays near 0.
     starved_share: float = 0.0
     #: Mean broker-queue depth (RedisBroker) over the samples taken while the buffer held work.
     mean_broker_depth: float = 0.0
@@ -69,8 +69,13 @@ def run_scenario(
     broker_url: str | None = None,
     log: Path | None = None,
     timeout_s: float = 300.0,
+    separate_drainer: bool = False,
 ) -> Outcome:
-    """Start a worker, burst ``burst`` messages beside three quiet orgs at 10/s, and measure."""
+    """Start a worker, burst ``burst`` messages beside three quiet orgs at 10/s, and measure.
+
+    ``separate_drainer``: the workers do not drain (``MOLLIFIER_DRAINER_ENABLED=false``); one
+    ``dramatiq-mollifier drain`` process does, as a deployment with CPU-bound workers would.
+    """
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     if broker == "rabbitmq":
@@ -93,14 +98,17 @@ def run_scenario(
         if not (k.startswith("MOLLIFIER_") and k not in _OURS and not k.startswith("MOLLIFIER_DRAIN_"))
     }
     out = open(log or os.devnull, "ab")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [DRAMATIQ, "benchmarks.smoothing_app", "--processes", str(processes), "--threads", str(threads)],
-        cwd=REPO,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    worker = [DRAMATIQ, "benchmarks.smoothing_app", "--processes", str(processes), "--threads", str(threads)]
+    commands = [worker]
+    if separate_drainer and mollified:
+        env["MOLLIFIER_DRAINER_ENABLED"] = "false"
+        commands.append([sys.executable, "-m", "dramatiq_mollifier", "drain", "benchmarks.smoothing_app"])
+    children = [
+        subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        for command in commands
+    ]
     try:
         # The producer in a process of its own: the app's Mollifier reads its settings at import.
         produced = subprocess.run(
@@ -113,12 +121,14 @@ def run_scenario(
         )
         return Outcome(**json.loads(produced.stdout.decode().strip().splitlines()[-1]))
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
         out.close()
 
 
@@ -138,7 +148,7 @@ def _purge(amqp_url: str, queue_name: str) -> None:
             connection.close()
 
 
-_OURS = {"MOLLIFIER_REDIS_URL", "MOLLIFIER_ENABLED", "MOLLIFIER_ENABLED_ORGS"}
+_OURS = {"MOLLIFIER_REDIS_URL", "MOLLIFIER_ENABLED", "MOLLIFIER_ENABLED_ORGS", "MOLLIFIER_DRAINER_ENABLED"}
 # Drain settings pass through: bench_smoothing.py --set lets one try other values.
 
 
@@ -168,19 +178,14 @@ class Sampler:
     def run(self) -> None:
         while not self.done.is_set():
             queue_depth = self.broker_depth()
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hget("mollifier:depth", "total")
-            # Drained messages on their way to or waiting in the broker (bound to an id; a
-            # placeholder of a claim not yet bound starts with "~").
-            pipe.zrangebyscore("mollifier:drain:outstanding", "-inf", "+inf")
-            depth, outstanding = pipe.execute()
+            depth = int(self.client.hget("mollifier:depth", "total") or 0)
             self.peak_broker = max(self.peak_broker, queue_depth)
-            self.peak_buffer = max(self.peak_buffer, int(depth or 0))
-            if int(depth or 0) > 0:
+            self.peak_buffer = max(self.peak_buffer, depth)
+            if depth > 0:
                 self.buffered_samples += 1
                 self.broker_sum += queue_depth
-                if not any(not member.startswith(b"~") for member in outstanding):
-                    self.starved_samples += 1
+                # The queue empty: a consumer that looks now finds nothing and backs off.
+                self.starved_samples += queue_depth == 0
             self.done.wait(0.05)
 
 

@@ -135,9 +135,14 @@ class MollifierSettings(BaseSettings):
     #: Run a drainer in worker processes. Unset: same as ``enabled``.
     drainer_enabled: bool | None = None
     #: Drained messages waiting in the broker (not yet started by a worker), fleet-wide, at most:
-    #: the drain budget that keeps a burst in the buffer instead of the broker queue. 0 turns
-    #: pacing off (the drainer then pushes as fast as its handlers can). Defaults to 100.
-    drain_max_outstanding: int = Field(default=100, ge=0, le=100_000)
+    #: the ceiling of the drain budget that keeps a burst in the buffer instead of the broker
+    #: queue. 0 turns pacing off (the drainer then pushes as fast as its handlers can). Defaults
+    #: to 1000.
+    drain_max_outstanding: int = Field(default=1_000, ge=0, le=100_000)
+    #: How long a quiet message should wait behind drained ones, in milliseconds: the drain budget
+    #: is 20 plus the fleet's consumption rate times this (at most drain_max_outstanding).
+    #: 0 makes the budget drain_max_outstanding. Defaults to 100.
+    drain_target_wait_ms: int = Field(default=100, ge=0, le=60_000)
     #: Drained messages per second, fleet-wide, at most. Defaults to 0: no rate cap.
     drain_rate_limit_per_s: int = Field(default=0, ge=0, le=1_000_000)
     #: How long a drained message may wait in the broker unstarted before its budget slot is freed

@@ -128,9 +128,11 @@ class KeySpace:
         self.depth = f"{prefix}:depth"
         self.failed_orgs = f"{prefix}:failed-orgs"
         self.tripped = f"{prefix}:tripped"
-        #: Drained messages in the broker not yet started (the drain budget), and the rate bucket.
+        #: Drained messages in the broker not yet started (the drain budget), the rate bucket,
+        #: and the fleet's consumption rate that sizes the budget.
         self.outstanding = f"{prefix}:drain:outstanding"
         self.drain_rate = f"{prefix}:drain:rate"
+        self.drain_consumed = f"{prefix}:drain:consumed"
         self._entry_prefix = f"{prefix}:entry:"
         self._tenants: dict[tuple[str, str], TenantKeys] = {}
 

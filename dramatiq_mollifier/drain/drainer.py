@@ -247,7 +247,7 @@ class MollifierDrainer:
                 if self._pace is not None:
                     # What never reached the broker (a failure, an audited dual_write copy) gives
                     # its slot back at once.
-                    self._pace.release(
+                    self._pace.give_back(
                         [e.message_id for e, error in done if error is not None or e.mode == "dual_write"]
                     )
                 drained, failed = self._settler.settle(done)
@@ -265,7 +265,7 @@ class MollifierDrainer:
             logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
             tick.failed += 1
             return Claim(0, 0, "")
-        self._telemetry.record_outstanding(claim.in_use)
+        self._telemetry.record_outstanding(claim.in_use, budget=claim.budget)
         return claim
 
     def _bind(self, claim: Claim, entries: Sequence[BufferEntry]) -> None:
