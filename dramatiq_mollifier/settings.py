@@ -146,10 +146,15 @@ class MollifierSettings(BaseSettings):
     #: Drained messages per second, fleet-wide, at most. Defaults to 0: no rate cap.
     drain_rate_limit_per_s: int = Field(default=0, ge=0, le=1_000_000)
     #: How long a drained message may wait in the broker unstarted before its budget slot is freed
-    #: anyway (a message lost from the broker, a purged queue). Defaults to 60 s.
-    drain_outstanding_ttl_ms: int = Field(default=60_000, gt=0, le=86_400_000)
+    #: anyway (a message lost from the broker, a purged queue, prefetched by a worker that was
+    #: killed). 100 times the target wait: a budget sized in time never holds a message that long
+    #: while workers run. Defaults to 10 s.
+    drain_outstanding_ttl_ms: int = Field(default=10_000, gt=0, le=86_400_000)
     #: Handler threads per drainer: broker writes in flight at once. Defaults to 16.
     drain_concurrency: int = Field(default=16, gt=0, le=1_000)
+    #: Entries a drainer has popped and not yet settled, at most (at least drain_concurrency): a
+    #: refill waits for half of them, so this sizes the drainer's round trips. Defaults to 64.
+    drain_max_in_flight: int = Field(default=64, gt=0, le=10_000)
     #: Entries popped from one env per tick. Defaults to 100.
     drain_batch_size: int = Field(default=100, gt=0, le=10_000)
     #: Handler attempts before an entry is dead-lettered. Defaults to 3.

@@ -86,6 +86,9 @@ class MollifierDrainer:
         they are dead-lettered. Defaults to 5 minutes.
       pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
         Defaults to None: no budget, every popped entry goes to the handler at once.
+      max_in_flight: Entries popped and not yet settled, at most (at least ``concurrency``); a
+        refill waits for half of them, so it is also the size of the drainer's round trips.
+        Defaults to ``concurrency``.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
     """
@@ -106,6 +109,7 @@ class MollifierDrainer:
         retry_delay_ms: int = RETRY_DELAY_MS,
         unknown_actor_grace_ms: int = UNKNOWN_ACTOR_GRACE_MS,
         pace: DrainPace | None = None,
+        max_in_flight: int | None = None,
         sleep: Callable[[int], object] | None = None,
     ) -> None:
         for name, value in (
@@ -124,7 +128,8 @@ class MollifierDrainer:
         self.max_attempts = max_attempts
         self.poll_interval_ms = poll_interval_ms
         self.batch_size = batch_size
-        self._refill = max(1, concurrency // 2)
+        self.max_in_flight = max(concurrency, max_in_flight or concurrency)
+        self._refill = max(1, self.max_in_flight // 2)
         self._telemetry = telemetry or Telemetry()
         self._settler = Settler(
             self._buffer,
@@ -202,9 +207,9 @@ class MollifierDrainer:
         while remaining > 0 and not self._stopping.is_set() and not self._settler.broker_unavailable:
             # Wait for a few free slots rather than one: fewer, larger pops (and acks).
             wanted = min(remaining, self._refill)
-            if not self._collect(pool, tick, until=self.concurrency - wanted):
+            if not self._collect(pool, tick, until=self.max_in_flight - wanted):
                 return False
-            limit = min(remaining, self.concurrency - pool.in_flight)
+            limit = min(remaining, self.max_in_flight - pool.in_flight)
             claim = self._claim(tick, limit)
             if claim is not None:
                 if claim.granted == 0:
@@ -287,6 +292,10 @@ class MollifierDrainer:
             logger.warning("mollifier.drain_error reclaiming expired leases", exc_info=True)
             return
         if reclaimed:
+            if self._pace is not None:
+                # Their drainer died holding their slots: the budget would stay full until the
+                # slots' deadline, with nothing of theirs in the broker to start.
+                self._pace.give_back(reclaimed)
             self._telemetry.record_reclaimed(len(reclaimed))
             logger.warning(
                 "mollifier.reclaimed %d entries whose lease expired, first %r", len(reclaimed), reclaimed[0]

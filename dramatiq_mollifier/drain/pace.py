@@ -65,7 +65,7 @@ MIN_OUTSTANDING = 20
 #: The window over which the fleet's consumption rate is measured, in ms.
 RATE_WINDOW_MS = 100
 #: How long a drained message may sit in the broker unstarted before its slot is freed anyway.
-DEFAULT_OUTSTANDING_TTL_MS = 60_000
+DEFAULT_OUTSTANDING_TTL_MS = 10_000
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
 RELEASE_COOL_DOWN_MS = 1_000
