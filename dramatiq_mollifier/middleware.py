@@ -22,6 +22,7 @@ from .buffer.controls import TenantControls
 from .buffer.health import warn_about_eviction
 from .buffer.rules import RulesView, read_rules
 from .drain.pace import pace_for
+from .drain.slot_release import SlotReleaser
 from .gate import interception
 from .gate.cascade import OPT_OUT_OPTION, Gate, TenantResolver
 from .gate.flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
@@ -115,7 +116,9 @@ class Mollifier(Middleware):
         self._worker_drainer: WorkerDrainer | None = None
         self._controls: TenantControls | None = None
         # The drain budget: workers give a slot back when they start a drained message.
-        self._pace = pace_for(self.settings, self._buffer.client)
+        pace = pace_for(self.settings, self._buffer.client)
+        # Freed in batches off the worker threads, which never wait for Redis for it.
+        self._slots = SlotReleaser(release=pace.release) if pace is not None else None
 
     @property
     def buffer(self) -> MollifierBuffer:
@@ -189,12 +192,16 @@ class Mollifier(Middleware):
         self._started(message)
 
     def _started(self, message: MessageProxy) -> None:
-        if self._pace is not None and message.options.get(STATE_OPTION) == STATE_DRAINED:
-            self._pace.release((message.message_id,))
+        if self._slots is not None and message.options.get(STATE_OPTION) == STATE_DRAINED:
+            self._slots.add(message.message_id)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._worker_drainer is not None:
             self._worker_drainer.stop()
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self._slots is not None:
+            self._slots.stop()
 
     def _flags_failed(self, exc: Exception) -> None:
         self.telemetry.record_fail_open(FailOpenStage.FLAGS)

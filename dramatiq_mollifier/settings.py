@@ -138,16 +138,26 @@ class MollifierSettings(BaseSettings):
     #: Run a drainer in worker processes. Unset: same as ``enabled``.
     drainer_enabled: bool | None = None
     #: Drained messages waiting in the broker (not yet started by a worker), fleet-wide, at most:
-    #: the drain budget that keeps a burst in the buffer instead of the broker queue. 0 turns
-    #: pacing off (the drainer then pushes as fast as its handlers can). Defaults to 100.
-    drain_max_outstanding: int = Field(default=100, ge=0, le=100_000)
+    #: the ceiling of the drain budget that keeps a burst in the buffer instead of the broker
+    #: queue. 0 turns pacing off (the drainer then pushes as fast as its handlers can). Defaults
+    #: to 1000.
+    drain_max_outstanding: int = Field(default=1_000, ge=0, le=100_000)
+    #: How long a quiet message should wait behind drained ones, in milliseconds: the drain budget
+    #: is 20 plus the fleet's consumption rate times this (at most drain_max_outstanding).
+    #: 0 makes the budget drain_max_outstanding. Defaults to 100.
+    drain_target_wait_ms: int = Field(default=100, ge=0, le=60_000)
     #: Drained messages per second, fleet-wide, at most. Defaults to 0: no rate cap.
     drain_rate_limit_per_s: int = Field(default=0, ge=0, le=1_000_000)
     #: How long a drained message may wait in the broker unstarted before its budget slot is freed
-    #: anyway (a message lost from the broker, a purged queue). Defaults to 60 s.
-    drain_outstanding_ttl_ms: int = Field(default=60_000, gt=0, le=86_400_000)
+    #: anyway (a message lost from the broker, a purged queue, prefetched by a worker that was
+    #: killed). 100 times the target wait: a budget sized in time never holds a message that long
+    #: while workers run. Defaults to 10 s.
+    drain_outstanding_ttl_ms: int = Field(default=10_000, gt=0, le=86_400_000)
     #: Handler threads per drainer: broker writes in flight at once. Defaults to 16.
     drain_concurrency: int = Field(default=16, gt=0, le=1_000)
+    #: Entries a drainer has popped and not yet settled, at most (at least drain_concurrency): a
+    #: refill waits for half of them, so this sizes the drainer's round trips. Defaults to 64.
+    drain_max_in_flight: int = Field(default=64, gt=0, le=10_000)
     #: Entries popped from one env per tick. Defaults to 100.
     drain_batch_size: int = Field(default=100, gt=0, le=10_000)
     #: Handler attempts before an entry is dead-lettered. Defaults to 3.

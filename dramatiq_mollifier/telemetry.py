@@ -173,6 +173,11 @@ class Telemetry:
             unit="{message}",
             description="Drained messages waiting in the broker, not yet started (the drain budget in use).",
         )
+        self.budget = instruments.create_gauge(
+            "mollifier.drain.budget",
+            unit="{message}",
+            description="The drain budget: the fleet's consumption rate times the target wait, bounded.",
+        )
 
     def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool) -> None:
         """Count one gate decision."""
@@ -210,9 +215,12 @@ class Telemetry:
             self.oldest_env_age.set(age_ms, _attributes(rank=str(rank)))
         self.dead_letters.set(dead_letters)
 
-    def record_outstanding(self, in_use: int) -> None:
-        """Set the drain budget gauge: drained messages in the broker, not yet started."""
+    def record_outstanding(self, in_use: int, *, budget: int) -> None:
+        """Set the drain budget gauges: drained messages in the broker not yet started, and the
+        budget they are held to.
+        """
         self.outstanding.set(in_use)
+        self.budget.set(budget)
 
 
 class ThrottledLog:

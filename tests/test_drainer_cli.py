@@ -48,6 +48,8 @@ def environment(redis_url: str, key_prefix: str) -> dict[str, str]:
         # Workers of such a deployment drain nothing; the standalone drainer runs regardless.
         "MOLLIFIER_DRAINER_ENABLED": "false",
         "MOLLIFIER_DRAIN_POLL_INTERVAL_MS": "20",
+        # No worker consumes here, so no budget slot is freed: a fixed budget above the backlog.
+        "MOLLIFIER_DRAIN_TARGET_WAIT_MS": "0",
         "MOLLIFIER_DRAIN_SHUTDOWN_TIMEOUT_MS": "2000",
     }
 

@@ -51,6 +51,35 @@ def test_entries_in_flight_never_exceed_the_concurrency_cap(
     assert peak_draining <= 7
 
 
+def test_max_in_flight_sizes_the_refills_and_the_pool_stays_at_its_concurrency(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    # Handlers that sleep: popped entries wait for one of 4 threads, at most 24 popped at once
+    seed(buffer, 200)
+    lock = threading.Lock()
+    running = peak_running = peak_draining = 0
+
+    def handler(entry: BufferEntry) -> None:
+        nonlocal running, peak_running, peak_draining
+        with lock:
+            running += 1
+            peak_running = max(peak_running, running)
+        draining = redis_client.zcard(buffer.keys.leases)
+        time.sleep(0.005)
+        with lock:
+            peak_draining = max(peak_draining, draining)
+            running -= 1
+
+    drainer = MollifierDrainer(buffer, handler, concurrency=4, max_in_flight=24, batch_size=100)
+    while drainer.run_once().drained:
+        pass
+
+    assert buffer.depth() == 0
+    assert peak_running <= 4
+    # Refills of 12 on top of what is still in flight: more popped than threads, never over 24
+    assert 4 < peak_draining <= 24
+
+
 def test_stop_lets_in_flight_handlers_finish_and_leaves_nothing_draining(buffer: MollifierBuffer) -> None:
     seed(buffer, 200)
     started = threading.Event()

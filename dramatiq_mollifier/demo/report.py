@@ -1,4 +1,4 @@
-"""What the demo measured: the per-tenant table, the exactly-once check, and the picture."""
+"""What the demo measured: the per-tenant table and the exactly-once check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..console import format_table
 
@@ -18,11 +17,7 @@ __all__ = [
     "percentile",
     "render_table",
     "summarize",
-    "write_png",
 ]
-
-#: The width of one bar of the rate picture, in milliseconds.
-BIN_MS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,60 +157,3 @@ def render_table(summary: DemoSummary) -> str:
     table = format_table(headers, rows).splitlines()
     rule = "-" * max(len(line) for line in table)
     return "\n".join([*table[:-1], rule, table[-1]])
-
-
-def rates(times_ms: Iterable[float], start_ms: float, bins: int) -> list[float]:
-    """Messages per second in consecutive ``BIN_MS`` bins from ``start_ms``."""
-    counts = [0] * bins
-    for t in times_ms:
-        index = int((t - start_ms) // BIN_MS)
-        if 0 <= index < bins:
-            counts[index] += 1
-    return [c * 1000 / BIN_MS for c in counts]
-
-
-def write_png(
-    path: Path,
-    sent_ms: Mapping[str, Sequence[float]],
-    reached_ms: Mapping[str, Sequence[float]],
-    *,
-    start_ms: float,
-) -> bool:
-    """Draw each tenant's rate as sent and as it reached the broker; False without matplotlib.
-
-    The top panel is the busiest tenant (the burst), the bottom one every other tenant, each on a
-    linear scale of its own, so that the small tenants' rates are not flattened by the burst's.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    end_ms = max((t for times in (*sent_ms.values(), *reached_ms.values()) for t in times), default=start_ms)
-    bins = int((end_ms - start_ms) // BIN_MS) + 2
-    seconds = [i * BIN_MS / 1000 for i in range(bins)]
-    tenants = sorted(sent_ms, key=lambda t: (-len(sent_ms[t]), t))
-    figure, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True, height_ratios=(3, 2))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, tenant in enumerate(tenants):
-        axis = axes[0] if index == 0 else axes[1]
-        color = colors[index % len(colors)]
-        axis.step(seconds, rates(sent_ms[tenant], start_ms, bins), where="post", color=color,
-                  linestyle=":", linewidth=1.2, label=f"{tenant} sent")  # fmt: skip
-        axis.step(seconds, rates(reached_ms.get(tenant, ()), start_ms, bins), where="post", color=color,
-                  linewidth=1.8, label=f"{tenant} reached the broker")  # fmt: skip
-    axes[0].set_title(f"the burst: {tenants[0] if tenants else ''}", fontsize=10, loc="left")
-    axes[1].set_title("everyone else: passed straight through", fontsize=10, loc="left")
-    for axis in axes:
-        axis.set_ylabel("messages / s")
-        axis.set_ylim(bottom=0)
-        axis.grid(True, alpha=0.3)
-        axis.legend(loc="upper right", fontsize=8, ncols=2)
-    axes[1].set_xlabel(f"seconds since the first send ({BIN_MS} ms bins)")
-    figure.suptitle("dramatiq-mollifier demo: per-tenant enqueue rate, as sent and as it reached the broker")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return True

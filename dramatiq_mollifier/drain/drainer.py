@@ -99,6 +99,9 @@ class MollifierDrainer:
         size). Defaults to 4 MiB.
       idle_wait_ms: With nothing queued, the drainer blocks on the buffer's wake-up list this
         long at most instead of polling (see :mod:`.idle`); 0 polls. Defaults to 5 seconds.
+      max_in_flight: Entries popped and not yet settled, at most (at least ``concurrency``); a
+        refill waits for half of them, so it is also the size of the drainer's round trips.
+        Defaults to ``concurrency``.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
       hooks: The operator controls (pauses, weights, fleet gauges, cancel check); see
@@ -123,6 +126,7 @@ class MollifierDrainer:
         pace: DrainPace | None = None,
         batch_max_bytes: int = default_of("drain_batch_max_bytes"),
         idle_wait_ms: int = default_of("drain_idle_wait_ms"),
+        max_in_flight: int | None = None,
         sleep: Callable[[int], object] | None = None,
         hooks: DrainHooks | None = None,
     ) -> None:
@@ -143,7 +147,8 @@ class MollifierDrainer:
         self.poll_interval_ms = poll_interval_ms
         self.batch_size = batch_size
         self.batch_max_bytes = batch_max_bytes
-        self._refill = max(1, concurrency // 2)
+        self.max_in_flight = max(concurrency, max_in_flight or concurrency)
+        self._refill = max(1, self.max_in_flight // 2)
         self._telemetry = telemetry or Telemetry()
         self._leases = LeaseKeeper(self._buffer)
         self._hooks = hooks or DrainHooks()
@@ -173,6 +178,8 @@ class MollifierDrainer:
             reclaim_interval_ms=reclaim_interval_ms,
             max_expiries=max_attempts,
             report_gauges=self._hooks.report_gauges,
+            # Their drainer died holding their budget slots: give them back at once.
+            give_back=None if pace is None else pace.give_back,
         )
         self._sleep = sleep or self._wait
         self._pace = pace
@@ -248,9 +255,9 @@ class MollifierDrainer:
         while remaining > 0 and not self._stopping.is_set() and not self._settler.broker_unavailable:
             # Wait for a few free slots rather than one: fewer, larger pops (and acks).
             wanted = min(remaining, self._refill)
-            if not self._collect(pool, tick, until=self.concurrency - wanted):
+            if not self._collect(pool, tick, until=self.max_in_flight - wanted):
                 return False
-            limit = min(remaining, self.concurrency - pool.in_flight)
+            limit = min(remaining, self.max_in_flight - pool.in_flight)
             claim = self._claim(tick, limit)
             if claim is not None:
                 if claim.granted == 0:
@@ -297,7 +304,7 @@ class MollifierDrainer:
                 if self._pace is not None:
                     # What never reached the broker (a failure, an audited dual_write copy) gives
                     # its slot back at once.
-                    self._pace.release(
+                    self._pace.give_back(
                         [e.message_id for e, error in done if error is not None or e.mode == "dual_write"]
                     )
                 drained, failed = self._settler.settle(done)
@@ -315,7 +322,7 @@ class MollifierDrainer:
             logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
             tick.failed += 1
             return Claim(0, 0, "")
-        self._telemetry.record_outstanding(claim.in_use)
+        self._telemetry.record_outstanding(claim.in_use, budget=claim.budget)
         return claim
 
     def _bind(self, claim: Claim, entries: Sequence[BufferEntry]) -> None:

@@ -10,7 +10,7 @@ nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
@@ -40,6 +40,7 @@ class Housekeeping:
       max_expiries: Lease expiries after which an entry is dead-lettered; 0 for never.
       report_gauges: Reports the fleet's gauges instead of this process's depth (see
         :class:`~dramatiq_mollifier.drain.gauges.FleetGauges`). Defaults to None: the depth.
+      give_back: Frees the drain budget slots of reclaimed entries. Defaults to None (no budget).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class Housekeeping:
         reclaim_interval_ms: int,
         max_expiries: int,
         report_gauges: Callable[[], object] | None = None,
+        give_back: Callable[[Sequence[str]], object] | None = None,
     ) -> None:
         self._protocol = protocol
         self._buffer = buffer
@@ -58,6 +60,7 @@ class Housekeeping:
         self.reclaim_interval_ms = reclaim_interval_ms
         self.max_expiries = max_expiries
         self._report_gauges = report_gauges
+        self._give_back = give_back
         self._last_reclaim = float("-inf")
         self._last_depth = float("-inf")
 
@@ -82,6 +85,8 @@ class Housekeeping:
         except Exception:
             logger.warning("mollifier.drain_error reclaiming expired leases", exc_info=True)
             return
+        if self._give_back is not None and (reclaimed or dead):
+            self._give_back([*reclaimed, *dead])
         if dead:
             self._telemetry.record_drained(DrainResultKind.FAILED, len(dead))
             logger.error(

@@ -7,7 +7,15 @@ the buffer instead: at most ``max_outstanding`` drained messages may be in the b
 started by a worker, counted in Redis for every drainer of the fleet. A worker's
 :class:`~dramatiq_mollifier.Mollifier` gives a slot back as soon as it starts a drained message,
 so the drainer refills exactly as fast as the fleet consumes, and a quiet message waits behind
-at most ``max_outstanding`` of the burst's.
+at most the budget's worth of the burst.
+
+The budget adapts: it is :data:`MIN_OUTSTANDING` plus the fleet's consumption rate (drained
+messages started per second, counted as their slots are freed) times ``target_wait_ms``, at most
+``max_outstanding``. A fixed count would be either too small for a fast fleet (workers idle
+while the drainers refill) or too large for a slow one (a quiet message waits behind seconds of
+the burst); a count sized in time is right for both. The consumer side also wants the queue never
+empty: a Dramatiq consumer that finds its queue empty backs off (exponentially, up to its
+timeout) before it looks again.
 
 Each slot is a member of one sorted set, scored with a deadline: a message that never starts (it
 was lost from the broker, its queue purged) frees its slot when the deadline passes, so a leak
@@ -30,15 +38,34 @@ import redis
 from ..buffer.keys import KeySpace
 from ..settings import MollifierSettings
 
-__all__ = ["DEFAULT_MAX_OUTSTANDING", "DEFAULT_OUTSTANDING_TTL_MS", "Claim", "DrainPace", "pace_for"]
+__all__ = [
+    "DEFAULT_MAX_OUTSTANDING",
+    "DEFAULT_OUTSTANDING_TTL_MS",
+    "DEFAULT_TARGET_WAIT_MS",
+    "MIN_OUTSTANDING",
+    "RATE_WINDOW_MS",
+    "Claim",
+    "DrainPace",
+    "pace_for",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Drained messages the fleet may have waiting in the broker: a few batches for the workers to
-#: take while the drainer refills, and no more than a quiet message should wait behind.
-DEFAULT_MAX_OUTSTANDING = 100
+#: The budget's ceiling: drained messages the fleet may have waiting in the broker, whatever its
+#: consumption rate.
+DEFAULT_MAX_OUTSTANDING = 1_000
+#: How long a quiet message should wait behind drained ones, in ms: the budget is the fleet's
+#: consumption rate times this.
+DEFAULT_TARGET_WAIT_MS = 100
+#: The budget's floor (or the ceiling, if lower), added to the rate-sized part: slots for the
+#: messages on their way (popped, in a drainer's handlers) and those a consumer has prefetched,
+#: which a quiet message does not wait behind for long; all of the budget while the consumption
+#: rate is unknown, at the start of a burst or after the workers stalled.
+MIN_OUTSTANDING = 20
+#: The window over which the fleet's consumption rate is measured, in ms.
+RATE_WINDOW_MS = 100
 #: How long a drained message may sit in the broker unstarted before its slot is freed anyway.
-DEFAULT_OUTSTANDING_TTL_MS = 60_000
+DEFAULT_OUTSTANDING_TTL_MS = 10_000
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
 RELEASE_COOL_DOWN_MS = 1_000
@@ -55,6 +82,8 @@ class Claim(NamedTuple):
     granted: int
     in_use: int
     prefix: str
+    #: The budget the claim was held to (the adaptive one, or the ceiling).
+    budget: int = 0
 
 
 class DrainPace:
@@ -63,11 +92,14 @@ class DrainPace:
     Parameters:
       client: The buffer's Redis client.
       key_prefix: The buffer's key prefix.
-      max_outstanding: Drained messages waiting in the broker, fleet-wide, at most. Defaults to
-        :data:`DEFAULT_MAX_OUTSTANDING`.
+      max_outstanding: Drained messages waiting in the broker, fleet-wide, at most: the budget's
+        ceiling. Defaults to :data:`DEFAULT_MAX_OUTSTANDING`.
       outstanding_ttl_ms: How long a slot lives without its message starting. Defaults to
         :data:`DEFAULT_OUTSTANDING_TTL_MS`.
       rate_per_s: Drained messages per second, fleet-wide, at most. Defaults to 0: no cap.
+      target_wait_ms: The budget is :data:`MIN_OUTSTANDING` plus the fleet's consumption rate
+        (drained messages started per second, counted by :meth:`release`) times this, at most
+        ``max_outstanding``. Defaults to 0: the budget is ``max_outstanding``.
     """
 
     def __init__(
@@ -78,20 +110,27 @@ class DrainPace:
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
         outstanding_ttl_ms: int = DEFAULT_OUTSTANDING_TTL_MS,
         rate_per_s: int = 0,
+        target_wait_ms: int = 0,
     ) -> None:
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be at least 1, got {max_outstanding!r}")
-        if outstanding_ttl_ms < 1 or rate_per_s < 0:
-            raise ValueError("outstanding_ttl_ms must be positive and rate_per_s not negative")
+        if outstanding_ttl_ms < 1 or rate_per_s < 0 or target_wait_ms < 0:
+            raise ValueError(
+                "outstanding_ttl_ms must be positive, rate_per_s and target_wait_ms not negative"
+            )
         self.client = client
         self.max_outstanding = max_outstanding
         self.outstanding_ttl_ms = outstanding_ttl_ms
         self.rate_per_s = rate_per_s
+        self.target_wait_ms = target_wait_ms
+        self.min_outstanding = min(MIN_OUTSTANDING, max_outstanding)
         keys = KeySpace(key_prefix)
         self._outstanding = keys.outstanding
         self._rate = keys.drain_rate
+        self._consumed = keys.drain_consumed
         self._claim = _script(client, "claim")
         self._bind = _script(client, "bind")
+        self._free = _script(client, "free")
         self._token = f"~{uuid.uuid4().hex}:"
         self._claims = itertools.count(1)
         self._release_paused_until = 0.0
@@ -99,11 +138,20 @@ class DrainPace:
     def claim(self, wanted: int) -> Claim:
         """Take up to ``wanted`` slots (fewer when the budget or the rate says so)."""
         prefix = f"{self._token}{next(self._claims)}:"
-        granted, in_use = self._claim(
-            keys=(self._outstanding, self._rate),
-            args=(wanted, self.max_outstanding, prefix, self.outstanding_ttl_ms, self.rate_per_s),
+        granted, in_use, budget = self._claim(
+            keys=(self._outstanding, self._rate, self._consumed),
+            args=(
+                wanted,
+                self.max_outstanding,
+                prefix,
+                self.outstanding_ttl_ms,
+                self.rate_per_s,
+                self.target_wait_ms,
+                self.min_outstanding,
+                RATE_WINDOW_MS,
+            ),
         )
-        return Claim(int(granted), int(in_use), prefix)
+        return Claim(int(granted), int(in_use), prefix, int(budget))
 
     def bind(self, claim: Claim, message_ids: Sequence[str]) -> None:
         """Turn a claim's slots into ``message_ids`` (before they reach the broker); frees the rest."""
@@ -115,14 +163,27 @@ class DrainPace:
         )
 
     def release(self, message_ids: Sequence[str]) -> None:
-        """Give back the slots of messages a worker started (or that never reached the broker).
+        """Give back the slots of messages workers started, counting them in the consumption rate.
 
         Never raises: a slot that cannot be released now is freed by its deadline.
         """
+        self._give_back(message_ids, started=True)
+
+    def give_back(self, message_ids: Sequence[str]) -> None:
+        """Give back the slots of messages that never reached the broker (not counted as started).
+
+        Never raises, as :meth:`release`.
+        """
+        self._give_back(message_ids, started=False)
+
+    def _give_back(self, message_ids: Sequence[str], *, started: bool) -> None:
         if not message_ids or time.monotonic() < self._release_paused_until:
             return
         try:
-            self.client.zrem(self._outstanding, *message_ids)
+            if started:
+                self._free(keys=(self._outstanding, self._consumed), args=(RATE_WINDOW_MS, *message_ids))
+            else:
+                self.client.zrem(self._outstanding, *message_ids)
         except redis.RedisError as exc:
             self._release_paused_until = time.monotonic() + RELEASE_COOL_DOWN_MS / 1000
             logger.warning(
@@ -149,4 +210,5 @@ def pace_for(settings: MollifierSettings, client: redis.Redis) -> DrainPace | No
         max_outstanding=settings.drain_max_outstanding,
         outstanding_ttl_ms=settings.drain_outstanding_ttl_ms,
         rate_per_s=settings.drain_rate_limit_per_s,
+        target_wait_ms=settings.drain_target_wait_ms,
     )

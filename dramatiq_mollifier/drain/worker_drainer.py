@@ -84,6 +84,7 @@ class WorkerDrainer:
                     is_cancelled=cancelled,
                 ),
                 concurrency=settings.drain_concurrency,
+                max_in_flight=settings.drain_max_in_flight,
                 max_attempts=settings.drain_max_attempts,
                 retry_delay_ms=settings.drain_retry_delay_ms,
                 unknown_actor_grace_ms=settings.drain_unknown_actor_grace_ms,

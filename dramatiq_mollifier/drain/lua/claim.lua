@@ -10,20 +10,36 @@
 -- KEYS[1]  outstanding drained messages (sorted set: member = message id or placeholder,
 --          score = deadline in ms)
 -- KEYS[2]  the drain-rate bucket (hash: tokens, at_ms); only read when ARGV[5] > 0
+-- KEYS[3]  the fleet's consumption rate (see free.lua); only read when ARGV[6] > 0
 -- ARGV[1]  slots wanted
--- ARGV[2]  the budget: most members of KEYS[1]
+-- ARGV[2]  the most members of KEYS[1] (the budget's ceiling)
 -- ARGV[3]  the placeholder prefix of the caller (unique per drainer)
 -- ARGV[4]  how long a member lives, in ms
 -- ARGV[5]  the fleet-wide rate cap in messages per second; 0 for none
--- Returns {granted, in_use}: the slots granted (placeholders ARGV[3] .. 1..granted) and how many
--- members KEYS[1] held before this claim.
+-- ARGV[6]  the target wait in ms: the budget is ARGV[7] plus the consumption rate times it, at
+--          most ARGV[2]; 0 makes the budget ARGV[2]
+-- ARGV[7]  the budget's floor: slots for what is on its way (in drainers' hands, prefetched)
+-- ARGV[8]  the consumption rate's window, in ms (see free.lua)
+-- Returns {granted, in_use, budget}: the slots granted (placeholders ARGV[3] .. 1..granted), how
+-- many members KEYS[1] held before this claim, and the budget this claim was held to.
 
-local outstanding, bucket = KEYS[1], KEYS[2]
+local outstanding, bucket, consumed = KEYS[1], KEYS[2], KEYS[3]
 local wanted, budget, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local ttl_ms, rate = tonumber(ARGV[4]), tonumber(ARGV[5])
+local target_ms, floor, window_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', outstanding, '-inf', now)
+if target_ms > 0 then
+  local state = redis.call('HMGET', consumed, 'n', 'at_ms', 'rate')
+  local consumption = tonumber(state[3]) or 0
+  local at_ms = tonumber(state[2])
+  if at_ms and now - at_ms > 2 * window_ms then
+    -- No window closed lately: the workers slowed down (or stopped); believe the open window.
+    consumption = math.min(consumption, (tonumber(state[1]) or 0) * 1000 / (now - at_ms))
+  end
+  budget = math.min(budget, floor + math.ceil(consumption * target_ms / 1000))
+end
 local in_use = redis.call('ZCARD', outstanding)
 local granted = math.min(wanted, budget - in_use)
 if rate > 0 and granted > 0 then
@@ -37,7 +53,7 @@ if rate > 0 and granted > 0 then
   redis.call('PEXPIRE', bucket, 60000)
 end
 if granted <= 0 then
-  return {0, in_use}
+  return {0, in_use, budget}
 end
 local deadline = now + ttl_ms
 local args = {}
@@ -46,4 +62,4 @@ for i = 1, granted do
   args[#args + 1] = prefix .. i
 end
 redis.call('ZADD', outstanding, unpack(args))
-return {granted, in_use}
+return {granted, in_use, budget}
