@@ -10,7 +10,7 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules; each has ``register(subparsers)`` that sets ``func`` on its parser.
-COMMANDS = ("demo", "stats", "orgs", "failed", "drain")
+COMMANDS = ("demo", "stats", "orgs", "failed", "drain", "dashboard")
 
 
 EPILOG = """\
