@@ -75,7 +75,7 @@ def test_the_overview_shows_the_buffered_depth_and_follows_it_live(
         browser.get(f"{server.url}?token={TOKEN}")
         # The overview shows the depth the buffer holds
         assert text_of(browser, "depth") == "137"
-        assert text_of(browser, "tenants") == "2"
+        assert text_of(browser, "orgs") == "2"
         # And follows it without a reload: more is buffered, the page and its chart catch up
         fill(buffer, [("initech", "qa", 63)])
         wait_for(browser, lambda b: text_of(b, "depth") == "200", "the live depth")

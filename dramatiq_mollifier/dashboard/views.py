@@ -29,7 +29,7 @@ def _overview_json() -> dict[str, Any]:
     o = overview(s.buffer, s.settings, broker_depth=s.broker_depth, breaker_open=breaker_open)
     return {
         "depth": o.depth,
-        "tenants": o.tenants,
+        "orgs": o.orgs,
         "tripped": [{"org_id": t.org_id, "env_id": t.env_id} for t in o.tripped],
         "dead_letters": o.dead_letters,
         "outstanding": o.outstanding,

