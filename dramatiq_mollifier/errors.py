@@ -9,6 +9,7 @@ __all__ = [
     "BufferCapExceededError",
     "BufferUnavailableError",
     "CrashNotRetried",
+    "EntryCancelled",
     "MollifierConfigurationError",
     "MollifierError",
     "UndeliverableEntryError",
@@ -29,10 +30,11 @@ class BufferUnavailableError(MollifierError):
     """Redis could not be reached, timed out or answered garbage (wraps the redis-py error)."""
 
 
-class BufferCapExceededError(MollifierError):
+class BufferCapExceededError(MiddlewareError, MollifierError):
     """``send()`` of a tenant whose buffered messages are at their cap, under the ``reject``
     overflow policy (``MOLLIFIER_CAP_OVERFLOW=reject``). The message went nowhere: the caller
-    decides (retry later, report to its user).
+    decides (retry later, report to its user). A ``MiddlewareError``, so that Dramatiq lets it
+    out of ``before_enqueue`` to the caller of ``send()``.
     """
 
     def __init__(self, message: str, *, org_id: str, env_id: str, scope: str, limit: int) -> None:
@@ -67,6 +69,11 @@ class UnknownDestinationError(UndeliverableEntryError):
         super().__init__(message)
         #: The actor the entry is for.
         self.actor_name = actor_name
+
+
+class EntryCancelled(MollifierError):
+    """A drain handler found its entry cancelled (by an operator, or by a pending dramatiq-abort
+    abort) right before the broker write: the message was not enqueued, and never will be."""
 
 
 class WorkerCrashed(MiddlewareError, MollifierError):

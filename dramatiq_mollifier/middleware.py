@@ -18,10 +18,13 @@ from opentelemetry.metrics import MeterProvider
 
 from .breaker import CircuitBreaker
 from .buffer import MollifierBuffer
+from .buffer.health import warn_about_eviction
+from .buffer.rules import RulesView, read_rules
 from .drain.pace import pace_for
 from .gate import interception
 from .gate.cascade import OPT_OUT_OPTION, Gate, TenantResolver
 from .gate.flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
+from .gate.holds import TenantHolds
 from .models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, marker
 from .settings import MollifierSettings
 from .telemetry import FailOpenStage, Telemetry, ThrottledLog
@@ -87,6 +90,9 @@ class Mollifier(Middleware):
             on_error=self._flags_failed,
             breaker=self.breaker,
         )
+        buffer = self._buffer
+        #: The operator's pauses, caps and weights, re-read every 500 ms in the background.
+        self.rules = RulesView(lambda: read_rules(buffer.client, buffer.keys))
         self.gate = Gate(
             self.settings,
             backend=self._buffer,
@@ -94,7 +100,17 @@ class Mollifier(Middleware):
             runtime_enrolled=self.flags.enrolled,
             tenant=tenant,
             breaker=self.breaker,
+            holds=TenantHolds(
+                self.settings,
+                backend=buffer,
+                telemetry=self.telemetry,
+                rules=self.rules.current,
+                breaker=self.breaker,
+            ),
         )
+        if self._enabled:
+            self.rules.current()  # starts the background refresh: a pause holds from the first send
+            warn_about_eviction(buffer.client)
         self._worker_drainer: WorkerDrainer | None = None
         # The drain budget: workers give a slot back when they start a drained message.
         self._pace = pace_for(self.settings, self._buffer.client)
@@ -150,7 +166,7 @@ class Mollifier(Middleware):
             from .drain.worker_drainer import WorkerDrainer
 
             self._worker_drainer = WorkerDrainer(
-                settings=self.settings, buffer=self._buffer, telemetry=self.telemetry
+                settings=self.settings, buffer=self._buffer, telemetry=self.telemetry, rules=self.rules
             )
         self._worker_drainer.start(broker)
 

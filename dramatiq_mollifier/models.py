@@ -176,6 +176,8 @@ class TenantRow:
     #: Whether the org is enrolled (statically or by its runtime flag); None when unknown
     #: (the listing was built without settings).
     enrolled: bool | None
+    #: The cap in force for the whole org (its override, else the settings' per-org cap), or None.
+    org_cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

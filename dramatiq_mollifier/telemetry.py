@@ -42,6 +42,8 @@ class Outcome(str, enum.Enum):
     PASS_THROUGH = "pass_through"
     SHADOW_LOG = "shadow_log"
     MOLLIFY = "mollify"
+    #: The send raised ``BufferCapExceededError`` (cap overflow policy ``reject``).
+    REJECTED = "rejected"
 
 
 class Reason(str, enum.Enum):
@@ -69,6 +71,12 @@ class Reason(str, enum.Enum):
     DUPLICATE_ID = "duplicate_id"
     #: The circuit breaker was open: Redis was not called at all.
     BREAKER_OPEN = "fail_open_breaker"
+    #: The tenant is paused: buffered whatever its rate.
+    PAUSED = "paused"
+    # A tenant at its cap (``cap_overflow``): to the broker, refused, or dead-lettered.
+    CAP_PASS_THROUGH = "cap_pass_through"
+    CAP_REJECTED = "cap_rejected"
+    CAP_DEAD_LETTER = "cap_dead_letter"
 
 
 class FailOpenStage(str, enum.Enum):
@@ -88,6 +96,8 @@ class DrainResultKind(str, enum.Enum):
     ACKED = "acked"
     REQUEUED = "requeued"
     FAILED = "failed"
+    #: Cancelled by an operator (or a pending dramatiq-abort abort) after a drainer popped it.
+    CANCELLED = "cancelled"
 
 
 @cache
@@ -138,7 +148,23 @@ class Telemetry:
         self.depth = instruments.create_gauge(
             "mollifier.buffer.depth",
             unit="{message}",
-            description="QUEUED and DRAINING entries in the buffer, as last seen by a drainer.",
+            description="QUEUED and DRAINING entries in the buffer; reported once for the fleet.",
+        )
+        self.oldest_age = instruments.create_gauge(
+            "mollifier.buffer.oldest_age",
+            unit="ms",
+            description="Age of the oldest QUEUED entry (0 if none), reported once for the fleet.",
+        )
+        self.oldest_env_age = instruments.create_gauge(
+            "mollifier.buffer.oldest_env_age",
+            unit="ms",
+            description="Age of the oldest QUEUED entry of the few envs that waited longest, by rank "
+            "(1 = oldest); the envs are named in the mollifier.dwell log.",
+        )
+        self.dead_letters = instruments.create_gauge(
+            "mollifier.buffer.dead_letters",
+            unit="{message}",
+            description="FAILED entries kept in the buffer; reported once for the fleet.",
         )
         self.outstanding = instruments.create_gauge(
             "mollifier.drain.outstanding",
@@ -174,6 +200,13 @@ class Telemetry:
     def record_depth(self, depth: int) -> None:
         """Set the buffer depth gauge."""
         self.depth.set(depth)
+
+    def record_dwell(self, oldest_age_ms: int, env_ages_ms: list[int], dead_letters: int) -> None:
+        """Set the dwell gauges: the oldest entry's age, the oldest envs' by rank, dead letters."""
+        self.oldest_age.set(oldest_age_ms)
+        for rank, age_ms in enumerate(env_ages_ms, start=1):
+            self.oldest_env_age.set(age_ms, _attributes(rank=str(rank)))
+        self.dead_letters.set(dead_letters)
 
     def record_outstanding(self, in_use: int) -> None:
         """Set the drain budget gauge: drained messages in the broker, not yet started."""

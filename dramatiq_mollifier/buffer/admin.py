@@ -5,17 +5,28 @@ and dead-letter administration (list, retry, purge). The CLI and the demo read t
 from __future__ import annotations
 
 from datetime import datetime
+from typing import NamedTuple
 
 from ..models import BufferEntry, EntryStatus, Tenant
-from .codec import boundary, check_scope, entry_from_hash, text, texts, to_datetime
+from .codec import boundary, check_scope, entry_from_hash, last_error, text, texts, to_datetime
 from .core import BufferCore
 from .keys import DEPTH_TOTAL_FIELD, parse_tenant_tag
 from .scripts import run
 
-__all__ = ["BufferAdmin"]
+__all__ = ["BufferAdmin", "FailedPage"]
 
 _PURGE_BATCH = 500
 _OLDEST_WINDOW = 50
+
+
+class FailedPage(NamedTuple):
+    """The oldest dead letters, without their payloads (``payload`` is ``b""``)."""
+
+    entries: list[BufferEntry]
+    #: The size of each entry's payload, in bytes.
+    payload_bytes: list[int]
+    #: Dead letters matching the filter, listed or not.
+    total: int
 
 
 class BufferAdmin(BufferCore):
@@ -85,6 +96,71 @@ class BufferAdmin(BufferCore):
                     found.append((failed_at, entry))
         found.sort(key=lambda item: (item[0], item[1].message_id))
         return [entry for _, entry in found]
+
+    def failed_page(self, org_id: str | None = None, env_id: str | None = None, *, limit: int) -> FailedPage:
+        """The ``limit`` oldest dead letters and how many there are, reading only those entries
+        (and no payload): at most ``limit`` ids per env, then the fields of ``limit`` entries."""
+        check_scope(org_id, env_id)
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        keys = self.keys
+        with boundary("failed_page"):
+            tenants = self._failed_tenants(org_id, env_id)
+            pipe = self.client.pipeline(transaction=False)
+            for org, env in tenants:
+                pipe.zcard(keys.tenant(org, env).failed)
+                pipe.zrange(keys.tenant(org, env).failed, 0, limit - 1, withscores=True)
+            replies = pipe.execute()
+            total = sum(int(n) for n in replies[0::2])
+            members = sorted(
+                (float(score), text(member)) for pairs in replies[1::2] for member, score in pairs
+            )[:limit]
+            pipe = self.client.pipeline(transaction=False)
+            for _, message_id in members:
+                entry = keys.entry(message_id)
+                pipe.hmget(
+                    entry, "org", "env", "status", "attempts", "created_at_ms", "error_code", "error_message"
+                )
+                pipe.hstrlen(entry, "payload")
+            replies = pipe.execute()
+        entries, sizes = [], []
+        for (_, message_id), fields, size in zip(members, replies[0::2], replies[1::2], strict=True):
+            org, env, status, attempts, created_at_ms, code, message = fields
+            if status != b"FAILED":
+                continue  # expired (entry_ttl_s) or retried since it was listed
+            entries.append(
+                BufferEntry(
+                    message_id=message_id,
+                    org_id=text(org),
+                    env_id=text(env),
+                    payload=b"",
+                    status=EntryStatus.FAILED,
+                    attempts=int(attempts),
+                    created_at=to_datetime(created_at_ms),
+                    last_error=last_error(code, message),
+                )
+            )
+            sizes.append(int(size))
+        return FailedPage(entries, sizes, total)
+
+    def failed_counts(self, org_id: str | None = None) -> dict[tuple[str, str], int]:
+        """Dead letters per (org, env), counted without reading an entry."""
+        with boundary("failed_counts"):
+            tenants = self._failed_tenants(org_id, None)
+            pipe = self.client.pipeline(transaction=False)
+            for org, env in tenants:
+                pipe.zcard(self.keys.tenant(org, env).failed)
+            return {t: int(n) for t, n in zip(tenants, pipe.execute(), strict=True) if int(n)}
+
+    def failed_ids(self, org_id: str | None = None, env_id: str | None = None) -> list[str]:
+        """The ids of every dead letter (no entry read), oldest failure first within each env."""
+        check_scope(org_id, env_id)
+        with boundary("failed_ids"):
+            tenants = self._failed_tenants(org_id, env_id)
+            pipe = self.client.pipeline(transaction=False)
+            for org, env in tenants:
+                pipe.zrange(self.keys.tenant(org, env).failed, 0, -1)
+            return [text(member) for members in pipe.execute() for member in members]
 
     def depth(self, org_id: str | None = None, env_id: str | None = None) -> int:
         """QUEUED + DRAINING entries in total, of an org, or of an env (no keyspace scan)."""

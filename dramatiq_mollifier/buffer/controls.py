@@ -30,18 +30,33 @@ before checks right before its broker write and drops it (counted as ``cancelled
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 
+from ..errors import MollifierConfigurationError
 from ..models import MessageLookup, PausedTenant, TenantCap, TenantPage
 from ..settings import MollifierSettings
+from .codec import boundary, last_error, text, texts
+from .core import WRONG_TENANT, BufferCore
+from .listing import TENANT_SORTS, tenant_page
+from .rules import MAX_WEIGHT, parse_field, tenant_field
+from .scripts import run_pipelined, script_source
 
 __all__ = ["TENANT_SORTS", "TenantControls"]
 
-#: The orders :meth:`TenantControls.tenants` can sort by: org then env (default), depth
-#: (deepest first), oldest (oldest queued entry first).
-TENANT_SORTS = ("org", "depth", "oldest")
+# Queue ids cancelled per pipelined round trip by cancel_tenant.
+_CANCEL_BATCH = 500
+_STATES = {b"QUEUED": "queued", b"DRAINING": "draining", b"FAILED": "dead_lettered"}
+_LOOKUP_FIELDS = ("status", "org", "env", "attempts", "created_at_ms", "error_code", "error_message", "mode")
+
+
+def _check_tenant(org_id: str, env_id: str | None) -> None:
+    if not isinstance(org_id, str) or not org_id:
+        raise ValueError(f"expected a non-empty org id, got {org_id!r}")
+    if env_id is not None and (not isinstance(env_id, str) or not env_id):
+        raise ValueError(f"expected a non-empty env id or None, got {env_id!r}")
 
 
 class TenantControls:
@@ -53,63 +68,206 @@ class TenantControls:
       settings: The settings the fleet runs with, for the listing's ``enrolled`` and ``cap``
         columns (static enrolment, settings caps). Defaults to None: ``enrolled`` is None and
         only runtime caps show.
+
+    Redis errors are raised as :class:`~dramatiq_mollifier.errors.BufferUnavailableError`.
     """
 
     def __init__(
         self, client: redis.Redis, *, key_prefix: str = "mollifier", settings: MollifierSettings | None = None
     ) -> None:
-        raise NotImplementedError
+        if not key_prefix:
+            raise MollifierConfigurationError("key_prefix must not be empty")
+        self._core = BufferCore(client, key_prefix=key_prefix)
+        self.client = client
+        self.key_prefix = key_prefix
+        self.keys = self._core.keys
+        self.settings = settings
+        self._cancel_script = client.register_script(script_source("cancel"))
 
     # One message ----------------------------------------------------------------------------
     def lookup(self, message_id: str) -> MessageLookup:
         """Where ``message_id`` is: queued (with its 0-based position in its env's queue),
         draining, dead-lettered (with its error), or absent."""
-        raise NotImplementedError
+        with boundary("lookup"):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hmget(self.keys.entry(message_id), *_LOOKUP_FIELDS)
+            pipe.time()
+            fields, (seconds, micros) = pipe.execute()
+            status, org, env, attempts, created_at_ms, code, error_message, mode = fields
+            state = _STATES.get(status) if status is not None else None
+            if state is None or org is None or env is None:
+                return MessageLookup(message_id, "absent")
+            org_id, env_id = text(org), text(env)
+            position = None
+            if state == "queued":
+                found: Any = self.client.lpos(self.keys.tenant(org_id, env_id).queue, message_id)
+                position = int(found) if found is not None else None
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            return MessageLookup(
+                message_id,
+                state,
+                org_id=org_id,
+                env_id=env_id,
+                attempts=int(attempts or 0),
+                age_ms=max(0, now_ms - int(created_at_ms)) if created_at_ms is not None else None,
+                position=position,
+                error=last_error(code, error_message) if state == "dead_lettered" else None,
+                mode=text(mode) if mode is not None else None,
+            )
 
     def cancel(self, message_ids: Iterable[str]) -> int:
         """Remove buffered (QUEUED or DRAINING) messages; returns how many were buffered.
 
-        A DRAINING one never reaches the broker: its drainer checks before the broker write.
-        Dead letters are left alone (``failed purge`` deletes them).
+        A DRAINING one never reaches the broker: its drainer checks right before the broker
+        write. Dead letters and unknown ids are left alone (``failed purge`` deletes the former).
         """
-        raise NotImplementedError
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return 0
+        with boundary("cancel"):
+            tenants = self._core.tenants_of(ids)
+            present = [(mid, t) for mid, t in zip(ids, tenants, strict=True) if t is not None]
+            return self._cancel_known([(mid, org, env) for mid, (org, env) in present])
 
     def cancel_tenant(self, org_id: str, env_id: str | None = None) -> int:
-        """Cancel every buffered message of an env, or of every env of an org; how many."""
-        raise NotImplementedError
+        """Cancel every buffered message of an env, or of every env of an org; how many.
+
+        Messages sent meanwhile are buffered as usual: pause the tenant first to stop them.
+        """
+        _check_tenant(org_id, env_id)
+        cancelled = 0
+        with boundary("cancel_tenant"):
+            envs = (
+                [env_id]
+                if env_id is not None
+                else sorted(texts(self.client.smembers(self.keys.envs(org_id))))
+            )
+            for env in envs:
+                cancelled += self._cancel_queue(org_id, env)
+            cancelled += self._cancel_draining(org_id, env_id)
+        return cancelled
+
+    def _cancel_known(self, targets: Sequence[tuple[str, str, str]]) -> int:
+        """Cancel (id, org, env) entries in one pipelined round trip; how many were buffered."""
+        if not targets:
+            return 0
+        calls = [self._core.entry_op_call(mid, org, env, ()) for mid, org, env in targets]
+        answers = run_pipelined(self.client, self._cancel_script, calls)
+        cancelled = 0
+        for (message_id, _, _), answer in zip(targets, answers, strict=True):
+            result = int(answer)
+            if result == WRONG_TENANT:
+                result = self._core.entry_op(self._cancel_script, message_id, None, None, ())
+            cancelled += result == 1
+        return cancelled
+
+    def _cancel_queue(self, org_id: str, env_id: str) -> int:
+        queue = self.keys.tenant(org_id, env_id).queue
+        cancelled = kept = 0
+        while True:
+            ids = texts(self.client.lrange(queue, kept, kept + _CANCEL_BATCH - 1))
+            if not ids:
+                return cancelled
+            calls = [self._core.entry_op_call(mid, org_id, env_id, ()) for mid in ids]
+            answers = [int(a) for a in run_pipelined(self.client, self._cancel_script, calls)]
+            cancelled += answers.count(1)
+            # What stays in the queue (another tenant's id, a dead letter's stale reference) is
+            # stepped over; everything else left it.
+            kept += sum(answer not in (1, 2) for answer in answers)
+
+    def _cancel_draining(self, org_id: str, env_id: str | None) -> int:
+        """Cancel the tenant's DRAINING entries: the leases are few (in flight only)."""
+        ids = texts(self.client.zrange(self.keys.leases, 0, -1))
+        if not ids:
+            return 0
+        tags: Any = self.client.hmget(self.keys.depth, [f"lease:{mid}" for mid in ids])
+        targets = []
+        for message_id, tag in zip(ids, tags, strict=True):
+            if tag is None:
+                continue
+            field = parse_field(b"env:" + tag)
+            if field is None:
+                continue
+            org, env = field
+            if org == org_id and env is not None and (env_id is None or env == env_id):
+                targets.append((message_id, org, env))
+        return self._cancel_known(targets)
 
     # Pause ----------------------------------------------------------------------------------
     def pause(self, org_id: str, env_id: str | None = None) -> bool:
         """Hold an org (every env) or one env in the buffer: its new sends are buffered whatever
         their rate, and drainers skip it. False if it was already paused."""
-        raise NotImplementedError
+        _check_tenant(org_id, env_id)
+        with boundary("pause"):
+            seconds, micros = self.client.time()
+            now_ms = int(seconds) * 1000 + int(micros) // 1000
+            return bool(self.client.hsetnx(self.keys.paused, tenant_field(org_id, env_id), now_ms))
 
     def resume(self, org_id: str, env_id: str | None = None) -> bool:
         """Undo :meth:`pause`; False if it was not paused (an env of a paused org stays held)."""
-        raise NotImplementedError
+        _check_tenant(org_id, env_id)
+        with boundary("resume"):
+            return bool(self.client.hdel(self.keys.paused, tenant_field(org_id, env_id)))
 
     def paused(self) -> list[PausedTenant]:
         """Every pause in force, sorted by org then env (org-wide ones first)."""
-        raise NotImplementedError
+        with boundary("paused"):
+            raw: Any = self.client.hgetall(self.keys.paused)
+        found = []
+        for name, value in raw.items():
+            tenant = parse_field(name)
+            if tenant is not None:
+                found.append(PausedTenant(tenant[0], tenant[1], int(value)))
+        return sorted(found, key=lambda p: (p.org_id, p.env_id or "", p.env_id is not None))
 
     # Caps -----------------------------------------------------------------------------------
     def set_cap(self, org_id: str, env_id: str | None = None, *, limit: int | None) -> None:
         """Override the cap on buffered messages of an org (``env_id`` None) or an env;
-        ``limit=None`` removes the override (the settings' cap applies again)."""
-        raise NotImplementedError
+        ``limit=None`` removes the override (the settings' cap applies again). 0 buffers nothing:
+        every diverted send overflows."""
+        _check_tenant(org_id, env_id)
+        field = tenant_field(org_id, env_id)
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 1_000_000_000
+        ):
+            raise ValueError(f"limit must be an int from 0 to 1,000,000,000 or None, got {limit!r}")
+        with boundary("set_cap"):
+            if limit is None:
+                self.client.hdel(self.keys.caps, field)
+            else:
+                self.client.hset(self.keys.caps, field, limit)
 
     def caps(self) -> list[TenantCap]:
-        """Every runtime cap override, sorted by org then env."""
-        raise NotImplementedError
+        """Every runtime cap override, sorted by org then env (org-wide ones first)."""
+        with boundary("caps"):
+            raw: Any = self.client.hgetall(self.keys.caps)
+        found = []
+        for name, value in raw.items():
+            tenant = parse_field(name)
+            if tenant is not None:
+                found.append(TenantCap(tenant[0], tenant[1], int(value)))
+        return sorted(found, key=lambda c: (c.org_id, c.env_id or "", c.env_id is not None))
 
     # Weights --------------------------------------------------------------------------------
     def set_weight(self, org_id: str, weight: int | None) -> None:
-        """An org's share of the drain, relative to the default 1; None removes the override."""
-        raise NotImplementedError
+        """An org's share of the drain, relative to the default 1 (from 1 to 100); None removes
+        the override."""
+        _check_tenant(org_id, None)
+        if weight is not None and (
+            isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT
+        ):
+            raise ValueError(f"weight must be an int from 1 to {MAX_WEIGHT} or None, got {weight!r}")
+        with boundary("set_weight"):
+            if weight is None:
+                self.client.hdel(self.keys.weights, org_id)
+            else:
+                self.client.hset(self.keys.weights, org_id, weight)
 
     def weights(self) -> dict[str, int]:
         """Every weight override, org id to weight."""
-        raise NotImplementedError
+        with boundary("weights"):
+            raw = self.client.hgetall(self.keys.weights)
+        return {text(org): int(weight) for org, weight in sorted(raw.items())}
 
     # Listing --------------------------------------------------------------------------------
     def tenants(
@@ -118,8 +276,21 @@ class TenantControls:
         """One page of the envs with buffered work (and envs with a pause or cap of their own).
 
         ``filter`` keeps the envs whose org or env id contains it; ``sort`` is one of
-        :data:`TENANT_SORTS`. Reads the depth counters, the rule hashes and the tripped
-        registry, then the oldest entry of the page's envs only (of every env for
+        :data:`TENANT_SORTS`. Reads the depth counters, the rule hashes, the flags and the
+        tripped registry, then the oldest entry of the page's envs only (of every env for
         ``sort="oldest"``): never every entry.
         """
-        raise NotImplementedError
+        if offset < 0 or limit < 1:
+            raise ValueError(f"offset must be >= 0 and limit >= 1, got {offset} and {limit}")
+        if sort not in TENANT_SORTS:
+            raise ValueError(f"sort must be one of {TENANT_SORTS}, got {sort!r}")
+        with boundary("tenants"):
+            return tenant_page(
+                self.client, self.keys, self.settings, offset=offset, limit=limit, filter=filter, sort=sort
+            )
+
+    # For drainers ---------------------------------------------------------------------------
+    def is_cancelled(self, message_id: str) -> bool:
+        """Whether a popped entry was cancelled since (its hash is gone): one round trip."""
+        with boundary("is_cancelled"):
+            return not self.client.exists(self.keys.entry(message_id))

@@ -28,6 +28,11 @@ Key                             Type         Holds
                                              holds the env's score in ``{p}:tripped``
 ``{p}:tripped``                 sorted set   ``<tag>`` of tripped envs, score = a deadline no
                                              earlier than the hold marker's expiry (ms)
+``{p}:paused``                  hash         paused tenants: ``org:<org>`` or ``env:<tag>`` =
+                                             paused at (ms)
+``{p}:caps``                    hash         runtime caps: ``org:<org>`` or ``env:<tag>`` = limit
+``{p}:weights``                 hash         drain weights: ``<org>`` (raw) = weight
+``{p}:gauges:lease``            string       the process that reports the fleet's gauges (token)
 ==============================  ===========  ==========================================================
 
 Hash fields and sorted-set members are not keys, so they hold raw ids, and the scripts build
@@ -128,6 +133,13 @@ class KeySpace:
         self.depth = f"{prefix}:depth"
         self.failed_orgs = f"{prefix}:failed-orgs"
         self.tripped = f"{prefix}:tripped"
+        #: The operator's runtime rules (see ``rules.py``) and the fleet gauges' lease.
+        self.paused = f"{prefix}:paused"
+        self.caps = f"{prefix}:caps"
+        self.weights = f"{prefix}:weights"
+        self.gauges_lease = f"{prefix}:gauges:lease"
+        #: The runtime enrolment flags (``gate/flags.py`` names the same key).
+        self.org_flags = f"{prefix}:org-flags"
         #: Drained messages in the broker not yet started (the drain budget), and the rate bucket.
         self.outstanding = f"{prefix}:drain:outstanding"
         self.drain_rate = f"{prefix}:drain:rate"

@@ -35,10 +35,12 @@ __all__ = [
 #: Every script the buffer runs, by file name without ``.lua``.
 SCRIPT_NAMES = (
     "accept",
+    "accept_capped",
     "ack",
     "ack_draining",
     "evaluate_trip",
     "evaluate_trip_and_accept",
+    "cancel",
     "expired_leases",
     "fail",
     "pop",

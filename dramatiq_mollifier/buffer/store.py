@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 from redis.backoff import EqualJitterBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from ..errors import MollifierConfigurationError
@@ -21,7 +22,7 @@ from .admin import BufferAdmin
 from .codec import FAILURES, wrap
 from .controls import TenantControls
 from .core import DEFAULT_LEASE_MS
-from .scripts import force_command_path, run
+from .scripts import force_command_path, run, script_source
 
 __all__ = [
     "WRITE_MODES",
@@ -106,6 +107,7 @@ class MollifierBuffer(BufferAdmin):
         # (window_ms, threshold, hold_ms) -> those ARGV and the entry TTL, encoded once.
         self._trip_args: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
         self._controls: TenantControls | None = None
+        self._accept_capped: Script | None = None
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MollifierBuffer:
@@ -160,6 +162,49 @@ class MollifierBuffer(BufferAdmin):
             return bool(reply == 1)
         except FAILURES as exc:
             raise wrap("accept", exc) from exc
+
+    def accept_capped(
+        self,
+        message_id: str,
+        *,
+        org_id: str,
+        env_id: str,
+        payload: bytes,
+        env_cap: int | None,
+        org_cap: int | None,
+        dead_letter: bool,
+    ) -> int:
+        """:meth:`accept` under caps (see ``lua/accept_capped.lua``): 1 stored, 0 the id exists,
+        2 or 3 over the env's or the org's cap (not stored), 4 or 5 the same, dead-lettered."""
+        keys = self.keys
+        t = keys.tenant(org_id, env_id)
+        if self._accept_capped is None:
+            self._accept_capped = self.client.register_script(script_source("accept_capped"))
+        try:
+            return int(
+                run(
+                    self.client,
+                    self._accept_capped,
+                    8,
+                    keys.entry(message_id),
+                    *t.accept_keys,
+                    t.failed,
+                    t.failed_envs,
+                    keys.failed_orgs,
+                    message_id,
+                    *t.ids,
+                    payload,
+                    self.ttl_ms,
+                    self._mode_arg,
+                    -1 if env_cap is None else env_cap,
+                    -1 if org_cap is None else org_cap,
+                    1 if dead_letter else 0,
+                    f"the env's cap of {env_cap} buffered messages was reached",
+                    f"the org's cap of {org_cap} buffered messages was reached",
+                )
+            )
+        except FAILURES as exc:
+            raise wrap("accept_capped", exc) from exc
 
     def evaluate_trip(
         self, org_id: str, env_id: str, *, window_ms: int, threshold: int, hold_ms: int

@@ -10,7 +10,20 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 #: Subcommand modules; each has ``register(subparsers)`` that sets ``func`` on its parser.
-COMMANDS = ("demo", "stats", "orgs", "failed", "drain", "dashboard")
+COMMANDS = (
+    "demo",
+    "stats",
+    "tenants",
+    "show",
+    "cancel",
+    "pause",
+    "caps",
+    "weights",
+    "orgs",
+    "failed",
+    "drain",
+    "dashboard",
+)
 
 
 EPILOG = """\

@@ -50,7 +50,9 @@ def register(subparsers: Any) -> None:
     )
     _add_filters(listing)
     listing.add_argument("--limit", type=int, default=100, metavar="N", help="show at most N (default 100)")
-    listing.add_argument("--json", action="store_true", help="print one JSON document, every entry")
+    listing.add_argument(
+        "--json", action="store_true", help="print one JSON document (at most --limit entries)"
+    )
     common.add_connection_arguments(listing)
 
     retry = actions.add_parser(
@@ -82,7 +84,7 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", metavar="ENV", help="only this env of --org")
 
 
-def entry_json(entry: BufferEntry) -> dict[str, Any]:
+def entry_json(entry: BufferEntry, payload_bytes: int | None = None) -> dict[str, Any]:
     """An entry as JSON, without its payload (which may be binary and large)."""
     code, message = entry.last_error or (None, None)
     return {
@@ -93,7 +95,7 @@ def entry_json(entry: BufferEntry) -> dict[str, Any]:
         "created_at": entry.created_at.isoformat(),
         "error_code": code,
         "error_message": message,
-        "payload_bytes": len(entry.payload),
+        "payload_bytes": len(entry.payload) if payload_bytes is None else payload_bytes,
     }
 
 
@@ -103,9 +105,10 @@ def _shorten(text: str) -> str:
 
 
 def _list(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
-    entries = buffer.failed(args.org, args.env)
+    # Reads only the entries it prints, and none of their payloads.
+    entries, sizes, total = buffer.failed_page(args.org, args.env, limit=args.limit)
     if args.json:
-        common.print_json([entry_json(e) for e in entries])
+        common.print_json([entry_json(e, size) for e, size in zip(entries, sizes, strict=True)])
         return common.EXIT_OK
     if not entries:
         print("No dead letters.")
@@ -119,16 +122,16 @@ def _list(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
             e.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             _shorten(": ".join(e.last_error) if e.last_error else "-"),
         )
-        for e in entries[: args.limit]
+        for e in entries
     ]
     print(common.format_table(("MESSAGE ID", "ORG", "ENV", "ATTEMPTS", "CREATED (UTC)", "LAST ERROR"), rows))
-    if len(entries) > args.limit:
-        print(f"... and {len(entries) - args.limit:,} more (--limit, or --json for all)")
+    if total > len(entries):
+        print(f"... and {total - len(entries):,} more (--limit N to see more)")
     return common.EXIT_OK
 
 
 def _retry(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
-    ids = args.message_ids or [e.message_id for e in buffer.failed(args.org, args.env)]
+    ids = args.message_ids or buffer.failed_ids(args.org, args.env)
     retried = 0
     unknown = []
     for message_id in ids:

@@ -12,7 +12,8 @@ from . import common
 
 DESCRIPTION = """\
 Show what the mollifier's buffer holds: buffered messages (QUEUED and DRAINING) and the age of
-the oldest per org and env, the envs whose trip marker is live now, and the dead letters
+the oldest per org and env, the envs whose trip marker is live now, the paused orgs and envs
+(see 'dramatiq-mollifier pause'), and the dead letters
 (FAILED entries; see 'dramatiq-mollifier failed')."""
 
 EPILOG = f"""\
@@ -43,6 +44,8 @@ def collect(buffer: MollifierBuffer, client: redis.Redis, org_id: str | None = N
     """The numbers ``stats`` prints, as a JSON-ready dict. Ages use the Redis server's clock."""
     seconds, micros = client.time()
     now_ms = seconds * 1000 + micros // 1000
+    paused = [p for p in buffer.controls.paused() if org_id is None or p.org_id == org_id]
+    held = {(p.org_id, p.env_id) for p in paused}
     envs = []
     for org in [org_id] if org_id is not None else buffer.orgs():
         for env in buffer.envs(org):
@@ -52,15 +55,13 @@ def collect(buffer: MollifierBuffer, client: redis.Redis, org_id: str | None = N
                     "org_id": org,
                     "env_id": env,
                     "depth": buffer.depth(org, env),
+                    "paused": (org, None) in held or (org, env) in held,
                     "oldest_age_ms": None
                     if oldest is None
                     else max(0, now_ms - int(oldest.timestamp() * 1000)),
                 }
             )
-    failed_by_env: dict[tuple[str, str], int] = {}
-    for entry in buffer.failed(org_id):
-        key = (entry.org_id, entry.env_id)
-        failed_by_env[key] = failed_by_env.get(key, 0) + 1
+    failed_by_env = buffer.failed_counts(org_id)
     return {
         "org_id": org_id,
         "depth": buffer.depth(org_id),
@@ -70,6 +71,7 @@ def collect(buffer: MollifierBuffer, client: redis.Redis, org_id: str | None = N
             for t in buffer.tripped()
             if org_id is None or t.org_id == org_id
         ],
+        "paused": [{"org_id": p.org_id, "env_id": p.env_id} for p in paused],
         "failed": sum(failed_by_env.values()),
         "failed_by_env": [
             {"org_id": org, "env_id": env, "count": count}
@@ -97,11 +99,25 @@ def render(stats: dict[str, Any], *, where: str) -> str:
     lines = [f"Buffer{scope} at {where}", f"  buffered messages: {stats['depth']:,}"]
     if stats["envs"]:
         rows: list[tuple[object, ...]] = [
-            (e["org_id"], e["env_id"], e["depth"], format_age(e["oldest_age_ms"])) for e in stats["envs"]
+            (
+                e["org_id"],
+                e["env_id"],
+                e["depth"],
+                format_age(e["oldest_age_ms"]),
+                "paused" if e["paused"] else "",
+            )
+            for e in stats["envs"]
         ]
-        lines += ["", common.format_table(("ORG", "ENV", "DEPTH", "OLDEST"), rows)]
+        lines += ["", common.format_table(("ORG", "ENV", "DEPTH", "OLDEST", "STATE"), rows)]
     tripped = ", ".join(f"{t['org_id']}/{t['env_id']}" for t in stats["tripped"]) or "none"
-    lines += ["", f"Tripped now: {tripped}", f"Dead letters: {stats['failed']:,}"]
+    paused = (
+        ", ".join(
+            f"{p['org_id']}/{p['env_id']}" if p["env_id"] else f"{p['org_id']} (every env)"
+            for p in stats["paused"]
+        )
+        or "none"
+    )
+    lines += ["", f"Tripped now: {tripped}", f"Paused: {paused}", f"Dead letters: {stats['failed']:,}"]
     if stats["failed_by_env"]:
         rows = [(f["org_id"], f["env_id"], f["count"]) for f in stats["failed_by_env"]]
         lines += ["", common.format_table(("ORG", "ENV", "FAILED"), rows)]

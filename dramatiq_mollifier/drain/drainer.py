@@ -1,15 +1,15 @@
 """``MollifierDrainer``: puts buffered messages back on the broker, fairly.
 
-One tick (:meth:`MollifierDrainer.run_once`) reads a window of the orgs with queued work that
-slides by one org per tick, picks one env per org round-robin, pops up to a batch from
-each and runs the handler on a pool of daemon threads. Entries that were popped and are not yet
-acked, requeued or failed never outnumber the pool. :meth:`~MollifierDrainer.start` and
-:meth:`~MollifierDrainer.stop` run ticks in a background thread whose every sleep waits on one
-``threading.Event``, so ``stop`` wakes it at once.
+One tick (:meth:`MollifierDrainer.run_once`) reads a sliding window of the orgs with work, picks
+one env per org round-robin (weights: :mod:`.turns`), pops up to a batch from each and runs the
+handler on a pool of daemon threads; popped entries not yet settled never outnumber the pool.
+:meth:`~MollifierDrainer.start` and :meth:`~MollifierDrainer.stop` run ticks in a background
+thread whose every sleep waits on one ``threading.Event``, so ``stop`` wakes it at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -18,20 +18,20 @@ from typing import NamedTuple
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
+from ..buffer.rules import NO_RULES, TenantRules
 from ..models import BufferEntry
 from ..telemetry import Telemetry
-from .failures import RETRY_DELAY_MS
+from .failures import MAX_BACKOFF_MS, RETRY_DELAY_MS, backoff_ms
 from .handler_pool import Completion, DrainHandler, HandlerPool
 from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
 from .settling import UNKNOWN_ACTOR_GRACE_MS, Settler
+from .turns import WeightedTurn, runnable_envs
 
 __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer"]
 
 logger = logging.getLogger(__name__)
 
-#: The longest the loop waits after consecutive ticks that raised, in milliseconds.
-MAX_BACKOFF_MS = 5_000
 #: The most often a tick reclaims expired leases, in milliseconds (also capped at a quarter lease).
 RECLAIM_INTERVAL_MS = 1_000
 #: The wait after a tick that stopped because the drain budget was used up, in milliseconds.
@@ -53,12 +53,13 @@ class DrainResult(NamedTuple):
 class _Tick:
     """Counters of one tick."""
 
-    __slots__ = ("drained", "failed", "paced")
+    __slots__ = ("drained", "failed", "paced", "popped")
 
     def __init__(self) -> None:
         self.drained = 0
         self.failed = 0
         self.paced = False
+        self.popped = 0
 
 
 class MollifierDrainer:
@@ -88,6 +89,10 @@ class MollifierDrainer:
         Defaults to None: no budget, every popped entry goes to the handler at once.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
+      rules: The operator's rules (``RulesView.current``): paused tenants are skipped, weights
+        honoured (see :mod:`.turns`). Defaults to none.
+      gauges: Reports the fleet's gauges, called about once a second (``FleetGauges.report``).
+        Defaults to this drainer setting the depth gauge itself.
     """
 
     def __init__(
@@ -107,6 +112,8 @@ class MollifierDrainer:
         unknown_actor_grace_ms: int = UNKNOWN_ACTOR_GRACE_MS,
         pace: DrainPace | None = None,
         sleep: Callable[[int], object] | None = None,
+        rules: Callable[[], TenantRules] | None = None,
+        gauges: Callable[[], object] | None = None,
     ) -> None:
         for name, value in (
             ("concurrency", concurrency),
@@ -140,6 +147,9 @@ class MollifierDrainer:
         self._sleep = sleep or self._wait
         self._pace = pace
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
+        self._rules = rules
+        self._turn = WeightedTurn()
+        self._gauges = gauges
         self._pool: HandlerPool | None = None
         self._idle = True
         self._last_reclaim = float("-inf")
@@ -176,6 +186,7 @@ class MollifierDrainer:
         elif self._idle:
             # The sleep after an idle tick says nothing about how the handlers use the CPU.
             pool.parallelism.restart()
+        rules = self._rules() if self._rules is not None else NO_RULES
         try:
             orgs = self._rotation.pick_orgs(window)
             for org_id, envs in zip(orgs, self._buffer.envs_of(orgs), strict=True):
@@ -185,7 +196,9 @@ class MollifierDrainer:
                     logger.warning("mollifier.drain_error listing envs of org %r", org_id)
                     tick.failed += 1
                     continue
-                if envs and not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
+                runnable = runnable_envs(rules, org_id, envs)
+                visit = functools.partial(self._visit, pool, tick, org_id, runnable)
+                if runnable and not self._turn.take(org_id, rules.weight(org_id), visit):
                     break
                 if tick.paced:
                     # The budget ran out before this org got anything: it goes first next time.
@@ -195,6 +208,13 @@ class MollifierDrainer:
             self._collect(pool, tick, until=0)
             self._idle = tick.drained + tick.failed == 0 and not tick.paced
         return DrainResult(tick.drained, tick.failed, tick.paced)
+
+    def _visit(self, pool: HandlerPool, tick: _Tick, org_id: str, envs: list[str]) -> int | None:
+        """One env visit of a turn: entries popped, -1 if paced before any, None if abandoned."""
+        popped = tick.popped
+        if not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
+            return None
+        return -1 if tick.paced else tick.popped - popped
 
     def _drain_env(self, pool: HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
@@ -223,6 +243,7 @@ class MollifierDrainer:
             if entries is None:
                 return True
             pool.submit(entries)
+            tick.popped += len(entries)
             if len(entries) < limit:
                 return True
             remaining -= len(entries)
@@ -296,6 +317,9 @@ class MollifierDrainer:
         if (now - self._last_depth) * 1000 < DEPTH_INTERVAL_MS:
             return
         self._last_depth = now
+        if self._gauges is not None:
+            self._gauges()
+            return
         try:
             self._telemetry.record_depth(self._inspect.depth())
         except Exception:
@@ -374,10 +398,3 @@ class MollifierDrainer:
                 self._sleep(PACE_WAIT_MS)
             elif result.drained == 0:
                 self._sleep(self.poll_interval_ms)
-
-
-def backoff_ms(poll_interval_ms: int, failures: int) -> int:
-    """The wait after ``failures`` consecutive raising ticks: poll interval doubling, 5 s at most."""
-    if failures < 1:
-        return poll_interval_ms
-    return min(MAX_BACKOFF_MS, poll_interval_ms << min(failures - 1, 32))

@@ -10,7 +10,10 @@ from __future__ import annotations
 import redis
 from dramatiq.errors import BrokerConnectionError
 
-__all__ = ["is_unavailable", "retry_delay_ms"]
+__all__ = ["MAX_BACKOFF_MS", "backoff_ms", "is_unavailable", "retry_delay_ms"]
+
+#: The longest the drainer's loop waits after consecutive ticks that raised, in milliseconds.
+MAX_BACKOFF_MS = 5_000
 
 #: The first wait before a failed entry is tried again, in milliseconds; doubled per attempt.
 RETRY_DELAY_MS = 1_000
@@ -55,3 +58,10 @@ def is_unavailable(error: BaseException) -> bool:
 def retry_delay_ms(base_ms: int, attempts: int, cap_ms: int) -> int:
     """The wait before attempt ``attempts + 1`` of an entry: ``base_ms`` doubling, ``cap_ms`` at most."""
     return min(cap_ms, base_ms << min(max(attempts, 0), 20))
+
+
+def backoff_ms(poll_interval_ms: int, failures: int) -> int:
+    """The wait after ``failures`` consecutive raising ticks: poll interval doubling, 5 s at most."""
+    if failures < 1:
+        return poll_interval_ms
+    return min(MAX_BACKOFF_MS, poll_interval_ms << min(failures - 1, 32))

@@ -15,14 +15,16 @@ declare it, so the drainer retries it for a grace period first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
 from dramatiq.errors import ActorNotFound
 
-from ..errors import UndeliverableEntryError, UnknownDestinationError
+from ..errors import EntryCancelled, UndeliverableEntryError, UnknownDestinationError
 from ..models import STATE_DRAINED, BufferEntry, marker
 from ..settings import MollifierMode
+from .abort import pending_abort_check
 from .drainer import DrainHandler
 
 __all__ = ["decode_entry", "make_drain_handler"]
@@ -39,13 +41,22 @@ def decode_entry(entry: BufferEntry) -> dramatiq.Message[Any]:
 
 
 def make_drain_handler(
-    broker: dramatiq.Broker, *, mode: MollifierMode = MollifierMode.DIVERT
+    broker: dramatiq.Broker,
+    *,
+    mode: MollifierMode = MollifierMode.DIVERT,
+    is_cancelled: Callable[[str], bool] | None = None,
 ) -> DrainHandler:
     """The handler that treats each entry by the mode that wrote it: re-enqueue on ``broker``
     (divert) or audit only (dual_write). ``mode`` is for entries that do not say (written by an
     older version): a fleet that mixes modes during a rollout loses and duplicates nothing.
+
+    ``is_cancelled`` (the buffer's ``controls.is_cancelled``) is asked right before each broker
+    write: a message an operator cancelled after the pop raises :class:`EntryCancelled` instead
+    of reaching the broker. So does one with a pending dramatiq-abort abort, when the broker has
+    the ``Abortable`` middleware.
     """
     default_audits = mode is MollifierMode.DUAL_WRITE
+    aborted = pending_abort_check(broker)
 
     def handle(entry: BufferEntry) -> None:
         if entry.mode == MollifierMode.DUAL_WRITE.value or (entry.mode is None and default_audits):
@@ -69,6 +80,11 @@ def make_drain_handler(
                 "which this broker does not declare",
                 actor_name=message.actor_name,
             )
+        # Cancel wins over a drain that popped the entry a moment before: checked last thing.
+        if aborted is not None and aborted(message):
+            raise EntryCancelled(f"buffered message {entry.message_id!r} has a pending abort")
+        if is_cancelled is not None and is_cancelled(entry.message_id):
+            raise EntryCancelled(f"buffered message {entry.message_id!r} was cancelled")
         broker.enqueue(message.copy(options=marker(STATE_DRAINED, message.message_id)))
 
     return handle

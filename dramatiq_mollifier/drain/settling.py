@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from ..buffer.drain_protocol import DrainProtocol
-from ..errors import BrokerUnavailableError, UndeliverableEntryError, UnknownDestinationError
+from ..errors import BrokerUnavailableError, EntryCancelled, UndeliverableEntryError, UnknownDestinationError
 from ..models import BufferEntry
 from ..telemetry import DrainResultKind, Telemetry
 from .failures import RETRY_DELAY_MS, is_unavailable, retry_delay_ms
@@ -83,15 +83,19 @@ class Settler:
         failed = 0
         succeeded: list[BufferEntry] = []
         not_started: list[BufferEntry] = []
+        cancelled: list[BufferEntry] = []
         for entry, error in batch:
             if error is None:
                 succeeded.append(entry)
             elif isinstance(error, NotStarted):
                 not_started.append(entry)
+            elif isinstance(error, EntryCancelled):
+                cancelled.append(entry)
             else:
                 self._settle_failure(entry, error)
                 failed += 1
         self.release(not_started)
+        self.drop_cancelled(cancelled)
         if not succeeded:
             return 0, failed
         try:
@@ -112,6 +116,9 @@ class Settler:
         if isinstance(error, NotStarted):
             self.release([entry])
             return
+        if isinstance(error, EntryCancelled):
+            self.drop_cancelled([entry])
+            return
         try:
             if error is None:
                 self._buffer.ack(entry.message_id, org_id=entry.org_id, env_id=entry.env_id)
@@ -121,6 +128,29 @@ class Settler:
         except Exception:
             logger.warning(
                 "mollifier.drain_error settling %r after shutdown", entry.message_id, exc_info=True
+            )
+
+    def drop_cancelled(self, entries: Sequence[BufferEntry]) -> None:
+        """Count entries cancelled before their broker write, and remove what is left of them
+        (an operator's cancel removed them already; a pending abort did not)."""
+        if not entries:
+            return
+        for entry in entries:
+            logger.info(
+                "mollifier.cancelled message_id=%r org_id=%r env_id=%r: not enqueued",
+                entry.message_id,
+                entry.org_id,
+                entry.env_id,
+            )
+        self._telemetry.record_drained(DrainResultKind.CANCELLED, len(entries))
+        try:
+            self._buffer.ack_entries(entries)
+        except Exception:
+            logger.warning(
+                "mollifier.drain_error removing %d cancelled entries (they stay DRAINING until "
+                "their lease expires)",
+                len(entries),
+                exc_info=True,
             )
 
     def check_broker(self) -> None:

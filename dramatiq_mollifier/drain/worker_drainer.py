@@ -17,9 +17,11 @@ import logging
 import dramatiq
 
 from ..buffer import MollifierBuffer
+from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
 from .drainer import MollifierDrainer
+from .gauges import FleetGauges
 from .handler import make_drain_handler
 from .pace import pace_for
 
@@ -36,12 +38,21 @@ class WorkerDrainer:
         ``drain_shutdown_timeout_ms`` bounds :meth:`stop`.
       buffer: The buffer to drain.
       telemetry: Where drain metrics go.
+      rules: The operator's pauses and weights. Defaults to a view of its own on ``buffer``.
     """
 
-    def __init__(self, *, settings: MollifierSettings, buffer: MollifierBuffer, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        *,
+        settings: MollifierSettings,
+        buffer: MollifierBuffer,
+        telemetry: Telemetry,
+        rules: RulesView | None = None,
+    ) -> None:
         self.settings = settings
         self.buffer = buffer
         self.telemetry = telemetry
+        self.rules = rules or RulesView(lambda: read_rules(buffer.client, buffer.keys))
         self._drainer: MollifierDrainer | None = None
 
     @property
@@ -57,7 +68,9 @@ class WorkerDrainer:
         if self._drainer is None:
             self._drainer = MollifierDrainer(
                 self.buffer,
-                make_drain_handler(broker, mode=settings.mode),
+                make_drain_handler(
+                    broker, mode=settings.mode, is_cancelled=self.buffer.controls.is_cancelled
+                ),
                 concurrency=settings.drain_concurrency,
                 max_attempts=settings.drain_max_attempts,
                 retry_delay_ms=settings.drain_retry_delay_ms,
@@ -66,6 +79,8 @@ class WorkerDrainer:
                 poll_interval_ms=settings.drain_poll_interval_ms,
                 batch_size=settings.drain_batch_size,
                 telemetry=self.telemetry,
+                rules=self.rules.current,
+                gauges=FleetGauges(self.buffer, self.telemetry).report,
                 # Audits (dual_write) never reach the broker: nothing to pace.
                 pace=pace_for(settings, self.buffer.client)
                 if settings.mode is MollifierMode.DIVERT

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import dramatiq
 
@@ -28,6 +28,9 @@ from ..models import (
 )
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
+
+if TYPE_CHECKING:
+    from .holds import TenantHolds, TenantLimits
 
 __all__ = ["OPT_OUT_OPTION", "Decision", "Gate", "GateBackend", "TenantResolver"]
 
@@ -126,6 +129,7 @@ class Gate:
       clock: Seconds from an arbitrary origin, for the trip hint. Defaults to ``time.monotonic``.
       breaker: Stops the Redis calls while Redis is unreachable or stalled; refused calls fail
         open at once (``fail_open{stage=breaker}``). Defaults to a breaker of the gate's own.
+      holds: Pauses and caps (:mod:`.holds`). Defaults to none.
     """
 
     def __init__(
@@ -138,8 +142,10 @@ class Gate:
         tenant: TenantResolver | None = None,
         clock: Callable[[], float] = time.monotonic,
         breaker: CircuitBreaker | None = None,
+        holds: TenantHolds | None = None,
     ) -> None:
         self._settings = settings
+        self._holds = holds
         self._breaker = breaker if breaker is not None else CircuitBreaker("gate")
         self._backend = backend
         self._telemetry = telemetry
@@ -193,6 +199,10 @@ class Gate:
         assert isinstance(tenant, Tenant)
         if not intercepted:
             return _BYPASS_UNINTERCEPTED
+        holds = self._holds
+        limits = holds.limits(tenant) if holds is not None else None
+        if holds is not None and limits is not None and limits.paused:
+            return holds.accept(message, tenant, limits, _BUFFER_ERROR)
         org_id = tenant.org_id
         enrolled = self._settings.org_enrolled_statically(org_id) or self._runtime_enrolled(org_id)
         if not enrolled and not self._settings.shadow_mode:
@@ -200,9 +210,9 @@ class Gate:
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
             return _BREAKER_OPEN[enrolled]
-        if enrolled and self._is_hot(tenant):
+        if enrolled and self._is_hot(tenant) and limits is None:
             return self._evaluate_and_accept(message, tenant)
-        return self._evaluate(message, tenant, enrolled)
+        return self._evaluate(message, tenant, enrolled, limits)
 
     def _resolve_tenant(self, message: dramatiq.Message[Any]) -> Tenant | object | None:
         if self._resolver is None:
@@ -247,7 +257,13 @@ class Gate:
             return _TENANT_FAILED
         return tenant
 
-    def _evaluate(self, message: dramatiq.Message[Any], tenant: Tenant, enrolled: bool) -> Decision:
+    def _evaluate(
+        self,
+        message: dramatiq.Message[Any],
+        tenant: Tenant,
+        enrolled: bool,
+        limits: TenantLimits | None = None,
+    ) -> Decision:
         """One round trip; a tripped enrolled env pays a second one for the write (first time only)."""
         try:
             trip = self._backend.evaluate_trip(
@@ -275,6 +291,8 @@ class Gate:
             )
             return _SHADOW_LOG
         self._heat(tenant)
+        if self._holds is not None and limits is not None:
+            return self._holds.accept(message, tenant, limits, _BUFFER_ERROR)
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
             return _BREAKER_OPEN[True]

@@ -1,0 +1,195 @@
+"""TenantControls against a real Redis: lookup in each state, cancel, pause, caps, weights."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from dramatiq_mollifier import MessageLookup, MollifierSettings, PausedTenant, TenantCap, TenantControls
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.buffer.rules import read_rules
+
+
+def fill(buffer: MollifierBuffer, org: str, env: str, count: int, start: int = 0) -> list[str]:
+    ids = [f"{org}-{env}-{n}" for n in range(start, start + count)]
+    for message_id in ids:
+        assert buffer.accept(message_id, org_id=org, env_id=env, payload=b"p-" + message_id.encode())
+    return ids
+
+
+def test_lookup_in_each_state(buffer: MollifierBuffer) -> None:
+    controls = buffer.controls
+    ids = fill(buffer, "acme", "prod", 3)
+    drain = DrainProtocol(buffer)
+
+    # Queued: its position in its env's queue, 0-based
+    third = controls.lookup(ids[2])
+    assert (third.state, third.org_id, third.env_id, third.position, third.attempts) == (
+        "queued",
+        "acme",
+        "prod",
+        2,
+        0,
+    )
+    assert third.age_ms is not None and 0 <= third.age_ms < 60_000
+    assert third.error is None and third.mode == "divert"
+
+    # Draining: popped under a lease, no position
+    (popped,) = drain.pop_many("acme", "prod", 1)
+    assert popped.message_id == ids[0]
+    found = controls.lookup(ids[0])
+    assert found == MessageLookup(
+        ids[0], "draining", org_id="acme", env_id="prod", attempts=0, age_ms=found.age_ms, mode="divert"
+    )
+    assert controls.lookup(ids[1]).position == 0
+
+    # Dead-lettered: with its error
+    assert drain.fail(ids[0], code="BoomError", message="it broke")
+    dead = controls.lookup(ids[0])
+    assert (dead.state, dead.error, dead.position) == ("dead_lettered", ("BoomError", "it broke"), None)
+
+    # Absent
+    assert controls.lookup("never-sent") == MessageLookup("never-sent", "absent")
+
+
+def test_cancel_by_id_removes_queued_and_draining_entries_and_leaves_dead_letters(
+    buffer: MollifierBuffer,
+) -> None:
+    controls = buffer.controls
+    ids = fill(buffer, "acme", "prod", 4)
+    drain = DrainProtocol(buffer)
+    (popped,) = drain.pop_many("acme", "prod", 1)
+    assert drain.fail(ids[3], code="E", message="m")
+
+    # ids[0] draining, ids[1] queued, ids[3] dead-lettered, one unknown
+    assert controls.cancel([popped.message_id, ids[1], ids[3], "unknown"]) == 2
+
+    assert [controls.lookup(i).state for i in ids] == ["absent", "absent", "queued", "dead_lettered"]
+    assert buffer.depth() == 1 and buffer.depth("acme", "prod") == 1
+    assert controls.lookup(ids[2]).position == 0
+    assert buffer.client.zcard(buffer.keys.leases) == 0
+    # The popped one's drainer finds it gone before its broker write
+    assert controls.is_cancelled(popped.message_id)
+    assert not controls.is_cancelled(ids[2])
+
+
+def test_cancel_an_env_then_an_org(buffer: MollifierBuffer) -> None:
+    controls = buffer.controls
+    fill(buffer, "acme", "prod", 1200)  # more than one cancel batch
+    fill(buffer, "acme", "dev", 5)
+    other = fill(buffer, "globex", "prod", 3)
+    drain = DrainProtocol(buffer)
+    drain.pop_many("acme", "dev", 2)
+
+    assert controls.cancel_tenant("acme", "prod") == 1200
+    assert buffer.depth("acme", "prod") == 0
+    assert buffer.envs("acme") == ["dev"]
+
+    assert controls.cancel_tenant("acme") == 5  # three queued, two draining
+    assert buffer.depth("acme") == 0
+    assert buffer.orgs() == ["globex"]
+    assert buffer.client.zcard(buffer.keys.leases) == 0
+    assert [controls.lookup(i).state for i in other] == ["queued"] * 3
+    assert buffer.depth() == 3
+
+
+def test_cancel_tenant_removes_references_whose_entry_vanished(buffer: MollifierBuffer) -> None:
+    ids = fill(buffer, "acme", "prod", 3)
+    buffer.client.delete(buffer.keys.entry(ids[1]))  # evicted, say
+
+    assert buffer.controls.cancel_tenant("acme", "prod") == 2
+    assert buffer.client.llen(buffer.keys.tenant("acme", "prod").queue) == 0
+    assert buffer.depth() == 0
+    assert buffer.orgs() == []
+
+
+def test_pause_and_resume_are_recorded_once_and_listed(buffer: MollifierBuffer) -> None:
+    controls = buffer.controls
+    assert controls.pause("acme")
+    assert not controls.pause("acme")
+    assert controls.pause("globex", "prod")
+    paused = controls.paused()
+    assert [(p.org_id, p.env_id) for p in paused] == [("acme", None), ("globex", "prod")]
+    assert all(isinstance(p, PausedTenant) and p.paused_at_ms > 1_600_000_000_000 for p in paused)
+
+    rules = read_rules(buffer.client, buffer.keys)
+    assert rules.is_paused("acme", "anything") and rules.org_paused("acme")
+    assert rules.is_paused("globex", "prod") and not rules.is_paused("globex", "dev")
+
+    assert controls.resume("acme")
+    assert not controls.resume("acme")
+    assert [(p.org_id, p.env_id) for p in controls.paused()] == [("globex", "prod")]
+    with pytest.raises(ValueError):
+        controls.pause("")
+
+
+def test_caps_and_weights_overrides_round_trip(buffer: MollifierBuffer) -> None:
+    controls = buffer.controls
+    controls.set_cap("acme", limit=100)
+    controls.set_cap("acme", "prod", limit=10)
+    controls.set_weight("acme", 3)
+    assert controls.caps() == [TenantCap("acme", None, 100), TenantCap("acme", "prod", 10)]
+    assert controls.weights() == {"acme": 3}
+    rules = read_rules(buffer.client, buffer.keys)
+    assert rules.limits("acme", "prod", None, None) == (10, 100)
+    assert rules.limits("acme", "dev", 7, None) == (7, 100)
+    assert rules.weight("acme") == 3 and rules.weight("globex") == 1
+
+    controls.set_cap("acme", "prod", limit=None)
+    controls.set_weight("acme", None)
+    assert controls.caps() == [TenantCap("acme", None, 100)]
+    assert controls.weights() == {}
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError):
+            controls.set_cap("acme", limit=bad)  # type: ignore[arg-type]
+    for bad_weight in (0, 101):
+        with pytest.raises(ValueError):
+            controls.set_weight("acme", bad_weight)
+
+
+def test_tenants_pages_rows_with_every_column(buffer: MollifierBuffer, key_prefix: str) -> None:
+    settings = MollifierSettings(enabled_orgs={"acme"}, key_prefix=key_prefix, cap_per_env=500)
+    controls = TenantControls(buffer.client, key_prefix=key_prefix, settings=settings)
+    fill(buffer, "acme", "prod", 5)
+    fill(buffer, "acme", "dev", 2)
+    fill(buffer, "globex", "prod", 9)
+    controls.pause("acme", "dev")
+    controls.set_cap("globex", limit=50)
+    controls.set_weight("globex", 2)
+    buffer.client.hset(buffer.keys.org_flags, "globex", "true")
+    buffer.evaluate_trip("globex", "prod", window_ms=60_000, threshold=0, hold_ms=60_000)
+
+    page = controls.tenants(limit=2)
+    assert page.total == 3 and (page.offset, page.limit) == (0, 2)
+    assert [(r.org_id, r.env_id, r.depth) for r in page.rows] == [("acme", "dev", 2), ("acme", "prod", 5)]
+    dev = page.rows[0]
+    assert dev.paused and not dev.tripped and dev.cap == 500 and dev.weight == 1 and dev.enrolled
+    assert dev.oldest_age_ms is not None
+
+    (globex,) = controls.tenants(offset=2, limit=2).rows
+    assert (globex.org_id, globex.tripped, globex.paused, globex.org_cap, globex.weight, globex.enrolled) == (
+        "globex",
+        True,
+        False,
+        50,
+        2,
+        True,
+    )
+    by_depth = controls.tenants(sort="depth")
+    assert [r.depth for r in by_depth.rows] == [9, 5, 2]
+    by_age = controls.tenants(sort="oldest")
+    assert (by_age.rows[0].org_id, by_age.rows[0].env_id) == ("acme", "prod")  # filled first
+    assert controls.tenants(filter="glob").total == 1
+    # Without settings: enrolment unknown
+    assert buffer.controls.tenants().rows[0].enrolled is None
+    with pytest.raises(ValueError):
+        controls.tenants(sort="size")
+
+
+def test_a_controls_call_raises_buffer_unavailable_when_redis_is_down(key_prefix: str) -> None:
+    from dramatiq_mollifier.errors import BufferUnavailableError
+
+    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    with pytest.raises(BufferUnavailableError):
+        TenantControls(client, key_prefix=key_prefix).lookup("x")

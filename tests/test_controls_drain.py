@@ -1,0 +1,295 @@
+"""Cancel, pause and weights where they matter: a real RedisBroker and a real Dramatiq worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage
+
+from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.rules import RulesView, read_rules
+from dramatiq_mollifier.drain.drainer import MollifierDrainer
+from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.models import BufferEntry
+from dramatiq_mollifier.telemetry import Telemetry
+
+from .mollifier_helpers import counts, eventually, metrics
+
+QUEUE = "work"
+
+
+class App:
+    """A RedisBroker with an actor that records (org, message id) of each message it processes."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.broker = RedisBroker(url=redis_url)
+        self.broker.add_middleware(CurrentMessage())
+        self.processed: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+        def record(n: int) -> None:
+            message = CurrentMessage.get_current_message()
+            assert message is not None
+            with self._lock:
+                self.processed.append((message.options["org_id"], message.message_id))
+
+        self.actor = dramatiq.actor(record, actor_name="record", queue_name=QUEUE, broker=self.broker)
+        self.worker: dramatiq.Worker | None = None
+
+    def message(self, org: str, env: str = "prod") -> dramatiq.Message[Any]:
+        return self.actor.message_with_options(args=(0,), org_id=org, env_id=env)
+
+    def start_worker(self, threads: int = 4) -> None:
+        self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)
+        self.worker.start()
+
+    def orgs(self) -> Counter[str]:
+        with self._lock:
+            return Counter(org for org, _ in self.processed)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        self.broker.close()
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[App]:
+    app = App(redis_url)
+    yield app
+    app.close()
+
+
+def seed(buffer: MollifierBuffer, app: App, org: str, count: int, env: str = "prod") -> list[str]:
+    ids = []
+    for _ in range(count):
+        message = app.message(org, env)
+        assert buffer.accept(message.message_id, org_id=org, env_id=env, payload=message.encode())
+        ids.append(message.message_id)
+    return ids
+
+
+def test_a_cancel_that_races_a_drain_wins_and_the_message_is_never_processed(
+    app: App, buffer: MollifierBuffer
+) -> None:
+    ids = seed(buffer, app, "acme", 20)
+    target = ids[5]
+    popped, cancelled = threading.Event(), threading.Event()
+    handler = make_drain_handler(app.broker, is_cancelled=buffer.controls.is_cancelled)
+
+    def racing(entry: BufferEntry) -> None:
+        if entry.message_id == target:
+            # The drainer popped it; the operator cancels it before the broker write.
+            popped.set()
+            assert cancelled.wait(10)
+        handler(entry)
+
+    provider, reader = metrics()
+    drainer = MollifierDrainer(
+        buffer, racing, concurrency=4, batch_size=5, poll_interval_ms=10, telemetry=Telemetry(provider)
+    )
+    app.start_worker()
+    drainer.start()
+    try:
+        assert popped.wait(10)
+        assert buffer.controls.lookup(target).state == "draining"
+        assert buffer.controls.cancel([target]) == 1
+        cancelled.set()
+        eventually(lambda: len(app.processed) >= 19, what="the other 19 to be processed")
+        eventually(lambda: buffer.depth() == 0, what="the buffer to empty")
+    finally:
+        drainer.stop()
+    processed = [mid for _, mid in app.processed]
+    assert target not in processed
+    assert sorted(processed) == sorted(i for i in ids if i != target)
+    drained = counts(reader, "mollifier.drained", "result")
+    assert drained[("cancelled",)] == 1 and drained[("acked",)] == 19
+    assert buffer.controls.lookup(target).state == "absent"
+
+
+def test_a_pending_dramatiq_abort_is_honoured_by_the_drainer(
+    app: App, buffer: MollifierBuffer, redis_url: str
+) -> None:
+    from dramatiq_abort import Abortable, abort
+    from dramatiq_abort.backends import RedisBackend
+
+    abortable = Abortable(backend=RedisBackend(client=redis.Redis.from_url(redis_url)))
+    app.broker.add_middleware(abortable)
+    ids = seed(buffer, app, "acme", 10)
+    abort(ids[3], middleware=abortable)
+    provider, reader = metrics()
+    handler = make_drain_handler(app.broker, is_cancelled=buffer.controls.is_cancelled)
+    drainer = MollifierDrainer(buffer, handler, poll_interval_ms=10, telemetry=Telemetry(provider))
+    app.start_worker()
+    drainer.start()
+    try:
+        eventually(lambda: len(app.processed) >= 9, what="the other 9 to be processed")
+        eventually(lambda: buffer.depth() == 0, what="the buffer to empty")
+    finally:
+        drainer.stop()
+    assert ids[3] not in [mid for _, mid in app.processed]
+    assert len(app.processed) == 9
+    assert counts(reader, "mollifier.drained", "result")[("cancelled",)] == 1
+    assert buffer.controls.lookup(ids[3]).state == "absent"
+
+
+def test_a_paused_org_is_held_while_others_drain_then_resumed_with_nothing_lost(
+    app: App, buffer: MollifierBuffer, redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    # A worker with the Mollifier draining, as deployed
+    settings = MollifierSettings(
+        enabled=True,
+        enabled_orgs={"*"},
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        drain_poll_interval_ms=20,
+        trip_threshold=1_000,
+    )
+    mollifier = Mollifier(settings, client=redis_client)
+    app.broker.add_middleware(mollifier)
+    held = seed(buffer, app, "paused-org", 50)
+    held_env = seed(buffer, app, "acme", 20, env="dev")
+    others = seed(buffer, app, "acme", 50) + seed(buffer, app, "globex", 50)
+    controls = buffer.controls
+    assert controls.pause("paused-org")
+    assert controls.pause("acme", "dev")
+    mollifier.rules.refresh()
+
+    app.start_worker()
+    eventually(lambda: len(app.processed) >= len(others), 20, "the other orgs to drain")
+    # Held: nothing of the paused org or env went out, nothing dead-lettered, all still queued
+    assert sorted(mid for _, mid in app.processed) == sorted(others)
+    assert buffer.depth("paused-org") == 50 and buffer.depth("acme", "dev") == 20
+    assert buffer.failed() == []
+    assert {controls.lookup(mid).state for mid in held + held_env} == {"queued"}
+
+    # A new send of the paused org is buffered too, whatever its rate (one send, far below it)
+    sent = app.actor.send_with_options(args=(0,), org_id="paused-org", env_id="prod")
+    assert controls.lookup(sent.message_id).state == "queued"
+
+    assert controls.resume("paused-org") and controls.resume("acme", "dev")
+    expected = sorted([*others, *held, *held_env, sent.message_id])
+    eventually(lambda: len(app.processed) >= len(expected), 20, "the resumed tenants to drain")
+    eventually(lambda: buffer.depth() == 0, what="the buffer to empty")
+    assert sorted(mid for _, mid in app.processed) == expected
+
+
+def test_a_pause_reaches_a_running_gate_within_a_second(
+    app: App, redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    settings = MollifierSettings(
+        enabled=True, enabled_orgs={"*"}, redis_url=redis_url, key_prefix=key_prefix, trip_threshold=1_000
+    )
+    mollifier = Mollifier(settings, client=redis_client)
+    app.broker.add_middleware(mollifier)
+    assert app.actor.send_with_options(args=(0,), org_id="acme").message_id
+    assert mollifier.buffer.depth() == 0
+
+    began = time.monotonic()
+    mollifier.buffer.controls.pause("acme")
+    eventually(lambda: mollifier.rules.current().org_paused("acme"), 2, "the pause to reach the gate")
+    elapsed = time.monotonic() - began
+    print(f"pause live at the gate after {elapsed * 1000:.0f} ms")
+    assert elapsed < 1.0
+    app.actor.send_with_options(args=(0,), org_id="acme")
+    assert mollifier.buffer.depth("acme") == 1
+
+
+def weighted_drain(app: App, buffer: MollifierBuffer, weights: dict[str, int]) -> MollifierDrainer:
+    view = RulesView(lambda: read_rules(buffer.client, buffer.keys))
+    for org, weight in weights.items():
+        buffer.controls.set_weight(org, weight)
+    view.refresh()
+    handler = make_drain_handler(app.broker)
+    return MollifierDrainer(
+        buffer, handler, concurrency=8, batch_size=10, poll_interval_ms=10, rules=view.current
+    )
+
+
+def share_while_all_busy(app: App, orgs: list[str], sizes: dict[str, int]) -> Counter[str]:
+    """Processed per org up to the moment the first org ran out."""
+    seen: Counter[str] = Counter()
+    for org, _ in app.processed:
+        seen[org] += 1
+        if seen[org] == sizes[org]:
+            break
+    return Counter({org: seen[org] for org in orgs})
+
+
+def test_a_weight_2_org_is_drained_at_twice_the_rate_of_weight_1_orgs(
+    app: App, buffer: MollifierBuffer
+) -> None:
+    sizes = {"heavy": 800, "a": 400, "b": 400}
+    for org, size in sizes.items():
+        seed(buffer, app, org, size)
+    drainer = weighted_drain(app, buffer, {"heavy": 2})
+    app.start_worker(threads=8)
+    drainer.start()
+    try:
+        eventually(lambda: len(app.processed) >= 1_600, 60, "the whole backlog to be processed")
+    finally:
+        drainer.stop()
+    share = share_while_all_busy(app, ["heavy", "a", "b"], sizes)
+    print(f"processed while all three had work: {dict(share)}")
+    for light in ("a", "b"):
+        ratio = share["heavy"] / share[light]
+        assert 1.8 <= ratio <= 2.2, (light, ratio)
+
+
+def test_weights_hold_under_the_fleet_drain_budget(
+    app: App, buffer: MollifierBuffer, redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    # The deployed path: the worker's own drainer, paced by a budget of 20 outstanding messages
+    sizes = {"heavy": 600, "a": 300, "b": 300}
+    for org, size in sizes.items():
+        seed(buffer, app, org, size)
+    buffer.controls.set_weight("heavy", 2)
+    settings = MollifierSettings(
+        enabled=True,
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        drain_poll_interval_ms=10,
+        drain_max_outstanding=20,
+        drain_batch_size=10,
+        drain_concurrency=8,
+    )
+    app.broker.add_middleware(Mollifier(settings, client=redis_client))
+    app.start_worker(threads=8)
+    eventually(lambda: len(app.processed) >= 1_200, 60, "the whole backlog to be processed")
+    share = share_while_all_busy(app, ["heavy", "a", "b"], sizes)
+    print(f"paced, processed while all three had work: {dict(share)}")
+    for light in ("a", "b"):
+        ratio = share["heavy"] / share[light]
+        assert 1.8 <= ratio <= 2.2, (light, ratio)
+
+
+def test_an_org_back_from_idle_gets_its_share_and_no_burst(app: App, buffer: MollifierBuffer) -> None:
+    for org in ("a", "b"):
+        seed(buffer, app, org, 300)
+    drainer = weighted_drain(app, buffer, {"late": 2})
+    app.start_worker(threads=8)
+    drainer.start()
+    try:
+        eventually(lambda: len(app.processed) >= 100, 30, "the drain to be under way")
+        # "late" (weight 2) was idle all along: its backlog arrives now
+        seed(buffer, app, "late", 300)
+        eventually(lambda: app.orgs()["late"] >= 120, 30, "the late org to be drained")
+    finally:
+        drainer.stop()
+    order = [org for org, _ in app.processed]
+    first = order.index("late")
+    window = order[first : first + 120]
+    share = Counter(window)
+    print(f"the first 120 after the idle org came back: {dict(share)}")
+    # Weight 2 of 4 in all: half of the window, never a burst beyond its share
+    assert share["late"] <= 0.5 * 120 * 1.1
+    assert share["late"] >= 0.5 * 120 * 0.9

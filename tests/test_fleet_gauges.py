@@ -1,0 +1,93 @@
+"""Dwell as a signal: the oldest entry's age (total and the oldest envs), dead letters and depth,
+reported once for the fleet by the process holding a short lease, read through the SDK's
+in-memory reader."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.drain.drainer import MollifierDrainer
+from dramatiq_mollifier.drain.gauges import FleetGauges
+from dramatiq_mollifier.telemetry import Telemetry
+
+from .mollifier_helpers import data_points, eventually, metrics
+
+
+def gauge(reader: InMemoryMetricReader, name: str) -> dict[Any, int]:
+    """The gauge's points by their ``rank`` attribute (None for none)."""
+    return {point.attributes.get("rank"): int(point.value) for _, point in data_points(reader, name)}
+
+
+def age(buffer: MollifierBuffer, message_id: str, age_ms: int) -> None:
+    """Make an entry look ``age_ms`` old."""
+    seconds, micros = buffer.client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    buffer.client.hset(buffer.keys.entry(message_id), "created_at_ms", now_ms - age_ms)
+
+
+def fill(buffer: MollifierBuffer) -> None:
+    for env, age_ms in (("a", 40_000), ("b", 30_000), ("c", 20_000), ("d", 10_000)):
+        for n in range(3):
+            buffer.accept(f"{env}{n}", org_id="acme", env_id=env, payload=b"x")
+        age(buffer, f"{env}0", age_ms)
+    drain = DrainProtocol(buffer)
+    for n in range(2):
+        buffer.accept(f"dead{n}", org_id="globex", env_id="prod", payload=b"x")
+        drain.pop("globex", "prod")
+        drain.fail(f"dead{n}", code="E", message="m")
+
+
+def test_the_lease_holder_reports_depth_dwell_and_dead_letters(buffer: MollifierBuffer) -> None:
+    fill(buffer)
+    provider, reader = metrics()
+    gauges = FleetGauges(buffer, Telemetry(provider))
+
+    assert gauges.report()
+
+    assert gauge(reader, "mollifier.buffer.depth") == {None: 12}
+    assert gauge(reader, "mollifier.buffer.dead_letters") == {None: 2}
+    (oldest,) = gauge(reader, "mollifier.buffer.oldest_age").values()
+    assert 40_000 <= oldest < 45_000
+    ranked = gauge(reader, "mollifier.buffer.oldest_env_age")
+    assert sorted(ranked) == ["1", "2", "3"]
+    assert 40_000 <= ranked["1"] < 45_000
+    assert 30_000 <= ranked["2"] < 35_000
+    assert 20_000 <= ranked["3"] < 25_000
+
+
+def test_only_one_process_reports_and_another_takes_over_when_it_stops(buffer: MollifierBuffer) -> None:
+    fill(buffer)
+    first_provider, first = metrics()
+    second_provider, second = metrics()
+    one = FleetGauges(buffer, Telemetry(first_provider), lease_ms=300)
+    other = FleetGauges(buffer, Telemetry(second_provider), lease_ms=300)
+
+    assert one.report()
+    assert not other.report()
+    assert gauge(first, "mollifier.buffer.depth") == {None: 12}
+    assert gauge(second, "mollifier.buffer.depth") == {}  # a dashboard summing processes sees 12
+
+    # The holder stops reporting (it died): the other takes over once the lease lapses
+    began = time.monotonic()
+    eventually(other.report, 3, "the other process to take the lease over")
+    assert time.monotonic() - began < 1.5
+    assert gauge(second, "mollifier.buffer.depth") == {None: 12}
+    assert not one.report()
+
+
+def test_the_drainer_reports_through_the_fleet_gauges(buffer: MollifierBuffer) -> None:
+    fill(buffer)
+    provider, reader = metrics()
+    telemetry = Telemetry(provider)
+    drainer = MollifierDrainer(
+        buffer, lambda entry: None, telemetry=telemetry, gauges=FleetGauges(buffer, telemetry).report
+    )
+    drainer.run_once()
+    (oldest,) = gauge(reader, "mollifier.buffer.oldest_age").values()
+    assert oldest >= 40_000
+    assert gauge(reader, "mollifier.buffer.dead_letters") == {None: 2}
