@@ -12,15 +12,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage
 
+from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.gate.flags import OrgFlags
 from dramatiq_mollifier.models import EntryStatus
 
 from .cli_helpers import dead_letter
 from .dashboard_helpers import TOKEN, fill, served
+from .mollifier_helpers import eventually
 from .servers import unavailable
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -159,3 +164,60 @@ def test_a_message_lookup_and_an_org_page(
         wait_for(browser, lambda b: "runtime flag on" in b.page_source, "the enrolment's message")
         assert OrgFlags(redis_client, key_prefix=key_prefix).all() == {"acme": True}
         screenshot(browser, "tenant")
+
+
+def test_pausing_from_the_page_holds_the_messages_and_resuming_releases_them(
+    browser: Any, buffer: MollifierBuffer, redis_client: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    # A worker with the Mollifier draining, as deployed, and two orgs' messages buffered
+    broker = RedisBroker(url=redis_url, namespace=f"{key_prefix}-broker")
+    broker.add_middleware(CurrentMessage())
+    settings = MollifierSettings(
+        enabled=True,
+        enabled_orgs={"*"},
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        drain_poll_interval_ms=20,
+    )
+    mollifier = Mollifier(settings, client=redis_client)
+    broker.add_middleware(mollifier)
+    processed: list[str] = []
+
+    def record() -> None:
+        message = CurrentMessage.get_current_message()
+        assert message is not None
+        processed.append(message.options["org_id"])
+
+    actor = dramatiq.actor(record, actor_name="record", queue_name="work", broker=broker)
+    for org in ("held-org", "other-org"):
+        for _ in range(30):
+            message = actor.message_with_options(org_id=org, env_id="prod")
+            assert buffer.accept(message.message_id, org_id=org, env_id="prod", payload=message.encode())
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
+    try:
+        with served(redis_client, redis_url, key_prefix) as server:
+            # When the operator pauses held-org from its page
+            browser.get(f"{server.url}tenant?org=held-org&token={TOKEN}")
+            browser.find_element(By.XPATH, "//button[text()='Pause org']").click()
+            wait_for(browser, lambda b: "Paused held-org" in b.page_source, "the pause's message")
+            assert text_of(browser, "org-paused") == "paused"
+            assert [(p.org_id, p.env_id) for p in buffer.controls.paused()] == [("held-org", None)]
+            screenshot(browser, "tenant-paused")
+
+            # Then a draining worker leaves its messages in Redis while the other org drains
+            mollifier.rules.refresh()  # what every process does by itself within a second
+            worker.start()
+            eventually(lambda: processed.count("other-org") == 30, 30, "the other org to drain")
+            assert "held-org" not in processed
+            assert buffer.depth("held-org") == 30
+            assert buffer.failed() == []
+
+            # And resuming it from the page releases them
+            browser.find_element(By.XPATH, "//button[text()='Resume org']").click()
+            wait_for(browser, lambda b: "Resumed held-org" in b.page_source, "the resume's message")
+            eventually(lambda: processed.count("held-org") == 30, 30, "the resumed org to drain")
+            eventually(lambda: buffer.depth() == 0, 10, "the buffer to empty")
+            assert len(processed) == 60
+    finally:
+        worker.stop()
+        broker.close()

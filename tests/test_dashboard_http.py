@@ -24,7 +24,6 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.dashboard import create_app, create_asgi_app
 from dramatiq_mollifier.dashboard.broker_depth import broker_depth_reader
-from dramatiq_mollifier.dashboard.controls import tenant_page
 from dramatiq_mollifier.dashboard.series import DepthSeries
 from dramatiq_mollifier.dashboard.serve import make_server
 from dramatiq_mollifier.models import EntryStatus
@@ -195,26 +194,35 @@ def test_the_asgi_app_serves_the_same_pages(buffer: MollifierBuffer, redis_url: 
     assert b'"depth":7' in body.replace(b" ", b"")
 
 
-def test_the_tenant_listing_filters_sorts_and_pages(
+def test_the_tenant_table_filters_sorts_and_pages(
     buffer: MollifierBuffer, redis_url: str, key_prefix: str
 ) -> None:
-    fill(buffer, [("acme", "prod", 5), ("acme", "dev", 1), ("globex", "prod", 9), ("initech", "qa", 3)])
-    settings = MollifierSettings(redis_url=redis_url, key_prefix=key_prefix)
+    fill(buffer, [(f"org-{n:03d}", "prod", 1 + n % 3) for n in range(120)])
+    fill(buffer, [("needle", "eu", 9)])
+    client = create_app(settings=MollifierSettings(redis_url=redis_url, key_prefix=key_prefix)).test_client()
 
-    def listing(**kwargs: Any) -> tuple[list[tuple[str, str, int]], int]:
-        options: dict[str, Any] = {"offset": 0, "limit": 10, "filter_text": "", "sort": "org", **kwargs}
-        page, _ = tenant_page(buffer, settings, **options)
-        return [(r.org_id, r.env_id, r.depth) for r in page.rows], page.total
+    def rows(query: str) -> tuple[list[tuple[str, str, str]], str]:
+        page = client.get(f"/tenants?{query}", environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_data(
+            as_text=True
+        )
+        found = re.findall(
+            r'<tr data-org="([^"]+)" data-env="([^"]+)">.*?<td class="num">([\d,]+)</td>', page, re.S
+        )
+        return found, page
 
-    assert listing() == (
-        [("acme", "dev", 1), ("acme", "prod", 5), ("globex", "prod", 9), ("initech", "qa", 3)],
-        4,
-    )
-    assert listing(sort="depth")[0][0] == ("globex", "prod", 9)
-    assert listing(sort="depth", offset=1, limit=2) == ([("acme", "prod", 5), ("initech", "qa", 3)], 4)
-    assert listing(filter_text="prod") == ([("acme", "prod", 5), ("globex", "prod", 9)], 2)
-    page, _ = tenant_page(buffer, settings, offset=0, limit=10, filter_text="initech", sort="org")
-    assert page.rows[0].oldest_age_ms is not None and page.rows[0].oldest_age_ms >= 0
+    first, page = rows("")
+    assert len(first) == 50
+    assert first[0] == ("needle", "eu", "9")  # org order: "needle" < "org-000"
+    assert [org for org, _, _ in first] == sorted(org for org, _, _ in first)
+    assert "page 1 of 3" in page
+    third, _ = rows("page=3")
+    assert len(third) == 21
+    by_depth, _ = rows("sort=depth")
+    assert by_depth[0] == ("needle", "eu", "9")
+    assert [int(depth) for _, _, depth in by_depth] == sorted((int(d) for _, _, d in by_depth), reverse=True)
+    filtered, page = rows("q=needle")
+    assert filtered == [("needle", "eu", "9")]
+    assert "1 env match" in page
 
 
 def test_the_chart_samples_buffer_and_broker_depth(

@@ -10,7 +10,6 @@ from flask import Blueprint, abort, flash, redirect, request
 from werkzeug.wrappers import Response
 
 from ..gate.flags import OrgFlags
-from . import controls
 from .app import state
 
 __all__ = ["blueprint"]
@@ -75,7 +74,7 @@ def retry() -> Response:
     ids = request.form.getlist("id")
     if not ids:
         org, env = _scope()
-        ids = [entry.message_id for entry in buffer.failed(org, env)]
+        ids = buffer.failed_ids(org, env)
     retried = sum(1 for message_id in ids if buffer.retry_failed(message_id))
     flash(f"Retried {retried:,} of {len(ids):,} dead letter(s): back in their queues.")
     return _back("views.dead_letters")
@@ -95,8 +94,11 @@ def pause() -> Response:
     org, env = _scope()
     if org is None:
         abort(400, "missing org")
-    controls.act(state().buffer, state().settings, lambda c: c.pause(org, env))
-    flash(f"Paused {org}{'/' + env if env else ''}: its messages stay in the buffer.")
+    name = f"{org}/{env}" if env else org
+    if state().controls.pause(org, env):
+        flash(f"Paused {name}: its messages stay in the buffer until it is resumed.")
+    else:
+        flash(f"{name} was already paused.")
     return _back()
 
 
@@ -105,8 +107,11 @@ def resume() -> Response:
     org, env = _scope()
     if org is None:
         abort(400, "missing org")
-    controls.act(state().buffer, state().settings, lambda c: c.resume(org, env))
-    flash(f"Resumed {org}{'/' + env if env else ''}.")
+    name = f"{org}/{env}" if env else org
+    if state().controls.resume(org, env):
+        flash(f"Resumed {name}: the drainer takes its messages again.")
+    else:
+        flash(f"{name} was not paused (an env of a paused org stays held until the org resumes).")
     return _back()
 
 
@@ -116,11 +121,11 @@ def cancel() -> Response:
     s = state()
     ids = [i for i in request.form.getlist("id") if i.strip()]
     if ids:
-        count = controls.act(s.buffer, s.settings, lambda c: c.cancel(ids))
+        count = s.controls.cancel(ids)
     else:
         org, env = _scope()
         if org is None:
             abort(400, "give message ids or an org")
-        count = controls.act(s.buffer, s.settings, lambda c: c.cancel_tenant(org, env))
+        count = s.controls.cancel_tenant(org, env)
     flash(f"Cancelled {count:,} buffered message(s).")
     return _back()

@@ -26,6 +26,7 @@ from flask import Flask, request
 
 from ..breaker import CircuitBreaker
 from ..buffer import MollifierBuffer
+from ..buffer.controls import TenantControls
 from ..settings import MollifierSettings
 from .broker_depth import broker_depth_reader
 from .security import Protection, csrf_token
@@ -42,6 +43,7 @@ class DashboardState:
     """What every view reads: the buffer, the settings, the access rules, the chart's series."""
 
     buffer: MollifierBuffer
+    controls: TenantControls
     settings: MollifierSettings
     protection: Protection
     series: DepthSeries
@@ -106,6 +108,7 @@ def create_app(
     )
     app.extensions[EXTENSION] = DashboardState(
         buffer=buffer,
+        controls=TenantControls(client, key_prefix=settings.key_prefix, settings=settings),
         settings=settings,
         protection=Protection(
             token=token, basic_auth=basic_auth, allow_remote_without_auth=allow_remote_without_auth

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template, request
 from werkzeug.wrappers import Response
 
-from . import controls
+from ..buffer.controls import TENANT_SORTS
 from .app import state
-from .data import SORT_KEYS, entry_summary, now_ms, overview, tenant_detail
+from .data import entry_summary, lookup_summary, now_ms, overview, tenant_detail
 
-__all__ = ["PAGE_SIZE", "blueprint"]
+__all__ = ["CONFIRMATIONS", "DEAD_LETTER_LIMIT", "PAGE_SIZE", "blueprint"]
 
 blueprint = Blueprint("views", __name__)
 
@@ -24,13 +23,18 @@ DEAD_LETTER_LIMIT = 200
 
 def _overview_json() -> dict[str, Any]:
     s = state()
-    breaker = s.breaker
-    breaker_open = (lambda: breaker.is_open) if breaker is not None else None
-    o = overview(s.buffer, s.settings, broker_depth=s.broker_depth, breaker_open=breaker_open)
+    o = overview(
+        s.buffer,
+        s.controls,
+        s.settings,
+        broker_depth=s.broker_depth() if s.broker_depth is not None else None,
+        breaker_open=s.breaker.is_open if s.breaker is not None else None,
+    )
     return {
         "depth": o.depth,
         "orgs": o.orgs,
         "tripped": [{"org_id": t.org_id, "env_id": t.env_id} for t in o.tripped],
+        "paused": o.paused,
         "dead_letters": o.dead_letters,
         "outstanding": o.outstanding,
         "max_outstanding": o.max_outstanding,
@@ -54,29 +58,20 @@ def api_overview() -> Response:
     return jsonify({**_overview_json(), "series": series})
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
+def _page_number() -> int:
     try:
-        value = int(request.args.get(name, default))
+        return min(max(int(request.args.get("page", 1)), 1), 1_000_000)
     except ValueError:
-        return default
-    return min(max(value, low), high)
+        return 1
 
 
 @blueprint.get("/tenants")
 def tenants() -> str:
-    s = state()
     sort = request.args.get("sort", "org")
-    sort = sort if sort in SORT_KEYS else "org"
-    filter_text = request.args.get("q", "")[:200]
-    page_number = _int_arg("page", 1, 1, 1_000_000)
-    page, missing = controls.tenant_page(
-        s.buffer,
-        s.settings,
-        offset=(page_number - 1) * PAGE_SIZE,
-        limit=PAGE_SIZE,
-        filter_text=filter_text,
-        sort=sort,  # type: ignore[arg-type]
-    )
+    sort = sort if sort in TENANT_SORTS else "org"
+    filter_text = request.args.get("q", "").strip()[:200]
+    page_number = _page_number()
+    page = state().controls.tenants((page_number - 1) * PAGE_SIZE, PAGE_SIZE, filter_text or None, sort)
     return render_template(
         "tenants.html",
         page=page,
@@ -84,50 +79,39 @@ def tenants() -> str:
         sort=sort,
         page_number=page_number,
         pages=max(1, -(-page.total // PAGE_SIZE)),
-        missing=missing,
     )
 
 
 @blueprint.get("/tenant")
 def tenant() -> str:
     s = state()
-    org = request.args.get("org", "")
-    detail = None
-    missing: list[str] = []
-    if org:
-        detail = tenant_detail(s.buffer, s.settings, org)
-        r = controls.reads(s.buffer, s.settings)
-        detail = replace(detail, envs=controls.overlay(r, detail.envs))
-        missing = r.missing
+    org = request.args.get("org", "").strip()
+    detail = tenant_detail(s.buffer, s.controls, s.settings, org) if org else None
     return render_template(
-        "tenant.html",
-        org=org,
-        d=detail,
-        now=now_ms(s.buffer.client),
-        entry_summary=entry_summary,
-        missing=missing,
+        "tenant.html", org=org, d=detail, now=now_ms(s.buffer.client), entry_summary=entry_summary
     )
 
 
 @blueprint.get("/lookup")
 def lookup() -> str:
-    s = state()
     message_id = request.args.get("id", "").strip()
-    found = controls.lookup(s.buffer, s.settings, message_id) if message_id else None
+    found = lookup_summary(state().controls.lookup(message_id)) if message_id else None
     return render_template("lookup.html", message_id=message_id, found=found)
 
 
 @blueprint.get("/dead-letters")
 def dead_letters() -> str:
     s = state()
-    org = request.args.get("org") or None
-    env = (request.args.get("env") or None) if org else None
-    entries = s.buffer.failed(org, env)
+    org = request.args.get("org", "").strip() or None
+    env = (request.args.get("env", "").strip() or None) if org else None
+    page = s.buffer.failed_page(org, env, limit=DEAD_LETTER_LIMIT)
     now = now_ms(s.buffer.client)
     return render_template(
         "dead_letters.html",
-        entries=[entry_summary(e, now) for e in entries[:DEAD_LETTER_LIMIT]],
-        total=len(entries),
+        entries=[
+            entry_summary(e, now, size) for e, size in zip(page.entries, page.payload_bytes, strict=True)
+        ],
+        total=page.total,
         org=org,
         env=env,
     )

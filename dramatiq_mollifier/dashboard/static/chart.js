@@ -43,7 +43,7 @@
         if (!d) return;
         draw(d.series);
         set("depth", fmt(d.depth)); set("orgs", fmt(d.orgs)); set("tripped-count", d.tripped.length);
-        set("dead-letters", fmt(d.dead_letters)); set("broker-depth", fmt(d.broker_depth));
+        set("dead-letters", fmt(d.dead_letters)); set("paused", d.paused); set("broker-depth", fmt(d.broker_depth));
         set("outstanding", fmt(d.outstanding) + " / " + fmt(d.max_outstanding));
       })
       .catch(function () {})
