@@ -26,6 +26,7 @@ from dramatiq_mollifier.dashboard import create_app, create_asgi_app
 from dramatiq_mollifier.dashboard.broker_depth import broker_depth_reader
 from dramatiq_mollifier.dashboard.series import DepthSeries
 from dramatiq_mollifier.dashboard.serve import make_server
+from dramatiq_mollifier.gate.flags import OrgFlags
 from dramatiq_mollifier.models import EntryStatus
 from dramatiq_mollifier.settings import MollifierSettings
 
@@ -123,6 +124,35 @@ def test_a_destructive_action_needs_its_confirmation(
             client.request("/actions/purge", {"org": "acme", "csrf_token": csrf, "confirm": "yes"})[0] == 303
         )
         assert buffer.failed() == []
+
+
+def test_cancel_and_disenrol_go_through_their_confirmation(
+    buffer: MollifierBuffer, redis_client: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    ids = fill(buffer, [("acme", "prod", 3), ("acme", "dev", 2)])
+    OrgFlags(redis_client, key_prefix=key_prefix).enable("acme")
+    with served(redis_client, redis_url, key_prefix) as server:
+        client = Client(server.url, {"Authorization": f"Bearer {TOKEN}"})
+        # The lookup shows where a message waits
+        status, page = client.request(f"/lookup?id={ids[1]}")
+        assert status == 200 and 'id="f-position">1<' in page and 'id="f-status">QUEUED<' in page
+        # Cancel one message: refused without the confirmation, done with it
+        status, page = client.request(f"/confirm?action=cancel&id={ids[1]}")
+        csrf = csrf_of(page)
+        assert client.request("/actions/cancel", {"id": ids[1], "csrf_token": csrf})[0] == 400
+        assert buffer.controls.lookup(ids[1]).state == "queued"
+        form = {"id": ids[1], "csrf_token": csrf, "confirm": "yes"}
+        assert client.request("/actions/cancel", form)[0] == 303
+        assert buffer.controls.lookup(ids[1]).state == "absent"
+        # Cancel a whole env
+        form = {"org": "acme", "env": "dev", "csrf_token": csrf, "confirm": "yes"}
+        assert client.request("/actions/cancel", form)[0] == 303
+        assert buffer.depth("acme", "dev") == 0 and buffer.depth("acme", "prod") == 2
+        # Disenrol needs the confirmation too
+        assert client.request("/actions/enrol", {"org": "acme", "value": "off", "csrf_token": csrf})[0] == 400
+        form = {"org": "acme", "value": "off", "csrf_token": csrf, "confirm": "yes"}
+        assert client.request("/actions/enrol", form)[0] == 303
+        assert OrgFlags(redis_client, key_prefix=key_prefix).all() == {"acme": False}
 
 
 def test_without_token_or_basic_auth_only_loopback_clients_are_served(
