@@ -104,9 +104,15 @@ def test_a_token_opens_a_session_once_and_leaves_the_address(
     with served(redis_client, redis_url, key_prefix) as server:
         browser = Client(server.url)
         assert browser.request(f"/tenants?token={'y' * 26}")[0] == 401
-        assert browser.request(f"/tenants?token={TOKEN}")[0] == 200
+        # The right token: a redirect to the same page without it
+        request = urllib.request.Request(f"{server.url}tenants?sort=depth&token={TOKEN}")
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            browser.opener.open(request, timeout=10)
+        assert redirect.value.code == 303
+        assert redirect.value.headers["Location"] == "/tenants?sort=depth"
+        redirect.value.close()
         # The session cookie now stands for the token
-        assert browser.request("/tenants")[0] == 200
+        assert browser.request("/tenants?sort=depth")[0] == 200
 
 
 def test_a_destructive_action_needs_its_confirmation(

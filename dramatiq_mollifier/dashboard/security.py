@@ -20,8 +20,9 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
-from flask import Request, abort, session
+from flask import Request, abort, redirect, session
 
 __all__ = ["CSRF_FIELD", "CSRF_HEADER", "Protection", "csrf_token", "is_loopback"]
 
@@ -95,7 +96,9 @@ class Protection:
                 return
             if request.method == "GET" and _same(request.args.get("token"), self.token):
                 session[_SESSION_AUTHED] = True
-                return
+                # Off the address bar, history and access logs: the session cookie stands for it.
+                query = urlencode([(k, v) for k, v in request.args.items(multi=True) if k != "token"])
+                abort(redirect(request.path + (f"?{query}" if query else ""), code=303))
         abort(401)
 
     def _basic_ok(self, header: str) -> bool:

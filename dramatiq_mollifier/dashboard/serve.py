@@ -33,6 +33,10 @@ def check_exposure(host: str, app: Flask) -> None:
         )
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def make_server(app: Flask, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> Any:
     """A waitress server for ``app``, bound but not yet serving (``.run()``, ``.close()``);
     port 0 picks a free one (``.effective_port``)."""
@@ -52,7 +56,7 @@ def serve(
     """Serve ``app`` until interrupted; ``on_ready`` gets the address once it listens."""
     server = make_server(app, host=host, port=port)
     if on_ready is not None:
-        on_ready(f"http://{host}:{server.effective_port}/")
+        on_ready(_url(host, server.effective_port))
     try:
         server.run()
     finally:
@@ -71,7 +75,7 @@ class BackgroundServer:
 
         self._app = app
         self._server = make_server(app, host=host, port=port)
-        self.url = f"http://{host}:{self._server.effective_port}/"
+        self.url = _url(host, self._server.effective_port)
         self._thread = threading.Thread(target=self._server.run, name="mollifier-dashboard", daemon=True)
         self._thread.start()
 
