@@ -329,3 +329,11 @@ def test_the_command_will_not_listen_beyond_loopback_without_auth(
     result = run_cli(capsys, "dashboard", "--host", "0.0.0.0", "--port", "0", "--redis-url", redis_url)
     assert result.code == 2
     assert "without a token or basic auth" in result.err
+
+
+def test_a_redis_outage_is_a_503_page_not_a_crash(refused_url: str) -> None:
+    client = redis.Redis.from_url(refused_url, socket_connect_timeout=1, socket_timeout=1)
+    app = create_app(settings=MollifierSettings(redis_url=refused_url), client=client)
+    response = app.test_client().get("/tenants", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert response.status_code == 503
+    assert "Redis failed" in response.get_data(as_text=True)

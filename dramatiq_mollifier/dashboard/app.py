@@ -27,6 +27,7 @@ from flask import Flask, request
 from ..breaker import CircuitBreaker
 from ..buffer import MollifierBuffer
 from ..buffer.controls import TenantControls
+from ..errors import BufferUnavailableError
 from ..settings import MollifierSettings
 from .broker_depth import broker_depth_reader
 from .security import Protection, csrf_token
@@ -138,6 +139,13 @@ def create_app(
         )
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    @app.errorhandler(BufferUnavailableError)
+    @app.errorhandler(redis.RedisError)
+    def unavailable(exc: Exception) -> tuple[str, int]:
+        from flask import render_template
+
+        return render_template("message.html", text=f"Redis failed: {exc}"), 503
 
     app.jinja_env.globals["csrf_token"] = csrf_token
     from . import actions, views

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, jsonify, render_template, request
@@ -13,6 +14,8 @@ from .data import entry_summary, lookup_summary, now_ms, overview, tenant_detail
 
 __all__ = ["CONFIRMATIONS", "DEAD_LETTER_LIMIT", "PAGE_SIZE", "blueprint"]
 
+logger = logging.getLogger(__name__)
+
 blueprint = Blueprint("views", __name__)
 
 #: Rows per page of the tenant table.
@@ -21,13 +24,22 @@ PAGE_SIZE = 50
 DEAD_LETTER_LIMIT = 200
 
 
+def _broker_depth() -> int | None:
+    reader = state().broker_depth
+    try:
+        return reader() if reader is not None else None
+    except Exception:  # the broker's trouble is not the buffer's page's: show "-"
+        logger.warning("dashboard: could not read the broker queues' depth", exc_info=True)
+        return None
+
+
 def _overview_json() -> dict[str, Any]:
     s = state()
     o = overview(
         s.buffer,
         s.controls,
         s.settings,
-        broker_depth=s.broker_depth() if s.broker_depth is not None else None,
+        broker_depth=_broker_depth(),
         breaker_open=s.breaker.is_open if s.breaker is not None else None,
     )
     return {
