@@ -142,5 +142,5 @@ def confirm() -> tuple[str, int] | str:
     action = request.args.get("action", "")
     if action not in CONFIRMATIONS:
         return render_template("message.html", text=f"unknown action {action!r}"), 400
-    fields = {key: value for key, value in request.args.items() if key != "action"}
+    fields = {key: value for key, value in request.args.items() if key != "action" and value}
     return render_template("confirm.html", action=action, text=CONFIRMATIONS[action], fields=fields)
