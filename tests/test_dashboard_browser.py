@@ -17,6 +17,9 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
@@ -27,10 +30,6 @@ from .cli_helpers import dead_letter
 from .dashboard_helpers import TOKEN, fill, served
 from .mollifier_helpers import eventually
 from .servers import unavailable
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 SCREENSHOTS = os.environ.get("MOLLIFIER_DASHBOARD_SCREENSHOTS")
 WAIT_S = 15
