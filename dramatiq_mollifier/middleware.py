@@ -18,6 +18,7 @@ from opentelemetry.metrics import MeterProvider
 
 from .breaker import CircuitBreaker
 from .buffer import MollifierBuffer
+from .buffer.controls import TenantControls
 from .buffer.health import warn_about_eviction
 from .buffer.rules import RulesView, read_rules
 from .drain.pace import pace_for
@@ -112,6 +113,7 @@ class Mollifier(Middleware):
             self.rules.current()  # starts the background refresh: a pause holds from the first send
             warn_about_eviction(buffer.client)
         self._worker_drainer: WorkerDrainer | None = None
+        self._controls: TenantControls | None = None
         # The drain budget: workers give a slot back when they start a drained message.
         self._pace = pace_for(self.settings, self._buffer.client)
 
@@ -119,6 +121,15 @@ class Mollifier(Middleware):
     def buffer(self) -> MollifierBuffer:
         """The buffer diverted messages go to."""
         return self._buffer
+
+    @property
+    def controls(self) -> TenantControls:
+        """Look up, cancel, pause, cap and weigh buffered work (these settings' buffer)."""
+        if self._controls is None:
+            self._controls = TenantControls(
+                self._buffer.client, key_prefix=self.settings.key_prefix, settings=self.settings
+            )
+        return self._controls
 
     @property
     def drainer(self) -> MollifierDrainer | None:

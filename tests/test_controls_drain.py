@@ -17,8 +17,10 @@ from dramatiq.middleware import CurrentMessage
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.rules import RulesView, read_rules
+from dramatiq_mollifier.drain.cancel_check import CANCEL_CHECK_WINDOW_MS, CancelCheck
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.drain.hooks import DrainHooks
 from dramatiq_mollifier.models import BufferEntry
 from dramatiq_mollifier.telemetry import Telemetry
 
@@ -84,7 +86,11 @@ def test_a_cancel_that_races_a_drain_wins_and_the_message_is_never_processed(
     ids = seed(buffer, app, "acme", 20)
     target = ids[5]
     popped, cancelled = threading.Event(), threading.Event()
-    handler = make_drain_handler(app.broker, is_cancelled=buffer.controls.is_cancelled)
+    # The worker's check: verdicts for a popped batch serve its handlers for 10 ms; the test's
+    # clock jumps past that window once the cancel has landed.
+    skew = [0.0]
+    check = CancelCheck(buffer.client, buffer.keys, clock=lambda: time.monotonic() + skew[0])
+    handler = make_drain_handler(app.broker, is_cancelled=check)
 
     def racing(entry: BufferEntry) -> None:
         if entry.message_id == target:
@@ -95,7 +101,13 @@ def test_a_cancel_that_races_a_drain_wins_and_the_message_is_never_processed(
 
     provider, reader = metrics()
     drainer = MollifierDrainer(
-        buffer, racing, concurrency=4, batch_size=5, poll_interval_ms=10, telemetry=Telemetry(provider)
+        buffer,
+        racing,
+        concurrency=4,
+        batch_size=10,
+        poll_interval_ms=10,
+        telemetry=Telemetry(provider),
+        hooks=DrainHooks(popped=check.popped),
     )
     app.start_worker()
     drainer.start()
@@ -103,6 +115,7 @@ def test_a_cancel_that_races_a_drain_wins_and_the_message_is_never_processed(
         assert popped.wait(10)
         assert buffer.controls.lookup(target).state == "draining"
         assert buffer.controls.cancel([target]) == 1
+        skew[0] = CANCEL_CHECK_WINDOW_MS / 1000
         cancelled.set()
         eventually(lambda: len(app.processed) >= 19, what="the other 19 to be processed")
         eventually(lambda: buffer.depth() == 0, what="the buffer to empty")
@@ -114,6 +127,32 @@ def test_a_cancel_that_races_a_drain_wins_and_the_message_is_never_processed(
     drained = counts(reader, "mollifier.drained", "result")
     assert drained[("cancelled",)] == 1 and drained[("acked",)] == 19
     assert buffer.controls.lookup(target).state == "absent"
+
+
+def test_the_cancel_check_asks_for_a_popped_batch_at_once(buffer: MollifierBuffer, app: App) -> None:
+    from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+
+    ids = seed(buffer, app, "acme", 6)
+    now = [100.0]
+    check = CancelCheck(buffer.client, buffer.keys, clock=lambda: now[0])
+    entries = DrainProtocol(buffer).pop_many("acme", "prod", 6)
+    check.popped(entries)
+
+    def exists_calls() -> int:
+        return int(buffer.client.info("commandstats").get("cmdstat_exists", {}).get("calls", 0))
+
+    before = exists_calls()
+    assert check(ids[0]) is False  # just popped: the pop proved it was there
+    assert exists_calls() == before
+
+    # A cancel lands; once the verdicts are older than the window, the next handler to ask
+    # checks every outstanding entry in one call, and the others are answered from that
+    buffer.controls.cancel([ids[2]])
+    now[0] += CANCEL_CHECK_WINDOW_MS / 1000 + 0.001
+    assert check(ids[1]) is False
+    assert exists_calls() - before == 5
+    assert [check(i) for i in ids[2:]] == [True, False, False, False]
+    assert exists_calls() - before == 5
 
 
 def test_a_pending_dramatiq_abort_is_honoured_by_the_drainer(
@@ -159,7 +198,8 @@ def test_a_paused_org_is_held_while_others_drain_then_resumed_with_nothing_lost(
     held = seed(buffer, app, "paused-org", 50)
     held_env = seed(buffer, app, "acme", 20, env="dev")
     others = seed(buffer, app, "acme", 50) + seed(buffer, app, "globex", 50)
-    controls = buffer.controls
+    controls = mollifier.controls
+    assert controls.settings is settings
     assert controls.pause("paused-org")
     assert controls.pause("acme", "dev")
     mollifier.rules.refresh()
@@ -211,7 +251,12 @@ def weighted_drain(app: App, buffer: MollifierBuffer, weights: dict[str, int]) -
     view.refresh()
     handler = make_drain_handler(app.broker)
     return MollifierDrainer(
-        buffer, handler, concurrency=8, batch_size=10, poll_interval_ms=10, rules=view.current
+        buffer,
+        handler,
+        concurrency=8,
+        batch_size=10,
+        poll_interval_ms=10,
+        hooks=DrainHooks(rules=view.current),
     )
 
 

@@ -13,6 +13,7 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.gauges import FleetGauges
+from dramatiq_mollifier.drain.hooks import DrainHooks
 from dramatiq_mollifier.telemetry import Telemetry
 
 from .mollifier_helpers import data_points, eventually, metrics
@@ -85,7 +86,10 @@ def test_the_drainer_reports_through_the_fleet_gauges(buffer: MollifierBuffer) -
     provider, reader = metrics()
     telemetry = Telemetry(provider)
     drainer = MollifierDrainer(
-        buffer, lambda entry: None, telemetry=telemetry, gauges=FleetGauges(buffer, telemetry).report
+        buffer,
+        lambda entry: None,
+        telemetry=telemetry,
+        hooks=DrainHooks(report_gauges=FleetGauges(buffer, telemetry).report),
     )
     drainer.run_once()
     (oldest,) = gauge(reader, "mollifier.buffer.oldest_age").values()

@@ -40,9 +40,9 @@ from ..models import MessageLookup, PausedTenant, TenantCap, TenantPage
 from ..settings import MollifierSettings
 from .codec import boundary, last_error, text, texts
 from .core import WRONG_TENANT, BufferCore
-from .listing import TENANT_SORTS, tenant_page
+from .listing import TENANT_SORTS, ListingScripts, tenant_page
 from .rules import MAX_WEIGHT, parse_field, tenant_field
-from .scripts import run_pipelined, script_source
+from .scripts import execute, run_pipelined, script_source
 
 __all__ = ["TENANT_SORTS", "TenantControls"]
 
@@ -83,6 +83,7 @@ class TenantControls:
         self.keys = self._core.keys
         self.settings = settings
         self._cancel_script = client.register_script(script_source("cancel"))
+        self._listing = ListingScripts(client)
 
     # One message ----------------------------------------------------------------------------
     def lookup(self, message_id: str) -> MessageLookup:
@@ -286,11 +287,13 @@ class TenantControls:
             raise ValueError(f"sort must be one of {TENANT_SORTS}, got {sort!r}")
         with boundary("tenants"):
             return tenant_page(
-                self.client, self.keys, self.settings, offset=offset, limit=limit, filter=filter, sort=sort
+                self._listing, self.keys, self.settings, offset=offset, limit=limit, filter=filter, sort=sort
             )
 
     # For drainers ---------------------------------------------------------------------------
     def is_cancelled(self, message_id: str) -> bool:
-        """Whether a popped entry was cancelled since (its hash is gone): one round trip."""
+        """Whether a popped entry was cancelled since (its hash is gone): one round trip, written
+        straight to a pooled connection like the send path's scripts (a drainer asks once per
+        message it re-enqueues)."""
         with boundary("is_cancelled"):
-            return not self.client.exists(self.keys.entry(message_id))
+            return not execute(self.client, b"EXISTS", self.keys.entry(message_id))

@@ -11,7 +11,9 @@ milliseconds (``benchmarks/bench_tenants.py``).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -20,41 +22,77 @@ from ..settings import MollifierSettings
 from .codec import text
 from .keys import KeySpace, parse_tenant_tag
 from .rules import DEFAULT_WEIGHT, parse_field
+from .scripts import run, script_source
 
-__all__ = ["TENANT_SORTS", "dwell_snapshot", "oldest_ages", "tenant_page"]
+__all__ = ["TENANT_SORTS", "ListingScripts", "dwell_snapshot", "env_depths", "oldest_ages", "tenant_page"]
 
 #: The orders a page can be sorted by: org then env (default), depth (deepest first), oldest
 #: (oldest queued entry first).
 TENANT_SORTS = ("org", "depth", "oldest")
 
 _Key = tuple[str, str]
+_DEPTH_HEADER = struct.Struct(">iiq")
+_HEAD_HEADER = struct.Struct(">i")
+# Queues (or entries) per script call: bounds one call's run time and argument list.
+_CHUNK = 2_000
+
+
+class ListingScripts:
+    """The read-only scripts of the listing, registered on one client (no I/O)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.env_depths = client.register_script(script_source("env_depths"))
+        self.queue_heads = client.register_script(script_source("queue_heads"))
+        self.created_at = client.register_script(script_source("created_at"))
+
+
+def env_depths(scripts: ListingScripts, keys: KeySpace) -> dict[_Key, int]:
+    """Each env's QUEUED + DRAINING count, from the depth hash in one reply string."""
+    frames: bytes = run(scripts.client, scripts.env_depths, 1, keys.depth)
+    depths: dict[_Key, int] = {}
+    at, size, unpack = 0, _DEPTH_HEADER.size, _DEPTH_HEADER.unpack_from
+    while at < len(frames):
+        org_len, env_len, count = unpack(frames, at)
+        at += size
+        org = frames[at : (at := at + org_len)].decode()
+        depths[org, frames[at : (at := at + env_len)].decode()] = count
+    return depths
 
 
 def oldest_ages(
-    client: redis.Redis, keys: KeySpace, tenants: Sequence[_Key], now_ms: int
+    scripts: ListingScripts, keys: KeySpace, tenants: Sequence[_Key], now_ms: int
 ) -> list[int | None]:
     """The age of the oldest QUEUED entry of each env (None: none queued, or its head reference
-    outlived its entry); two pipelined round trips whatever the queues hold."""
-    if not tenants:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for org, env in tenants:
-        pipe.lindex(keys.tenant(org, env).queue, 0)
-    heads = pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    for head in heads:
-        if head is not None:
-            pipe.hget(keys.entry(text(head)), "created_at_ms")
-    created = iter(pipe.execute())
+    outlived its entry): each queue's head id, then those entries' ``created_at_ms``, a few
+    scripts whatever the queues hold, each answering one string."""
     ages: list[int | None] = []
-    for head in heads:
-        at = next(created) if head is not None else None
-        ages.append(max(0, now_ms - int(at)) if at is not None else None)
+    for start in range(0, len(tenants), _CHUNK):
+        chunk = tenants[start : start + _CHUNK]
+        queues = [keys.tenant(org, env).queue for org, env in chunk]
+        frames: bytes = run(scripts.client, scripts.queue_heads, len(queues), *queues)
+        heads: list[str | None] = []
+        at = 0
+        while at < len(frames):
+            (length,) = _HEAD_HEADER.unpack_from(frames, at)
+            at += _HEAD_HEADER.size
+            heads.append(None if length < 0 else frames[at : (at := at + length)].decode())
+        entries = [keys.entry(head) for head in heads if head is not None]
+        created = iter(
+            struct.unpack(
+                f">{len(entries)}q", run(scripts.client, scripts.created_at, len(entries), *entries)
+            )
+            if entries
+            else ()
+        )
+        for head in heads:
+            at_ms = next(created) if head is not None else -1
+            ages.append(max(0, now_ms - at_ms) if at_ms >= 0 else None)
     return ages
 
 
 def tenant_page(
-    client: redis.Redis,
+    scripts: ListingScripts,
     keys: KeySpace,
     settings: MollifierSettings | None,
     *,
@@ -64,23 +102,17 @@ def tenant_page(
     sort: str,
 ) -> TenantPage:
     """See :meth:`~dramatiq_mollifier.buffer.controls.TenantControls.tenants`."""
+    client = scripts.client
+    depths = env_depths(scripts, keys)
     pipe = client.pipeline(transaction=False)
-    pipe.hgetall(keys.depth)
     pipe.hgetall(keys.paused)
     pipe.hgetall(keys.caps)
     pipe.hgetall(keys.weights)
     pipe.hgetall(keys.org_flags)
     pipe.time()
-    depth_raw, paused_raw, caps_raw, weights_raw, flags_raw, (seconds, micros) = pipe.execute()
+    paused_raw, caps_raw, weights_raw, flags_raw, (seconds, micros) = pipe.execute()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
-    pipe = client.pipeline(transaction=False)
-    pipe.zrangebyscore(keys.tripped, now_ms, "+inf")
-    (tripped_raw,) = pipe.execute()
-
-    depths: dict[_Key, int] = {}
-    for name, value in depth_raw.items():
-        if name.startswith(b"env:") and int(value) > 0:
-            depths[parse_tenant_tag(name[4:])] = int(value)
+    tripped_raw: Any = client.zrangebyscore(keys.tripped, now_ms, "+inf")
     paused = {t for name in paused_raw if (t := parse_field(name)) is not None}
     caps = {t: int(v) for name, v in caps_raw.items() if (t := parse_field(name)) is not None}
     weights = {text(org): int(w) for org, w in weights_raw.items()}
@@ -102,11 +134,11 @@ def tenant_page(
         ordered = sorted(tenants, key=lambda t: (-depths.get(t, 0), t))
     else:
         everything = sorted(tenants)
-        ages = dict(zip(everything, oldest_ages(client, keys, everything, now_ms), strict=True))
+        ages = dict(zip(everything, oldest_ages(scripts, keys, everything, now_ms), strict=True))
         ordered = sorted(everything, key=lambda t: (ages[t] is None, -(ages[t] or 0), t))
     page = ordered[offset : offset + limit]
     if sort != "oldest":
-        ages = dict(zip(page, oldest_ages(client, keys, page, now_ms), strict=True))
+        ages = dict(zip(page, oldest_ages(scripts, keys, page, now_ms), strict=True))
 
     static = settings.org_enrolled_statically if settings is not None else None
     default_env_cap = settings.cap_per_env if settings is not None else None
@@ -130,19 +162,20 @@ def tenant_page(
 
 
 def dwell_snapshot(
-    client: redis.Redis, keys: KeySpace, top: int
+    scripts: ListingScripts, keys: KeySpace, top: int
 ) -> tuple[int, int, list[tuple[str, str, int]], int]:
     """``(depth, oldest age, the top oldest envs as (org, env, age), dead letters)``: what the
     fleet gauges report. Reads the depth counters, each env's head, and each dead-letter set's
     size; never the entries behind the heads."""
+    client = scripts.client
+    envs = sorted(env_depths(scripts, keys))
     pipe = client.pipeline(transaction=False)
-    pipe.hgetall(keys.depth)
+    pipe.hget(keys.depth, "total")
     pipe.smembers(keys.failed_orgs)
     pipe.time()
-    depth_raw, failed_orgs, (seconds, micros) = pipe.execute()
+    total_raw, failed_orgs, (seconds, micros) = pipe.execute()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
-    envs = sorted(parse_tenant_tag(name[4:]) for name, v in depth_raw.items() if name.startswith(b"env:"))
-    ages = oldest_ages(client, keys, envs, now_ms)
+    ages = oldest_ages(scripts, keys, envs, now_ms)
     ranked = sorted(
         ((org, env, age) for (org, env), age in zip(envs, ages, strict=True) if age is not None),
         key=lambda item: -item[2],
@@ -158,5 +191,5 @@ def dwell_snapshot(
     for org, env in failed_envs:
         pipe.zcard(keys.tenant(org, env).failed)
     dead_letters = sum(int(n) for n in pipe.execute()) if failed_envs else 0
-    total = int(depth_raw.get(b"total", 0))
+    total = int(total_raw or 0)
     return total, ranked[0][2] if ranked else 0, ranked[:top], dead_letters

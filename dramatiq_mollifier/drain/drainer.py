@@ -18,11 +18,11 @@ from typing import NamedTuple
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
-from ..buffer.rules import NO_RULES, TenantRules
 from ..models import BufferEntry
 from ..telemetry import Telemetry
 from .failures import MAX_BACKOFF_MS, RETRY_DELAY_MS, backoff_ms
 from .handler_pool import Completion, DrainHandler, HandlerPool
+from .hooks import DrainHooks
 from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
 from .settling import UNKNOWN_ACTOR_GRACE_MS, Settler
@@ -89,10 +89,8 @@ class MollifierDrainer:
         Defaults to None: no budget, every popped entry goes to the handler at once.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
-      rules: The operator's rules (``RulesView.current``): paused tenants are skipped, weights
-        honoured (see :mod:`.turns`). Defaults to none.
-      gauges: Reports the fleet's gauges, called about once a second (``FleetGauges.report``).
-        Defaults to this drainer setting the depth gauge itself.
+      hooks: The operator controls (pauses, weights, fleet gauges, cancel check); see
+        :class:`~dramatiq_mollifier.drain.hooks.DrainHooks`. Defaults to none.
     """
 
     def __init__(
@@ -112,8 +110,7 @@ class MollifierDrainer:
         unknown_actor_grace_ms: int = UNKNOWN_ACTOR_GRACE_MS,
         pace: DrainPace | None = None,
         sleep: Callable[[int], object] | None = None,
-        rules: Callable[[], TenantRules] | None = None,
-        gauges: Callable[[], object] | None = None,
+        hooks: DrainHooks | None = None,
     ) -> None:
         for name, value in (
             ("concurrency", concurrency),
@@ -147,9 +144,8 @@ class MollifierDrainer:
         self._sleep = sleep or self._wait
         self._pace = pace
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
-        self._rules = rules
+        self._hooks = hooks or DrainHooks()
         self._turn = WeightedTurn()
-        self._gauges = gauges
         self._pool: HandlerPool | None = None
         self._idle = True
         self._last_reclaim = float("-inf")
@@ -186,7 +182,7 @@ class MollifierDrainer:
         elif self._idle:
             # The sleep after an idle tick says nothing about how the handlers use the CPU.
             pool.parallelism.restart()
-        rules = self._rules() if self._rules is not None else NO_RULES
+        rules = self._hooks.rules()
         try:
             orgs = self._rotation.pick_orgs(window)
             for org_id, envs in zip(orgs, self._buffer.envs_of(orgs), strict=True):
@@ -242,6 +238,8 @@ class MollifierDrainer:
                 self._bind(claim, entries or [])
             if entries is None:
                 return True
+            if self._hooks.popped is not None:
+                self._hooks.popped(entries)
             pool.submit(entries)
             tick.popped += len(entries)
             if len(entries) < limit:
@@ -317,8 +315,8 @@ class MollifierDrainer:
         if (now - self._last_depth) * 1000 < DEPTH_INTERVAL_MS:
             return
         self._last_depth = now
-        if self._gauges is not None:
-            self._gauges()
+        if self._hooks.report_gauges is not None:
+            self._hooks.report_gauges()
             return
         try:
             self._telemetry.record_depth(self._inspect.depth())

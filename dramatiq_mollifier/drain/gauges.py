@@ -18,7 +18,7 @@ from importlib import resources
 
 from ..buffer import MollifierBuffer
 from ..buffer.codec import boundary
-from ..buffer.listing import dwell_snapshot
+from ..buffer.listing import ListingScripts, dwell_snapshot
 from ..telemetry import Telemetry
 
 __all__ = ["DWELL_INTERVAL_MS", "FLEET_LEASE_MS", "OLDEST_ENVS", "FleetGauges"]
@@ -63,6 +63,7 @@ class FleetGauges:
         self.token = uuid.uuid4().hex
         source = resources.files(__package__).joinpath("lua/fleet_lease.lua").read_text(encoding="utf-8")
         self._lease = buffer.client.register_script(source)
+        self._listing = ListingScripts(buffer.client)
         self._next_dwell = float("-inf")
         self._next_log = float("-inf")
 
@@ -81,7 +82,7 @@ class FleetGauges:
                     self._telemetry.record_depth(self._buffer.depth())
                     return True
                 self._next_dwell = now + self._dwell_s
-                depth, oldest_ms, envs, dead_letters = dwell_snapshot(self._buffer.client, keys, OLDEST_ENVS)
+                depth, oldest_ms, envs, dead_letters = dwell_snapshot(self._listing, keys, OLDEST_ENVS)
         except Exception:
             logger.debug("mollifier.drain_error reporting the fleet gauges", exc_info=True)
             return False

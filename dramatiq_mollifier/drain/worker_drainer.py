@@ -20,9 +20,11 @@ from ..buffer import MollifierBuffer
 from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
+from .cancel_check import CancelCheck
 from .drainer import MollifierDrainer
 from .gauges import FleetGauges
 from .handler import make_drain_handler
+from .hooks import DrainHooks
 from .pace import pace_for
 
 __all__ = ["WorkerDrainer"]
@@ -66,11 +68,10 @@ class WorkerDrainer:
             return
         settings = self.settings
         if self._drainer is None:
+            cancelled = CancelCheck(self.buffer.client, self.buffer.keys)
             self._drainer = MollifierDrainer(
                 self.buffer,
-                make_drain_handler(
-                    broker, mode=settings.mode, is_cancelled=self.buffer.controls.is_cancelled
-                ),
+                make_drain_handler(broker, mode=settings.mode, is_cancelled=cancelled),
                 concurrency=settings.drain_concurrency,
                 max_attempts=settings.drain_max_attempts,
                 retry_delay_ms=settings.drain_retry_delay_ms,
@@ -79,8 +80,11 @@ class WorkerDrainer:
                 poll_interval_ms=settings.drain_poll_interval_ms,
                 batch_size=settings.drain_batch_size,
                 telemetry=self.telemetry,
-                rules=self.rules.current,
-                gauges=FleetGauges(self.buffer, self.telemetry).report,
+                hooks=DrainHooks(
+                    rules=self.rules.current,
+                    report_gauges=FleetGauges(self.buffer, self.telemetry).report,
+                    popped=cancelled.popped,
+                ),
                 # Audits (dual_write) never reach the broker: nothing to pace.
                 pace=pace_for(settings, self.buffer.client)
                 if settings.mode is MollifierMode.DIVERT
