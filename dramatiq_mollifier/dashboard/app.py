@@ -27,6 +27,7 @@ from flask import Flask, request
 from ..breaker import CircuitBreaker
 from ..buffer import MollifierBuffer
 from ..buffer.controls import TenantControls
+from ..buffer.listing import ListingScripts
 from ..errors import BufferUnavailableError
 from ..settings import MollifierSettings
 from .broker_depth import broker_depth_reader
@@ -45,6 +46,8 @@ class DashboardState:
 
     buffer: MollifierBuffer
     controls: TenantControls
+    #: The listing's read-only scripts, for an org's page (the oldest entry of its envs).
+    listing: ListingScripts
     settings: MollifierSettings
     protection: Protection
     series: DepthSeries
@@ -110,6 +113,7 @@ def create_app(
     app.extensions[EXTENSION] = DashboardState(
         buffer=buffer,
         controls=TenantControls(client, key_prefix=settings.key_prefix, settings=settings),
+        listing=ListingScripts(client),
         settings=settings,
         protection=Protection(
             token=token, basic_auth=basic_auth, allow_remote_without_auth=allow_remote_without_auth

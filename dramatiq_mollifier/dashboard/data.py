@@ -16,7 +16,7 @@ import redis
 from ..buffer import MollifierBuffer
 from ..buffer.codec import text
 from ..buffer.controls import TenantControls
-from ..buffer.listing import oldest_ages
+from ..buffer.listing import ListingScripts, oldest_ages
 from ..gate.flags import OrgFlags
 from ..models import BufferEntry, MessageLookup, Tenant, TenantRow
 from ..settings import MollifierSettings
@@ -103,6 +103,7 @@ def overview(
 def tenant_detail(
     buffer: MollifierBuffer,
     controls: TenantControls,
+    listing: ListingScripts,
     settings: MollifierSettings,
     org_id: str,
     *,
@@ -121,7 +122,7 @@ def tenant_detail(
     ordered = sorted(envs)
     fields = [keys.tenant(org_id, env).depth_env_field for env in ordered]
     counts = client.hmget(keys.depth, fields) if fields else []
-    ages = oldest_ages(client, keys, [(org_id, env) for env in ordered], now_ms(client))
+    ages = oldest_ages(listing, keys, [(org_id, env) for env in ordered], now_ms(client))
     flags = OrgFlags(client, key_prefix=buffer.key_prefix).all()
     enrolled = settings.org_enrolled_statically(org_id) or flags.get(org_id, False)
     org_cap = caps.get(None, settings.cap_per_org)

@@ -98,7 +98,7 @@ def tenants() -> str:
 def tenant() -> str:
     s = state()
     org = request.args.get("org", "").strip()
-    detail = tenant_detail(s.buffer, s.controls, s.settings, org) if org else None
+    detail = tenant_detail(s.buffer, s.controls, s.listing, s.settings, org) if org else None
     return render_template(
         "tenant.html", org=org, d=detail, now=now_ms(s.buffer.client), entry_summary=entry_summary
     )
