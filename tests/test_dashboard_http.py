@@ -23,6 +23,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.dashboard import create_app, create_asgi_app
+from dramatiq_mollifier.dashboard.app import close_app
 from dramatiq_mollifier.dashboard.broker_depth import broker_depth_reader
 from dramatiq_mollifier.dashboard.series import DepthSeries
 from dramatiq_mollifier.dashboard.serve import make_server
@@ -224,7 +225,10 @@ def test_the_asgi_app_serves_the_same_pages(buffer: MollifierBuffer, redis_url: 
 
         await app(scope, receive, send)
 
-    asyncio.run(call())
+    try:
+        asyncio.run(call())
+    finally:
+        close_app(app.app)  # the chart's sampler, started by the overview's JSON
     assert sent[0]["status"] == 200
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     assert b'"depth":7' in body.replace(b" ", b"")
@@ -286,6 +290,19 @@ def test_the_chart_samples_buffer_and_broker_depth(
             series.close()
         assert len(samples) >= 3
         assert {(s.buffer_depth, s.broker_depth) for s in samples} == {(4, 3)}
+        # Nobody reads it for as long as it spans: it stops polling Redis; a read restarts it
+        idle = DepthSeries(buffer_depth=buffer.depth, interval_ms=100, points=3)
+        try:
+            idle.samples()
+            assert idle.sampling
+            deadline = time.monotonic() + 10
+            while idle.sampling and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not idle.sampling
+            idle.samples()
+            assert idle.sampling
+        finally:
+            idle.close()
     finally:
         broker.close()
 

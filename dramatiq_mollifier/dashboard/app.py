@@ -34,7 +34,7 @@ from .broker_depth import broker_depth_reader
 from .security import Protection, csrf_token
 from .series import DEFAULT_INTERVAL_MS, DepthSeries
 
-__all__ = ["EXTENSION", "DashboardState", "create_app", "create_asgi_app", "state"]
+__all__ = ["EXTENSION", "DashboardState", "close_app", "create_app", "create_asgi_app", "state"]
 
 #: The key of the dashboard's state in ``app.extensions``.
 EXTENSION = "mollifier_dashboard"
@@ -157,6 +157,12 @@ def create_app(
     app.register_blueprint(views.blueprint)
     app.register_blueprint(actions.blueprint)
     return app
+
+
+def close_app(app: Flask) -> None:
+    """Stop the dashboard's chart sampler (for an application that unmounts it, and tests)."""
+    found: DashboardState = app.extensions[EXTENSION]
+    found.series.close()
 
 
 def create_asgi_app(**options: Any) -> Any:

@@ -2,8 +2,10 @@
 
 A daemon thread samples every ``interval_ms`` into a ring of ``points`` samples, so a page opened
 now shows the minutes before it; the thread starts on the first read (never at import, never in a
-process that serves no page) and stops with :meth:`DepthSeries.close`. A failed sample (Redis
-down) is skipped, never raised: the chart shows a gap.
+process that serves no page), stops by itself once nobody has read the chart for as long as it
+spans (a mounted dashboard nobody watches does not poll Redis forever), and stops for good with
+:meth:`DepthSeries.close`. A failed sample (Redis down) is skipped, never raised: the chart shows
+a gap.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class DepthSeries:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Sampling stops after this long without a read: the span of the chart.
+        self._idle_s = interval_ms * points / 1000
+        self._read_at = time.monotonic()
 
     def sample(self) -> None:
         """Take one sample now (skipped if a read fails)."""
@@ -77,20 +82,29 @@ class DepthSeries:
 
     def samples(self) -> list[Sample]:
         """The samples kept, oldest first; starts the sampler on first use."""
+        self._read_at = time.monotonic()
         self._ensure_started()
         with self._lock:
             return list(self._samples)
 
+    @property
+    def sampling(self) -> bool:
+        """Whether the sampler thread is running."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def _ensure_started(self) -> None:
         with self._lock:
-            if self._thread is not None or self._stop.is_set():
+            if (self._thread is not None and self._thread.is_alive()) or self._stop.is_set():
                 return
             self._thread = threading.Thread(target=self._run, name="mollifier-dashboard-series", daemon=True)
+            self._thread.start()
         self.sample()
-        self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_ms / 1000):
+            if time.monotonic() - self._read_at > self._idle_s:
+                return  # nobody watches: the next read starts it again
             self.sample()
 
     def close(self) -> None:

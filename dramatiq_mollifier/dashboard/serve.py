@@ -88,9 +88,9 @@ class BackgroundServer:
             server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
             self._thread.join(timeout=10)
         server.task_dispatcher.shutdown()
-        from .app import EXTENSION
+        from .app import close_app
 
-        self._app.extensions[EXTENSION].series.close()
+        close_app(self._app)
 
     def __enter__(self) -> BackgroundServer:
         return self
