@@ -32,6 +32,7 @@ RANKS = {
     "middleware": 4,
     "console": 4,
     "demo": 5,
+    "dashboard": 5,
     "cli": 6,
     "__init__": 7,
     "__main__": 8,
@@ -110,3 +111,14 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
 def test_every_module_is_under_400_lines() -> None:
     sizes = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in modules()}
     assert {name: lines for name, lines in sizes.items() if lines > 400} == {}
+
+
+def test_the_library_never_imports_the_dashboard() -> None:
+    # The dashboard's web framework is an extra: only the command line may reach for it.
+    offenders = sorted(
+        name
+        for name, path in modules()
+        if part_of(name) not in ("dashboard", "cli", "__main__")
+        and any(part_of(target) == "dashboard" for target in imports_of(name, path))
+    )
+    assert offenders == []

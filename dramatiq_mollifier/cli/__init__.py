@@ -22,6 +22,7 @@ COMMANDS = (
     "orgs",
     "failed",
     "drain",
+    "dashboard",
 )
 
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dramatiq
+
 from .. import console
+from ..settings import MollifierSettings
 from . import common
 
 DESCRIPTION = """\
@@ -31,8 +37,14 @@ examples:
   dramatiq-mollifier demo
   dramatiq-mollifier demo --quick --png /tmp/burst.png
   dramatiq-mollifier demo --redis-url redis://localhost:6379/15
+  dramatiq-mollifier demo --dashboard        # watch it on http://127.0.0.1:8080/
 
 {common.EXIT_CODES_HELP}"""
+
+#: The dashboard's port for ``--dashboard`` without one.
+DASHBOARD_PORT = 8080
+#: Seconds between the dashboard coming up and the burst, to open the page.
+DASHBOARD_HEAD_START_S = 5.0
 
 #: Where the picture goes unless ``--png`` says otherwise.
 DEFAULT_PNG = "mollifier-demo.png"
@@ -62,6 +74,16 @@ def register(subparsers: Any) -> None:
         help=f"where to write the picture (default {DEFAULT_PNG})",
     )
     parser.add_argument("--no-png", action="store_true", help="do not draw the picture")
+    parser.add_argument(
+        "--dashboard",
+        nargs="?",
+        type=int,
+        const=DASHBOARD_PORT,
+        metavar="PORT",
+        help=f"serve the web dashboard on 127.0.0.1:PORT (default {DASHBOARD_PORT}) while the burst "
+        f"is smoothed; the burst starts {DASHBOARD_HEAD_START_S:g} s after it is up "
+        "(needs pip install 'dramatiq-mollifier[dashboard]')",
+    )
     parser.set_defaults(func=run)
 
 
@@ -74,4 +96,41 @@ def run(args: argparse.Namespace) -> int:
     if png is not None and not png.parent.is_dir():
         raise console.CommandError(f"--png: no directory {str(png.parent)!r}", exit_code=console.EXIT_CONFIG)
     plan = QUICK_PLAN if args.quick else FULL_PLAN
-    return run_demo(plan, redis_url=args.redis_url, png=png, out=sys.stdout)
+    watch = _dashboard(args.dashboard) if args.dashboard is not None else None
+    return run_demo(plan, redis_url=args.redis_url, png=png, out=sys.stdout, watch=watch)
+
+
+def _dashboard(port: int) -> Any:
+    """The demo's watcher: the dashboard over the run's keys and broker queue, on loopback."""
+    try:
+        from ..dashboard import create_app
+        from ..dashboard.serve import BackgroundServer
+    except ImportError as exc:
+        raise console.CommandError(
+            f"--dashboard needs its extra: pip install 'dramatiq-mollifier[dashboard]' ({exc})",
+            exit_code=console.EXIT_CONFIG,
+        ) from exc
+
+    @contextmanager
+    def watch(settings: MollifierSettings, broker: dramatiq.Broker) -> Iterator[None]:
+        client = console.connect(settings.redis_url)
+        try:
+            app = create_app(settings=settings, client=client, broker=broker, sample_interval_ms=500)
+            try:
+                server = BackgroundServer(app, port=port)
+            except OSError as exc:
+                raise console.CommandError(
+                    f"--dashboard: cannot listen on 127.0.0.1:{port}: {exc}", exit_code=console.EXIT_CONFIG
+                ) from exc
+            with server:
+                print(
+                    f"  dashboard {server.url} (up until the burst is drained; "
+                    f"the burst starts in {DASHBOARD_HEAD_START_S:g} s)",
+                    flush=True,
+                )
+                time.sleep(DASHBOARD_HEAD_START_S)
+                yield
+        finally:
+            client.close()
+
+    return watch

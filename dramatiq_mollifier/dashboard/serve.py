@@ -1,0 +1,99 @@
+"""Serving the dashboard on its own, with waitress (a pure-Python production WSGI server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+
+from .security import is_loopback
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_THREADS", "BackgroundServer", "make_server", "serve"]
+
+#: The address served by default: this machine only.
+DEFAULT_HOST = "127.0.0.1"
+#: The port served by default.
+DEFAULT_PORT = 8080
+#: Request threads of the server.
+DEFAULT_THREADS = 8
+
+
+def check_exposure(host: str, app: Flask) -> None:
+    """Refuse to listen beyond loopback unless the app authenticates (token or basic auth)."""
+    from .app import state
+
+    with app.app_context():
+        protection = state().protection
+    loopback = host == "localhost" or is_loopback(host)
+    if not loopback and not protection.authenticates and not protection.allow_remote_without_auth:
+        raise ValueError(
+            f"refusing to serve the dashboard on {host!r} without a token or basic auth: "
+            "anyone who reaches it could purge dead letters or cancel work"
+        )
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def make_server(app: Flask, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> Any:
+    """A waitress server for ``app``, bound but not yet serving (``.run()``, ``.close()``);
+    port 0 picks a free one (``.effective_port``)."""
+    from waitress.server import create_server
+
+    check_exposure(host, app)
+    return create_server(app, host=host, port=port, threads=DEFAULT_THREADS, ident="dramatiq-mollifier")
+
+
+def serve(
+    app: Flask,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve ``app`` until interrupted; ``on_ready`` gets the address once it listens."""
+    server = make_server(app, host=host, port=port)
+    if on_ready is not None:
+        on_ready(_url(host, server.effective_port))
+    try:
+        server.run()
+    finally:
+        server.close()
+
+
+class BackgroundServer:
+    """The dashboard served from a daemon thread (the demo's page, the tests' server).
+
+    ``url`` is where it listens; :meth:`stop` closes every connection and ends the thread, from
+    any thread (the close runs inside the server's own loop, woken by its trigger).
+    """
+
+    def __init__(self, app: Flask, *, host: str = DEFAULT_HOST, port: int = 0) -> None:
+        import threading
+
+        self._app = app
+        self._server = make_server(app, host=host, port=port)
+        self.url = _url(host, self._server.effective_port)
+        self._thread = threading.Thread(target=self._server.run, name="mollifier-dashboard", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread (idempotent)."""
+        from waitress import wasyncore
+
+        server = self._server
+        if self._thread.is_alive():
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+            self._thread.join(timeout=10)
+        server.task_dispatcher.shutdown()
+        from .app import close_app
+
+        close_app(self._app)
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
