@@ -18,12 +18,13 @@ from typing import NamedTuple
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
+from ..errors import BufferUnavailableError
 from ..models import BufferEntry
 from ..settings import default_of
 from ..telemetry import Telemetry
 from .failures import MAX_BACKOFF_MS, backoff_ms
 from .handler_pool import Completion, DrainHandler, HandlerPool
-from .housekeeping import RECLAIM_INTERVAL_MS, Housekeeping
+from .housekeeping import Housekeeping
 from .idle import IdleWait
 from .leases import LeaseKeeper
 from .pace import Claim, DrainPace
@@ -156,17 +157,10 @@ class MollifierDrainer:
             # their actor, say), so idle ones wake.
             wake=self._idle_wait.signal,
         )
-        if reclaim_interval_ms is None:
-            reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
-        self.reclaim_interval_ms = reclaim_interval_ms
-        # An entry whose lease expires max_attempts times is dead-lettered rather than looped.
         self._housekeeping = Housekeeping(
-            self._buffer,
-            buffer,
-            telemetry=self._telemetry,
-            reclaim_interval_ms=reclaim_interval_ms,
-            max_expiries=max_attempts,
+            self._buffer, buffer, telemetry=self._telemetry, reclaim_interval_ms=reclaim_interval_ms
         )
+        self.reclaim_interval_ms = self._housekeeping.reclaim_interval_ms
         self._sleep = sleep or self._wait
         self._pace = pace
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
@@ -365,6 +359,7 @@ class MollifierDrainer:
                 may_block = result.empty and result.failed == 0 and self._may_block()
                 self._settler.settle_due()
                 self._settler.check_broker()
+                self._pause(result, may_block)
             except Exception:
                 failures += 1
                 delay_ms = backoff_ms(self.poll_interval_ms, failures)
@@ -379,20 +374,24 @@ class MollifierDrainer:
             if failures:
                 logger.info("mollifier.drainer recovered after %d failed tick(s)", failures)
                 failures = 0
-            woken, self._woken = self._woken, False
-            self._deep_idle = self._deep_idle and result.empty
-            if result.paced:
-                # The fleet's workers free slots as they start drained messages: look again soon.
-                self._sleep(PACE_WAIT_MS)
-            elif result.drained == 0:
-                if may_block:
-                    self._deep_idle = True
-                    self._woken = self._idle_wait.wait()
-                    continue
-                self._sleep(self.poll_interval_ms)
-            elif woken:
-                # Woken by a token, and there was work: wake the next idle drainer to join in.
-                self._idle_wait.signal()
+
+    def _pause(self, result: DrainResult, may_block: bool) -> None:
+        """The wait after a tick: brief when paced, a block on the wake-up list when idle."""
+        woken, self._woken = self._woken, False
+        self._deep_idle = self._deep_idle and result.empty
+        if woken and (result.drained or result.paced):
+            # Woken by a token, and there was work: wake the next idle drainer to join in.
+            self._idle_wait.signal()
+        if result.paced:
+            # The fleet's workers free slots as they start drained messages: look again soon.
+            self._sleep(PACE_WAIT_MS)
+        elif result.drained == 0 and not may_block:
+            self._sleep(self.poll_interval_ms)
+        elif result.drained == 0:
+            self._deep_idle = True
+            self._woken = self._idle_wait.wait()
+            if self._idle_wait.failed:
+                raise BufferUnavailableError("the idle wait on the wake-up list failed")
 
     def _may_block(self) -> bool:
         """Whether nothing is left for this drainer to do until something is queued."""

@@ -50,8 +50,11 @@ class IdleWait:
         timeout_s = client.get_connection_kwargs().get("socket_timeout")
         if timeout_s is not None:
             wait_ms = min(wait_ms, int(timeout_s * 1000) - _MARGIN_MS)
-        #: The block in whole seconds, as BLPOP takes it (0 would block forever: never used).
+        #: The longest block, in milliseconds (BLPOP gets it in seconds; 0 would block forever,
+        #: so 0 here means never block).
         self.wait_ms = max(0, wait_ms)
+        #: Whether the last :meth:`wait` failed on a Redis error (the drainer then backs off).
+        self.failed = False
         self._lock = threading.Lock()
         self._blocked: Any = None
         self._interrupted = False
@@ -65,14 +68,21 @@ class IdleWait:
     def wait(self) -> bool:
         """Block until a token arrives (True) or the wait ends or is interrupted (False).
 
-        Never raises: when Redis is away the drainer's next tick fails too, and it backs off.
+        Never raises: a Redis error (redis-py 8 connects in ``get_connection``, so a refused
+        connect too) ends the wait with False and sets :attr:`failed`, and the drainer backs off.
         """
         pool: redis.ConnectionPool = self._client.connection_pool
         connection: Any
+        self.failed = False
         try:
-            connection = pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants the command's name
-            connection = pool.get_connection("BLPOP")
+            try:
+                connection = pool.get_connection()
+            except TypeError:  # redis-py before 5.3 wants the command's name
+                connection = pool.get_connection("BLPOP")
+        except Exception:
+            self.failed = True
+            logger.debug("mollifier.drain_error connecting for the wake-up list", exc_info=True)
+            return False
         with self._lock:
             if self._interrupted:
                 pool.release(connection)
@@ -85,6 +95,7 @@ class IdleWait:
             connection.disconnect()
             with self._lock:
                 if not self._interrupted:
+                    self.failed = True
                     logger.debug("mollifier.drain_error waiting on the wake-up list", exc_info=True)
             return False
         finally:
