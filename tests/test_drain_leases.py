@@ -21,6 +21,7 @@ from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.drain.housekeeping import MAX_LEASE_EXPIRIES
 from dramatiq_mollifier.drain.leases import LeaseKeeper
 from dramatiq_mollifier.drain.settling import Settler
 from dramatiq_mollifier.embedded import EmbeddedRedis
@@ -201,15 +202,21 @@ def test_an_entry_whose_lease_keeps_expiring_is_dead_lettered_with_its_reason(
 def test_a_drainer_dead_letters_an_entry_whose_lease_expired_once_too_often(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    # Given an entry popped by a drainer that never settled it, its lease now expired
+    # Given an entry whose lease expired MAX_LEASE_EXPIRIES - 1 times already (popped, never
+    # settled, reclaimed), popped once more and never settled, its lease now expired
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
     buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
-    assert DrainProtocol(buffer).pop("acme", "prod") is not None
+    protocol = DrainProtocol(buffer)
+    for _ in range(MAX_LEASE_EXPIRIES - 1):
+        assert protocol.pop("acme", "prod") is not None
+        redis_client.zadd(buffer.keys.leases, {"m1": 0})
+        assert protocol.reclaim(max_expiries=MAX_LEASE_EXPIRIES).requeued == ["m1"]
+    assert protocol.pop("acme", "prod") is not None
     redis_client.zadd(buffer.keys.leases, {"m1": 0})
     provider, reader = metrics()
     handled: list[str] = []
 
-    # When a drainer allowing one attempt reclaims it
+    # When a drainer reclaims it (allowing one attempt: the bound is its own, not max_attempts)
     drainer = MollifierDrainer(
         buffer, lambda entry: handled.append(entry.message_id), max_attempts=1, telemetry=Telemetry(provider)
     )
@@ -219,6 +226,27 @@ def test_a_drainer_dead_letters_an_entry_whose_lease_expired_once_too_often(
     assert handled == []
     assert [e.last_error[0] for e in buffer.failed() if e.last_error] == ["LeaseExpired"]
     assert counts(reader, "mollifier.drained", "result") == {("failed",): 1}
+
+
+def test_one_lease_expiry_does_not_dead_letter_with_a_single_attempt(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given an entry held by a worker that was SIGKILLed during a deploy: its lease expired once
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    assert DrainProtocol(buffer).pop("acme", "prod") is not None
+    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    handled: list[str] = []
+
+    # When a drainer allowing one handler attempt reclaims it and drains
+    drainer = MollifierDrainer(buffer, lambda entry: handled.append(entry.message_id), max_attempts=1)
+    drainer.run_once()
+    drainer.run_once()
+
+    # Then it is delivered, not dead-lettered
+    assert handled == ["m1"]
+    assert buffer.failed() == []
+    assert buffer.get("m1") is None
 
 
 def test_an_entry_held_for_too_many_leases_is_renewed_no_more(
