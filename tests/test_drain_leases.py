@@ -6,6 +6,7 @@ stops and starts again with its data (``SHUTDOWN SAVE``), as a failover or a res
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -265,3 +266,47 @@ def test_an_entry_held_for_too_many_leases_is_renewed_no_more(
     # Then after MAX_RENEWALS leases it is let go, for another drainer to reclaim
     eventually(lambda: keeper.renew() == 0 and len(keeper) == 0, what="the keeper to let it go")
     eventually(lambda: protocol.reclaim_expired() == ["m1"], what="its lease to expire")
+
+
+def test_renewing_an_entry_acked_meanwhile_reports_no_lost_lease(
+    buffer: MollifierBuffer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two held entries: one acked meanwhile (gone), one reclaimed and popped elsewhere
+    for message_id in ("acked", "taken"):
+        buffer.accept(message_id, org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    acked, taken = protocol.pop("acme", "prod"), protocol.pop("acme", "prod")
+    assert acked is not None and taken is not None
+    keeper = LeaseKeeper(protocol)
+    keeper.hold([acked, taken])
+    assert protocol.ack_entries([acked]).removed == 1
+    buffer.client.zadd(buffer.keys.leases, {"taken": 0})
+    assert protocol.reclaim_expired() == ["taken"]
+    assert protocol.pop("acme", "prod") is not None
+
+    # When the keeper renews
+    with caplog.at_level("WARNING"):
+        assert keeper.renew() == 1
+
+    # Then only the entry another drainer holds now is reported lost
+    assert [protocol_entry.message_id for protocol_entry in protocol.renew([acked, taken])] == ["taken"]
+    lost = [r.getMessage() for r in caplog.records if "lease_lost" in r.getMessage()]
+    assert len(lost) == 1 and "'taken'" in lost[0], lost
+
+
+def test_an_empty_owner_token_renews_and_acks_nothing(buffer: MollifierBuffer) -> None:
+    # Given a popped entry, its lease expired
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    entry = protocol.pop("acme", "prod")
+    assert entry is not None
+    buffer.client.zadd(buffer.keys.leases, {"m1": 0})
+    ownerless = dataclasses.replace(entry, lease_owner="")
+
+    # When a renewal and a batch ack name an empty owner
+    assert protocol.renew([ownerless]) == [ownerless]
+    assert protocol.ack_entries([ownerless]).removed == 0
+
+    # Then neither applied: the lease is still expired, and the entry is still there
+    assert buffer.client.zscore(buffer.keys.leases, "m1") == 0
+    assert protocol.reclaim_expired() == ["m1"]

@@ -277,7 +277,9 @@ class DrainProtocol:
 
     def renew(self, entries: Sequence[BufferEntry]) -> list[BufferEntry]:
         """Push back the lease deadline of popped entries (a lease from now) for the owner that
-        popped each; returns those no longer held by it (reclaimed, or gone). One round trip.
+        popped each; returns those another owner or status holds now (reclaimed, requeued). One
+        gone meanwhile (acked) is neither renewed nor returned; an entry without an owner token is
+        never renewed. One round trip.
         """
         if not entries:
             return []
