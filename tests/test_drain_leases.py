@@ -22,7 +22,7 @@ from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.handler import make_drain_handler
-from dramatiq_mollifier.drain.housekeeping import MAX_LEASE_EXPIRIES
+from dramatiq_mollifier.drain.housekeeping import MAX_LEASE_EXPIRIES, Housekeeping
 from dramatiq_mollifier.drain.leases import LeaseKeeper
 from dramatiq_mollifier.drain.settling import Settler
 from dramatiq_mollifier.embedded import EmbeddedRedis
@@ -114,13 +114,22 @@ def test_renewal_leaves_an_entry_that_passed_to_another_owner_alone(buffer: Moll
     assert (buffer.client.zscore(buffer.keys.leases, "m0") or 0) >= before - 100
 
 
+@pytest.mark.parametrize(
+    ("lease_ms", "outage_s"),
+    [
+        (5_000, 1.0),
+        # Longer than the lease less its renewal interval (2 s): leases lapse during the outage,
+        # and the drainer must retry its acks and renew before it reclaims
+        (3_000, 2.3),
+    ],
+)
 def test_the_buffer_redis_restarted_mid_drain_duplicates_at_most_what_was_in_flight(
-    disposable_redis: EmbeddedRedis,
+    disposable_redis: EmbeddedRedis, lease_ms: int, outage_s: float
 ) -> None:
     # Given a backlog in a buffer whose Redis restarts (with its data) in the middle of the drain
     backlog, concurrency = 300, 4
     client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
-    buffer = MollifierBuffer(client, key_prefix="restart", lease_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="restart", lease_ms=lease_ms)
     broker = StubBroker()
 
     @dramatiq.actor(broker=broker)
@@ -151,7 +160,7 @@ def test_the_buffer_redis_restarted_mid_drain_duplicates_at_most_what_was_in_fli
         redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
         disposable_redis.stop()
         down.set()
-        time.sleep(1)
+        time.sleep(outage_s)  # the outage itself, not a wait for a state
         disposable_redis.start()
         # When it is back, the drain goes on
         eventually(lambda: buffer.depth() == 0, timeout_s=30, what="the backlog to drain")
@@ -310,3 +319,70 @@ def test_an_empty_owner_token_renews_and_acks_nothing(buffer: MollifierBuffer) -
     # Then neither applied: the lease is still expired, and the entry is still there
     assert buffer.client.zscore(buffer.keys.leases, "m1") == 0
     assert protocol.reclaim_expired() == ["m1"]
+
+
+def test_after_an_outage_that_outlasted_the_lease_a_drainer_acks_before_it_reclaims(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given a drainer whose handler succeeded while its Redis was down (the ack failed)
+    client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="outage", lease_ms=3_000)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    handled: list[str] = []
+
+    def handler(entry: BufferEntry) -> None:
+        handled.append(entry.message_id)
+        if len(handled) == 1:
+            redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+            disposable_redis.stop()
+
+    drainer = MollifierDrainer(buffer, handler, reclaim_interval_ms=1, idle_wait_ms=0)
+    try:
+        drainer.run_once()
+        assert handled == ["m1"]
+        # and whose lease lapsed meanwhile (the outage was longer than the lease less its renewal)
+        disposable_redis.start()
+        client.zadd(buffer.keys.leases, {"m1": 0})
+
+        # When its next tick runs (reclaiming is due)
+        drainer.run_once()
+        drainer.run_once()
+    finally:
+        client.close()
+
+    # Then its failed ack went through first: the entry was delivered once, not reclaimed and
+    # delivered again
+    assert handled == ["m1"]
+    assert buffer.depth() == 0
+
+
+def test_after_an_outage_a_drainer_renews_what_it_holds_before_it_reclaims(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given an entry whose handler still runs, its renewal failed during an outage that outlasted
+    # the lease less its renewal interval (the lease lapsed)
+    client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="outage", lease_ms=3_000)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    entry = protocol.pop("acme", "prod")
+    assert entry is not None
+    keeper = LeaseKeeper(protocol)
+    keeper.hold([entry])
+    redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+    disposable_redis.stop()
+    with pytest.raises(Exception, match="ConnectionError"):
+        keeper.renew()
+    disposable_redis.start()
+    client.zadd(buffer.keys.leases, {"m1": 0})
+
+    # When the drainer's housekeeping reclaims
+    Housekeeping(protocol, buffer, telemetry=Telemetry(), reclaim_interval_ms=1, leases=keeper).run(
+        time.monotonic(), idle=False
+    )
+
+    # Then the entry was renewed first, not reclaimed
+    held = buffer.get("m1")
+    assert held is not None and held.status is EntryStatus.DRAINING
+    assert (client.zscore(buffer.keys.leases, "m1") or 0) > 0
+    client.close()

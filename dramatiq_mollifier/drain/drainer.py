@@ -76,27 +76,22 @@ class MollifierDrainer:
       concurrency: The most handlers running at once (fewer while they keep the interpreter
         busy: see :class:`~dramatiq_mollifier.parallelism.AdaptiveParallelism`), which also
         bounds entries popped but not yet settled. Defaults to ``drain_concurrency``'s.
-      max_attempts: Handler attempts before an entry is dead-lettered. Defaults to
-        ``drain_max_attempts``'s (3).
+      max_attempts: Handler attempts before an entry is dead-lettered (``drain_max_attempts``'s).
       max_orgs_per_tick: Orgs visited per tick. Defaults to ``drain_max_orgs_per_tick``'s.
-      poll_interval_ms: The sleep after a tick that drained nothing. Defaults to
-        ``drain_poll_interval_ms``'s (100).
+      poll_interval_ms: The sleep after a tick that drained nothing (``drain_poll_interval_ms``'s).
       batch_size: Entries popped from one env per tick. Defaults to ``drain_batch_size``'s.
       is_retryable: Whether a handler exception may be retried. Defaults to every exception.
       telemetry: Where drain metrics go. Defaults to instruments on the global meter provider.
-      reclaim_interval_ms: How often ``run_once`` reclaims expired leases. Defaults to a quarter of
-        the buffer's lease, at most once a second.
-      retry_delay_ms: The wait before an entry's second attempt, doubling per attempt; broker
-        unavailability consumes no attempt (see :mod:`.settling`). Defaults to
-        ``drain_retry_delay_ms``'s (1 second).
+      reclaim_interval_ms: How often ``run_once`` reclaims expired leases: by default a quarter lease, ≤ 1 s.
+      retry_delay_ms: The wait before a second attempt, doubling per attempt (``drain_retry_delay_ms``'s);
+        broker unavailability consumes no attempt (see :mod:`.settling`).
       unknown_actor_grace_ms: How long entries for an undeclared actor or queue are retried before
         they are dead-lettered. Defaults to ``drain_unknown_actor_grace_ms``'s.
       pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
         Defaults to None: no budget, every popped entry goes to the handler at once.
-      batch_max_bytes: Payload bytes one pop returns at most (the first entry whatever its
-        size). Defaults to 4 MiB.
+      batch_max_bytes: Payload bytes a pop returns at most, bar its first (``drain_batch_max_bytes``'s).
       idle_wait_ms: With nothing queued, the drainer blocks on the buffer's wake-up list this
-        long at most instead of polling (see :mod:`.idle`); 0 polls. Defaults to 5 seconds.
+        long at most instead of polling (see :mod:`.idle`); 0 polls. ``drain_idle_wait_ms``'s.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
     """
@@ -158,7 +153,11 @@ class MollifierDrainer:
             wake=self._idle_wait.signal,
         )
         self._housekeeping = Housekeeping(
-            self._buffer, buffer, telemetry=self._telemetry, reclaim_interval_ms=reclaim_interval_ms
+            self._buffer,
+            buffer,
+            telemetry=self._telemetry,
+            reclaim_interval_ms=reclaim_interval_ms,
+            leases=self._leases,
         )
         self.reclaim_interval_ms = self._housekeeping.reclaim_interval_ms
         self._sleep = sleep or self._wait
@@ -182,11 +181,13 @@ class MollifierDrainer:
 
     # One tick -------------------------------------------------------------------------------
     def run_once(self) -> DrainResult:
-        """Reclaim expired leases (throttled), then drain one window of orgs, one env each.
+        """Retry failed acks, reclaim expired leases (throttled), then drain one window of orgs, one env each.
 
         Raises when the orgs or their envs cannot be read (Redis down); any other buffer error is
         counted as a failure of the org or env it concerns. Not re-entrant: one caller at a time.
         """
+        # Own failed acks (and leases, in housekeeping) before reclaiming: no second delivery.
+        self._settler.settle_due()
         self._housekeeping.run(time.monotonic(), idle=self._deep_idle)
         # After a block, from the first org: one command instead of two.
         cursor = None if self._deep_idle else self._rotation.org_cursor

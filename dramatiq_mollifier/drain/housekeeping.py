@@ -14,6 +14,7 @@ import logging
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
 from ..telemetry import DrainResultKind, Telemetry
+from .leases import LeaseKeeper
 
 __all__ = [
     "DEPTH_INTERVAL_MS",
@@ -49,6 +50,9 @@ class Housekeeping:
         buffer's lease, at most :data:`RECLAIM_INTERVAL_MS`.
       max_expiries: Lease expiries after which an entry is dead-lettered; 0 for never. Defaults
         to :data:`MAX_LEASE_EXPIRIES`.
+      leases: The drainer's own leases, renewed first when their last renewal failed: after an
+        outage longer than the lease less its renewal interval, reclaiming first would requeue
+        what the drainer still holds (delivered a second time).
     """
 
     def __init__(
@@ -59,7 +63,9 @@ class Housekeeping:
         telemetry: Telemetry,
         reclaim_interval_ms: int | None = None,
         max_expiries: int = MAX_LEASE_EXPIRIES,
+        leases: LeaseKeeper | None = None,
     ) -> None:
+        self._leases = leases
         if reclaim_interval_ms is None:
             reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
         self._protocol = protocol
@@ -84,6 +90,8 @@ class Housekeeping:
 
     def _reclaim(self) -> None:
         try:
+            if self._leases is not None:
+                self._leases.renew_if_failing()
             reclaimed, dead = self._protocol.reclaim(max_expiries=self.max_expiries)
         except Exception:
             logger.warning("mollifier.drain_error reclaiming expired leases", exc_info=True)

@@ -147,11 +147,13 @@ class Settler:
         pending, self._unacked = self._unacked, []
         acked = 0
         now = self._clock()
+        # Their leases are renewed meanwhile: over one lease after the last renewal that worked.
+        renewed_until = self._leases.renewed_at + self._buffer.lease_ms / 1000
         for give_up_at, entries in pending:
             done = self._ack(entries)
             if done is not None:
                 acked += done
-            elif last_chance or now >= give_up_at:
+            elif last_chance or now >= max(give_up_at, renewed_until):
                 self._leases.drop(entries)
                 logger.warning(
                     "mollifier.drain_error gave up acking %d entries already on the broker, first "
