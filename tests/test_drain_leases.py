@@ -22,6 +22,7 @@ from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.drain.handler_pool import NotStarted
 from dramatiq_mollifier.drain.housekeeping import MAX_LEASE_EXPIRIES, Housekeeping
 from dramatiq_mollifier.drain.leases import LeaseKeeper
 from dramatiq_mollifier.drain.settling import Settler
@@ -385,4 +386,41 @@ def test_after_an_outage_a_drainer_renews_what_it_holds_before_it_reclaims(
     held = buffer.get("m1")
     assert held is not None and held.status is EntryStatus.DRAINING
     assert (client.zscore(buffer.keys.leases, "m1") or 0) > 0
+    client.close()
+
+
+def test_a_requeue_or_release_that_meets_redis_down_is_retried_not_left_to_expire(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given two popped entries: one whose handler failed (requeued after its delay), one whose
+    # handler never started (given back)
+    client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="settle", lease_ms=3_000)
+    for message_id in ("failed", "untried"):
+        buffer.accept(message_id, org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    failed, untried = protocol.pop("acme", "prod"), protocol.pop("acme", "prod")
+    assert failed is not None and untried is not None
+    settler = Settler(
+        protocol, telemetry=Telemetry(), max_attempts=3, is_retryable=lambda e: True, retry_delay_ms=1
+    )
+    settler.settle([(failed, RuntimeError("boom"))])
+    eventually(lambda: settler.held == 1, what="the failure to be held")
+
+    # When Redis is down as they are requeued and given back
+    redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+    disposable_redis.stop()
+    settler.settle([(untried, NotStarted())])
+    time.sleep(0.01)  # past the 1 ms retry delay
+    settler.settle_due()
+
+    # Then both stay held (not dropped to expire as if their drainer had died) ...
+    assert settler.held == 2
+    disposable_redis.start()
+    # ... and go back once Redis is back, without a lease expiry counted against them
+    eventually(lambda: settler.settle_due() is None and settler.held == 0, what="them to go back")
+    for message_id in ("failed", "untried"):
+        entry = buffer.get(message_id)
+        assert entry is not None and entry.status is EntryStatus.QUEUED
+        assert client.hget(buffer.keys.entry(message_id), "leases_expired") is None
     client.close()
