@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.idle import IdleWait
@@ -190,3 +191,27 @@ def test_a_refused_connect_in_the_idle_wait_neither_raises_nor_ends_the_drainer(
         assert drainer.stop(5_000)
         wake_client.close()
         wake_server.close()
+
+
+def test_a_dead_letter_retried_by_an_operator_wakes_an_idle_drainer(
+    admin: redis.Redis, drain_buffer: MollifierBuffer
+) -> None:
+    # Given a dead letter, and a drainer blocked on the wake-up list for up to 5 s
+    drain_buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(drain_buffer)
+    assert protocol.pop("acme", "prod") is not None
+    assert protocol.fail("m1", code="Boom", message="boom", org_id="acme", env_id="prod")
+    drain_buffer.client.delete(drain_buffer.keys.drain_wake)
+    handled = threading.Event()
+    drainer = MollifierDrainer(drain_buffer, lambda entry: handled.set(), idle_wait_ms=5_000)
+    drainer.start()
+    try:
+        eventually(lambda: blocked(admin) == 1, what="the drainer to block")
+        # When an operator retries it (``failed retry``)
+        retried = time.monotonic()
+        assert drain_buffer.retry_failed("m1")
+        # Then the drainer wakes and drains it well within the idle wait
+        assert handled.wait(5)
+        assert time.monotonic() - retried < 1.0
+    finally:
+        assert drainer.stop(5_000)

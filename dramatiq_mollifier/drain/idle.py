@@ -1,11 +1,12 @@
 """What an idle drainer costs: about one Redis command per second, not ten.
 
 A drainer that finds nothing queued blocks on the buffer's wake-up list (``BLPOP``) instead of
-polling every ``drain_poll_interval_ms``. The first message accepted into a buffer without queued
-work pushes a token there (``lua/accept.lua``), so one idle drainer wakes at once and drains; it
+polling every ``drain_poll_interval_ms``. Whatever makes a buffer without queued work have some
+(an accept, a requeue, a reclaim, a give-back, an operator's retry) pushes a token there
+(``note_queued`` in ``lua/_lib.lua``), so one idle drainer wakes at once and drains; it
 passes the token on once it found work, so the next idle drainer joins the burst too. Without a
-token a drainer still looks every ``drain_idle_wait_ms``: for entries given back by a drainer that
-stopped, leases to reclaim, and any wake-up that was missed.
+token a drainer still looks every ``drain_idle_wait_ms``: for leases to reclaim, and any wake-up
+that was missed.
 
 ``stop`` must not wait for the block to end: :meth:`IdleWait.interrupt` shuts the blocked
 connection's socket from the stopping thread, which makes the read fail at once.
@@ -21,6 +22,7 @@ from typing import Any
 
 import redis
 
+from ..buffer.scripts import script_source
 from ..settings import default_of
 
 __all__ = ["IDLE_WAIT_MS", "IdleWait"]
@@ -31,8 +33,6 @@ logger = logging.getLogger(__name__)
 IDLE_WAIT_MS = default_of("drain_idle_wait_ms")
 # How much shorter than the socket timeout a block must be, so its empty reply is not a timeout.
 _MARGIN_MS = 1_000
-# The tokens the wake-up list holds at most (accept.lua trims it to as many).
-_MAX_TOKENS = 8
 
 
 class IdleWait:
@@ -55,6 +55,8 @@ class IdleWait:
         self.wait_ms = max(0, wait_ms)
         #: Whether the last :meth:`wait` failed on a Redis error (the drainer then backs off).
         self.failed = False
+        # The push the buffer's scripts make too (lua/_lib.lua: wake_idle_drainer, which bounds the list).
+        self._push = client.register_script(script_source("wake"))
         self._lock = threading.Lock()
         self._blocked: Any = None
         self._interrupted = False
@@ -121,9 +123,6 @@ class IdleWait:
     def signal(self) -> None:
         """Push a token: one other idle drainer wakes. Never raises (a lost token costs a wait)."""
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.lpush(self._key, b"1")
-            pipe.ltrim(self._key, 0, _MAX_TOKENS - 1)
-            pipe.execute()
+            self._push(keys=[self._key])
         except redis.RedisError as exc:
             logger.debug("mollifier.drainer could not signal idle drainers: %s", exc)
