@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 
 import dramatiq
+import pytest
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
+from dramatiq_mollifier.errors import MollifierConfigurationError
 
 from .mollifier_helpers import eventually
 
@@ -92,3 +95,30 @@ def test_twenty_five_messages_of_five_megabytes_drain_through_a_real_worker(
     assert sizes == [len(blob)] * 25
     assert mollifier.buffer.depth() == 0
     assert mollifier.buffer.failed() == []
+
+
+def test_a_redis_subclass_gets_connections_of_its_own_and_anything_else_is_refused(redis_url: str) -> None:
+    class Instrumented(redis.Redis):
+        pass
+
+    # Given a send side whose client is a subclass of redis.Redis
+    send_side = Instrumented.from_url(redis_url, socket_timeout=0.5)
+    client = drain_client(send_side, socket_timeout_ms=7_000)
+    try:
+        # Then the drainer's client keeps the class, over a pool of its own with its timeout
+        assert type(client) is Instrumented
+        assert client.connection_pool is not send_side.connection_pool
+        assert client.get_connection_kwargs()["socket_timeout"] == 7.0
+        assert client.ping()
+    finally:
+        client.close()
+        send_side.close()
+
+    # And a client it cannot give connections of its own is refused, loudly
+    class Wrapper:
+        connection_pool = None
+
+    with pytest.raises(
+        MollifierConfigurationError, match=r"redis\.Redis client over a redis\.ConnectionPool"
+    ):
+        drain_client(Wrapper(), socket_timeout_ms=7_000)  # type: ignore[arg-type]
