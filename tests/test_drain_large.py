@@ -11,9 +11,10 @@ from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.buffer.drain_protocol import _PEEK_SLACK, DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.errors import MollifierConfigurationError
+from dramatiq_mollifier.models import EntryStatus
 
 from .mollifier_helpers import eventually
 
@@ -31,6 +32,24 @@ def test_a_pop_stops_at_its_byte_bound_but_always_takes_one_entry(buffer: Mollif
     assert [e.message_id for e in protocol.pop_many("o", "e", 10, max_bytes=1_000)] == ["m2"]
     # No bound: everything left
     assert [e.message_id for e in protocol.pop_many("o", "e", 10)] == ["m3", "m4"]
+
+
+def test_a_pop_keeps_its_byte_bound_across_its_script_calls(buffer: MollifierBuffer) -> None:
+    # Given a small entry, then more references left by expired entries than a pop peeks at, then
+    # a large entry: the pop's first script call stops at the large one's id (not peeked)
+    buffer.accept("small", org_id="o", env_id="e", payload=bytes(100))
+    for n in range(_PEEK_SLACK + 1):
+        buffer.accept(f"expired{n}", org_id="o", env_id="e", payload=b"x")
+        buffer.client.delete(buffer.keys.entry(f"expired{n}"))
+    buffer.accept("large", org_id="o", env_id="e", payload=bytes(1_000))
+
+    # When a pop of two entries, 500 bytes at most, runs
+    popped = DrainProtocol(buffer).pop_many("o", "e", 2, max_bytes=500)
+
+    # Then its second script call does not take the large entry as a free first one
+    assert [e.message_id for e in popped] == ["small"]
+    large = buffer.get("large")
+    assert large is not None and large.status is EntryStatus.QUEUED
 
 
 def test_the_drain_client_has_its_own_timeout_and_never_retries(redis_url: str) -> None:

@@ -138,6 +138,8 @@ class DrainProtocol:
                     self.lease_ms,
                     owner,
                     budget,
+                    # After a first call that popped some, the next one's first entry is not free.
+                    1 if entries else 0,
                     *ids,
                 )
                 popped = list(unpack_popped(reply[1], org_id, env_id, owner))
