@@ -316,7 +316,7 @@ class MollifierDrainer:
             self._thread = threading.Thread(target=self._loop, name="mollifier-drainer", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout_ms: int = 30_000) -> bool:
+    def stop(self, timeout_ms: int = default_of("drain_shutdown_timeout_ms")) -> bool:
         """Wake the loop, let in-flight handlers finish until the deadline, and end the loop.
 
         Returns True when the loop ended within ``timeout_ms`` (and when it never started).

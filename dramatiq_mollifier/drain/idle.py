@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from ..buffer.scripts import script_source
-from ..settings import default_of
+from ..settings import IDLE_WAIT_MARGIN_MS, default_of
 
 __all__ = ["IDLE_WAIT_MS", "IdleWait"]
 
@@ -31,8 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: The longest an idle drainer blocks before it looks at the buffer anyway, in milliseconds.
 IDLE_WAIT_MS = default_of("drain_idle_wait_ms")
-# How much shorter than the socket timeout a block must be, so its empty reply is not a timeout.
-_MARGIN_MS = 1_000
 
 
 class IdleWait:
@@ -49,7 +47,7 @@ class IdleWait:
         self._key = key
         timeout_s = client.get_connection_kwargs().get("socket_timeout")
         if timeout_s is not None:
-            wait_ms = min(wait_ms, int(timeout_s * 1000) - _MARGIN_MS)
+            wait_ms = min(wait_ms, int(timeout_s * 1000) - IDLE_WAIT_MARGIN_MS)
         #: The longest block, in milliseconds (BLPOP gets it in seconds; 0 would block forever,
         #: so 0 here means never block).
         self.wait_ms = max(0, wait_ms)

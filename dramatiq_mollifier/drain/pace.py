@@ -28,17 +28,19 @@ from typing import NamedTuple
 import redis
 
 from ..buffer.keys import KeySpace
-from ..settings import MollifierSettings
+from ..settings import MollifierSettings, default_of
 
 __all__ = ["DEFAULT_MAX_OUTSTANDING", "DEFAULT_OUTSTANDING_TTL_MS", "Claim", "DrainPace", "pace_for"]
 
 logger = logging.getLogger(__name__)
 
 #: Drained messages the fleet may have waiting in the broker: a few batches for the workers to
-#: take while the drainer refills, and no more than a quiet message should wait behind.
-DEFAULT_MAX_OUTSTANDING = 100
-#: How long a drained message may sit in the broker unstarted before its slot is freed anyway.
-DEFAULT_OUTSTANDING_TTL_MS = 60_000
+#: take while the drainer refills, and no more than a quiet message should wait behind (the
+#: ``drain_max_outstanding`` setting's default, written there).
+DEFAULT_MAX_OUTSTANDING: int = default_of("drain_max_outstanding")
+#: How long a drained message may sit in the broker unstarted before its slot is freed anyway
+#: (``drain_outstanding_ttl_ms``'s default).
+DEFAULT_OUTSTANDING_TTL_MS: int = default_of("drain_outstanding_ttl_ms")
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
 RELEASE_COOL_DOWN_MS = 1_000
@@ -74,7 +76,7 @@ class DrainPace:
         self,
         client: redis.Redis,
         *,
-        key_prefix: str = "mollifier",
+        key_prefix: str = default_of("key_prefix"),
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
         outstanding_ttl_ms: int = DEFAULT_OUTSTANDING_TTL_MS,
         rate_per_s: int = 0,

@@ -29,6 +29,7 @@ from ..buffer.core import STALE_OWNER
 from ..buffer.drain_protocol import DrainProtocol
 from ..errors import BrokerUnavailableError, UndeliverableEntryError, UnknownDestinationError
 from ..models import BufferEntry
+from ..settings import default_of
 from ..telemetry import DrainResultKind, Telemetry
 from .failures import RETRY_DELAY_MS, is_unavailable, retry_delay_ms
 from .handler_pool import Completion, NotStarted
@@ -39,7 +40,7 @@ __all__ = ["UNKNOWN_ACTOR_GRACE_MS", "Settler"]
 logger = logging.getLogger(__name__)
 
 #: How long entries for an undeclared actor or queue are retried before dead-lettering, in ms.
-UNKNOWN_ACTOR_GRACE_MS = 300_000
+UNKNOWN_ACTOR_GRACE_MS: int = default_of("drain_unknown_actor_grace_ms")
 
 
 class Settler:
