@@ -16,6 +16,7 @@ from .models import CapOverflow
 __all__ = [
     "ALL_ORGS",
     "DUAL_WRITE_ENTRY_TTL_S",
+    "IDLE_WAIT_MARGIN_MS",
     "MollifierMode",
     "MollifierSettings",
     "default_of",
@@ -31,6 +32,9 @@ DUAL_WRITE_ENTRY_TTL_S = 600
 #: What the supervisor's grace period must hold beyond the drainer's stop: Dramatiq's own
 #: shutdown (stopping consumers, requeueing unstarted messages) needs a moment too.
 SHUTDOWN_MARGIN_MS = 1_000
+#: How much shorter than the drainer's socket timeout its idle block must be, so the block's
+#: empty reply is not taken for a timeout (drain/idle.py uses it too).
+IDLE_WAIT_MARGIN_MS = 1_000
 
 # Upper bounds. Past them a value is a mistake, and it would fail later and quietly: Redis
 # refuses an expiry that overflows (every tripped send would then fail open), a thread cannot
@@ -252,11 +256,15 @@ class MollifierSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_idle_wait(self) -> MollifierSettings:
-        if self.drain_idle_wait_ms and self.drain_idle_wait_ms + 1_000 > self.drain_socket_timeout_ms:
+        if (
+            self.drain_idle_wait_ms
+            and self.drain_idle_wait_ms + IDLE_WAIT_MARGIN_MS > self.drain_socket_timeout_ms
+        ):
             raise MollifierConfigurationError(
-                f"drain_idle_wait_ms ({self.drain_idle_wait_ms}) must be at least 1000 ms shorter than "
-                f"drain_socket_timeout_ms ({self.drain_socket_timeout_ms}): an idle drainer blocks on "
-                "Redis that long, and a reply that late would be taken for an outage"
+                f"drain_idle_wait_ms ({self.drain_idle_wait_ms}) must be at least "
+                f"{IDLE_WAIT_MARGIN_MS} ms shorter than drain_socket_timeout_ms "
+                f"({self.drain_socket_timeout_ms}): an idle drainer blocks on Redis that long, and a "
+                "reply that late would be taken for an outage"
             )
         return self
 

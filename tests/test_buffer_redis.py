@@ -230,11 +230,20 @@ def test_a_script_gets_the_helpers_it_calls_and_only_those() -> None:
         "env_field",
         "adjust_counter",
         "adjust_depth",
+        "wake_idle_drainer",
+        "note_queued",
     ]
     assert helpers("expired_leases") == ["now_ms"]
-    # the enqueue hot paths define next to nothing on each run
+    # the enqueue hot paths define next to nothing on each run (note_queued: the one place where
+    # the buffer going from no queued work to some wakes an idle drainer)
     assert helpers("evaluate_trip") == ["tenant_tag"]
-    assert helpers("evaluate_trip_and_accept") == ["tenant_tag", "org_field", "env_field"]
+    assert helpers("evaluate_trip_and_accept") == [
+        "tenant_tag",
+        "org_field",
+        "env_field",
+        "wake_idle_drainer",
+        "note_queued",
+    ]
 
 
 def round_trips(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object]) -> list[list[str]]:

@@ -14,8 +14,10 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
+from dramatiq_mollifier.drain.idle import IdleWait
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import BufferEntry
 
@@ -158,3 +160,58 @@ def test_a_woken_drainer_wakes_the_next_one_to_join_the_burst(
     finally:
         for drainer in drainers:
             assert drainer.stop(5_000)
+
+
+def test_a_refused_connect_in_the_idle_wait_neither_raises_nor_ends_the_drainer(
+    disposable_redis: EmbeddedRedis, drain_buffer: MollifierBuffer, redis_binary: str
+) -> None:
+    # Given a drainer whose wake-up list sits on a server that is down (refused connects), so
+    # its ticks succeed and every idle wait fails to connect
+    wake_server = EmbeddedRedis(redis_binary).start()
+    wake_client = drain_client(redis.Redis.from_url(wake_server.url), socket_timeout_ms=10_000)
+    assert wake_client.ping()
+    wake_server.stop()
+    handled = threading.Event()
+    drainer = MollifierDrainer(drain_buffer, lambda entry: handled.set(), idle_wait_ms=5_000)
+    drainer._idle_wait = IdleWait(wake_client, key=drain_buffer.keys.drain_wake, wait_ms=5_000)
+    assert not drainer._idle_wait.wait() and drainer._idle_wait.failed  # never raises
+    drainer.start()
+    try:
+        # When a message is buffered after a few failed waits
+        eventually(lambda: drainer._idle_wait.failed, what="an idle wait to fail")
+        drain_buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+        # Then the drainer is still alive and drains it
+        assert handled.wait(5)
+        assert drainer.running
+        # And once the wake-up list's server is back, it blocks there again
+        wake_server.start()
+        with redis.Redis.from_url(wake_server.url) as wake_admin:
+            eventually(lambda: blocked(wake_admin) == 1, what="the drainer to block")
+    finally:
+        assert drainer.stop(5_000)
+        wake_client.close()
+        wake_server.close()
+
+
+def test_a_dead_letter_retried_by_an_operator_wakes_an_idle_drainer(
+    admin: redis.Redis, drain_buffer: MollifierBuffer
+) -> None:
+    # Given a dead letter, and a drainer blocked on the wake-up list for up to 5 s
+    drain_buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(drain_buffer)
+    assert protocol.pop("acme", "prod") is not None
+    assert protocol.fail("m1", code="Boom", message="boom", org_id="acme", env_id="prod")
+    drain_buffer.client.delete(drain_buffer.keys.drain_wake)
+    handled = threading.Event()
+    drainer = MollifierDrainer(drain_buffer, lambda entry: handled.set(), idle_wait_ms=5_000)
+    drainer.start()
+    try:
+        eventually(lambda: blocked(admin) == 1, what="the drainer to block")
+        # When an operator retries it (``failed retry``)
+        retried = time.monotonic()
+        assert drain_buffer.retry_failed("m1")
+        # Then the drainer wakes and drains it well within the idle wait
+        assert handled.wait(5)
+        assert time.monotonic() - retried < 1.0
+    finally:
+        assert drainer.stop(5_000)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 
 import dramatiq
+import pytest
+import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.buffer.drain_protocol import _PEEK_SLACK, DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
+from dramatiq_mollifier.errors import MollifierConfigurationError
+from dramatiq_mollifier.models import EntryStatus
 
 from .mollifier_helpers import eventually
 
@@ -28,6 +32,24 @@ def test_a_pop_stops_at_its_byte_bound_but_always_takes_one_entry(buffer: Mollif
     assert [e.message_id for e in protocol.pop_many("o", "e", 10, max_bytes=1_000)] == ["m2"]
     # No bound: everything left
     assert [e.message_id for e in protocol.pop_many("o", "e", 10)] == ["m3", "m4"]
+
+
+def test_a_pop_keeps_its_byte_bound_across_its_script_calls(buffer: MollifierBuffer) -> None:
+    # Given a small entry, then more references left by expired entries than a pop peeks at, then
+    # a large entry: the pop's first script call stops at the large one's id (not peeked)
+    buffer.accept("small", org_id="o", env_id="e", payload=bytes(100))
+    for n in range(_PEEK_SLACK + 1):
+        buffer.accept(f"expired{n}", org_id="o", env_id="e", payload=b"x")
+        buffer.client.delete(buffer.keys.entry(f"expired{n}"))
+    buffer.accept("large", org_id="o", env_id="e", payload=bytes(1_000))
+
+    # When a pop of two entries, 500 bytes at most, runs
+    popped = DrainProtocol(buffer).pop_many("o", "e", 2, max_bytes=500)
+
+    # Then its second script call does not take the large entry as a free first one
+    assert [e.message_id for e in popped] == ["small"]
+    large = buffer.get("large")
+    assert large is not None and large.status is EntryStatus.QUEUED
 
 
 def test_the_drain_client_has_its_own_timeout_and_never_retries(redis_url: str) -> None:
@@ -92,3 +114,30 @@ def test_twenty_five_messages_of_five_megabytes_drain_through_a_real_worker(
     assert sizes == [len(blob)] * 25
     assert mollifier.buffer.depth() == 0
     assert mollifier.buffer.failed() == []
+
+
+def test_a_redis_subclass_gets_connections_of_its_own_and_anything_else_is_refused(redis_url: str) -> None:
+    class Instrumented(redis.Redis):
+        pass
+
+    # Given a send side whose client is a subclass of redis.Redis
+    send_side = Instrumented.from_url(redis_url, socket_timeout=0.5)
+    client = drain_client(send_side, socket_timeout_ms=7_000)
+    try:
+        # Then the drainer's client keeps the class, over a pool of its own with its timeout
+        assert type(client) is Instrumented
+        assert client.connection_pool is not send_side.connection_pool
+        assert client.get_connection_kwargs()["socket_timeout"] == 7.0
+        assert client.ping()
+    finally:
+        client.close()
+        send_side.close()
+
+    # And a client it cannot give connections of its own is refused, loudly
+    class Wrapper:
+        connection_pool = None
+
+    with pytest.raises(
+        MollifierConfigurationError, match=r"redis\.Redis client over a redis\.ConnectionPool"
+    ):
+        drain_client(Wrapper(), socket_timeout_ms=7_000)  # type: ignore[arg-type]

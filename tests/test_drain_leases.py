@@ -6,6 +6,7 @@ stops and starts again with its data (``SHUTDOWN SAVE``), as a failover or a res
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -21,6 +22,8 @@ from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.drain.handler_pool import NotStarted
+from dramatiq_mollifier.drain.housekeeping import MAX_LEASE_EXPIRIES, Housekeeping
 from dramatiq_mollifier.drain.leases import LeaseKeeper
 from dramatiq_mollifier.drain.settling import Settler
 from dramatiq_mollifier.embedded import EmbeddedRedis
@@ -112,13 +115,22 @@ def test_renewal_leaves_an_entry_that_passed_to_another_owner_alone(buffer: Moll
     assert (buffer.client.zscore(buffer.keys.leases, "m0") or 0) >= before - 100
 
 
+@pytest.mark.parametrize(
+    ("lease_ms", "outage_s"),
+    [
+        (5_000, 1.0),
+        # Longer than the lease less its renewal interval (2 s): leases lapse during the outage,
+        # and the drainer must retry its acks and renew before it reclaims
+        (3_000, 2.3),
+    ],
+)
 def test_the_buffer_redis_restarted_mid_drain_duplicates_at_most_what_was_in_flight(
-    disposable_redis: EmbeddedRedis,
+    disposable_redis: EmbeddedRedis, lease_ms: int, outage_s: float
 ) -> None:
     # Given a backlog in a buffer whose Redis restarts (with its data) in the middle of the drain
     backlog, concurrency = 300, 4
     client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
-    buffer = MollifierBuffer(client, key_prefix="restart", lease_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="restart", lease_ms=lease_ms)
     broker = StubBroker()
 
     @dramatiq.actor(broker=broker)
@@ -149,7 +161,7 @@ def test_the_buffer_redis_restarted_mid_drain_duplicates_at_most_what_was_in_fli
         redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
         disposable_redis.stop()
         down.set()
-        time.sleep(1)
+        time.sleep(outage_s)  # the outage itself, not a wait for a state
         disposable_redis.start()
         # When it is back, the drain goes on
         eventually(lambda: buffer.depth() == 0, timeout_s=30, what="the backlog to drain")
@@ -201,15 +213,21 @@ def test_an_entry_whose_lease_keeps_expiring_is_dead_lettered_with_its_reason(
 def test_a_drainer_dead_letters_an_entry_whose_lease_expired_once_too_often(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:
-    # Given an entry popped by a drainer that never settled it, its lease now expired
+    # Given an entry whose lease expired MAX_LEASE_EXPIRIES - 1 times already (popped, never
+    # settled, reclaimed), popped once more and never settled, its lease now expired
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
     buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
-    assert DrainProtocol(buffer).pop("acme", "prod") is not None
+    protocol = DrainProtocol(buffer)
+    for _ in range(MAX_LEASE_EXPIRIES - 1):
+        assert protocol.pop("acme", "prod") is not None
+        redis_client.zadd(buffer.keys.leases, {"m1": 0})
+        assert protocol.reclaim(max_expiries=MAX_LEASE_EXPIRIES).requeued == ["m1"]
+    assert protocol.pop("acme", "prod") is not None
     redis_client.zadd(buffer.keys.leases, {"m1": 0})
     provider, reader = metrics()
     handled: list[str] = []
 
-    # When a drainer allowing one attempt reclaims it
+    # When a drainer reclaims it (allowing one attempt: the bound is its own, not max_attempts)
     drainer = MollifierDrainer(
         buffer, lambda entry: handled.append(entry.message_id), max_attempts=1, telemetry=Telemetry(provider)
     )
@@ -219,6 +237,27 @@ def test_a_drainer_dead_letters_an_entry_whose_lease_expired_once_too_often(
     assert handled == []
     assert [e.last_error[0] for e in buffer.failed() if e.last_error] == ["LeaseExpired"]
     assert counts(reader, "mollifier.drained", "result") == {("failed",): 1}
+
+
+def test_one_lease_expiry_does_not_dead_letter_with_a_single_attempt(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given an entry held by a worker that was SIGKILLed during a deploy: its lease expired once
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    assert DrainProtocol(buffer).pop("acme", "prod") is not None
+    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    handled: list[str] = []
+
+    # When a drainer allowing one handler attempt reclaims it and drains
+    drainer = MollifierDrainer(buffer, lambda entry: handled.append(entry.message_id), max_attempts=1)
+    drainer.run_once()
+    drainer.run_once()
+
+    # Then it is delivered, not dead-lettered
+    assert handled == ["m1"]
+    assert buffer.failed() == []
+    assert buffer.get("m1") is None
 
 
 def test_an_entry_held_for_too_many_leases_is_renewed_no_more(
@@ -237,3 +276,151 @@ def test_an_entry_held_for_too_many_leases_is_renewed_no_more(
     # Then after MAX_RENEWALS leases it is let go, for another drainer to reclaim
     eventually(lambda: keeper.renew() == 0 and len(keeper) == 0, what="the keeper to let it go")
     eventually(lambda: protocol.reclaim_expired() == ["m1"], what="its lease to expire")
+
+
+def test_renewing_an_entry_acked_meanwhile_reports_no_lost_lease(
+    buffer: MollifierBuffer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two held entries: one acked meanwhile (gone), one reclaimed and popped elsewhere
+    for message_id in ("acked", "taken"):
+        buffer.accept(message_id, org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    acked, taken = protocol.pop("acme", "prod"), protocol.pop("acme", "prod")
+    assert acked is not None and taken is not None
+    keeper = LeaseKeeper(protocol)
+    keeper.hold([acked, taken])
+    assert protocol.ack_entries([acked]).removed == 1
+    buffer.client.zadd(buffer.keys.leases, {"taken": 0})
+    assert protocol.reclaim_expired() == ["taken"]
+    assert protocol.pop("acme", "prod") is not None
+
+    # When the keeper renews
+    with caplog.at_level("WARNING"):
+        assert keeper.renew() == 1
+
+    # Then only the entry another drainer holds now is reported lost
+    assert [protocol_entry.message_id for protocol_entry in protocol.renew([acked, taken])] == ["taken"]
+    lost = [r.getMessage() for r in caplog.records if "lease_lost" in r.getMessage()]
+    assert len(lost) == 1 and "'taken'" in lost[0], lost
+
+
+def test_an_empty_owner_token_renews_and_acks_nothing(buffer: MollifierBuffer) -> None:
+    # Given a popped entry, its lease expired
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    entry = protocol.pop("acme", "prod")
+    assert entry is not None
+    buffer.client.zadd(buffer.keys.leases, {"m1": 0})
+    ownerless = dataclasses.replace(entry, lease_owner="")
+
+    # When a renewal and a batch ack name an empty owner
+    assert protocol.renew([ownerless]) == [ownerless]
+    assert protocol.ack_entries([ownerless]).removed == 0
+
+    # Then neither applied: the lease is still expired, and the entry is still there
+    assert buffer.client.zscore(buffer.keys.leases, "m1") == 0
+    assert protocol.reclaim_expired() == ["m1"]
+
+
+def test_after_an_outage_that_outlasted_the_lease_a_drainer_acks_before_it_reclaims(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given a drainer whose handler succeeded while its Redis was down (the ack failed)
+    client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="outage", lease_ms=3_000)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    handled: list[str] = []
+
+    def handler(entry: BufferEntry) -> None:
+        handled.append(entry.message_id)
+        if len(handled) == 1:
+            redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+            disposable_redis.stop()
+
+    drainer = MollifierDrainer(buffer, handler, reclaim_interval_ms=1, idle_wait_ms=0)
+    try:
+        drainer.run_once()
+        assert handled == ["m1"]
+        # and whose lease lapsed meanwhile (the outage was longer than the lease less its renewal)
+        disposable_redis.start()
+        client.zadd(buffer.keys.leases, {"m1": 0})
+
+        # When its next tick runs (reclaiming is due)
+        drainer.run_once()
+        drainer.run_once()
+    finally:
+        client.close()
+
+    # Then its failed ack went through first: the entry was delivered once, not reclaimed and
+    # delivered again
+    assert handled == ["m1"]
+    assert buffer.depth() == 0
+
+
+def test_after_an_outage_a_drainer_renews_what_it_holds_before_it_reclaims(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given an entry whose handler still runs, its renewal failed during an outage that outlasted
+    # the lease less its renewal interval (the lease lapsed)
+    client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="outage", lease_ms=3_000)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    entry = protocol.pop("acme", "prod")
+    assert entry is not None
+    keeper = LeaseKeeper(protocol)
+    keeper.hold([entry])
+    redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+    disposable_redis.stop()
+    with pytest.raises(Exception, match="ConnectionError"):
+        keeper.renew()
+    disposable_redis.start()
+    client.zadd(buffer.keys.leases, {"m1": 0})
+
+    # When the drainer's housekeeping reclaims
+    Housekeeping(protocol, buffer, telemetry=Telemetry(), reclaim_interval_ms=1, leases=keeper).run(
+        time.monotonic(), idle=False
+    )
+
+    # Then the entry was renewed first, not reclaimed
+    held = buffer.get("m1")
+    assert held is not None and held.status is EntryStatus.DRAINING
+    assert (client.zscore(buffer.keys.leases, "m1") or 0) > 0
+    client.close()
+
+
+def test_a_requeue_or_release_that_meets_redis_down_is_retried_not_left_to_expire(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given two popped entries: one whose handler failed (requeued after its delay), one whose
+    # handler never started (given back)
+    client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="settle", lease_ms=3_000)
+    for message_id in ("failed", "untried"):
+        buffer.accept(message_id, org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    failed, untried = protocol.pop("acme", "prod"), protocol.pop("acme", "prod")
+    assert failed is not None and untried is not None
+    settler = Settler(
+        protocol, telemetry=Telemetry(), max_attempts=3, is_retryable=lambda e: True, retry_delay_ms=1
+    )
+    settler.settle([(failed, RuntimeError("boom"))])
+    eventually(lambda: settler.held == 1, what="the failure to be held")
+
+    # When Redis is down as they are requeued and given back
+    redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+    disposable_redis.stop()
+    settler.settle([(untried, NotStarted())])
+    time.sleep(0.01)  # past the 1 ms retry delay
+    settler.settle_due()
+
+    # Then both stay held (not dropped to expire as if their drainer had died) ...
+    assert settler.held == 2
+    disposable_redis.start()
+    # ... and go back once Redis is back, without a lease expiry counted against them
+    eventually(lambda: settler.settle_due() is None and settler.held == 0, what="them to go back")
+    for message_id in ("failed", "untried"):
+        entry = buffer.get(message_id)
+        assert entry is not None and entry.status is EntryStatus.QUEUED
+        assert client.hget(buffer.keys.entry(message_id), "leases_expired") is None
+    client.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +35,26 @@ def shown(value: object) -> str:
     return str(value)
 
 
-def test_no_developer_setting_reaches_a_test() -> None:
-    # tests/conftest.py clears MOLLIFIER_* (except the harness's MOLLIFIER_TEST_*) for every test.
-    assert [n for n in os.environ if n.startswith("MOLLIFIER_") and not n.startswith("MOLLIFIER_TEST_")] == []
+def test_no_developer_setting_reaches_a_test(tmp_path: Path) -> None:
+    # Given a developer's MOLLIFIER_MODE, and a test that reports the settings it sees
+    probe = tmp_path / "test_probe.py"
+    probe.write_text(
+        "import os\n\n"
+        "def test_probe():\n"
+        "    seen = [n for n in os.environ if n.startswith('MOLLIFIER_')]\n"
+        "    assert [n for n in seen if not n.startswith('MOLLIFIER_TEST_')] == []\n"
+    )
+    env = {**os.environ, "MOLLIFIER_MODE": "bogus"}
+    root = Path(__file__).resolve().parent.parent
+
+    def run(*plugins: str) -> int:
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugins, str(probe)]
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, check=False).returncode
+
+    # Then the probe sees it without tests/conftest.py, and does not with it (which clears
+    # MOLLIFIER_*, except the harness's MOLLIFIER_TEST_*, for every test)
+    assert run() == 1
+    assert run("-p", "tests.conftest") == 0
 
 
 def test_the_readme_documents_every_setting_its_variable_and_its_default() -> None:

@@ -94,6 +94,7 @@ class BufferCore:
                 t.failed_envs,
                 keys.failed_orgs,
                 keys.depth,
+                keys.drain_wake,
             ),
             (message_id, org_id, env_id, *extra),
         )

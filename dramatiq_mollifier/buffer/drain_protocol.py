@@ -138,6 +138,8 @@ class DrainProtocol:
                     self.lease_ms,
                     owner,
                     budget,
+                    # After a first call that popped some, the next one's first entry is not free.
+                    1 if entries else 0,
                     *ids,
                 )
                 popped = list(unpack_popped(reply[1], org_id, env_id, owner))
@@ -277,7 +279,9 @@ class DrainProtocol:
 
     def renew(self, entries: Sequence[BufferEntry]) -> list[BufferEntry]:
         """Push back the lease deadline of popped entries (a lease from now) for the owner that
-        popped each; returns those no longer held by it (reclaimed, or gone). One round trip.
+        popped each; returns those another owner or status holds now (reclaimed, requeued). One
+        gone meanwhile (acked) is neither renewed nor returned; an entry without an owner token is
+        never renewed. One round trip.
         """
         if not entries:
             return []

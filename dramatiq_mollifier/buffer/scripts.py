@@ -55,6 +55,7 @@ SCRIPT_NAMES = (
     "requeue",
     "retry_failed",
     "tripped",
+    "wake",
 )
 
 _LIBRARY = "_lib"
@@ -128,6 +129,7 @@ class Scripts:
         self.requeue = register("requeue")
         self.retry_failed = register("retry_failed")
         self.tripped = register("tripped")
+        self.wake = register("wake")
 
 
 def run(client: redis.Redis, script: Script, numkeys: int, *keys_and_args: Any) -> Any:

@@ -17,6 +17,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..errors import MollifierConfigurationError
+
 __all__ = ["drain_client"]
 
 logger = logging.getLogger(__name__)
@@ -28,21 +30,24 @@ _POOL_STATE = ("maint_notifications_pool_handler", "orig_", "himport_registry")
 
 def drain_client(client: redis.Redis, *, socket_timeout_ms: int) -> redis.Redis:
     """A client for the server of ``client`` over a pool of its own: socket timeout
-    ``socket_timeout_ms``, no retries. ``client`` itself when it is not a plain ``redis.Redis``
-    over a connection pool (a cluster client, a wrapper): its settings are then kept, and logged.
+    ``socket_timeout_ms``, no retries. A subclass of ``redis.Redis`` keeps its class (built as
+    ``type(client)(connection_pool=...)``).
+
+    Raises :class:`MollifierConfigurationError` for a client that is not a ``redis.Redis`` over a
+    ``redis.ConnectionPool`` (a cluster client, a wrapper): the drainer cannot give it connections
+    of its own, and on the send path's (retries, a short timeout) a retried pop leaves entries
+    leased to nobody and the idle wait polls.
     """
-    pool = client.connection_pool if type(client) is redis.Redis else None
-    if not isinstance(pool, redis.ConnectionPool):
-        logger.warning(
-            "mollifier.drainer uses the buffer's own client (%s): give it a socket timeout longer "
-            "than drain_idle_wait_ms and no retries, or pops of large messages may time out or "
-            "run twice",
-            type(client).__name__,
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(client, redis.Redis) or not isinstance(pool, redis.ConnectionPool):
+        raise MollifierConfigurationError(
+            f"the drainer needs a redis.Redis client over a redis.ConnectionPool to open connections "
+            f"of its own (socket timeout drain_socket_timeout_ms, no retries); got {type(client).__name__} "
+            f"over {type(pool).__name__}"
         )
-        return client
     kwargs = {
         name: value for name, value in pool.connection_kwargs.items() if not name.startswith(_POOL_STATE)
     }
     kwargs.update(socket_timeout=socket_timeout_ms / 1000, retry=Retry(NoBackoff(), 0), retry_on_error=[])
     own_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-    return redis.Redis(connection_pool=own_pool)
+    return type(client)(connection_pool=own_pool)

@@ -18,13 +18,14 @@ from typing import NamedTuple
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
+from ..errors import BufferUnavailableError
 from ..models import BufferEntry
 from ..settings import default_of
 from ..telemetry import Telemetry
 from .failures import MAX_BACKOFF_MS, backoff_ms
 from .handler_pool import Completion, DrainHandler, HandlerPool
 from .hooks import DrainHooks
-from .housekeeping import RECLAIM_INTERVAL_MS, Housekeeping
+from .housekeeping import Housekeeping
 from .idle import IdleWait
 from .leases import LeaseKeeper
 from .pace import Claim, DrainPace
@@ -78,27 +79,22 @@ class MollifierDrainer:
       concurrency: The most handlers running at once (fewer while they keep the interpreter
         busy: see :class:`~dramatiq_mollifier.parallelism.AdaptiveParallelism`), which also
         bounds entries popped but not yet settled. Defaults to ``drain_concurrency``'s.
-      max_attempts: Handler attempts before an entry is dead-lettered. Defaults to
-        ``drain_max_attempts``'s (3).
+      max_attempts: Handler attempts before an entry is dead-lettered (``drain_max_attempts``'s).
       max_orgs_per_tick: Orgs visited per tick. Defaults to ``drain_max_orgs_per_tick``'s.
-      poll_interval_ms: The sleep after a tick that drained nothing. Defaults to
-        ``drain_poll_interval_ms``'s (100).
+      poll_interval_ms: The sleep after a tick that drained nothing (``drain_poll_interval_ms``'s).
       batch_size: Entries popped from one env per tick. Defaults to ``drain_batch_size``'s.
       is_retryable: Whether a handler exception may be retried. Defaults to every exception.
       telemetry: Where drain metrics go. Defaults to instruments on the global meter provider.
-      reclaim_interval_ms: How often ``run_once`` reclaims expired leases. Defaults to a quarter of
-        the buffer's lease, at most once a second.
-      retry_delay_ms: The wait before an entry's second attempt, doubling per attempt; broker
-        unavailability consumes no attempt (see :mod:`.settling`). Defaults to
-        ``drain_retry_delay_ms``'s (1 second).
+      reclaim_interval_ms: How often ``run_once`` reclaims expired leases: by default a quarter lease, ≤ 1 s.
+      retry_delay_ms: The wait before a second attempt, doubling per attempt (``drain_retry_delay_ms``'s);
+        broker unavailability consumes no attempt (see :mod:`.settling`).
       unknown_actor_grace_ms: How long entries for an undeclared actor or queue are retried before
         they are dead-lettered. Defaults to ``drain_unknown_actor_grace_ms``'s.
       pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
         Defaults to None: no budget, every popped entry goes to the handler at once.
-      batch_max_bytes: Payload bytes one pop returns at most (the first entry whatever its
-        size). Defaults to 4 MiB.
+      batch_max_bytes: Payload bytes a pop returns at most, bar its first (``drain_batch_max_bytes``'s).
       idle_wait_ms: With nothing queued, the drainer blocks on the buffer's wake-up list this
-        long at most instead of polling (see :mod:`.idle`); 0 polls. Defaults to 5 seconds.
+        long at most instead of polling (see :mod:`.idle`); 0 polls. ``drain_idle_wait_ms``'s.
       max_in_flight: Entries popped and not yet settled, at most (at least ``concurrency``); a
         refill waits for half of them, so it is also the size of the drainer's round trips.
         Defaults to ``concurrency``.
@@ -167,20 +163,17 @@ class MollifierDrainer:
             # their actor, say), so idle ones wake.
             wake=self._idle_wait.signal,
         )
-        if reclaim_interval_ms is None:
-            reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
-        self.reclaim_interval_ms = reclaim_interval_ms
-        # An entry whose lease expires max_attempts times is dead-lettered rather than looped.
         self._housekeeping = Housekeeping(
             self._buffer,
             buffer,
             telemetry=self._telemetry,
             reclaim_interval_ms=reclaim_interval_ms,
-            max_expiries=max_attempts,
+            leases=self._leases,
             report_gauges=self._hooks.report_gauges,
             # Their drainer died holding their budget slots: give them back at once.
             give_back=None if pace is None else pace.give_back,
         )
+        self.reclaim_interval_ms = self._housekeeping.reclaim_interval_ms
         self._sleep = sleep or self._wait
         self._pace = pace
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
@@ -203,11 +196,13 @@ class MollifierDrainer:
 
     # One tick -------------------------------------------------------------------------------
     def run_once(self) -> DrainResult:
-        """Reclaim expired leases (throttled), then drain one window of orgs, one env each.
+        """Retry failed acks, reclaim expired leases (throttled), then drain one window of orgs, one env each.
 
         Raises when the orgs or their envs cannot be read (Redis down); any other buffer error is
         counted as a failure of the org or env it concerns. Not re-entrant: one caller at a time.
         """
+        # Own failed acks (and leases, in housekeeping) before reclaiming: no second delivery.
+        self._settler.settle_due()
         self._housekeeping.run(time.monotonic(), idle=self._deep_idle)
         # After a block, from the first org: one command instead of two.
         cursor = None if self._deep_idle else self._rotation.org_cursor
@@ -349,7 +344,7 @@ class MollifierDrainer:
             self._thread = threading.Thread(target=self._loop, name="mollifier-drainer", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout_ms: int = 30_000) -> bool:
+    def stop(self, timeout_ms: int = default_of("drain_shutdown_timeout_ms")) -> bool:
         """Wake the loop, let in-flight handlers finish until the deadline, and end the loop.
 
         Returns True when the loop ended within ``timeout_ms`` (and when it never started).
@@ -393,6 +388,7 @@ class MollifierDrainer:
                 may_block = result.empty and result.failed == 0 and self._may_block()
                 self._settler.settle_due()
                 self._settler.check_broker()
+                self._pause(result, may_block)
             except Exception:
                 failures += 1
                 delay_ms = backoff_ms(self.poll_interval_ms, failures)
@@ -407,20 +403,24 @@ class MollifierDrainer:
             if failures:
                 logger.info("mollifier.drainer recovered after %d failed tick(s)", failures)
                 failures = 0
-            woken, self._woken = self._woken, False
-            self._deep_idle = self._deep_idle and result.empty
-            if result.paced:
-                # The fleet's workers free slots as they start drained messages: look again soon.
-                self._sleep(PACE_WAIT_MS)
-            elif result.drained == 0:
-                if may_block:
-                    self._deep_idle = True
-                    self._woken = self._idle_wait.wait()
-                    continue
-                self._sleep(self.poll_interval_ms)
-            elif woken:
-                # Woken by a token, and there was work: wake the next idle drainer to join in.
-                self._idle_wait.signal()
+
+    def _pause(self, result: DrainResult, may_block: bool) -> None:
+        """The wait after a tick: brief when paced, a block on the wake-up list when idle."""
+        woken, self._woken = self._woken, False
+        self._deep_idle = self._deep_idle and result.empty
+        if woken and (result.drained or result.paced):
+            # Woken by a token, and there was work: wake the next idle drainer to join in.
+            self._idle_wait.signal()
+        if result.paced:
+            # The fleet's workers free slots as they start drained messages: look again soon.
+            self._sleep(PACE_WAIT_MS)
+        elif result.drained == 0 and not may_block:
+            self._sleep(self.poll_interval_ms)
+        elif result.drained == 0:
+            self._deep_idle = True
+            self._woken = self._idle_wait.wait()
+            if self._idle_wait.failed:
+                raise BufferUnavailableError("the idle wait on the wake-up list failed")
 
     def _may_block(self) -> bool:
         """Whether nothing is left for this drainer to do until something is queued."""

@@ -10,10 +10,12 @@ from __future__ import annotations
 import redis
 from dramatiq.errors import BrokerConnectionError
 
+from ..settings import default_of
+
 __all__ = ["MAX_BACKOFF_MS", "backoff_ms", "is_unavailable", "retry_delay_ms"]
 
 #: The first wait before a failed entry is tried again, in milliseconds; doubled per attempt.
-RETRY_DELAY_MS = 1_000
+RETRY_DELAY_MS: int = default_of("drain_retry_delay_ms")
 # How far up __cause__/__context__ a wrapped error is looked for.
 _CHAIN_DEPTH = 5
 

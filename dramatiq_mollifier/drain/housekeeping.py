@@ -15,8 +15,15 @@ from collections.abc import Callable, Sequence
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
 from ..telemetry import DrainResultKind, Telemetry
+from .leases import LeaseKeeper
 
-__all__ = ["DEPTH_INTERVAL_MS", "IDLE_HOUSEKEEPING_MS", "RECLAIM_INTERVAL_MS", "Housekeeping"]
+__all__ = [
+    "DEPTH_INTERVAL_MS",
+    "IDLE_HOUSEKEEPING_MS",
+    "MAX_LEASE_EXPIRIES",
+    "RECLAIM_INTERVAL_MS",
+    "Housekeeping",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +31,10 @@ logger = logging.getLogger(__name__)
 RECLAIM_INTERVAL_MS = 1_000
 #: How often a tick reads the buffer depth for the gauge, in milliseconds.
 DEPTH_INTERVAL_MS = 1_000
+#: Lease expiries after which an entry is dead-lettered (``LeaseExpired``). Not
+#: ``drain_max_attempts``: a lease expires when its drainer dies (a deploy's SIGKILL), which says
+#: nothing about the message, so a few such deaths must not dead-letter what it held.
+MAX_LEASE_EXPIRIES = 5
 #: How often an idle drainer reclaims expired leases and reads the depth, in milliseconds.
 IDLE_HOUSEKEEPING_MS = 15_000
 
@@ -36,8 +47,13 @@ class Housekeeping:
       protocol: The buffer's drain side.
       buffer: The buffer, for its depth.
       telemetry: Where the reclaimed, dead-lettered and depth figures go.
-      reclaim_interval_ms: How often leases are reclaimed at most.
-      max_expiries: Lease expiries after which an entry is dead-lettered; 0 for never.
+      reclaim_interval_ms: How often leases are reclaimed at most. Defaults to a quarter of the
+        buffer's lease, at most :data:`RECLAIM_INTERVAL_MS`.
+      max_expiries: Lease expiries after which an entry is dead-lettered; 0 for never. Defaults
+        to :data:`MAX_LEASE_EXPIRIES`.
+      leases: The drainer's own leases, renewed first when their last renewal failed: after an
+        outage longer than the lease less its renewal interval, reclaiming first would requeue
+        what the drainer still holds (delivered a second time).
       report_gauges: Reports the fleet's gauges instead of this process's depth (see
         :class:`~dramatiq_mollifier.drain.gauges.FleetGauges`). Defaults to None: the depth.
       give_back: Frees the drain budget slots of reclaimed entries. Defaults to None (no budget).
@@ -49,11 +65,15 @@ class Housekeeping:
         buffer: MollifierBuffer,
         *,
         telemetry: Telemetry,
-        reclaim_interval_ms: int,
-        max_expiries: int,
+        reclaim_interval_ms: int | None = None,
+        max_expiries: int = MAX_LEASE_EXPIRIES,
+        leases: LeaseKeeper | None = None,
         report_gauges: Callable[[], object] | None = None,
         give_back: Callable[[Sequence[str]], object] | None = None,
     ) -> None:
+        self._leases = leases
+        if reclaim_interval_ms is None:
+            reclaim_interval_ms = max(1, min(RECLAIM_INTERVAL_MS, buffer.lease_ms // 4))
         self._protocol = protocol
         self._buffer = buffer
         self._telemetry = telemetry
@@ -81,6 +101,8 @@ class Housekeeping:
 
     def _reclaim(self) -> None:
         try:
+            if self._leases is not None:
+                self._leases.renew_if_failing()
             reclaimed, dead = self._protocol.reclaim(max_expiries=self.max_expiries)
         except Exception:
             logger.warning("mollifier.drain_error reclaiming expired leases", exc_info=True)

@@ -1,11 +1,12 @@
 """What an idle drainer costs: about one Redis command per second, not ten.
 
 A drainer that finds nothing queued blocks on the buffer's wake-up list (``BLPOP``) instead of
-polling every ``drain_poll_interval_ms``. The first message accepted into a buffer without queued
-work pushes a token there (``lua/accept.lua``), so one idle drainer wakes at once and drains; it
+polling every ``drain_poll_interval_ms``. Whatever makes a buffer without queued work have some
+(an accept, a requeue, a reclaim, a give-back, an operator's retry) pushes a token there
+(``note_queued`` in ``lua/_lib.lua``), so one idle drainer wakes at once and drains; it
 passes the token on once it found work, so the next idle drainer joins the burst too. Without a
-token a drainer still looks every ``drain_idle_wait_ms``: for entries given back by a drainer that
-stopped, leases to reclaim, and any wake-up that was missed.
+token a drainer still looks every ``drain_idle_wait_ms``: for leases to reclaim, and any wake-up
+that was missed.
 
 ``stop`` must not wait for the block to end: :meth:`IdleWait.interrupt` shuts the blocked
 connection's socket from the stopping thread, which makes the read fail at once.
@@ -21,7 +22,8 @@ from typing import Any
 
 import redis
 
-from ..settings import default_of
+from ..buffer.scripts import script_source
+from ..settings import IDLE_WAIT_MARGIN_MS, default_of
 
 __all__ = ["IDLE_WAIT_MS", "IdleWait"]
 
@@ -29,10 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: The longest an idle drainer blocks before it looks at the buffer anyway, in milliseconds.
 IDLE_WAIT_MS = default_of("drain_idle_wait_ms")
-# How much shorter than the socket timeout a block must be, so its empty reply is not a timeout.
-_MARGIN_MS = 1_000
-# The tokens the wake-up list holds at most (accept.lua trims it to as many).
-_MAX_TOKENS = 8
 
 
 class IdleWait:
@@ -49,9 +47,14 @@ class IdleWait:
         self._key = key
         timeout_s = client.get_connection_kwargs().get("socket_timeout")
         if timeout_s is not None:
-            wait_ms = min(wait_ms, int(timeout_s * 1000) - _MARGIN_MS)
-        #: The block in whole seconds, as BLPOP takes it (0 would block forever: never used).
+            wait_ms = min(wait_ms, int(timeout_s * 1000) - IDLE_WAIT_MARGIN_MS)
+        #: The longest block, in milliseconds (BLPOP gets it in seconds; 0 would block forever,
+        #: so 0 here means never block).
         self.wait_ms = max(0, wait_ms)
+        #: Whether the last :meth:`wait` failed on a Redis error (the drainer then backs off).
+        self.failed = False
+        # The push the buffer's scripts make too (lua/_lib.lua: wake_idle_drainer, which bounds the list).
+        self._push = client.register_script(script_source("wake"))
         self._lock = threading.Lock()
         self._blocked: Any = None
         self._interrupted = False
@@ -65,14 +68,21 @@ class IdleWait:
     def wait(self) -> bool:
         """Block until a token arrives (True) or the wait ends or is interrupted (False).
 
-        Never raises: when Redis is away the drainer's next tick fails too, and it backs off.
+        Never raises: a Redis error (redis-py 8 connects in ``get_connection``, so a refused
+        connect too) ends the wait with False and sets :attr:`failed`, and the drainer backs off.
         """
         pool: redis.ConnectionPool = self._client.connection_pool
         connection: Any
+        self.failed = False
         try:
-            connection = pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants the command's name
-            connection = pool.get_connection("BLPOP")
+            try:
+                connection = pool.get_connection()
+            except TypeError:  # redis-py before 5.3 wants the command's name
+                connection = pool.get_connection("BLPOP")
+        except Exception:
+            self.failed = True
+            logger.debug("mollifier.drain_error connecting for the wake-up list", exc_info=True)
+            return False
         with self._lock:
             if self._interrupted:
                 pool.release(connection)
@@ -85,6 +95,7 @@ class IdleWait:
             connection.disconnect()
             with self._lock:
                 if not self._interrupted:
+                    self.failed = True
                     logger.debug("mollifier.drain_error waiting on the wake-up list", exc_info=True)
             return False
         finally:
@@ -110,9 +121,6 @@ class IdleWait:
     def signal(self) -> None:
         """Push a token: one other idle drainer wakes. Never raises (a lost token costs a wait)."""
         try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.lpush(self._key, b"1")
-            pipe.ltrim(self._key, 0, _MAX_TOKENS - 1)
-            pipe.execute()
+            self._push(keys=[self._key])
         except redis.RedisError as exc:
             logger.debug("mollifier.drainer could not signal idle drainers: %s", exc)

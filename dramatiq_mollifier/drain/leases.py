@@ -48,6 +48,10 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When leases were last renewed without an error (monotonic seconds).
+        self.renewed_at = float("-inf")
+        # Whether the last renewal failed (Redis away): leases may lapse until one succeeds.
+        self._failing = False
 
     def __len__(self) -> int:
         return len(self._held)
@@ -85,9 +89,14 @@ class LeaseKeeper:
                 hung[0].message_id,
             )
         renewed = 0
+        started = time.monotonic()
         for start in range(0, len(entries), _RENEW_BATCH):
             batch = entries[start : start + _RENEW_BATCH]
-            lost = self._protocol.renew(batch)
+            try:
+                lost = self._protocol.renew(batch)
+            except Exception:
+                self._failing = True
+                raise
             renewed += len(batch) - len(lost)
             if lost:
                 self.drop(lost)
@@ -97,7 +106,16 @@ class LeaseKeeper:
                     len(lost),
                     lost[0].message_id,
                 )
+        self._failing = False
+        self.renewed_at = started
         return renewed
+
+    def renew_if_failing(self) -> None:
+        """Renew at once if the last renewal failed (before reclaiming after an outage, so this
+        drainer does not reclaim what it still holds). Raises on a Redis error.
+        """
+        if self._failing and self._held:
+            self.renew()
 
     # The thread --------------------------------------------------------------------------------
     def start(self) -> None:

@@ -36,7 +36,7 @@ from typing import NamedTuple
 import redis
 
 from ..buffer.keys import KeySpace
-from ..settings import MollifierSettings
+from ..settings import MollifierSettings, default_of
 
 __all__ = [
     "DEFAULT_MAX_OUTSTANDING",
@@ -53,10 +53,10 @@ logger = logging.getLogger(__name__)
 
 #: The budget's ceiling: drained messages the fleet may have waiting in the broker, whatever its
 #: consumption rate.
-DEFAULT_MAX_OUTSTANDING = 1_000
+DEFAULT_MAX_OUTSTANDING: int = default_of("drain_max_outstanding")
 #: How long a quiet message should wait behind drained ones, in ms: the budget is the fleet's
 #: consumption rate times this.
-DEFAULT_TARGET_WAIT_MS = 100
+DEFAULT_TARGET_WAIT_MS: int = default_of("drain_target_wait_ms")
 #: The budget's floor (or the ceiling, if lower), added to the rate-sized part: slots for the
 #: messages on their way (popped, in a drainer's handlers) and those a consumer has prefetched,
 #: which a quiet message does not wait behind for long; all of the budget while the consumption
@@ -65,7 +65,7 @@ MIN_OUTSTANDING = 20
 #: The window over which the fleet's consumption rate is measured, in ms.
 RATE_WINDOW_MS = 100
 #: How long a drained message may sit in the broker unstarted before its slot is freed anyway.
-DEFAULT_OUTSTANDING_TTL_MS = 10_000
+DEFAULT_OUTSTANDING_TTL_MS: int = default_of("drain_outstanding_ttl_ms")
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
 RELEASE_COOL_DOWN_MS = 1_000
@@ -106,7 +106,7 @@ class DrainPace:
         self,
         client: redis.Redis,
         *,
-        key_prefix: str = "mollifier",
+        key_prefix: str = default_of("key_prefix"),
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
         outstanding_ttl_ms: int = DEFAULT_OUTSTANDING_TTL_MS,
         rate_per_s: int = 0,

@@ -18,10 +18,12 @@ from typing import Any
 
 import dramatiq
 
+from ..settings import default_of
+
 __all__ = ["DEFAULT_BROKER_CONNECTIONS", "SharedPublisher", "enqueue_for"]
 
 #: Broker connections a drainer's handlers share on a per-thread-connection broker.
-DEFAULT_BROKER_CONNECTIONS = 2
+DEFAULT_BROKER_CONNECTIONS: int = default_of("drain_broker_connections")
 
 #: What a drain handler calls to put a message on the broker.
 Enqueue = Callable[[dramatiq.Message[Any]], object]

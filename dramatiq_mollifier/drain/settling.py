@@ -29,6 +29,7 @@ from ..buffer.core import STALE_OWNER
 from ..buffer.drain_protocol import DrainProtocol
 from ..errors import BrokerUnavailableError, EntryCancelled, UndeliverableEntryError, UnknownDestinationError
 from ..models import BufferEntry
+from ..settings import default_of
 from ..telemetry import DrainResultKind, Telemetry
 from .failures import RETRY_DELAY_MS, is_unavailable, retry_delay_ms
 from .handler_pool import Completion, NotStarted
@@ -39,7 +40,7 @@ __all__ = ["UNKNOWN_ACTOR_GRACE_MS", "Settler"]
 logger = logging.getLogger(__name__)
 
 #: How long entries for an undeclared actor or queue are retried before dead-lettering, in ms.
-UNKNOWN_ACTOR_GRACE_MS = 300_000
+UNKNOWN_ACTOR_GRACE_MS: int = default_of("drain_unknown_actor_grace_ms")
 
 
 class Settler:
@@ -114,7 +115,7 @@ class Settler:
             else:
                 self._settle_failure(entry, error)
                 failed += 1
-        self.release(not_started)
+        self.release(not_started, last_chance=False)
         self.drop_cancelled(cancelled)
         if not succeeded:
             return 0, failed
@@ -151,11 +152,13 @@ class Settler:
         pending, self._unacked = self._unacked, []
         acked = 0
         now = self._clock()
+        # Their leases are renewed meanwhile: over one lease after the last renewal that worked.
+        renewed_until = self._leases.renewed_at + self._buffer.lease_ms / 1000
         for give_up_at, entries in pending:
             done = self._ack(entries)
             if done is not None:
                 acked += done
-            elif last_chance or now >= give_up_at:
+            elif last_chance or now >= max(give_up_at, renewed_until):
                 self._leases.drop(entries)
                 logger.warning(
                     "mollifier.drain_error gave up acking %d entries already on the broker, first "
@@ -241,18 +244,17 @@ class Settler:
         with self._held_lock:
             while self._held and (everything or self._held[0][0] <= now):
                 due.append(heapq.heappop(self._held))
-        self.release([entry for _, _, entry, consumes in due if not consumes])
+        self.release([entry for _, _, entry, consumes in due if not consumes], last_chance=everything)
         for _, _, entry, consumes in due:
             if consumes:
-                self._leases.drop([entry])
                 try:
                     self._requeue(entry)
                 except Exception:
-                    logger.warning(
-                        "mollifier.drain_error requeueing %r (it stays DRAINING until its lease expires)",
-                        entry.message_id,
-                        exc_info=True,
-                    )
+                    logger.warning("mollifier.drain_error requeueing %r", entry.message_id, exc_info=True)
+                    if not everything:
+                        self._again([entry], consumes=True)
+                        continue
+                self._leases.drop([entry])
         if self._unacked:
             self.retry_acks(last_chance=everything)
         if self._gave_back:
@@ -299,14 +301,14 @@ class Settler:
                     error,
                 )
             self.broker_unavailable = True
-            self.release([entry])
+            self.release([entry], last_chance=not hold)
             return
         try:
             if isinstance(error, UnknownDestinationError) and self._within_grace(error):
                 if hold and self._retry_delay_ms > 0:
                     self._hold(entry, min(self._retry_delay_ms, self._max_delay_ms), consumes=False)
                 else:
-                    self.release([entry])
+                    self.release([entry], last_chance=not hold)
                 self._telemetry.record_drained(DrainResultKind.REQUEUED)
                 return
             retryable = not isinstance(error, UndeliverableEntryError) and self._retryable(error)
@@ -366,20 +368,26 @@ class Settler:
             entry.message_id,
         )
 
-    def release(self, entries: Sequence[BufferEntry]) -> None:
-        """Give entries back untried (their handler never ran, or could not reach the broker)."""
+    def release(self, entries: Sequence[BufferEntry], *, last_chance: bool = True) -> None:
+        """Give entries back untried (their handler never ran, or could not reach the broker).
+        On a Redis error they stay held (leases renewed) and go back on a later :meth:`settle_due`,
+        unless it was the ``last_chance``: an outage must not count as an expiry of their lease.
+        """
         if not entries:
             return
-        self._leases.drop(entries)
         try:
             self._gave_back |= self._buffer.release(entries) > 0
         except Exception:
-            logger.warning(
-                "mollifier.drain_error giving back %d entries not handled before the stop "
-                "(they stay DRAINING until their lease expires)",
-                len(entries),
-                exc_info=True,
-            )
+            logger.warning("mollifier.drain_error giving back %d entries", len(entries), exc_info=True)
+            if not last_chance:
+                self._again(entries, consumes=False)
+                return
+        self._leases.drop(entries)
+
+    def _again(self, entries: Sequence[BufferEntry], *, consumes: bool) -> None:
+        """Hold entries whose requeue or release failed, to try again after a retry delay."""
+        for entry in entries:
+            self._hold(entry, min(max(1, self._retry_delay_ms), self._max_delay_ms), consumes=consumes)
 
     def _retryable(self, error: BaseException) -> bool:
         try:

@@ -78,10 +78,21 @@ local function adjust_depth(depth, org, env, delta)
   adjust_counter(depth, env_field(org, env), delta)
 end
 
--- Record that the env (within its org) and the org have queued work.
-local function note_queued(envs, orgs, org, env)
+-- Push a token on the drainers' wake-up list: one idle drainer blocked on it wakes. The list
+-- holds 8 tokens at most, for a fleet whose drainers never wait on it. The only place that
+-- pushes one (drain/idle.py runs it through wake.lua).
+local function wake_idle_drainer(wake)
+  redis.call('LPUSH', wake, '1')
+  redis.call('LTRIM', wake, 0, 7)
+end
+
+-- Record that the env (within its org) and the org have queued work. When the buffer had none
+-- (the org set was empty), one idle drainer wakes through `wake`, the wake-up list.
+local function note_queued(envs, orgs, org, env, wake)
   redis.call('SADD', envs, env)
-  redis.call('ZADD', orgs, 0, org)
+  if redis.call('ZADD', orgs, 0, org) == 1 and redis.call('ZCARD', orgs) == 1 then
+    wake_idle_drainer(wake)
+  end
 end
 
 -- When the env's queue is empty, the env leaves its org's set, and the org leaves the org set

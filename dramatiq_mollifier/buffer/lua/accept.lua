@@ -29,12 +29,7 @@ if ttl_ms > 0 then
   redis.call('PEXPIRE', entry, ttl_ms)
 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], env)
 -- The buffer had no queued work: idle drainers block on the wake-up list, one of them wakes now.
--- Bounded, for a fleet whose drainers never wait on it.
-if redis.call('ZADD', KEYS[4], 0, org) == 1 and redis.call('ZCARD', KEYS[4]) == 1 then
-  redis.call('LPUSH', KEYS[6], '1')
-  redis.call('LTRIM', KEYS[6], 0, 7)
-end
+note_queued(KEYS[3], KEYS[4], org, env, KEYS[6])
 adjust_depth(KEYS[5], org, env, 1)
 return 1

@@ -57,11 +57,6 @@ if over > 0 then
   return over + 2
 end
 redis.call('RPUSH', KEYS[2], id)
-redis.call('SADD', KEYS[3], env)
--- As accept.lua: the buffer had no queued work, so one idle drainer wakes now.
-if redis.call('ZADD', KEYS[4], 0, org) == 1 and redis.call('ZCARD', KEYS[4]) == 1 then
-  redis.call('LPUSH', KEYS[6], '1')
-  redis.call('LTRIM', KEYS[6], 0, 7)
-end
+note_queued(KEYS[3], KEYS[4], org, env, KEYS[6])
 adjust_depth(depth, org, env, 1)
 return 1

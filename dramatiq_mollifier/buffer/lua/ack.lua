@@ -9,6 +9,7 @@
 -- KEYS[7]  the org's set of envs with dead letters
 -- KEYS[8]  the set of orgs with dead letters
 -- KEYS[9]  the depth counters (hash)
+-- KEYS[10] the drainers' wake-up list (unused: the layout every per-entry script shares)
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to

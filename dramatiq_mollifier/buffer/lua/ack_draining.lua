@@ -2,7 +2,8 @@
 -- while it is DRAINING under the lease its owner token names (the caller's own pop); any other
 -- (its lease expired and it was reclaimed, requeued, popped again elsewhere) is left untouched
 -- and reported: a stale owner's ack is refused, never applied. A missing entry is skipped (an
--- ack that is retried after a lost reply finds it gone).
+-- ack that is retried after a lost reply finds it gone). An empty owner token is refused
+-- (reported like a stale owner): unlike the operator's calls, this ack always names its owner.
 --
 -- KEYS[1]   the leases (sorted set, score = deadline in ms)
 -- KEYS[2]   the depth counters (hash)
@@ -30,7 +31,7 @@ for i = 3, #KEYS do
   local a = (i - 3) * 4
   local id, org, env, owner = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local f = redis.call('HMGET', entry, 'status', 'org', 'env', 'owner')
-  if f[1] == 'DRAINING' and f[2] == org and f[3] == env and f[4] == owner then
+  if owner ~= '' and f[1] == 'DRAINING' and f[2] == org and f[3] == env and f[4] == owner then
     drop_lease(leases, depth, id)
     redis.call('DEL', entry)
     count('total')

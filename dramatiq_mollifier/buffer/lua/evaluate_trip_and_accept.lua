@@ -62,12 +62,8 @@ end
 -- A queue that was not empty already has its env and org registered (prune_queue_sets
 -- unregisters them only once it is empty): registering is for the first entry alone.
 if redis.call('RPUSH', KEYS[5], ARGV[5]) == 1 then
-  redis.call('SADD', KEYS[6], env)
   -- The buffer had no queued work: one idle drainer wakes (see accept.lua).
-  if redis.call('ZADD', KEYS[7], 0, org) == 1 and redis.call('ZCARD', KEYS[7]) == 1 then
-    redis.call('LPUSH', KEYS[9], '1')
-    redis.call('LTRIM', KEYS[9], 0, 7)
-  end
+  note_queued(KEYS[6], KEYS[7], org, env, KEYS[9])
 end
 local depth = KEYS[8]
 local field = 'total'

@@ -10,7 +10,7 @@
 -- KEYS[3]   the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[4]   the leases (sorted set, score = deadline in ms)
 -- KEYS[5]   the depth counters (hash)
--- KEYS[6..] entry hash of each peeked id, in the order of ARGV[5..]
+-- KEYS[6..] entry hash of each peeked id, in the order of ARGV[8..]
 -- ARGV[1]   org id
 -- ARGV[2]   env id
 -- ARGV[3]   how many entries to pop at most
@@ -18,7 +18,9 @@
 -- ARGV[5]   the owner token of this pop: only its holder may settle what it leases
 -- ARGV[6]   how many payload bytes to pop at most (the first entry is popped whatever its size);
 --           0 for no bound
--- ARGV[7..] the peeked message ids
+-- ARGV[7]   1 when an earlier call of the same pop popped entries already: then the first entry
+--           here is not free, the byte bound applies to it too; 0 otherwise
+-- ARGV[8..] the peeked message ids
 -- Returns {stopped_at_unknown_id (0 or 1), frames}: frames is one string, the popped entries in
 -- order, each a big-endian header struct.pack('>i4i4i4i4i4i4i8', #id, #payload, #error_code,
 -- #error_message, #mode, attempts, created_at_ms) followed by the bytes of those five strings
@@ -34,9 +36,10 @@
 local queue, envs, orgs, leases, depth = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local org, env, limit, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local owner, max_bytes = ARGV[5], tonumber(ARGV[6])
+local popped_before = ARGV[7] == '1'
 local entry_of = {}
-for i = 7, #ARGV do
-  entry_of[ARGV[i]] = KEYS[i - 1]
+for i = 8, #ARGV do
+  entry_of[ARGV[i]] = KEYS[i - 2]
 end
 local bytes = 0
 local stopped = 0
@@ -55,7 +58,7 @@ while taken < limit do
   end
   -- A reply of many large payloads would outlast any socket timeout: stop at the byte bound,
   -- leaving the entry at the head, untouched.
-  if taken > 0 and max_bytes > 0 and bytes + redis.call('HSTRLEN', entry, 'payload') > max_bytes then
+  if (taken > 0 or popped_before) and max_bytes > 0 and bytes + redis.call('HSTRLEN', entry, 'payload') > max_bytes then
     break
   end
   redis.call('LPOP', queue)

@@ -12,6 +12,7 @@
 -- KEYS[8]  the set of orgs with dead letters (unused)
 -- KEYS[9]  the depth counters (hash; only the lease's tenant record changes: a DRAINING entry
 --          is counted as a QUEUED one is)
+-- KEYS[10] the drainers' wake-up list: pushed when the buffer had no queued work
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
@@ -34,5 +35,5 @@ drop_lease(KEYS[5], KEYS[9], id)
 redis.call('HSET', entry, 'status', 'QUEUED')
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('LPUSH', queue, id)
-note_queued(envs, orgs, org, env)
+note_queued(envs, orgs, org, env, KEYS[10])
 return 1

@@ -10,6 +10,7 @@
 -- KEYS[7]  the org's set of envs with dead letters
 -- KEYS[8]  the set of orgs with dead letters
 -- KEYS[9]  the depth counters (hash)
+-- KEYS[10] the drainers' wake-up list: pushed when the buffer had no queued work
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
@@ -41,5 +42,5 @@ redis.call('HSET', entry, 'status', 'QUEUED')
 redis.call('HINCRBY', entry, 'attempts', 1)
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)
-note_queued(envs, orgs, org, env)
+note_queued(envs, orgs, org, env, KEYS[10])
 return 1
