@@ -13,8 +13,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
@@ -31,6 +30,7 @@ from .leases import LeaseKeeper
 from .pace import Claim, DrainPace
 from .rotation import OrgEnvRotation
 from .settling import Settler
+from .tick import DrainResult, Tick
 from .turns import WeightedTurn, runnable_envs
 
 __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", "backoff_ms"]
@@ -39,30 +39,6 @@ logger = logging.getLogger(__name__)
 
 #: The wait after a tick that stopped because the drain budget was used up, in milliseconds.
 PACE_WAIT_MS = 5
-
-
-class DrainResult(NamedTuple):
-    """What one tick did: entries acked, failures (handler errors and per-env pop errors), and
-    whether it stopped because the drain budget was used up (the loop then waits briefly).
-    """
-
-    drained: int
-    failed: int
-    paced: bool = False
-    #: Nothing was queued at all (the drainer may block until something is).
-    empty: bool = False
-
-
-class _Tick:
-    """Counters of one tick."""
-
-    __slots__ = ("drained", "failed", "paced", "popped")
-
-    def __init__(self) -> None:
-        self.drained = 0
-        self.failed = 0
-        self.paced = False
-        self.popped = 0
 
 
 class MollifierDrainer:
@@ -207,7 +183,7 @@ class MollifierDrainer:
         # After a block, from the first org: one command instead of two.
         cursor = None if self._deep_idle else self._rotation.org_cursor
         window = self._buffer.org_window(cursor, self._rotation.max_orgs)
-        tick = _Tick()
+        tick = Tick()
         pool = self._pool
         if pool is None or pool.abandoned:
             pool = self._pool = HandlerPool(self.concurrency, self._handler, self._settler.settle_alone)
@@ -235,16 +211,16 @@ class MollifierDrainer:
         finally:
             self._collect(pool, tick, until=0)
             self._idle = tick.drained + tick.failed == 0 and not tick.paced
-        return DrainResult(tick.drained, tick.failed, tick.paced, empty=not window)
+        return tick.result(empty=not window)
 
-    def _visit(self, pool: HandlerPool, tick: _Tick, org_id: str, envs: list[str]) -> int | None:
+    def _visit(self, pool: HandlerPool, tick: Tick, org_id: str, envs: list[str]) -> int | None:
         """One env visit of a turn: entries popped, -1 if paced before any, None if abandoned."""
         popped = tick.popped
         if not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
             return None
         return -1 if tick.paced else tick.popped - popped
 
-    def _drain_env(self, pool: HandlerPool, tick: _Tick, org_id: str, env_id: str) -> bool:
+    def _drain_env(self, pool: HandlerPool, tick: Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
         remaining = self.batch_size
         while remaining > 0 and not self._stopping.is_set() and not self._settler.broker_unavailable:
@@ -267,8 +243,8 @@ class MollifierDrainer:
             except Exception:
                 logger.warning("mollifier.drain_error popping org %r env %r", org_id, env_id, exc_info=True)
                 tick.failed += 1
-            if claim is not None:
-                self._bind(claim, entries or [])
+            if self._pace is not None and claim is not None:
+                self._pace.try_bind(claim, [entry.message_id for entry in entries or ()])
             if entries is None:
                 return True
             if self._hooks.popped is not None:
@@ -280,7 +256,7 @@ class MollifierDrainer:
             remaining -= len(entries)
         return True
 
-    def _collect(self, pool: HandlerPool, tick: _Tick, *, until: int) -> bool:
+    def _collect(self, pool: HandlerPool, tick: Tick, *, until: int) -> bool:
         """Settle completions once at most ``until`` entries are in flight. False if abandoned.
 
         The completions are gathered first and settled together: one ack round trip for all.
@@ -307,26 +283,16 @@ class MollifierDrainer:
                 tick.failed += failed
 
     # Pacing ---------------------------------------------------------------------------------
-    def _claim(self, tick: _Tick, wanted: int) -> Claim | None:
+    def _claim(self, tick: Tick, wanted: int) -> Claim | None:
         """Slots of the drain budget for up to ``wanted`` entries; None when there is no pace."""
         if self._pace is None:
             return None
-        try:
-            claim = self._pace.claim(wanted)
-        except Exception:
-            logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
+        claim = self._pace.try_claim(wanted)
+        if claim is None:
             tick.failed += 1
             return Claim(0, 0, "")
         self._telemetry.record_outstanding(claim.in_use, budget=claim.budget)
         return claim
-
-    def _bind(self, claim: Claim, entries: Sequence[BufferEntry]) -> None:
-        assert self._pace is not None
-        try:
-            self._pace.bind(claim, [entry.message_id for entry in entries])
-        except Exception:
-            # The entries still go to the broker: the budget undercounts until the slots expire.
-            logger.warning("mollifier.drain_error binding drain budget", exc_info=True)
 
     # The loop -------------------------------------------------------------------------------
     def start(self) -> None:

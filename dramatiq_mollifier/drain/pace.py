@@ -153,6 +153,22 @@ class DrainPace:
         )
         return Claim(int(granted), int(in_use), prefix, int(budget))
 
+    def try_claim(self, wanted: int) -> Claim | None:
+        """:meth:`claim`, or None when Redis fails (logged): the drainer pops nothing this time."""
+        try:
+            return self.claim(wanted)
+        except Exception:
+            logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
+            return None
+
+    def try_bind(self, claim: Claim, message_ids: Sequence[str]) -> None:
+        """:meth:`bind`, logging a failure: the entries still go to the broker, and the budget
+        undercounts until the claim's placeholders expire."""
+        try:
+            self.bind(claim, message_ids)
+        except Exception:
+            logger.warning("mollifier.drain_error binding drain budget", exc_info=True)
+
     def bind(self, claim: Claim, message_ids: Sequence[str]) -> None:
         """Turn a claim's slots into ``message_ids`` (before they reach the broker); frees the rest."""
         if claim.granted == 0 and not message_ids:

@@ -17,7 +17,6 @@ entries are not delivered a second time once Redis is back.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
 import logging
@@ -31,6 +30,7 @@ from ..errors import BrokerUnavailableError, EntryCancelled, UndeliverableEntryE
 from ..models import BufferEntry
 from ..settings import default_of
 from ..telemetry import DrainResultKind, Telemetry
+from .acks import Acks
 from .failures import RETRY_DELAY_MS, is_unavailable, retry_delay_ms
 from .handler_pool import Completion, NotStarted
 from .leases import LeaseKeeper
@@ -94,8 +94,7 @@ class Settler:
         self._order = itertools.count()
         # Actor -> (first, last) time an entry for it was found undeclared, in this episode.
         self._unknown: dict[str, tuple[float, float]] = {}
-        # (give up at, entries): successes whose ack failed, retried until their lease is over.
-        self._unacked: list[tuple[float, list[BufferEntry]]] = []
+        self._acks = Acks(protocol, telemetry=telemetry, leases=self._leases, clock=clock)
         # Set when entries went back untried: queued work again, for idle drainers to wake to.
         self._gave_back = False
 
@@ -119,61 +118,13 @@ class Settler:
         self.drop_cancelled(cancelled)
         if not succeeded:
             return 0, failed
-        acked = self._ack(succeeded)
-        if acked is None:
-            self._unacked.append((self._clock() + self._buffer.lease_ms / 1000, succeeded))
-            return 0, failed + 1
-        return acked, failed
-
-    def _ack(self, entries: list[BufferEntry]) -> int | None:
-        """Ack entries whose handler succeeded; how many were acked, None if the ack failed."""
-        try:
-            acked = self._buffer.ack_entries(entries)
-        except Exception:
-            logger.warning(
-                "mollifier.drain_error acking %d entries (retried while their lease lasts)",
-                len(entries),
-                exc_info=True,
-            )
-            return None
-        self._leases.drop(entries)
-        refused = {id(entry) for entry in acked.refused}
-        if refused:
-            self._record_stale(acked.refused)
-        done = [entry for entry in entries if id(entry) not in refused]
-        if done:
-            self._record_acked(done)
-        return len(done)
-
-    def retry_acks(self, *, last_chance: bool = False) -> int:
-        """Ack again the entries whose ack failed; how many were acked. Those whose lease is
-        over (or all, on the ``last_chance``) are given up: they are delivered a second time.
-        """
-        pending, self._unacked = self._unacked, []
-        acked = 0
-        now = self._clock()
-        # Their leases are renewed meanwhile: over one lease after the last renewal that worked.
-        renewed_until = self._leases.renewed_at + self._buffer.lease_ms / 1000
-        for give_up_at, entries in pending:
-            done = self._ack(entries)
-            if done is not None:
-                acked += done
-            elif last_chance or now >= max(give_up_at, renewed_until):
-                self._leases.drop(entries)
-                logger.warning(
-                    "mollifier.drain_error gave up acking %d entries already on the broker, first "
-                    "%r: they will be reclaimed and delivered again",
-                    len(entries),
-                    entries[0].message_id,
-                )
-            else:
-                self._unacked.append((give_up_at, entries))
-        return acked
+        acked = self._acks.ack_or_keep(succeeded)
+        return (0, failed + 1) if acked is None else (acked, failed)
 
     @property
     def unacked(self) -> int:
         """Entries whose handler succeeded and whose ack is still to be retried."""
-        return sum(len(entries) for _, entries in self._unacked)
+        return self._acks.pending
 
     def settle_alone(self, completion: Completion) -> None:
         """Settle one entry from a handler thread, after the tick gave up waiting for it."""
@@ -191,9 +142,9 @@ class Settler:
                 )
                 self._leases.drop([entry])
                 if answer == STALE_OWNER:
-                    self._record_stale([entry])
+                    self._acks.record_stale([entry])
                 else:
-                    self._record_acked([entry])
+                    self._acks.record_acked([entry])
             else:
                 self._settle_failure(entry, error, hold=False)
         except Exception:
@@ -255,8 +206,8 @@ class Settler:
                         self._again([entry], consumes=True)
                         continue
                 self._leases.drop([entry])
-        if self._unacked:
-            self.retry_acks(last_chance=everything)
+        if self._acks.pending:
+            self._acks.retry(last_chance=everything)
         if self._gave_back:
             self._gave_back = False
             self._wake()
@@ -395,30 +346,3 @@ class Settler:
         except Exception:
             logger.warning("mollifier.drain_error in is_retryable; retrying", exc_info=True)
             return True
-
-    def _record_stale(self, entries: Sequence[BufferEntry]) -> None:
-        self._telemetry.record_drained(DrainResultKind.STALE, len(entries))
-        logger.warning(
-            "mollifier.stale_ack %d entries handled here were not acked: their lease had passed to "
-            "another drainer, which may deliver them again; first %r",
-            len(entries),
-            entries[0].message_id,
-        )
-
-    def _record_acked(self, entries: Sequence[BufferEntry]) -> None:
-        self._telemetry.record_drained(DrainResultKind.ACKED, len(entries))
-        now_ms = time.time() * 1000
-        log = logger.isEnabledFor(logging.INFO)
-        for entry in entries:
-            age_ms = max(0.0, now_ms - entry.created_at.timestamp() * 1000)
-            self._telemetry.record_time_in_buffer(age_ms)
-            if log:
-                logger.info(
-                    "mollifier.drained message_id=%r org_id=%r env_id=%r attempts=%d age_ms=%d sha256=%s",
-                    entry.message_id,
-                    entry.org_id,
-                    entry.env_id,
-                    entry.attempts,
-                    age_ms,
-                    hashlib.sha256(entry.payload).hexdigest(),
-                )

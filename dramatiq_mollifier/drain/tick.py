@@ -1,0 +1,34 @@
+"""What one drainer tick did: the public :class:`DrainResult` and the counters a tick keeps."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["DrainResult", "Tick"]
+
+
+class DrainResult(NamedTuple):
+    """What one tick did: entries acked, failures (handler errors and per-env pop errors), and
+    whether it stopped because the drain budget was used up (the loop then waits briefly).
+    """
+
+    drained: int
+    failed: int
+    paced: bool = False
+    #: Nothing was queued at all (the drainer may block until something is).
+    empty: bool = False
+
+
+class Tick:
+    """Counters of one tick, while it runs."""
+
+    __slots__ = ("drained", "failed", "paced", "popped")
+
+    def __init__(self) -> None:
+        self.drained = 0
+        self.failed = 0
+        self.paced = False
+        self.popped = 0
+
+    def result(self, *, empty: bool) -> DrainResult:
+        return DrainResult(self.drained, self.failed, self.paced, empty=empty)
