@@ -26,7 +26,7 @@ def eviction_problem(client: redis.Redis) -> str | None:
     managed services often refuse ``CONFIG GET``)."""
     try:
         reply = client.config_get("maxmemory-policy")
-    except redis.RedisError:
+    except Exception:  # best effort, often from a background thread: never let it raise
         return None
     raw = next(iter(reply.values()), None) if reply else None
     if raw is None:

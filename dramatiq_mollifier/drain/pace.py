@@ -200,7 +200,7 @@ class DrainPace:
                 self._free(keys=(self._outstanding, self._consumed), args=(RATE_WINDOW_MS, *message_ids))
             else:
                 self.client.zrem(self._outstanding, *message_ids)
-        except redis.RedisError as exc:
+        except Exception as exc:  # not only RedisError: a socket closed under us raises OSError
             self._release_paused_until = time.monotonic() + RELEASE_COOL_DOWN_MS / 1000
             logger.warning(
                 "mollifier.pace could not release %d drain slot(s); they free themselves within "
