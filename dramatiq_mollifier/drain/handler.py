@@ -55,8 +55,9 @@ def make_drain_handler(
 
     ``is_cancelled`` (a :class:`~.cancel_check.CancelCheck`) commits each entry right before its
     broker write: a message an operator cancelled after the pop raises :class:`EntryCancelled`
-    instead of reaching the broker, and once committed a cancel reports it too late. So does one
-    with a pending dramatiq-abort abort, when the broker has the ``Abortable`` middleware.
+    instead of reaching the broker (once committed, a cancel reports it too late). A message with
+    a pending dramatiq-abort abort raises it too, when the broker has the ``Abortable``
+    middleware; one whose lease passed to another drainer raises ``LeaseLost``.
     """
     default_audits = mode is MollifierMode.DUAL_WRITE
     put = enqueue or broker.enqueue
