@@ -3,9 +3,9 @@ costs.
 
 Targets: a page of ``TenantControls.tenants`` in under 200 ms with 10,000 envs buffered (what
 the dashboard needs), whatever the sort; the drain with the worker's cancel check
-(``CancelCheck``: a verdict per popped entry, re-checked in bulk once older than 10 ms) compared
-with the same drain without it, in the same run (reported: the check is what makes a cancel win
-over a drain that popped the message).
+(``CancelCheck``: the first handler of a popped batch at its broker write commits the whole batch
+in one script call) compared with the same drain without it, in the same run (reported: the
+commit is what makes a cancel win over a drain that popped the message, or say it was too late).
 
     python benchmarks/bench_controls.py [--tenants 10000] [--per-tenant 3] [--rounds 5] [--server PATH]
 
@@ -48,7 +48,7 @@ def seed_tenants(buffer: MollifierBuffer, tenants: int, per_tenant: int) -> None
             message_id = f"{org}-{env}-{k}"
             calls.append(
                 (
-                    [keys.entry(message_id), t.queue, t.envs, keys.orgs, keys.depth],
+                    [keys.entry(message_id), t.queue, t.envs, keys.orgs, keys.depth, keys.drain_wake],
                     [message_id, org, env, b"x" * 200, 0, "divert"],
                 )
             )

@@ -10,6 +10,7 @@ import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.drain.cancel_check import CancelCheck
 
 from .cli_helpers import dead_letter, run_cli
 
@@ -62,7 +63,7 @@ def test_cancel_by_id_and_by_tenant(
     assert (one.code, one.out.strip()) == (0, "Cancelled 1 buffered message.")
     partly = run_cli(capsys, "cancel", ids[0], ids[1], *connection)
     assert partly.code == 1 and "Cancelled 1 buffered message." in partly.out
-    assert "1 of 2 ids were not buffered" in partly.err
+    assert "1 of 2 ids were not cancelled: 0 too late, 1 not buffered" in partly.err
     env = run_cli(capsys, "cancel", "--org", "acme", "--env", "dev", *connection)
     assert env.out.strip() == "Cancelled 4 buffered messages of acme/dev."
     org = run_cli(capsys, "cancel", "--org", "acme", *connection)
@@ -70,6 +71,24 @@ def test_cancel_by_id_and_by_tenant(
     assert buffer.depth() == 2
     assert run_cli(capsys, "cancel", *connection).code == 2
     assert run_cli(capsys, "cancel", "x", "--org", "acme", *connection).code == 2
+
+
+def test_cancel_says_which_ids_were_too_late(
+    capsys: pytest.CaptureFixture[str], buffer: MollifierBuffer, connection: tuple[str, ...]
+) -> None:
+    ids = fill(buffer, "acme", "prod", 3)
+    check = CancelCheck(buffer.client, buffer.keys)
+    (committed,) = DrainProtocol(buffer).pop_many("acme", "prod", 1)
+    assert check(committed) is False  # its drainer is at its broker write
+
+    result = run_cli(capsys, "cancel", *ids, *connection)
+    assert result.code == 1
+    assert result.out.splitlines() == [
+        "Cancelled 2 buffered messages.",
+        f"Too late: {ids[0]} (a drainer had already committed it to the broker)",
+    ]
+    assert "1 of 3 ids were not cancelled: 1 too late, 0 not buffered" in result.err
+    assert buffer.controls.lookup(ids[0]).state == "draining"
 
 
 def test_pause_resume_and_stats_shows_what_is_paused(

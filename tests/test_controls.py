@@ -7,8 +7,10 @@ import redis
 
 from dramatiq_mollifier import MessageLookup, MollifierSettings, PausedTenant, TenantCap, TenantControls
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.controls import CancelOutcome
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.buffer.rules import read_rules
+from dramatiq_mollifier.drain.cancel_check import CancelCheck, LeaseLost
 
 
 def fill(buffer: MollifierBuffer, org: str, env: str, count: int, start: int = 0) -> list[str]:
@@ -69,9 +71,53 @@ def test_cancel_by_id_removes_queued_and_draining_entries_and_leaves_dead_letter
     assert buffer.depth() == 1 and buffer.depth("acme", "prod") == 1
     assert controls.lookup(ids[2]).position == 0
     assert buffer.client.zcard(buffer.keys.leases) == 0
-    # The popped one's drainer finds it gone before its broker write
-    assert controls.is_cancelled(popped.message_id)
-    assert not controls.is_cancelled(ids[2])
+    # The popped one's drainer finds it gone right before its broker write
+    assert CancelCheck(buffer.client, buffer.keys)(popped) is True
+
+
+def test_a_committed_entry_is_too_late_to_cancel_until_it_is_given_back(buffer: MollifierBuffer) -> None:
+    controls = buffer.controls
+    ids = fill(buffer, "acme", "prod", 6)
+    drain = DrainProtocol(buffer)
+    check = CancelCheck(buffer.client, buffer.keys)
+    entries = drain.pop_many("acme", "prod", 6)
+    check.popped(entries)
+    # The first handler at its broker write commits the batch: too late for every one of them
+    assert check(entries[0]) is False
+    outcome = controls.cancel_each([*ids, "unknown"])
+    assert outcome == CancelOutcome([], ids, ["unknown"])
+    assert controls.cancel_tenant("acme") == 0
+    assert buffer.depth() == 6 and [controls.lookup(i).state for i in ids] == ["draining"] * 6
+
+    # Requeued, given back, dead-lettered, reclaimed: the mark goes with the lease
+    assert drain.requeue(ids[1], org_id="acme", env_id="prod", owner=entries[1].lease_owner)
+    assert drain.release([entries[2]]) == 1
+    assert drain.fail(ids[3], code="E", message="m", owner=entries[3].lease_owner)
+    buffer.client.zadd(buffer.keys.leases, {ids[4]: 0})  # its lease expired
+    assert drain.reclaim_expired() == [ids[4]]
+    assert controls.cancel_each(ids) == CancelOutcome([ids[1], ids[2], ids[4]], [ids[0], ids[5]], [ids[3]])
+
+    # Popped again after a requeue: cancellable until that pop's own commit
+    fill(buffer, "acme", "prod", 2, start=10)
+    again = drain.pop_many("acme", "prod", 2)
+    assert controls.cancel([again[0].message_id]) == 1
+    assert check(again[0]) is True
+    assert check(again[1]) is False
+    assert controls.cancel_each([again[1].message_id]).too_late == [again[1].message_id]
+
+
+def test_a_drainer_whose_lease_passed_on_does_not_commit_or_write(buffer: MollifierBuffer) -> None:
+    ids = fill(buffer, "acme", "prod", 1)
+    drain = DrainProtocol(buffer)
+    (stale,) = drain.pop_many("acme", "prod", 1)
+    buffer.client.zadd(buffer.keys.leases, {ids[0]: 0})
+    assert drain.reclaim_expired() == ids
+    (fresh,) = drain.pop_many("acme", "prod", 1)
+    with pytest.raises(LeaseLost):
+        CancelCheck(buffer.client, buffer.keys)(stale)
+    # Not committed by the stale drainer: the new owner's entry can still be cancelled
+    assert buffer.controls.cancel_each(ids).cancelled == ids
+    assert fresh.lease_owner != stale.lease_owner
 
 
 def test_cancel_an_env_then_an_org(buffer: MollifierBuffer) -> None:

@@ -11,6 +11,7 @@ API (stable: the dashboard builds on it):
                                                             ``dead_lettered``, ``absent``; org,
                                                             env, attempts, age, position, error
 ``cancel(message_ids) -> int``                              cancel buffered messages by id
+``cancel_each(message_ids) -> CancelOutcome``               the same, saying which were too late
 ``cancel_tenant(org_id, env_id=None) -> int``               cancel an env's or an org's backlog
 ``pause(org_id, env_id=None) -> bool``                      hold an org or an env in the buffer
 ``resume(org_id, env_id=None) -> bool``                     let it drain again
@@ -23,9 +24,10 @@ API (stable: the dashboard builds on it):
 ==========================================================  =====================================
 
 Cancel wins over a drain: a cancelled entry is removed at once; a drainer that popped it a moment
-before checks right before its broker write and drops it (counted as ``cancelled`` in
-``mollifier.drained``; see :mod:`dramatiq_mollifier.drain.cancel_check`: a cancel landing in the
-last 10 ms before the write may lose). ``is_cancelled(message_id)`` is that check for one entry.
+before finds it gone right before its broker write and drops it (counted as ``cancelled`` in
+``mollifier.drained``). Once a drainer has committed an entry to its broker write (see
+:mod:`dramatiq_mollifier.drain.cancel_check`), a cancel leaves it alone and reports it too late:
+every cancel that reports success is a message that never reaches the broker.
 Pause, caps and weights are runtime rules in three small hashes (see :mod:`.rules`) that every
 process re-reads in the background every 500 ms.
 """
@@ -33,7 +35,7 @@ process re-reads in the background every 500 ms.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -44,14 +46,28 @@ from .codec import boundary, last_error, text, texts
 from .core import WRONG_TENANT, BufferCore
 from .listing import TENANT_SORTS, ListingScripts, tenant_page
 from .rules import MAX_WEIGHT, parse_field, tenant_field
-from .scripts import execute, run_pipelined, script_source
+from .scripts import run_pipelined, script_source
 
-__all__ = ["TENANT_SORTS", "TenantControls"]
+__all__ = ["TENANT_SORTS", "CancelOutcome", "TenantControls"]
 
 # Queue ids cancelled per pipelined round trip by cancel_tenant.
 _CANCEL_BATCH = 500
 _STATES = {b"QUEUED": "queued", b"DRAINING": "draining", b"FAILED": "dead_lettered"}
+# cancel.lua's answers: cancelled, only a vanished entry's queue reference removed, too late.
+_CANCELLED, _REFERENCE, _TOO_LATE = 1, 2, 3
 _LOOKUP_FIELDS = ("status", "org", "env", "attempts", "created_at_ms", "error_code", "error_message", "mode")
+
+
+class CancelOutcome(NamedTuple):
+    """What :meth:`TenantControls.cancel_each` did, by id, in the order given."""
+
+    #: Removed: these never reach the broker.
+    cancelled: list[str]
+    #: A drainer had already committed them to its broker write: they will be delivered (should
+    #: that write fail, the entry goes back to its queue and can be cancelled again).
+    too_late: list[str]
+    #: Not buffered: dead-lettered, already drained or cancelled, or never buffered.
+    not_buffered: list[str]
 
 
 def _check_tenant(org_id: str, env_id: str | None) -> None:
@@ -119,23 +135,34 @@ class TenantControls:
             )
 
     def cancel(self, message_ids: Iterable[str]) -> int:
-        """Remove buffered (QUEUED or DRAINING) messages; returns how many were buffered.
+        """Remove buffered (QUEUED or DRAINING) messages; returns how many were removed.
 
-        A DRAINING one never reaches the broker: its drainer checks right before the broker
-        write. Dead letters and unknown ids are left alone (``failed purge`` deletes the former).
+        A DRAINING one never reaches the broker: its drainer finds it gone right before the
+        broker write. One its drainer already committed to that write is too late (left alone,
+        not counted): :meth:`cancel_each` says which. Dead letters and unknown ids are left alone
+        (``failed purge`` deletes the former).
         """
+        return len(self.cancel_each(message_ids).cancelled)
+
+    def cancel_each(self, message_ids: Iterable[str]) -> CancelOutcome:
+        """:meth:`cancel`, saying which ids were cancelled, too late, or not buffered."""
         ids = list(dict.fromkeys(message_ids))
         if not ids:
-            return 0
+            return CancelOutcome([], [], [])
         with boundary("cancel"):
             tenants = self._core.tenants_of(ids)
             present = [(mid, t) for mid, t in zip(ids, tenants, strict=True) if t is not None]
-            return self._cancel_known([(mid, org, env) for mid, (org, env) in present])
+            answers = self._cancel_known([(mid, org, env) for mid, (org, env) in present])
+        cancelled = [mid for mid in ids if answers.get(mid) == _CANCELLED]
+        too_late = [mid for mid in ids if answers.get(mid) == _TOO_LATE]
+        rest = [mid for mid in ids if answers.get(mid) not in (_CANCELLED, _TOO_LATE)]
+        return CancelOutcome(cancelled, too_late, rest)
 
     def cancel_tenant(self, org_id: str, env_id: str | None = None) -> int:
         """Cancel every buffered message of an env, or of every env of an org; how many.
 
-        Messages sent meanwhile are buffered as usual: pause the tenant first to stop them.
+        Entries a drainer already committed to its broker write are too late: left alone, not
+        counted. Messages sent meanwhile are buffered as usual: pause the tenant first to stop them.
         """
         _check_tenant(org_id, env_id)
         cancelled = 0
@@ -150,19 +177,19 @@ class TenantControls:
             cancelled += self._cancel_draining(org_id, env_id)
         return cancelled
 
-    def _cancel_known(self, targets: Sequence[tuple[str, str, str]]) -> int:
-        """Cancel (id, org, env) entries in one pipelined round trip; how many were buffered."""
+    def _cancel_known(self, targets: Sequence[tuple[str, str, str]]) -> dict[str, int]:
+        """Cancel (id, org, env) entries in one pipelined round trip; cancel.lua's answer by id."""
         if not targets:
-            return 0
+            return {}
         calls = [self._core.entry_op_call(mid, org, env, ()) for mid, org, env in targets]
         answers = run_pipelined(self.client, self._cancel_script, calls)
-        cancelled = 0
+        found: dict[str, int] = {}
         for (message_id, _, _), answer in zip(targets, answers, strict=True):
             result = int(answer)
             if result == WRONG_TENANT:
                 result = self._core.entry_op(self._cancel_script, message_id, None, None, ())
-            cancelled += result == 1
-        return cancelled
+            found[message_id] = result
+        return found
 
     def _cancel_queue(self, org_id: str, env_id: str) -> int:
         queue = self.keys.tenant(org_id, env_id).queue
@@ -173,10 +200,10 @@ class TenantControls:
                 return cancelled
             calls = [self._core.entry_op_call(mid, org_id, env_id, ()) for mid in ids]
             answers = [int(a) for a in run_pipelined(self.client, self._cancel_script, calls)]
-            cancelled += answers.count(1)
+            cancelled += answers.count(_CANCELLED)
             # What stays in the queue (another tenant's id, a dead letter's stale reference) is
-            # stepped over; everything else left it.
-            kept += sum(answer not in (1, 2) for answer in answers)
+            # stepped over; everything else left it (popped and committed since: too late).
+            kept += sum(answer not in (_CANCELLED, _REFERENCE, _TOO_LATE) for answer in answers)
 
     def _cancel_draining(self, org_id: str, env_id: str | None) -> int:
         """Cancel the tenant's DRAINING entries: the leases are few (in flight only)."""
@@ -194,7 +221,7 @@ class TenantControls:
             org, env = field
             if org == org_id and env is not None and (env_id is None or env == env_id):
                 targets.append((message_id, org, env))
-        return self._cancel_known(targets)
+        return list(self._cancel_known(targets).values()).count(_CANCELLED)
 
     # Pause ----------------------------------------------------------------------------------
     def pause(self, org_id: str, env_id: str | None = None) -> bool:
@@ -291,11 +318,3 @@ class TenantControls:
             return tenant_page(
                 self._listing, self.keys, self.settings, offset=offset, limit=limit, filter=filter, sort=sort
             )
-
-    # For drainers ---------------------------------------------------------------------------
-    def is_cancelled(self, message_id: str) -> bool:
-        """Whether a popped entry was cancelled since (its hash is gone): one round trip, written
-        straight to a pooled connection like the send path's scripts (a drainer asks once per
-        message it re-enqueues)."""
-        with boundary("is_cancelled"):
-            return not execute(self.client, b"EXISTS", self.keys.entry(message_id))

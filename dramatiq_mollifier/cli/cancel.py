@@ -12,10 +12,12 @@ from .controls_common import open_controls, tenant_name
 
 DESCRIPTION = """\
 Cancel buffered messages: they are removed from the buffer and never reach the broker, even one
-a drainer popped a moment before (the drainer checks right before its broker write and drops it,
-counted as 'cancelled' in mollifier.drained). Give message ids, or --org (and optionally --env)
-for a tenant's whole backlog. Dead letters are left alone ('failed purge' deletes them). Messages
-already on the broker are out of reach. Exits 1 when an id was not buffered."""
+a drainer popped a moment before (the drainer finds it gone right before its broker write and
+drops it, counted as 'cancelled' in mollifier.drained). An id a drainer had already committed to
+its broker write is listed as too late: it will be delivered. Give message ids, or --org (and
+optionally --env) for a tenant's whole backlog. Dead letters are left alone ('failed purge'
+deletes them). Messages already on the broker are out of reach. Exits 1 when an id was too late
+or not buffered."""
 
 EPILOG = f"""\
 examples:
@@ -59,11 +61,14 @@ def run(args: argparse.Namespace) -> int:
             print(f"Cancelled {_plural(cancelled)} of {tenant_name(args.org_id, args.env_id)}.")
             return console.EXIT_OK
         ids = list(dict.fromkeys(args.message_ids))
-        cancelled = controls.cancel(ids)
-    print(f"Cancelled {_plural(cancelled)}.")
-    if cancelled < len(ids):
+        outcome = controls.cancel_each(ids)
+    print(f"Cancelled {_plural(len(outcome.cancelled))}.")
+    for message_id in outcome.too_late:
+        print(f"Too late: {message_id} (a drainer had already committed it to the broker)")
+    if outcome.too_late or outcome.not_buffered:
         print(
-            f"dramatiq-mollifier: error: {len(ids) - cancelled:,} of {len(ids):,} ids were not buffered "
+            f"dramatiq-mollifier: error: {len(ids) - len(outcome.cancelled):,} of {len(ids):,} ids were "
+            f"not cancelled: {len(outcome.too_late):,} too late, {len(outcome.not_buffered):,} not buffered "
             "(already drained, dead-lettered, or unknown: 'dramatiq-mollifier show ID' tells)",
             file=sys.stderr,
         )

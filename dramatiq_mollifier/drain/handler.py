@@ -45,7 +45,7 @@ def make_drain_handler(
     *,
     mode: MollifierMode = MollifierMode.DIVERT,
     enqueue: Callable[[dramatiq.Message[Any]], object] | None = None,
-    is_cancelled: Callable[[str], bool] | None = None,
+    is_cancelled: Callable[[BufferEntry], bool] | None = None,
 ) -> DrainHandler:
     """The handler that treats each entry by the mode that wrote it: re-enqueue on ``broker``
     (divert) or audit only (dual_write). ``mode`` is for entries that do not say (written by an
@@ -53,10 +53,11 @@ def make_drain_handler(
     ``enqueue`` puts a message on the broker (see :func:`.publisher.enqueue_for`); defaults to
     ``broker.enqueue``.
 
-    ``is_cancelled`` (the buffer's ``controls.is_cancelled``) is asked right before each broker
-    write: a message an operator cancelled after the pop raises :class:`EntryCancelled` instead
-    of reaching the broker. So does one with a pending dramatiq-abort abort, when the broker has
-    the ``Abortable`` middleware.
+    ``is_cancelled`` (a :class:`~.cancel_check.CancelCheck`) commits each entry right before its
+    broker write: a message an operator cancelled after the pop raises :class:`EntryCancelled`
+    instead of reaching the broker (once committed, a cancel reports it too late). A message with
+    a pending dramatiq-abort abort raises it too, when the broker has the ``Abortable``
+    middleware; one whose lease passed to another drainer raises ``LeaseLost``.
     """
     default_audits = mode is MollifierMode.DUAL_WRITE
     put = enqueue or broker.enqueue
@@ -87,7 +88,7 @@ def make_drain_handler(
         # Cancel wins over a drain that popped the entry a moment before: checked last thing.
         if aborted is not None and aborted(message):
             raise EntryCancelled(f"buffered message {entry.message_id!r} has a pending abort")
-        if is_cancelled is not None and is_cancelled(entry.message_id):
+        if is_cancelled is not None and is_cancelled(entry):
             raise EntryCancelled(f"buffered message {entry.message_id!r} was cancelled")
         put(message.copy(options=marker(STATE_DRAINED, message.message_id)))
 

@@ -1,7 +1,9 @@
 -- cancel: remove a buffered (QUEUED or DRAINING) entry for good, on an operator's request.
 --
 -- A DRAINING entry's drainer finds the entry gone right before its broker write and drops the
--- message (cancel wins over a drain that popped it a moment before). Dead letters are left alone.
+-- message (cancel wins over a drain that popped it a moment before). One its drainer already
+-- committed to the broker (commit_entries.lua, under the lease it still holds) is left alone and
+-- reported too late: it will be delivered. Dead letters are left alone.
 -- A queue reference whose entry has vanished (expired) is removed too, and its depth given back,
 -- as pop does, so that cancelling a whole env always empties its queue.
 --
@@ -18,7 +20,8 @@
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
 -- Returns 1 when cancelled, 0 when missing or not buffered (a dead letter), -1 when the entry
--- belongs to another org/env, 2 when only a vanished entry's queue reference was removed.
+-- belongs to another org/env, 2 when only a vanished entry's queue reference was removed, 3 when
+-- too late (committed to the broker by its drainer; nothing changed).
 
 local entry, queue, envs, orgs, leases, depth = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[9]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
@@ -33,6 +36,12 @@ if not status then
 end
 if status ~= 'QUEUED' and status ~= 'DRAINING' then
   return 0
+end
+if status == 'DRAINING' then
+  local f = redis.call('HMGET', entry, 'committed', 'owner')
+  if f[1] and f[1] == f[2] then
+    return 3
+  end
 end
 leave_live_state(status, id, queue, envs, orgs, leases, depth, org, env)
 redis.call('DEL', entry)

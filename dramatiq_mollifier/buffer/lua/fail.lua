@@ -31,6 +31,8 @@ if not owns(entry, ARGV[7]) then
 end
 leave_live_state(status, id, queue, envs, orgs, KEYS[5], KEYS[9], org, env)
 redis.call('HSET', entry, 'status', 'FAILED', 'error_code', ARGV[4], 'error_message', ARGV[5])
+-- Not committed to the broker any more: a cancel may remove it again.
+redis.call('HDEL', entry, 'committed')
 apply_ttl(entry, tonumber(ARGV[6]))
 redis.call('ZADD', KEYS[6], string.format('%.0f', now_ms()), id)
 redis.call('SADD', KEYS[7], env)

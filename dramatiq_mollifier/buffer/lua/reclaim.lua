@@ -49,6 +49,7 @@ local expired = redis.call('HINCRBY', entry, 'leases_expired', 1)
 local max_expired = tonumber(ARGV[5]) or 0
 if max_expired > 0 and expired >= max_expired then
   adjust_depth(depth, org, env, -1)
+  redis.call('HDEL', entry, 'committed')
   redis.call('HSET', entry, 'status', 'FAILED', 'error_code', 'LeaseExpired', 'error_message',
     string.format('its lease expired %d times without its drainer settling it', expired))
   apply_ttl(entry, tonumber(ARGV[4]))
@@ -58,6 +59,8 @@ if max_expired > 0 and expired >= max_expired then
   return 2
 end
 redis.call('HSET', entry, 'status', 'QUEUED')
+-- Not committed to the broker any more: a cancel may remove it again.
+redis.call('HDEL', entry, 'committed')
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)
 note_queued(envs, orgs, org, env, KEYS[10])

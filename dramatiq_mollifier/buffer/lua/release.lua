@@ -33,6 +33,8 @@ if not owns(entry, ARGV[5]) then
 end
 drop_lease(KEYS[5], KEYS[9], id)
 redis.call('HSET', entry, 'status', 'QUEUED')
+-- Not committed to the broker any more: a cancel may remove it again.
+redis.call('HDEL', entry, 'committed')
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('LPUSH', queue, id)
 note_queued(envs, orgs, org, env, KEYS[10])

@@ -39,6 +39,8 @@ else
   adjust_depth(KEYS[9], org, env, 1)
 end
 redis.call('HSET', entry, 'status', 'QUEUED')
+-- Not committed to the broker any more: a cancel may remove it again.
+redis.call('HDEL', entry, 'committed')
 redis.call('HINCRBY', entry, 'attempts', 1)
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)
