@@ -18,6 +18,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -57,7 +58,11 @@ def browser() -> Iterator[Any]:
 
 
 def wait_for(browser: Any, condition: Callable[[Any], Any], what: str) -> Any:
-    return WebDriverWait(browser, WAIT_S).until(condition, message=f"waited {WAIT_S} s for {what}")
+    # A page that reloads meanwhile leaves stale or missing elements: look again, until WAIT_S.
+    waiting = WebDriverWait(
+        browser, WAIT_S, ignored_exceptions=(StaleElementReferenceException, NoSuchElementException)
+    )
+    return waiting.until(condition, message=f"waited {WAIT_S} s for {what}")
 
 
 def screenshot(browser: Any, name: str) -> None:
