@@ -16,13 +16,14 @@ from .errors import (
 )
 from .middleware import Mollifier
 from .models import BufferEntry, EntryStatus, Tenant, TripDecision
-from .settings import MollifierMode, MollifierSettings
+from .settings import MollifierMode, MollifierSettings, TripEvaluator
 
 __all__ = [
     # Middleware
     "Mollifier",
     "MollifierMode",
     "MollifierSettings",
+    "TripEvaluator",
     # Buffer
     "BufferEntry",
     "EntryStatus",

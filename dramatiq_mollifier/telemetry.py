@@ -49,6 +49,8 @@ class Reason(str, enum.Enum):
 
     #: The env's enqueue rate tripped (diverts, shadow logs).
     PER_ENV_RATE = "per_env_rate"
+    #: All envs together went over ``trip_global_threshold`` (diverts, shadow logs).
+    GLOBAL_RATE = "global_rate"
     #: Evaluated and below the threshold.
     BELOW_THRESHOLD = "below_threshold"
     #: The org is not enrolled and shadow mode is off.

@@ -28,6 +28,8 @@ Key                             Type         Holds
                                              holds the env's score in ``{p}:tripped``
 ``{p}:tripped``                 sorted set   ``<tag>`` of tripped envs, score = a deadline no
                                              earlier than the hold marker's expiry (ms)
+``{p}:trip:global:count``       string       the fleet-wide ceiling's window counter (all envs)
+``{p}:trip:global:hold``        string       the fleet-wide ceiling's "tripped" marker
 ==============================  ===========  ==========================================================
 
 Hash fields and sorted-set members are not keys, so they hold raw ids, and the scripts build
@@ -128,6 +130,9 @@ class KeySpace:
         self.depth = f"{prefix}:depth"
         self.failed_orgs = f"{prefix}:failed-orgs"
         self.tripped = f"{prefix}:tripped"
+        #: The fleet-wide ceiling's window counter and hold marker (``trip_global_threshold``).
+        self.global_trip_counter = f"{prefix}:trip:global:count"
+        self.global_trip_hold = f"{prefix}:trip:global:hold"
         #: Drained messages in the broker not yet started (the drain budget), and the rate bucket.
         self.outstanding = f"{prefix}:drain:outstanding"
         self.drain_rate = f"{prefix}:drain:rate"

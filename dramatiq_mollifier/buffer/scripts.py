@@ -41,6 +41,7 @@ SCRIPT_NAMES = (
     "evaluate_trip_and_accept",
     "expired_leases",
     "fail",
+    "fold_trip_counts",
     "pop",
     "purge_failed",
     "reclaim",
@@ -113,6 +114,7 @@ class Scripts:
         self.evaluate_trip_and_accept = register("evaluate_trip_and_accept")
         self.expired_leases = register("expired_leases")
         self.fail = register("fail")
+        self.fold_trip_counts = register("fold_trip_counts")
         self.pop = register("pop")
         self.purge_failed = register("purge_failed")
         self.reclaim = register("reclaim")

@@ -9,6 +9,7 @@ This module is the send side (the gate's calls); :mod:`.admin` is the operator's
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -16,11 +17,11 @@ from redis.backoff import EqualJitterBackoff
 from redis.retry import Retry
 
 from ..errors import MollifierConfigurationError
-from ..models import TripDecision
+from ..models import TripDecision, TripWindow
 from .admin import BufferAdmin
 from .codec import FAILURES, wrap
 from .core import DEFAULT_LEASE_MS
-from .scripts import force_command_path, run
+from .scripts import force_command_path, run, run_pipelined
 
 __all__ = [
     "WRITE_MODES",
@@ -40,6 +41,8 @@ DEFAULT_CONNECT_TIMEOUT_MS = 500
 DEFAULT_CONNECTION_RETRIES = 1
 #: The modes an entry may record, as ``MollifierMode`` spells them; the first is the default.
 WRITE_MODES = ("divert", "dual_write")
+#: Envs folded by one script call; a larger fold is split into calls pipelined in one round trip.
+FOLD_ENVS_PER_CALL = 256
 # Distinct (window, threshold, hold) settings whose encoded form is kept; emptied when it fills.
 _TRIP_ARGS_CACHE_SIZE = 64
 
@@ -198,6 +201,46 @@ class MollifierBuffer(BufferAdmin):
             return TripDecision(reply & 2 == 2, reply >> 2), reply & 1 == 1
         except FAILURES as exc:
             raise wrap("evaluate_trip_and_accept", exc) from exc
+
+    def fold_trip_counts(
+        self,
+        counts: Sequence[tuple[str, str, int]],
+        *,
+        window_ms: int,
+        threshold: int,
+        hold_ms: int,
+        global_threshold: int = 0,
+    ) -> tuple[TripWindow, list[TripWindow]]:
+        """Add locally counted enqueues ``(org, env, n)`` to the fleet's trip windows.
+
+        One round trip whatever the number of envs. Returns the fleet-wide window (all zeros
+        when ``global_threshold`` is 0) and each env's window, in the order of ``counts``.
+        """
+        keys = self.keys
+        head = [keys.tripped, keys.depth, keys.global_trip_counter, keys.global_trip_hold]
+        total = sum(n for _, _, n in counts)
+        settings: list[str | int] = [window_ms, threshold, hold_ms, global_threshold, total]
+        calls: list[tuple[Sequence[str], Sequence[str | int]]] = []
+        for start in range(0, max(len(counts), 1), FOLD_ENVS_PER_CALL):
+            call_keys = list(head)
+            call_args = list(settings)
+            for org_id, env_id, n in counts[start : start + FOLD_ENVS_PER_CALL]:
+                t = keys.tenant(org_id, env_id)
+                call_keys += (t.trip_counter, t.trip_hold)
+                call_args += (org_id, env_id, n)
+            calls.append((call_keys, call_args))
+            # The first call adds the whole fold to the fleet-wide window.
+            settings = [window_ms, threshold, hold_ms, 0, 0]
+        try:
+            replies = run_pipelined(self.client, self.scripts.fold_trip_counts, calls)
+        except FAILURES as exc:
+            raise wrap("fold_trip_counts", exc) from exc
+        fleet = TripWindow(*(int(v) for v in replies[0][:3]))
+        envs: list[TripWindow] = []
+        for reply in replies:
+            values = [int(v) for v in reply[3:]]
+            envs += (TripWindow(*values[i : i + 4]) for i in range(0, len(values), 4))
+        return fleet, envs[: len(counts)]
 
     # Internals ------------------------------------------------------------------------------
     def _encoded_trip_args(
