@@ -88,7 +88,12 @@ def make_gate(
     clock = FakeClock()
     # The stub counts Redis calls per send: the exact evaluator's (tests/test_local_trip.py has
     # the local one's).
-    values: dict[str, Any] = {"enabled": True, "enabled_orgs": {"acme"}, "trip_evaluator": "exact", **settings}
+    values: dict[str, Any] = {
+        "enabled": True,
+        "enabled_orgs": {"acme"},
+        "trip_evaluator": "exact",
+        **settings,
+    }
     gate = Gate(
         MollifierSettings(**values),
         backend=backend,
