@@ -14,8 +14,10 @@ import redis
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_mollifier import MollifierBuffer, MollifierConfigurationError, MollifierSettings
+from dramatiq_mollifier.breaker import CircuitBreaker
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.buffer.store import FOLD_ENVS_PER_CALL
+from dramatiq_mollifier.gate import local_trip
 from dramatiq_mollifier.gate.local_trip import LocalTrip
 from dramatiq_mollifier.models import Tenant, TripWindow
 
@@ -300,3 +302,26 @@ def test_a_forked_child_shares_no_counts_and_folds_its_own(
     trip.flush()
     assert window_count(mollifier.buffer, "acme", "parent") == 5
     assert window_count(mollifier.buffer, "acme", "child") == 7
+
+
+class _NoFold:
+    def fold_trip_counts(self, counts: Any, **trip: int) -> Any:
+        raise AssertionError("no fold expected")
+
+
+def test_the_per_env_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_trip, "MAX_ENVS", 3)
+    trip = LocalTrip(
+        backend=_NoFold(),
+        fold_interval_ms=1_000,
+        breaker=CircuitBreaker("test"),
+        on_error=lambda exc: None,
+        **TRIP,
+    )
+    trip._running = True  # no fold thread: the counts stay pending
+
+    for env in range(10):
+        trip.count(Tenant("acme", f"env-{env}"), True)
+        assert len(trip._envs) <= 3
+    # Dropped counts are dropped from the fleet's total too
+    assert trip._fleet.pending == sum(w.pending for w in trip._envs.values())

@@ -231,8 +231,13 @@ class MollifierBuffer(BufferAdmin):
             calls.append((call_keys, call_args))
             # The first call adds the whole fold to the fleet-wide window.
             settings = [window_ms, threshold, hold_ms, 0, 0]
+        script = self.scripts.fold_trip_counts
         try:
-            replies = run_pipelined(self.client, self.scripts.fold_trip_counts, calls)
+            if len(calls) == 1:  # the common case: no pipeline to build
+                keys_of_call, args_of_call = calls[0]
+                replies = [run(self.client, script, len(keys_of_call), *keys_of_call, *args_of_call)]
+            else:
+                replies = run_pipelined(self.client, script, calls)
         except FAILURES as exc:
             raise wrap("fold_trip_counts", exc) from exc
         fleet = TripWindow(*(int(v) for v in replies[0][:3]))

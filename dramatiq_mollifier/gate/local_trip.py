@@ -226,6 +226,8 @@ class LocalTrip:
         if len(self._envs) >= MAX_ENVS:
             self._envs = {t: w for t, w in self._envs.items() if w.pending or w.in_flight}
             if len(self._envs) >= MAX_ENVS:
+                # Every env has counts: drop them (fail-open), keeping the fleet's total true.
+                self._fleet.pending -= sum(w.pending for w in self._envs.values())
                 self._envs.clear()
         env = self._envs[tenant] = _Window()
         return env
