@@ -218,7 +218,9 @@ def _connection_from(pool: redis.ConnectionPool) -> Any:
 
 
 def run_pipelined(
-    client: redis.Redis, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str | int]]]
+    client: redis.Redis,
+    script: Script,
+    calls: Sequence[tuple[Sequence[str | bytes], Sequence[str | int | bytes]]],
 ) -> list[Any]:
     """Run ``script`` once per ``(keys, args)`` in one pipelined round trip; the replies in order.
 

@@ -217,20 +217,21 @@ class MollifierBuffer(BufferAdmin):
         when ``global_threshold`` is 0) and each env's window, in the order of ``counts``.
         """
         keys = self.keys
-        head = [keys.tripped, keys.depth, keys.global_trip_counter, keys.global_trip_hold]
+        head = (keys.tripped, keys.depth, keys.global_trip_counter, keys.global_trip_hold)
+        window, limit, hold, _ = self._encoded_trip_args(window_ms, threshold, hold_ms)
         total = sum(n for _, _, n in counts)
-        settings: list[str | int] = [window_ms, threshold, hold_ms, global_threshold, total]
-        calls: list[tuple[Sequence[str], Sequence[str | int]]] = []
+        settings: tuple[bytes, ...] = (window, limit, hold, b"%d" % global_threshold, b"%d" % total)
+        calls: list[tuple[Sequence[str | bytes], Sequence[str | int | bytes]]] = []
         for start in range(0, max(len(counts), 1), FOLD_ENVS_PER_CALL):
-            call_keys = list(head)
-            call_args = list(settings)
+            call_keys: list[str | bytes] = [*head]
+            call_args: list[str | int | bytes] = [*settings]
             for org_id, env_id, n in counts[start : start + FOLD_ENVS_PER_CALL]:
                 t = keys.tenant(org_id, env_id)
-                call_keys += (t.trip_counter, t.trip_hold)
-                call_args += (org_id, env_id, n)
+                call_keys += t.trip_keys[:2]  # counter and hold marker, encoded once
+                call_args += (*t.ids, b"%d" % n)
             calls.append((call_keys, call_args))
             # The first call adds the whole fold to the fleet-wide window.
-            settings = [window_ms, threshold, hold_ms, 0, 0]
+            settings = (window, limit, hold, b"0", b"0")
         script = self.scripts.fold_trip_counts
         try:
             if len(calls) == 1:  # the common case: no pipeline to build

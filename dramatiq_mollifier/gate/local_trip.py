@@ -150,20 +150,19 @@ class LocalTrip:
             env = self._envs.get(tenant)
             if env is None:
                 env = self._add(tenant)
-            if not self._running:
-                self._start()
             fleet = self._fleet
-            if self._global_threshold and (
+            over_ceiling = self._global_threshold and (
                 fleet.hold_end > now or fleet.estimate(now) >= self._global_threshold
-            ):
-                env.pending += 1
-                fleet.pending += 1
-                return Verdict.GLOBAL
-            if enrolled and (env.diverting or env.hold_end > now):
+            )
+            if enrolled and not over_ceiling and (env.diverting or env.hold_end > now):
                 env.diverting = True
                 return Verdict.DIVERTING
             env.pending += 1
             fleet.pending += 1
+            if not self._running:
+                self._start()
+            if over_ceiling:
+                return Verdict.GLOBAL
             if env.hold_end > now:
                 return Verdict.TRIPPED
             if env.estimate(now) > self._threshold:
