@@ -98,6 +98,11 @@ def _attributes(**values: str | bool) -> Mapping[str, str | bool]:
     return dict(values)
 
 
+def decision_attributes(outcome: Outcome, reason: Reason, *, enrolled: bool) -> Mapping[str, str | bool]:
+    """The attributes ``mollifier.decisions`` counts one decision under."""
+    return _attributes(outcome=outcome.value, reason=reason.value, enrolled=enrolled)
+
+
 def meter(meter_provider: metrics.MeterProvider | None = None) -> metrics.Meter:
     """The package's meter (one instrumentation scope for every instrument), from ``meter_provider``
     or the global provider."""
@@ -150,7 +155,11 @@ class Telemetry:
 
     def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool) -> None:
         """Count one gate decision."""
-        self.decisions.add(1, _attributes(outcome=outcome.value, reason=reason.value, enrolled=enrolled))
+        self.decisions.add(1, decision_attributes(outcome, reason, enrolled=enrolled))
+
+    def record_decision_attributes(self, attributes: Mapping[str, str | bool]) -> None:
+        """Count one gate decision by its :func:`decision_attributes`, computed ahead (hot path)."""
+        self.decisions.add(1, attributes)
 
     def record_buffered(self, *, mode: str) -> None:
         """Count one message written to the buffer (``mode``: divert or dual_write)."""

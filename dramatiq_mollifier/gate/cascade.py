@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import dramatiq
@@ -27,7 +27,7 @@ from ..models import (
     marker_of,
 )
 from ..settings import MollifierMode, MollifierSettings, TripEvaluator
-from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry
+from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, decision_attributes
 from .exact_trip import ExactTrip, TripBackend
 from .local_trip import FoldBackend, LocalTrip, Verdict
 from .notices import GateNotices
@@ -77,6 +77,12 @@ class Decision:
     #: Mark the message admitted (bound to its id), so its delay-queue promotion bypasses the gate.
     #: Only delayed sends: the message a broker delays is always its own copy, never the caller's.
     admit: bool = False
+    #: What ``mollifier.decisions`` counts it under (computed once: decisions are constants).
+    attributes: Mapping[str, str | bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        attributes = decision_attributes(self.outcome, self.reason, enrolled=self.enrolled)
+        object.__setattr__(self, "attributes", attributes)
 
 
 _PASS = Outcome.PASS_THROUGH
@@ -105,6 +111,10 @@ _MOLLIFY = {
     for mode in MollifierMode
     for reason in (Reason.PER_ENV_RATE, Reason.GLOBAL_RATE)
 }
+
+# Module constants: reading an Enum member off its class costs a descriptor call per send.
+_V_BELOW, _V_TRIPPED = Verdict.BELOW, Verdict.TRIPPED
+_V_GLOBAL, _V_DIVERTING = Verdict.GLOBAL, Verdict.DIVERTING
 
 # Returned by _resolve_tenant when the resolver failed, and by _call when the call failed.
 _TENANT_FAILED = object()
@@ -186,7 +196,7 @@ class Gate:
         ``intercepted`` says whether the broker write can be skipped; if not, the message bypasses.
         """
         decision = self._decide(message, delay, intercepted)
-        self._telemetry.record_decision(decision.outcome, decision.reason, enrolled=decision.enrolled)
+        self._telemetry.record_decision_attributes(decision.attributes)
         return decision
 
     def _decide(self, message: dramatiq.Message[Any], delay: int | None, intercepted: bool) -> Decision:
@@ -215,16 +225,16 @@ class Gate:
             return _NOT_ENROLLED
         # No I/O: the local evaluator counts here; the exact one says "evaluate" or "fused".
         verdict = self._trip.count(tenant, enrolled)
-        if verdict is Verdict.BELOW:
+        if verdict is _V_BELOW:
             return _BELOW[enrolled]
-        if verdict is Verdict.TRIPPED or (verdict is Verdict.GLOBAL and not enrolled):
-            return self._would_mollify(message, tenant, None, verdict is Verdict.GLOBAL)
+        if verdict is _V_TRIPPED or (verdict is _V_GLOBAL and not enrolled):
+            return self._would_mollify(message, tenant, None, verdict is _V_GLOBAL)
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
             return _BREAKER_OPEN[enrolled]
-        if verdict is Verdict.GLOBAL:
+        if verdict is _V_GLOBAL:
             return self._accept(message, tenant, Reason.GLOBAL_RATE)
-        if verdict is Verdict.DIVERTING:
+        if verdict is _V_DIVERTING:
             return self._evaluate_and_accept(message, tenant)
         return self._evaluate(message, tenant, enrolled)
 
@@ -371,11 +381,7 @@ class Gate:
         return _MOLLIFY[self._mode_setting, reason]
 
     def _fold_failed(self, exc: Exception) -> None:
-        self._fail_open(
-            FailOpenStage.TRIP,
-            "A background fold of the trip counts failed; those sends are not counted.",
-            exc=exc,
-        )
+        self._fail_open(FailOpenStage.TRIP, "A background fold of trip counts failed (not counted).", exc=exc)
 
     def _fail_open(self, stage: FailOpenStage, msg: str, *args: Any, exc: Exception | None = None) -> None:
         self._telemetry.record_fail_open(stage)

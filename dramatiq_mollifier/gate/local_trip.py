@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -130,8 +131,11 @@ class LocalTrip:
         self._on_error = on_error
         self._clock = clock
         self._reset()
+        _instances.add(self)
 
     def _reset(self) -> None:
+        """Forget everything: at construction, and in a forked child (the parent's counts,
+        knowledge and thread stay with the parent, which folds what it counted)."""
         self._pid = os.getpid()
         self._lock = threading.Lock()
         # Held across a fold: folds of one process reach Redis in the order they took their counts,
@@ -143,8 +147,8 @@ class LocalTrip:
 
     def count(self, tenant: Tenant, enrolled: bool) -> Verdict:
         """Count one send of ``tenant`` (unless the fused script will) and say what is known. No I/O."""
-        if self._pid != os.getpid():
-            self._reset()  # a forked child: the parent's counts, knowledge and thread stay there
+        if self._pid != os.getpid():  # a fork the hook below did not see (a C-level fork)
+            self._reset()
         now = self._clock()
         with self._lock:
             env = self._envs.get(tenant)
@@ -300,3 +304,15 @@ class LocalTrip:
                 ):
                     self._running = False
                     return
+
+
+_instances: weakref.WeakSet[LocalTrip] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for trip in list(_instances):
+        trip._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
