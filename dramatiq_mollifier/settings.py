@@ -146,8 +146,9 @@ class MollifierSettings(BaseSettings):
     #: trip. ``exact``: one round trip per gated send (see the README for the bounds of each).
     trip_evaluator: TripEvaluator = TripEvaluator.LOCAL
     #: ``local`` evaluator: how often a process folds its counts into the fleet's windows and
-    #: learns which envs are tripped, in milliseconds. At most ``trip_window_ms``. Defaults to 10.
-    trip_fold_interval_ms: int = Field(default=10, gt=0, le=1_000)
+    #: learns which envs are tripped, in milliseconds. At most ``trip_window_ms``. Each fold costs
+    #: about one Redis round trip, shared by the sends of the interval. Defaults to 20.
+    trip_fold_interval_ms: int = Field(default=20, gt=0, le=1_000)
     #: A fleet-wide ceiling: when all envs together send more than this in ``trip_window_ms``,
     #: every enrolled env is diverted (``reason=global_rate``) for ``trip_hold_ms``. Needs the
     #: ``local`` evaluator. Defaults to 0: no ceiling.

@@ -252,7 +252,7 @@ def test_the_fleet_wide_ceiling_is_off_by_default_and_needs_the_local_evaluator(
 
 
 def test_the_fold_interval_is_bounded_by_the_window() -> None:
-    assert MollifierSettings().trip_fold_interval_ms == 10
+    assert MollifierSettings().trip_fold_interval_ms == 20
     with pytest.raises(MollifierConfigurationError, match=r"trip_fold_interval_ms .* at most trip_window_ms"):
         MollifierSettings(trip_window_ms=50, trip_fold_interval_ms=60)
     for bad in (0, 1_001):
