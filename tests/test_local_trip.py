@@ -105,9 +105,9 @@ def test_sends_below_the_threshold_cost_no_redis_round_trip(
     took = time.monotonic() - started
     sent_calls = script_calls(redis_client) - before
 
-    # Then the only script calls were the background folds (one per second at most), and the
-    # fleet's window holds every send once they are folded
-    assert sent_calls <= took + 1
+    # Then the only script calls were the background folds (one per second at most; another
+    # test's middleware may still fold one), and the fleet's window holds every send once folded
+    assert sent_calls <= took + 2
     assert decisions(reader) == {("pass_through", "below_threshold", True): 1_000}
     eventually(lambda: window_count(mollifier.buffer, "acme", "prod") == 1_000, what="the counts folded")
 

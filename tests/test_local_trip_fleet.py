@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,7 +35,16 @@ def broker() -> Iterator[StubBroker]:
 
 
 def producer(mollifier: Mollifier, actor: Any, barrier: Any, results: Any) -> None:
-    """One forked producer: its share of the burst, then paced sends until it learns of the trip."""
+    """One forked producer: :func:`produce`, its report or its error sent to the parent."""
+    try:
+        produce(mollifier, actor, barrier, results)
+    except BaseException:
+        results.put({"error": traceback.format_exc()})
+        raise
+
+
+def produce(mollifier: Mollifier, actor: Any, barrier: Any, results: Any) -> None:
+    """Its share of the burst, then paced sends until it learns of the trip."""
     hold = mollifier.buffer.keys.tenant("acme", "burst").trip_hold
     client = redis.Redis.from_url(mollifier.settings.redis_url)
 
@@ -42,7 +52,7 @@ def producer(mollifier: Mollifier, actor: Any, barrier: Any, results: Any) -> No
         return not actor.send_with_options(org_id="acme", env_id="burst").options.get("mollified", False)
 
     result: dict[str, Any] = {"share_passed": sum(send() for _ in range(SHARE))}
-    barrier.wait(timeout=30)
+    barrier.wait(timeout=60)
     # Phase two: once the fleet's folds have tripped the env in Redis, send one message every
     # millisecond until this process's own fold tells it: the sends that still pass are the ones
     # of about one fold interval
@@ -99,7 +109,7 @@ def test_forked_producers_share_one_fleet_wide_threshold_within_the_documented_b
     ]
     for process in processes:
         process.start()
-    reports = [results.get(timeout=60) for _ in processes]
+    reports = [results.get(timeout=120) for _ in processes]
     for process in processes:
         process.join(timeout=30)
         assert process.exitcode == 0
