@@ -9,6 +9,8 @@ This module is the send side (the gate's calls); :mod:`.admin` is the operator's
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +109,7 @@ class MollifierBuffer(BufferAdmin):
             force_command_path(client)
         # (window_ms, threshold, hold_ms) -> those ARGV and the entry TTL, encoded once.
         self._trip_args: dict[tuple[int, int, int], tuple[bytes, bytes, bytes, bytes]] = {}
+        _buffers.add(self)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MollifierBuffer:
@@ -265,3 +268,19 @@ class MollifierBuffer(BufferAdmin):
                 b"%d" % self.ttl_ms,
             )
         return encoded
+
+
+_buffers: weakref.WeakSet[MollifierBuffer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent (a background fold) may have held the pool's lock when the process
+    # forked; redis-py resets a pool only after taking that lock, so the child would wait forever.
+    for buffer in list(_buffers):
+        reset = getattr(buffer.client.connection_pool, "reset", None)
+        if reset is not None:
+            reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
