@@ -29,13 +29,14 @@ from .models import (
     TenantRow,
     TripDecision,
 )
-from .settings import MollifierMode, MollifierSettings
+from .settings import MollifierMode, MollifierSettings, TripEvaluator
 
 __all__ = [
     # Middleware
     "Mollifier",
     "MollifierMode",
     "MollifierSettings",
+    "TripEvaluator",
     # Buffer
     "BufferEntry",
     "EntryStatus",

@@ -25,6 +25,7 @@ __all__ = [
     "TenantRow",
     "Tenant",
     "TripDecision",
+    "TripWindow",
     "marker",
     "marker_of",
 ]
@@ -77,6 +78,20 @@ class TripDecision:
 
     tripped: bool
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class TripWindow:
+    """What a trip window holds after a fold of locally counted enqueues (``trip_evaluator=local``)."""
+
+    #: The window's count, the fold included.
+    count: int
+    #: Milliseconds until the window ends; <= 0 when there is none.
+    window_ttl_ms: int
+    #: Milliseconds until the hold marker expires; <= 0 when the env (or fleet) is not held.
+    hold_ttl_ms: int
+    #: Entries the env has in the buffer (0 for the fleet-wide window).
+    backlog: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ __all__ = [
     "MollifierMode",
     "MollifierSettings",
     "default_of",
+    "TripEvaluator",
     "redis_url_problem",
 ]
 
@@ -72,6 +73,16 @@ class MollifierMode(str, enum.Enum):
     DIVERT = "divert"
     #: The message goes to the broker and a copy to the buffer, which the drainer only audits.
     DUAL_WRITE = "dual_write"
+
+
+class TripEvaluator(str, enum.Enum):
+    """How the gate counts an env's enqueues against its threshold."""
+
+    #: Each process counts locally and folds its counts into the fleet's windows every
+    #: ``trip_fold_interval_ms``: no Redis round trip for a send that is not diverted.
+    LOCAL = "local"
+    #: One Redis round trip per gated send, counted in the fleet's window at once.
+    EXACT = "exact"
 
 
 def _parse_orgs(value: Any) -> Any:
@@ -137,6 +148,18 @@ class MollifierSettings(BaseSettings):
     trip_threshold: int = Field(default=100, ge=0, le=1_000_000_000)
     #: How long a tripped env stays tripped after its last over-threshold enqueue. Defaults to 500.
     trip_hold_ms: int = Field(default=500, ge=0, le=_DAY_MS)
+    #: ``local`` (default): each process counts sends locally and folds its counts into the
+    #: fleet-wide windows in the background; a send that is not diverted costs no Redis round
+    #: trip. ``exact``: one round trip per gated send (see the README for the bounds of each).
+    trip_evaluator: TripEvaluator = TripEvaluator.LOCAL
+    #: ``local`` evaluator: how often a process folds its counts into the fleet's windows and
+    #: learns which envs are tripped, in milliseconds. At most ``trip_window_ms``. Each fold costs
+    #: about one Redis round trip, shared by the sends of the interval. Defaults to 20.
+    trip_fold_interval_ms: int = Field(default=20, gt=0, le=1_000)
+    #: A fleet-wide ceiling: when all envs together send more than this in ``trip_window_ms``,
+    #: every enrolled env is diverted (``reason=global_rate``) for ``trip_hold_ms``. Needs the
+    #: ``local`` evaluator. Defaults to 0: no ceiling.
+    trip_global_threshold: int = Field(default=0, ge=0, le=1_000_000_000)
     #: Expiry of buffered entries in seconds. Unset: none in ``divert`` mode, 600 in ``dual_write``.
     entry_ttl_s: int | None = Field(default=None, gt=0, le=_YEAR_S)
     #: Run a drainer in worker processes. Unset: same as ``enabled``.
@@ -265,6 +288,22 @@ class MollifierSettings(BaseSettings):
                 f"{IDLE_WAIT_MARGIN_MS} ms shorter than drain_socket_timeout_ms "
                 f"({self.drain_socket_timeout_ms}): an idle drainer blocks on Redis that long, and a "
                 "reply that late would be taken for an outage"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_trip_evaluator(self) -> MollifierSettings:
+        if self.trip_fold_interval_ms > self.trip_window_ms:
+            raise MollifierConfigurationError(
+                f"trip_fold_interval_ms (MOLLIFIER_TRIP_FOLD_INTERVAL_MS) must be at most "
+                f"trip_window_ms ({self.trip_window_ms}), got {self.trip_fold_interval_ms}: counts "
+                "folded later than a window would land in the next one"
+            )
+        if self.trip_global_threshold and self.trip_evaluator is not TripEvaluator.LOCAL:
+            raise MollifierConfigurationError(
+                "trip_global_threshold (MOLLIFIER_TRIP_GLOBAL_THRESHOLD) needs "
+                "trip_evaluator=local (MOLLIFIER_TRIP_EVALUATOR): the fleet-wide ceiling is "
+                "counted by the local evaluator's folds"
             )
         return self
 

@@ -51,6 +51,8 @@ class Reason(str, enum.Enum):
 
     #: The env's enqueue rate tripped (diverts, shadow logs).
     PER_ENV_RATE = "per_env_rate"
+    #: All envs together went over ``trip_global_threshold`` (diverts, shadow logs).
+    GLOBAL_RATE = "global_rate"
     #: Evaluated and below the threshold.
     BELOW_THRESHOLD = "below_threshold"
     #: The org is not enrolled and shadow mode is off.
@@ -106,6 +108,11 @@ class DrainResultKind(str, enum.Enum):
 def _attributes(**values: str | bool) -> Mapping[str, str | bool]:
     # Cached per combination: the set is small and bounded, and the hot path allocates nothing.
     return dict(values)
+
+
+def decision_attributes(outcome: Outcome, reason: Reason, *, enrolled: bool) -> Mapping[str, str | bool]:
+    """The attributes ``mollifier.decisions`` counts one decision under."""
+    return _attributes(outcome=outcome.value, reason=reason.value, enrolled=enrolled)
 
 
 def meter(meter_provider: metrics.MeterProvider | None = None) -> metrics.Meter:
@@ -181,7 +188,11 @@ class Telemetry:
 
     def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool) -> None:
         """Count one gate decision."""
-        self.decisions.add(1, _attributes(outcome=outcome.value, reason=reason.value, enrolled=enrolled))
+        self.decisions.add(1, decision_attributes(outcome, reason, enrolled=enrolled))
+
+    def record_decision_attributes(self, attributes: Mapping[str, str | bool]) -> None:
+        """Count one gate decision by its :func:`decision_attributes`, computed ahead (hot path)."""
+        self.decisions.add(1, attributes)
 
     def record_buffered(self, *, mode: str) -> None:
         """Count one message written to the buffer (``mode``: divert or dual_write)."""

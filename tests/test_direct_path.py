@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.scripts import direct_path_allowed
@@ -35,7 +36,9 @@ def test_anything_but_an_exact_redis_client_over_a_plain_pool_takes_the_command_
     assert not direct_path_allowed(Subclass.from_url(redis_url))
     assert not direct_path_allowed(redis.Redis(connection_pool=Pool.from_url(redis_url)))
     assert not direct_path_allowed(make_redis_client(single_connection_client=True))
-    assert not direct_path_allowed(object())  # RedisCluster and other clients: no pool at all
+    assert not direct_path_allowed(object())  # other clients: no pool at all
+    # A RedisCluster (built without connecting: its constructor would look for a cluster)
+    assert not direct_path_allowed(object.__new__(redis.cluster.RedisCluster))
 
 
 def test_a_client_side_caching_client_takes_the_command_path(redis_url: str) -> None:

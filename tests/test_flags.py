@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
@@ -223,3 +224,33 @@ def test_a_stalled_flags_redis_never_holds_up_a_send(silent_server: FakeServer, 
     eventually(lambda: fail_opens(reader)[("flags",)] >= 1, what="a refresh to time out")
     client.close()
     broker.close()
+
+
+@pytest.mark.redis
+def test_a_child_forked_during_a_refresh_refreshes_on_its_own(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a view whose refresh is under way in a thread (held here: the lock and the deadline
+    # a refresh sets) when the process forks
+    flags = OrgFlags(redis_client, key_prefix=key_prefix)
+    flags.enable("globex")
+    view = OrgFlagsView(flags, refresh_ms=60_000)
+    assert view._lock.acquire(blocking=False)
+    view._next_refresh_at = float("inf")
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            deadline = time.monotonic() + 20
+            while not view.enrolled("globex") and time.monotonic() < deadline:
+                time.sleep(0.01)
+            code = 0 if view.enrolled("globex") else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    view._lock.release()
+
+    # Then the child read the flags itself instead of waiting for the parent's refresh forever
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not view.enrolled("globex")  # the parent's copy: its refresh never finished here

@@ -86,7 +86,14 @@ def make_gate(
 ) -> tuple[Gate, InMemoryMetricReader, FakeClock]:
     provider, reader = metrics()
     clock = FakeClock()
-    values: dict[str, Any] = {"enabled": True, "enabled_orgs": {"acme"}, **settings}
+    # The stub counts Redis calls per send: the exact evaluator's (tests/test_local_trip.py has
+    # the local one's).
+    values: dict[str, Any] = {
+        "enabled": True,
+        "enabled_orgs": {"acme"},
+        "trip_evaluator": "exact",
+        **settings,
+    }
     gate = Gate(
         MollifierSettings(**values),
         backend=backend,
@@ -121,7 +128,10 @@ def test_truth_table_calls_the_evaluator_only_where_it_should_and_records_one_de
     # Given a StubBroker with the middleware, whose gate runs over a stub evaluator
     provider, reader = metrics()
     settings = MollifierSettings(
-        enabled=enabled, shadow_mode=shadow, enabled_orgs={"acme"} if enrolled else set()
+        enabled=enabled,
+        shadow_mode=shadow,
+        enabled_orgs={"acme"} if enrolled else set(),
+        trip_evaluator="exact",
     )
     # The client points at a closed port: nothing here may reach it.
     mollifier = Mollifier(settings, client=redis.Redis(port=1), meter_provider=provider)

@@ -37,6 +37,8 @@ Key                             Type         Holds
 ``{p}:caps``                    hash         runtime caps: ``org:<org>`` or ``env:<tag>`` = limit
 ``{p}:weights``                 hash         drain weights: ``<org>`` (raw) = weight
 ``{p}:gauges:lease``            string       the process that reports the fleet's gauges (token)
+``{p}:trip:global:count``       string       the fleet-wide ceiling's window counter (all envs)
+``{p}:trip:global:hold``        string       the fleet-wide ceiling's "tripped" marker
 ==============================  ===========  ==========================================================
 
 Hash fields and sorted-set members are not keys, so they hold raw ids, and the scripts build
@@ -146,6 +148,9 @@ class KeySpace:
         self.gauges_lease = f"{prefix}:gauges:lease"
         #: The runtime enrolment flags (``gate/flags.py`` names the same key).
         self.org_flags = f"{prefix}:org-flags"
+        #: The fleet-wide ceiling's window counter and hold marker (``trip_global_threshold``).
+        self.global_trip_counter = f"{prefix}:trip:global:count"
+        self.global_trip_hold = f"{prefix}:trip:global:hold"
         #: Drained messages in the broker not yet started (the drain budget), and the rate bucket.
         self.outstanding = f"{prefix}:drain:outstanding"
         self.drain_rate = f"{prefix}:drain:rate"

@@ -46,6 +46,7 @@ SCRIPT_NAMES = (
     "env_depths",
     "expired_leases",
     "fail",
+    "fold_trip_counts",
     "pop",
     "purge_failed",
     "queue_heads",
@@ -121,6 +122,7 @@ class Scripts:
         self.evaluate_trip_and_accept = register("evaluate_trip_and_accept")
         self.expired_leases = register("expired_leases")
         self.fail = register("fail")
+        self.fold_trip_counts = register("fold_trip_counts")
         self.pop = register("pop")
         self.purge_failed = register("purge_failed")
         self.reclaim = register("reclaim")
@@ -226,7 +228,9 @@ def _connection_from(pool: redis.ConnectionPool) -> Any:
 
 
 def run_pipelined(
-    client: redis.Redis, script: Script, calls: Sequence[tuple[Sequence[str], Sequence[str | int]]]
+    client: redis.Redis,
+    script: Script,
+    calls: Sequence[tuple[Sequence[str | bytes], Sequence[str | int | bytes]]],
 ) -> list[Any]:
     """Run ``script`` once per ``(keys, args)`` in one pipelined round trip; the replies in order.
 

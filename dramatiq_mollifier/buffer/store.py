@@ -10,6 +10,10 @@ This module is the send side (the gate's calls); :mod:`.admin` is the operator's
 from __future__ import annotations
 
 import functools
+import os
+import threading
+import weakref
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -18,13 +22,13 @@ from redis.commands.core import Script
 from redis.retry import Retry
 
 from ..errors import MollifierConfigurationError
-from ..models import TripDecision
+from ..models import TripDecision, TripWindow
 from ..settings import default_of
 from .admin import BufferAdmin
 from .codec import FAILURES, wrap
 from .controls import TenantControls
 from .core import DEFAULT_LEASE_MS
-from .scripts import force_command_path, run, script_source
+from .scripts import force_command_path, run, run_pipelined, script_source
 
 __all__ = [
     "WRITE_MODES",
@@ -44,6 +48,8 @@ DEFAULT_CONNECT_TIMEOUT_MS = 500
 DEFAULT_CONNECTION_RETRIES = 1
 #: The modes an entry may record, as ``MollifierMode`` spells them; the first is the default.
 WRITE_MODES = ("divert", "dual_write")
+#: Envs folded by one script call; a larger fold is split into calls pipelined in one round trip.
+FOLD_ENVS_PER_CALL = 256
 # Distinct (window, threshold, hold, entry TTL) settings whose encoded form is kept.
 _TRIP_ARGS_CACHE_SIZE = 64
 
@@ -113,6 +119,7 @@ class MollifierBuffer(BufferAdmin):
             force_command_path(client)
         self._controls: TenantControls | None = None
         self._accept_capped: Script | None = None
+        _buffers.add(self)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MollifierBuffer:
@@ -259,9 +266,77 @@ class MollifierBuffer(BufferAdmin):
         except FAILURES as exc:
             raise wrap("evaluate_trip_and_accept", exc) from exc
 
+    def fold_trip_counts(
+        self,
+        counts: Sequence[tuple[str, str, int]],
+        *,
+        window_ms: int,
+        threshold: int,
+        hold_ms: int,
+        global_threshold: int = 0,
+    ) -> tuple[TripWindow, list[TripWindow]]:
+        """Add locally counted enqueues ``(org, env, n)`` to the fleet's trip windows.
+
+        One round trip whatever the number of envs. Returns the fleet-wide window (all zeros
+        when ``global_threshold`` is 0) and each env's window, in the order of ``counts``.
+        """
+        keys = self.keys
+        head = (keys.tripped, keys.depth, keys.global_trip_counter, keys.global_trip_hold)
+        window, limit, hold, _ = self._encoded_trip_args(window_ms, threshold, hold_ms)
+        total = sum(n for _, _, n in counts)
+        settings: tuple[bytes, ...] = (window, limit, hold, b"%d" % global_threshold, b"%d" % total)
+        calls: list[tuple[Sequence[str | bytes], Sequence[str | int | bytes]]] = []
+        for start in range(0, max(len(counts), 1), FOLD_ENVS_PER_CALL):
+            call_keys: list[str | bytes] = [*head]
+            call_args: list[str | int | bytes] = [*settings]
+            for org_id, env_id, n in counts[start : start + FOLD_ENVS_PER_CALL]:
+                t = keys.tenant(org_id, env_id)
+                call_keys += t.trip_keys[:2]  # counter and hold marker, encoded once
+                call_args += (*t.ids, b"%d" % n)
+            calls.append((call_keys, call_args))
+            # The first call adds the whole fold to the fleet-wide window.
+            settings = (window, limit, hold, b"0", b"0")
+        script = self.scripts.fold_trip_counts
+        try:
+            if len(calls) == 1:  # the common case: no pipeline to build
+                keys_of_call, args_of_call = calls[0]
+                replies = [run(self.client, script, len(keys_of_call), *keys_of_call, *args_of_call)]
+            else:
+                replies = run_pipelined(self.client, script, calls)
+        except FAILURES as exc:
+            raise wrap("fold_trip_counts", exc) from exc
+        fleet = TripWindow(*(int(v) for v in replies[0][:3]))
+        envs: list[TripWindow] = []
+        for reply in replies:
+            values = [int(v) for v in reply[3:]]
+            envs += (TripWindow(*values[i : i + 4]) for i in range(0, len(values), 4))
+        return fleet, envs[: len(counts)]
+
     # Internals ------------------------------------------------------------------------------
     def _encoded_trip_args(
         self, window_ms: int, threshold: int, hold_ms: int
     ) -> tuple[bytes, bytes, bytes, bytes]:
         """The window, threshold and hold ARGV and the entry TTL, as sent (cached: they rarely vary)."""
         return _trip_argv(window_ms, threshold, hold_ms, self.ttl_ms)
+
+
+_buffers: weakref.WeakSet[MollifierBuffer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent (a background fold) may have held the pool's lock when the process
+    # forked; redis-py resets a pool only after taking that lock, so the child would wait forever.
+    # The child has one thread, so the pool's locks are replaced rather than awaited (reset()
+    # itself takes the pool's lock in redis-py 8).
+    for buffer in list(_buffers):
+        pool = buffer.client.connection_pool
+        for name in ("_fork_lock", "_lock"):
+            if hasattr(pool, name):
+                setattr(pool, name, threading.RLock())
+        reset = getattr(pool, "reset", None)
+        if reset is not None:
+            reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

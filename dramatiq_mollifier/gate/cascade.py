@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import dramatiq
 
@@ -26,8 +25,12 @@ from ..models import (
     TripDecision,
     marker_of,
 )
-from ..settings import MollifierMode, MollifierSettings
-from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
+from ..settings import MollifierMode, MollifierSettings, TripEvaluator
+from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry
+from .decisions import Decision
+from .exact_trip import ExactTrip, TripBackend
+from .local_trip import FoldBackend, LocalTrip, Verdict
+from .notices import GateNotices
 
 if TYPE_CHECKING:
     from .holds import TenantHolds, TenantLimits
@@ -39,19 +42,15 @@ logger = logging.getLogger(__name__)
 #: The actor (or message) option that opts out of the gate when False.
 OPT_OUT_OPTION = "mollifier"
 
-#: Envs whose recent trip this process remembers; the memory is emptied when it fills.
-MAX_HOT_ENVS = 10_000
-
 #: Derives the tenant of a message; None means "no tenant, never divert".
 TenantResolver = Callable[[dramatiq.Message[Any]], Tenant | None]
 
 
-class GateBackend(Protocol):
-    """What the gate needs from the buffer: the trip evaluation and the write."""
+_T = TypeVar("_T")
 
-    def evaluate_trip(
-        self, org_id: str, env_id: str, *, window_ms: int, threshold: int, hold_ms: int
-    ) -> TripDecision: ...
+
+class GateBackend(TripBackend, FoldBackend, Protocol):
+    """What the gate needs from the buffer: the trip evaluation, the fold and the write."""
 
     def evaluate_trip_and_accept(
         self,
@@ -66,21 +65,6 @@ class GateBackend(Protocol):
     ) -> tuple[TripDecision, bool]: ...
 
     def accept(self, message_id: str, *, org_id: str, env_id: str, payload: bytes) -> bool: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What the gate decided for one message, and what the middleware must do about it."""
-
-    outcome: Outcome
-    reason: Reason
-    #: Whether the org was enrolled (False for bypasses, which are decided before enrolment).
-    enrolled: bool = False
-    #: The buffer holds the message: skip the broker write (``divert`` mode only).
-    divert: bool = False
-    #: Mark the message admitted (bound to its id), so its delay-queue promotion bypasses the gate.
-    #: Only delayed sends: the message a broker delays is always its own copy, never the caller's.
-    admit: bool = False
 
 
 _PASS = Outcome.PASS_THROUGH
@@ -103,13 +87,20 @@ _BUFFER_ERROR = Decision(_PASS, Reason.BUFFER_ERROR, enrolled=True)
 # A re-send whose id the buffer already holds (queued, draining or dead-lettered) goes to the
 # broker: the buffer keeps one entry per id, and swallowing the re-send would lose it.
 _DUPLICATE_ID = Decision(_PASS, Reason.DUPLICATE_ID, enrolled=True)
+_SHADOW_GLOBAL = Decision(Outcome.SHADOW_LOG, Reason.GLOBAL_RATE)
 _MOLLIFY = {
-    MollifierMode.DIVERT: Decision(Outcome.MOLLIFY, Reason.PER_ENV_RATE, enrolled=True, divert=True),
-    MollifierMode.DUAL_WRITE: Decision(Outcome.MOLLIFY, Reason.PER_ENV_RATE, enrolled=True),
+    (mode, reason): Decision(Outcome.MOLLIFY, reason, enrolled=True, divert=mode is MollifierMode.DIVERT)
+    for mode in MollifierMode
+    for reason in (Reason.PER_ENV_RATE, Reason.GLOBAL_RATE)
 }
 
-# Returned by _resolve_tenant when the resolver failed.
+# Module constants: reading an Enum member off its class costs a descriptor call per send.
+_V_BELOW, _V_TRIPPED = Verdict.BELOW, Verdict.TRIPPED
+_V_GLOBAL, _V_DIVERTING = Verdict.GLOBAL, Verdict.DIVERTING
+
+# Returned by _resolve_tenant when the resolver failed, and by _call when the call failed.
 _TENANT_FAILED = object()
+_FAILED: Any = object()
 
 
 def _never_enrolled(org_id: str) -> bool:
@@ -126,7 +117,7 @@ class Gate:
       runtime_enrolled: Whether the runtime flag enrols an org (no I/O expected per call).
         Defaults to "never".
       tenant: Derives the tenant of a message. Defaults to the ``org_id``/``env_id`` options.
-      clock: Seconds from an arbitrary origin, for the trip hint. Defaults to ``time.monotonic``.
+      clock: Seconds from an arbitrary origin, for the trip evaluator. Defaults to ``time.monotonic``.
       breaker: Stops the Redis calls while Redis is unreachable or stalled; refused calls fail
         open at once (``fail_open{stage=breaker}``). Defaults to a breaker of the gate's own.
       holds: Pauses and caps (:mod:`.holds`). Defaults to none.
@@ -151,18 +142,32 @@ class Gate:
         self._telemetry = telemetry
         self._runtime_enrolled = runtime_enrolled
         self._resolver = tenant
-        self._clock = clock
-        self._mollify = _MOLLIFY[settings.mode]
+        self._mode_setting = settings.mode
         self._mode = settings.mode.value
         self._window_ms = settings.trip_window_ms
         self._threshold = settings.trip_threshold
         self._hold_ms = settings.trip_hold_ms
-        # How long a trip seen here makes the next evaluation ship the payload (fused script).
-        self._hint_s = max(settings.trip_hold_ms, settings.trip_window_ms) / 1000
-        # (org, env) -> until when (clock) this process believes the env is tripped.
-        self._hot: dict[Tenant, float] = {}
         self._opted_out: set[str] = set()
-        self._warnings = ThrottledLog(logger)
+        self._notices = GateNotices(settings)
+        trip = {"window_ms": self._window_ms, "threshold": self._threshold, "hold_ms": self._hold_ms}
+        self._trip: LocalTrip | ExactTrip
+        if settings.trip_evaluator is TripEvaluator.LOCAL:
+            self._trip = LocalTrip(
+                backend=backend,
+                fold_interval_ms=settings.trip_fold_interval_ms,
+                global_threshold=settings.trip_global_threshold,
+                breaker=self._breaker,
+                on_error=self._fold_failed,
+                clock=clock,
+                **trip,
+            )
+        else:
+            self._trip = ExactTrip(backend=backend, clock=clock, **trip)
+
+    @property
+    def trip(self) -> LocalTrip | ExactTrip:
+        """The trip evaluator's per-process state (``trip_evaluator``)."""
+        return self._trip
 
     def opt_out(self, actor_name: str) -> None:
         """Never divert messages of ``actor_name`` (an actor declared with ``mollifier=False``)."""
@@ -176,7 +181,7 @@ class Gate:
         ``intercepted`` says whether the broker write can be skipped; if not, the message bypasses.
         """
         decision = self._decide(message, delay, intercepted)
-        self._telemetry.record_decision(decision.outcome, decision.reason, enrolled=decision.enrolled)
+        self._telemetry.record_decision_attributes(decision.attributes)
         return decision
 
     def _decide(self, message: dramatiq.Message[Any], delay: int | None, intercepted: bool) -> Decision:
@@ -207,10 +212,24 @@ class Gate:
         enrolled = self._settings.org_enrolled_statically(org_id) or self._runtime_enrolled(org_id)
         if not enrolled and not self._settings.shadow_mode:
             return _NOT_ENROLLED
+        # No I/O: the local evaluator counts here; the exact one says "evaluate" or "fused".
+        verdict = self._trip.count(tenant, enrolled)
+        if verdict is _V_BELOW:
+            return _BELOW[enrolled]
+        if verdict is _V_TRIPPED or (verdict is _V_GLOBAL and not enrolled):
+            return self._would_mollify(message, tenant, None, verdict is _V_GLOBAL)
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
             return _BREAKER_OPEN[enrolled]
-        if enrolled and self._is_hot(tenant) and limits is None:
+        if limits is not None:
+            # Under a cap: the trip check and the capped write are two calls (no fused script).
+            assert holds is not None
+            if verdict is _V_GLOBAL:
+                return holds.accept(message, tenant, limits, _BUFFER_ERROR)
+            return self._evaluate(message, tenant, enrolled, limits)
+        if verdict is _V_GLOBAL:
+            return self._accept(message, tenant, Reason.GLOBAL_RATE)
+        if verdict is _V_DIVERTING:
             return self._evaluate_and_accept(message, tenant)
         return self._evaluate(message, tenant, enrolled, limits)
 
@@ -264,136 +283,117 @@ class Gate:
         enrolled: bool,
         limits: TenantLimits | None = None,
     ) -> Decision:
-        """One round trip; a tripped enrolled env pays a second one for the write (first time only)."""
-        try:
-            trip = self._backend.evaluate_trip(
-                tenant.org_id,
-                tenant.env_id,
-                window_ms=self._window_ms,
-                threshold=self._threshold,
-                hold_ms=self._hold_ms,
-            )
-            tripped = bool(trip.tripped)
-        except Exception as exc:
-            self._breaker.record(exc)
-            self._trip_failed(message, tenant, exc)
+        """One round trip (the local evaluator folds this process's counts for the env); a tripped
+        enrolled env pays a second one for the write (first time only)."""
+        trip = self._call(FailOpenStage.TRIP, message, tenant, lambda: _checked(self._trip.evaluate(tenant)))
+        if trip is _FAILED:
             return _TRIP_ERROR[enrolled]
-        self._breaker.record_success()
-        if not tripped:
+        if not trip.tripped:
             return _BELOW[enrolled]
         if not enrolled:
-            logger.info(
-                "mollifier.would_mollify message_id=%r org_id=%r env_id=%r count=%d",
-                message.message_id,
-                tenant.org_id,
-                tenant.env_id,
-                trip.count,
-            )
-            return _SHADOW_LOG
-        self._heat(tenant)
+            return self._would_mollify(message, tenant, trip.count, False)
+        self._trip.divert(tenant)
         if self._holds is not None and limits is not None:
             return self._holds.accept(message, tenant, limits, _BUFFER_ERROR)
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
             return _BREAKER_OPEN[True]
-        try:
-            accepted = self._backend.accept(
+        return self._accept(message, tenant, Reason.PER_ENV_RATE)
+
+    def _accept(self, message: dramatiq.Message[Any], tenant: Tenant, reason: Reason) -> Decision:
+        """Write the message to the buffer (one round trip); a failed write goes to the broker."""
+        accepted = self._call(
+            FailOpenStage.BUFFER_WRITE,
+            message,
+            tenant,
+            lambda: self._backend.accept(
                 message.message_id, org_id=tenant.org_id, env_id=tenant.env_id, payload=message.encode()
-            )
+            ),
+        )
+        if accepted is _FAILED:
+            return _BUFFER_ERROR
+        if reason is Reason.GLOBAL_RATE:
+            self._trip.divert(tenant)  # its backlog keeps the env diverting after the ceiling
+        return self._mollified(message, tenant, bool(accepted), reason)
+
+    def _evaluate_and_accept(self, message: dramatiq.Message[Any], tenant: Tenant) -> Decision:
+        """The env tripped recently: evaluate and write in one script, one round trip."""
+        # A lost reply may hide a stored entry: then the broker gets a copy too (same message
+        # id, so the duplicate is recognisable). Dropping the message would be worse.
+        reply = self._call(
+            FailOpenStage.TRIP,
+            message,
+            tenant,
+            lambda: _checked(
+                self._backend.evaluate_trip_and_accept(
+                    message.message_id,
+                    org_id=tenant.org_id,
+                    env_id=tenant.env_id,
+                    payload=message.encode(),
+                    window_ms=self._window_ms,
+                    threshold=self._threshold,
+                    hold_ms=self._hold_ms,
+                )
+            ),
+        )
+        if reply is _FAILED:
+            return _TRIP_ERROR[True]
+        trip, accepted = reply
+        if not trip.tripped:
+            self._trip.cool(tenant, trip.count)
+            return _BELOW[True]
+        self._trip.divert(tenant)
+        return self._mollified(message, tenant, bool(accepted), Reason.PER_ENV_RATE)
+
+    def _call(
+        self, stage: FailOpenStage, message: dramatiq.Message[Any], tenant: Tenant, call: Callable[[], _T]
+    ) -> _T:
+        """``call()``, its outcome recorded on the breaker; ``_FAILED`` (fail-open counted and
+        logged) when it raised."""
+        try:
+            result = call()
         except Exception as exc:
             self._breaker.record(exc)
+            what = "Trip evaluation failed for" if stage is FailOpenStage.TRIP else "Could not buffer"
             self._fail_open(
-                FailOpenStage.BUFFER_WRITE,
-                "Could not buffer message %r of org %r env %r; it goes to the broker.",
+                stage,
+                what + " message %r of org %r env %r; it goes to the broker.",
                 message.message_id,
                 tenant.org_id,
                 tenant.env_id,
                 exc=exc,
             )
-            return _BUFFER_ERROR
+            return _FAILED  # type: ignore[no-any-return]
         self._breaker.record_success()
-        return self._mollified(message, tenant, accepted)
+        return result
 
-    def _evaluate_and_accept(self, message: dramatiq.Message[Any], tenant: Tenant) -> Decision:
-        """The env tripped recently: evaluate and write in one script, one round trip."""
-        try:
-            trip, accepted = self._backend.evaluate_trip_and_accept(
-                message.message_id,
-                org_id=tenant.org_id,
-                env_id=tenant.env_id,
-                payload=message.encode(),
-                window_ms=self._window_ms,
-                threshold=self._threshold,
-                hold_ms=self._hold_ms,
-            )
-            tripped = bool(trip.tripped)
-        except Exception as exc:
-            # A lost reply may hide a stored entry: then the broker gets a copy too (same message
-            # id, so the duplicate is recognisable). Dropping the message would be worse.
-            self._breaker.record(exc)
-            self._trip_failed(message, tenant, exc)
-            return _TRIP_ERROR[True]
-        self._breaker.record_success()
-        if not tripped:
-            self._hot.pop(tenant, None)
-            return _BELOW[True]
-        self._heat(tenant)
-        return self._mollified(message, tenant, bool(accepted))
+    def _would_mollify(
+        self, message: dramatiq.Message[Any], tenant: Tenant, count: int | None, fleet_wide: bool
+    ) -> Decision:
+        self._notices.would_mollify(message, tenant, count, fleet_wide)
+        return _SHADOW_GLOBAL if fleet_wide else _SHADOW_LOG
 
-    def _mollified(self, message: dramatiq.Message[Any], tenant: Tenant, accepted: bool) -> Decision:
-        if accepted:
-            self._telemetry.record_buffered(mode=self._mode)
-            logger.info(
-                "mollifier.buffered message_id=%r org_id=%r env_id=%r mode=%s",
-                message.message_id,
-                tenant.org_id,
-                tenant.env_id,
-                self._mode,
-            )
-            self._warnings.throttled_warning(
-                "mollify",
-                "mollifier: org %r env %r sent more than trip_threshold=%d messages in "
-                "trip_window_ms=%d, so its sends are buffered and drained at the workers' pace. A "
-                "producer that legitimately sends this much needs a higher MOLLIFIER_TRIP_THRESHOLD "
-                "(or its actor declared with mollifier=False).",
-                tenant.org_id,
-                tenant.env_id,
-                self._threshold,
-                self._window_ms,
-            )
-            return self._mollify
-        self._warnings.throttled_warning(
-            "duplicate_id",
-            "mollifier: message %r of org %r env %r is already in the buffer (queued, draining or "
-            "dead-lettered); this re-send goes to the broker instead.",
-            message.message_id,
-            tenant.org_id,
-            tenant.env_id,
-        )
-        return _DUPLICATE_ID
+    def _mollified(
+        self, message: dramatiq.Message[Any], tenant: Tenant, accepted: bool, reason: Reason
+    ) -> Decision:
+        if not accepted:
+            self._notices.duplicate(message, tenant)
+            return _DUPLICATE_ID
+        self._telemetry.record_buffered(mode=self._mode)
+        self._notices.buffered(message, tenant, reason is Reason.GLOBAL_RATE)
+        return _MOLLIFY[self._mode_setting, reason]
 
-    def _is_hot(self, tenant: Tenant) -> bool:
-        until = self._hot.get(tenant)
-        return until is not None and until > self._clock()
-
-    def _heat(self, tenant: Tenant) -> None:
-        if len(self._hot) >= MAX_HOT_ENVS and tenant not in self._hot:
-            self._hot.clear()
-        self._hot[tenant] = self._clock() + self._hint_s
-
-    def _trip_failed(self, message: dramatiq.Message[Any], tenant: Tenant, exc: Exception) -> None:
-        self._fail_open(
-            FailOpenStage.TRIP,
-            "Trip evaluation failed for message %r of org %r env %r; it goes to the broker.",
-            message.message_id,
-            tenant.org_id,
-            tenant.env_id,
-            exc=exc,
-        )
+    def _fold_failed(self, exc: Exception) -> None:
+        self._fail_open(FailOpenStage.TRIP, "A background fold of trip counts failed (not counted).", exc=exc)
 
     def _fail_open(self, stage: FailOpenStage, msg: str, *args: Any, exc: Exception | None = None) -> None:
         self._telemetry.record_fail_open(stage)
-        if exc is not None:
-            msg += " %s: %s"
-            args = (*args, type(exc).__name__, exc)
-        self._warnings.throttled_warning(stage.value, "mollifier fail-open (%s): " + msg, stage.value, *args)
+        self._notices.fail_open(stage, msg, *args, exc=exc)
+
+
+def _checked(reply: _T) -> _T:
+    """``reply``, after checking that it reads as a trip decision (garbage fails open)."""
+    trip = reply[0] if isinstance(reply, tuple) else reply
+    if not isinstance(trip, TripDecision):
+        raise TypeError(f"the trip evaluator returned {reply!r}, not a TripDecision")
+    return reply

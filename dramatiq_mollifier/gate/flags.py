@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import redis
@@ -155,6 +156,14 @@ class OrgFlagsView:
         self._pid = os.getpid()
         self._enrolled: frozenset[str] = frozenset()
         self._next_refresh_at = float("-inf")
+        _views.add(self)
+
+    def _after_fork(self) -> None:
+        # A child forked while a refresh was under way would otherwise wait forever for the
+        # parent's thread (which did not come along) to finish it.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._next_refresh_at = float("-inf")
 
     def enrolled(self, org_id: str) -> bool:
         """Whether the runtime flag of ``org_id`` is ``"true"``, as of the last refresh."""
@@ -205,6 +214,18 @@ class OrgFlagsView:
             # once per interval, never by every enqueue.
             self._next_refresh_at = self._clock() + self._refresh_s
             self._lock.release()
+
+
+_views: weakref.WeakSet[OrgFlagsView] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for view in list(_views):
+        view._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _in_thread(target: Callable[[], None]) -> None:

@@ -28,7 +28,7 @@ from ..errors import BufferCapExceededError
 from ..models import CapOverflow, Tenant
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
-from .cascade import Decision
+from .decisions import Decision
 
 __all__ = ["HoldBackend", "TenantHolds", "TenantLimits"]
 

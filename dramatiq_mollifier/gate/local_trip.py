@@ -1,0 +1,318 @@
+"""The local trip evaluator (``trip_evaluator=local``): count in this process, fold in the background.
+
+A send that is not diverted costs no Redis call. Each process counts its sends per env and a
+background thread adds the counts to the fleet's windows every ``trip_fold_interval_ms`` in one
+script call (:meth:`~dramatiq_mollifier.buffer.MollifierBuffer.fold_trip_counts`), learning
+from the reply each env's window count, whether it is held (tripped) and whether it has entries
+in the buffer (sticky). What the gate does with a send, without any I/O:
+
+- an env this process has seen diverting (tripped or backlogged) goes to the exact, fused
+  script (count and write in one call), until that script finds it neither;
+- an env whose estimated window count (the fleet's count at the last fold, plus this process's
+  sends not yet folded) goes over the threshold is folded at once, in the send, and diverted
+  if the fleet's window says so: a process never lets more than the threshold through alone;
+- anything else passes.
+
+Nothing is shared across a fork: a child starts with no counts, no knowledge and no thread
+(the parent folds what it counted). See the README ("Trip evaluators") for the bounds.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from ..breaker import CircuitBreaker
+from ..models import Tenant, TripDecision, TripWindow
+
+__all__ = ["FoldBackend", "LocalTrip", "Verdict"]
+
+logger = logging.getLogger(__name__)
+
+#: Envs whose counts and knowledge a process keeps; the idle ones are forgotten when it fills.
+MAX_ENVS = 10_000
+#: How long the fold thread waits with nothing to fold before it exits (a send restarts it).
+IDLE_EXIT_S = 1.0
+
+
+class Verdict(enum.Enum):
+    """What this process knows about an env for one send."""
+
+    #: Below the threshold as far as this process knows: pass, no Redis call.
+    BELOW = "below"
+    #: Seen diverting (tripped or backlogged): the exact fused script decides (not counted here).
+    DIVERTING = "diverting"
+    #: This process's estimate went over the threshold: fold now, then decide (enrolled orgs).
+    CROSSED = "crossed"
+    #: Tripped as far as this process knows (orgs in shadow mode: log only).
+    TRIPPED = "tripped"
+    #: The fleet-wide ceiling is over (``trip_global_threshold``).
+    GLOBAL = "global"
+
+
+class FoldBackend(Protocol):
+    """Where the counts go: the buffer's fold script."""
+
+    def fold_trip_counts(
+        self,
+        counts: Sequence[tuple[str, str, int]],
+        *,
+        window_ms: int,
+        threshold: int,
+        hold_ms: int,
+        global_threshold: int = 0,
+    ) -> tuple[TripWindow, list[TripWindow]]: ...
+
+
+class _Window:
+    """One window as this process sees it: the fleet's count at the last fold, and its own."""
+
+    __slots__ = ("diverting", "end", "fleet", "hold_end", "in_flight", "pending")
+
+    def __init__(self) -> None:
+        self.pending = 0  # counted here, not folded yet
+        self.in_flight = 0  # in a fold whose reply has not come back
+        self.fleet = 0  # the window's count in Redis at the last fold
+        self.end = float("-inf")  # when that window ends (clock)
+        self.hold_end = float("-inf")  # when its hold marker expires (clock)
+        self.diverting = False  # seen tripped or backlogged: the fused script decides
+
+    def estimate(self, now: float) -> int:
+        """A lower bound of the fleet's count in the current window (this process's sends in)."""
+        return (self.fleet if now < self.end else 0) + self.pending + self.in_flight
+
+    def learn(self, window: TripWindow, now: float, threshold: int) -> None:
+        self.fleet = window.count
+        self.end = now + max(window.window_ttl_ms, 0) / 1000
+        self.hold_end = now + window.hold_ttl_ms / 1000 if window.hold_ttl_ms > 0 else float("-inf")
+        if window.hold_ttl_ms > 0 or window.backlog > 0 or window.count > threshold:
+            self.diverting = True
+
+
+class LocalTrip:
+    """Per-process trip counts, folded into the fleet's windows off the send path.
+
+    Parameters:
+      backend: The fold script.
+      window_ms, threshold, hold_ms: The per-env trip settings.
+      fold_interval_ms: How often the counts are folded while there are any.
+      global_threshold: The fleet-wide ceiling over every env; 0 for none.
+      breaker: Shared with the gate: no fold while it is open (the counts are dropped).
+      on_error: Called with the exception of a failed background fold.
+      clock: Seconds from an arbitrary origin. Defaults to ``time.monotonic``.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: FoldBackend,
+        window_ms: int,
+        threshold: int,
+        hold_ms: int,
+        fold_interval_ms: int,
+        global_threshold: int = 0,
+        breaker: CircuitBreaker,
+        on_error: Callable[[Exception], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._backend = backend
+        self._trip = {"window_ms": window_ms, "threshold": threshold, "hold_ms": hold_ms}
+        self._threshold = threshold
+        self._window_s = window_ms / 1000
+        self._interval_s = fold_interval_ms / 1000
+        self._global_threshold = global_threshold
+        self._breaker = breaker
+        self._on_error = on_error
+        self._clock = clock
+        self._reset()
+        _instances.add(self)
+
+    def _reset(self) -> None:
+        """Forget everything: at construction, and in a forked child (the parent's counts,
+        knowledge and thread stay with the parent, which folds what it counted)."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        # Held across a fold: folds of one process reach Redis in the order they took their counts,
+        # so a fold's reply includes every count this process took before it.
+        self._fold_lock = threading.Lock()
+        self._envs: dict[Tenant, _Window] = {}
+        self._fleet = _Window()
+        self._running = False
+
+    def count(self, tenant: Tenant, enrolled: bool) -> Verdict:
+        """Count one send of ``tenant`` (unless the fused script will) and say what is known. No I/O."""
+        if self._pid != os.getpid():  # a fork the hook below did not see (a C-level fork)
+            self._reset()
+        now = self._clock()
+        with self._lock:
+            env = self._envs.get(tenant)
+            if env is None:
+                env = self._add(tenant)
+            fleet = self._fleet
+            over_ceiling = self._global_threshold and (
+                fleet.hold_end > now or fleet.estimate(now) >= self._global_threshold
+            )
+            if enrolled and not over_ceiling and (env.diverting or env.hold_end > now):
+                env.diverting = True
+                return Verdict.DIVERTING
+            env.pending += 1
+            fleet.pending += 1
+            if not self._running:
+                self._start()
+            if over_ceiling:
+                return Verdict.GLOBAL
+            if env.hold_end > now:
+                return Verdict.TRIPPED
+            if env.estimate(now) > self._threshold:
+                return Verdict.CROSSED if enrolled else Verdict.TRIPPED
+            return Verdict.BELOW
+
+    def evaluate(self, tenant: Tenant) -> TripDecision:
+        """Fold ``tenant``'s counts now, in the caller's thread, and say whether it diverts.
+
+        Waits for a background fold under way. Raises what the fold raised (the caller records
+        it on the breaker).
+        """
+        with self._fold_lock:
+            with self._lock:
+                env = self._envs.get(tenant)
+                if env is None:
+                    env = self._add(tenant)
+                batch = [(tenant, env, env.pending)]
+                self._take(batch)
+            self._fold(batch)
+        tripped = env.diverting or env.hold_end > self._clock()
+        return TripDecision(tripped, env.fleet)
+
+    def divert(self, tenant: Tenant) -> None:
+        """The fused script (or a write for the fleet-wide ceiling) found ``tenant`` diverting."""
+        with self._lock:
+            env = self._envs.get(tenant)
+            if env is None:
+                env = self._add(tenant)
+            env.diverting = True
+
+    def cool(self, tenant: Tenant, count: int) -> None:
+        """The fused script found ``tenant`` neither tripped nor backlogged, its window at ``count``."""
+        now = self._clock()
+        with self._lock:
+            env = self._envs.get(tenant)
+            if env is None:
+                return
+            env.diverting = False
+            env.hold_end = float("-inf")
+            env.fleet = count
+            if env.end <= now:
+                env.end = now + self._window_s  # not known: assume the longest (a higher estimate)
+
+    def flush(self) -> bool:
+        """Fold every count now, in the caller's thread; False when there was nothing to fold.
+
+        Errors are reported to ``on_error``, as in the background.
+        """
+        with self._fold_lock:
+            with self._lock:
+                batch = [(tenant, env, env.pending) for tenant, env in self._envs.items() if env.pending]
+                self._take(batch)
+            if batch:
+                self._fold_or_report(batch)
+        return bool(batch)
+
+    # Internals ------------------------------------------------------------------------------
+    def _add(self, tenant: Tenant) -> _Window:
+        if len(self._envs) >= MAX_ENVS:
+            self._envs = {t: w for t, w in self._envs.items() if w.pending or w.in_flight}
+            if len(self._envs) >= MAX_ENVS:
+                # Every env has counts: drop them (fail-open), keeping the fleet's total true.
+                self._fleet.pending -= sum(w.pending for w in self._envs.values())
+                self._envs.clear()
+        env = self._envs[tenant] = _Window()
+        return env
+
+    def _take(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
+        """Move the batch's counts from pending to in flight (under the lock)."""
+        total = 0
+        for _, env, n in batch:
+            env.pending -= n
+            env.in_flight += n
+            total += n
+        self._fleet.pending -= total
+        self._fleet.in_flight += total
+
+    def _drop(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
+        with self._lock:
+            for _, env, n in batch:
+                env.in_flight -= n
+            self._fleet.in_flight -= sum(n for _, _, n in batch)
+
+    def _fold(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
+        counts = [(tenant.org_id, tenant.env_id, n) for tenant, _, n in batch]
+        try:
+            fleet, windows = self._backend.fold_trip_counts(
+                counts, global_threshold=self._global_threshold, **self._trip
+            )
+        except BaseException:
+            self._drop(batch)
+            raise
+        now = self._clock()
+        with self._lock:
+            total = 0
+            for (_, env, n), window in zip(batch, windows, strict=True):
+                env.in_flight -= n
+                total += n
+                env.learn(window, now, self._threshold)
+            self._fleet.in_flight -= total
+            if self._global_threshold:
+                self._fleet.learn(fleet, now, self._global_threshold)
+
+    def _fold_or_report(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
+        if not self._breaker.allow():
+            self._drop(batch)  # fail open: these sends are not counted
+            return
+        try:
+            self._fold(batch)
+        except Exception as exc:
+            self._breaker.record(exc)
+            self._on_error(exc)
+        else:
+            self._breaker.record_success()
+
+    def _start(self) -> None:
+        self._running = True
+        thread = threading.Thread(target=self._run, name="mollifier-trip-fold", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # interpreter shutting down: counts stay local
+            self._running = False
+
+    def _run(self) -> None:
+        idle_since = self._clock()
+        while True:
+            time.sleep(self._interval_s)
+            if self.flush():
+                idle_since = self._clock()
+                continue
+            with self._lock:
+                if self._clock() - idle_since >= IDLE_EXIT_S and not any(
+                    env.pending for env in self._envs.values()
+                ):
+                    self._running = False
+                    return
+
+
+_instances: weakref.WeakSet[LocalTrip] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for trip in list(_instances):
+        trip._reset()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
