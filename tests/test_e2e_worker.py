@@ -213,7 +213,13 @@ def test_sigkill_mid_drain_then_restart_processes_every_message_at_least_once(
 ) -> None:
     ids = seed(buffer, 200)
     leased = {**environment, "MOLLIFIER_DRAIN_LEASE_MS": "1500"}
-    slow = {**leased, "E2E_REDELIVERY_SLEEP_MS": "100", "MOLLIFIER_DRAIN_CONCURRENCY": "4"}
+    # No pace: a drainer waiting for budget holds nothing DRAINING, and the kill must find some.
+    slow = {
+        **leased,
+        "E2E_REDELIVERY_SLEEP_MS": "100",
+        "MOLLIFIER_DRAIN_CONCURRENCY": "4",
+        "MOLLIFIER_DRAIN_MAX_OUTSTANDING": "0",
+    }
     worker = workers(slow)
     eventually(lambda: redis_client.llen(PROCESSED_KEY) >= 20, 15, "draining to start")
 
