@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .buffer import MollifierBuffer
+from .buffer.clients import client_from_url
 from .settings import MollifierSettings, redis_url_problem
 
 __all__ = [
@@ -94,7 +95,7 @@ def connect(url: str) -> redis.Redis:
     """
     _check_url(url)
     try:
-        client = redis.Redis.from_url(
+        client: redis.Redis = client_from_url(
             url,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=SOCKET_TIMEOUT_S,

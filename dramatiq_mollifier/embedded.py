@@ -10,12 +10,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import redis
 
-__all__ = ["EmbeddedRedis", "find_server_binary", "free_port"]
+__all__ = ["EmbeddedCluster", "EmbeddedRedis", "find_server_binary", "free_port"]
 
 #: How long to wait for a started server to answer PING, in milliseconds.
 STARTUP_TIMEOUT_MS = 10_000
@@ -55,10 +57,14 @@ class EmbeddedRedis:
       binary: Path to ``redis-server`` or ``valkey-server``.
       port: The port to listen on. Defaults to a free one.
       databases: How many logical databases the server offers. Defaults to 64.
+      extra_args: More command-line arguments (cluster mode, say). Defaults to none.
     """
 
-    def __init__(self, binary: str, *, port: int | None = None, databases: int = 64) -> None:
+    def __init__(
+        self, binary: str, *, port: int | None = None, databases: int = 64, extra_args: Sequence[str] = ()
+    ) -> None:
         self.binary = binary
+        self.extra_args = tuple(extra_args)
         self.port = port or free_port()
         self.databases = databases
         self._dir = tempfile.TemporaryDirectory(prefix="mollifier-redis-")
@@ -88,6 +94,7 @@ class EmbeddedRedis:
             "--databases", str(self.databases),
             "--dir", self._dir.name,
             "--logfile", str(log),
+            *self.extra_args,
         ]  # fmt: skip
         self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + STARTUP_TIMEOUT_MS / 1000
@@ -126,6 +133,121 @@ class EmbeddedRedis:
         self._dir.cleanup()
 
     def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _command(client: redis.Redis, *args: Any) -> Any:
+    execute: Callable[..., Any] = client.execute_command
+    return execute(*args)
+
+
+#: Hash slots of a Redis Cluster.
+CLUSTER_SLOTS = 16384
+
+
+class EmbeddedCluster:
+    """A throwaway Redis/Valkey Cluster: ``primaries`` servers, each with ``replicas`` replicas,
+    on free loopback ports, the slots split evenly. Stopped by the servers' PIDs.
+
+    Built with ``CLUSTER MEET``, ``CLUSTER ADDSLOTSRANGE`` and ``CLUSTER REPLICATE`` (no
+    ``redis-cli``), so any binary with cluster support will do.
+    """
+
+    def __init__(
+        self, binary: str, *, primaries: int = 3, replicas: int = 0, node_timeout_ms: int = 2000
+    ) -> None:
+        if primaries < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one primary and no negative replica count")
+        self.primary_count = primaries
+        self.bus_ports = [free_port() for _ in range(primaries * (1 + replicas))]
+        self.nodes = [
+            EmbeddedRedis(
+                binary,
+                databases=1,
+                extra_args=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    str(node_timeout_ms),
+                    "--cluster-require-full-coverage",
+                    "no",
+                    # The bus port defaults to the port + 10000, out of range for high free ports.
+                    "--cluster-port",
+                    str(bus_port),
+                ),
+            )
+            for bus_port in self.bus_ports
+        ]
+
+    @property
+    def primaries(self) -> list[EmbeddedRedis]:
+        """The servers that were given slots (a failover may since have changed roles)."""
+        return self.nodes[: self.primary_count]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:<port of the first node>/0``: the mollifier's cluster URL."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def client(self, node: EmbeddedRedis) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5)
+
+    def start(self) -> EmbeddedCluster:
+        """Start every node, join them, hand out the slots, wait until the cluster is ok."""
+        for node in self.nodes:
+            node.start()
+        clients = [self.client(node) for node in self.nodes]
+        try:
+            for client in clients[1:]:
+                _command(client, "CLUSTER MEET", "127.0.0.1", self.nodes[0].port, self.bus_ports[0])
+            per = CLUSTER_SLOTS // self.primary_count
+            for i, client in enumerate(clients[: self.primary_count]):
+                last = CLUSTER_SLOTS - 1 if i == self.primary_count - 1 else (i + 1) * per - 1
+                _command(client, "CLUSTER ADDSLOTSRANGE", i * per, last)
+            ids = [_command(client, "CLUSTER MYID") for client in clients]
+            self._wait(clients, lambda c: len(_command(c, "CLUSTER NODES")) == len(clients))
+            for i, client in enumerate(clients[self.primary_count :]):
+                _command(client, "CLUSTER REPLICATE", ids[i % self.primary_count])
+            self._wait(clients, self._ok)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def _ok(self, client: redis.Redis) -> bool:
+        info = _command(client, "CLUSTER INFO")
+        if isinstance(info, bytes):
+            info = dict(line.split(":", 1) for line in info.decode().splitlines() if ":" in line)
+        known = int(info.get("cluster_known_nodes", 0))
+        return str(info.get("cluster_state")) == "ok" and known == len(self.nodes)
+
+    @staticmethod
+    def _wait(clients: list[redis.Redis], ready: Callable[[redis.Redis], bool]) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_MS / 1000
+        while not all(ready(client) for client in clients):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the cluster did not form in time")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop every node and remove their working directories."""
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(

@@ -19,7 +19,7 @@ from opentelemetry.metrics import MeterProvider
 from .breaker import CircuitBreaker
 from .buffer import MollifierBuffer
 from .buffer.controls import TenantControls
-from .buffer.health import warn_about_eviction
+from .buffer.health import check_layout, warn_about_eviction
 from .buffer.rules import RulesView, read_rules
 from .drain.pace import pace_for
 from .drain.slot_release import SlotReleaser
@@ -113,6 +113,8 @@ class Mollifier(Middleware):
         if self._enabled:
             self.rules.current()  # starts the background refresh: a pause holds from the first send
             warn_about_eviction(buffer.client)
+            #: Checks the key layout against the one recorded; a mismatch turns the gate off.
+            self.layout_check = check_layout(buffer.client, buffer.keys, self._refuse_layout)
         self._worker_drainer: WorkerDrainer | None = None
         self._controls: TenantControls | None = None
         # The drain budget: workers give a slot back when they start a drained message.
@@ -202,6 +204,10 @@ class Mollifier(Middleware):
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._slots is not None:
             self._slots.stop()
+
+    def _refuse_layout(self, problem: str) -> None:
+        # Fail open: every send goes to the broker, as if the mollifier were not there.
+        self._enabled = False
 
     def _flags_failed(self, exc: Exception) -> None:
         self.telemetry.record_fail_open(FailOpenStage.FLAGS)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -12,6 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from .breaker import DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES
 from .errors import MollifierConfigurationError
 from .models import CapOverflow
+from .redis_urls import CLUSTER_SLOT_GROUPS, is_cluster_url, redis_url_problem
 
 __all__ = [
     "ALL_ORGS",
@@ -42,28 +42,6 @@ IDLE_WAIT_MARGIN_MS = 1_000
 # wait that long (OverflowError in the drainer's thread), a tick cannot read that many orgs.
 _DAY_MS = 86_400_000
 _YEAR_S = 365 * 86_400
-
-
-def redis_url_problem(url: str) -> str | None:
-    """What is wrong with ``url`` as a Redis URL, or None. Shared by the settings and the CLI.
-
-    Catches what redis-py would fail on late (a non-numeric or out-of-range port) or silently
-    misread (a database part like ``/abc`` means db 0 to it).
-    """
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return "expected a redis://, rediss:// or unix:// URL"
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises ValueError on a non-numeric or out-of-range port
-    except ValueError as exc:
-        return f"bad port: {exc}"
-    if parts.scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            return "no host"
-        db = parts.path.lstrip("/")
-        if db and not db.isdigit():
-            return f"database {db!r} is not a number"
-    return None
 
 
 class MollifierMode(str, enum.Enum):
@@ -142,6 +120,9 @@ class MollifierSettings(BaseSettings):
     redis_url: str = "redis://localhost:6379/0"
     #: The prefix of every Redis key this package writes. Defaults to ``mollifier``.
     key_prefix: str = "mollifier"
+    #: Slot groups of the buffer's keys (README: "Redis Cluster"). 0: one group under today's key
+    #: names. Defaults to None: 0 on one server, 16 with a cluster URL.
+    slot_groups: int | None = Field(default=None, ge=0, le=1_024)
     #: The fixed window of the trip counter, in milliseconds. Defaults to 200.
     trip_window_ms: int = Field(default=200, gt=0, le=_DAY_MS)
     #: An env trips when its window count is strictly greater than this. Defaults to 100.
@@ -278,6 +259,20 @@ class MollifierSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_slot_groups(self) -> MollifierSettings:
+        if self.slot_groups == 0 and is_cluster_url(self.redis_url):
+            raise MollifierConfigurationError(
+                "slot_groups (MOLLIFIER_SLOT_GROUPS) must be at least 1 with a cluster URL: without "
+                "groups a script's keys fall in many slots (CROSSSLOT)"
+            )
+        if self.effective_slot_groups and self.trip_global_threshold:
+            raise MollifierConfigurationError(
+                "trip_global_threshold (MOLLIFIER_TRIP_GLOBAL_THRESHOLD) needs slot_groups=0: the "
+                "fleet-wide ceiling is folded with every env's counts in one script"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_idle_wait(self) -> MollifierSettings:
         if (
             self.drain_idle_wait_ms
@@ -340,6 +335,13 @@ class MollifierSettings(BaseSettings):
         return DUAL_WRITE_ENTRY_TTL_S if self.mode is MollifierMode.DUAL_WRITE else None
 
     @property
+    def effective_slot_groups(self) -> int:
+        """``slot_groups``, else 16 with a cluster URL, else 0 (today's key names)."""
+        if self.slot_groups is not None:
+            return self.slot_groups
+        return CLUSTER_SLOT_GROUPS if is_cluster_url(self.redis_url) else 0
+
+    @property
     def buffer_options(self) -> dict[str, Any]:
         """The ``MollifierBuffer`` keywords these settings imply: key prefix, entry TTL, lease,
         and the mode every accepted entry records.
@@ -350,6 +352,10 @@ class MollifierSettings(BaseSettings):
             "lease_ms": self.drain_lease_ms,
             "mode": self.mode.value,
             "direct_hot_path": self.redis_direct_hot_path,
+            # Unset with a one-server URL: the client decides (16 for a RedisCluster client).
+            "slot_groups": self.slot_groups
+            if self.slot_groups is not None
+            else self.effective_slot_groups or None,
         }
 
     def org_enrolled_statically(self, org_id: str) -> bool:

@@ -22,6 +22,7 @@ RANKS = {
     "errors": 0,
     "models": 0,
     "breaker": 0,
+    "redis_urls": 0,
     "settings": 1,
     "telemetry": 1,
     "embedded": 1,

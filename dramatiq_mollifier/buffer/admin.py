@@ -49,7 +49,7 @@ class BufferAdmin(BufferCore):
                 while True:
                     ids = texts(self.client.zrange(t.failed, 0, _PURGE_BATCH - 1))
                     deleted += self.scripts.purge_failed(
-                        keys=[t.failed, t.failed_envs, keys.failed_orgs, *map(keys.entry, ids)],
+                        keys=[t.failed, t.failed_envs, t.space.failed_orgs, *map(t.space.entry, ids)],
                         args=[org, env, *ids],
                     )
                     if len(ids) < _PURGE_BATCH:
@@ -60,13 +60,22 @@ class BufferAdmin(BufferCore):
     def get(self, message_id: str) -> BufferEntry | None:
         """The entry, in any status, or None."""
         with boundary("get"):
-            fields = self.client.hgetall(self.keys.entry(message_id))
-            return entry_from_hash(message_id, fields) if fields else None
+            if len(self.keys.groups) == 1:
+                fields = self.client.hgetall(self.keys.entry(message_id))
+                return entry_from_hash(message_id, fields) if fields else None
+            pipe = self.client.pipeline(transaction=False)
+            for group in self.keys.groups:  # the entry may be in any group
+                pipe.hgetall(group.entry(message_id))
+            found = next((fields for fields in pipe.execute() if fields), None)
+            return entry_from_hash(message_id, found) if found else None
 
     def orgs(self) -> list[str]:
         """Orgs with QUEUED work, sorted."""
         with boundary("orgs"):
-            return texts(self.client.zrange(self.keys.orgs, 0, -1))
+            pipe = self.client.pipeline(transaction=False)
+            for group in self.keys.groups:
+                pipe.zrange(group.orgs, 0, -1)
+            return sorted(org for reply in pipe.execute() for org in texts(reply))
 
     def envs(self, org_id: str) -> list[str]:
         """Envs of ``org_id`` with QUEUED work, sorted."""
@@ -86,8 +95,8 @@ class BufferAdmin(BufferCore):
             for (org, env), pairs in zip(tenants, pipe.execute(), strict=True):
                 members.extend((text(member), org, env, float(score)) for member, score in pairs)
             pipe = self.client.pipeline(transaction=False)
-            for message_id, *_ in members:
-                pipe.hgetall(self.keys.entry(message_id))
+            for message_id, org, _, _ in members:
+                pipe.hgetall(self.keys.group_of(org).entry(message_id))
             for (message_id, org, env, failed_at), fields in zip(members, pipe.execute(), strict=True):
                 if not fields:
                     continue  # expired (entry_ttl_s) since it failed
@@ -113,18 +122,20 @@ class BufferAdmin(BufferCore):
             replies = pipe.execute()
             total = sum(int(n) for n in replies[0::2])
             members = sorted(
-                (float(score), text(member)) for pairs in replies[1::2] for member, score in pairs
+                (float(score), text(member), org)
+                for (org, _), pairs in zip(tenants, replies[1::2], strict=True)
+                for member, score in pairs
             )[:limit]
             pipe = self.client.pipeline(transaction=False)
-            for _, message_id in members:
-                entry = keys.entry(message_id)
+            for _, message_id, org in members:
+                entry = keys.group_of(org).entry(message_id)
                 pipe.hmget(
                     entry, "org", "env", "status", "attempts", "created_at_ms", "error_code", "error_message"
                 )
                 pipe.hstrlen(entry, "payload")
             replies = pipe.execute()
         entries, sizes = [], []
-        for (_, message_id), fields, size in zip(members, replies[0::2], replies[1::2], strict=True):
+        for (_, message_id, _), fields, size in zip(members, replies[0::2], replies[1::2], strict=True):
             org, env, status, attempts, created_at_ms, code, message = fields
             if status != b"FAILED":
                 continue  # expired (entry_ttl_s) or retried since it was listed
@@ -172,8 +183,13 @@ class BufferAdmin(BufferCore):
         else:
             field = self.keys.tenant(org_id, env_id).depth_env_field
         with boundary("depth"):
-            value = self.client.hget(self.keys.depth, field)
-            return int(value) if value is not None else 0
+            if org_id is not None:
+                value = self.client.hget(self.keys.group_of(org_id).depth, field)
+                return int(value) if value is not None else 0
+            pipe = self.client.pipeline(transaction=False)
+            for group in self.keys.groups:
+                pipe.hget(group.depth, field)
+            return sum(int(value) for value in pipe.execute() if value is not None)
 
     def oldest_created_at(self, org_id: str, env_id: str) -> datetime | None:
         """When the oldest QUEUED entry of the env was accepted, or None if it has none."""
@@ -186,7 +202,8 @@ class BufferAdmin(BufferCore):
                     return None
                 pipe = self.client.pipeline(transaction=False)
                 for message_id in ids:
-                    pipe.hmget(self.keys.entry(text(message_id)), "status", "org", "env", "created_at_ms")
+                    entry = self.keys.group_of(org_id).entry(text(message_id))
+                    pipe.hmget(entry, "status", "org", "env", "created_at_ms")
                 for status, org, env, created_at_ms in pipe.execute():
                     # Skip references left behind by expired or moved entries, as pop does.
                     if status == b"QUEUED" and org == org_id.encode() and env == env_id.encode():
@@ -200,7 +217,11 @@ class BufferAdmin(BufferCore):
         hold marker of each member left, since a member may outlive its marker by half a hold.
         """
         with boundary("tripped"):
-            members = run(self.client, self.scripts.tripped, 1, self.keys.tripped)
+            members = [
+                member
+                for group in self.keys.groups
+                for member in run(self.client, self.scripts.tripped, 1, group.tripped)
+            ]
             tenants = [Tenant(*parse_tenant_tag(member)) for member in members]
             if not tenants:
                 return []
@@ -214,7 +235,10 @@ class BufferAdmin(BufferCore):
     def _failed_tenants(self, org_id: str | None, env_id: str | None) -> list[tuple[str, str]]:
         """The (org, env) pairs whose dead letters a listing or purge must visit."""
         if org_id is None:
-            orgs = sorted(text(org) for org in self.client.smembers(self.keys.failed_orgs))
+            pipe = self.client.pipeline(transaction=False)
+            for group in self.keys.groups:
+                pipe.smembers(group.failed_orgs)
+            orgs = sorted(text(org) for members in pipe.execute() for org in members)
         elif env_id is not None:
             return [(org_id, env_id)]
         else:

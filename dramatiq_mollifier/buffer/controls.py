@@ -42,6 +42,7 @@ import redis
 from ..errors import MollifierConfigurationError
 from ..models import MessageLookup, PausedTenant, TenantCap, TenantPage
 from ..settings import MollifierSettings
+from .clients import slot_groups_for
 from .codec import boundary, last_error, text, texts
 from .core import WRONG_TENANT, BufferCore
 from .listing import TENANT_SORTS, ListingScripts, tenant_page
@@ -91,11 +92,20 @@ class TenantControls:
     """
 
     def __init__(
-        self, client: redis.Redis, *, key_prefix: str = "mollifier", settings: MollifierSettings | None = None
+        self,
+        client: redis.Redis,
+        *,
+        key_prefix: str = "mollifier",
+        settings: MollifierSettings | None = None,
+        slot_groups: int | None = None,
     ) -> None:
         if not key_prefix:
             raise MollifierConfigurationError("key_prefix must not be empty")
-        self._core = BufferCore(client, key_prefix=key_prefix)
+        if slot_groups is None:
+            slot_groups = slot_groups_for(
+                settings.buffer_options["slot_groups"] if settings else None, client
+            )
+        self._core = BufferCore(client, key_prefix=key_prefix, slot_groups=slot_groups)
         self.client = client
         self.key_prefix = key_prefix
         self.keys = self._core.keys
@@ -109,9 +119,11 @@ class TenantControls:
         draining, dead-lettered (with its error), or absent."""
         with boundary("lookup"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(self.keys.entry(message_id), *_LOOKUP_FIELDS)
             pipe.time()
-            fields, (seconds, micros) = pipe.execute()
+            for group in self.keys.groups:  # with slot groups, the entry may be in any group
+                pipe.hmget(group.entry(message_id), *_LOOKUP_FIELDS)
+            (seconds, micros), *found_fields = pipe.execute()
+            fields = next((f for f in found_fields if f[0] is not None), found_fields[0])
             status, org, env, attempts, created_at_ms, code, error_message, mode = fields
             state = _STATES.get(status) if status is not None else None
             if state is None or org is None or env is None:
@@ -207,10 +219,11 @@ class TenantControls:
 
     def _cancel_draining(self, org_id: str, env_id: str | None) -> int:
         """Cancel the tenant's DRAINING entries: the leases are few (in flight only)."""
-        ids = texts(self.client.zrange(self.keys.leases, 0, -1))
+        group = self.keys.group_of(org_id)
+        ids = texts(self.client.zrange(group.leases, 0, -1))
         if not ids:
             return 0
-        tags: Any = self.client.hmget(self.keys.depth, [f"lease:{mid}" for mid in ids])
+        tags: Any = self.client.hmget(group.depth, [f"lease:{mid}" for mid in ids])
         targets = []
         for message_id, tag in zip(ids, tags, strict=True):
             if tag is None:

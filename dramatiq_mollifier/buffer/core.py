@@ -30,6 +30,8 @@ WRONG_TENANT = -1
 #: The script answer for "the owner token named no longer holds the entry's lease" (nothing done).
 STALE_OWNER = -2
 TENANT_LOOKUPS = 3
+#: The most slot groups a buffer may have (``slot_groups``'s upper bound).
+MAX_SLOT_GROUPS = 1_024
 
 
 class BufferCore:
@@ -43,6 +45,8 @@ class BufferCore:
         expire; FAILED entries expire too when it is set.
       lease_ms: How long a popped entry stays DRAINING before it may be reclaimed.
         Defaults to :data:`DEFAULT_LEASE_MS` (``drain_lease_ms``'s default, 60 seconds).
+      slot_groups: The key layout (see :mod:`.keys`): 0 for one group under today's key names,
+        N for N slot groups (Redis Cluster). Defaults to 0.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class BufferCore:
         key_prefix: str = default_of("key_prefix"),
         entry_ttl_s: int | None = None,
         lease_ms: int = DEFAULT_LEASE_MS,
+        slot_groups: int = 0,
     ) -> None:
         if not key_prefix:
             raise MollifierConfigurationError("key_prefix must not be empty")
@@ -63,26 +68,41 @@ class BufferCore:
         self.key_prefix = key_prefix
         self.entry_ttl_s = entry_ttl_s
         self.lease_ms = lease_ms
-        self.keys = KeySpace(key_prefix)
+        if not 0 <= slot_groups <= MAX_SLOT_GROUPS:
+            raise MollifierConfigurationError(
+                f"slot_groups must be 0 to {MAX_SLOT_GROUPS}, got {slot_groups}"
+            )
+        self.slot_groups = slot_groups
+        self.keys = KeySpace(key_prefix, groups=slot_groups)
         self.ttl_ms = entry_ttl_s * 1000 if entry_ttl_s else 0
         self.scripts = Scripts(client)
 
     def tenants_of(self, message_ids: Sequence[str]) -> list[tuple[str, str] | None]:
-        """The (org, env) of each entry, None for a missing one (one pipelined round trip)."""
+        """The (org, env) of each entry, None for a missing one (one pipelined round trip).
+
+        With slot groups the entry may be in any group: every group's name is read.
+        """
+        groups = self.keys.groups
         pipe = self.client.pipeline(transaction=False)
         for message_id in message_ids:
-            pipe.hmget(self.keys.entry(message_id), "org", "env")
-        return [
-            (text(org), text(env)) if org is not None and env is not None else None
-            for org, env in pipe.execute()
-        ]
+            for group in groups:
+                pipe.hmget(group.entry(message_id), "org", "env")
+        replies = pipe.execute()
+        found: list[tuple[str, str] | None] = []
+        for i in range(len(message_ids)):
+            tenant = None
+            for org, env in replies[i * len(groups) : (i + 1) * len(groups)]:
+                if org is not None and env is not None:
+                    tenant = (text(org), text(env))
+            found.append(tenant)
+        return found
 
     def entry_op_call(
         self, message_id: str, org_id: str, env_id: str, extra: tuple[str | int, ...]
     ) -> tuple[tuple[str, ...], tuple[str | int, ...]]:
         """KEYS and ARGV of a per-entry script (the layout every such script shares)."""
-        keys = self.keys
-        t: TenantKeys = keys.tenant(org_id, env_id)
+        t: TenantKeys = self.keys.tenant(org_id, env_id)
+        keys = t.space  # the tenant's group
         return (
             (
                 keys.entry(message_id),

@@ -22,6 +22,8 @@ from typing import NamedTuple
 from ..models import BufferEntry
 from .codec import boundary, texts, unpack_popped
 from .core import WRONG_TENANT, BufferCore
+from .groups import GroupWindows, by_group, placeholder_org
+from .keys import KeySpace
 from .scripts import run, run_pipelined
 
 __all__ = ["Acked", "DrainProtocol", "Reclaimed"]
@@ -60,6 +62,7 @@ class DrainProtocol:
         self.scripts = buffer.scripts
         self.ttl_ms = buffer.ttl_ms
         self.lease_ms = buffer.lease_ms
+        self._groups = GroupWindows(self.keys.groups)
 
     # Which work there is ----------------------------------------------------------------------
     def org_window(self, after: str | None, limit: int) -> list[str]:
@@ -69,6 +72,8 @@ class DrainProtocol:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
+        if len(self.keys.groups) > 1:
+            return self._groups.org_window(self.client, after, limit)
         if after is None:
             with boundary("org_window"):
                 return texts(self.client.zrangebylex(self.keys.orgs, "-", "+", 0, limit))
@@ -113,8 +118,8 @@ class DrainProtocol:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        keys = self.keys
-        t = keys.tenant(org_id, env_id)
+        t = self.keys.tenant(org_id, env_id)
+        keys = t.space  # the org's group
         owner = uuid.uuid4().hex
         entries: list[BufferEntry] = []
         budget = max_bytes
@@ -207,23 +212,28 @@ class DrainProtocol:
         """
         if not entries:
             return Acked(0, [])
-        keys = self.keys
-        entry_keys: list[str] = []
-        args: list[str] = []
-        for entry in entries:
-            entry_keys.append(keys.entry(entry.message_id))
-            args += (entry.message_id, entry.org_id, entry.env_id, entry.lease_owner or "")
+        calls = []
+        for group in by_group(self.keys, entries):
+            keys = group[0][1]
+            entry_keys: list[str] = []
+            args: list[str] = []
+            for entry, _ in group:
+                entry_keys.append(keys.entry(entry.message_id))
+                args += (entry.message_id, entry.org_id, entry.env_id, entry.lease_owner or "")
+            calls.append(([keys.leases, keys.depth, *entry_keys], args))
         with boundary("ack_entries"):
-            reply = run(
-                self.client,
-                self.scripts.ack_draining,
-                len(entry_keys) + 2,
-                keys.leases,
-                keys.depth,
-                *entry_keys,
-                *args,
-            )
-            return Acked(int(reply[0]), [entries[int(position) - 1] for position in reply[1:]])
+            if len(calls) == 1:
+                keys_, args_ = calls[0]
+                replies = [run(self.client, self.scripts.ack_draining, len(keys_), *keys_, *args_)]
+            else:
+                replies = run_pipelined(self.client, self.scripts.ack_draining, calls)
+            ordered = [entry for group in by_group(self.keys, entries) for entry, _ in group]
+            removed, refused, offset = 0, [], 0
+            for group, reply in zip(by_group(self.keys, entries), replies, strict=True):
+                removed += int(reply[0])
+                refused += [ordered[offset + int(position) - 1] for position in reply[1:]]
+                offset += len(group)
+            return Acked(removed, refused)
 
     def release(self, entries: Sequence[BufferEntry]) -> int:
         """Give back popped entries whose handler never ran; returns how many went back.
@@ -285,20 +295,23 @@ class DrainProtocol:
         """
         if not entries:
             return []
-        keys = self.keys
-        args: list[str | int] = [self.lease_ms]
-        for entry in entries:
-            args += (entry.message_id, entry.lease_owner or "")
-        with boundary("renew"):
-            lost = run(
-                self.client,
-                self.scripts.renew,
-                len(entries) + 1,
-                keys.leases,
-                *(keys.entry(entry.message_id) for entry in entries),
-                *args,
-            )
-        return [entries[int(position) - 1] for position in lost]
+        lost: list[BufferEntry] = []
+        for group in by_group(self.keys, entries):
+            keys = group[0][1]
+            args: list[str | int] = [self.lease_ms]
+            for entry, _ in group:
+                args += (entry.message_id, entry.lease_owner or "")
+            with boundary("renew"):
+                positions = run(
+                    self.client,
+                    self.scripts.renew,
+                    len(group) + 1,
+                    keys.leases,
+                    *(keys.entry(entry.message_id) for entry, _ in group),
+                    *args,
+                )
+            lost += [group[int(position) - 1][0] for position in positions]
+        return lost
 
     def reclaim_expired(self) -> list[str]:
         """Return DRAINING entries whose lease has expired to their queue; their ids."""
@@ -312,30 +325,37 @@ class DrainProtocol:
         reclaimed: list[str] = []
         dead_lettered: list[str] = []
         with boundary("reclaim_expired"):
-            while True:
-                ids = texts(self.scripts.expired_leases(keys=(self.keys.leases,), args=(_RECLAIM_BATCH,)))
-                if not ids:
-                    break
-                calls = []
-                for message_id, tenant in zip(ids, self._buffer.tenants_of(ids), strict=True):
-                    # A lease whose entry is gone is dropped by the script, which gives the
-                    # entry's depth counts back under the tenant its pop recorded; any tenant
-                    # will do here.
-                    org_id, env_id = tenant or ("", "")
-                    calls.append(
-                        self._buffer.entry_op_call(message_id, org_id, env_id, (self.ttl_ms, max_expiries))
-                    )
-                answers = run_pipelined(self.client, self.scripts.reclaim, calls)
-                for message_id, answer in zip(ids, answers, strict=True):
-                    result = int(answer)
-                    if result == WRONG_TENANT:
-                        result = self._buffer.entry_op(
-                            self.scripts.reclaim, message_id, None, None, (self.ttl_ms, max_expiries)
-                        )
-                    if result == 1:
-                        reclaimed.append(message_id)
-                    elif result == 2:
-                        dead_lettered.append(message_id)
-                if len(ids) < _RECLAIM_BATCH:
-                    break
+            for group in self.keys.groups:
+                self._reclaim_group(group, max_expiries, reclaimed, dead_lettered)
         return Reclaimed(reclaimed, dead_lettered)
+
+    def _reclaim_group(
+        self, group: KeySpace, max_expiries: int, reclaimed: list[str], dead_lettered: list[str]
+    ) -> None:
+        while True:
+            ids = texts(self.scripts.expired_leases(keys=(group.leases,), args=(_RECLAIM_BATCH,)))
+            if not ids:
+                break
+            calls = []
+            for message_id, tenant in zip(ids, self._buffer.tenants_of(ids), strict=True):
+                # A lease whose entry is gone is dropped by the script, which gives the
+                # entry's depth counts back under the tenant its pop recorded; any tenant
+                # will do here.
+                unknown = ("", "") if group is self.keys else (placeholder_org(self.keys, group), "")
+                org_id, env_id = tenant or unknown
+                calls.append(
+                    self._buffer.entry_op_call(message_id, org_id, env_id, (self.ttl_ms, max_expiries))
+                )
+            answers = run_pipelined(self.client, self.scripts.reclaim, calls)
+            for message_id, answer in zip(ids, answers, strict=True):
+                result = int(answer)
+                if result == WRONG_TENANT:
+                    result = self._buffer.entry_op(
+                        self.scripts.reclaim, message_id, None, None, (self.ttl_ms, max_expiries)
+                    )
+                if result == 1:
+                    reclaimed.append(message_id)
+                elif result == 2:
+                    dead_lettered.append(message_id)
+            if len(ids) < _RECLAIM_BATCH:
+                break

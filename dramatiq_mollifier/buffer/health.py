@@ -4,16 +4,24 @@ An evicting ``maxmemory-policy`` (``allkeys-*``, ``volatile-*`` with entry expir
 delete buffered entries silently when it fills up: in ``divert`` mode the buffer holds the only
 copy of each, so those messages would be lost without a trace. Only ``noeviction`` is safe: a
 full Redis then refuses writes, the gate fails open and messages go to the broker instead.
+
+A process whose key layout (``slot_groups``) differs from the one recorded in the keyspace would
+write entries no drainer of the fleet reads, or read where nobody writes: it must refuse to run.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
-__all__ = ["SAFE_POLICY", "eviction_problem", "warn_about_eviction"]
+from .keys import KeySpace
+
+__all__ = ["SAFE_POLICY", "check_layout", "eviction_problem", "layout_problem", "warn_about_eviction"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,45 @@ def eviction_problem(client: redis.Redis) -> str | None:
         f"Set maxmemory-policy {SAFE_POLICY} on that Redis (a full Redis then refuses writes and "
         "the gate sends to the broker instead), and cap runaway tenants (MOLLIFIER_CAP_PER_ENV)."
     )
+
+
+def layout_problem(client: Any, keys: KeySpace) -> str | None:
+    """Record this process's layout in the keyspace unless one is recorded (``SET NX``), and say
+    why this process must not run if the recorded one differs; None when they agree. Raises
+    the client's error when Redis cannot be asked."""
+    wanted = f"slot_groups={keys.group_count}"
+    client.set(keys.layout, wanted, nx=True)
+    raw = client.get(keys.layout)
+    found = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if found == wanted:
+        return None
+    return (
+        f"the buffer under key prefix {keys.user_prefix!r} was written with {found}, this process "
+        f"runs with {wanted} (MOLLIFIER_SLOT_GROUPS): it would write where no drainer reads. Run "
+        "every process with the same slot_groups; to change it, drain the buffer, delete "
+        f"{keys.layout!r} and restart everything with the new value"
+    )
+
+
+def check_layout(client: Any, keys: KeySpace, on_problem: Callable[[str], None]) -> threading.Thread:
+    """Run :func:`layout_problem` in a daemon thread (startup never waits on Redis), retrying
+    every second while Redis cannot be asked; ``on_problem`` gets the reason on a mismatch."""
+
+    def check() -> None:
+        while True:
+            try:
+                problem = layout_problem(client, keys)
+            except Exception:  # Redis unwell: the gate fails open meanwhile anyway
+                time.sleep(1)
+                continue
+            if problem is not None:
+                logger.error("mollifier.layout_mismatch %s", problem)
+                on_problem(problem)
+            return
+
+    thread = threading.Thread(target=check, name="mollifier-layout-check", daemon=True)
+    thread.start()
+    return thread
 
 
 def warn_about_eviction(client: redis.Redis, *, background: bool = True) -> None:

@@ -50,14 +50,38 @@ reclaim can give the counts back when the entry's hash vanishes (evicted, delete
 
 Times are Redis server time (``TIME``), so every process of a fleet agrees on them. Entries carry
 no expiry unless ``entry_ttl_s`` is set.
+
+**Slot groups** (``slot_groups`` = N > 0, the layout for Redis Cluster): the table above is
+repeated once per group under the prefix ``{p}:{<tag>}`` (a hash tag, so every key of a group
+sits in one cluster slot and every script touches one slot), and each org lives in exactly one
+group, ``jump_hash(blake2b-64(org), N)`` (a jump consistent hash: changing N moves few orgs).
+The tags are chosen so group ``g``'s slot lies in the ``g``-th of N equal slot ranges, so the
+groups spread evenly over the primaries. An entry's hash is in its org's group. The fleet-wide
+keys (``paused``, ``caps``, ``weights``, ``gauges:lease``, ``trip:global:*`` and the drain
+budget's ``drain:*``) move under ``{p}:{fleet}``; ``{p}:org-flags`` keeps its name. The layout
+in use is recorded in ``{p}:layout`` (``slot_groups=N``; ``0`` is the table above as is).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from urllib.parse import quote
 
-__all__ = ["DEPTH_TOTAL_FIELD", "KeySpace", "TenantKeys", "escape", "parse_tenant_tag", "tenant_tag"]
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+
+__all__ = [
+    "DEPTH_TOTAL_FIELD",
+    "KeySpace",
+    "TenantKeys",
+    "escape",
+    "group_tags",
+    "jump_hash",
+    "org_group",
+    "parse_tenant_tag",
+    "tenant_tag",
+]
 
 #: The field of the depth hash that counts every QUEUED and DRAINING entry.
 DEPTH_TOTAL_FIELD = "total"
@@ -87,6 +111,37 @@ def parse_tenant_tag(tag: bytes) -> tuple[str, str]:
     return rest[:size].decode(), rest[size + 1 :].decode()
 
 
+def jump_hash(key: int, buckets: int) -> int:
+    """Lamping and Veach's jump consistent hash of a 64-bit ``key`` into ``range(buckets)``."""
+    bucket, j = -1, 0
+    while j < buckets:
+        bucket = j
+        key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((bucket + 1) * ((1 << 31) / ((key >> 33) + 1)))
+    return bucket
+
+
+def org_group(org_id: str, groups: int) -> int:
+    """The slot group of an org: stable across processes, Python versions and restarts."""
+    digest = hashlib.blake2b(org_id.encode("utf-8"), digest_size=8).digest()
+    return jump_hash(int.from_bytes(digest, "big"), groups)
+
+
+@functools.cache
+def group_tags(groups: int) -> tuple[str, ...]:
+    """The hash tag of each group: the first ``g<g>.<k>`` whose slot lies in the ``g``-th of
+    ``groups`` equal slot ranges (so equal slot ranges per primary get equal shares of groups)."""
+    tags = []
+    for group in range(groups):
+        low = group * REDIS_CLUSTER_HASH_SLOTS // groups
+        high = (group + 1) * REDIS_CLUSTER_HASH_SLOTS // groups
+        k = 0
+        while not low <= key_slot(f"g{group}.{k}".encode()) < high:
+            k += 1
+        tags.append(f"g{group}.{k}")
+    return tuple(tags)
+
+
 class TenantKeys:
     """The key names and depth-hash fields of one (org, env), computed once.
 
@@ -103,6 +158,7 @@ class TenantKeys:
         "failed_envs",
         "ids",
         "queue",
+        "space",
         "trip_counter",
         "trip_hold",
         "trip_keys",
@@ -110,6 +166,8 @@ class TenantKeys:
     )
 
     def __init__(self, space: KeySpace, org_id: str, env_id: str) -> None:
+        #: The key space of the tenant's group (the whole key space without slot groups).
+        self.space = space
         prefix = space.prefix
         org, env = escape(org_id), escape(env_id)
         self.queue = f"{prefix}:queue:{org}:{env}"
@@ -132,9 +190,27 @@ class TenantKeys:
 
 
 class KeySpace:
-    """Maps a key prefix and ids to key names. Cheap to call on the hot path (cached per tenant)."""
+    """Maps a key prefix and ids to key names. Cheap to call on the hot path (cached per tenant).
 
-    def __init__(self, prefix: str) -> None:
+    ``groups`` (``slot_groups``): 0 for the one-group layout of the table above; N > 0 for N
+    slot groups, each a key space of its own (:attr:`groups`, :meth:`group_of`). Then the
+    per-group names of this object (``orgs``, ``leases``, ``depth``...) are not to be used:
+    :meth:`tenant` and :meth:`group_of` give the right group's.
+    """
+
+    def __init__(self, prefix: str, *, groups: int = 0) -> None:
+        #: The user's key prefix.
+        self.user_prefix = prefix
+        self.group_count = groups
+        #: The runtime enrolment flags (``gate/flags.py`` names the same key).
+        self.org_flags = f"{prefix}:org-flags"
+        #: The layout this key space writes, recorded in the keyspace (see the module doc).
+        self.layout = f"{prefix}:layout"
+        #: Each group's key space (this one alone without slot groups).
+        self.groups: tuple[KeySpace, ...] = (self,)
+        if groups:
+            self.groups = tuple(KeySpace(f"{prefix}:{{{tag}}}") for tag in group_tags(groups))
+            prefix = f"{prefix}:{{fleet}}"
         self.prefix = prefix
         self.orgs = f"{prefix}:orgs"
         self.leases = f"{prefix}:leases"
@@ -146,8 +222,6 @@ class KeySpace:
         self.caps = f"{prefix}:caps"
         self.weights = f"{prefix}:weights"
         self.gauges_lease = f"{prefix}:gauges:lease"
-        #: The runtime enrolment flags (``gate/flags.py`` names the same key).
-        self.org_flags = f"{prefix}:org-flags"
         #: The fleet-wide ceiling's window counter and hold marker (``trip_global_threshold``).
         self.global_trip_counter = f"{prefix}:trip:global:count"
         self.global_trip_hold = f"{prefix}:trip:global:hold"
@@ -161,18 +235,24 @@ class KeySpace:
         self._entry_prefix = f"{prefix}:entry:"
         self._tenants: dict[tuple[str, str], TenantKeys] = {}
 
+    def group_of(self, org_id: str) -> KeySpace:
+        """The key space of the org's group (this one without slot groups)."""
+        if not self.group_count:
+            return self
+        return self.groups[org_group(org_id, self.group_count)]
+
     def entry(self, message_id: str) -> str:
-        """The hash of one entry."""
+        """The hash of one entry (in a group's key space: the entry's group is its org's)."""
         # On the diverting hot path: skip quote() for an id it would leave as it is.
         return self._entry_prefix + (message_id if _UNESCAPED(message_id) else escape(message_id))
 
     def envs(self, org_id: str) -> str:
         """The set of an org's envs with queued work."""
-        return f"{self.prefix}:envs:{escape(org_id)}"
+        return f"{self.group_of(org_id).prefix}:envs:{escape(org_id)}"
 
     def failed_envs(self, org_id: str) -> str:
         """The set of an org's envs with FAILED entries."""
-        return f"{self.prefix}:failed-envs:{escape(org_id)}"
+        return f"{self.group_of(org_id).prefix}:failed-envs:{escape(org_id)}"
 
     def depth_org_field(self, org_id: str) -> str:
         """The depth-hash field that counts an org's QUEUED and DRAINING entries."""
@@ -185,5 +265,5 @@ class KeySpace:
         if keys is None:
             if len(self._tenants) >= _TENANT_CACHE_SIZE:
                 self._tenants.clear()
-            keys = self._tenants[key] = TenantKeys(self, org_id, env_id)
+            keys = self._tenants[key] = TenantKeys(self.group_of(org_id), org_id, env_id)
         return keys

@@ -25,6 +25,7 @@ from ..errors import MollifierConfigurationError
 from ..models import TripDecision, TripWindow
 from ..settings import default_of
 from .admin import BufferAdmin
+from .clients import client_from_url, is_cluster, slot_groups_for
 from .codec import FAILURES, wrap
 from .controls import TenantControls
 from .core import DEFAULT_LEASE_MS
@@ -93,6 +94,8 @@ class MollifierBuffer(BufferAdmin):
       direct_hot_path: Let the send-side scripts skip ``execute_command`` where that is safe
         (see :func:`~.scripts.direct_path_allowed`). False keeps every call on redis-py's
         command path, for users who trace Redis calls. Defaults to True.
+      slot_groups: As :class:`~.core.BufferCore`; a ``RedisCluster`` client needs at least 1.
+        Defaults to None: 16 for a ``RedisCluster`` client, else 0.
     """
 
     def __init__(
@@ -104,13 +107,22 @@ class MollifierBuffer(BufferAdmin):
         lease_ms: int = DEFAULT_LEASE_MS,
         mode: str = WRITE_MODES[0],
         direct_hot_path: bool = True,
+        slot_groups: int | None = None,
     ) -> None:
         if _decodes_responses(client):
             raise MollifierConfigurationError(
                 "the mollifier's Redis client must have decode_responses=False: payloads are bytes, "
                 "and a decoding client cannot read them back (entries would never drain)"
             )
-        super().__init__(client, key_prefix=key_prefix, entry_ttl_s=entry_ttl_s, lease_ms=lease_ms)
+        slot_groups = slot_groups_for(slot_groups, client)
+        if is_cluster(client) and not slot_groups:
+            raise MollifierConfigurationError(
+                "a Redis Cluster client needs slot_groups of at least 1 (MOLLIFIER_SLOT_GROUPS; unset "
+                "with a cluster URL: 16): without slot groups a script's keys fall in many slots"
+            )
+        super().__init__(
+            client, key_prefix=key_prefix, entry_ttl_s=entry_ttl_s, lease_ms=lease_ms, slot_groups=slot_groups
+        )
         if mode not in WRITE_MODES:
             raise MollifierConfigurationError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
         self.mode = mode
@@ -132,7 +144,7 @@ class MollifierBuffer(BufferAdmin):
         """
         own = {
             name: kwargs.pop(name)
-            for name in ("key_prefix", "entry_ttl_s", "lease_ms", "mode", "direct_hot_path")
+            for name in ("key_prefix", "entry_ttl_s", "lease_ms", "mode", "direct_hot_path", "slot_groups")
             if name in kwargs
         }
         if kwargs.get("decode_responses"):
@@ -142,15 +154,16 @@ class MollifierBuffer(BufferAdmin):
         kwargs.setdefault("socket_timeout", DEFAULT_SOCKET_TIMEOUT_MS / 1000)
         kwargs.setdefault("socket_connect_timeout", DEFAULT_CONNECT_TIMEOUT_MS / 1000)
         kwargs.setdefault("retry", connection_retry())
-        client = redis.Redis.from_url(url, **kwargs)
-        return cls(client, **own)
+        return cls(client_from_url(url, **kwargs), **own)
 
     @property
     def controls(self) -> TenantControls:
         """Look up, cancel, pause, cap and weigh buffered work (same client and key prefix)."""
         controls = self._controls
         if controls is None:
-            controls = self._controls = TenantControls(self.client, key_prefix=self.key_prefix)
+            controls = self._controls = TenantControls(
+                self.client, key_prefix=self.key_prefix, slot_groups=self.slot_groups
+            )
         return controls
 
     # Enqueue side ---------------------------------------------------------------------------
@@ -163,7 +176,7 @@ class MollifierBuffer(BufferAdmin):
                 self.client,
                 self.scripts.accept,
                 6,
-                keys.entry(message_id),
+                t.space.entry(message_id),
                 *t.accept_keys,
                 message_id,
                 *t.ids,
@@ -198,11 +211,11 @@ class MollifierBuffer(BufferAdmin):
                     self.client,
                     self._accept_capped,
                     9,
-                    keys.entry(message_id),
+                    t.space.entry(message_id),
                     *t.accept_keys,
                     t.failed,
                     t.failed_envs,
-                    keys.failed_orgs,
+                    t.space.failed_orgs,
                     message_id,
                     *t.ids,
                     payload,
@@ -254,7 +267,7 @@ class MollifierBuffer(BufferAdmin):
                 self.scripts.evaluate_trip_and_accept,
                 9,
                 *t.trip_keys,
-                keys.entry(message_id),
+                t.space.entry(message_id),
                 *t.accept_keys,
                 *self._encoded_trip_args(window_ms, threshold, hold_ms),
                 message_id,
@@ -281,21 +294,29 @@ class MollifierBuffer(BufferAdmin):
         when ``global_threshold`` is 0) and each env's window, in the order of ``counts``.
         """
         keys = self.keys
-        head = (keys.tripped, keys.depth, keys.global_trip_counter, keys.global_trip_hold)
         window, limit, hold, _ = self._encoded_trip_args(window_ms, threshold, hold_ms)
         total = sum(n for _, _, n in counts)
         settings: tuple[bytes, ...] = (window, limit, hold, b"%d" % global_threshold, b"%d" % total)
+        # Each call folds envs of one slot group (the only group without slot groups).
+        by_group: dict[int, list[int]] = {}
+        tenants = [keys.tenant(org_id, env_id) for org_id, env_id, _ in counts]
+        for i, t in enumerate(tenants):
+            by_group.setdefault(id(t.space), []).append(i)
         calls: list[tuple[Sequence[str | bytes], Sequence[str | int | bytes]]] = []
-        for start in range(0, max(len(counts), 1), FOLD_ENVS_PER_CALL):
-            call_keys: list[str | bytes] = [*head]
-            call_args: list[str | int | bytes] = [*settings]
-            for org_id, env_id, n in counts[start : start + FOLD_ENVS_PER_CALL]:
-                t = keys.tenant(org_id, env_id)
-                call_keys += t.trip_keys[:2]  # counter and hold marker, encoded once
-                call_args += (*t.ids, b"%d" % n)
-            calls.append((call_keys, call_args))
-            # The first call adds the whole fold to the fleet-wide window.
-            settings = (window, limit, hold, b"0", b"0")
+        order: list[int] = []
+        for indexes in by_group.values() or [[]]:
+            space = tenants[indexes[0]].space if indexes else keys
+            head = (space.tripped, space.depth, space.global_trip_counter, space.global_trip_hold)
+            for start in range(0, max(len(indexes), 1), FOLD_ENVS_PER_CALL):
+                call_keys: list[str | bytes] = [*head]
+                call_args: list[str | int | bytes] = [*settings]
+                for i in indexes[start : start + FOLD_ENVS_PER_CALL]:
+                    call_keys += tenants[i].trip_keys[:2]  # counter and hold marker, encoded once
+                    call_args += (*tenants[i].ids, b"%d" % counts[i][2])
+                    order.append(i)
+                calls.append((call_keys, call_args))
+                # The first call adds the whole fold to the fleet-wide window.
+                settings = (window, limit, hold, b"0", b"0")
         script = self.scripts.fold_trip_counts
         try:
             if len(calls) == 1:  # the common case: no pipeline to build
@@ -306,11 +327,12 @@ class MollifierBuffer(BufferAdmin):
         except FAILURES as exc:
             raise wrap("fold_trip_counts", exc) from exc
         fleet = TripWindow(*(int(v) for v in replies[0][:3]))
-        envs: list[TripWindow] = []
+        found: list[TripWindow] = []
         for reply in replies:
             values = [int(v) for v in reply[3:]]
-            envs += (TripWindow(*values[i : i + 4]) for i in range(0, len(values), 4))
-        return fleet, envs[: len(counts)]
+            found += (TripWindow(*values[i : i + 4]) for i in range(0, len(values), 4))
+        by_index = dict(zip(order, found, strict=False))
+        return fleet, [by_index[i] for i in range(len(counts))]
 
     # Internals ------------------------------------------------------------------------------
     def _encoded_trip_args(
@@ -329,7 +351,9 @@ def _after_fork_in_child() -> None:
     # The child has one thread, so the pool's locks are replaced rather than awaited (reset()
     # itself takes the pool's lock in redis-py 8).
     for buffer in list(_buffers):
-        pool = buffer.client.connection_pool
+        pool = getattr(buffer.client, "connection_pool", None)
+        if pool is None:  # a cluster client: one pool per node, which redis-py resets itself
+            continue
         for name in ("_fork_lock", "_lock"):
             if hasattr(pool, name):
                 setattr(pool, name, threading.RLock())

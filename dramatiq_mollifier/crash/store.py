@@ -25,6 +25,7 @@ from typing import Any, Literal
 import redis
 
 from ..breaker import CircuitBreaker
+from ..buffer.clients import client_from_url
 from ..buffer.keys import escape
 from ..buffer.store import connection_retry
 from .evidence import Evidence
@@ -46,9 +47,10 @@ DEFAULT_SOCKET_TIMEOUT_MS = 1_000
 def client_for(url: str) -> redis.Redis:
     """A client for ``url`` with bounded timeouts and one quick retry after a connection error only."""
     timeout_s = DEFAULT_SOCKET_TIMEOUT_MS / 1000
-    return redis.Redis.from_url(
+    client: redis.Redis = client_from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=connection_retry()
     )
+    return client
 
 
 ProcStatus = Literal["running", "stopping", "dead"]

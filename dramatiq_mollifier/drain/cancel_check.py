@@ -124,7 +124,7 @@ class CancelCheck:
                     self._client,
                     self._script,
                     len(chunk),
-                    *(self._keys.entry(e.message_id) for e in chunk),
+                    *(self._keys.group_of(e.org_id).entry(e.message_id) for e in chunk),
                     *(e.lease_owner or "" for e in chunk),
                 )
                 verdicts.update((e.message_id, flag) for e, flag in zip(chunk, flags, strict=True))

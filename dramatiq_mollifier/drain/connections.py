@@ -12,10 +12,13 @@ retries: a failed command fails the tick, which the drainer logs and retries wit
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 
 from ..errors import MollifierConfigurationError
 
@@ -28,7 +31,7 @@ logger = logging.getLogger(__name__)
 _POOL_STATE = ("maint_notifications_pool_handler", "orig_", "himport_registry")
 
 
-def drain_client(client: redis.Redis, *, socket_timeout_ms: int) -> redis.Redis:
+def drain_client(client: Any, *, socket_timeout_ms: int) -> Any:
     """A client for the server of ``client`` over a pool of its own: socket timeout
     ``socket_timeout_ms``, no retries. A subclass of ``redis.Redis`` keeps its class (built as
     ``type(client)(connection_pool=...)``).
@@ -38,6 +41,8 @@ def drain_client(client: redis.Redis, *, socket_timeout_ms: int) -> redis.Redis:
     of its own, and on the send path's (retries, a short timeout) a retried pop leaves entries
     leased to nobody and the idle wait polls.
     """
+    if isinstance(client, RedisCluster):
+        return _cluster_drain_client(client, socket_timeout_ms=socket_timeout_ms)
     pool = getattr(client, "connection_pool", None)
     if not isinstance(client, redis.Redis) or not isinstance(pool, redis.ConnectionPool):
         raise MollifierConfigurationError(
@@ -49,5 +54,25 @@ def drain_client(client: redis.Redis, *, socket_timeout_ms: int) -> redis.Redis:
         name: value for name, value in pool.connection_kwargs.items() if not name.startswith(_POOL_STATE)
     }
     kwargs.update(socket_timeout=socket_timeout_ms / 1000, retry=Retry(NoBackoff(), 0), retry_on_error=[])
-    own_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    if isinstance(pool, SentinelConnectionPool):  # the primary is looked up again after a failover
+        kwargs.pop("connection_pool", None)
+        own_pool: redis.ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **kwargs
+        )
+    else:
+        own_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
     return type(client)(connection_pool=own_pool)
+
+
+def _cluster_drain_client(client: RedisCluster, *, socket_timeout_ms: int) -> RedisCluster:
+    """A cluster client of its own over the same nodes: socket timeout ``socket_timeout_ms`` and no
+    retry after a connection error or timeout (a pop must not run twice). Redirections (MOVED,
+    ASK) and TRYAGAIN are still followed: the server did not run the command."""
+    kwargs = {
+        name: value
+        for name, value in client.nodes_manager.connection_kwargs.items()
+        if not name.startswith(_POOL_STATE) and name not in ("host", "port", "retry", "retry_on_error")
+    }
+    kwargs.update(socket_timeout=socket_timeout_ms / 1000, retry=Retry(NoBackoff(), 0))
+    nodes = [ClusterNode(node.host, node.port) for node in client.get_nodes()]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=nodes, **kwargs)

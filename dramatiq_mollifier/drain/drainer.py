@@ -124,6 +124,8 @@ class MollifierDrainer:
         self._telemetry = telemetry or Telemetry()
         self._leases = LeaseKeeper(self._buffer)
         self._hooks = hooks or DrainHooks()
+        # With slot groups the accepts push to their group's wake-up list: idle drainers poll.
+        idle_wait_ms = idle_wait_ms if buffer.slot_groups == 0 else 0
         self._idle_wait = IdleWait(buffer.client, key=buffer.keys.drain_wake, wait_ms=idle_wait_ms)
         # Blocking between ticks (nothing queued), and whether the last block ended with a token.
         self._deep_idle = self._woken = False

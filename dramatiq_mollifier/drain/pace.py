@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import redis
 
+from ..buffer.clients import slot_groups_for
 from ..buffer.keys import KeySpace
 from ..settings import MollifierSettings, default_of
 
@@ -111,6 +112,7 @@ class DrainPace:
         outstanding_ttl_ms: int = DEFAULT_OUTSTANDING_TTL_MS,
         rate_per_s: int = 0,
         target_wait_ms: int = 0,
+        slot_groups: int = 0,
     ) -> None:
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be at least 1, got {max_outstanding!r}")
@@ -124,7 +126,7 @@ class DrainPace:
         self.rate_per_s = rate_per_s
         self.target_wait_ms = target_wait_ms
         self.min_outstanding = min(MIN_OUTSTANDING, max_outstanding)
-        keys = KeySpace(key_prefix)
+        keys = KeySpace(key_prefix, groups=slot_groups)  # slot groups: the budget's keys share a slot
         self._outstanding = keys.outstanding
         self._rate = keys.drain_rate
         self._consumed = keys.drain_consumed
@@ -227,4 +229,5 @@ def pace_for(settings: MollifierSettings, client: redis.Redis) -> DrainPace | No
         outstanding_ttl_ms=settings.drain_outstanding_ttl_ms,
         rate_per_s=settings.drain_rate_limit_per_s,
         target_wait_ms=settings.drain_target_wait_ms,
+        slot_groups=slot_groups_for(settings.buffer_options["slot_groups"], client),
     )

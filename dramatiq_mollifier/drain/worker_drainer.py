@@ -17,6 +17,7 @@ import logging
 import dramatiq
 
 from ..buffer import MollifierBuffer
+from ..buffer.health import layout_problem
 from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
@@ -69,6 +70,8 @@ class WorkerDrainer:
         if self._drainer is not None and self._drainer.running:
             return
         settings = self.settings
+        if self._drainer is None and self._layout_refused():
+            return
         if self._drainer is None:
             # Connections of its own: timeouts for large replies and idle blocks, no retries.
             client = drain_client(self.buffer.client, socket_timeout_ms=settings.drain_socket_timeout_ms)
@@ -112,6 +115,16 @@ class WorkerDrainer:
             settings.drain_batch_size,
             settings.key_prefix,
         )
+
+    def _layout_refused(self) -> bool:
+        """Whether the recorded key layout differs from this process's (then it must not drain)."""
+        try:
+            problem = layout_problem(self.buffer.client, self.buffer.keys)
+        except Exception:  # Redis unwell: the drainer copes with outages (and checks next start)
+            return False
+        if problem is not None:
+            logger.error("mollifier.layout_mismatch the drainer does not start: %s", problem)
+        return problem is not None
 
     def stop(self) -> bool:
         """Stop the drainer within ``drain_shutdown_timeout_ms``; True if it stopped in time.
