@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
+from dramatiq_mollifier.buffer.clients import client_from_url
+from dramatiq_mollifier.embedded import EmbeddedCluster, EmbeddedRedis, find_server_binary
 
 from .fake_redis import refused_url, silent_server  # noqa: F401 (fixtures for every test module)
 from .servers import (
@@ -65,9 +66,43 @@ def redis_target() -> Iterator[RedisTarget]:
         provider.stop()
 
 
+#: ``MOLLIFIER_TEST_CLUSTER=1``: the ``redis_*`` fixtures give the session's 3-primary cluster
+#: (``redis+cluster://`` URL, ``RedisCluster`` clients), so every Redis-touching test runs on
+#: it, with the slot-group layout a cluster client implies.
+CLUSTER_MODE = os.environ.get("MOLLIFIER_TEST_CLUSTER") == "1"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedCluster]:
+    """A 3-primary Redis-compatible cluster on loopback for the session, stopped by its PIDs."""
+    binary = find_server_binary(os.environ.get("MOLLIFIER_TEST_REDIS_SERVER"))
+    if binary is None:
+        unavailable("no redis-server or valkey-server binary to start a cluster")
+        return
+    cluster = EmbeddedCluster(binary, primaries=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def flush_cluster(cluster: EmbeddedCluster) -> None:
+    """Empty every node (replicas follow their primary)."""
+    for node in cluster.primaries:
+        client = cluster.client(node)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
 @pytest.fixture
-def redis_url(redis_target: RedisTarget) -> str:
+def redis_url(request: pytest.FixtureRequest, redis_target: RedisTarget) -> str:
     """A URL to a database of its own for this test, empty at the start."""
+    if CLUSTER_MODE:
+        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+        flush_cluster(cluster)
+        return cluster.url
     base = redis_target.url.rsplit("/", 1)[0]
     url = f"{base}/{next(_databases)}"
     client = redis.Redis.from_url(url)
@@ -81,7 +116,7 @@ def redis_url(redis_target: RedisTarget) -> str:
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A RESP3 client (redis-py's default protocol, pinned) on this test's database."""
-    client = redis.Redis.from_url(redis_url, protocol=3, socket_timeout=5)
+    client: redis.Redis = client_from_url(redis_url, protocol=3, socket_timeout=5)
     try:
         yield client
     finally:
@@ -138,7 +173,7 @@ def make_redis_client(redis_url: str) -> Iterator[Callable[..., redis.Redis]]:
     clients: list[redis.Redis] = []
 
     def make(**kwargs: object) -> redis.Redis:
-        client = redis.Redis.from_url(redis_url, **kwargs)  # type: ignore[arg-type]
+        client: redis.Redis = client_from_url(redis_url, **kwargs)
         clients.append(client)
         return client
 
@@ -158,5 +193,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # can rerun exactly those on Redis 7 and with the oldest redis-py.
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if "redis_target" in fixtures or "redis_binary" in fixtures:
+        if "redis_target" in fixtures or "redis_binary" in fixtures or "redis_cluster" in fixtures:
             item.add_marker(pytest.mark.redis)

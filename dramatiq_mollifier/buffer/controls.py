@@ -119,10 +119,10 @@ class TenantControls:
         draining, dead-lettered (with its error), or absent."""
         with boundary("lookup"):
             pipe = self.client.pipeline(transaction=False)
-            pipe.time()
             for group in self.keys.groups:  # with slot groups, the entry may be in any group
                 pipe.hmget(group.entry(message_id), *_LOOKUP_FIELDS)
-            (seconds, micros), *found_fields = pipe.execute()
+            found_fields = pipe.execute()
+            seconds, micros = self.client.time()  # a cluster pipeline refuses TIME
             fields = next((f for f in found_fields if f[0] is not None), found_fields[0])
             status, org, env, attempts, created_at_ms, code, error_message, mode = fields
             state = _STATES.get(status) if status is not None else None

@@ -187,6 +187,8 @@ def execute(client: redis.Redis, *args: Any) -> Any:
         direct = _direct[client] = direct_path_allowed(client)
     if not direct:
         execute_command: Callable[..., Any] = client.execute_command
+        if args[0] == _EVALSHA:  # RedisCluster routes by the command's name, which must be a str
+            return execute_command("EVALSHA", *args[1:])
         return execute_command(*args)
     pool = client.connection_pool
     connection = _connection_from(pool)
@@ -244,7 +246,7 @@ def run_pipelined(
         pipe = client.pipeline(transaction=False)
         for i in pending:
             keys, args = calls[i]
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         missing = []
         for i, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError):
