@@ -95,7 +95,7 @@ def test_every_buffer_operation_touches_one_slot_with_awkward_ids(cluster_client
     )
     assert decision.tripped and accepted
     assert buffer.evaluate_trip(ORG, ENV, window_ms=1000, threshold=0, hold_ms=1000).tripped
-    fleet, envs = buffer.fold_trip_counts(
+    _, envs = buffer.fold_trip_counts(
         [(ORG, ENV, 3), ("other{org}", "e", 1), (ORG, "env2", 2)], window_ms=1000, threshold=1, hold_ms=1000
     )
     assert [window.count for window in envs][1:] == [1, 2]
@@ -166,7 +166,7 @@ def test_the_middleware_diverts_and_a_real_drainer_delivers_each_message_once(
     orgs = [f"org-{i}" for i in range(8)]
     total = 0
     for org in orgs:
-        for n in range(40):
+        for _ in range(40):
             ingest.send_with_options(args=(total,), org_id=org, env_id="prod")
             total += 1
     assert mollifier.buffer.depth() == total - 5 * len(orgs)

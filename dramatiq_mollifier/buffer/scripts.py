@@ -246,7 +246,7 @@ def run_pipelined(
         pipe = client.pipeline(transaction=False)
         for i in pending:
             keys, args = calls[i]
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
         missing = []
         for i, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError):
