@@ -19,7 +19,10 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
+
+from . import cluster_io
 
 __all__ = [
     "SCRIPT_NAMES",
@@ -67,6 +70,8 @@ _DIRECT_POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
 _DIRECT_CONNECTIONS = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
 # client -> whether execute() may write straight to its pool (decided once per client).
 _direct: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+# cluster client -> whether scripts go straight to the node of their slot (see cluster_io).
+_direct_cluster: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def _read(name: str) -> str:
@@ -166,9 +171,15 @@ def direct_path_allowed(client: Any) -> bool:
     return not hasattr(type(client).execute_command, "__wrapped__")
 
 
+def _plain_cluster(client: Any) -> bool:
+    """An exact ``RedisCluster`` without wrapped ``execute_command`` (tracing would be skipped)."""
+    return type(client) is RedisCluster and not hasattr(type(client).execute_command, "__wrapped__")
+
+
 def force_command_path(client: Any) -> None:
     """Make :func:`execute` use ``client.execute_command`` for ``client`` (for tracing users)."""
     _direct[client] = False
+    _direct_cluster[client] = False
 
 
 def execute(client: redis.Redis, *args: Any) -> Any:
@@ -185,7 +196,10 @@ def execute(client: redis.Redis, *args: Any) -> Any:
     direct = _direct.get(client)
     if direct is None:
         direct = _direct[client] = direct_path_allowed(client)
+        _direct_cluster[client] = _plain_cluster(client)
     if not direct:
+        if args[0] == _EVALSHA and _direct_cluster.get(client, False):
+            return cluster_io.run_one(client, execute, args)
         execute_command: Callable[..., Any] = client.execute_command
         if args[0] == _EVALSHA:  # RedisCluster routes by the command's name, which must be a str
             return execute_command("EVALSHA", *args[1:])
@@ -242,13 +256,22 @@ def run_pipelined(
     """
     pending = list(range(len(calls)))
     replies: list[Any] = [None] * len(calls)
+    if _direct.get(client) is None:
+        _direct[client] = direct_path_allowed(client)
+        _direct_cluster[client] = _plain_cluster(client)
     for _ in range(2):
-        pipe = client.pipeline(transaction=False)
-        for i in pending:
-            keys, args = calls[i]
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+        if _direct_cluster.get(client, False):
+            answers = cluster_io.run_batch(
+                client, [(script.sha, len(calls[i][0]), *calls[i][0], *calls[i][1]) for i in pending]
+            )
+        else:
+            pipe = client.pipeline(transaction=False)
+            for i in pending:
+                keys, args = calls[i]
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)  # type: ignore[no-untyped-call]
+            answers = pipe.execute(raise_on_error=False)
         missing = []
-        for i, reply in zip(pending, pipe.execute(raise_on_error=False), strict=True):
+        for i, reply in zip(pending, answers, strict=True):
             if isinstance(reply, redis.exceptions.NoScriptError):
                 missing.append(i)
             elif isinstance(reply, Exception):
