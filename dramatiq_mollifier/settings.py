@@ -123,6 +123,11 @@ class MollifierSettings(BaseSettings):
     #: Slot groups of the buffer's keys (README: "Redis Cluster"). 0: one group under today's key
     #: names. Defaults to None: 0 on one server, 16 with a cluster URL.
     slot_groups: int | None = Field(default=None, ge=0, le=1_024)
+    #: Replicas that must acknowledge each buffer write (``WAIT``) before it counts; fewer within
+    #: ``buffer_wait_timeout_ms``: the send fails open. Defaults to 0: no wait (asynchronous).
+    buffer_wait_replicas: int = Field(default=0, ge=0, le=16)
+    #: How long a buffer write waits for ``buffer_wait_replicas``. Defaults to 100 ms.
+    buffer_wait_timeout_ms: int = Field(default=100, ge=1, le=10_000)
     #: The fixed window of the trip counter, in milliseconds. Defaults to 200.
     trip_window_ms: int = Field(default=200, gt=0, le=_DAY_MS)
     #: An env trips when its window count is strictly greater than this. Defaults to 100.
@@ -352,6 +357,8 @@ class MollifierSettings(BaseSettings):
             "lease_ms": self.drain_lease_ms,
             "mode": self.mode.value,
             "direct_hot_path": self.redis_direct_hot_path,
+            "wait_replicas": self.buffer_wait_replicas,
+            "wait_timeout_ms": self.buffer_wait_timeout_ms,
             # Unset with a one-server URL: the client decides (16 for a RedisCluster client).
             "slot_groups": self.slot_groups
             if self.slot_groups is not None

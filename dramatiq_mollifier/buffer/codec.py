@@ -33,7 +33,16 @@ __all__ = [
 POP_HEADER = struct.Struct(">iiiiiiq")
 # What a buffer call can raise: Redis errors, and replies that are not what the scripts promise
 # (they surface as these while being decoded).
-FAILURES = (redis.RedisError, ValueError, TypeError, KeyError, IndexError, AttributeError)
+FAILURES = (
+    redis.RedisError,
+    # redis-py's cluster client raises this for what it refuses itself (keys of several slots).
+    redis.exceptions.RedisClusterException,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+)
 
 
 def text(value: bytes | str) -> str:

@@ -29,6 +29,7 @@ from .clients import client_from_url, is_cluster, slot_groups_for
 from .codec import FAILURES, wrap
 from .controls import TenantControls
 from .core import DEFAULT_LEASE_MS
+from .durable import run_acknowledged
 from .scripts import force_command_path, run, run_pipelined, script_source
 
 __all__ = [
@@ -96,6 +97,8 @@ class MollifierBuffer(BufferAdmin):
         command path, for users who trace Redis calls. Defaults to True.
       slot_groups: As :class:`~.core.BufferCore`; a ``RedisCluster`` client needs at least 1.
         Defaults to None: 16 for a ``RedisCluster`` client, else 0.
+      wait_replicas, wait_timeout_ms: After each accept, wait (``WAIT``) for this many replicas to
+        acknowledge it, at most this long; fewer raise (see :mod:`.durable`). Defaults to 0: no wait.
     """
 
     def __init__(
@@ -108,6 +111,8 @@ class MollifierBuffer(BufferAdmin):
         mode: str = WRITE_MODES[0],
         direct_hot_path: bool = True,
         slot_groups: int | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         if _decodes_responses(client):
             raise MollifierConfigurationError(
@@ -126,6 +131,13 @@ class MollifierBuffer(BufferAdmin):
         if mode not in WRITE_MODES:
             raise MollifierConfigurationError(f"mode must be one of {WRITE_MODES}, got {mode!r}")
         self.mode = mode
+        if not 0 <= wait_replicas <= 16 or not 1 <= wait_timeout_ms <= 10_000:
+            raise MollifierConfigurationError(
+                "wait_replicas must be 0 to 16 and wait_timeout_ms 1 to 10000, "
+                f"got {wait_replicas} and {wait_timeout_ms}"
+            )
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._mode_arg = mode.encode("utf-8")
         if not direct_hot_path:
             force_command_path(client)
@@ -144,7 +156,16 @@ class MollifierBuffer(BufferAdmin):
         """
         own = {
             name: kwargs.pop(name)
-            for name in ("key_prefix", "entry_ttl_s", "lease_ms", "mode", "direct_hot_path", "slot_groups")
+            for name in (
+                "key_prefix",
+                "entry_ttl_s",
+                "lease_ms",
+                "mode",
+                "direct_hot_path",
+                "slot_groups",
+                "wait_replicas",
+                "wait_timeout_ms",
+            )
             if name in kwargs
         }
         if kwargs.get("decode_responses"):
@@ -172,8 +193,7 @@ class MollifierBuffer(BufferAdmin):
         keys = self.keys
         t = keys.tenant(org_id, env_id)
         try:
-            reply = run(
-                self.client,
+            reply = self._write(
                 self.scripts.accept,
                 6,
                 t.space.entry(message_id),
@@ -207,8 +227,7 @@ class MollifierBuffer(BufferAdmin):
             self._accept_capped = self.client.register_script(script_source("accept_capped"))
         try:
             return int(
-                run(
-                    self.client,
+                self._write(
                     self._accept_capped,
                     9,
                     t.space.entry(message_id),
@@ -262,8 +281,7 @@ class MollifierBuffer(BufferAdmin):
         keys = self.keys
         t = keys.tenant(org_id, env_id)
         try:
-            reply = run(
-                self.client,
+            reply = self._write(
                 self.scripts.evaluate_trip_and_accept,
                 9,
                 *t.trip_keys,
@@ -335,6 +353,19 @@ class MollifierBuffer(BufferAdmin):
         return fleet, [by_index[i] for i in range(len(counts))]
 
     # Internals ------------------------------------------------------------------------------
+    def _write(self, script: Script, numkeys: int, *keys_and_args: Any) -> Any:
+        """Run a script that accepts entries; acknowledged by replicas if ``wait_replicas``."""
+        if not self.wait_replicas:
+            return run(self.client, script, numkeys, *keys_and_args)
+        return run_acknowledged(
+            self.client,
+            script,
+            numkeys,
+            *keys_and_args,
+            replicas=self.wait_replicas,
+            timeout_ms=self.wait_timeout_ms,
+        )
+
     def _encoded_trip_args(
         self, window_ms: int, threshold: int, hold_ms: int
     ) -> tuple[bytes, bytes, bytes, bytes]:
