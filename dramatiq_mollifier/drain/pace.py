@@ -93,6 +93,8 @@ class DrainPace:
     Parameters:
       client: The buffer's Redis client.
       key_prefix: The buffer's key prefix.
+      slot_groups: The buffer's key layout (see ``buffer/keys.py``); with groups the budget's keys
+        share one slot. Defaults to None: 16 for a ``RedisCluster`` client, else 0.
       max_outstanding: Drained messages waiting in the broker, fleet-wide, at most: the budget's
         ceiling. Defaults to :data:`DEFAULT_MAX_OUTSTANDING`.
       outstanding_ttl_ms: How long a slot lives without its message starting. Defaults to
@@ -112,7 +114,7 @@ class DrainPace:
         outstanding_ttl_ms: int = DEFAULT_OUTSTANDING_TTL_MS,
         rate_per_s: int = 0,
         target_wait_ms: int = 0,
-        slot_groups: int = 0,
+        slot_groups: int | None = None,
     ) -> None:
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be at least 1, got {max_outstanding!r}")
@@ -126,7 +128,7 @@ class DrainPace:
         self.rate_per_s = rate_per_s
         self.target_wait_ms = target_wait_ms
         self.min_outstanding = min(MIN_OUTSTANDING, max_outstanding)
-        keys = KeySpace(key_prefix, groups=slot_groups)  # slot groups: the budget's keys share a slot
+        keys = KeySpace(key_prefix, groups=slot_groups_for(slot_groups, client))
         self._outstanding = keys.outstanding
         self._rate = keys.drain_rate
         self._consumed = keys.drain_consumed
@@ -229,5 +231,5 @@ def pace_for(settings: MollifierSettings, client: redis.Redis) -> DrainPace | No
         outstanding_ttl_ms=settings.drain_outstanding_ttl_ms,
         rate_per_s=settings.drain_rate_limit_per_s,
         target_wait_ms=settings.drain_target_wait_ms,
-        slot_groups=slot_groups_for(settings.buffer_options["slot_groups"], client),
+        slot_groups=settings.buffer_options["slot_groups"],
     )
