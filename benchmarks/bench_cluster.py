@@ -4,7 +4,7 @@
 Goal: median ratio (2 primaries / 1) at least 1.7x, with the servers the bottleneck, and the
 largest primary's share of the server work at most 0.55.
 
-    sudo python benchmarks/bench_cluster.py [--messages 20000] [--rounds 5] [--cpu-percent 20]
+    sudo python benchmarks/bench_cluster.py [--messages 20000] [--rounds 5] [--cpu-percent 10]
 
 Each primary's CPU is capped (cgroup v1 ``cpu`` controller, ``cpu.cfs_quota_us``) so that on a
 small machine the servers, not this Python client, are the bottleneck; without a writable
@@ -147,7 +147,7 @@ def main() -> int:
     )
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cpu-percent", type=int, default=20)
+    parser.add_argument("--cpu-percent", type=int, default=10)
     parser.add_argument("--server")
     args = parser.parse_args()
     binary = find_server_binary(args.server)
