@@ -249,6 +249,7 @@ class DrainProtocol:
         ]
         with boundary("release"):
             answers = run_pipelined(self.client, self.scripts.release, calls)
+        self._groups.forget_empty()  # the entries are queued again: read every group next tick
         return sum(int(answer) == 1 for answer in answers)
 
     def requeue(
@@ -266,7 +267,10 @@ class DrainProtocol:
         """
         with boundary("requeue"):
             extra = (self.ttl_ms, owner or "")
-            return self._buffer.entry_op(self.scripts.requeue, message_id, org_id, env_id, extra) == 1
+            requeued = self._buffer.entry_op(self.scripts.requeue, message_id, org_id, env_id, extra) == 1
+        if requeued:
+            self._groups.forget_empty()
+        return requeued
 
     def fail(
         self,
@@ -327,6 +331,8 @@ class DrainProtocol:
         with boundary("reclaim_expired"):
             for group in self.keys.groups:
                 self._reclaim_group(group, max_expiries, reclaimed, dead_lettered)
+        if reclaimed:
+            self._groups.forget_empty()
         return Reclaimed(reclaimed, dead_lettered)
 
     def _reclaim_group(
