@@ -10,9 +10,6 @@ This module is the send side (the gate's calls); :mod:`.admin` is the operator's
 from __future__ import annotations
 
 import functools
-import os
-import threading
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +21,7 @@ from redis.retry import Retry
 from ..errors import MollifierConfigurationError
 from ..models import TripDecision, TripWindow
 from ..settings import default_of
+from . import forks
 from .admin import BufferAdmin
 from .clients import client_from_url, is_cluster, slot_groups_for
 from .codec import FAILURES, wrap
@@ -143,7 +141,7 @@ class MollifierBuffer(BufferAdmin):
             force_command_path(client)
         self._controls: TenantControls | None = None
         self._accept_capped: Script | None = None
-        _buffers.add(self)
+        forks.register(client)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> MollifierBuffer:
@@ -371,27 +369,3 @@ class MollifierBuffer(BufferAdmin):
     ) -> tuple[bytes, bytes, bytes, bytes]:
         """The window, threshold and hold ARGV and the entry TTL, as sent (cached: they rarely vary)."""
         return _trip_argv(window_ms, threshold, hold_ms, self.ttl_ms)
-
-
-_buffers: weakref.WeakSet[MollifierBuffer] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    # A thread of the parent (a background fold) may have held the pool's lock when the process
-    # forked; redis-py resets a pool only after taking that lock, so the child would wait forever.
-    # The child has one thread, so the pool's locks are replaced rather than awaited (reset()
-    # itself takes the pool's lock in redis-py 8).
-    for buffer in list(_buffers):
-        pool = getattr(buffer.client, "connection_pool", None)
-        if pool is None:  # a cluster client: one pool per node, which redis-py resets itself
-            continue
-        for name in ("_fork_lock", "_lock"):
-            if hasattr(pool, name):
-                setattr(pool, name, threading.RLock())
-        reset = getattr(pool, "reset", None)
-        if reset is not None:
-            reset()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
