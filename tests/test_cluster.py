@@ -25,6 +25,7 @@ from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer, cluster_io
 from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.buffer.listing import ListingScripts, dwell_snapshot
 from dramatiq_mollifier.embedded import EmbeddedCluster
 from dramatiq_mollifier.errors import BufferUnavailableError
 
@@ -234,3 +235,22 @@ def test_cluster_errors_surface_as_the_buffer_error(cluster_client: RedisCluster
     cluster_client.set(t.queue, "not a list")
     with pytest.raises(BufferUnavailableError):
         buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+
+
+def test_the_tenant_listing_and_the_fleet_gauges_read_every_group(cluster_client: RedisCluster) -> None:
+    buffer = MollifierBuffer(cluster_client)
+    orgs = [f"org-{n}" for n in range(12)]
+    assert len({buffer.keys.group_of(org).prefix for org in orgs}) > 3  # several groups, several slots
+    for n, org in enumerate(orgs):
+        for i in range(n + 1):
+            assert buffer.accept(f"{org}-{i}", org_id=org, env_id="prod", payload=b"x")
+    assert buffer.evaluate_trip("org-3", "prod", window_ms=10_000, threshold=0, hold_ms=10_000).tripped
+    page = buffer.controls.tenants(sort="depth")
+    assert [(row.org_id, row.depth) for row in page.rows] == [
+        (org, n + 1) for n, org in reversed(list(enumerate(orgs)))
+    ]
+    assert all(row.oldest_age_ms is not None for row in page.rows)
+    assert [row.org_id for row in page.rows if row.tripped] == ["org-3"]
+    total, oldest_ms, top, dead = dwell_snapshot(ListingScripts(cluster_client), buffer.keys, 3)
+    assert (total, dead, len(top)) == (sum(range(1, 13)), 0, 3)
+    assert oldest_ms >= 0

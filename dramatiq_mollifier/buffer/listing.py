@@ -48,16 +48,23 @@ class ListingScripts:
 
 
 def env_depths(scripts: ListingScripts, keys: KeySpace) -> dict[_Key, int]:
-    """Each env's QUEUED + DRAINING count, from the depth hash in one reply string."""
-    frames: bytes = run(scripts.client, scripts.env_depths, 1, keys.depth)
+    """Each env's QUEUED + DRAINING count, from the depth hash in one reply string (per group)."""
     depths: dict[_Key, int] = {}
-    at, size, unpack = 0, _DEPTH_HEADER.size, _DEPTH_HEADER.unpack_from
-    while at < len(frames):
-        org_len, env_len, count = unpack(frames, at)
-        at += size
-        org = frames[at : (at := at + org_len)].decode()
-        depths[org, frames[at : (at := at + env_len)].decode()] = count
+    for group in keys.groups:
+        frames: bytes = run(scripts.client, scripts.env_depths, 1, group.depth)
+        at, size, unpack = 0, _DEPTH_HEADER.size, _DEPTH_HEADER.unpack_from
+        while at < len(frames):
+            org_len, env_len, count = unpack(frames, at)
+            at += size
+            org = frames[at : (at := at + org_len)].decode()
+            depths[org, frames[at : (at := at + env_len)].decode()] = count
     return depths
+
+
+def server_ms(client: Any) -> int:
+    """Redis server time in ms (a command of its own: a cluster pipeline refuses ``TIME``)."""
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def oldest_ages(
@@ -66,9 +73,23 @@ def oldest_ages(
     """The age of the oldest QUEUED entry of each env (None: none queued, or its head reference
     outlived its entry): each queue's head id, then those entries' ``created_at_ms``, a few
     scripts whatever the queues hold, each answering one string."""
+    by_group: dict[int, list[int]] = {}
+    for i, (org, _) in enumerate(tenants):  # each script call reads one group (one slot)
+        by_group.setdefault(id(keys.group_of(org)), []).append(i)
+    found: dict[int, int | None] = {}
+    for indexes in by_group.values():
+        ages = _oldest_ages(scripts, keys, [tenants[i] for i in indexes], now_ms)
+        found.update(zip(indexes, ages, strict=True))
+    return [found[i] for i in range(len(tenants))]
+
+
+def _oldest_ages(
+    scripts: ListingScripts, keys: KeySpace, tenants: Sequence[_Key], now_ms: int
+) -> list[int | None]:
     ages: list[int | None] = []
     for start in range(0, len(tenants), _CHUNK):
         chunk = tenants[start : start + _CHUNK]
+        space = keys.group_of(chunk[0][0])
         queues = [keys.tenant(org, env).queue for org, env in chunk]
         frames: bytes = run(scripts.client, scripts.queue_heads, len(queues), *queues)
         heads: list[str | None] = []
@@ -77,7 +98,7 @@ def oldest_ages(
             (length,) = _HEAD_HEADER.unpack_from(frames, at)
             at += _HEAD_HEADER.size
             heads.append(None if length < 0 else frames[at : (at := at + length)].decode())
-        entries = [keys.entry(head) for head in heads if head is not None]
+        entries = [space.entry(head) for head in heads if head is not None]
         created = iter(
             struct.unpack(
                 f">{len(entries)}q", run(scripts.client, scripts.created_at, len(entries), *entries)
@@ -109,10 +130,12 @@ def tenant_page(
     pipe.hgetall(keys.caps)
     pipe.hgetall(keys.weights)
     pipe.hgetall(keys.org_flags)
-    pipe.time()
-    paused_raw, caps_raw, weights_raw, flags_raw, (seconds, micros) = pipe.execute()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
-    tripped_raw: Any = client.zrangebyscore(keys.tripped, now_ms, "+inf")
+    paused_raw, caps_raw, weights_raw, flags_raw = pipe.execute()
+    now_ms = server_ms(client)
+    pipe = client.pipeline(transaction=False)
+    for group in keys.groups:
+        pipe.zrangebyscore(group.tripped, now_ms, "+inf")
+    tripped_raw = [member for members in pipe.execute() for member in members]
     paused = {t for name in paused_raw if (t := parse_field(name)) is not None}
     caps = {t: int(v) for name, v in caps_raw.items() if (t := parse_field(name)) is not None}
     weights = {text(org): int(w) for org, w in weights_raw.items()}
@@ -170,11 +193,13 @@ def dwell_snapshot(
     client = scripts.client
     envs = sorted(env_depths(scripts, keys))
     pipe = client.pipeline(transaction=False)
-    pipe.hget(keys.depth, "total")
-    pipe.smembers(keys.failed_orgs)
-    pipe.time()
-    total_raw, failed_orgs, (seconds, micros) = pipe.execute()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    for group in keys.groups:
+        pipe.hget(group.depth, "total")
+        pipe.smembers(group.failed_orgs)
+    replies = pipe.execute()
+    total_raw = sum(int(n) for n in replies[0::2] if n is not None)
+    failed_orgs = {org for members in replies[1::2] for org in members}
+    now_ms = server_ms(client)
     ages = oldest_ages(scripts, keys, envs, now_ms)
     ranked = sorted(
         ((org, env, age) for (org, env), age in zip(envs, ages, strict=True) if age is not None),

@@ -201,7 +201,7 @@ def execute(client: redis.Redis, *args: Any) -> Any:
         if args[0] == _EVALSHA and _direct_cluster.get(client, False):
             return cluster_io.run_one(client, execute, args)
         execute_command: Callable[..., Any] = client.execute_command
-        if args[0] == _EVALSHA:  # RedisCluster routes by the command's name, which must be a str
+        if args[0] == _EVALSHA and isinstance(client, RedisCluster):  # routes by a str name
             return execute_command("EVALSHA", *args[1:])
         return execute_command(*args)
     pool = client.connection_pool
