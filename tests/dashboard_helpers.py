@@ -30,7 +30,7 @@ def fill(buffer: MollifierBuffer, counts: Iterable[tuple[str, str, int]]) -> lis
         for _ in range(n):
             message_id = uuid.uuid4().hex
             ids.append(message_id)
-            keys = [buffer.keys.entry(message_id), *(k.decode() for k in t.accept_keys)]
+            keys = [t.space.entry(message_id), *(k.decode() for k in t.accept_keys)]
             calls.append((keys, [message_id, org, env, b"payload", buffer.ttl_ms, b"divert"]))
     for start in range(0, len(calls), _BATCH):
         replies = run_pipelined(buffer.client, buffer.scripts.accept, calls[start : start + _BATCH])

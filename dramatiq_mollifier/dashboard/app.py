@@ -26,6 +26,7 @@ from flask import Flask, request
 
 from ..breaker import CircuitBreaker
 from ..buffer import MollifierBuffer
+from ..buffer.clients import client_from_url
 from ..buffer.controls import TenantControls
 from ..buffer.listing import ListingScripts
 from ..errors import BufferUnavailableError
@@ -98,7 +99,7 @@ def create_app(
     """
     settings = settings if settings is not None else MollifierSettings()
     if client is None:
-        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
+        client = client_from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=10)
     buffer = MollifierBuffer(client, **settings.buffer_options)
     if broker_depth is None and broker is not None:
         broker_depth = broker_depth_reader(broker)

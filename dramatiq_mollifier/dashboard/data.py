@@ -82,10 +82,11 @@ def overview(
 ) -> Overview:
     """The overview's numbers: depth, tripped envs, dead letters, the drain budget in use."""
     client, keys = buffer.client, buffer.keys
+    outstanding = client.zcount(keys.outstanding, now_ms(client), "+inf")
     pipe = client.pipeline(transaction=False)
-    pipe.zcount(keys.outstanding, now_ms(client), "+inf")
-    pipe.zcard(keys.orgs)
-    outstanding, orgs = pipe.execute()
+    for group in keys.groups:  # one group without slot groups
+        pipe.zcard(group.orgs)
+    orgs = sum(int(n) for n in pipe.execute())
     return Overview(
         depth=buffer.depth(),
         orgs=int(orgs),
@@ -121,7 +122,7 @@ def tenant_detail(
     envs.update(text(env) for env in client.smembers(keys.failed_envs(org_id)))
     ordered = sorted(envs)
     fields = [keys.tenant(org_id, env).depth_env_field for env in ordered]
-    counts = client.hmget(keys.depth, fields) if fields else []
+    counts = client.hmget(keys.group_of(org_id).depth, fields) if fields else []
     ages = oldest_ages(listing, keys, [(org_id, env) for env in ordered], now_ms(client))
     flags = OrgFlags(client, key_prefix=buffer.key_prefix).all()
     enrolled = settings.org_enrolled_statically(org_id) or flags.get(org_id, False)
