@@ -113,9 +113,13 @@ def server_ms(client: redis.Redis) -> int:
 
 
 def latest_lease_deadline(buffer: MollifierBuffer) -> float:
-    latest = buffer.client.zrange(buffer.keys.leases, -1, -1, withscores=True)
+    latest = [
+        pair
+        for group in buffer.keys.groups
+        for pair in buffer.client.zrange(group.leases, -1, -1, withscores=True)
+    ]
     assert latest, "no lease to wait for"
-    return float(latest[0][1])
+    return max(float(score) for _, score in latest)
 
 
 def wait_server_ms(client: redis.Redis, elapsed_ms: int) -> None:

@@ -11,12 +11,14 @@ What the node answers MOVED, ASK, TRYAGAIN or CLUSTERDOWN to (the command did no
 again through ``RedisCluster`` itself, which follows the redirection, retries within its own
 bounds and refreshes its slot map. A connection error or timeout is not retried here (a pop must
 not run twice; the send path's single retry is the cluster client's own): the slot map is
-refreshed so the next call finds the new primary after a failover, and the error is raised.
+refreshed in the background so later calls find the new primary after a failover, and the
+error is raised at once (the send fails open without waiting for the refresh).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,9 +46,28 @@ def node_for(client: Any, key: Any) -> redis.Redis:
     return connection
 
 
+# Clients whose slot map is being refreshed (one refresh at a time per client).
+_refreshing: set[int] = set()
+_refreshing_lock = threading.Lock()
+
+
 def _refresh(client: Any) -> None:
-    with contextlib.suppress(Exception):
-        client.nodes_manager.initialize()
+    """Refresh the slot map in the background: a send that failed must fail open at once, not
+    wait for connections to every seed node (a dead one costs its connect timeout)."""
+    with _refreshing_lock:
+        if id(client) in _refreshing:
+            return
+        _refreshing.add(id(client))
+
+    def refresh() -> None:
+        try:
+            with contextlib.suppress(Exception):
+                client.nodes_manager.initialize()
+        finally:
+            with _refreshing_lock:
+                _refreshing.discard(id(client))
+
+    threading.Thread(target=refresh, name="mollifier-slot-map", daemon=True).start()
 
 
 def run_one(client: Any, execute: Callable[..., Any], args: Sequence[Any]) -> Any:
