@@ -20,6 +20,7 @@ from ..buffer import MollifierBuffer
 from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
+from .batch_enqueue import pipelined_enqueue_for
 from .cancel_check import CancelCheck
 from .connections import drain_client
 from .drainer import MollifierDrainer
@@ -81,6 +82,8 @@ class WorkerDrainer:
                     mode=settings.mode,
                     # RabbitMQ: a few connections shared by every handler thread, kept across restarts.
                     enqueue=enqueue_for(broker, connections=settings.drain_broker_connections),
+                    # RedisBroker: a chunk's messages in one round trip.
+                    enqueue_many=pipelined_enqueue_for(broker),
                     is_cancelled=cancelled,
                 ),
                 concurrency=settings.drain_concurrency,
