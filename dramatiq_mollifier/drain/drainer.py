@@ -229,7 +229,7 @@ class MollifierDrainer:
             if not self._collect(pool, tick, until=self.max_in_flight - wanted):
                 return False
             limit = min(remaining, self.max_in_flight - pool.in_flight)
-            claim = self._claim(tick, limit)
+            claim = self._claim(tick, limit, own=pool.in_flight)
             if claim is not None:
                 if claim.granted == 0:
                     # Once an org got part of a batch, it had its turn: the next org goes first.
@@ -273,21 +273,25 @@ class MollifierDrainer:
         finally:
             if done:
                 if self._pace is not None:
-                    # What never reached the broker (a failure, an audited dual_write copy) gives
-                    # its slot back at once.
-                    self._pace.give_back(
-                        [e.message_id for e, error in done if error is not None or e.mode == "dual_write"]
-                    )
+                    # Written messages now count against the budget; what never reached the
+                    # broker (a failure, an audited dual_write copy) gives its slot back at once.
+                    written: list[str] = []
+                    back: list[str] = []
+                    for entry, error in done:
+                        ok = error is None and entry.mode != "dual_write"
+                        (written if ok else back).append(entry.message_id)
+                    self._pace.landed(written, back)
                 drained, failed = self._settler.settle(done)
                 tick.drained += drained
                 tick.failed += failed
 
     # Pacing ---------------------------------------------------------------------------------
-    def _claim(self, tick: Tick, wanted: int) -> Claim | None:
-        """Slots of the drain budget for up to ``wanted`` entries; None when there is no pace."""
+    def _claim(self, tick: Tick, wanted: int, *, own: int) -> Claim | None:
+        """Slots of the drain budget for up to ``wanted`` entries, ``own`` of this drainer's
+        being on their way already; None when there is no pace."""
         if self._pace is None:
             return None
-        claim = self._pace.try_claim(wanted)
+        claim = self._pace.try_claim(wanted, own=own)
         if claim is None:
             tick.failed += 1
             return Claim(0, 0, "")

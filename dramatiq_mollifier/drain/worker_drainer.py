@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import dramatiq
+import redis
 
 from ..buffer import MollifierBuffer
 from ..buffer.rules import RulesView, read_rules
@@ -59,6 +60,7 @@ class WorkerDrainer:
         self.telemetry = telemetry
         self.rules = rules or RulesView(lambda: read_rules(buffer.client, buffer.keys))
         self._drainer: MollifierDrainer | None = None
+        self._client: redis.Redis | None = None
 
     @property
     def drainer(self) -> MollifierDrainer | None:
@@ -73,6 +75,7 @@ class WorkerDrainer:
         if self._drainer is None:
             # Connections of its own: timeouts for large replies and idle blocks, no retries.
             client = drain_client(self.buffer.client, socket_timeout_ms=settings.drain_socket_timeout_ms)
+            self._client = client
             drain_buffer = MollifierBuffer(client, **settings.buffer_options)
             cancelled = CancelCheck(client, drain_buffer.keys)
             self._drainer = MollifierDrainer(
@@ -129,6 +132,10 @@ class WorkerDrainer:
         timeout_ms = self.settings.drain_shutdown_timeout_ms
         stopped = self._drainer.stop(timeout_ms)
         if stopped:
+            if self._client is not None:
+                # The drainer's own connections: closed now rather than by the garbage collector
+                # (a later start reconnects on first use).
+                self._client.connection_pool.disconnect()
             logger.info("mollifier.drainer stopped")
         else:
             logger.warning(
