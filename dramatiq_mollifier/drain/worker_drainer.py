@@ -21,7 +21,6 @@ from ..buffer import MollifierBuffer
 from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
-from .batch_enqueue import pipelined_enqueue_for
 from .cancel_check import CancelCheck
 from .connections import drain_client
 from .drainer import MollifierDrainer
@@ -29,7 +28,7 @@ from .gauges import FleetGauges
 from .handler import make_drain_handler
 from .hooks import DrainHooks
 from .pace import pace_for
-from .publisher import enqueue_for
+from .publisher import writers_for
 
 __all__ = ["WorkerDrainer"]
 
@@ -78,15 +77,16 @@ class WorkerDrainer:
             self._client = client
             drain_buffer = MollifierBuffer(client, **settings.buffer_options)
             cancelled = CancelCheck(client, drain_buffer.keys)
+            # RabbitMQ: a few connections shared by every handler thread, kept across restarts,
+            # a chunk per hand-over; RedisBroker: a chunk's messages in one round trip.
+            enqueue, enqueue_many = writers_for(broker, connections=settings.drain_broker_connections)
             self._drainer = MollifierDrainer(
                 drain_buffer,
                 make_drain_handler(
                     broker,
                     mode=settings.mode,
-                    # RabbitMQ: a few connections shared by every handler thread, kept across restarts.
-                    enqueue=enqueue_for(broker, connections=settings.drain_broker_connections),
-                    # RedisBroker: a chunk's messages in one round trip.
-                    enqueue_many=pipelined_enqueue_for(broker),
+                    enqueue=enqueue,
+                    enqueue_many=enqueue_many,
                     is_cancelled=cancelled,
                 ),
                 concurrency=settings.drain_concurrency,
