@@ -4,6 +4,7 @@ own drainer (and against twice the budget in all), on a real Redis."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import redis
@@ -131,3 +132,30 @@ def test_two_drainers_keep_the_broker_fed_while_one_is_slow_to_write(
     # And once the first one's writes land, the broker holds them too: 32, the budget plus what
     # the other drainer was writing, never more
     assert DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=16).in_use() == 32
+
+
+@pytest.mark.parametrize(("target_wait_ms", "expected_ms"), [(100, 25), (400, 100), (0, 5), (8, 5)])
+def test_a_paced_drainer_waits_a_quarter_of_the_target_wait_before_it_claims_again(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str, target_wait_ms: int, expected_ms: int
+) -> None:
+    # Given more buffered messages than the budget, and workers that never start any
+    for i in range(60):
+        buffer.accept(f"m-{i}", org_id="burst", env_id="prod", payload=b"x")
+    waits: list[int] = []
+    lock = threading.Lock()
+
+    def sleep(delay_ms: int) -> None:
+        with lock:
+            waits.append(delay_ms)
+        time.sleep(0.002)  # observe the waits, do not serve them
+
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=20, target_wait_ms=target_wait_ms)
+    drainer = MollifierDrainer(buffer, lambda entry: None, pace=pace, sleep=sleep, poll_interval_ms=1_000)
+    drainer.start()
+    try:
+        # Then once the budget is used up, each wait is about a quarter of the budget's worth
+        # of the fleet's work (a claim per quarter of the budget), not a poll every few ms
+        eventually(lambda: len(waits) >= 3, what="paced waits")
+    finally:
+        assert drainer.stop(5_000)
+    assert set(waits) == {expected_ms}

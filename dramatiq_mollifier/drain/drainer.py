@@ -37,7 +37,9 @@ __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", 
 
 logger = logging.getLogger(__name__)
 
-#: The wait after a tick that stopped because the drain budget was used up, in milliseconds.
+#: The wait after a tick that stopped because the drain budget was used up, in milliseconds,
+#: when the budget is fixed (``target_wait_ms=0``); an adaptive budget sets its own
+#: (:attr:`DrainPace.paced_wait_ms`).
 PACE_WAIT_MS = 5
 
 
@@ -382,8 +384,9 @@ class MollifierDrainer:
             # Woken by a token, and there was work: wake the next idle drainer to join in.
             self._idle_wait.signal()
         if result.paced:
-            # The fleet's workers free slots as they start drained messages: look again soon.
-            self._sleep(PACE_WAIT_MS)
+            # The fleet's workers free slots as they start drained messages: look again once a
+            # part of the budget is free (a claim per part, not per message).
+            self._sleep(PACE_WAIT_MS if self._pace is None else self._pace.paced_wait_ms)
         elif result.drained == 0 and not may_block:
             self._sleep(self.poll_interval_ms)
         elif result.drained == 0:

@@ -75,6 +75,11 @@ MIN_OUTSTANDING = 20
 RATE_WINDOW_MS = 100
 #: How long a drained message may sit in the broker unstarted before its slot is freed anyway.
 DEFAULT_OUTSTANDING_TTL_MS: int = default_of("drain_outstanding_ttl_ms")
+#: An adaptive budget holds about ``target_wait_ms`` of the fleet's work, so this share of the
+#: target wait frees about this share of the budget: a paced drainer waits that long before it
+#: claims again.
+PACED_WAIT_SHARE = 4
+
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
 RELEASE_COOL_DOWN_MS = 1_000
@@ -149,6 +154,17 @@ class DrainPace:
         self._token = f"~{uuid.uuid4().hex}:"
         self._claims = itertools.count(1)
         self._release_paused_until = 0.0
+
+    @property
+    def paced_wait_ms(self) -> int:
+        """How long a drainer the budget stopped waits before it claims again, in ms: a quarter
+        of ``target_wait_ms``, so about a quarter of the budget is free by then and the broker
+        still holds three quarters (each claim then moves a refill, not a message or two, and an
+        idle fleet of drainers does not poll the budget every few milliseconds); 5 ms for a
+        fixed budget."""
+        if self.target_wait_ms == 0:
+            return 5
+        return max(5, self.target_wait_ms // PACED_WAIT_SHARE)
 
     def claim(self, wanted: int, *, own: int = 0) -> Claim:
         """Take up to ``wanted`` slots (fewer when the budget or the rate says so); ``own``: the
