@@ -37,9 +37,7 @@ __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", 
 
 logger = logging.getLogger(__name__)
 
-#: The wait after a tick that stopped because the drain budget was used up, in milliseconds,
-#: when the budget is fixed (``target_wait_ms=0``); an adaptive budget sets its own
-#: (:attr:`DrainPace.paced_wait_ms`).
+#: The wait after a tick the drain budget stopped, in ms, for a drainer with no pace of its own.
 PACE_WAIT_MS = 5
 
 
