@@ -9,7 +9,10 @@ completion time ratio, and the peak broker-queue and buffer depths.
 Goals (issue 10): quiet p99 ratio <= 0.05; completion ratio <= 1.1.
 
     python benchmarks/bench_smoothing.py [--burst 10000] [--processes 1 2] [--rabbitmq [AMQP_URL]]
-        [--brokers redis rabbitmq]
+        [--brokers redis rabbitmq] [--producers N]
+
+The burst is sent by as many producer processes as there are worker processes (``--producers``
+to change it), so that it outpaces the fleet and builds a backlog without the mollifier.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--work-ms", type=int, default=5)
     parser.add_argument(
+        "--producers",
+        type=int,
+        default=None,
+        help="processes sending the burst between them (default: one per worker process)",
+    )
+    parser.add_argument(
         "--rabbitmq",
         nargs="?",
         const="start",
@@ -99,11 +108,13 @@ def main() -> None:
                         broker=broker,
                         broker_url=broker_url,
                         log=logs / f"{broker}-{processes}-{mollified}.log",
+                        producers=args.producers,
                     )
                 without, with_ = runs[False], runs[True]
                 print(
                     f"{broker}, {processes} process(es) x 8 threads, "
-                    f"burst {args.burst}, work {args.work_ms} ms"
+                    f"burst {args.burst} from {args.producers or processes} producer(s), "
+                    f"work {args.work_ms} ms"
                 )
                 print(row("without", without))
                 print(row("with", with_))

@@ -70,8 +70,14 @@ def run_scenario(
     log: Path | None = None,
     timeout_s: float = 300.0,
     separate_drainer: bool = False,
+    producers: int | None = None,
 ) -> Outcome:
     """Start a worker, burst ``burst`` messages beside three quiet orgs at 10/s, and measure.
+
+    ``producers``: processes that send the burst between them, each as fast as it can (default:
+    one per worker process). One producer process sends about as fast as one worker process
+    consumes on a small machine, so with two worker processes a single producer hardly builds a
+    backlog at all, and "without the mollifier" would not be the scenario of a burst.
 
     ``separate_drainer``: the workers do not drain (``MOLLIFIER_DRAINER_ENABLED=false``); one
     ``dramatiq-mollifier drain`` process does, as a deployment with CPU-bound workers would.
@@ -112,7 +118,15 @@ def run_scenario(
     try:
         # The producer in a process of its own: the app's Mollifier reads its settings at import.
         produced = subprocess.run(
-            [sys.executable, "-m", "benchmarks.smoothing_scenario", broker, str(burst), str(timeout_s)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.smoothing_scenario",
+                broker,
+                str(burst),
+                str(timeout_s),
+                str(producers or processes),
+            ],
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -189,8 +203,29 @@ class Sampler:
             self.done.wait(0.05)
 
 
-def _measure(client: redis.Redis, *, burst: int, broker: str, timeout_s: float) -> Outcome:
+def _send_share(count: int, go: Any) -> None:
+    """A helper producer (a spawned process): send ``count`` burst messages once ``go`` is set."""
     from benchmarks import smoothing_app as app
+
+    go.wait()
+    for _ in range(count):
+        app.work.send_with_options(args=(BURST_ORG, time.time() * 1000), org_id=BURST_ORG)
+
+
+def _measure(
+    client: redis.Redis, *, burst: int, broker: str, timeout_s: float, producers: int = 1
+) -> Outcome:
+    import multiprocessing
+
+    from benchmarks import smoothing_app as app
+
+    # Helper producers start (import the app, connect) before the clock does.
+    context = multiprocessing.get_context("spawn")
+    go = context.Event()
+    shares = [burst // producers + (1 if n < burst % producers else 0) for n in range(producers)]
+    helpers_procs = [context.Process(target=_send_share, args=(share, go)) for share in shares[1:]]
+    for process in helpers_procs:
+        process.start()
 
     work = app.work
     waits_key = app.WAITS_KEY
@@ -216,7 +251,8 @@ def _measure(client: redis.Redis, *, burst: int, broker: str, timeout_s: float) 
     for thread in helpers:
         thread.start()
     started = time.monotonic()
-    for _ in range(burst):
+    go.set()
+    for _ in range(shares[0]):
         work.send_with_options(args=(BURST_ORG, time.time() * 1000), org_id=BURST_ORG)
     deadline = started + timeout_s
     burst_done = 0
@@ -227,6 +263,8 @@ def _measure(client: redis.Redis, *, burst: int, broker: str, timeout_s: float) 
     done.set()
     for thread in helpers:
         thread.join()
+    for process in helpers_procs:
+        process.join(30)
     quiet_waits = []
     for item in client.lrange(waits_key, 0, -1):
         org, wait_ms, _ = item.decode().split("|")
@@ -245,11 +283,13 @@ def _measure(client: redis.Redis, *, burst: int, broker: str, timeout_s: float) 
 
 
 if __name__ == "__main__":
-    # The producer side of run_scenario: arguments broker, burst, timeout; prints the outcome.
+    # The producer side of run_scenario: arguments broker, burst, timeout, producers; prints the
+    # outcome.
     outcome = _measure(
         redis.Redis.from_url(os.environ["SMOOTHING_REDIS_URL"]),
         burst=int(sys.argv[2]),
         broker=sys.argv[1],
         timeout_s=float(sys.argv[3]),
+        producers=int(sys.argv[4]),
     )
     print(json.dumps(asdict(outcome)))

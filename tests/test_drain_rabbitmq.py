@@ -87,3 +87,43 @@ def test_a_drainer_holds_a_bounded_number_of_amqp_connections_across_stop_and_st
     assert all(0 < count <= 2 for count in added), added
     queued = channel.queue_declare(queue_name, passive=True).method.message_count
     assert queued == ROUNDS * PER_ROUND
+
+
+def test_a_chunk_goes_to_rabbitmq_in_one_hand_over_and_each_message_keeps_its_result(
+    broker: RabbitmqBroker, queue_name: str
+) -> None:
+    from dramatiq.middleware import Middleware, MiddlewareError
+
+    from dramatiq_mollifier.drain.publisher import SharedPublisher, writers_for
+
+    class Refused(MiddlewareError):
+        pass
+
+    class RefuseSome(Middleware):
+        def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+            if message.args == (1,):
+                raise Refused("refused")
+
+    def ingest(n: int) -> None:
+        pass
+
+    actor = dramatiq.actor(ingest, broker=broker, queue_name=queue_name, max_retries=0)
+    broker.add_middleware(RefuseSome())
+    _, enqueue_many = writers_for(broker, connections=1)
+    assert enqueue_many is not None
+    publisher = enqueue_many.__self__  # type: ignore[attr-defined]
+    assert isinstance(publisher, SharedPublisher)
+    handed_over: list[int] = []
+    submit = publisher._executor.submit
+
+    def counted(fn: Any, *args: Any) -> Any:
+        handed_over.append(len(args[0]) if args and isinstance(args[0], list) else 1)
+        return submit(fn, *args)
+
+    publisher._executor.submit = counted  # type: ignore[method-assign]
+
+    results = enqueue_many([actor.message(n) for n in range(5)])
+
+    assert handed_over == [5], "one hand-over to the publisher thread for the chunk"
+    assert [type(r) for r in results] == [type(None), Refused, type(None), type(None), type(None)]
+    eventually(lambda: broker.get_queue_message_counts(queue_name)[0] == 4)

@@ -131,6 +131,7 @@ def test_a_worker_frees_the_slot_of_a_drained_message_it_starts(
     drained: dramatiq.Message[Any] = ingest.message()
     pace.bind(claim, [drained.message_id, "direct"])
     broker.enqueue(drained.copy(options=marker(STATE_DRAINED, drained.message_id)))
+    pace.landed([drained.message_id, "direct"])
     assert pace.in_use() == 2
 
     # When a worker starts it

@@ -25,8 +25,12 @@ def test_quiet_tenants_do_not_wait_behind_a_burst(disposable_redis: EmbeddedRedi
     # Everything was processed both times, and quiet messages were measured both times
     assert without.burst_processed == with_.burst_processed == 3_000
     assert len(without.quiet_waits_ms) >= 10 and len(with_.quiet_waits_ms) >= 10
-    # The burst waited in the buffer, not in the broker queue
-    assert with_.peak_buffer_depth > 1_000
+    # The burst waited in the buffer, not in the broker queue (how much of it the buffer held at
+    # once depends on how fast this machine lets the producer send: a share, not a count)
+    assert with_.peak_buffer_depth > 5 * with_.peak_broker_depth, (
+        with_.peak_buffer_depth,
+        with_.peak_broker_depth,
+    )
     assert with_.peak_broker_depth < without.peak_broker_depth / 3
     # And the quiet orgs' p99 wait fell to under a third of what it is without the mollifier
     assert with_.p99 < without.p99 / 3, (with_.p99, without.p99)

@@ -65,6 +65,40 @@ def test_worker_drainer_drains_onto_the_broker_until_stopped(
     assert buffer.depth() == 0
 
 
+def test_a_stopped_worker_drainer_closes_its_own_connections(
+    broker: StubBroker, disposable_redis: EmbeddedRedis
+) -> None:
+    declare_ingest(broker)
+    # One connection for everything outside the drainer (sends, pace, gauges, this test).
+    client = redis.Redis(
+        connection_pool=redis.BlockingConnectionPool.from_url(disposable_redis.url, max_connections=1)
+    )
+    buffer = MollifierBuffer(client, key_prefix="closes")
+    seed(buffer, 5)
+    settings = MollifierSettings(
+        enabled=True, key_prefix="closes", drain_poll_interval_ms=10, drain_target_wait_ms=0
+    )
+    worker_drainer = WorkerDrainer(settings=settings, buffer=buffer, telemetry=Telemetry())
+    # A server of its own: every connection but this client's one is the drainer's.
+    alone = len(client.client_list())
+    assert alone == 1
+    try:
+        worker_drainer.start(broker)
+        eventually(lambda: broker.queues["default"].qsize() == 5)
+        assert len(client.client_list()) > alone
+
+        assert worker_drainer.stop() is True
+        eventually(lambda: len(client.client_list()) == alone)
+
+        # A later start reconnects.
+        seed(buffer, 3)
+        worker_drainer.start(broker)
+        eventually(lambda: broker.queues["default"].qsize() == 8)
+    finally:
+        worker_drainer.stop()
+        client.close()
+
+
 def test_stopping_a_worker_drainer_that_never_started_returns_at_once(redis_client: redis.Redis) -> None:
     worker_drainer = WorkerDrainer(
         settings=MollifierSettings(), buffer=MollifierBuffer(redis_client), telemetry=Telemetry()

@@ -37,7 +37,7 @@ __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", 
 
 logger = logging.getLogger(__name__)
 
-#: The wait after a tick that stopped because the drain budget was used up, in milliseconds.
+#: The wait after a tick the drain budget stopped, in ms, for a drainer with no pace of its own.
 PACE_WAIT_MS = 5
 
 
@@ -231,7 +231,7 @@ class MollifierDrainer:
             if not self._collect(pool, tick, until=self.max_in_flight - wanted):
                 return False
             limit = min(remaining, self.max_in_flight - pool.in_flight)
-            claim = self._claim(tick, limit)
+            claim = self._claim(tick, limit, own=pool.in_flight)
             if claim is not None:
                 if claim.granted == 0:
                     # Once an org got part of a batch, it had its turn: the next org goes first.
@@ -275,21 +275,25 @@ class MollifierDrainer:
         finally:
             if done:
                 if self._pace is not None:
-                    # What never reached the broker (a failure, an audited dual_write copy) gives
-                    # its slot back at once.
-                    self._pace.give_back(
-                        [e.message_id for e, error in done if error is not None or e.mode == "dual_write"]
-                    )
+                    # Written messages now count against the budget; what never reached the
+                    # broker (a failure, an audited dual_write copy) gives its slot back at once.
+                    written: list[str] = []
+                    back: list[str] = []
+                    for entry, error in done:
+                        ok = error is None and entry.mode != "dual_write"
+                        (written if ok else back).append(entry.message_id)
+                    self._pace.landed(written, back)
                 drained, failed = self._settler.settle(done)
                 tick.drained += drained
                 tick.failed += failed
 
     # Pacing ---------------------------------------------------------------------------------
-    def _claim(self, tick: Tick, wanted: int) -> Claim | None:
-        """Slots of the drain budget for up to ``wanted`` entries; None when there is no pace."""
+    def _claim(self, tick: Tick, wanted: int, *, own: int) -> Claim | None:
+        """Slots of the drain budget for up to ``wanted`` entries, ``own`` of this drainer's
+        being on their way already; None when there is no pace."""
         if self._pace is None:
             return None
-        claim = self._pace.try_claim(wanted)
+        claim = self._pace.try_claim(wanted, own=own)
         if claim is None:
             tick.failed += 1
             return Claim(0, 0, "")
@@ -380,8 +384,9 @@ class MollifierDrainer:
             # Woken by a token, and there was work: wake the next idle drainer to join in.
             self._idle_wait.signal()
         if result.paced:
-            # The fleet's workers free slots as they start drained messages: look again soon.
-            self._sleep(PACE_WAIT_MS)
+            # The fleet's workers free slots as they start drained messages: look again once a
+            # part of the budget is free (a claim per part, not per message).
+            self._sleep(PACE_WAIT_MS if self._pace is None else self._pace.paced_wait_ms)
         elif result.drained == 0 and not may_block:
             self._sleep(self.poll_interval_ms)
         elif result.drained == 0:

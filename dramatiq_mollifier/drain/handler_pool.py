@@ -10,10 +10,12 @@ from collections.abc import Callable, Sequence
 from ..models import BufferEntry
 from .parallelism import AdaptiveParallelism
 
-__all__ = ["Completion", "DrainHandler", "HandlerPool", "NotStarted"]
+__all__ = ["BatchHandler", "Completion", "DrainHandler", "HandlerPool", "NotStarted"]
 
 #: Called once per popped entry; raising means the attempt failed.
 DrainHandler = Callable[[BufferEntry], None]
+#: A handler's optional ``many``: handles a chunk at once, one result per entry (None: success).
+BatchHandler = Callable[[Sequence[BufferEntry]], list[BaseException | None]]
 
 #: What a pool thread hands back: the entry and the handler's exception (None on success).
 Completion = tuple[BufferEntry, BaseException | None]
@@ -31,6 +33,9 @@ class HandlerPool:
     are done, not once per entry. Every hand-over between threads is a switch of the GIL, which
     on a small machine costs about as much as a fast handler.
 
+    A handler with a ``many`` attribute (:class:`~.handler.BrokerDrainHandler`) gets each chunk
+    in one call, so it can write the chunk to the broker in one round trip.
+
     :meth:`stop_starting` makes the threads skip what is left of their chunks: those entries come
     back as :class:`NotStarted`. Once abandoned (``stop`` ran out of time), a handler that
     finishes later settles its own entry, so it is still acked instead of waiting for its lease
@@ -46,6 +51,7 @@ class HandlerPool:
         self._handler_cpu_s = 0.0
         self.parallelism = AdaptiveParallelism(size, cpu_clock=self.handler_cpu_s)
         self._handler = handler
+        self._many: BatchHandler | None = getattr(handler, "many", None)
         self._settle = settle
         self._work: queue.SimpleQueue[Sequence[BufferEntry] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -74,6 +80,9 @@ class HandlerPool:
 
     def _run(self) -> None:
         while (chunk := self._work.get()) is not None:
+            if self._many is not None:
+                self._hand_back(chunk, self._run_many(chunk))
+                continue
             for entry in chunk:
                 error: BaseException | None = None
                 cpu_s = 0.0
@@ -86,14 +95,32 @@ class HandlerPool:
                     cpu_s = time.thread_time() - started_cpu_s
                 else:
                     error = NotStarted()
-                with self._lock:
-                    self._handler_cpu_s += cpu_s
-                    if not self.abandoned:
-                        self._done.append((entry, error))
-                        if len(self._done) >= self._wanted:
-                            self._enough_done.notify()
-                        continue
-                self._settle((entry, error))
+                self._hand_back([entry], [error], cpu_s)
+
+    def _run_many(self, chunk: Sequence[BufferEntry]) -> list[BaseException | None]:
+        if not self._starting or self._many is None:
+            return [NotStarted() for _ in chunk]
+        started_cpu_s = time.thread_time()
+        try:
+            errors = self._many(chunk)
+        except BaseException as exc:
+            errors = [exc] * len(chunk)
+        with self._lock:
+            self._handler_cpu_s += time.thread_time() - started_cpu_s
+        return errors
+
+    def _hand_back(
+        self, entries: Sequence[BufferEntry], errors: Sequence[BaseException | None], cpu_s: float = 0.0
+    ) -> None:
+        with self._lock:
+            self._handler_cpu_s += cpu_s
+            if not self.abandoned:
+                self._done.extend(zip(entries, errors, strict=True))
+                if len(self._done) >= self._wanted:
+                    self._enough_done.notify()
+                return
+        for completion in zip(entries, errors, strict=True):
+            self._settle(completion)
 
     def handler_cpu_s(self) -> float:
         """CPU time the handlers have used so far, in seconds (each thread's ``thread_time``)."""

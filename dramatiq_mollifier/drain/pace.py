@@ -3,7 +3,7 @@
 Dramatiq queues are FIFO, so whatever the drainer puts on the broker, every message sent after
 it waits behind. Draining as fast as possible rebuilds the burst inside the broker queue, and a
 quiet tenant's message waits as long as if nothing had been buffered. The pace keeps the burst in
-the buffer instead: at most ``max_outstanding`` drained messages may be in the broker and not yet
+the buffer instead: at most a budget of drained messages may be in the broker and not yet
 started by a worker, counted in Redis for every drainer of the fleet. A worker's
 :class:`~dramatiq_mollifier.Mollifier` gives a slot back as soon as it starts a drained message,
 so the drainer refills exactly as fast as the fleet consumes, and a quiet message waits behind
@@ -17,10 +17,19 @@ the burst); a count sized in time is right for both. The consumer side also want
 empty: a Dramatiq consumer that finds its queue empty backs off (exponentially, up to its
 timeout) before it looks again.
 
-Each slot is a member of one sorted set, scored with a deadline: a message that never starts (it
-was lost from the broker, its queue purged) frees its slot when the deadline passes, so a leak
-heals by itself. An optional ``rate_per_s`` caps the fleet's drain rate as well, for users who
-protect a database behind the actors rather than the broker.
+Messages in the broker count against the budget; slots claimed for messages still on their way
+(popped, in a drainer's handlers) are held apart until the drainer reports the batch written
+(:meth:`DrainPace.landed`). A drainer counts its own on-the-way slots against the budget, not the
+other drainers': counting every drainer's left the broker queue empty whenever the drainers'
+handlers held most of a small budget (two drainers, two refills each), and counting none let one
+drainer claim the budget twice over before its first writes landed. All on-the-way slots together
+are bounded by a second budget's worth, so the broker holds at most the budget plus what the
+other drainers are writing at that moment.
+
+Each slot is a member of a sorted set, scored with a deadline: a message that never starts (it
+was lost from the broker, its queue purged, its drainer died) frees its slot when the deadline
+passes, so a leak heals by itself. An optional ``rate_per_s`` caps the fleet's drain rate as well,
+for users who protect a database behind the actors rather than the broker.
 """
 
 from __future__ import annotations
@@ -59,14 +68,19 @@ DEFAULT_MAX_OUTSTANDING: int = default_of("drain_max_outstanding")
 #: consumption rate times this.
 DEFAULT_TARGET_WAIT_MS: int = default_of("drain_target_wait_ms")
 #: The budget's floor (or the ceiling, if lower), added to the rate-sized part: slots for the
-#: messages on their way (popped, in a drainer's handlers) and those a consumer has prefetched,
-#: which a quiet message does not wait behind for long; all of the budget while the consumption
-#: rate is unknown, at the start of a burst or after the workers stalled.
+#: messages consumers have prefetched, which a quiet message does not wait behind for long; all
+#: of the budget while the consumption rate is unknown, at the start of a burst or after the
+#: workers stalled.
 MIN_OUTSTANDING = 20
 #: The window over which the fleet's consumption rate is measured, in ms.
 RATE_WINDOW_MS = 100
 #: How long a drained message may sit in the broker unstarted before its slot is freed anyway.
 DEFAULT_OUTSTANDING_TTL_MS: int = default_of("drain_outstanding_ttl_ms")
+#: An adaptive budget holds about ``target_wait_ms`` of the fleet's work, so this share of the
+#: target wait frees about this share of the budget: a paced drainer waits that long before it
+#: claims again.
+PACED_WAIT_SHARE = 4
+
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
 RELEASE_COOL_DOWN_MS = 1_000
@@ -81,10 +95,13 @@ class Claim(NamedTuple):
     """Slots granted by :meth:`DrainPace.claim`, held as placeholders until bound."""
 
     granted: int
+    #: Drained messages in the broker, not yet started, before this claim.
     in_use: int
     prefix: str
     #: The budget the claim was held to (the adaptive one, or the ceiling).
     budget: int = 0
+    #: Slots on their way to the broker (claimed, popped, not yet reported written).
+    on_the_way: int = 0
 
 
 class DrainPace:
@@ -130,20 +147,35 @@ class DrainPace:
         self.min_outstanding = min(MIN_OUTSTANDING, max_outstanding)
         keys = KeySpace(key_prefix, groups=slot_groups_for(slot_groups, client))
         self._outstanding = keys.outstanding
+        # Same hash tag as the outstanding key, if it has one: the scripts touch both.
+        self._on_the_way = f"{keys.outstanding}:on-the-way"
         self._rate = keys.drain_rate
         self._consumed = keys.drain_consumed
         self._claim = _script(client, "claim")
         self._bind = _script(client, "bind")
         self._free = _script(client, "free")
+        self._landed = _script(client, "landed")
         self._token = f"~{uuid.uuid4().hex}:"
         self._claims = itertools.count(1)
         self._release_paused_until = 0.0
 
-    def claim(self, wanted: int) -> Claim:
-        """Take up to ``wanted`` slots (fewer when the budget or the rate says so)."""
+    @property
+    def paced_wait_ms(self) -> int:
+        """How long a drainer the budget stopped waits before it claims again, in ms: a quarter
+        of ``target_wait_ms``, so about a quarter of the budget is free by then and the broker
+        still holds three quarters (each claim then moves a refill, not a message or two, and an
+        idle fleet of drainers does not poll the budget every few milliseconds); 5 ms for a
+        fixed budget."""
+        if self.target_wait_ms == 0:
+            return 5
+        return max(5, self.target_wait_ms // PACED_WAIT_SHARE)
+
+    def claim(self, wanted: int, *, own: int = 0) -> Claim:
+        """Take up to ``wanted`` slots (fewer when the budget or the rate says so); ``own``: the
+        caller's slots on their way to the broker, which it counts against the budget."""
         prefix = f"{self._token}{next(self._claims)}:"
-        granted, in_use, budget = self._claim(
-            keys=(self._outstanding, self._rate, self._consumed),
+        granted, in_use, budget, on_the_way = self._claim(
+            keys=(self._outstanding, self._rate, self._consumed, self._on_the_way),
             args=(
                 wanted,
                 self.max_outstanding,
@@ -153,14 +185,15 @@ class DrainPace:
                 self.target_wait_ms,
                 self.min_outstanding,
                 RATE_WINDOW_MS,
+                own,
             ),
         )
-        return Claim(int(granted), int(in_use), prefix, int(budget))
+        return Claim(int(granted), int(in_use), prefix, int(budget), int(on_the_way))
 
-    def try_claim(self, wanted: int) -> Claim | None:
+    def try_claim(self, wanted: int, *, own: int = 0) -> Claim | None:
         """:meth:`claim`, or None when Redis fails (logged): the drainer pops nothing this time."""
         try:
-            return self.claim(wanted)
+            return self.claim(wanted, own=own)
         except Exception:
             logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
             return None
@@ -178,9 +211,31 @@ class DrainPace:
         if claim.granted == 0 and not message_ids:
             return
         self._bind(
-            keys=(self._outstanding,),
+            keys=(self._on_the_way,),
             args=(claim.prefix, claim.granted, self.outstanding_ttl_ms, *message_ids),
         )
+
+    def landed(self, written: Sequence[str], given_back: Sequence[str] = ()) -> None:
+        """Report a batch of broker writes: ``written`` ids now count against the budget,
+        ``given_back`` ones (never reached the broker) free their slots. Never raises, as
+        :meth:`release`: unreported slots free themselves by their deadline.
+        """
+        if not written and not given_back:
+            return
+        try:
+            self._landed(
+                keys=(self._outstanding, self._on_the_way),
+                args=(self.outstanding_ttl_ms, len(written), *written, *given_back),
+            )
+        except Exception as exc:  # not only RedisError: a socket closed under us raises OSError
+            logger.warning(
+                "mollifier.pace could not report %d drained message(s) written; their slots free "
+                "themselves within %d ms. %s: %s",
+                len(written) + len(given_back),
+                self.outstanding_ttl_ms,
+                type(exc).__name__,
+                exc,
+            )
 
     def release(self, message_ids: Sequence[str]) -> None:
         """Give back the slots of messages workers started, counting them in the consumption rate.
@@ -201,9 +256,15 @@ class DrainPace:
             return
         try:
             if started:
-                self._free(keys=(self._outstanding, self._consumed), args=(RATE_WINDOW_MS, *message_ids))
+                self._free(
+                    keys=(self._outstanding, self._consumed, self._on_the_way),
+                    args=(RATE_WINDOW_MS, *message_ids),
+                )
             else:
-                self.client.zrem(self._outstanding, *message_ids)
+                self._landed(
+                    keys=(self._outstanding, self._on_the_way),
+                    args=(self.outstanding_ttl_ms, 0, *message_ids),
+                )
         except Exception as exc:  # not only RedisError: a socket closed under us raises OSError
             self._release_paused_until = time.monotonic() + RELEASE_COOL_DOWN_MS / 1000
             logger.warning(
@@ -216,8 +277,12 @@ class DrainPace:
             )
 
     def in_use(self) -> int:
-        """Slots taken now (expired ones included until the next claim prunes them)."""
-        return int(self.client.zcard(self._outstanding))
+        """Slots taken now, in the broker or on their way (expired ones included until the next
+        claim prunes them)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcard(self._outstanding)
+        pipe.zcard(self._on_the_way)
+        return sum(int(n) for n in pipe.execute())
 
 
 def pace_for(settings: MollifierSettings, client: redis.Redis) -> DrainPace | None:

@@ -12,15 +12,16 @@ handler threads it runs and however often it is restarted. Brokers with a shared
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dramatiq
 
 from ..settings import default_of
+from .batch_enqueue import EnqueueMany, pipelined_enqueue_for
 
-__all__ = ["DEFAULT_BROKER_CONNECTIONS", "SharedPublisher", "enqueue_for"]
+__all__ = ["DEFAULT_BROKER_CONNECTIONS", "SharedPublisher", "enqueue_for", "writers_for"]
 
 #: Broker connections a drainer's handlers share on a per-thread-connection broker.
 DEFAULT_BROKER_CONNECTIONS: int = default_of("drain_broker_connections")
@@ -49,6 +50,24 @@ class SharedPublisher:
         """Enqueue on one of the publisher's threads; raises what the broker raised."""
         return self._executor.submit(self._broker.enqueue, message).result()
 
+    def enqueue_many(self, messages: Sequence[dramatiq.Message[Any]]) -> list[BaseException | None]:
+        """Enqueue ``messages`` one after another on one of the publisher's threads: one hand-over
+        between threads for the chunk instead of one per message. One result per message: None
+        when it was enqueued, else what the broker raised for it.
+        """
+        return self._executor.submit(self._publish_all, messages).result()
+
+    def _publish_all(self, messages: Sequence[dramatiq.Message[Any]]) -> list[BaseException | None]:
+        results: list[BaseException | None] = []
+        for message in messages:
+            try:
+                self._broker.enqueue(message)
+            except Exception as exc:
+                results.append(exc)
+            else:
+                results.append(None)
+        return results
+
 
 def per_thread_connections(broker: dramatiq.Broker) -> bool:
     """Whether ``broker`` opens a connection per thread that enqueues (RabbitMQ)."""
@@ -66,3 +85,17 @@ def enqueue_for(broker: dramatiq.Broker, *, connections: int = DEFAULT_BROKER_CO
     if per_thread_connections(broker):
         return SharedPublisher(broker, connections=connections).enqueue
     return broker.enqueue
+
+
+def writers_for(
+    broker: dramatiq.Broker, *, connections: int = DEFAULT_BROKER_CONNECTIONS
+) -> tuple[Enqueue, EnqueueMany | None]:
+    """What drain handlers should call to put one message, and a chunk of messages, on
+    ``broker``: a :class:`SharedPublisher`'s for a per-thread-connection broker (a chunk in one
+    hand-over to a publisher thread), a pipelined write for a ``RedisBroker`` (a chunk in one
+    round trip, see :mod:`.batch_enqueue`), else the broker's own ``enqueue`` and no chunk writer.
+    """
+    if per_thread_connections(broker):
+        publisher = SharedPublisher(broker, connections=connections)
+        return publisher.enqueue, publisher.enqueue_many
+    return broker.enqueue, pipelined_enqueue_for(broker)

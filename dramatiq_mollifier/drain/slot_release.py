@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 __all__ = ["FLUSH_INTERVAL_MS", "SlotReleaser"]
 
 #: How long started messages' ids gather before one call frees their slots, in milliseconds.
-FLUSH_INTERVAL_MS = 2
+FLUSH_INTERVAL_MS = 10
 
 
 class SlotReleaser:

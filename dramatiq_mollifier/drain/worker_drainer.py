@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 
 import dramatiq
+import redis
 
 from ..buffer import MollifierBuffer
 from ..buffer.health import layout_problem
@@ -28,7 +29,7 @@ from .gauges import FleetGauges
 from .handler import make_drain_handler
 from .hooks import DrainHooks
 from .pace import pace_for
-from .publisher import enqueue_for
+from .publisher import writers_for
 
 __all__ = ["WorkerDrainer"]
 
@@ -59,6 +60,7 @@ class WorkerDrainer:
         self.telemetry = telemetry
         self.rules = rules or RulesView(lambda: read_rules(buffer.client, buffer.keys))
         self._drainer: MollifierDrainer | None = None
+        self._client: redis.Redis | None = None
 
     @property
     def drainer(self) -> MollifierDrainer | None:
@@ -75,15 +77,19 @@ class WorkerDrainer:
         if self._drainer is None:
             # Connections of its own: timeouts for large replies and idle blocks, no retries.
             client = drain_client(self.buffer.client, socket_timeout_ms=settings.drain_socket_timeout_ms)
+            self._client = client
             drain_buffer = MollifierBuffer(client, **settings.buffer_options)
             cancelled = CancelCheck(client, drain_buffer.keys)
+            # RabbitMQ: a few connections shared by every handler thread, kept across restarts,
+            # a chunk per hand-over; RedisBroker: a chunk's messages in one round trip.
+            enqueue, enqueue_many = writers_for(broker, connections=settings.drain_broker_connections)
             self._drainer = MollifierDrainer(
                 drain_buffer,
                 make_drain_handler(
                     broker,
                     mode=settings.mode,
-                    # RabbitMQ: a few connections shared by every handler thread, kept across restarts.
-                    enqueue=enqueue_for(broker, connections=settings.drain_broker_connections),
+                    enqueue=enqueue,
+                    enqueue_many=enqueue_many,
                     is_cancelled=cancelled,
                 ),
                 concurrency=settings.drain_concurrency,
@@ -139,6 +145,10 @@ class WorkerDrainer:
         timeout_ms = self.settings.drain_shutdown_timeout_ms
         stopped = self._drainer.stop(timeout_ms)
         if stopped:
+            if self._client is not None:
+                # The drainer's own connections: closed now rather than by the garbage collector
+                # (a later start reconnects on first use).
+                self._client.connection_pool.disconnect()
             logger.info("mollifier.drainer stopped")
         else:
             logger.warning(

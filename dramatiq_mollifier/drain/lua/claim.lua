@@ -2,34 +2,44 @@
 --
 -- The budget caps drained messages that are in the broker and not yet started by a worker
 -- (their ids are members of KEYS[1]); a worker's Mollifier removes an id when it starts the
--- message. A member whose deadline has passed is dropped (a message lost from the broker, a
--- purged queue), so a leak heals within ARGV[4] ms. Placeholders are bound to message ids by
--- bind.lua once the caller knows which entries it popped, so two drainers can never both take
--- the last slot.
+-- message. Slots on their way to the broker (claimed, popped, in a drainer's handlers) are held in
+-- KEYS[4] until the drainer reports them written (landed.lua). The caller counts its own (ARGV[9])
+-- against the budget, not the other drainers': a quiet message does not wait behind messages
+-- not yet written, and counting every drainer's left the broker queue empty while two drainers'
+-- handlers held most of a small budget. All of them together count against twice the budget,
+-- so what the fleet's drainers hold at once stays bounded however many they are. A member whose deadline has passed is dropped (a message lost from the
+-- broker, a purged queue, a drainer that died), so a leak heals within ARGV[4] ms. Placeholders
+-- are bound to message ids by bind.lua once the caller knows which entries it popped, so two
+-- drainers can never both take the last slot.
 --
--- KEYS[1]  outstanding drained messages (sorted set: member = message id or placeholder,
---          score = deadline in ms)
+-- KEYS[1]  drained messages in the broker (sorted set: member = message id, score = deadline ms)
 -- KEYS[2]  the drain-rate bucket (hash: tokens, at_ms); only read when ARGV[5] > 0
 -- KEYS[3]  the fleet's consumption rate (see free.lua); only read when ARGV[6] > 0
+-- KEYS[4]  slots on their way to the broker (sorted set: placeholders and bound ids, score =
+--          deadline ms)
 -- ARGV[1]  slots wanted
--- ARGV[2]  the most members of KEYS[1] (the budget's ceiling)
+-- ARGV[2]  the budget's ceiling
 -- ARGV[3]  the placeholder prefix of the caller (unique per drainer)
 -- ARGV[4]  how long a member lives, in ms
 -- ARGV[5]  the fleet-wide rate cap in messages per second; 0 for none
 -- ARGV[6]  the target wait in ms: the budget is ARGV[7] plus the consumption rate times it, at
 --          most ARGV[2]; 0 makes the budget ARGV[2]
--- ARGV[7]  the budget's floor: slots for what is on its way (in drainers' hands, prefetched)
+-- ARGV[7]  the budget's floor: slots for what consumers have prefetched
 -- ARGV[8]  the consumption rate's window, in ms (see free.lua)
--- Returns {granted, in_use, budget}: the slots granted (placeholders ARGV[3] .. 1..granted), how
--- many members KEYS[1] held before this claim, and the budget this claim was held to.
+-- ARGV[9]  the caller's own slots on their way to the broker
+-- Returns {granted, in_broker, budget, on_the_way}: the slots granted (placeholders ARGV[3] ..
+-- 1..granted), the members of KEYS[1] and KEYS[4] before this claim, and the budget this claim
+-- was held to.
 
-local outstanding, bucket, consumed = KEYS[1], KEYS[2], KEYS[3]
+local outstanding, bucket, consumed, on_the_way = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local wanted, budget, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local ttl_ms, rate = tonumber(ARGV[4]), tonumber(ARGV[5])
 local target_ms, floor, window_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local own = tonumber(ARGV[9]) or 0
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', outstanding, '-inf', now)
+redis.call('ZREMRANGEBYSCORE', on_the_way, '-inf', now)
 if target_ms > 0 then
   local state = redis.call('HMGET', consumed, 'n', 'at_ms', 'rate')
   local consumption = tonumber(state[3]) or 0
@@ -40,8 +50,9 @@ if target_ms > 0 then
   end
   budget = math.min(budget, floor + math.ceil(consumption * target_ms / 1000))
 end
-local in_use = redis.call('ZCARD', outstanding)
-local granted = math.min(wanted, budget - in_use)
+local in_broker = redis.call('ZCARD', outstanding)
+local moving = redis.call('ZCARD', on_the_way)
+local granted = math.min(wanted, budget - in_broker - own, 2 * budget - in_broker - moving)
 if rate > 0 and granted > 0 then
   -- A token bucket holding at most one second of the rate.
   local state = redis.call('HMGET', bucket, 'tokens', 'at_ms')
@@ -53,7 +64,7 @@ if rate > 0 and granted > 0 then
   redis.call('PEXPIRE', bucket, 60000)
 end
 if granted <= 0 then
-  return {0, in_use, budget}
+  return {0, in_broker, budget, moving}
 end
 local deadline = now + ttl_ms
 local args = {}
@@ -61,5 +72,5 @@ for i = 1, granted do
   args[#args + 1] = deadline
   args[#args + 1] = prefix .. i
 end
-redis.call('ZADD', outstanding, unpack(args))
-return {granted, in_use, budget}
+redis.call('ZADD', on_the_way, unpack(args))
+return {granted, in_broker, budget, moving}

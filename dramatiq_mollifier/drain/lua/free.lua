@@ -5,14 +5,16 @@
 -- per second) blended with the previous one. Only slots that were still held count: a message
 -- started twice (redelivered) is counted once.
 --
--- KEYS[1]  outstanding drained messages (see claim.lua)
+-- KEYS[1]  drained messages in the broker (see claim.lua)
 -- KEYS[2]  the consumption rate (hash: n = starts in the open window, at_ms = its start,
 --          rate = starts per second over the last closed windows, 0 for none yet)
+-- KEYS[3]  slots on their way to the broker (see claim.lua): a worker may start a message before
+--          its drainer reported it written
 -- ARGV[1]  the rate window, in ms
 -- ARGV[2..] the message ids
 -- Returns the number of slots freed.
 
-local outstanding, consumed = KEYS[1], KEYS[2]
+local outstanding, consumed, on_the_way = KEYS[1], KEYS[2], KEYS[3]
 local window_ms = tonumber(ARGV[1])
 local ids = {}
 for i = 2, #ARGV do
@@ -21,7 +23,7 @@ end
 if #ids == 0 then
   return 0
 end
-local freed = redis.call('ZREM', outstanding, unpack(ids))
+local freed = redis.call('ZREM', outstanding, unpack(ids)) + redis.call('ZREM', on_the_way, unpack(ids))
 if freed == 0 then
   return 0
 end
