@@ -277,12 +277,8 @@ class MollifierDrainer:
                 if self._pace is not None:
                     # Written messages now count against the budget; what never reached the
                     # broker (a failure, an audited dual_write copy) gives its slot back at once.
-                    written: list[str] = []
-                    back: list[str] = []
-                    for entry, error in done:
-                        ok = error is None and entry.mode != "dual_write"
-                        (written if ok else back).append(entry.message_id)
-                    self._pace.landed(written, back)
+                    lands = [(e.message_id, error is None and e.mode != "dual_write") for e, error in done]
+                    self._pace.landed([i for i, ok in lands if ok], [i for i, ok in lands if not ok])
                 drained, failed = self._settler.settle(done)
                 tick.drained += drained
                 tick.failed += failed
