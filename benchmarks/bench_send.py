@@ -229,22 +229,25 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repetitions} pairs (plain batch + case batch) per case ({took:.1f} s), "
         f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}"
     )
-    # "vs plain": the median over pairs of the case's sends/s over its paired plain batch's;
-    # "all": summed over every pair. "CPU vs plain": the same for sends per CPU second of this
-    # process, the client's own cost, which other work on the machine disturbs far less.
+    # "vs plain": the median over pairs of the case's sends/s over its paired plain batch's (and
+    # the quartiles of those pair ratios: the noise); "all": summed over every pair. "CPU vs
+    # plain": the same for sends per CPU second of this process, the client's own cost, which
+    # other work on the machine disturbs less.
     print(
-        f"{'case':<14}{'median/s':>10}{'plain/s':>10}{'vs plain':>10}{'all':>8}"
+        f"{'case':<14}{'median/s':>10}{'plain/s':>10}{'vs plain':>10}{'pairs p25-p75':>15}{'all':>8}"
         f"{'CPU us/send':>13}{'CPU vs plain':>14}  target"
     )
     plain_rates = [rate for case in others for rate in case.plain_rates]
     plain_cpu = [cpu for case in others for cpu in case.plain_cpu]
     print(
-        f"{plain.name:<14}{statistics.median(plain_rates):>10,.0f}{'':>10}{1:>10.1%}{1:>8.1%}"
+        f"{plain.name:<14}{statistics.median(plain_rates):>10,.0f}{'':>10}{1:>10.1%}{'':>15}{1:>8.1%}"
         f"{statistics.median(plain_cpu) * 1e6:>13.0f}{1:>14.1%}"
     )
     failed = False
     for case in others:
-        ratio = statistics.median(r / p for r, p in zip(case.rates, case.plain_rates, strict=True))
+        ratios = [r / p for r, p in zip(case.rates, case.plain_rates, strict=True)]
+        ratio = statistics.median(ratios)
+        low, _, high = statistics.quantiles(ratios, n=4)
         # Equal batches: the plain batches' total time over the case's, every send counted.
         overall = sum(1 / p for p in case.plain_rates) / sum(1 / r for r in case.rates)
         cpu_ratio = statistics.median(p / c for c, p in zip(case.cpu, case.plain_cpu, strict=True))
@@ -255,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             verdict = f">= {case.target:.0%}  {'ok' if ok else 'MISSED'}"
         print(
             f"{case.name:<14}{statistics.median(case.rates):>10,.0f}"
-            f"{statistics.median(case.plain_rates):>10,.0f}{ratio:>10.1%}{overall:>8.1%}"
+            f"{statistics.median(case.plain_rates):>10,.0f}{ratio:>10.1%}"
+            f"{f'{low:.0%}-{high:.0%}':>15}{overall:>8.1%}"
             f"{statistics.median(case.cpu) * 1e6:>13.0f}{cpu_ratio:>14.1%}  {verdict}"
         )
     for line in costs:
