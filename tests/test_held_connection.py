@@ -147,3 +147,27 @@ def test_a_forked_child_never_uses_the_parents_connection(make_redis_client: Mak
     assert child_id not in (0, parent_id)
     # The parent's connection still works: the child did not close or reuse it
     assert client_id(client) == parent_id
+
+
+def test_a_large_pool_is_held_by_at_most_max_held_threads(
+    make_redis_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(held, "MAX_HELD", 1)
+    client = make_redis_client(max_connections=2**31)
+    pool = client.connection_pool
+    started, release = threading.Barrier(4), threading.Event()
+
+    def sender() -> None:
+        client_id(client)
+        started.wait()
+        release.wait()
+
+    threads = [threading.Thread(target=sender) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+
+    assert held.held_count(pool) == 1
+    release.set()
+    for thread in threads:
+        thread.join()

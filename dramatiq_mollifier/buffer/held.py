@@ -13,11 +13,11 @@ to the pool:
 - never in a forked child: a connection held by the parent is forgotten there (the child's
   pool was reset at the fork, see ``store.py``).
 
-At most a quarter of the pool's ``max_connections`` are held at a time, so threads holding
-connections never starve the pool's other users (the drainer, the rules refresh); a thread
-beyond that, and any :class:`~redis.BlockingConnectionPool` (whose users wait for a connection),
-checks out per call as before. A re-entrant call (the held connection is busy in this thread)
-checks out per call too.
+At most a quarter of the pool's ``max_connections`` (and at most :data:`MAX_HELD`) are held at a
+time, so threads holding connections never starve the pool's other users (the drainer, the
+rules refresh) nor open a connection per thread of a large thread pool. A thread beyond that,
+any :class:`~redis.BlockingConnectionPool` (whose users wait for a connection) and a re-entrant
+call (the held connection is busy in this thread) check out per call as before.
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ from typing import Any
 
 import redis
 
-__all__ = ["MAX_HELD_SHARE", "give_back", "held_count", "take"]
+__all__ = ["MAX_HELD", "MAX_HELD_SHARE", "give_back", "held_count", "take"]
 
 #: The share of a pool's ``max_connections`` that threads may hold at once: a quarter.
 MAX_HELD_SHARE = 4
+#: The most connections of one pool that threads hold at once, whatever its size.
+MAX_HELD = 64
 
 
 class _Held:
@@ -94,7 +96,9 @@ def _state_of(pool: Any) -> _PoolState | None:
         pass
     with _states_lock:
         if pool not in _states:
-            limit = int(pool.max_connections) // MAX_HELD_SHARE if type(pool) is redis.ConnectionPool else 0
+            limit = 0
+            if type(pool) is redis.ConnectionPool:
+                limit = min(int(pool.max_connections) // MAX_HELD_SHARE, MAX_HELD)
             _states[pool] = _PoolState(limit) if limit > 0 else None
         return _states[pool]
 
