@@ -11,12 +11,13 @@ Method (interleaved pairs): every repetition runs, for each case, a pair: 200 pl
 alternating too; the cases take turns in rotating order. Each side's time is the sum of its own
 turns, so both sides of a pair meet the same moments of the machine: a noisy neighbour's burst,
 a slow drift, the server's state. Background work is charged to the case that causes it: the
-local evaluator's fold thread's CPU over the pair is added to the case's time (its folds land
-in either side's turns; the case pays for them on top), and the case's last counts are folded
-at the end of its last turn, timed. The ratio reported is the median over the pairs, with the
-quartiles of the pair ratios (the noise); "all" is the plain sends' total time over the
-case's. The mollifiers' rules refresh (each enabled one re-reads the operator's rules twice a
-second, one round trip) runs through every turn, plain ones included.
+local evaluator's fold thread folds every ``trip_fold_interval_ms`` whoever's turn it is, so
+its CPU over the case's share of the pair's time (what the case would pay sending on its own)
+is added to the case's time, on top of the pauses its folds cause in the case's own turns; and
+the case's last counts are folded at the end of its last turn, timed. The ratio reported is the
+median over the pairs, with the quartiles of the pair ratios (the noise); "all" is the plain
+sends' total time over the case's. The mollifiers' rules refresh (each enabled one re-reads the
+operator's rules twice a second, one round trip) runs through every turn, plain ones included.
 
 On a noisy machine the ratio still moves by a point or two from run to run. The client's CPU per
 send (the sending thread's, plus the case's fold thread's) is printed beside it;
@@ -143,7 +144,8 @@ def measure_pair(plain: Case, case: Case, sends: int, chunk: int, plain_first: b
     that goes first alternating too), recorded as a pair.
 
     Each side's time and CPU (this thread's) are its own chunks'; the case's fold thread's CPU over
-    the pair is added to the case's time and CPU, and its last counts are folded at its end, timed.
+    the case's share of the pair is added to the case's time and CPU, and its last counts are
+    folded at its end, timed.
     """
     plain.reset()
     case.reset()
@@ -164,7 +166,11 @@ def measure_pair(plain: Case, case: Case, sends: int, chunk: int, plain_first: b
             elapsed[side.name] += clock() - started
             cpu[side.name] += cpu_clock() - cpu_started
         sides = sides[::-1]
-    folding = background_cpu(case) - folded_before
+    # The fold thread folds every trip_fold_interval_ms while counts wait, whoever's turn it is:
+    # over the pair it did the folds of the case's turns and of the plain turns between them.
+    # Sending on its own, the case would pay the folds of its own time: its share of the pair's.
+    share = elapsed[case.name] / (elapsed[case.name] + elapsed[plain.name])
+    folding = (background_cpu(case) - folded_before) * share
     case.rates.append(sends / (elapsed[case.name] + folding))
     case.cpu.append((cpu[case.name] + folding) / sends)
     case.plain_rates.append(sends / elapsed[plain.name])
