@@ -262,3 +262,57 @@ def test_the_rules_view_refreshes_in_the_background_and_stops_with_its_owner(buf
     gc.collect()
     thread.join(2)
     assert not thread.is_alive()
+
+
+def test_a_forked_child_reads_the_rules_with_a_thread_of_its_own(buffer: MollifierBuffer) -> None:
+    import os
+    import threading
+
+    from dramatiq_mollifier.buffer.rules import RulesView
+
+    from .mollifier_helpers import eventually
+
+    view = RulesView(lambda: read_rules(buffer.client, buffer.keys), refresh_ms=20)
+    view.current()  # the parent's refresh thread
+    read, write = os.pipe()
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 2
+        try:
+            os.close(read)
+            # The fork hook made the child's first read start its own thread, which sees a pause
+            view.current()
+            threads = [t for t in threading.enumerate() if t.name == "mollifier-rules-refresh"]
+            buffer.controls.pause("child-org")
+            eventually(lambda: view.current().org_paused("child-org"), 5, "the pause in the child")
+            os.write(write, b"%d" % len(threads))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    threads_in_child = int(os.read(read, 16) or b"0")
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert threads_in_child == 1
+
+
+def test_a_fork_no_hook_saw_is_noticed_within_the_pid_check_interval(buffer: MollifierBuffer) -> None:
+    import threading
+    import time
+
+    from dramatiq_mollifier.buffer.rules import PID_CHECK_MS, RulesView
+
+    view = RulesView(lambda: read_rules(buffer.client, buffer.keys), refresh_ms=20)
+    view.current()
+    # As after a C-level fork that ran no Python fork hook: the view's process id is not ours
+    view._pid = -1
+    before = {t for t in threading.enumerate() if t.name == "mollifier-rules-refresh"}
+    deadline = time.monotonic() + PID_CHECK_MS / 1000 + 0.5
+    started: set[threading.Thread] = set()
+    while not started and time.monotonic() < deadline:
+        view.current()
+        started = {t for t in threading.enumerate() if t.name == "mollifier-rules-refresh"} - before
+    assert started, "the view never noticed it was in another process"
+    view.close()

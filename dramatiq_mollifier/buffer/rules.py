@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_WEIGHT",
     "RULES_REFRESH_MS",
     "NO_RULES",
+    "PID_CHECK_MS",
     "RulesView",
     "TenantRules",
     "org_field",
@@ -39,6 +41,9 @@ logger = logging.getLogger(__name__)
 #: How often every process re-reads the rules, in milliseconds: a pause is live within about this
 #: plus one round trip.
 RULES_REFRESH_MS = 500
+#: How often a read of the view checks whether the process forked (and needs a refresh thread of
+#: its own), in milliseconds, when no fork hook told it.
+PID_CHECK_MS = 50
 #: The drain weight of an org without an override.
 DEFAULT_WEIGHT = 1
 #: The largest weight accepted: an org with it is served this many times per round.
@@ -180,13 +185,21 @@ class RulesView:
         self._on_error = on_error
         self._rules = NO_RULES
         self._pid: int | None = None
+        self._check_pid_at = float("-inf")
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        _views.add(self)
 
     def current(self) -> TenantRules:
         """The last snapshot read (the empty one until the first read finished)."""
-        if self._pid != os.getpid():
-            self._start()
+        # Every send reads this: the process id (a system call) is checked at most every
+        # PID_CHECK_MS. A fork CPython runs its hooks for is seen at the child's first call; a
+        # C-level fork (uwsgi without py-call-osafterfork) within PID_CHECK_MS at worst.
+        now = time.monotonic()
+        if now >= self._check_pid_at:
+            self._check_pid_at = now + PID_CHECK_MS / 1000
+            if self._pid != os.getpid():
+                self._start()
         return self._rules
 
     def refresh(self) -> TenantRules:
@@ -217,6 +230,19 @@ class RulesView:
                 name="mollifier-rules-refresh",
                 daemon=True,
             ).start()
+
+
+_views: weakref.WeakSet[RulesView] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # The parent's refresh threads did not come along: each view checks at its next read.
+    for view in list(_views):
+        view._check_pid_at = float("-inf")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _refresh_loop(view_ref: weakref.ref[RulesView], stop: threading.Event, interval_s: float) -> None:

@@ -4,8 +4,9 @@ Each ``lua/<verb>.lua`` is one atomic operation with a KEYS/ARGV/returns header.
 holds the helpers they share; each script gets the helpers it calls (and the ones those call)
 prepended when it is loaded, so a hot script does not define unused functions on every call.
 Registration goes through ``client.register_script`` (which computes the SHA1 and does no I/O).
-The buffer runs scripts with :func:`run` (EVALSHA written straight to a pooled connection, and a
-load on NOSCRIPT after a restart or ``SCRIPT FLUSH``), or :func:`run_pipelined` for batches.
+The buffer runs scripts with :func:`run` (EVALSHA written straight to a pooled connection, kept by
+the sending thread (:mod:`.held`), and a load on NOSCRIPT after a restart or ``SCRIPT FLUSH``), or
+:func:`run_pipelined` for batches.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
-from . import cluster_io
+from . import cluster_io, held
 
 __all__ = [
     "SCRIPT_NAMES",
@@ -188,10 +189,11 @@ def execute(client: redis.Redis, *args: Any) -> Any:
     ``client.execute_command`` costs, on a small machine, about 30 us of CPU per command over
     this (argument checks, observability hooks, response callbacks): as much as a diverted send
     spends in the Redis server. This writes the packed command straight to a pooled connection
-    through redis-py's public connection API: the pool's health checks, the connection's retry
-    policy (a fresh connection after a connection error or timeout) and its RESP2/RESP3 parser
-    all apply. Only where :func:`direct_path_allowed`, and not after :func:`force_command_path`;
-    otherwise through ``execute_command``.
+    through redis-py's public connection API: the pool's health checks (when the thread checks
+    the connection out, :mod:`.held`), the connection's retry policy (a fresh connection after a
+    connection error or timeout) and its RESP2/RESP3 parser all apply. Only where
+    :func:`direct_path_allowed`, and not after :func:`force_command_path`; otherwise through
+    ``execute_command``.
     """
     direct = _direct.get(client)
     if direct is None:
@@ -205,7 +207,10 @@ def execute(client: redis.Redis, *args: Any) -> Any:
             return execute_command("EVALSHA", *args[1:])
         return execute_command(*args)
     pool = client.connection_pool
-    connection = _connection_from(pool)
+    # The connection this thread keeps (see held.py), else one checked out for this call.
+    kept = held.take(pool, _connection_from)
+    connection = kept.connection if kept is not None else _connection_from(pool)
+    failed = True
     try:
         encode = connection.encoder.encode
         packed = [_pack([arg if isinstance(arg, bytes) else encode(arg) for arg in args])]
@@ -215,9 +220,17 @@ def execute(client: redis.Redis, *args: Any) -> Any:
             connection.send_packed_command(packed)
             return connection.read_response()
 
-        return connection.retry.call_with_retry(send, lambda error: connection.disconnect())
+        reply = connection.retry.call_with_retry(send, lambda error: connection.disconnect())
+        failed = False
+        return reply
+    except redis.exceptions.ResponseError:
+        failed = False  # an error reply (NOSCRIPT): the reply was read, the connection is sound
+        raise
     finally:
-        pool.release(connection)
+        if kept is not None:
+            held.give_back(pool, kept, failed=failed)
+        else:
+            pool.release(connection)
 
 
 def _pack(args: Sequence[bytes]) -> bytes:

@@ -17,7 +17,6 @@ import dramatiq
 
 from ..breaker import CircuitBreaker
 from ..models import (
-    DEFAULT_ENV_ID,
     STATE_ADMITTED,
     STATE_DRAINED,
     STATE_OPTION,
@@ -25,12 +24,13 @@ from ..models import (
     TripDecision,
     marker_of,
 )
-from ..settings import MollifierMode, MollifierSettings, TripEvaluator
+from ..settings import ALL_ORGS, MollifierMode, MollifierSettings, TripEvaluator
 from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry
 from .decisions import Decision
 from .exact_trip import ExactTrip, TripBackend
 from .local_trip import FoldBackend, LocalTrip, Verdict
 from .notices import GateNotices
+from .tenants import INVALID, OptionTenants, checked
 
 if TYPE_CHECKING:
     from .holds import TenantHolds, TenantLimits
@@ -142,6 +142,10 @@ class Gate:
         self._telemetry = telemetry
         self._runtime_enrolled = runtime_enrolled
         self._resolver = tenant
+        self._option_tenants = OptionTenants()
+        # Static enrolment, read per send: "every org" or a set of orgs.
+        self._enrols_all = ALL_ORGS in settings.enabled_orgs
+        self._enrolled_orgs = frozenset(settings.enabled_orgs)
         self._mode_setting = settings.mode
         self._mode = settings.mode.value
         self._window_ms = settings.trip_window_ms
@@ -196,12 +200,11 @@ class Gate:
         opt_in = options.get(OPT_OUT_OPTION)
         if opt_in is False or (opt_in is None and message.actor_name in self._opted_out):
             return _BYPASS_OPT_OUT
-        tenant = self._resolve_tenant(message)
+        tenant: Any = self._resolve_tenant(message)
         if tenant is None:
             return _BYPASS_NO_TENANT
         if tenant is _TENANT_FAILED:
             return _TENANT_ERROR
-        assert isinstance(tenant, Tenant)
         if not intercepted:
             return _BYPASS_UNINTERCEPTED
         holds = self._holds
@@ -209,7 +212,7 @@ class Gate:
         if holds is not None and limits is not None and limits.paused:
             return holds.accept(message, tenant, limits, _BUFFER_ERROR)
         org_id = tenant.org_id
-        enrolled = self._settings.org_enrolled_statically(org_id) or self._runtime_enrolled(org_id)
+        enrolled = self._enrols_all or org_id in self._enrolled_orgs or self._runtime_enrolled(org_id)
         if not enrolled and not self._settings.shadow_mode:
             return _NOT_ENROLLED
         # No I/O: the local evaluator counts here; the exact one says "evaluate" or "fused".
@@ -235,25 +238,18 @@ class Gate:
 
     def _resolve_tenant(self, message: dramatiq.Message[Any]) -> Tenant | object | None:
         if self._resolver is None:
-            options = message.options
-            org_id = options.get("org_id")
-            if org_id is None or org_id == "":
-                return None
-            env_id = options.get("env_id")
-            if env_id is None or env_id == "":
-                env_id = DEFAULT_ENV_ID
-            if type(org_id) is str and type(env_id) is str:
-                return Tenant(org_id, env_id)
-            if type(org_id) in (str, int) and type(env_id) in (str, int):
-                return Tenant(str(org_id), str(env_id))
-            self._fail_open(
-                FailOpenStage.TENANT,
-                "Message %r has an org_id or env_id that is neither str nor int (%r, %r); not gated.",
-                message.message_id,
-                org_id,
-                env_id,
-            )
-            return _TENANT_FAILED
+            tenant = self._option_tenants.of(message.options)
+            if tenant is INVALID:
+                options = message.options
+                self._fail_open(
+                    FailOpenStage.TENANT,
+                    "Message %r has an org_id or env_id that is neither str nor int (%r, %r); not gated.",
+                    message.message_id,
+                    options.get("org_id"),
+                    options.get("env_id"),
+                )
+                return _TENANT_FAILED
+            return tenant
         try:
             tenant = self._resolver(message)
         except Exception as exc:
@@ -264,9 +260,7 @@ class Gate:
                 exc=exc,
             )
             return _TENANT_FAILED
-        if tenant is None:
-            return None
-        if not isinstance(tenant, Tenant) or not isinstance(tenant.org_id, str) or not tenant.org_id:
+        if tenant is not None and not checked(tenant):
             self._fail_open(
                 FailOpenStage.TENANT,
                 "The tenant resolver returned %r for message %r, not a Tenant; not gated.",

@@ -91,6 +91,7 @@ class TenantHolds:
         self._env_cap = settings.cap_per_env
         self._org_cap = settings.cap_per_org
         self._overflow = settings.cap_overflow
+        self._uncapped = self._env_cap is None and self._org_cap is None
         self._mode = settings.mode.value
         divert = settings.mode is MollifierMode.DIVERT
         self._paused = Decision(Outcome.MOLLIFY, Reason.PAUSED, enrolled=True, divert=divert)
@@ -101,6 +102,8 @@ class TenantHolds:
     def limits(self, tenant: Tenant) -> TenantLimits | None:
         """The tenant's pause and caps; None when it has none (the common case: no I/O)."""
         rules = self._rules()
+        if self._uncapped and not rules.paused and not rules.caps:
+            return None  # nothing paused or capped anywhere: one look, no lookups
         paused = rules.is_paused(tenant.org_id, tenant.env_id)
         env_cap, org_cap = rules.limits(tenant.org_id, tenant.env_id, self._env_cap, self._org_cap)
         if not paused and env_cap is None and org_cap is None:

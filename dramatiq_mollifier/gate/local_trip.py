@@ -56,6 +56,11 @@ class Verdict(enum.Enum):
     GLOBAL = "global"
 
 
+# Module constants: reading an Enum member off its class costs a descriptor call per send.
+_BELOW, _DIVERTING, _CROSSED = Verdict.BELOW, Verdict.DIVERTING, Verdict.CROSSED
+_TRIPPED, _GLOBAL = Verdict.TRIPPED, Verdict.GLOBAL
+
+
 class FoldBackend(Protocol):
     """Where the counts go: the buffer's fold script."""
 
@@ -160,18 +165,19 @@ class LocalTrip:
             )
             if enrolled and not over_ceiling and (env.diverting or env.hold_end > now):
                 env.diverting = True
-                return Verdict.DIVERTING
+                return _DIVERTING
             env.pending += 1
             fleet.pending += 1
             if not self._running:
                 self._start()
             if over_ceiling:
-                return Verdict.GLOBAL
+                return _GLOBAL
             if env.hold_end > now:
-                return Verdict.TRIPPED
-            if env.estimate(now) > self._threshold:
-                return Verdict.CROSSED if enrolled else Verdict.TRIPPED
-            return Verdict.BELOW
+                return _TRIPPED
+            # env.estimate(now), written out: this is every send's path
+            if (env.fleet if now < env.end else 0) + env.pending + env.in_flight > self._threshold:
+                return _CROSSED if enrolled else _TRIPPED
+            return _BELOW
 
     def evaluate(self, tenant: Tenant) -> TripDecision:
         """Fold ``tenant``'s counts now, in the caller's thread, and say whether it diverts.

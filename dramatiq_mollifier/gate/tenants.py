@@ -1,0 +1,60 @@
+"""The tenant of a message, by default from its ``org_id`` and ``env_id`` options.
+
+:class:`OptionTenants` is the default resolver, on every send's path: it reads the two options
+and hands out one :class:`~dramatiq_mollifier.Tenant` per (org, env) pair of strings, built once
+and kept (up to :data:`MAX_CACHED` pairs; the cache starts over when full). Integer ids are
+accepted and turned into strings, uncached; anything else is :data:`INVALID` (the gate fails open
+and says so). :func:`checked` vets what a custom resolver returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..models import DEFAULT_ENV_ID, Tenant
+
+__all__ = ["INVALID", "MAX_CACHED", "OptionTenants", "checked"]
+
+#: The (org, env) pairs whose Tenant the default resolver keeps.
+MAX_CACHED = 10_000
+
+#: The options name a tenant of a type that is neither str nor int.
+INVALID: Any = object()
+
+
+class OptionTenants:
+    """``org_id`` and ``env_id`` options -> Tenant (env ``default`` when absent or empty); None
+    without an org; :data:`INVALID` for ids that are neither str nor int."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, Any], Tenant] = {}
+
+    def of(self, options: Mapping[str, Any]) -> Tenant | None:
+        org_id = options.get("org_id")
+        env_id = options.get("env_id")
+        if type(org_id) is str and (env_id is None or type(env_id) is str):
+            key = (org_id, env_id)
+            tenant = self._cache.get(key)
+            if tenant is not None:
+                return tenant
+            if org_id == "":
+                return None
+            if len(self._cache) >= MAX_CACHED:
+                self._cache.clear()
+            tenant = self._cache[key] = Tenant(org_id, env_id or DEFAULT_ENV_ID)
+            return tenant
+        if org_id is None or org_id == "":
+            return None
+        if env_id is None or env_id == "":
+            env_id = DEFAULT_ENV_ID
+        if type(org_id) in (str, int) and type(env_id) in (str, int):
+            return Tenant(str(org_id), str(env_id))
+        return INVALID  # type: ignore[no-any-return]
+
+
+def checked(tenant: object) -> bool:
+    """Whether a custom resolver's answer (other than None) is a usable Tenant."""
+    return isinstance(tenant, Tenant) and isinstance(tenant.org_id, str) and bool(tenant.org_id)
