@@ -95,6 +95,7 @@ class BufferCore:
                 keys.failed_orgs,
                 keys.depth,
                 keys.drain_wake,
+                *keys.index_keys,
             ),
             (message_id, org_id, env_id, *extra),
         )

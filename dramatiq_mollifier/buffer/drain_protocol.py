@@ -125,12 +125,13 @@ class DrainProtocol:
                 reply = run(
                     self.client,
                     self.scripts.pop,
-                    5 + len(ids),
+                    8 + len(ids),
                     t.queue,
                     t.envs,
                     keys.orgs,
                     keys.leases,
                     keys.depth,
+                    *keys.index_keys,
                     *map(keys.entry, ids),
                     org_id,
                     env_id,
@@ -217,9 +218,10 @@ class DrainProtocol:
             reply = run(
                 self.client,
                 self.scripts.ack_draining,
-                len(entry_keys) + 2,
+                len(entry_keys) + 5,
                 keys.leases,
                 keys.depth,
+                *keys.index_keys,
                 *entry_keys,
                 *args,
             )

@@ -162,7 +162,7 @@ class MollifierBuffer(BufferAdmin):
             reply = run(
                 self.client,
                 self.scripts.accept,
-                6,
+                9,
                 keys.entry(message_id),
                 *t.accept_keys,
                 message_id,
@@ -197,7 +197,7 @@ class MollifierBuffer(BufferAdmin):
                 run(
                     self.client,
                     self._accept_capped,
-                    9,
+                    12,
                     keys.entry(message_id),
                     *t.accept_keys,
                     t.failed,
@@ -252,7 +252,7 @@ class MollifierBuffer(BufferAdmin):
             reply = run(
                 self.client,
                 self.scripts.evaluate_trip_and_accept,
-                9,
+                12,
                 *t.trip_keys,
                 keys.entry(message_id),
                 *t.accept_keys,
