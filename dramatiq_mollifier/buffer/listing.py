@@ -289,24 +289,18 @@ def _rows(
 
 
 def dwell_snapshot(
-    scripts: ListingScripts, keys: KeySpace, top: int
+    scripts: IndexScripts, keys: KeySpace, top: int
 ) -> tuple[int, int, list[tuple[str, str, int]], int]:
     """``(depth, oldest age, the top oldest envs as (org, env, age), dead letters)``: what the
-    fleet gauges report. Reads the depth counters, each env's head, and each dead-letter set's
-    size; never the entries behind the heads."""
+    fleet gauges report. The first page by age of the listing (a range read of the oldest index,
+    exact as the listing's first page is), the depth counter, each dead-letter set's size."""
     client = scripts.client
-    envs = sorted(env_depths(scripts, keys))
+    page = tenant_page(scripts, keys, None, offset=0, limit=top, filter=None, sort="oldest")
+    ranked = [(r.org_id, r.env_id, r.oldest_age_ms) for r in page.rows if r.oldest_age_ms is not None]
     pipe = client.pipeline(transaction=False)
     pipe.hget(keys.depth, "total")
     pipe.smembers(keys.failed_orgs)
-    pipe.time()
-    total_raw, failed_orgs, (seconds, micros) = pipe.execute()
-    now_ms = int(seconds) * 1000 + int(micros) // 1000
-    ages = oldest_ages(scripts, keys, envs, now_ms)
-    ranked = sorted(
-        ((org, env, age) for (org, env), age in zip(envs, ages, strict=True) if age is not None),
-        key=lambda item: -item[2],
-    )
+    total_raw, failed_orgs = pipe.execute()
     orgs = sorted(text(org) for org in failed_orgs)
     pipe = client.pipeline(transaction=False)
     for org in orgs:

@@ -21,8 +21,8 @@ env, atomically):
   moves ``total`` alone. When the two differ the listing rebuilds the indexes from the depth
   counters and the queues' heads (once per :data:`REBUILD_INTERVAL_MS` at most while they keep
   differing), and every page checks its rows' depths against the counters and repairs those that
-  disagree. The first listing after an upgrade rebuilds; with 10,000 envs that takes a few
-  hundred milliseconds, once.
+  disagree. The first listing after an upgrade rebuilds; with 10,000 envs that takes about half
+  a second of CPU and as much of Redis time in short script calls (``bench_dashboard.py``), once.
 """
 
 from __future__ import annotations
@@ -34,11 +34,18 @@ from typing import Any
 
 import redis
 
-from .codec import texts
 from .keys import DEPTH_INDEXED_FIELD, DEPTH_TOTAL_FIELD, KeySpace, parse_tenant_member
 from .scripts import run, run_pipelined, script_source
 
-__all__ = ["REBUILD_INTERVAL_MS", "IndexScripts", "ensure_index", "head_created_at", "rebuild", "reindex"]
+__all__ = [
+    "REBUILD_INTERVAL_MS",
+    "IndexScripts",
+    "ensure_index",
+    "head_created_at",
+    "queue_heads",
+    "rebuild",
+    "reindex",
+]
 
 #: While the depth hash's ``indexed`` and ``total`` keep differing (code older than the indexes
 #: still runs), the indexes are rebuilt at most this often by one listing process.
@@ -46,8 +53,12 @@ REBUILD_INTERVAL_MS = 60_000
 
 _Key = tuple[str, str]
 _HEAD_HEADER = struct.Struct(">i")
-# Envs per pipelined round trip of a rebuild or repair, and queues (or entries) per script call.
+# Queues (or entries) per script call that reads heads.
 _CHUNK = 2_000
+# Envs per call of reindex_env.lua (a short script run: others' commands go in between), and
+# calls per pipelined round trip.
+_REINDEX_BATCH = 50
+_CALLS_PER_ROUND_TRIP = 40
 
 
 class IndexScripts:
@@ -63,6 +74,21 @@ class IndexScripts:
         self.rebuilt_at_ms: float | None = None
 
 
+def queue_heads(scripts: IndexScripts, keys: KeySpace, tenants: Sequence[_Key]) -> list[str | None]:
+    """The head id of each env's queue (None: empty), from one script call answering one string."""
+    if not tenants:
+        return []
+    queues = [keys.tenant(org, env).queue for org, env in tenants]
+    frames: bytes = run(scripts.client, scripts.queue_heads, len(queues), *queues)
+    heads: list[str | None] = []
+    at = 0
+    while at < len(frames):
+        (length,) = _HEAD_HEADER.unpack_from(frames, at)
+        at += _HEAD_HEADER.size
+        heads.append(None if length < 0 else frames[at : (at := at + length)].decode())
+    return heads
+
+
 def head_created_at(scripts: IndexScripts, keys: KeySpace, tenants: Sequence[_Key]) -> list[int | None]:
     """The ``created_at_ms`` of each env's queue head (None: nothing queued, or the head's entry
     is gone): each queue's head id, then those entries' times, a few scripts whatever the queues
@@ -70,14 +96,7 @@ def head_created_at(scripts: IndexScripts, keys: KeySpace, tenants: Sequence[_Ke
     found: list[int | None] = []
     for start in range(0, len(tenants), _CHUNK):
         chunk = tenants[start : start + _CHUNK]
-        queues = [keys.tenant(org, env).queue for org, env in chunk]
-        frames: bytes = run(scripts.client, scripts.queue_heads, len(queues), *queues)
-        heads: list[str | None] = []
-        at = 0
-        while at < len(frames):
-            (length,) = _HEAD_HEADER.unpack_from(frames, at)
-            at += _HEAD_HEADER.size
-            heads.append(None if length < 0 else frames[at : (at := at + length)].decode())
+        heads = queue_heads(scripts, keys, chunk)
         entries = [keys.entry(head) for head in heads if head is not None]
         created = iter(
             struct.unpack(
@@ -94,26 +113,31 @@ def head_created_at(scripts: IndexScripts, keys: KeySpace, tenants: Sequence[_Ke
 
 def reindex(scripts: IndexScripts, keys: KeySpace, tenants: Iterable[_Key], *, settle: bool = False) -> None:
     """Bring the index entries of ``tenants`` in line with their depth counters and queue heads,
-    each atomically (``reindex_env.lua``), pipelined. ``settle``: the last call also sets the
+    each env atomically (``reindex_env.lua``, :data:`_REINDEX_BATCH` envs per call): the heads
+    read in one script call, then the calls pipelined. ``settle``: the last call also sets the
     depth hash's ``indexed`` count to its ``total`` (the end of a rebuild)."""
-    client = scripts.client
     pending = list(tenants)
-    if not pending and settle:
-        pending = [("", "")]  # an env without work: the call only settles the counts
+    head_keys = [keys.depth, *keys.index_keys]
+    calls: list[tuple[Sequence[str | bytes], Sequence[str | int | bytes]]] = []
     for start in range(0, len(pending), _CHUNK):
         chunk = pending[start : start + _CHUNK]
-        pipe = client.pipeline(transaction=False)
-        for org, env in chunk:
-            pipe.lindex(keys.tenant(org, env).queue, 0)
-        heads = texts(head if head is not None else b"" for head in pipe.execute())
-        last = start + _CHUNK >= len(pending)
-        calls: list[tuple[Sequence[str | bytes], Sequence[str | int | bytes]]] = []
-        for n, ((org, env), head) in enumerate(zip(chunk, heads, strict=True)):
-            t = keys.tenant(org, env)
-            call_keys = [keys.depth, *keys.index_keys, t.queue, *([keys.entry(head)] if head else [])]
-            flag = "1" if settle and last and n == len(chunk) - 1 else "0"
-            calls.append((call_keys, [org, env, head, flag]))
-        run_pipelined(client, scripts.reindex_env, calls)
+        heads = queue_heads(scripts, keys, chunk)
+        for at in range(0, len(chunk), _REINDEX_BATCH):
+            call_keys: list[str | bytes] = [*head_keys]
+            call_args: list[str | int | bytes] = ["0"]
+            for (org, env), head in zip(
+                chunk[at : at + _REINDEX_BATCH], heads[at : at + _REINDEX_BATCH], strict=True
+            ):
+                queue = keys.tenant(org, env).queue
+                call_keys += (queue, keys.entry(head) if head is not None else queue)
+                call_args += (org, env, head or "")
+            calls.append((call_keys, call_args))
+    if settle:
+        if not calls:
+            calls.append(([*head_keys], ["0"]))
+        calls[-1] = (calls[-1][0], ["1", *calls[-1][1][1:]])
+    for start in range(0, len(calls), _CALLS_PER_ROUND_TRIP):
+        run_pipelined(scripts.client, scripts.reindex_env, calls[start : start + _CALLS_PER_ROUND_TRIP])
 
 
 def rebuild(scripts: IndexScripts, keys: KeySpace, env_depths: Iterable[_Key]) -> None:

@@ -86,7 +86,10 @@ end
 -- NULs, then its env id: byte order is (org, env) order, and it is injective. keys.py builds the
 -- same string.
 local function tenant_member(org, env)
-  return (string.gsub(org, '%z', '\0\1')) .. '\0\0' .. env
+  if string.find(org, '\0', 1, true) then
+    org = string.gsub(org, '%z', '\0\1')
+  end
+  return org .. '\0\0' .. env
 end
 
 -- The env's entries in the by-org and by-depth indexes, from its depth counter: present with
