@@ -52,7 +52,7 @@ def fill(buffer: MollifierBuffer, tenants: int) -> tuple[int, str]:
         t = buffer.keys.tenant(org, env)
         for _ in range(1 + n % 5):
             message_id = uuid.uuid4().hex
-            keys = [buffer.keys.entry(message_id), *(k.decode() for k in t.accept_keys)]
+            keys = [t.space.entry(message_id), *(k.decode() for k in t.accept_keys)]
             calls.append((keys, [message_id, org, env, b"x" * 200, 0, b"divert"]))
     for start in range(0, len(calls), 5_000):
         run_pipelined(buffer.client, buffer.scripts.accept, calls[start : start + 5_000])
@@ -136,8 +136,9 @@ def rebuild_cost(buffer: MollifierBuffer) -> tuple[float, float, float]:
     """Wall, CPU and Redis time of the first listing of a buffer that code older than the
     indexes wrote (no indexes, no ``indexed`` count): it rebuilds them."""
     client = buffer.client
-    client.delete(*buffer.keys.index_keys)
-    client.hdel(buffer.keys.depth, "indexed")
+    for group in buffer.keys.groups:
+        client.delete(*group.index_keys)
+        client.hdel(group.depth, "indexed")
     controls = TenantControls(client)
     server_before = redis_cpu_s(client)
     started, cpu_started = time.perf_counter(), time.thread_time()

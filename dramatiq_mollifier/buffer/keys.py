@@ -67,14 +67,16 @@ Times are Redis server time (``TIME``), so every process of a fleet agrees on th
 no expiry unless ``entry_ttl_s`` is set.
 
 **Slot groups** (``slot_groups`` = N > 0, the layout for Redis Cluster): the table above is
-repeated once per group under the prefix ``{p}:{<tag>}`` (a hash tag, so every key of a group
-sits in one cluster slot and every script touches one slot), and each org lives in exactly one
-group, ``jump_hash(blake2b-64(org), N)`` (a jump consistent hash: changing N moves few orgs).
-The tags are chosen so group ``g``'s slot lies in the ``g``-th of N equal slot ranges, so the
-groups spread evenly over the primaries. An entry's hash is in its org's group. The fleet-wide
-keys (``paused``, ``caps``, ``weights``, ``gauges:lease``, ``trip:global:*`` and the drain
-budget's ``drain:*``) move under ``{p}:{fleet}``; ``{p}:org-flags`` keeps its name. The layout
-in use is recorded in ``{p}:layout`` (``slot_groups=N``; ``0`` is the table above as is).
+repeated once per group (the listing's three ``index:`` sets and the depth hash's ``indexed``
+count included: each group indexes its own orgs' envs) under the prefix ``{p}:{<tag>}`` (a hash
+tag, so every key of a group sits in one cluster slot and every script touches one slot), and
+each org lives in exactly one group, ``jump_hash(blake2b-64(org), N)`` (a jump consistent hash:
+changing N moves few orgs). The tags are chosen so group ``g``'s slot lies in the ``g``-th of N
+equal slot ranges, so the groups spread evenly over the primaries. An entry's hash is in its
+org's group. The fleet-wide keys (``paused``, ``caps``, ``weights``, ``gauges:lease``,
+``trip:global:*`` and the drain budget's ``drain:*``) move under ``{p}:{fleet}``;
+``{p}:org-flags`` keeps its name. The layout in use is recorded in ``{p}:layout``
+(``slot_groups=N``; ``0`` is the table above as is).
 """
 
 from __future__ import annotations
