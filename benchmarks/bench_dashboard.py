@@ -1,6 +1,6 @@
 """How fast the dashboard's pages answer with 10,000 tenants buffered (goal: under 200 ms).
 
-    python benchmarks/bench_dashboard.py [--tenants 10000] [--requests 20]
+    python benchmarks/bench_dashboard.py [--tenants 10000] [--requests 20] [--slot-groups 0]
 
 Starts its own throwaway Redis-compatible server (``EmbeddedRedis``), buffers 1-5 messages for
 each of ``--tenants`` envs (through the accept script, as diverted sends are), a few dead letters
@@ -15,6 +15,9 @@ first listing after an upgrade from code without them rebuilds them once: timed 
 
 The pages are timed with redis-py's pure-Python reply parser, then again with hiredis when it is
 installed (``pip install hiredis``): the tenant table decodes one reply of every env's count.
+
+``--slot-groups N``: the slot-group layout (Redis Cluster's) on the one server, so each page of
+the tenant table merges N groups' index ranges.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--slot-groups", type=int, default=0)
     args = parser.parse_args()
     binary = find_server_binary()
     if binary is None:
@@ -83,7 +87,7 @@ def main() -> int:
         return 1
     with EmbeddedRedis(binary) as server:
         client = redis.Redis.from_url(server.url)
-        buffer = MollifierBuffer(client)
+        buffer = MollifierBuffer(client, slot_groups=args.slot_groups)
         started = time.perf_counter()
         messages, some_id = fill(buffer, args.tenants)
         protocol = DrainProtocol(buffer)
@@ -102,12 +106,15 @@ def main() -> int:
         results = {}
         for run_label, parser_class in runs.items():
             reader = redis.Redis.from_url(server.url, parser_class=parser_class)
-            results[run_label] = pages(reader, server.url, some_id, args.requests)
+            results[run_label] = pages(reader, server.url, some_id, args.requests, args.slot_groups)
             reader.close()
         rebuild = rebuild_cost(buffer)
         client.close()
 
-    print(f"server: {binary}, python {sys.version.split()[0]}, {args.requests} requests per page")
+    print(
+        f"server: {binary}, python {sys.version.split()[0]}, {args.requests} requests per page,"
+        f" slot_groups={args.slot_groups}"
+    )
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     for run_label, timings in results.items():
         print(f"with redis-py's {run_label}:")
@@ -139,7 +146,7 @@ def rebuild_cost(buffer: MollifierBuffer) -> tuple[float, float, float]:
     for group in buffer.keys.groups:
         client.delete(*group.index_keys)
         client.hdel(group.depth, "indexed")
-    controls = TenantControls(client)
+    controls = TenantControls(client, slot_groups=buffer.slot_groups)
     server_before = redis_cpu_s(client)
     started, cpu_started = time.perf_counter(), time.thread_time()
     page = controls.tenants(limit=50)
@@ -170,7 +177,7 @@ def cpu_ms(app: Flask, path: str, redis_client: redis.Redis, rounds: int = 5) ->
 
 
 def pages(
-    client: redis.Redis, url: str, some_id: str, requests: int
+    client: redis.Redis, url: str, some_id: str, requests: int, slot_groups: int
 ) -> dict[str, tuple[list[float], float, float]]:
     """Each page's response times over ``requests`` HTTP requests, and its CPU time."""
     paths = {
@@ -186,7 +193,7 @@ def pages(
         "message lookup": f"lookup?id={some_id}",
         "dead letters": "dead-letters",
     }
-    app = create_app(settings=MollifierSettings(redis_url=url), client=client)
+    app = create_app(settings=MollifierSettings(redis_url=url, slot_groups=slot_groups), client=client)
     with BackgroundServer(app) as web:
         walls = {label: timed(web.url + path, requests) for label, path in paths.items()}
     return {label: (walls[label], *cpu_ms(app, path, client)) for label, path in paths.items()}
