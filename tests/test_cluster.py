@@ -134,6 +134,14 @@ def test_every_buffer_operation_touches_one_slot_with_awkward_ids(
     assert drain.reclaim().requeued == []
     assert buffer.failed_counts() == {(ORG, ENV): 1}
     assert buffer.purge_failed() == 1
+    # The listing: pages by every sort (reading heads and repairing entries), then a rebuild of
+    # the org's group after "older code" wrote it (reindex_env.lua over every env of the group).
+    group = buffer.keys.group_of(ORG)
+    cluster_client.delete(*group.index_keys)
+    cluster_client.hdel(group.depth, "indexed")
+    for sort in ("org", "depth", "oldest"):
+        rows = buffer.controls.tenants(sort=sort, filter=ORG).rows
+        assert (ORG, ENV) in [(row.org_id, row.env_id) for row in rows]
     assert len(spy.calls) >= 25, spy.calls
     assert all(len(slots) == 1 for slots in spy.calls), [s for s in spy.calls if len(s) > 1]
 
