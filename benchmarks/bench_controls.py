@@ -48,7 +48,7 @@ def seed_tenants(buffer: MollifierBuffer, tenants: int, per_tenant: int) -> None
             message_id = f"{org}-{env}-{k}"
             calls.append(
                 (
-                    [keys.entry(message_id), t.queue, t.envs, keys.orgs, keys.depth, keys.drain_wake],
+                    [keys.entry(message_id), *(k.decode() for k in t.accept_keys)],
                     [message_id, org, env, b"x" * 200, 0, "divert"],
                 )
             )

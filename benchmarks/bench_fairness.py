@@ -42,8 +42,8 @@ def seed(buffer: MollifierBuffer, tenants: list[tuple[str, str, int]], chunk: in
             message_id = f"{org}/{env}/{n}"
             calls.append(
                 (
-                    [keys.entry(message_id), t.queue, t.envs, keys.orgs, keys.depth],
-                    [message_id, org, env, PAYLOAD, 0],
+                    [keys.entry(message_id), *(k.decode() for k in t.accept_keys)],
+                    [message_id, org, env, PAYLOAD, 0, "divert"],
                 )
             )
     began = time.perf_counter()

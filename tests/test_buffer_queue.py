@@ -117,7 +117,7 @@ def test_pop_skips_references_whose_entry_is_gone_and_creates_nothing(
     # Given a queue whose head refers to an entry that vanished (as an expired one does)
     buffer.accept("gone", org_id="o", env_id="e", payload=b"x")
     buffer.accept("kept", org_id="o", env_id="e", payload=b"y")
-    redis_client.delete(buffer.keys.entry("gone"))
+    redis_client.delete(buffer.keys.tenant("o", "e").space.entry("gone"))
 
     # When popping
     entry = DrainProtocol(buffer).pop("o", "e")
@@ -269,7 +269,7 @@ def test_oldest_created_at_is_that_of_the_head_queued_entry(
     buffer.accept("gone", org_id="o", env_id="e", payload=b"")
     buffer.accept("m1", org_id="o", env_id="e", payload=b"")
     buffer.accept("m2", org_id="o", env_id="e", payload=b"")
-    redis_client.delete(buffer.keys.entry("gone"))  # an orphan at the head is skipped
+    redis_client.delete(buffer.keys.tenant("o", "e").space.entry("gone"))  # an orphan at the head is skipped
 
     entry = buffer.get("m1")
     assert entry is not None

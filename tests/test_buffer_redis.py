@@ -40,8 +40,9 @@ def test_every_script_documents_the_keys_and_args_it_uses(name: str) -> None:
             assert re.search(rf"{kind}\[{index}\]|{kind}\[\d+\.\.\]", header), f"{kind}[{index}] of {name}"
 
 
-# The only helpers that compose strings: hash fields and sorted-set members, never key names.
-FIELD_BUILDERS = ("tenant_tag", "org_field", "env_field", "lease_field")
+# The only helpers that compose strings: hash fields and sorted-set members (tenant_member: the
+# listing indexes' members), never key names.
+FIELD_BUILDERS = ("tenant_tag", "org_field", "env_field", "lease_field", "tenant_member")
 
 
 @pytest.mark.parametrize("name", [*SCRIPT_NAMES, "_lib"])
@@ -221,8 +222,8 @@ def test_a_script_gets_the_helpers_it_calls_and_only_those() -> None:
     def helpers(name: str) -> list[str]:
         return re.findall(r"^local function (\w+)\(", script_source(name), re.MULTILINE)
 
-    # adjust_depth calls adjust_counter, org_field and env_field, which calls tenant_tag; each
-    # comes before its callers
+    # adjust_depth calls adjust_counter, org_field and env_field, which calls tenant_tag; index_env
+    # calls index_depth (tenant_member, env_field) and index_head; each comes before its callers
     assert helpers("accept") == [
         "now_ms",
         "tenant_tag",
@@ -230,6 +231,10 @@ def test_a_script_gets_the_helpers_it_calls_and_only_those() -> None:
         "env_field",
         "adjust_counter",
         "adjust_depth",
+        "tenant_member",
+        "index_depth",
+        "index_head",
+        "index_env",
         "wake_idle_drainer",
         "note_queued",
     ]
@@ -241,6 +246,7 @@ def test_a_script_gets_the_helpers_it_calls_and_only_those() -> None:
         "tenant_tag",
         "org_field",
         "env_field",
+        "tenant_member",
         "wake_idle_drainer",
         "note_queued",
     ]

@@ -11,6 +11,7 @@ import redis
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.cancel_check import CancelCheck
+from dramatiq_mollifier.embedded import EmbeddedRedis
 
 from .cli_helpers import dead_letter, run_cli
 
@@ -160,11 +161,12 @@ def test_tenants_pages_through_envs(
 
 
 def test_failed_list_reads_only_the_entries_it_prints(
-    capsys: pytest.CaptureFixture[str],
-    buffer: MollifierBuffer,
-    connection: tuple[str, ...],
-    redis_client: redis.Redis,
+    capsys: pytest.CaptureFixture[str], disposable_redis: EmbeddedRedis
 ) -> None:
+    # A server of its own: the session's shared one counts other tests' background reads too.
+    redis_client = redis.Redis.from_url(disposable_redis.url)
+    buffer = MollifierBuffer(redis_client)
+    connection = ("--redis-url", disposable_redis.url)
     for n in range(60):
         dead_letter(buffer, f"dead-{n:02d}", f"org{n % 3}", "prod")
 
@@ -179,3 +181,4 @@ def test_failed_list_reads_only_the_entries_it_prints(
     assert result.code == 0
     assert reads() - before == 5  # one read per printed entry, none of the 55 others
     assert "dead-00" in result.out and "... and 55 more" in result.out
+    redis_client.close()

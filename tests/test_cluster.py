@@ -25,6 +25,7 @@ from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer, cluster_io
 from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.buffer.keys import parse_tenant_member
 from dramatiq_mollifier.buffer.listing import ListingScripts, dwell_snapshot
 from dramatiq_mollifier.embedded import EmbeddedCluster
 from dramatiq_mollifier.errors import BufferUnavailableError
@@ -133,6 +134,14 @@ def test_every_buffer_operation_touches_one_slot_with_awkward_ids(
     assert drain.reclaim().requeued == []
     assert buffer.failed_counts() == {(ORG, ENV): 1}
     assert buffer.purge_failed() == 1
+    # The listing: pages by every sort (reading heads and repairing entries), then a rebuild of
+    # the org's group after "older code" wrote it (reindex_env.lua over every env of the group).
+    group = buffer.keys.group_of(ORG)
+    cluster_client.delete(*group.index_keys)
+    cluster_client.hdel(group.depth, "indexed")
+    for sort in ("org", "depth", "oldest"):
+        rows = buffer.controls.tenants(sort=sort, filter=ORG).rows
+        assert (ORG, ENV) in [(row.org_id, row.env_id) for row in rows]
     assert len(spy.calls) >= 25, spy.calls
     assert all(len(slots) == 1 for slots in spy.calls), [s for s in spy.calls if len(s) > 1]
 
@@ -254,3 +263,34 @@ def test_the_tenant_listing_and_the_fleet_gauges_read_every_group(cluster_client
     total, oldest_ms, top, dead = dwell_snapshot(ListingScripts(cluster_client), buffer.keys, 3)
     assert (total, dead, len(top)) == (sum(range(1, 13)), 0, 3)
     assert oldest_ms >= 0
+
+
+def test_the_listing_indexes_are_per_group_and_a_page_merges_them(cluster_client: RedisCluster) -> None:
+    buffer, drain = MollifierBuffer(cluster_client), DrainProtocol(MollifierBuffer(cluster_client))
+    tenants = [(f"org-{n:02d}", env) for n in range(20) for env in ("a", "b")]
+    depths = {}
+    for n, (org, env) in enumerate(tenants):
+        depths[org, env] = 1 + n % 4
+        for i in range(depths[org, env]):
+            assert buffer.accept(f"{org}-{env}-{i}", org_id=org, env_id=env, payload=b"x")
+    drain.pop_many("org-03", "b", 1)  # DRAINING still counts: listed with its depth
+    groups = {buffer.keys.group_of(org).prefix for org, _ in tenants}
+    assert len(groups) > 5
+    # Each group's three indexes share its depth hash's slot and list only its own orgs' envs.
+    listed = []
+    for group in buffer.keys.groups:
+        assert len({key_slot(name.encode()) for name in (group.depth, *group.index_keys)}) == 1
+        for member in cluster_client.zrange(group.index_tenants, 0, -1):
+            org, env = parse_tenant_member(member)
+            assert buffer.keys.group_of(org) is group
+            listed.append((org, env))
+    assert sorted(listed) == sorted(tenants)
+    # Pages across the groups: by org, by depth (ties by org and env), at several offsets.
+    by_org = sorted(tenants)
+    by_depth = sorted(tenants, key=lambda t: (-depths[t], t))
+    for sort, expected in (("org", by_org), ("depth", by_depth)):
+        for offset in (0, 7, 33, 38):
+            page = buffer.controls.tenants(offset=offset, limit=5, sort=sort)
+            assert [(r.org_id, r.env_id) for r in page.rows] == expected[offset : offset + 5], (sort, offset)
+            assert page.total == len(tenants)
+            assert [r.depth for r in page.rows] == [depths[r.org_id, r.env_id] for r in page.rows]

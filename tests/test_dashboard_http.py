@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import http.cookiejar
+import logging
 import os
 import re
 import subprocess
@@ -26,7 +27,7 @@ from dramatiq_mollifier.dashboard import create_app, create_asgi_app
 from dramatiq_mollifier.dashboard.app import close_app
 from dramatiq_mollifier.dashboard.broker_depth import broker_depth_reader
 from dramatiq_mollifier.dashboard.series import DepthSeries
-from dramatiq_mollifier.dashboard.serve import make_server
+from dramatiq_mollifier.dashboard.serve import BackgroundServer, make_server
 from dramatiq_mollifier.gate.flags import OrgFlags
 from dramatiq_mollifier.models import EntryStatus
 from dramatiq_mollifier.settings import MollifierSettings
@@ -354,3 +355,24 @@ def test_a_redis_outage_is_a_503_page_not_a_crash(refused_url: str) -> None:
     response = app.test_client().get("/tenants", environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert response.status_code == 503
     assert "Redis failed" in response.get_data(as_text=True)
+
+
+def test_a_served_dashboard_stops_when_its_trigger_pipe_is_gone(
+    redis_client: redis.Redis, redis_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = MollifierSettings(redis_url=redis_url, key_prefix=key_prefix)
+    server = BackgroundServer(create_app(settings=settings, client=redis_client))
+    with urllib.request.urlopen(server.url + "static/chart.js", timeout=10) as response:
+        assert response.status == 200
+    # What a full run once met: pulling the trigger fails with EBADF (here: a descriptor that is
+    # no longer valid). Stop still ends the loop and closes the listening socket, and says so.
+    trigger = server._server.trigger
+    trigger.trigger = -1  # its pipe's own descriptors stay with it, closed by the stop below
+    with caplog.at_level(logging.WARNING, logger="dramatiq_mollifier.dashboard.serve"):
+        server.stop()
+    assert not server._thread.is_alive()
+    assert "mollifier.dashboard_stop_without_trigger" in caplog.text
+    assert "closed=False" in caplog.text
+    assert trigger._closed and not server._server._map
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(server.url, timeout=5)

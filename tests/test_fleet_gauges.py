@@ -24,11 +24,11 @@ def gauge(reader: InMemoryMetricReader, name: str) -> dict[Any, int]:
     return {point.attributes.get("rank"): int(point.value) for _, point in data_points(reader, name)}
 
 
-def age(buffer: MollifierBuffer, message_id: str, age_ms: int) -> None:
-    """Make an entry look ``age_ms`` old."""
+def age(buffer: MollifierBuffer, message_id: str, age_ms: int, org_id: str = "acme") -> None:
+    """Make an entry of ``org_id`` look ``age_ms`` old (its entry hash is in the org's group)."""
     seconds, micros = buffer.client.time()
     now_ms = seconds * 1000 + micros // 1000
-    buffer.client.hset(buffer.keys.entry(message_id), "created_at_ms", now_ms - age_ms)
+    buffer.client.hset(buffer.keys.group_of(org_id).entry(message_id), "created_at_ms", now_ms - age_ms)
 
 
 def fill(buffer: MollifierBuffer) -> None:

@@ -312,8 +312,11 @@ def snapshot(client: redis.Redis, prefix: str) -> dict[str, tuple[str, object, b
             value = client.lrange(key, 0, -1)
         elif kind == "set":
             value = client.smembers(key)
+        elif key.endswith(b":index:depth"):
+            value = client.zrange(key, 0, -1, withscores=True)  # scores are depths
         elif kind == "zset":
-            value = client.zrange(key, 0, -1)  # scores are deadlines
+            # Scores are deadlines, or accept times (index:oldest): the members, in any order.
+            value = sorted(client.zrange(key, 0, -1))
         else:
             value = None if b":trip:hold:" in key else client.get(key)  # the hold's deadline
         state[key.decode()[len(prefix) :]] = (kind, value, client.pttl(key) > 0)

@@ -318,10 +318,11 @@ class TenantControls:
     ) -> TenantPage:
         """One page of the envs with buffered work (and envs with a pause or cap of their own).
 
-        ``filter`` keeps the envs whose org or env id contains it; ``sort`` is one of
-        :data:`TENANT_SORTS`. Reads the depth counters, the rule hashes, the flags and the
-        tripped registry, then the oldest entry of the page's envs only (of every env for
-        ``sort="oldest"``): never every entry.
+        ``filter`` keeps the envs whose org id starts with it, or, written ``org/env``, the envs
+        of that org whose env id starts with ``env``; ``sort`` is one of :data:`TENANT_SORTS`.
+        A range read of the listing's indexes (:mod:`.tenant_index`), then the page's rows
+        (depth counters, queue heads, rules, flags): the same few round trips with 100 or 100,000
+        envs. Sorted by depth or age, a filtered page reads every env the filter matches.
         """
         if offset < 0 or limit < 1:
             raise ValueError(f"offset must be >= 0 and limit >= 1, got {offset} and {limit}")

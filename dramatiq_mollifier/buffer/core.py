@@ -115,6 +115,7 @@ class BufferCore:
                 keys.failed_orgs,
                 keys.depth,
                 keys.drain_wake,
+                *keys.index_keys,
             ),
             (message_id, org_id, env_id, *extra),
         )

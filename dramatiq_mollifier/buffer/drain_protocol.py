@@ -130,12 +130,13 @@ class DrainProtocol:
                 reply = run(
                     self.client,
                     self.scripts.pop,
-                    5 + len(ids),
+                    8 + len(ids),
                     t.queue,
                     t.envs,
                     keys.orgs,
                     keys.leases,
                     keys.depth,
+                    *keys.index_keys,
                     *map(keys.entry, ids),
                     org_id,
                     env_id,
@@ -220,7 +221,7 @@ class DrainProtocol:
             for entry, _ in group:
                 entry_keys.append(keys.entry(entry.message_id))
                 args += (entry.message_id, entry.org_id, entry.env_id, entry.lease_owner or "")
-            calls.append(([keys.leases, keys.depth, *entry_keys], args))
+            calls.append(([keys.leases, keys.depth, *keys.index_keys, *entry_keys], args))
         with boundary("ack_entries"):
             if len(calls) == 1:
                 keys_, args_ = calls[0]

@@ -39,6 +39,13 @@ Key                             Type         Holds
 ``{p}:gauges:lease``            string       the process that reports the fleet's gauges (token)
 ``{p}:trip:global:count``       string       the fleet-wide ceiling's window counter (all envs)
 ``{p}:trip:global:hold``        string       the fleet-wide ceiling's "tripped" marker
+``{p}:index:tenants``           sorted set   ``<member>`` of every env with QUEUED or DRAINING
+                                             entries, scores 0 (ordered by org, then env)
+``{p}:index:depth``             sorted set   the same members, score = minus the env's depth
+                                             (deepest first, ties by org and env)
+``{p}:index:oldest``            sorted set   the same members, score = ``created_at_ms`` of the
+                                             env's queue head; 0 when not known (to be
+                                             repaired), :data:`NO_HEAD` when nothing is queued
 ==============================  ===========  ==========================================================
 
 Hash fields and sorted-set members are not keys, so they hold raw ids, and the scripts build
@@ -48,18 +55,28 @@ by itself. The four kinds of depth field cannot collide (``total``, ``org:``, ``
 ``lease:``). ``lease:<id>`` records the tenant a DRAINING entry is counted under, so that
 reclaim can give the counts back when the entry's hash vanishes (evicted, deleted by hand).
 
+The three ``index:`` sets are the tenant listing's indexes (``listing.py``, ``tenant_index.py``):
+every script that changes an env's depth or its queue's head updates them in the same call. Their
+``<member>`` is :func:`tenant_member`: the org id with each NUL byte doubled as ``\\0\\1``, two
+NUL bytes, then the env id, so byte order is (org, env) order and an org-id prefix is a
+``ZRANGEBYLEX`` range. The depth hash's ``indexed`` field counts what those scripts counted into
+``total``: a buffer written by code older than the indexes shows ``indexed != total`` and the
+listing rebuilds the indexes.
+
 Times are Redis server time (``TIME``), so every process of a fleet agrees on them. Entries carry
 no expiry unless ``entry_ttl_s`` is set.
 
 **Slot groups** (``slot_groups`` = N > 0, the layout for Redis Cluster): the table above is
-repeated once per group under the prefix ``{p}:{<tag>}`` (a hash tag, so every key of a group
-sits in one cluster slot and every script touches one slot), and each org lives in exactly one
-group, ``jump_hash(blake2b-64(org), N)`` (a jump consistent hash: changing N moves few orgs).
-The tags are chosen so group ``g``'s slot lies in the ``g``-th of N equal slot ranges, so the
-groups spread evenly over the primaries. An entry's hash is in its org's group. The fleet-wide
-keys (``paused``, ``caps``, ``weights``, ``gauges:lease``, ``trip:global:*`` and the drain
-budget's ``drain:*``) move under ``{p}:{fleet}``; ``{p}:org-flags`` keeps its name. The layout
-in use is recorded in ``{p}:layout`` (``slot_groups=N``; ``0`` is the table above as is).
+repeated once per group (the listing's three ``index:`` sets and the depth hash's ``indexed``
+count included: each group indexes its own orgs' envs) under the prefix ``{p}:{<tag>}`` (a hash
+tag, so every key of a group sits in one cluster slot and every script touches one slot), and
+each org lives in exactly one group, ``jump_hash(blake2b-64(org), N)`` (a jump consistent hash:
+changing N moves few orgs). The tags are chosen so group ``g``'s slot lies in the ``g``-th of N
+equal slot ranges, so the groups spread evenly over the primaries. An entry's hash is in its
+org's group. The fleet-wide keys (``paused``, ``caps``, ``weights``, ``gauges:lease``,
+``trip:global:*`` and the drain budget's ``drain:*``) move under ``{p}:{fleet}``;
+``{p}:org-flags`` keeps its name. The layout in use is recorded in ``{p}:layout``
+(``slot_groups=N``; ``0`` is the table above as is).
 """
 
 from __future__ import annotations
@@ -72,19 +89,27 @@ from urllib.parse import quote
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 __all__ = [
+    "DEPTH_INDEXED_FIELD",
     "DEPTH_TOTAL_FIELD",
+    "NO_HEAD",
     "KeySpace",
     "TenantKeys",
     "escape",
     "group_tags",
     "jump_hash",
     "org_group",
+    "parse_tenant_member",
     "parse_tenant_tag",
+    "tenant_member",
     "tenant_tag",
 ]
 
 #: The field of the depth hash that counts every QUEUED and DRAINING entry.
 DEPTH_TOTAL_FIELD = "total"
+#: The field of the depth hash that counts what index-aware scripts counted into ``total``.
+DEPTH_INDEXED_FIELD = "indexed"
+#: The oldest index's score of an env with nothing QUEUED (``NO_HEAD`` in ``lua/_lib.lua``).
+NO_HEAD = 2**53 - 1
 
 # Distinct tenants whose key names are kept precomputed; the cache is emptied when it fills.
 _TENANT_CACHE_SIZE = 10_000
@@ -142,6 +167,20 @@ def group_tags(groups: int) -> tuple[str, ...]:
     return tuple(tags)
 
 
+def tenant_member(org_id: str, env_id: str) -> bytes:
+    """The listing indexes' member of an env, as ``tenant_member`` in ``lua/_lib.lua`` builds it:
+    byte order is (org, env) order, and it is injective whatever the ids contain."""
+    return org_id.encode().replace(b"\0", b"\0\1") + b"\0\0" + env_id.encode()
+
+
+def parse_tenant_member(member: bytes) -> tuple[str, str]:
+    """The ``(org, env)`` of a :func:`tenant_member`; ValueError if malformed."""
+    org, separator, env = member.partition(b"\0\0")
+    if not separator:
+        raise ValueError(f"not a tenant member: {member!r}")
+    return org.replace(b"\0\1", b"\0").decode(), env.decode()
+
+
 class TenantKeys:
     """The key names and depth-hash fields of one (org, env), computed once.
 
@@ -157,6 +196,7 @@ class TenantKeys:
         "failed",
         "failed_envs",
         "ids",
+        "member",
         "queue",
         "space",
         "trip_counter",
@@ -181,9 +221,13 @@ class TenantKeys:
         self.depth_env_field = f"env:{self.tripped_member}"
         #: KEYS of evaluate_trip.lua: counter, hold marker, tripped registry.
         self.trip_keys = (self.trip_counter.encode(), self.trip_hold.encode(), space.tripped.encode())
-        #: KEYS 5-9 of evaluate_trip_and_accept.lua: queue, envs of the org, orgs, depth, wake-up.
+        #: The env's member of the listing indexes.
+        self.member = tenant_member(org_id, env_id)
+        #: KEYS 5-12 of evaluate_trip_and_accept.lua: queue, envs of the org, orgs, depth, wake-up,
+        #: then the three listing indexes.
         self.accept_keys = tuple(
-            name.encode() for name in (self.queue, self.envs, space.orgs, space.depth, space.drain_wake)
+            name.encode()
+            for name in (self.queue, self.envs, space.orgs, space.depth, space.drain_wake, *space.index_keys)
         )
         #: The raw org and env ids.
         self.ids = (org_id.encode(), env_id.encode())
@@ -232,6 +276,12 @@ class KeySpace:
         self.drain_consumed = f"{prefix}:drain:consumed"
         #: What idle drainers block on: the first accept into a buffer without queued work pushes.
         self.drain_wake = f"{prefix}:drain:wake"
+        #: The tenant listing's indexes (by org and env, by depth, by oldest queued entry).
+        self.index_tenants = f"{prefix}:index:tenants"
+        self.index_depth = f"{prefix}:index:depth"
+        self.index_oldest = f"{prefix}:index:oldest"
+        #: The three, in the order every script that maintains them takes them.
+        self.index_keys = (self.index_tenants, self.index_depth, self.index_oldest)
         self._entry_prefix = f"{prefix}:entry:"
         self._tenants: dict[tuple[str, str], TenantKeys] = {}
 

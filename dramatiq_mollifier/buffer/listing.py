@@ -1,12 +1,17 @@
-"""The tenant listing behind ``TenantControls.tenants``: one page, without reading every entry.
+"""The tenant listing behind ``TenantControls.tenants``: one page as a range read of an index.
 
-One pipelined round trip reads what every row needs and Redis keeps counted already: the depth
-counters (one field per env with work), the pause, cap and weight hashes, the runtime enrolment
-flags, the tripped registry and the server time. Rows are built, filtered and sorted from that;
-only then are the oldest entries read, for the page's envs alone (two pipelined round trips: each
-queue's head id, then its ``created_at_ms``). Sorting by age reads the heads of every env instead,
-still one per env, never the entries behind them. With 10,000 envs a page takes tens of
-milliseconds (``benchmarks/bench_tenants.py``).
+The indexes (:mod:`.tenant_index`) list every env with buffered work by org and env, by depth and
+by the age of its oldest queued entry, so a page of 50 is one range read plus one pipelined read
+of its rows, whatever the number of tenants. Envs paused or capped without buffered work are not
+in the indexes: they are merged in from the rule hashes (few). The rows' depths and ages are read
+from the depth counters and the queue heads themselves, and an index entry that disagrees is
+repaired and the page read again. A filter is a prefix of the org id (``acme``) or an org and a
+prefix of its env id (``acme/pr``), a ``ZRANGEBYLEX`` range; sorted by depth or age, a filtered
+page reads every env the filter matches (cheap for one org, a scan for a prefix matching all).
+
+With slot groups each group has its own indexes: a page is a merge of every group's range
+(``listing_ranges.py``), and a page's rows are read group by group in one pipelined round trip
+per node.
 """
 
 from __future__ import annotations
@@ -15,40 +20,35 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-import redis
-
 from ..models import TenantPage, TenantRow
 from ..settings import MollifierSettings
+from .clients import is_cluster
 from .codec import text
-from .keys import KeySpace, parse_tenant_tag
+from .keys import NO_HEAD, KeySpace, tenant_member
+from .listing_ranges import lex_range, matches, org_page, repair_unknown_heads, scored_page
 from .rules import DEFAULT_WEIGHT, parse_field
-from .scripts import run, script_source
+from .scripts import run
+from .tenant_index import IndexScripts, ensure_index, head_created_at, reindex
 
 __all__ = ["TENANT_SORTS", "ListingScripts", "dwell_snapshot", "env_depths", "oldest_ages", "tenant_page"]
 
 #: The orders a page can be sorted by: org then env (default), depth (deepest first), oldest
-#: (oldest queued entry first).
+#: (oldest queued entry first; envs with nothing queued last).
 TENANT_SORTS = ("org", "depth", "oldest")
+
+#: The listing's scripts (the index's): registered once per client.
+ListingScripts = IndexScripts
 
 _Key = tuple[str, str]
 _DEPTH_HEADER = struct.Struct(">iiq")
-_HEAD_HEADER = struct.Struct(">i")
-# Queues (or entries) per script call: bounds one call's run time and argument list.
-_CHUNK = 2_000
+# Reads of a page whose rows disagree with the truth (repaired in between) before it is shown.
+_ATTEMPTS = 3
 
 
-class ListingScripts:
-    """The read-only scripts of the listing, registered on one client (no I/O)."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-        self.env_depths = client.register_script(script_source("env_depths"))
-        self.queue_heads = client.register_script(script_source("queue_heads"))
-        self.created_at = client.register_script(script_source("created_at"))
-
-
-def env_depths(scripts: ListingScripts, keys: KeySpace) -> dict[_Key, int]:
-    """Each env's QUEUED + DRAINING count, from the depth hash in one reply string (per group)."""
+def env_depths(scripts: IndexScripts, keys: KeySpace) -> dict[_Key, int]:
+    """Each env's QUEUED + DRAINING count, from the depth hash in one reply string per group (a
+    scan: for the gauges and the index's rebuild, not for a page). ``keys`` may be one group's
+    key space: then that group's envs alone."""
     depths: dict[_Key, int] = {}
     for group in keys.groups:
         frames: bytes = run(scripts.client, scripts.env_depths, 1, group.depth)
@@ -68,52 +68,17 @@ def server_ms(client: Any) -> int:
 
 
 def oldest_ages(
-    scripts: ListingScripts, keys: KeySpace, tenants: Sequence[_Key], now_ms: int
+    scripts: IndexScripts, keys: KeySpace, tenants: Sequence[_Key], now_ms: int
 ) -> list[int | None]:
     """The age of the oldest QUEUED entry of each env (None: none queued, or its head reference
-    outlived its entry): each queue's head id, then those entries' ``created_at_ms``, a few
-    scripts whatever the queues hold, each answering one string."""
-    by_group: dict[int, list[int]] = {}
-    for i, (org, _) in enumerate(tenants):  # each script call reads one group (one slot)
-        by_group.setdefault(id(keys.group_of(org)), []).append(i)
-    found: dict[int, int | None] = {}
-    for indexes in by_group.values():
-        ages = _oldest_ages(scripts, keys, [tenants[i] for i in indexes], now_ms)
-        found.update(zip(indexes, ages, strict=True))
-    return [found[i] for i in range(len(tenants))]
-
-
-def _oldest_ages(
-    scripts: ListingScripts, keys: KeySpace, tenants: Sequence[_Key], now_ms: int
-) -> list[int | None]:
-    ages: list[int | None] = []
-    for start in range(0, len(tenants), _CHUNK):
-        chunk = tenants[start : start + _CHUNK]
-        space = keys.group_of(chunk[0][0])
-        queues = [keys.tenant(org, env).queue for org, env in chunk]
-        frames: bytes = run(scripts.client, scripts.queue_heads, len(queues), *queues)
-        heads: list[str | None] = []
-        at = 0
-        while at < len(frames):
-            (length,) = _HEAD_HEADER.unpack_from(frames, at)
-            at += _HEAD_HEADER.size
-            heads.append(None if length < 0 else frames[at : (at := at + length)].decode())
-        entries = [space.entry(head) for head in heads if head is not None]
-        created = iter(
-            struct.unpack(
-                f">{len(entries)}q", run(scripts.client, scripts.created_at, len(entries), *entries)
-            )
-            if entries
-            else ()
-        )
-        for head in heads:
-            at_ms = next(created) if head is not None else -1
-            ages.append(max(0, now_ms - at_ms) if at_ms >= 0 else None)
-    return ages
+    outlived its entry)."""
+    return [
+        None if at_ms is None else max(0, now_ms - at_ms) for at_ms in head_created_at(scripts, keys, tenants)
+    ]
 
 
 def tenant_page(
-    scripts: ListingScripts,
+    scripts: IndexScripts,
     keys: KeySpace,
     settings: MollifierSettings | None,
     *,
@@ -124,88 +89,160 @@ def tenant_page(
 ) -> TenantPage:
     """See :meth:`~dramatiq_mollifier.buffer.controls.TenantControls.tenants`."""
     client = scripts.client
-    depths = env_depths(scripts, keys)
+    ensure_index(scripts, keys, lambda group: env_depths(scripts, group))
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.paused)
     pipe.hgetall(keys.caps)
-    pipe.hgetall(keys.weights)
-    pipe.hgetall(keys.org_flags)
-    paused_raw, caps_raw, weights_raw, flags_raw = pipe.execute()
-    now_ms = server_ms(client)
-    pipe = client.pipeline(transaction=False)
-    for group in keys.groups:
-        pipe.zrangebyscore(group.tripped, now_ms, "+inf")
-    tripped_raw = [member for members in pipe.execute() for member in members]
+    paused_raw, caps_raw = pipe.execute()
     paused = {t for name in paused_raw if (t := parse_field(name)) is not None}
     caps = {t: int(v) for name, v in caps_raw.items() if (t := parse_field(name)) is not None}
-    weights = {text(org): int(w) for org, w in weights_raw.items()}
-    tripped = set()
-    for member in tripped_raw:
-        try:
-            tripped.add(parse_tenant_tag(member))
-        except ValueError:
-            continue
-    tenants = set(depths)
-    tenants.update((org, env) for org, env in (*paused, *caps) if env is not None)
-    if filter:
-        tenants = {(org, env) for org, env in tenants if filter in org or filter in env}
+    ruled = sorted(
+        {(org, env) for org, env in (*paused, *caps) if env is not None and matches(filter, org, env)}
+    )
+    extras: list[_Key] = []
+    if ruled:  # those without buffered work: not in their group's index
+        pipe = client.pipeline(transaction=False)
+        for org, env in ruled:
+            pipe.zscore(keys.group_of(org).index_tenants, tenant_member(org, env))
+        extras = [t for t, score in zip(ruled, pipe.execute(), strict=True) if score is None]
+    if sort == "oldest":
+        repair_unknown_heads(scripts, keys)
+    bounds = lex_range(filter)
+    for attempt in range(_ATTEMPTS):
+        scores: dict[_Key, float] = {}
+        if sort == "org":
+            page, total = org_page(client, keys, bounds, extras, offset=offset, limit=limit)
+        else:
+            page, total, scores = scored_page(
+                client,
+                keys,
+                bounds if filter else None,
+                extras,
+                index="index_depth" if sort == "depth" else "index_oldest",
+                offset=offset,
+                limit=limit,
+            )
+        truth = _read_rows(scripts, keys, page)
+        extra_set = set(extras)
+        stale = [
+            t
+            for t, depth, created in zip(page, truth.depths, truth.created, strict=True)
+            if t not in extra_set
+            and (
+                depth <= 0
+                or (sort == "depth" and scores.get(t) != -depth)
+                or (sort == "oldest" and scores.get(t) != (NO_HEAD if created is None else created))
+            )
+        ]
+        if not stale or attempt == _ATTEMPTS - 1:
+            break
+        reindex(scripts, keys, stale)
+    return TenantPage(
+        rows=_rows(page, truth, settings, paused, caps), total=total, offset=offset, limit=limit
+    )
 
-    ages: dict[_Key, int | None] = {}
-    if sort == "org":
-        ordered = sorted(tenants)
-    elif sort == "depth":
-        ordered = sorted(tenants, key=lambda t: (-depths.get(t, 0), t))
+
+class _Truth:
+    """What the rows show, read from the counters, the queues and the rule hashes."""
+
+    __slots__ = ("created", "depths", "flags", "now_ms", "tripped", "weights")
+
+    def __init__(self) -> None:
+        self.depths: list[int] = []
+        self.created: list[int | None] = []
+        self.tripped: list[bool] = []
+        self.weights: dict[str, int] = {}
+        self.flags: dict[str, bool] = {}
+        self.now_ms = 0
+
+
+def _read_rows(scripts: IndexScripts, keys: KeySpace, page: list[_Key]) -> _Truth:
+    client = scripts.client
+    truth = _Truth()
+    orgs = sorted({org for org, _ in page})
+    tenants = [keys.tenant(org, env) for org, env in page]
+    groups: dict[int, tuple[KeySpace, list[int]]] = {}
+    for i, t in enumerate(tenants):  # each group's counters and tripped registry: one slot each
+        groups.setdefault(id(t.space), (t.space, []))[1].append(i)
+    cluster = is_cluster(client)
+    pipe = client.pipeline(transaction=False)
+    if not cluster:
+        pipe.time()
+    if page:
+        for space, positions in groups.values():
+            pipe.hmget(space.depth, [tenants[i].depth_env_field for i in positions])
+            pipe.zmscore(space.tripped, [tenants[i].tripped_member for i in positions])
+        pipe.hmget(keys.weights, orgs)
+        pipe.hmget(keys.org_flags, orgs)
+    replies = pipe.execute()
+    if cluster:  # a cluster pipeline refuses TIME
+        truth.now_ms = server_ms(client)
     else:
-        everything = sorted(tenants)
-        ages = dict(zip(everything, oldest_ages(scripts, keys, everything, now_ms), strict=True))
-        ordered = sorted(everything, key=lambda t: (ages[t] is None, -(ages[t] or 0), t))
-    page = ordered[offset : offset + limit]
-    if sort != "oldest":
-        ages = dict(zip(page, oldest_ages(scripts, keys, page, now_ms), strict=True))
+        (seconds, micros), *replies = replies
+        truth.now_ms = int(seconds) * 1000 + int(micros) // 1000
+    if not page:
+        return truth
+    *per_group, weights, flags = replies
+    counts: list[Any] = [None] * len(page)
+    deadlines: list[Any] = [None] * len(page)
+    for (_, positions), group_counts, group_deadlines in zip(
+        groups.values(), per_group[0::2], per_group[1::2], strict=True
+    ):
+        for i, count, deadline in zip(positions, group_counts, group_deadlines, strict=True):
+            counts[i], deadlines[i] = count, deadline
+    truth.depths = [int(c or 0) for c in counts]
+    truth.tripped = [d is not None and float(d) >= truth.now_ms for d in deadlines]
+    truth.weights = {org: int(w) for org, w in zip(orgs, weights, strict=True) if w is not None}
+    truth.flags = {org: f == b"true" for org, f in zip(orgs, flags, strict=True) if f is not None}
+    truth.created = head_created_at(scripts, keys, page)
+    return truth
 
+
+def _rows(
+    page: list[_Key],
+    truth: _Truth,
+    settings: MollifierSettings | None,
+    paused: set[tuple[str, str | None]],
+    caps: dict[tuple[str, str | None], int],
+) -> list[TenantRow]:
     static = settings.org_enrolled_statically if settings is not None else None
     default_env_cap = settings.cap_per_env if settings is not None else None
     default_org_cap = settings.cap_per_org if settings is not None else None
-    rows = [
+    return [
         TenantRow(
             org_id=org,
             env_id=env,
-            depth=depths.get((org, env), 0),
-            oldest_age_ms=ages.get((org, env)),
-            tripped=(org, env) in tripped,
+            depth=max(depth, 0),
+            oldest_age_ms=None if created is None else max(0, truth.now_ms - created),
+            tripped=tripped,
             paused=(org, None) in paused or (org, env) in paused,
             cap=caps.get((org, env), default_env_cap),
-            weight=weights.get(org, DEFAULT_WEIGHT),
-            enrolled=None if static is None else static(org) or flags_raw.get(org.encode()) == b"true",
+            weight=truth.weights.get(org, DEFAULT_WEIGHT),
+            enrolled=None if static is None else static(org) or truth.flags.get(org, False),
             org_cap=caps.get((org, None), default_org_cap),
         )
-        for org, env in page
+        for (org, env), depth, created, tripped in zip(
+            page, truth.depths, truth.created, truth.tripped, strict=True
+        )
     ]
-    return TenantPage(rows=rows, total=len(ordered), offset=offset, limit=limit)
 
 
 def dwell_snapshot(
-    scripts: ListingScripts, keys: KeySpace, top: int
+    scripts: IndexScripts, keys: KeySpace, top: int
 ) -> tuple[int, int, list[tuple[str, str, int]], int]:
     """``(depth, oldest age, the top oldest envs as (org, env, age), dead letters)``: what the
-    fleet gauges report. Reads the depth counters, each env's head, and each dead-letter set's
-    size; never the entries behind the heads."""
+    fleet gauges report. The first page by age of the listing (a range read of the oldest index,
+    exact as the listing's first page is), the depth counter, each dead-letter set's size."""
     client = scripts.client
-    envs = sorted(env_depths(scripts, keys))
+    page = tenant_page(scripts, keys, None, offset=0, limit=top, filter=None, sort="oldest")
+    ranked = [(r.org_id, r.env_id, r.oldest_age_ms) for r in page.rows if r.oldest_age_ms is not None]
     pipe = client.pipeline(transaction=False)
     for group in keys.groups:
         pipe.hget(group.depth, "total")
         pipe.smembers(group.failed_orgs)
     replies = pipe.execute()
     total_raw = sum(int(n) for n in replies[0::2] if n is not None)
-    failed_orgs = {org for members in replies[1::2] for org in members}
-    now_ms = server_ms(client)
-    ages = oldest_ages(scripts, keys, envs, now_ms)
-    ranked = sorted(
-        ((org, env, age) for (org, env), age in zip(envs, ages, strict=True) if age is not None),
-        key=lambda item: -item[2],
-    )
-    orgs = sorted(text(org) for org in failed_orgs)
+    orgs = sorted({text(org) for members in replies[1::2] for org in members})
     pipe = client.pipeline(transaction=False)
     for org in orgs:
         pipe.smembers(keys.failed_envs(org))

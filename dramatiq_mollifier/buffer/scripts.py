@@ -54,6 +54,7 @@ SCRIPT_NAMES = (
     "pop",
     "purge_failed",
     "queue_heads",
+    "reindex_env",
     "reclaim",
     "release",
     "renew",

@@ -193,7 +193,7 @@ class MollifierBuffer(BufferAdmin):
         try:
             reply = self._write(
                 self.scripts.accept,
-                6,
+                9,
                 t.space.entry(message_id),
                 *t.accept_keys,
                 message_id,
@@ -227,7 +227,7 @@ class MollifierBuffer(BufferAdmin):
             return int(
                 self._write(
                     self._accept_capped,
-                    9,
+                    12,
                     t.space.entry(message_id),
                     *t.accept_keys,
                     t.failed,
@@ -281,7 +281,7 @@ class MollifierBuffer(BufferAdmin):
         try:
             reply = self._write(
                 self.scripts.evaluate_trip_and_accept,
-                9,
+                12,
                 *t.trip_keys,
                 t.space.entry(message_id),
                 *t.accept_keys,

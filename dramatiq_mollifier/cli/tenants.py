@@ -15,13 +15,14 @@ from .stats import format_age
 DESCRIPTION = """\
 List the envs with buffered work (and envs with a pause or cap of their own), one page at a
 time: depth, age of the oldest queued message, tripped, paused, cap, weight, enrolled. Cheap with
-thousands of tenants: it reads counters Redis keeps, and the oldest entry of the listed envs only."""
+any number of tenants: a page is a range of the indexes Redis keeps, then the listed envs' rows."""
 
 EPILOG = f"""\
 examples:
   dramatiq-mollifier tenants
   dramatiq-mollifier tenants --sort oldest --limit 10   # who has waited longest
-  dramatiq-mollifier tenants --sort depth --filter acme
+  dramatiq-mollifier tenants --sort depth --filter acme    # orgs whose id starts with acme
+  dramatiq-mollifier tenants --filter acme/pr               # envs of acme starting with pr
   dramatiq-mollifier tenants --offset 100 --json
 
 {common.EXIT_CODES_HELP}"""
@@ -36,7 +37,11 @@ def register(subparsers: Any) -> None:
         formatter_class=common.help_formatter,
     )
     parser.add_argument("--sort", choices=TENANT_SORTS, default="org", help="order (default: org)")
-    parser.add_argument("--filter", metavar="TEXT", help="only envs whose org or env id contains TEXT")
+    parser.add_argument(
+        "--filter",
+        metavar="TEXT",
+        help="only envs whose org id starts with TEXT (ORG/ENV: envs of ORG starting with ENV)",
+    )
     parser.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N (default 0)")
     parser.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N (default 50)")
     parser.add_argument("--json", action="store_true", help="print one JSON document (for machines)")

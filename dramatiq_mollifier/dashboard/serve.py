@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +12,8 @@ from flask import Flask
 from .security import is_loopback
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_THREADS", "BackgroundServer", "make_server", "serve"]
+
+logger = logging.getLogger(__name__)
 
 #: The address served by default: this machine only.
 DEFAULT_HOST = "127.0.0.1"
@@ -87,15 +91,36 @@ class BackgroundServer:
         if self._thread.is_alive():
             try:
                 server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-            except OSError:
-                # The trigger's pipe is gone (seen once under a full test run: EBADF): close the
-                # sockets from here instead; the loop ends when its map is empty.
-                wasyncore.close_all(server._map, ignore_all=True)
+            except OSError as exc:
+                self._stop_without_trigger(exc)
             self._thread.join(timeout=10)
         server.task_dispatcher.shutdown()
         from .app import close_app
 
         close_app(self._app)
+
+    def _stop_without_trigger(self, error: OSError) -> None:
+        """The trigger's pipe is gone (seen once under a full test run: EBADF). Its state is
+        logged, to tell waitress closing its own trigger (``closed=True``: an error or EOF on the
+        pipe) from a descriptor closed under it by other code (``closed=False``). The loop is
+        then stopped without it: its map emptied here (the loop leaves when it finds it empty,
+        within its select timeout, 1 s), and the channels closed once its thread has ended, so
+        no socket is closed by two threads at once."""
+        server = self._server
+        trigger = server.trigger
+        logger.warning(
+            "mollifier.dashboard_stop_without_trigger error=%s closed=%s trigger_in_map=%s channels=%d",
+            error,
+            getattr(trigger, "_closed", None),
+            any(d is trigger for d in list(server._map.values())),
+            len(server._map),
+        )
+        channels = list(server._map.values())
+        server._map.clear()
+        self._thread.join(timeout=10)
+        for channel in channels:
+            with contextlib.suppress(OSError):  # a descriptor already closed under it
+                channel.close()
 
     def __enter__(self) -> BackgroundServer:
         return self

@@ -71,11 +71,73 @@ local function adjust_counter(depth, field, delta)
 end
 
 -- Add delta to the QUEUED + DRAINING counters (the total, the org's, the env's). The depth hash
--- only holds tenants with work.
+-- only holds tenants with work. 'indexed' counts the same as 'total' in every script that keeps
+-- the listing indexes (index_env below): code older than the indexes moves 'total' alone, and
+-- the listing rebuilds the indexes when the two disagree.
 local function adjust_depth(depth, org, env, delta)
   adjust_counter(depth, 'total', delta)
+  adjust_counter(depth, 'indexed', delta)
   adjust_counter(depth, org_field(org), delta)
   adjust_counter(depth, env_field(org, env), delta)
+end
+
+-- The tenant listing's indexes (keys.py: index:tenants, index:depth, index:oldest), given as a
+-- table of those three keys. An env's member is its org id with each NUL doubled as \0\1, two
+-- NULs, then its env id: byte order is (org, env) order, and it is injective. keys.py builds the
+-- same string.
+local function tenant_member(org, env)
+  if string.find(org, '\0', 1, true) then
+    org = string.gsub(org, '%z', '\0\1')
+  end
+  return org .. '\0\0' .. env
+end
+
+-- The env's entries in the by-org and by-depth indexes, from its depth counter: present with
+-- score -depth while it has QUEUED or DRAINING entries, absent from all three indexes otherwise.
+-- Returns the env's member and depth.
+local function index_depth(index, depth, org, env)
+  local member = tenant_member(org, env)
+  local count = tonumber(redis.call('HGET', depth, env_field(org, env))) or 0
+  if count > 0 then
+    redis.call('ZADD', index[1], 0, member)
+    redis.call('ZADD', index[2], -count, member)
+  else
+    redis.call('ZREM', index[1], member)
+    redis.call('ZREM', index[2], member)
+    redis.call('ZREM', index[3], member)
+  end
+  return member, count
+end
+
+-- The env's score in the oldest index after its queue changed: the created_at_ms of the queue's
+-- head, or NO_HEAD for an empty queue (or a head whose entry is gone, as the listing reads it).
+-- `before` is the head id the script saw before changing the queue: an unchanged head keeps its
+-- score. `known` maps ids to their entry keys (the entries the script was given): a new head
+-- not among them scores 0, "not known", which sorts first and which the listing repairs, so a
+-- score is never later than the truth. NO_HEAD is keys.py's.
+-- (Scores go as strings: Lua would write NO_HEAD in floating-point notation.)
+local NO_HEAD = '9007199254740991'
+local function index_head(oldest, queue, member, before, known)
+  local after = redis.call('LINDEX', queue, 0)
+  local score
+  if not after then
+    score = NO_HEAD
+  elseif after == before and redis.call('ZSCORE', oldest, member) then
+    return
+  elseif known[after] then
+    score = redis.call('HGET', known[after], 'created_at_ms') or NO_HEAD
+  else
+    score = '0'
+  end
+  redis.call('ZADD', oldest, score, member)
+end
+
+-- Both of the above: the env's entries in the three indexes after its depth or queue changed.
+local function index_env(index, depth, queue, org, env, before, known)
+  local member, count = index_depth(index, depth, org, env)
+  if count > 0 then
+    index_head(index[3], queue, member, before, known)
+  end
 end
 
 -- Push a token on the drainers' wake-up list: one idle drainer blocked on it wakes. The list

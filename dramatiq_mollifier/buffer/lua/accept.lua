@@ -9,6 +9,9 @@
 -- KEYS[4]  the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[5]  the depth counters (hash)
 -- KEYS[6]  the drainers' wake-up list: signalled when the first org gets queued work
+-- KEYS[7]  the listing index by org and env (sorted set)
+-- KEYS[8]  the listing index by depth (sorted set)
+-- KEYS[9]  the listing index by oldest queued entry (sorted set)
 -- ARGV[1]  message id
 -- ARGV[2]  org id
 -- ARGV[3]  env id
@@ -28,8 +31,10 @@ local ttl_ms = tonumber(ARGV[5])
 if ttl_ms > 0 then
   redis.call('PEXPIRE', entry, ttl_ms)
 end
+local before = redis.call('LINDEX', KEYS[2], 0)
 redis.call('RPUSH', KEYS[2], ARGV[1])
 -- The buffer had no queued work: idle drainers block on the wake-up list, one of them wakes now.
 note_queued(KEYS[3], KEYS[4], org, env, KEYS[6])
 adjust_depth(KEYS[5], org, env, 1)
+index_env({KEYS[7], KEYS[8], KEYS[9]}, KEYS[5], KEYS[2], org, env, before, {[ARGV[1]] = entry})
 return 1

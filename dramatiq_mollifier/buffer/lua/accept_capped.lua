@@ -9,9 +9,12 @@
 -- KEYS[4]  the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[5]  the depth counters (hash)
 -- KEYS[6]  the drainers' wake-up list: signalled when the first org gets queued work
--- KEYS[7]  the env's dead letters (sorted set, score = failed at in ms)
--- KEYS[8]  the org's set of envs with dead letters
--- KEYS[9]  the set of orgs with dead letters
+-- KEYS[7]  the listing index by org and env (sorted set)
+-- KEYS[8]  the listing index by depth (sorted set)
+-- KEYS[9]  the listing index by oldest queued entry (sorted set)
+-- KEYS[10] the env's dead letters (sorted set, score = failed at in ms)
+-- KEYS[11] the org's set of envs with dead letters
+-- KEYS[12] the set of orgs with dead letters
 -- ARGV[1]  message id
 -- ARGV[2]  org id
 -- ARGV[3]  env id
@@ -51,12 +54,14 @@ if over > 0 then
     message = ARGV[10]
   end
   redis.call('HSET', entry, 'status', 'FAILED', 'error_code', 'cap_exceeded', 'error_message', message)
-  redis.call('ZADD', KEYS[7], now, id)
-  redis.call('SADD', KEYS[8], env)
-  redis.call('SADD', KEYS[9], org)
+  redis.call('ZADD', KEYS[10], now, id)
+  redis.call('SADD', KEYS[11], env)
+  redis.call('SADD', KEYS[12], org)
   return over + 2
 end
+local before = redis.call('LINDEX', KEYS[2], 0)
 redis.call('RPUSH', KEYS[2], id)
 note_queued(KEYS[3], KEYS[4], org, env, KEYS[6])
 adjust_depth(depth, org, env, 1)
+index_env({KEYS[7], KEYS[8], KEYS[9]}, depth, KEYS[2], org, env, before, {[id] = entry})
 return 1

@@ -16,6 +16,10 @@
 -- KEYS[7]  the org's set of envs with dead letters (unused)
 -- KEYS[8]  the set of orgs with dead letters (unused)
 -- KEYS[9]  the depth counters (hash)
+-- KEYS[10] the drainers' wake-up list (unused: the layout every per-entry script shares)
+-- KEYS[11] the listing index by org and env (sorted set)
+-- KEYS[12] the listing index by depth (sorted set)
+-- KEYS[13] the listing index by oldest queued entry (sorted set)
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
@@ -25,11 +29,14 @@
 
 local entry, queue, envs, orgs, leases, depth = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[9]
 local id, org, env = ARGV[1], ARGV[2], ARGV[3]
+local index = {KEYS[11], KEYS[12], KEYS[13]}
 local status, answer = admit_entry(entry, org, env)
 if not status then
+  local before = redis.call('LINDEX', queue, 0)
   if answer == 0 and redis.call('EXISTS', entry) == 0 and redis.call('LREM', queue, 1, id) == 1 then
     adjust_depth(depth, org, env, -1)
     prune_queue_sets(queue, envs, orgs, org, env)
+    index_env(index, depth, queue, org, env, before, {})
     return 2
   end
   return answer
@@ -43,6 +50,8 @@ if status == 'DRAINING' then
     return 3
   end
 end
+local before = redis.call('LINDEX', queue, 0)
 leave_live_state(status, id, queue, envs, orgs, leases, depth, org, env)
 redis.call('DEL', entry)
+index_env(index, depth, queue, org, env, before, {})
 return 1

@@ -13,6 +13,9 @@
 -- KEYS[7]  the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[8]  the depth counters
 -- KEYS[9]  the drainers' wake-up list: signalled when the first org gets queued work
+-- KEYS[10]  the listing index by org and env (sorted set)
+-- KEYS[11] the listing index by depth (sorted set)
+-- KEYS[12] the listing index by oldest queued entry (sorted set)
 -- ARGV[1]  window in ms
 -- ARGV[2]  threshold
 -- ARGV[3]  hold in ms
@@ -61,9 +64,12 @@ if ttl_ms > 0 then
 end
 -- A queue that was not empty already has its env and org registered (prune_queue_sets
 -- unregisters them only once it is empty): registering is for the first entry alone.
+local member = tenant_member(org, env)
 if redis.call('RPUSH', KEYS[5], ARGV[5]) == 1 then
   -- The buffer had no queued work: one idle drainer wakes (see accept.lua).
   note_queued(KEYS[6], KEYS[7], org, env, KEYS[9])
+  -- The entry is the queue's head: the env's score in the oldest index (index_head's work).
+  redis.call('ZADD', KEYS[12], string.format('%.0f', now), member)
 end
 local depth = KEYS[8]
 local field = 'total'
@@ -74,8 +80,20 @@ field = org_field(org)
 if redis.call('HINCRBY', depth, field, 1) <= 0 then
   redis.call('HDEL', depth, field)
 end
-field = env_field(org, env)
+field = 'indexed'
 if redis.call('HINCRBY', depth, field, 1) <= 0 then
   redis.call('HDEL', depth, field)
+end
+field = env_field(org, env)
+local env_depth = redis.call('HINCRBY', depth, field, 1)
+if env_depth <= 0 then
+  redis.call('HDEL', depth, field)
+end
+-- index_depth's work: the env is listed, its depth one more.
+if env_depth > 0 then
+  if env_depth == 1 then
+    redis.call('ZADD', KEYS[10], 0, member)
+  end
+  redis.call('ZADD', KEYS[11], -env_depth, member)
 end
 return count * 4 + 3

@@ -10,6 +10,9 @@
 -- KEYS[8]  the set of orgs with dead letters
 -- KEYS[9]  the depth counters (hash)
 -- KEYS[10] the drainers' wake-up list (unused: the layout every per-entry script shares)
+-- KEYS[11] the listing index by org and env (sorted set)
+-- KEYS[12] the listing index by depth (sorted set)
+-- KEYS[13] the listing index by oldest queued entry (sorted set)
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
@@ -29,7 +32,9 @@ end
 if not owns(entry, ARGV[7]) then
   return -2
 end
+local before = redis.call('LINDEX', queue, 0)
 leave_live_state(status, id, queue, envs, orgs, KEYS[5], KEYS[9], org, env)
+index_env({KEYS[11], KEYS[12], KEYS[13]}, KEYS[9], queue, org, env, before, {})
 redis.call('HSET', entry, 'status', 'FAILED', 'error_code', ARGV[4], 'error_message', ARGV[5])
 -- Not committed to the broker any more: a cancel may remove it again.
 redis.call('HDEL', entry, 'committed')

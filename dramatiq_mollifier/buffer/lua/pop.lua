@@ -10,7 +10,10 @@
 -- KEYS[3]   the orgs with queued work (sorted set, all scores 0: ordered by id)
 -- KEYS[4]   the leases (sorted set, score = deadline in ms)
 -- KEYS[5]   the depth counters (hash)
--- KEYS[6..] entry hash of each peeked id, in the order of ARGV[8..]
+-- KEYS[6]   the listing index by org and env (sorted set)
+-- KEYS[7]   the listing index by depth (sorted set)
+-- KEYS[8]   the listing index by oldest queued entry (sorted set)
+-- KEYS[9..] entry hash of each peeked id, in the order of ARGV[8..]
 -- ARGV[1]   org id
 -- ARGV[2]   env id
 -- ARGV[3]   how many entries to pop at most
@@ -39,8 +42,9 @@ local owner, max_bytes = ARGV[5], tonumber(ARGV[6])
 local popped_before = ARGV[7] == '1'
 local entry_of = {}
 for i = 8, #ARGV do
-  entry_of[ARGV[i]] = KEYS[i - 2]
+  entry_of[ARGV[i]] = KEYS[i + 1]
 end
+local before = redis.call('LINDEX', queue, 0)
 local bytes = 0
 local stopped = 0
 local frames = {}
@@ -88,4 +92,5 @@ while taken < limit do
   end
 end
 prune_queue_sets(queue, envs, orgs, org, env)
+index_env({KEYS[6], KEYS[7], KEYS[8]}, depth, queue, org, env, before, entry_of)
 return {stopped, table.concat(frames)}

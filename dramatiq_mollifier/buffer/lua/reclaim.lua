@@ -10,6 +10,9 @@
 -- KEYS[8]  the set of orgs with dead letters
 -- KEYS[9]  the depth counters (hash)
 -- KEYS[10] the drainers' wake-up list: pushed when the buffer had no queued work
+-- KEYS[11] the listing index by org and env (sorted set)
+-- KEYS[12] the listing index by depth (sorted set)
+-- KEYS[13] the listing index by oldest queued entry (sorted set)
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
@@ -34,6 +37,7 @@ if not status then
       if tag then
         local lost_org, lost_env = parse_tenant_tag(tag)
         adjust_depth(depth, lost_org, lost_env, -1)
+        index_depth({KEYS[11], KEYS[12], KEYS[13]}, depth, lost_org, lost_env)
       end
     end
     drop_lease(leases, depth, id)
@@ -49,6 +53,7 @@ local expired = redis.call('HINCRBY', entry, 'leases_expired', 1)
 local max_expired = tonumber(ARGV[5]) or 0
 if max_expired > 0 and expired >= max_expired then
   adjust_depth(depth, org, env, -1)
+  index_depth({KEYS[11], KEYS[12], KEYS[13]}, depth, org, env)
   redis.call('HDEL', entry, 'committed')
   redis.call('HSET', entry, 'status', 'FAILED', 'error_code', 'LeaseExpired', 'error_message',
     string.format('its lease expired %d times without its drainer settling it', expired))
@@ -62,6 +67,8 @@ redis.call('HSET', entry, 'status', 'QUEUED')
 -- Not committed to the broker any more: a cancel may remove it again.
 redis.call('HDEL', entry, 'committed')
 apply_ttl(entry, tonumber(ARGV[4]))
+local before = redis.call('LINDEX', queue, 0)
 redis.call('RPUSH', queue, id)
 note_queued(envs, orgs, org, env, KEYS[10])
+index_env({KEYS[11], KEYS[12], KEYS[13]}, depth, queue, org, env, before, {[id] = entry})
 return 1

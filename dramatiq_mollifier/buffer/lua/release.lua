@@ -13,6 +13,9 @@
 -- KEYS[9]  the depth counters (hash; only the lease's tenant record changes: a DRAINING entry
 --          is counted as a QUEUED one is)
 -- KEYS[10] the drainers' wake-up list: pushed when the buffer had no queued work
+-- KEYS[11] the listing index by org and env (sorted set)
+-- KEYS[12] the listing index by depth (sorted set)
+-- KEYS[13] the listing index by oldest queued entry (sorted set)
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
@@ -36,6 +39,8 @@ redis.call('HSET', entry, 'status', 'QUEUED')
 -- Not committed to the broker any more: a cancel may remove it again.
 redis.call('HDEL', entry, 'committed')
 apply_ttl(entry, tonumber(ARGV[4]))
+local before = redis.call('LINDEX', queue, 0)
 redis.call('LPUSH', queue, id)
 note_queued(envs, orgs, org, env, KEYS[10])
+index_env({KEYS[11], KEYS[12], KEYS[13]}, KEYS[9], queue, org, env, before, {[id] = entry})
 return 1

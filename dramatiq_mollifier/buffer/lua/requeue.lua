@@ -11,6 +11,9 @@
 -- KEYS[8]  the set of orgs with dead letters
 -- KEYS[9]  the depth counters (hash)
 -- KEYS[10] the drainers' wake-up list: pushed when the buffer had no queued work
+-- KEYS[11] the listing index by org and env (sorted set)
+-- KEYS[12] the listing index by depth (sorted set)
+-- KEYS[13] the listing index by oldest queued entry (sorted set)
 -- ARGV[1]  message id
 -- ARGV[2]  org id the caller believes the entry belongs to
 -- ARGV[3]  env id the caller believes the entry belongs to
@@ -28,6 +31,7 @@ end
 if not owns(entry, ARGV[5]) then
   return -2
 end
+local before = redis.call('LINDEX', queue, 0)
 if status == 'QUEUED' then
   redis.call('LREM', queue, 1, id)
 elseif status == 'DRAINING' then
@@ -45,4 +49,5 @@ redis.call('HINCRBY', entry, 'attempts', 1)
 apply_ttl(entry, tonumber(ARGV[4]))
 redis.call('RPUSH', queue, id)
 note_queued(envs, orgs, org, env, KEYS[10])
+index_env({KEYS[11], KEYS[12], KEYS[13]}, KEYS[9], queue, org, env, before, {[id] = entry})
 return 1
