@@ -67,8 +67,8 @@ class App:
 
 
 @pytest.fixture
-def app(redis_url: str) -> Iterator[App]:
-    app = App(redis_url)
+def app(broker_url: str) -> Iterator[App]:
+    app = App(broker_url)
     yield app
     app.close()
 
@@ -203,12 +203,13 @@ def test_the_cancel_check_commits_a_popped_batch_in_one_call(buffer: MollifierBu
 
 
 def test_a_pending_dramatiq_abort_is_honoured_by_the_drainer(
-    app: App, buffer: MollifierBuffer, redis_url: str
+    app: App, buffer: MollifierBuffer, broker_url: str
 ) -> None:
     from dramatiq_abort import Abortable, abort
     from dramatiq_abort.backends import RedisBackend
 
-    abortable = Abortable(backend=RedisBackend(client=redis.Redis.from_url(redis_url)))
+    # dramatiq-abort's backend sits with the broker, on a single Redis (it is not cluster-aware)
+    abortable = Abortable(backend=RedisBackend(client=redis.Redis.from_url(broker_url)))
     app.broker.add_middleware(abortable)
     ids = seed(buffer, app, "acme", 10)
     abort(ids[3], middleware=abortable)

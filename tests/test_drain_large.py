@@ -73,11 +73,11 @@ def test_the_drain_client_has_its_own_timeout_and_never_retries(redis_url: str) 
 
 
 def test_twenty_five_messages_of_five_megabytes_drain_through_a_real_worker(
-    redis_url: str, key_prefix: str
+    redis_url: str, broker_url: str, key_prefix: str
 ) -> None:
     # Given a worker whose Mollifier was built the production way (the send side's client has a
     # 0.5 s socket timeout), and 25 messages of 5 MB diverted into its buffer
-    broker = RedisBroker(url=redis_url, namespace=f"{key_prefix}-dramatiq")
+    broker = RedisBroker(url=broker_url, namespace=f"{key_prefix}-dramatiq")
     settings = MollifierSettings(
         enabled=True,
         enabled_orgs={"acme"},
