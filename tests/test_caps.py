@@ -126,6 +126,7 @@ def test_a_cap_never_slows_a_tenant_without_one(
     ("dead_letter", (25, 0, 375, 0)),
 ])  # fmt: skip
 def test_two_processes_sending_at_once_never_exceed_the_cap_together(
+    *,  # fixtures by name
     redis_url: str,
     broker_url: str,
     redis_client: redis.Redis,

@@ -171,6 +171,7 @@ def test_a_message_lookup_and_an_org_page(
 
 
 def test_pausing_from_the_page_holds_the_messages_and_resuming_releases_them(
+    *,  # fixtures by name
     browser: Any,
     buffer: MollifierBuffer,
     redis_client: redis.Redis,

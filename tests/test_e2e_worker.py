@@ -137,6 +137,7 @@ def draining(buffer: MollifierBuffer, ids: list[str]) -> list[str]:
 
 
 def test_a_diverted_burst_is_drained_and_processed_exactly_once(
+    *,  # fixtures by name
     environment: dict[str, str],
     workers: Callable[..., Worker],
     redis_client: redis.Redis,

@@ -1,8 +1,9 @@
 """A producer process for the cross-process cap tests: sends ``CAP_COUNT`` messages for
 acme/prod through the Mollifier and prints how many sends raised ``BufferCapExceededError``.
 
-Configured from the environment: ``CAP_BROKER_URL`` (the RedisBroker's), ``CAP_COUNT``, ``CAP_START_KEY`` (a Redis key
-to wait for, so that both processes send at the same time) and ``MOLLIFIER_*``.
+Configured from the environment: ``CAP_BROKER_URL`` (the RedisBroker's), ``CAP_COUNT``,
+``CAP_START_KEY`` (a key of the Mollifier's Redis to wait for, so that both processes send at the
+same time) and ``MOLLIFIER_*``.
 """
 
 from __future__ import annotations
