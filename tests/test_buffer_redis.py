@@ -20,6 +20,7 @@ from dramatiq_mollifier.errors import BufferUnavailableError, MollifierConfigura
 from dramatiq_mollifier.models import EntryStatus
 
 from .fake_redis import FakeServer
+from .layout_helpers import entry_key, group
 from .mollifier_helpers import wait_for_leases_to_expire
 
 
@@ -190,8 +191,8 @@ def test_a_hung_redis_times_out_into_buffer_unavailable_error(silent_server: Fak
 
 
 def test_wrong_type_replies_are_wrapped(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
-    redis_client.set(buffer.keys.orgs, "not a set")
-    redis_client.set(buffer.keys.depth, "not a hash")
+    redis_client.set(group(buffer).orgs, "not a set")
+    redis_client.set(group(buffer).depth, "not a hash")
 
     with pytest.raises(BufferUnavailableError, match="ResponseError"):
         buffer.orgs()
@@ -204,7 +205,7 @@ def test_wrong_type_replies_are_wrapped(buffer: MollifierBuffer, redis_client: r
 def test_a_garbled_entry_is_reported_as_an_unexpected_reply(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
-    redis_client.hset(buffer.keys.entry("m1"), mapping={"org": "o", "env": "e", "status": "EATEN"})
+    redis_client.hset(entry_key(buffer, "m1"), mapping={"org": "o", "env": "e", "status": "EATEN"})
 
     with pytest.raises(BufferUnavailableError, match="unexpected reply"):
         buffer.get("m1")

@@ -11,6 +11,7 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import Tenant, TripDecision
 
+from .layout_helpers import all_keys, entry_key, group
 from .mollifier_helpers import eventually, wait_past, wait_server_ms
 
 
@@ -160,11 +161,11 @@ def test_tripped_lists_envs_with_a_live_hold_and_forgets_expired_ones(
     assert buffer.tripped() == [Tenant("a", "prod"), Tenant("b", "dev")]
 
     # Past a's hold and its registry deadline (at most 1.5 holds), on the server's clock
-    a_deadline = redis_client.zscore(buffer.keys.tripped, buffer.keys.tenant("a", "prod").tripped_member)
+    a_deadline = redis_client.zscore(group(buffer).tripped, buffer.keys.tenant("a", "prod").tripped_member)
     assert a_deadline is not None
     wait_past(buffer, a_deadline)
     assert buffer.tripped() == [Tenant("b", "dev")]
-    assert redis_client.zcard(buffer.keys.tripped) == 1
+    assert redis_client.zcard(group(buffer).tripped) == 1
 
 
 def test_trip_and_accept_stores_nothing_while_not_tripped(
@@ -178,7 +179,7 @@ def test_trip_and_accept_stores_nothing_while_not_tripped(
     assert buffer.get("m1") is None
     assert buffer.depth() == 0
     # only the window counter exists
-    assert redis_client.keys("*") == [buffer.keys.tenant("o", "e").trip_counter.encode()]
+    assert all_keys(redis_client) == [buffer.keys.tenant("o", "e").trip_counter.encode()]
 
 
 def test_trip_and_accept_accepts_once_tripped_and_stays_idempotent(buffer: MollifierBuffer) -> None:
@@ -229,20 +230,20 @@ def test_trip_and_accept_respects_entry_ttl(redis_client: redis.Redis, key_prefi
         "m1", org_id="o", env_id="e", payload=b"x", window_ms=1_000, threshold=0, hold_ms=1_000
     )
 
-    assert 0 < redis_client.pttl(buffer.keys.entry("m1")) <= 30_000
+    assert 0 < redis_client.pttl(entry_key(buffer, "m1")) <= 30_000
 
 
 def test_the_tripped_registry_forgets_expired_holds_without_being_listed(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
     evaluate(buffer, "a", "prod", threshold=0, hold_ms=30)
-    a_deadline = redis_client.zscore(buffer.keys.tripped, buffer.keys.tenant("a", "prod").tripped_member)
+    a_deadline = redis_client.zscore(group(buffer).tripped, buffer.keys.tenant("a", "prod").tripped_member)
     assert a_deadline is not None
     wait_past(buffer, a_deadline)
 
     evaluate(buffer, "b", "prod", threshold=0, hold_ms=10_000)
 
-    assert redis_client.zrange(buffer.keys.tripped, 0, -1) == [b"1:b:prod"]
+    assert redis_client.zrange(group(buffer).tripped, 0, -1) == [b"1:b:prod"]
 
 
 def test_a_tripped_env_writes_the_registry_once_per_half_hold_not_on_every_send(
@@ -251,7 +252,7 @@ def test_a_tripped_env_writes_the_registry_once_per_half_hold_not_on_every_send(
     options = {"threshold": 0, "hold_ms": 10_000}
     t = buffer.keys.tenant("o", "e")
     evaluate(buffer, **options)
-    score = redis_client.zscore(buffer.keys.tripped, t.tripped_member)
+    score = redis_client.zscore(group(buffer).tripped, t.tripped_member)
     assert score is not None
 
     for _ in range(5):
@@ -259,7 +260,7 @@ def test_a_tripped_env_writes_the_registry_once_per_half_hold_not_on_every_send(
 
     # Then the registry is as the first trip left it, and its deadline still covers the marker,
     # whose value is that deadline
-    assert redis_client.zscore(buffer.keys.tripped, t.tripped_member) == score
+    assert redis_client.zscore(group(buffer).tripped, t.tripped_member) == score
     assert redis_client.get(t.trip_hold) == b"%d" % score
     server_ms = redis_client.time()
     now_ms = server_ms[0] * 1000 + server_ms[1] // 1000
@@ -272,13 +273,13 @@ def test_the_registry_moves_its_deadline_when_the_hold_would_outlive_it(
     options = {"threshold": 0, "hold_ms": 100}
     member = buffer.keys.tenant("o", "e").tripped_member
     evaluate(buffer, **options)
-    first = redis_client.zscore(buffer.keys.tripped, member)
+    first = redis_client.zscore(group(buffer).tripped, member)
     assert first is not None
 
     # Re-armed more than half a hold later (on the server's clock): the deadline moves with it
     wait_server_ms(redis_client, 60)
     evaluate(buffer, **options)
-    later = redis_client.zscore(buffer.keys.tripped, member)
+    later = redis_client.zscore(group(buffer).tripped, member)
     assert later is not None
     assert later > first
     assert buffer.tripped() == [Tenant("o", "e")]
