@@ -28,3 +28,22 @@ def all_keys(client: Any, pattern: str = "*") -> list[bytes]:
     for node in client.get_primaries():
         found.extend(client.keys(pattern, target_nodes=node))
     return found
+
+
+def org_beside(buffer: MollifierBuffer, org_id: str, first: str) -> str:
+    """An org other than ``org_id`` in the same slot group (``first`` itself without groups), for
+    tests about two orgs meeting in one group's keys."""
+    target = group(buffer, org_id)
+    for n in range(10_000):
+        candidate = first if n == 0 else f"{first}{n}"
+        if candidate != org_id and group(buffer, candidate) is target:
+            return candidate
+    raise AssertionError(f"no org beside {org_id!r}")
+
+
+def connection_kwargs(client: Any) -> dict[str, Any]:
+    """What the client's connections are made with (a cluster's: those of a node's pool)."""
+    if is_cluster(client):
+        node = client.get_default_node()
+        return dict(node.redis_connection.connection_pool.connection_kwargs)
+    return dict(client.connection_pool.connection_kwargs)

@@ -114,7 +114,7 @@ def test_reclaim_gives_back_the_counts_of_a_draining_entry_whose_hash_vanished(
     buffer.accept("m1", org_id=org, env_id=env, payload=b"x")
     buffer.accept("m2", org_id=org, env_id=env, payload=b"y")
     assert DrainProtocol(buffer).pop(org, env) is not None
-    redis_client.delete(entry_key(buffer, "m1"))
+    redis_client.delete(entry_key(buffer, "m1", org))
     wait_for_leases_to_expire(buffer)
 
     # When its lease is reclaimed
@@ -236,4 +236,4 @@ def test_expired_dead_letters_are_not_listed_nor_counted_by_purge(
 
     assert [e.message_id for e in buffer.failed()] == ["m1"]
     assert buffer.purge_failed() == 1
-    assert all_keys(redis_client) == [buffer.keys.drain_wake.encode()]  # tokens for idle drainers
+    assert all_keys(redis_client) == [group(buffer).drain_wake.encode()]  # tokens for idle drainers

@@ -10,7 +10,7 @@ from dramatiq_mollifier.buffer.core import STALE_OWNER
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
-from .layout_helpers import all_keys, group
+from .layout_helpers import all_keys, group, org_beside
 from .mollifier_helpers import wait_server_ms
 
 
@@ -154,13 +154,15 @@ def test_ack_entries_leaves_an_entry_whose_id_moved_to_another_tenant_alone(buff
     popped = DrainProtocol(buffer).pop("o", "e")
     assert popped is not None
     DrainProtocol(buffer).ack("m1")
-    buffer.accept("m1", org_id="p", env_id="e", payload=b"y")
+    # (an org whose keys are in o's slot group: elsewhere the id would name another hash)
+    other = org_beside(buffer, "o", "p")
+    buffer.accept("m1", org_id=other, env_id="e", payload=b"y")
 
     # Refused: the entry under that id now is not the one this pop leased.
     assert DrainProtocol(buffer).ack_entries([popped]).refused == [popped]
 
     assert buffer.get("m1") is not None
-    assert (buffer.depth(), buffer.depth("o"), buffer.depth("p")) == (1, 0, 1)
+    assert (buffer.depth(), buffer.depth("o"), buffer.depth(other)) == (1, 0, 1)
 
 
 def test_requeue_goes_to_the_tail_with_one_more_attempt(buffer: MollifierBuffer) -> None:

@@ -14,7 +14,7 @@ from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
-from .layout_helpers import entry_key
+from .layout_helpers import entry_key, org_beside
 
 
 def test_accept_stores_a_queued_entry_with_server_time(buffer: MollifierBuffer) -> None:
@@ -88,9 +88,10 @@ def test_accept_is_idempotent_in_every_status(buffer: MollifierBuffer, status: s
     before = buffer.get("m1")
     depth = buffer.depth()
 
-    # When the same id is accepted again, even with another payload and tenant
+    # When the same id is accepted again, even with another payload and tenant (of the same slot
+    # group: the id is unique per group, and an org's messages all live in its one group)
     assert not buffer.accept("m1", org_id="o", env_id="e", payload=b"second")
-    assert not buffer.accept("m1", org_id="other", env_id="x", payload=b"third")
+    assert not buffer.accept("m1", org_id=org_beside(buffer, "o", "other"), env_id="x", payload=b"third")
 
     # Then nothing changed and it is not queued twice
     assert buffer.get("m1") == before

@@ -20,7 +20,7 @@ from dramatiq_mollifier.errors import BufferUnavailableError, MollifierConfigura
 from dramatiq_mollifier.models import EntryStatus
 
 from .fake_redis import FakeServer
-from .layout_helpers import entry_key, group
+from .layout_helpers import connection_kwargs, entry_key, group
 from .mollifier_helpers import wait_for_leases_to_expire
 
 
@@ -117,7 +117,7 @@ def test_every_operation_works_on_a_resp2_client(
 def test_from_url_builds_a_bounded_resp3_client(redis_url: str, key_prefix: str) -> None:
     buffer = MollifierBuffer.from_url(redis_url, key_prefix=key_prefix, lease_ms=1234, entry_ttl_s=5)
     try:
-        kwargs = buffer.client.connection_pool.connection_kwargs
+        kwargs = connection_kwargs(buffer.client)
         assert kwargs["protocol"] == 3
         assert kwargs["socket_timeout"] == 0.5
         assert kwargs["socket_connect_timeout"] == 0.5
@@ -293,6 +293,9 @@ def test_the_hot_paths_cost_one_round_trip(
     ]
 
 
+@pytest.mark.single_server(
+    reason="counts one server's round trips; on a cluster a lookup by id is a pipeline per node"
+)
 def test_the_drain_side_round_trips(
     buffer: MollifierBuffer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,6 +325,7 @@ def trip(buffer: MollifierBuffer) -> int:
     return buffer.evaluate_trip("o", "e", window_ms=60_000, threshold=1_000, hold_ms=0).count
 
 
+@pytest.mark.single_server(reason="kills the one pooled connection of a plain client by CLIENT ID")
 def test_a_pooled_connection_the_server_dropped_does_not_surface(redis_url: str, key_prefix: str) -> None:
     buffer = MollifierBuffer.from_url(redis_url, key_prefix=key_prefix)
     admin = redis.Redis.from_url(redis_url)
@@ -383,6 +387,7 @@ def test_a_connection_lost_mid_command_is_retried_once_on_a_fresh_connection(
     buffer.client.close()
 
 
+@pytest.mark.single_server(reason="single_connection_client is an option of a plain redis.Redis only")
 def test_a_single_connection_client_works_too(redis_url: str, key_prefix: str) -> None:
     client = redis.Redis.from_url(redis_url, single_connection_client=True)
     buffer = MollifierBuffer(client, key_prefix=key_prefix)

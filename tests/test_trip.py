@@ -8,10 +8,11 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import Tenant, TripDecision
 
-from .layout_helpers import all_keys, entry_key, group
+from .layout_helpers import all_keys, entry_key, group, org_beside
 from .mollifier_helpers import eventually, wait_past, wait_server_ms
 
 
@@ -52,7 +53,7 @@ def test_one_hundred_concurrent_evaluations_get_counts_one_to_one_hundred(
     start = threading.Barrier(100)
 
     def evaluate_once() -> None:
-        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        client = client_from_url(redis_url, socket_timeout=5)
         try:
             buffer = MollifierBuffer(client, key_prefix=key_prefix)
             start.wait()
@@ -161,11 +162,13 @@ def test_tripped_lists_envs_with_a_live_hold_and_forgets_expired_ones(
     assert buffer.tripped() == [Tenant("a", "prod"), Tenant("b", "dev")]
 
     # Past a's hold and its registry deadline (at most 1.5 holds), on the server's clock
-    a_deadline = redis_client.zscore(group(buffer).tripped, buffer.keys.tenant("a", "prod").tripped_member)
+    a_deadline = redis_client.zscore(
+        group(buffer, "a").tripped, buffer.keys.tenant("a", "prod").tripped_member
+    )
     assert a_deadline is not None
     wait_past(buffer, a_deadline)
     assert buffer.tripped() == [Tenant("b", "dev")]
-    assert redis_client.zcard(group(buffer).tripped) == 1
+    assert sum(redis_client.zcard(space.tripped) for space in buffer.keys.groups) == 1
 
 
 def test_trip_and_accept_stores_nothing_while_not_tripped(
@@ -237,13 +240,16 @@ def test_the_tripped_registry_forgets_expired_holds_without_being_listed(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
     evaluate(buffer, "a", "prod", threshold=0, hold_ms=30)
-    a_deadline = redis_client.zscore(group(buffer).tripped, buffer.keys.tenant("a", "prod").tripped_member)
+    a_deadline = redis_client.zscore(
+        group(buffer, "a").tripped, buffer.keys.tenant("a", "prod").tripped_member
+    )
     assert a_deadline is not None
     wait_past(buffer, a_deadline)
 
-    evaluate(buffer, "b", "prod", threshold=0, hold_ms=10_000)
+    b = org_beside(buffer, "a", "b")  # its evaluation is the one that sees a's registry
+    evaluate(buffer, b, "prod", threshold=0, hold_ms=10_000)
 
-    assert redis_client.zrange(group(buffer).tripped, 0, -1) == [b"1:b:prod"]
+    assert redis_client.zrange(group(buffer, "a").tripped, 0, -1) == [f"{len(b)}:{b}:prod".encode()]
 
 
 def test_a_tripped_env_writes_the_registry_once_per_half_hold_not_on_every_send(
