@@ -17,6 +17,7 @@ from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.errors import MollifierConfigurationError
 from dramatiq_mollifier.models import EntryStatus
 
+from .layout_helpers import entry_key
 from .mollifier_helpers import eventually
 
 MB = 1024 * 1024
@@ -41,7 +42,7 @@ def test_a_pop_keeps_its_byte_bound_across_its_script_calls(buffer: MollifierBuf
     buffer.accept("small", org_id="o", env_id="e", payload=bytes(100))
     for n in range(_PEEK_SLACK + 1):
         buffer.accept(f"expired{n}", org_id="o", env_id="e", payload=b"x")
-        buffer.client.delete(buffer.keys.entry(f"expired{n}"))
+        buffer.client.delete(entry_key(buffer, f"expired{n}", "o"))
     buffer.accept("large", org_id="o", env_id="e", payload=bytes(1_000))
 
     # When a pop of two entries, 500 bytes at most, runs

@@ -14,7 +14,7 @@ import redis
 
 from dramatiq_mollifier import MollifierBuffer
 
-from .mollifier_helpers import eventually
+from .mollifier_helpers import eventually, leased_ids
 
 ROOT = Path(__file__).resolve().parent.parent
 BURST = 800
@@ -44,7 +44,7 @@ def settled(client: redis.Redis) -> bool:
     buffer = MollifierBuffer(client)  # the example's default key prefix
     queues = ("events", "events.DQ", "billing", "billing.DQ")
     in_broker = sum(client.hlen(f"dramatiq:{queue}.msgs") for queue in queues)
-    return buffer.depth() == 0 and client.zcard(buffer.keys.leases) == 0 and in_broker == 0
+    return buffer.depth() == 0 and not leased_ids(buffer) and in_broker == 0
 
 
 @pytest.mark.e2e

@@ -16,6 +16,7 @@ from dramatiq_mollifier.drain.gauges import FleetGauges
 from dramatiq_mollifier.drain.hooks import DrainHooks
 from dramatiq_mollifier.telemetry import Telemetry
 
+from .layout_helpers import entry_key
 from .mollifier_helpers import data_points, eventually, metrics
 
 
@@ -28,7 +29,9 @@ def age(buffer: MollifierBuffer, message_id: str, age_ms: int) -> None:
     """Make an entry look ``age_ms`` old."""
     seconds, micros = buffer.client.time()
     now_ms = seconds * 1000 + micros // 1000
-    buffer.client.hset(buffer.keys.entry(message_id), "created_at_ms", now_ms - age_ms)
+    entry = buffer.get(message_id)
+    assert entry is not None
+    buffer.client.hset(entry_key(buffer, message_id, entry.org_id), "created_at_ms", now_ms - age_ms)
 
 
 def fill(buffer: MollifierBuffer) -> None:
