@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from dramatiq_mollifier import MollifierBuffer
-from dramatiq_mollifier.buffer.clients import is_cluster
+from dramatiq_mollifier.buffer.clients import is_cluster, slot_groups_for
 from dramatiq_mollifier.buffer.keys import KeySpace
 
 
@@ -47,3 +47,22 @@ def connection_kwargs(client: Any) -> dict[str, Any]:
         node = client.get_default_node()
         return dict(node.redis_connection.connection_pool.connection_kwargs)
     return dict(client.connection_pool.connection_kwargs)
+
+
+def key_space(client: Any, key_prefix: str) -> KeySpace:
+    """The key names a buffer over ``client`` uses by default (slot groups on a cluster)."""
+    return KeySpace(key_prefix, groups=slot_groups_for(None, client))
+
+
+def script_calls(client: Any) -> int:
+    """EVALSHA and EVAL calls run so far (not those answered NOSCRIPT), on every primary."""
+    if is_cluster(client):
+        per_node = [client.info("commandstats", target_nodes=node) for node in client.get_primaries()]
+    else:
+        per_node = [client.info("commandstats")]
+    total = 0
+    for stats in per_node:
+        for name in ("evalsha", "eval"):
+            stat = stats.get(f"cmdstat_{name}", {})
+            total += int(stat.get("calls", 0)) - int(stat.get("failed_calls", 0))
+    return total

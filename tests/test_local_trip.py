@@ -21,6 +21,7 @@ from dramatiq_mollifier.gate import local_trip
 from dramatiq_mollifier.gate.local_trip import LocalTrip
 from dramatiq_mollifier.models import Tenant, TripWindow
 
+from .layout_helpers import script_calls
 from .mollifier_helpers import add_mollifier, decisions, eventually, fail_opens
 
 TRIP = {"window_ms": 60_000, "threshold": 5, "hold_ms": 60_000}
@@ -36,16 +37,6 @@ def broker() -> Iterator[StubBroker]:
 
 def window_count(buffer: MollifierBuffer, org: str, env: str) -> int:
     return int(buffer.client.get(buffer.keys.tenant(org, env).trip_counter) or 0)
-
-
-def script_calls(client: redis.Redis) -> int:
-    """EVALSHA and EVAL calls the server has run so far (not the ones answered NOSCRIPT)."""
-    stats = client.info("commandstats")
-    total = 0
-    for name in ("evalsha", "eval"):
-        stat = stats.get(f"cmdstat_{name}", {})
-        total += int(stat.get("calls", 0)) - int(stat.get("failed_calls", 0))
-    return total
 
 
 # The fold script -------------------------------------------------------------------------------
