@@ -20,6 +20,8 @@ from dramatiq_mollifier.models import EntryStatus
 from .layout_helpers import entry_key
 from .mollifier_helpers import eventually
 
+ONE_SERVER = pytest.mark.single_server(reason="inspects the pool of a plain redis.Redis client's drain copy")
+
 MB = 1024 * 1024
 
 
@@ -54,6 +56,7 @@ def test_a_pop_keeps_its_byte_bound_across_its_script_calls(buffer: MollifierBuf
     assert large is not None and large.status is EntryStatus.QUEUED
 
 
+@ONE_SERVER
 def test_the_drain_client_has_its_own_timeout_and_never_retries(redis_url: str) -> None:
     send_side = MollifierBuffer.from_url(redis_url).client
     assert send_side.get_connection_kwargs()["socket_timeout"] == 0.5
@@ -118,6 +121,7 @@ def test_twenty_five_messages_of_five_megabytes_drain_through_a_real_worker(
     assert mollifier.buffer.failed() == []
 
 
+@ONE_SERVER
 def test_a_redis_subclass_gets_connections_of_its_own_and_anything_else_is_refused(redis_url: str) -> None:
     class Instrumented(redis.Redis):
         pass
