@@ -54,15 +54,20 @@ def key_space(client: Any, key_prefix: str) -> KeySpace:
     return KeySpace(key_prefix, groups=slot_groups_for(None, client))
 
 
-def script_calls(client: Any) -> int:
-    """EVALSHA and EVAL calls run so far (not those answered NOSCRIPT), on every primary."""
+def command_calls(client: Any, *names: str) -> int:
+    """Calls of the commands ``names`` run so far (not those refused), on every primary."""
     if is_cluster(client):
         per_node = [client.info("commandstats", target_nodes=node) for node in client.get_primaries()]
     else:
         per_node = [client.info("commandstats")]
     total = 0
     for stats in per_node:
-        for name in ("evalsha", "eval"):
+        for name in names:
             stat = stats.get(f"cmdstat_{name}", {})
             total += int(stat.get("calls", 0)) - int(stat.get("failed_calls", 0))
     return total
+
+
+def script_calls(client: Any) -> int:
+    """EVALSHA and EVAL calls run so far (not those answered NOSCRIPT), on every primary."""
+    return command_calls(client, "evalsha", "eval")

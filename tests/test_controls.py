@@ -12,7 +12,7 @@ from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.buffer.rules import read_rules
 from dramatiq_mollifier.drain.cancel_check import CancelCheck, LeaseLost
 
-from .layout_helpers import group
+from .layout_helpers import entry_key, group
 
 
 def fill(buffer: MollifierBuffer, org: str, env: str, count: int, start: int = 0) -> list[str]:
@@ -144,7 +144,7 @@ def test_cancel_an_env_then_an_org(buffer: MollifierBuffer) -> None:
 
 def test_cancel_tenant_removes_references_whose_entry_vanished(buffer: MollifierBuffer) -> None:
     ids = fill(buffer, "acme", "prod", 3)
-    buffer.client.delete(buffer.keys.entry(ids[1]))  # evicted, say
+    buffer.client.delete(entry_key(buffer, ids[1], "acme"))  # evicted, say
 
     assert buffer.controls.cancel_tenant("acme", "prod") == 2
     assert buffer.client.llen(buffer.keys.tenant("acme", "prod").queue) == 0

@@ -25,8 +25,7 @@ from typing import Any, Literal
 import redis
 
 from ..breaker import CircuitBreaker
-from ..buffer.clients import client_from_url
-from ..buffer.clients import is_cluster
+from ..buffer.clients import client_from_url, is_cluster
 from ..buffer.keys import escape
 from ..buffer.store import connection_retry
 from .evidence import Evidence
