@@ -71,3 +71,11 @@ def command_calls(client: Any, *names: str) -> int:
 def script_calls(client: Any) -> int:
     """EVALSHA and EVAL calls run so far (not those answered NOSCRIPT), on every primary."""
     return command_calls(client, "evalsha", "eval")
+
+
+def orgs_of_one_group(buffer: MollifierBuffer, count: int, stem: str) -> list[str]:
+    """``count`` orgs named ``<stem><n>`` that share one slot group (the first ``count`` without
+    groups): a drainer re-probes a group it found empty only about once a second."""
+    first = group(buffer, f"{stem}0")
+    names = (f"{stem}{n}" for n in range(count * 1_000))
+    return [name for name in names if group(buffer, name) is first][:count]
