@@ -26,6 +26,7 @@ from dramatiq_mollifier.drain.hooks import DrainHooks
 from dramatiq_mollifier.models import BufferEntry
 from dramatiq_mollifier.telemetry import Telemetry
 
+from .layout_helpers import command_calls
 from .mollifier_helpers import counts, eventually, metrics
 
 QUEUE = "work"
@@ -190,8 +191,7 @@ def test_the_cancel_check_commits_a_popped_batch_in_one_call(buffer: MollifierBu
     check.popped(entries)
 
     def script_calls() -> int:
-        stats = buffer.client.info("commandstats")
-        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+        return command_calls(buffer.client, "evalsha", "eval")
 
     # A cancel lands after the pop; the first handler at its write commits the whole batch
     assert buffer.controls.cancel([ids[2]]) == 1
