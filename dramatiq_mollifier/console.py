@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from .buffer import MollifierBuffer
@@ -104,9 +105,13 @@ def connect(url: str) -> redis.Redis:
         )
     except ValueError as exc:
         raise CommandError(f"bad Redis URL {redact_url(url)}: {exc}", exit_code=EXIT_CONFIG) from exc
+    except (redis.RedisError, RedisClusterException) as exc:  # a cluster client connects at once
+        raise CommandError(
+            f"cannot reach Redis at {redact_url(url)}: {exc}", exit_code=EXIT_UNAVAILABLE
+        ) from exc
     try:
         client.ping()
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         client.close()
         raise CommandError(
             f"cannot reach Redis at {redact_url(url)}: {exc}", exit_code=EXIT_UNAVAILABLE

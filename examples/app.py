@@ -10,7 +10,9 @@ Run a worker (from the repository root)::
     REDIS_URL=redis://localhost:6379/0 dramatiq examples.app
 
 ``REDIS_URL`` (default ``redis://localhost:6379/0``) holds the broker's queues, the buffer and a
-hash standing in for the service's database.
+hash standing in for the service's database. ``BUFFER_REDIS_URL`` (default: ``REDIS_URL``) puts
+the buffer elsewhere, e.g. on a Redis Cluster (``redis+cluster://host:port``), since Dramatiq's
+RedisBroker needs a single server.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq_mollifier import Mollifier, MollifierSettings
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+BUFFER_REDIS_URL = os.environ.get("BUFFER_REDIS_URL", REDIS_URL)
 
 #: The hash standing in for the service's database: event id to how many times it was stored.
 EVENTS_KEY = "example:events"
@@ -37,7 +40,7 @@ broker.add_middleware(
         MollifierSettings(
             enabled=True,
             enabled_orgs={"*"},  # or a few orgs first; `dramatiq-mollifier orgs enable` adds more live
-            redis_url=REDIS_URL,
+            redis_url=BUFFER_REDIS_URL,
             trip_threshold=100,  # more than 100 enqueues per 200 ms (500/s) in one env trips it
         )
     )

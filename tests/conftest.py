@@ -96,14 +96,9 @@ def flush_cluster(cluster: EmbeddedCluster) -> None:
             client.close()
 
 
-@pytest.fixture
-def redis_url(request: pytest.FixtureRequest, redis_target: RedisTarget) -> str:
-    """A URL to a database of its own for this test, empty at the start."""
-    if CLUSTER_MODE:
-        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
-        flush_cluster(cluster)
-        return cluster.url
-    base = redis_target.url.rsplit("/", 1)[0]
+def _fresh_database(target: RedisTarget) -> str:
+    """The URL of the next test database of the session's one server, flushed."""
+    base = target.url.rsplit("/", 1)[0]
     url = f"{base}/{next(_databases)}"
     client = redis.Redis.from_url(url)
     try:
@@ -111,6 +106,35 @@ def redis_url(request: pytest.FixtureRequest, redis_target: RedisTarget) -> str:
     finally:
         client.close()
     return url
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_target: RedisTarget) -> str:
+    """A URL to a database of its own for this test, empty at the start."""
+    if CLUSTER_MODE:
+        cluster: EmbeddedCluster = request.getfixturevalue("redis_cluster")
+        flush_cluster(cluster)
+        return cluster.url
+    return _fresh_database(redis_target)
+
+
+@pytest.fixture
+def broker_url(redis_url: str, redis_target: RedisTarget) -> str:
+    """Where a test's Dramatiq ``RedisBroker`` lives: ``redis_url`` itself on one server; in
+    cluster mode a database of the session's single server, since Dramatiq's RedisBroker cannot
+    run on a cluster (the deployment this mirrors: broker on its own Redis, buffer on the cluster).
+    """
+    return _fresh_database(redis_target) if CLUSTER_MODE else redis_url
+
+
+@pytest.fixture
+def broker_client(broker_url: str) -> Iterator[redis.Redis]:
+    """A plain client on ``broker_url`` (what the broker wrote, and the apps' own records)."""
+    client = redis.Redis.from_url(broker_url, socket_timeout=5)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 @pytest.fixture
@@ -192,6 +216,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Anything that reaches a Redis server (the shared one, or one of its own) is marked, so CI
     # can rerun exactly those on Redis 7 and with the oldest redis-py.
     for item in items:
+        single = item.get_closest_marker("single_server")
+        if single is not None and not single.kwargs.get("reason"):
+            raise pytest.UsageError(f"{item.nodeid}: single_server needs a reason= saying why")
         fixtures = getattr(item, "fixturenames", ())
         if "redis_target" in fixtures or "redis_binary" in fixtures or "redis_cluster" in fixtures:
             item.add_marker(pytest.mark.redis)

@@ -157,9 +157,10 @@ def in_flight_records(client: redis.Redis, app: CrashApp) -> list[bytes]:
     return list(client.scan_iter(f"{app.prefix}:crash:msg:*"))
 
 
-def redis_dead_letters(client: redis.Redis, app: CrashApp) -> dict[str, Message[Any]]:
+def redis_dead_letters(app: CrashApp) -> dict[str, Message[Any]]:
     """The messages in the RedisBroker dead-letter set of the app's queue, by message id."""
-    stored = client.hvals(f"{app.prefix}:{app.queue}.XQ.msgs")
+    with redis.Redis.from_url(app.broker_url) as client:
+        stored = client.hvals(f"{app.prefix}:{app.queue}.XQ.msgs")
     messages = [Message.decode(bytes(data)) for data in stored]
     return {message.message_id: message for message in messages}
 

@@ -112,6 +112,11 @@ def server_ms(client: redis.Redis) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+def leased_ids(buffer: MollifierBuffer) -> set[str]:
+    """Ids with a lease, in every slot group (the one key space without groups)."""
+    return {raw.decode() for group in buffer.keys.groups for raw in buffer.client.zrange(group.leases, 0, -1)}
+
+
 def latest_lease_deadline(buffer: MollifierBuffer) -> float:
     latest = [
         pair

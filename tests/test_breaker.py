@@ -109,8 +109,8 @@ def test_call_refuses_without_calling_while_open() -> None:
 
 
 @pytest.fixture
-def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url, namespace=f"dq-{key_prefix}")
+def broker(broker_url: str, key_prefix: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=broker_url, namespace=f"dq-{key_prefix}")
     yield broker
     broker.flush_all()
     broker.close()

@@ -6,9 +6,11 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
+from .layout_helpers import all_keys, entry_key, group
 from .mollifier_helpers import (
     eventually,
     latest_lease_deadline,
@@ -31,7 +33,7 @@ def test_pop_records_a_lease_deadline_in_server_time(
 
     assert DrainProtocol(buffer).pop("o", "e") is not None
 
-    deadline = redis_client.zscore(buffer.keys.leases, "m1")
+    deadline = redis_client.zscore(group(buffer).leases, "m1")
     assert deadline is not None
     assert before + 50 <= deadline <= server_ms(redis_client) + 50
 
@@ -43,7 +45,7 @@ def test_an_entry_whose_drainer_died_is_reclaimed_after_its_lease(
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, lease_ms=50)
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
     buffer.accept("m2", org_id="o", env_id="e", payload=b"y")
-    dead_client = redis.Redis.from_url(redis_url)
+    dead_client = client_from_url(redis_url)
     dead = MollifierBuffer(dead_client, key_prefix=key_prefix, lease_ms=50)
     assert DrainProtocol(dead).pop("o", "e") is not None
     dead_client.close()
@@ -57,7 +59,7 @@ def test_an_entry_whose_drainer_died_is_reclaimed_after_its_lease(
     entry = buffer.get("m1")
     assert entry is not None
     assert (entry.status, entry.attempts) == (EntryStatus.QUEUED, 0)
-    assert redis_client.zscore(buffer.keys.leases, "m1") is None
+    assert redis_client.zscore(group(buffer).leases, "m1") is None
     assert DrainProtocol(buffer).reclaim_expired() == []
     assert [e.message_id for e in DrainProtocol(buffer).pop_many("o", "e", 10)] == ["m2", "m1"]
     assert buffer.depth("o", "e") == 2
@@ -95,11 +97,11 @@ def test_acked_requeued_and_failed_entries_are_not_reclaimed(buffer: MollifierBu
 def test_reclaim_drops_a_lease_whose_entry_is_gone(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
-    redis_client.zadd(buffer.keys.leases, {"ghost": 1})
+    redis_client.zadd(group(buffer).leases, {"ghost": 1})
 
     assert DrainProtocol(buffer).reclaim_expired() == []
 
-    assert not redis_client.exists(buffer.keys.leases)
+    assert not redis_client.exists(group(buffer).leases)
     assert buffer.get("ghost") is None
 
 
@@ -112,7 +114,7 @@ def test_reclaim_gives_back_the_counts_of_a_draining_entry_whose_hash_vanished(
     buffer.accept("m1", org_id=org, env_id=env, payload=b"x")
     buffer.accept("m2", org_id=org, env_id=env, payload=b"y")
     assert DrainProtocol(buffer).pop(org, env) is not None
-    redis_client.delete(buffer.keys.entry("m1"))
+    redis_client.delete(entry_key(buffer, "m1", org))
     wait_for_leases_to_expire(buffer)
 
     # When its lease is reclaimed
@@ -122,8 +124,8 @@ def test_reclaim_gives_back_the_counts_of_a_draining_entry_whose_hash_vanished(
     assert (buffer.depth(), buffer.depth(org), buffer.depth(org, env)) == (1, 1, 1)
     DrainProtocol(buffer).ack("m2")
     assert buffer.depth() == 0
-    assert not redis_client.exists(buffer.keys.depth)
-    assert not redis_client.exists(buffer.keys.leases)
+    assert not redis_client.exists(group(buffer).depth)
+    assert not redis_client.exists(group(buffer).leases)
 
 
 def test_reclaim_handles_more_expired_leases_than_one_batch(buffer: MollifierBuffer) -> None:
@@ -147,7 +149,7 @@ def test_no_entry_expires_by_default(buffer: MollifierBuffer, redis_client: redi
     assert DrainProtocol(buffer).fail("m1", code="E", message="m")
     assert DrainProtocol(buffer).requeue("m0")
 
-    for key in redis_client.keys("*"):
+    for key in all_keys(redis_client):
         assert redis_client.pttl(key) == -1, key
 
 
@@ -156,23 +158,23 @@ def test_entry_ttl_applies_to_queued_entries_and_not_to_draining_ones(
 ) -> None:
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=30)
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
-    entry_key = buffer.keys.entry("m1")
-    assert 0 < redis_client.pttl(entry_key) <= 30_000
+    m1_key = entry_key(buffer, "m1")
+    assert 0 < redis_client.pttl(m1_key) <= 30_000
 
     # a popped entry is persisted: it cannot vanish while leased
     assert DrainProtocol(buffer).pop("o", "e") is not None
-    assert redis_client.pttl(entry_key) == -1
+    assert redis_client.pttl(m1_key) == -1
 
     # back in the queue, it expires again
     assert DrainProtocol(buffer).requeue("m1")
-    assert 0 < redis_client.pttl(entry_key) <= 30_000
+    assert 0 < redis_client.pttl(m1_key) <= 30_000
 
     # and so do dead letters
     assert DrainProtocol(buffer).pop("o", "e") is not None
     assert DrainProtocol(buffer).fail("m1", code="E", message="m")
-    assert 0 < redis_client.pttl(entry_key) <= 30_000
+    assert 0 < redis_client.pttl(m1_key) <= 30_000
     # only entries expire: queues, indexes and counters do not
-    others = [key for key in redis_client.keys("*") if key != entry_key.encode()]
+    others = [key for key in all_keys(redis_client) if key != m1_key.encode()]
     assert others
     assert all(redis_client.pttl(key) == -1 for key in others)
 
@@ -185,8 +187,8 @@ def test_an_expired_entry_is_skipped_at_pop_and_its_depth_fixed(
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=60)
     buffer.accept("old", org_id="o", env_id="e", payload=b"x")
     buffer.accept("new", org_id="o", env_id="e", payload=b"y")
-    redis_client.pexpire(buffer.keys.entry("old"), 1)
-    eventually(lambda: not redis_client.exists(buffer.keys.entry("old")), what="the entry to expire")
+    redis_client.pexpire(entry_key(buffer, "old"), 1)
+    eventually(lambda: not redis_client.exists(entry_key(buffer, "old")), what="the entry to expire")
     assert buffer.get("old") is None
     assert buffer.depth("o", "e") == 2  # the expired entry is still counted until a pop meets it
 
@@ -207,7 +209,7 @@ def test_an_expired_then_reaccepted_id_is_drained_once_and_counted_once(
     # Given m1 expired (its queue reference stays) and was accepted again
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, entry_ttl_s=60)
     buffer.accept("m1", org_id="o", env_id="e", payload=b"old")
-    redis_client.delete(buffer.keys.entry("m1"))  # what expiry does
+    redis_client.delete(entry_key(buffer, "m1"))  # what expiry does
     assert buffer.accept("m1", org_id="o", env_id="e", payload=b"new")
 
     # When draining the env
@@ -230,8 +232,8 @@ def test_expired_dead_letters_are_not_listed_nor_counted_by_purge(
         buffer.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
         assert DrainProtocol(buffer).pop("o", "e") is not None
         assert DrainProtocol(buffer).fail(f"m{n}", code="E", message="m")
-    redis_client.delete(buffer.keys.entry("m0"))  # what expiry does
+    redis_client.delete(entry_key(buffer, "m0"))  # what expiry does
 
     assert [e.message_id for e in buffer.failed()] == ["m1"]
     assert buffer.purge_failed() == 1
-    assert redis_client.keys("*") == [buffer.keys.drain_wake.encode()]  # tokens for idle drainers
+    assert all_keys(redis_client) == [group(buffer).drain_wake.encode()]  # tokens for idle drainers

@@ -10,12 +10,13 @@ from dramatiq_mollifier.buffer.core import STALE_OWNER
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
 
+from .layout_helpers import all_keys, group, org_beside
 from .mollifier_helpers import wait_server_ms
 
 
 def keys_of(client: redis.Redis) -> set[bytes | str]:
     # The drainers' wake-up list is a signal to idle drainers (at most 8 tokens), not an entry's state.
-    return {key for key in client.keys("*") if not key.endswith(b":drain:wake")}
+    return {key for key in all_keys(client) if not key.endswith(b":drain:wake")}
 
 
 def depths(buffer: MollifierBuffer) -> tuple[int, int, int]:
@@ -86,7 +87,7 @@ def test_ack_entries_removes_popped_entries_of_several_tenants_in_one_call(
     assert DrainProtocol(buffer).ack_entries([]) == (0, [])
 
     assert all(buffer.get(e.message_id) is None for e in popped)
-    assert redis_client.zcard(buffer.keys.leases) == 0
+    assert redis_client.zcard(group(buffer).leases) == 0
     # Only the one entry never popped is left, and counted.
     assert (buffer.depth(), buffer.depth("o"), buffer.depth("o", "f"), buffer.depth("p")) == (1, 1, 1, 0)
     assert buffer.get("of2") is not None
@@ -153,13 +154,15 @@ def test_ack_entries_leaves_an_entry_whose_id_moved_to_another_tenant_alone(buff
     popped = DrainProtocol(buffer).pop("o", "e")
     assert popped is not None
     DrainProtocol(buffer).ack("m1")
-    buffer.accept("m1", org_id="p", env_id="e", payload=b"y")
+    # (an org whose keys are in o's slot group: elsewhere the id would name another hash)
+    other = org_beside(buffer, "o", "p")
+    buffer.accept("m1", org_id=other, env_id="e", payload=b"y")
 
     # Refused: the entry under that id now is not the one this pop leased.
     assert DrainProtocol(buffer).ack_entries([popped]).refused == [popped]
 
     assert buffer.get("m1") is not None
-    assert (buffer.depth(), buffer.depth("o"), buffer.depth("p")) == (1, 0, 1)
+    assert (buffer.depth(), buffer.depth("o"), buffer.depth(other)) == (1, 0, 1)
 
 
 def test_requeue_goes_to_the_tail_with_one_more_attempt(buffer: MollifierBuffer) -> None:
@@ -186,11 +189,11 @@ def test_requeue_goes_to_the_tail_with_one_more_attempt(buffer: MollifierBuffer)
 def test_requeue_drops_the_lease(buffer: MollifierBuffer, redis_client: redis.Redis) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"x")
     assert DrainProtocol(buffer).pop("o", "e") is not None
-    assert redis_client.zscore(buffer.keys.leases, "m1") is not None
+    assert redis_client.zscore(group(buffer).leases, "m1") is not None
 
     assert DrainProtocol(buffer).requeue("m1")
 
-    assert redis_client.zscore(buffer.keys.leases, "m1") is None
+    assert redis_client.zscore(group(buffer).leases, "m1") is None
 
 
 def test_requeue_of_a_queued_entry_moves_it_to_the_tail_once(buffer: MollifierBuffer) -> None:
@@ -308,7 +311,7 @@ def test_purge_failed_deletes_dead_letters_by_scope(
 
     # Only the live entry and its indexes remain; the dead-letter indexes are gone.
     assert buffer.get("live") is not None
-    assert not redis_client.exists(buffer.keys.failed_orgs)
+    assert not redis_client.exists(group(buffer).failed_orgs)
     assert not redis_client.exists(buffer.keys.failed_envs("a"))
 
 
@@ -360,11 +363,11 @@ def test_depth_counters_are_removed_when_they_reach_zero(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
     buffer.accept("m1", org_id="o", env_id="e", payload=b"")
-    assert redis_client.hlen(buffer.keys.depth) == 4  # total, indexed, the org's, the env's
+    assert redis_client.hlen(group(buffer).depth) == 4  # total, indexed, the org's, the env's
 
     DrainProtocol(buffer).ack("m1")
 
-    assert not redis_client.exists(buffer.keys.depth)
+    assert not redis_client.exists(group(buffer).depth)
 
 
 def test_release_gives_popped_entries_back_at_the_head_untried(
@@ -377,7 +380,7 @@ def test_release_gives_popped_entries_back_at_the_head_untried(
 
     assert DrainProtocol(buffer).release(popped) == 2  # the acked one is gone, not brought back
 
-    assert redis_client.zcard(buffer.keys.leases) == 0
+    assert redis_client.zcard(group(buffer).leases) == 0
     assert buffer.depth() == 4
     again = DrainProtocol(buffer).pop_many("o", "e", 10)
     assert [e.message_id for e in again] == ["m1", "m2", "m3", "m4"]

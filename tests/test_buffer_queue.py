@@ -10,8 +10,11 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import EntryStatus
+
+from .layout_helpers import entry_key, org_beside
 
 
 def test_accept_stores_a_queued_entry_with_server_time(buffer: MollifierBuffer) -> None:
@@ -85,9 +88,10 @@ def test_accept_is_idempotent_in_every_status(buffer: MollifierBuffer, status: s
     before = buffer.get("m1")
     depth = buffer.depth()
 
-    # When the same id is accepted again, even with another payload and tenant
+    # When the same id is accepted again, even with another payload and tenant (of the same slot
+    # group: the id is unique per group, and an org's messages all live in its one group)
     assert not buffer.accept("m1", org_id="o", env_id="e", payload=b"second")
-    assert not buffer.accept("m1", org_id="other", env_id="x", payload=b"third")
+    assert not buffer.accept("m1", org_id=org_beside(buffer, "o", "other"), env_id="x", payload=b"third")
 
     # Then nothing changed and it is not queued twice
     assert buffer.get("m1") == before
@@ -117,7 +121,7 @@ def test_pop_skips_references_whose_entry_is_gone_and_creates_nothing(
     # Given a queue whose head refers to an entry that vanished (as an expired one does)
     buffer.accept("gone", org_id="o", env_id="e", payload=b"x")
     buffer.accept("kept", org_id="o", env_id="e", payload=b"y")
-    redis_client.delete(buffer.keys.tenant("o", "e").space.entry("gone"))
+    redis_client.delete(entry_key(buffer, "gone"))
 
     # When popping
     entry = DrainProtocol(buffer).pop("o", "e")
@@ -125,7 +129,7 @@ def test_pop_skips_references_whose_entry_is_gone_and_creates_nothing(
     # Then the live entry comes out and no entry hash was made for the orphan
     assert entry is not None
     assert entry.message_id == "kept"
-    assert not redis_client.exists(buffer.keys.entry("gone"))
+    assert not redis_client.exists(entry_key(buffer, "gone"))
     assert buffer.depth("o", "e") == 1
 
 
@@ -205,7 +209,7 @@ def test_fail_of_a_queued_entry_prunes_the_sets(buffer: MollifierBuffer) -> None
 
 def test_concurrent_pops_never_hand_out_one_entry_twice(redis_url: str, key_prefix: str) -> None:
     # Given 400 entries in one env and 16 threads, each with its own client, popping at once
-    setup = MollifierBuffer(redis.Redis.from_url(redis_url), key_prefix=key_prefix)
+    setup = MollifierBuffer(client_from_url(redis_url), key_prefix=key_prefix)
     for n in range(400):
         setup.accept(f"m{n}", org_id="o", env_id="e", payload=b"x")
     setup.client.close()
@@ -214,7 +218,7 @@ def test_concurrent_pops_never_hand_out_one_entry_twice(redis_url: str, key_pref
     start = threading.Barrier(16)
 
     def drain(use_many: bool) -> None:
-        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        client = client_from_url(redis_url, socket_timeout=5)
         buffer = MollifierBuffer(client, key_prefix=key_prefix)
         start.wait()
         try:
@@ -269,7 +273,7 @@ def test_oldest_created_at_is_that_of_the_head_queued_entry(
     buffer.accept("gone", org_id="o", env_id="e", payload=b"")
     buffer.accept("m1", org_id="o", env_id="e", payload=b"")
     buffer.accept("m2", org_id="o", env_id="e", payload=b"")
-    redis_client.delete(buffer.keys.tenant("o", "e").space.entry("gone"))  # an orphan at the head is skipped
+    redis_client.delete(entry_key(buffer, "gone"))  # an orphan at the head is skipped
 
     entry = buffer.get("m1")
     assert entry is not None

@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def broker(redis_url: str) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url)
+def broker(broker_url: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=broker_url)
     yield broker
     broker.close()
 
@@ -58,7 +58,7 @@ def test_pass_through_sends_what_is_over_the_cap_to_the_broker(
     mollifier, reader = add_mollifier(broker, redis_client, key_prefix, cap_per_env=5)
     assert send(ingest(broker), THRESHOLD + 20) == 0
     assert mollifier.buffer.depth("acme", "prod") == 5
-    assert on_broker(redis_client) == THRESHOLD + 15
+    assert on_broker(broker.client) == THRESHOLD + 15
     assert decisions(reader)[("pass_through", "cap_pass_through", True)] == 15
 
 
@@ -68,7 +68,7 @@ def test_reject_raises_a_clear_error_from_send(
     mollifier, reader = add_mollifier(broker, redis_client, key_prefix, cap_per_env=5, cap_overflow="reject")
     assert send(ingest(broker), THRESHOLD + 20) == 15
     assert mollifier.buffer.depth("acme", "prod") == 5
-    assert on_broker(redis_client) == THRESHOLD
+    assert on_broker(broker.client) == THRESHOLD
     assert decisions(reader)[("rejected", "cap_rejected", True)] == 15
 
 
@@ -80,7 +80,7 @@ def test_dead_letter_keeps_what_is_over_the_cap_as_dead_letters(
     )
     assert send(ingest(broker), THRESHOLD + 20) == 0
     assert mollifier.buffer.depth("acme", "prod") == 5
-    assert on_broker(redis_client) == THRESHOLD
+    assert on_broker(broker.client) == THRESHOLD
     failed = mollifier.buffer.failed("acme", "prod")
     assert len(failed) == 15
     assert {e.last_error for e in failed} == {
@@ -126,12 +126,18 @@ def test_a_cap_never_slows_a_tenant_without_one(
     ("dead_letter", (25, 0, 375, 0)),
 ])  # fmt: skip
 def test_two_processes_sending_at_once_never_exceed_the_cap_together(
-    redis_url: str, redis_client: redis.Redis, key_prefix: str, policy: str, outcome: tuple[int, ...]
+    *,  # fixtures by name
+    redis_url: str,
+    broker_url: str,
+    redis_client: redis.Redis,
+    key_prefix: str,
+    policy: str,
+    outcome: tuple[int, ...],
 ) -> None:
     # (buffered, sent to the broker, dead-lettered, rejected) of 400 sends, all over the threshold
     env = {
         **os.environ,
-        "CAP_REDIS_URL": redis_url,
+        "CAP_BROKER_URL": broker_url,
         "CAP_COUNT": "200",
         "CAP_START_KEY": f"{key_prefix}:go",
         "MOLLIFIER_ENABLED": "true",
@@ -159,7 +165,9 @@ def test_two_processes_sending_at_once_never_exceed_the_cap_together(
     assert [p.returncode for p in producers] == [0, 0], outputs
     rejected = sum(int(out.strip().rsplit("=", 1)[1]) for out, _ in outputs)
     buffer = MollifierBuffer(redis_client, **MollifierSettings(key_prefix=key_prefix).buffer_options)
-    assert (buffer.depth("acme", "prod"), on_broker(redis_client), len(buffer.failed()), rejected) == outcome
+    with redis.Redis.from_url(broker_url) as broker_client:
+        on_the_broker = on_broker(broker_client)
+    assert (buffer.depth("acme", "prod"), on_the_broker, len(buffer.failed()), rejected) == outcome
 
 
 def test_an_evicting_maxmemory_policy_is_warned_about_at_startup(

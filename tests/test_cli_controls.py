@@ -14,6 +14,7 @@ from dramatiq_mollifier.drain.cancel_check import CancelCheck
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
 from .cli_helpers import dead_letter, run_cli
+from .layout_helpers import command_calls
 
 
 @pytest.fixture
@@ -171,10 +172,7 @@ def test_failed_list_reads_only_the_entries_it_prints(
         dead_letter(buffer, f"dead-{n:02d}", f"org{n % 3}", "prod")
 
     def reads() -> int:
-        stats = redis_client.info("commandstats")
-        return sum(
-            int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("hgetall", "hmget", "hget")
-        )
+        return command_calls(redis_client, "hgetall", "hmget", "hget")
 
     before = reads()
     result = run_cli(capsys, "failed", "list", "--limit", "5", *connection)

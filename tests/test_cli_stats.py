@@ -133,10 +133,10 @@ def test_stats_never_prints_a_password(
     capsys: pytest.CaptureFixture[str], redis_url: str, key_prefix: str
 ) -> None:
     # The test server has no password, so AUTH fails: the error names the URL, but not the secret.
-    url = redis_url.replace("redis://", "redis://user:s3cret@")
+    url = redis_url.replace("://", "://user:s3cret@", 1)
 
     result = run_cli(capsys, "stats", "--json", "--redis-url", url, "--key-prefix", key_prefix)
 
     assert result.code == 3
-    assert "redis://user:***@" in result.err
+    assert "://user:***@" in result.err
     assert "s3cret" not in result.out + result.err

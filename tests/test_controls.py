@@ -12,6 +12,8 @@ from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.buffer.rules import read_rules
 from dramatiq_mollifier.drain.cancel_check import CancelCheck, LeaseLost
 
+from .layout_helpers import entry_key, group
+
 
 def fill(buffer: MollifierBuffer, org: str, env: str, count: int, start: int = 0) -> list[str]:
     ids = [f"{org}-{env}-{n}" for n in range(start, start + count)]
@@ -70,7 +72,7 @@ def test_cancel_by_id_removes_queued_and_draining_entries_and_leaves_dead_letter
     assert [controls.lookup(i).state for i in ids] == ["absent", "absent", "queued", "dead_lettered"]
     assert buffer.depth() == 1 and buffer.depth("acme", "prod") == 1
     assert controls.lookup(ids[2]).position == 0
-    assert buffer.client.zcard(buffer.keys.leases) == 0
+    assert buffer.client.zcard(group(buffer, "acme").leases) == 0
     # The popped one's drainer finds it gone right before its broker write
     assert CancelCheck(buffer.client, buffer.keys)(popped) is True
 
@@ -93,7 +95,7 @@ def test_a_committed_entry_is_too_late_to_cancel_until_it_is_given_back(buffer: 
     assert drain.requeue(ids[1], org_id="acme", env_id="prod", owner=entries[1].lease_owner)
     assert drain.release([entries[2]]) == 1
     assert drain.fail(ids[3], code="E", message="m", owner=entries[3].lease_owner)
-    buffer.client.zadd(buffer.keys.leases, {ids[4]: 0})  # its lease expired
+    buffer.client.zadd(group(buffer, "acme").leases, {ids[4]: 0})  # its lease expired
     assert drain.reclaim_expired() == [ids[4]]
     assert controls.cancel_each(ids) == CancelOutcome([ids[1], ids[2], ids[4]], [ids[0], ids[5]], [ids[3]])
 
@@ -110,7 +112,7 @@ def test_a_drainer_whose_lease_passed_on_does_not_commit_or_write(buffer: Mollif
     ids = fill(buffer, "acme", "prod", 1)
     drain = DrainProtocol(buffer)
     (stale,) = drain.pop_many("acme", "prod", 1)
-    buffer.client.zadd(buffer.keys.leases, {ids[0]: 0})
+    buffer.client.zadd(group(buffer, "acme").leases, {ids[0]: 0})
     assert drain.reclaim_expired() == ids
     (fresh,) = drain.pop_many("acme", "prod", 1)
     with pytest.raises(LeaseLost):
@@ -135,14 +137,14 @@ def test_cancel_an_env_then_an_org(buffer: MollifierBuffer) -> None:
     assert controls.cancel_tenant("acme") == 5  # three queued, two draining
     assert buffer.depth("acme") == 0
     assert buffer.orgs() == ["globex"]
-    assert buffer.client.zcard(buffer.keys.leases) == 0
+    assert buffer.client.zcard(group(buffer, "acme").leases) == 0
     assert [controls.lookup(i).state for i in other] == ["queued"] * 3
     assert buffer.depth() == 3
 
 
 def test_cancel_tenant_removes_references_whose_entry_vanished(buffer: MollifierBuffer) -> None:
     ids = fill(buffer, "acme", "prod", 3)
-    buffer.client.delete(buffer.keys.entry(ids[1]))  # evicted, say
+    buffer.client.delete(entry_key(buffer, ids[1], "acme"))  # evicted, say
 
     assert buffer.controls.cancel_tenant("acme", "prod") == 2
     assert buffer.client.llen(buffer.keys.tenant("acme", "prod").queue) == 0

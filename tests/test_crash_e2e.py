@@ -32,8 +32,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
 @pytest.fixture
-def app(redis_url: str, tmp_path: Path) -> CrashApp:
-    return CrashApp("redis", redis_url, redis_url, tmp_path / "evidence")
+def app(broker_url: str, redis_url: str, tmp_path: Path) -> CrashApp:
+    return CrashApp("redis", broker_url, redis_url, tmp_path / "evidence")
 
 
 @pytest.fixture
@@ -54,13 +54,13 @@ def test_segfaulting_actor_runs_max_retries_plus_one_times_then_is_dead_lettered
         app.send("normal", "normal-runs")
 
     # When the CLI is restarted after each crash until the message is dead-lettered
-    done = supervisor.run_until(lambda: crashing in redis_dead_letters(redis_client, app), timeout_s=45)
+    done = supervisor.run_until(lambda: crashing in redis_dead_letters(app), timeout_s=45)
 
     # Then the actor body ran 1 + max_retries times and each crash was seen as SIGSEGV
     assert done, supervisor.log()
     assert count(redis_client, "crash-runs") == 3
     assert crashes(redis_client, app) == [f"{crashing} SIGSEGV native_crash"] * 3
-    dead = redis_dead_letters(redis_client, app)[crashing]
+    dead = redis_dead_letters(app)[crashing]
     assert dead.options["crash_signal"] == "SIGSEGV"
     assert dead.options["retries"] == 2
     assert "WorkerCrashed" in dead.options["traceback"]
@@ -69,7 +69,7 @@ def test_segfaulting_actor_runs_max_retries_plus_one_times_then_is_dead_lettered
     assert supervisor.run_until(lambda: count(redis_client, "normal-runs") >= 6, timeout_s=15)
     assert supervisor.terminate() == 0
     assert count(redis_client, "normal-runs") == 6
-    assert set(redis_dead_letters(redis_client, app)) == {crashing}
+    assert set(redis_dead_letters(app)) == {crashing}
     assert supervisor.exit_codes.count(1) == 3  # the CLI exited once per crash (RET_KILLED)
     assert in_flight_records(redis_client, app) == []
 
@@ -79,7 +79,7 @@ def test_actor_without_retries_is_dead_lettered_on_its_first_crash(
 ) -> None:
     crashing = app.send("crash_max0", "crash-runs")
 
-    done = supervisor.run_until(lambda: crashing in redis_dead_letters(redis_client, app), timeout_s=30)
+    done = supervisor.run_until(lambda: crashing in redis_dead_letters(app), timeout_s=30)
 
     assert done, supervisor.log()
     assert count(redis_client, "crash-runs") == 1
@@ -92,7 +92,7 @@ def test_retry_when_that_refuses_a_crash_stops_it_at_once(
     # Given an actor with max_retries=20 whose retry_when refuses WorkerCrashed
     crashing = app.send("crash_refused", "crash-runs")
 
-    done = supervisor.run_until(lambda: crashing in redis_dead_letters(redis_client, app), timeout_s=30)
+    done = supervisor.run_until(lambda: crashing in redis_dead_letters(app), timeout_s=30)
 
     assert done, supervisor.log()
     assert count(redis_client, "crash-runs") == 1
@@ -118,7 +118,7 @@ def test_clean_shutdown_with_messages_in_flight_counts_no_crash(
     assert count(redis_client, "slow:started") == 1
     assert count(redis_client, "slow:done") == 1
     assert crashes(redis_client, app) == []
-    assert redis_dead_letters(redis_client, app) == {}
+    assert redis_dead_letters(app) == {}
     assert in_flight_records(redis_client, app) == []
 
 
@@ -176,11 +176,11 @@ def test_rabbitmq_segfaulting_actor_counts_hold(
 
 
 def test_a_frozen_worker_on_another_host_keeps_its_message_and_no_crash_is_counted(
-    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+    broker_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
     # Given two workers playing two hosts (liveness timeout 15 s), and worker A running a message
     # of an actor with max_retries=0
-    on_a = CrashApp("redis", redis_url, redis_url, tmp_path / "a", host="host-a", liveness_ms=15_000)
+    on_a = CrashApp("redis", broker_url, redis_url, tmp_path / "a", host="host-a", liveness_ms=15_000)
     on_b = dataclasses.replace(on_a, evidence_dir=tmp_path / "b", host="host-b")
     a, b = Supervisor(on_a, tmp_path / "a.log"), Supervisor(on_b, tmp_path / "b.log")
     message_id = on_a.send("held", "held", 2.0)
@@ -197,7 +197,7 @@ def test_a_frozen_worker_on_another_host_keeps_its_message_and_no_crash_is_count
 
             def handled_by_b() -> bool:
                 ran = count(redis_client, "held:started") == 2 and count(redis_client, "held:done") == 1
-                return ran or message_id in redis_dead_letters(redis_client, on_a)
+                return ran or message_id in redis_dead_letters(on_a)
 
             eventually(handled_by_b, 40, "B to run or dead-letter the message")
         finally:
@@ -207,7 +207,7 @@ def test_a_frozen_worker_on_another_host_keeps_its_message_and_no_crash_is_count
 
         # And neither delivery counted a crash: nothing dead-lettered, no record left behind
         assert crashes(redis_client, on_a) == [], b.log()
-        assert redis_dead_letters(redis_client, on_a) == {}
+        assert redis_dead_letters(on_a) == {}
         assert count(redis_client, "held:pid:2") != frozen
         eventually(lambda: in_flight_records(redis_client, on_a) == [], 10, "the records to clear")
         assert a.terminate() == 0

@@ -171,10 +171,16 @@ def test_a_message_lookup_and_an_org_page(
 
 
 def test_pausing_from_the_page_holds_the_messages_and_resuming_releases_them(
-    browser: Any, buffer: MollifierBuffer, redis_client: redis.Redis, redis_url: str, key_prefix: str
+    *,  # fixtures by name
+    browser: Any,
+    buffer: MollifierBuffer,
+    redis_client: redis.Redis,
+    redis_url: str,
+    broker_url: str,
+    key_prefix: str,
 ) -> None:
     # A worker with the Mollifier draining, as deployed, and two orgs' messages buffered
-    broker = RedisBroker(url=redis_url, namespace=f"{key_prefix}-broker")
+    broker = RedisBroker(url=broker_url, namespace=f"{key_prefix}-broker")
     broker.add_middleware(CurrentMessage())
     settings = MollifierSettings(
         enabled=True,

@@ -15,6 +15,7 @@ from dramatiq_mollifier.embedded import free_port
 from .cli_helpers import run_cli
 
 
+@pytest.mark.single_server(reason="the demo puts its RedisBroker and the buffer on the server it is given")
 def test_the_demo_serves_the_dashboard_while_the_burst_is_smoothed(
     capsys: pytest.CaptureFixture[str], redis_url: str, tmp_path: Path
 ) -> None:

@@ -267,9 +267,9 @@ def test_the_tenant_table_filters_sorts_and_pages(
 
 
 def test_the_chart_samples_buffer_and_broker_depth(
-    buffer: MollifierBuffer, redis_url: str, key_prefix: str
+    buffer: MollifierBuffer, broker_url: str, key_prefix: str
 ) -> None:
-    broker = RedisBroker(url=redis_url, namespace=f"{key_prefix}-broker")
+    broker = RedisBroker(url=broker_url, namespace=f"{key_prefix}-broker")
 
     @dramatiq.actor(broker=broker, queue_name="work")
     def work() -> None:

@@ -53,6 +53,7 @@ def assert_adds_up(out: str) -> dict[str, dict[str, int]]:
 
 
 @pytest.mark.e2e
+@pytest.mark.single_server(reason="the demo puts its RedisBroker and the buffer on the server it is given")
 def test_demo_on_a_given_server_adds_up_and_cleans_up(
     capsys: pytest.CaptureFixture[str], redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:

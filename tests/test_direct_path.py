@@ -14,16 +14,22 @@ import redis.cluster
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.scripts import direct_path_allowed
 
+ONE_SERVER = pytest.mark.single_server(
+    reason="the direct path and its opt-outs are a plain redis.Redis client's own path"
+)
+
 
 def trip(buffer: MollifierBuffer) -> bool:
     return buffer.evaluate_trip("o", "e", window_ms=10_000, threshold=0, hold_ms=1_000).tripped
 
 
+@ONE_SERVER
 def test_a_plain_client_takes_the_direct_path(make_redis_client: Callable[..., redis.Redis]) -> None:
     assert direct_path_allowed(make_redis_client())
     assert direct_path_allowed(make_redis_client(protocol=3))
 
 
+@ONE_SERVER
 def test_anything_but_an_exact_redis_client_over_a_plain_pool_takes_the_command_path(
     make_redis_client: Callable[..., redis.Redis], redis_url: str
 ) -> None:
@@ -41,6 +47,7 @@ def test_anything_but_an_exact_redis_client_over_a_plain_pool_takes_the_command_
     assert not direct_path_allowed(object.__new__(redis.cluster.RedisCluster))
 
 
+@ONE_SERVER
 def test_a_client_side_caching_client_takes_the_command_path(redis_url: str) -> None:
     # redis-py 5.1+ only (this project supports 5.0, which has no client-side caching); the
     # server needs 7.4+ to accept it, so nothing is sent here: the choice is made without I/O.
@@ -61,6 +68,7 @@ def counting_execute_command(calls: list[Any]) -> Callable[..., Any]:
     return traced
 
 
+@ONE_SERVER
 def test_an_instrumented_client_class_sees_every_hot_path_call(
     monkeypatch: pytest.MonkeyPatch, redis_url: str, key_prefix: str
 ) -> None:
@@ -79,6 +87,7 @@ def test_an_instrumented_client_class_sees_every_hot_path_call(
     client.close()
 
 
+@ONE_SERVER
 def test_the_direct_path_can_be_forced_off(redis_url: str, key_prefix: str) -> None:
     client = redis.Redis.from_url(redis_url)
     calls: list[Any] = []

@@ -44,8 +44,8 @@ class Seen(Middleware):
 
 
 @pytest.fixture
-def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url, namespace=f"{key_prefix}-dq")
+def broker(broker_url: str, key_prefix: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=broker_url, namespace=f"{key_prefix}-dq")
     broker.add_middleware(Seen())
     broker.emit_after("process_boot")
     yield broker

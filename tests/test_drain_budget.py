@@ -9,10 +9,10 @@ import pytest
 import redis
 
 from dramatiq_mollifier import MollifierConfigurationError, MollifierSettings
-from dramatiq_mollifier.buffer.keys import KeySpace
 from dramatiq_mollifier.drain.pace import MIN_OUTSTANDING, RATE_WINDOW_MS, DrainPace, pace_for
 from dramatiq_mollifier.telemetry import Telemetry
 
+from .layout_helpers import key_space
 from .mollifier_helpers import metrics
 
 pytestmark = pytest.mark.redis
@@ -53,7 +53,7 @@ def test_started_messages_measure_the_consumption_rate(redis_client: redis.Redis
     last_ms = server_ms(redis_client)
 
     # Then the rate is 101 starts over the time between the first and the last (or a little less)
-    rate = float(redis_client.hget(KeySpace(key_prefix).drain_consumed, "rate") or 0)
+    rate = float(redis_client.hget(key_space(redis_client, key_prefix).drain_consumed, "rate") or 0)
     assert 101_000 / (last_ms - first_ms) <= rate <= 101_000 / (RATE_WINDOW_MS * 1.5)
 
     # And the budget is the floor plus that rate times the target wait
@@ -64,7 +64,7 @@ def test_started_messages_measure_the_consumption_rate(redis_client: redis.Redis
 
 
 def test_the_budget_never_passes_its_ceiling(redis_client: redis.Redis, key_prefix: str) -> None:
-    keys = KeySpace(key_prefix)
+    keys = key_space(redis_client, key_prefix)
     now_ms = int(server_ms(redis_client))
     redis_client.hset(keys.drain_consumed, mapping={"n": 0, "at_ms": now_ms, "rate": 50_000})
     pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=300, target_wait_ms=100)
@@ -74,7 +74,7 @@ def test_the_budget_never_passes_its_ceiling(redis_client: redis.Redis, key_pref
 
 def test_a_stalled_fleet_shrinks_the_budget_to_the_floor(redis_client: redis.Redis, key_prefix: str) -> None:
     # Given a fast rate measured, then no drained message started for ten windows
-    keys = KeySpace(key_prefix)
+    keys = key_space(redis_client, key_prefix)
     stalled_since = int(server_ms(redis_client)) - 10 * RATE_WINDOW_MS
     redis_client.hset(keys.drain_consumed, mapping={"n": 0, "at_ms": stalled_since, "rate": 5_000})
     pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=1_000, target_wait_ms=100)
@@ -94,7 +94,7 @@ def test_messages_that_never_reached_the_broker_are_not_counted_as_consumed(
     pace.give_back(ids)
 
     assert pace.in_use() == 0
-    assert redis_client.exists(KeySpace(key_prefix).drain_consumed) == 0
+    assert redis_client.exists(key_space(redis_client, key_prefix).drain_consumed) == 0
 
 
 def test_a_fixed_budget_without_a_target_wait(redis_client: redis.Redis, key_prefix: str) -> None:

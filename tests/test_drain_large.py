@@ -17,7 +17,10 @@ from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.errors import MollifierConfigurationError
 from dramatiq_mollifier.models import EntryStatus
 
+from .layout_helpers import entry_key
 from .mollifier_helpers import eventually
+
+ONE_SERVER = pytest.mark.single_server(reason="inspects the pool of a plain redis.Redis client's drain copy")
 
 MB = 1024 * 1024
 
@@ -41,7 +44,7 @@ def test_a_pop_keeps_its_byte_bound_across_its_script_calls(buffer: MollifierBuf
     buffer.accept("small", org_id="o", env_id="e", payload=bytes(100))
     for n in range(_PEEK_SLACK + 1):
         buffer.accept(f"expired{n}", org_id="o", env_id="e", payload=b"x")
-        buffer.client.delete(buffer.keys.entry(f"expired{n}"))
+        buffer.client.delete(entry_key(buffer, f"expired{n}", "o"))
     buffer.accept("large", org_id="o", env_id="e", payload=bytes(1_000))
 
     # When a pop of two entries, 500 bytes at most, runs
@@ -53,6 +56,7 @@ def test_a_pop_keeps_its_byte_bound_across_its_script_calls(buffer: MollifierBuf
     assert large is not None and large.status is EntryStatus.QUEUED
 
 
+@ONE_SERVER
 def test_the_drain_client_has_its_own_timeout_and_never_retries(redis_url: str) -> None:
     send_side = MollifierBuffer.from_url(redis_url).client
     assert send_side.get_connection_kwargs()["socket_timeout"] == 0.5
@@ -73,11 +77,11 @@ def test_the_drain_client_has_its_own_timeout_and_never_retries(redis_url: str) 
 
 
 def test_twenty_five_messages_of_five_megabytes_drain_through_a_real_worker(
-    redis_url: str, key_prefix: str
+    redis_url: str, broker_url: str, key_prefix: str
 ) -> None:
     # Given a worker whose Mollifier was built the production way (the send side's client has a
     # 0.5 s socket timeout), and 25 messages of 5 MB diverted into its buffer
-    broker = RedisBroker(url=redis_url, namespace=f"{key_prefix}-dramatiq")
+    broker = RedisBroker(url=broker_url, namespace=f"{key_prefix}-dramatiq")
     settings = MollifierSettings(
         enabled=True,
         enabled_orgs={"acme"},
@@ -117,6 +121,7 @@ def test_twenty_five_messages_of_five_megabytes_drain_through_a_real_worker(
     assert mollifier.buffer.failed() == []
 
 
+@ONE_SERVER
 def test_a_redis_subclass_gets_connections_of_its_own_and_anything_else_is_refused(redis_url: str) -> None:
     class Instrumented(redis.Redis):
         pass

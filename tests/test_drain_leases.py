@@ -30,6 +30,7 @@ from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
 from dramatiq_mollifier.telemetry import Telemetry
 
+from .layout_helpers import entry_key, group
 from .mollifier_helpers import counts, eventually, metrics
 
 
@@ -39,7 +40,7 @@ def test_a_stale_owners_ack_is_refused_and_counted(buffer: MollifierBuffer) -> N
     protocol = DrainProtocol(buffer)
     stale = protocol.pop("acme", "prod")
     assert stale is not None
-    buffer.client.zadd(buffer.keys.leases, {"m1": 0})
+    buffer.client.zadd(group(buffer, "acme").leases, {"m1": 0})
     assert protocol.reclaim_expired() == ["m1"]
     current = protocol.pop("acme", "prod")
     assert current is not None
@@ -82,7 +83,9 @@ def test_a_batch_handled_serially_for_longer_than_its_lease_is_not_duplicated(
     other = MollifierDrainer(buffer, fast, poll_interval_ms=10, reclaim_interval_ms=20, idle_wait_ms=0)
     slow_drainer.start()
     try:
-        eventually(lambda: redis_client.zcard(buffer.keys.leases) == 5, what="the batch to be popped")
+        eventually(
+            lambda: redis_client.zcard(group(buffer, "acme").leases) == 5, what="the batch to be popped"
+        )
         other.start()
         # When the batch is handled, past its lease
         eventually(lambda: buffer.depth() == 0, what="the batch to be handled")
@@ -102,17 +105,17 @@ def test_renewal_leaves_an_entry_that_passed_to_another_owner_alone(buffer: Moll
     keeper = LeaseKeeper(protocol)
     keeper.hold(mine)
     # m1's lease expires and another drainer takes it
-    buffer.client.zadd(buffer.keys.leases, {"m1": 0})
+    buffer.client.zadd(group(buffer, "acme").leases, {"m1": 0})
     assert protocol.reclaim_expired() == ["m1"]
     theirs = protocol.pop("acme", "prod")
     assert theirs is not None
-    before = buffer.client.zscore(buffer.keys.leases, "m1")
+    before = buffer.client.zscore(group(buffer, "acme").leases, "m1")
 
     assert keeper.renew() == 1
 
     assert len(keeper) == 1  # m1 is not renewed any more
-    assert buffer.client.zscore(buffer.keys.leases, "m1") == before
-    assert (buffer.client.zscore(buffer.keys.leases, "m0") or 0) >= before - 100
+    assert buffer.client.zscore(group(buffer, "acme").leases, "m1") == before
+    assert (buffer.client.zscore(group(buffer, "acme").leases, "m0") or 0) >= before - 100
 
 
 @pytest.mark.parametrize(
@@ -187,7 +190,7 @@ def test_an_entry_whose_lease_keeps_expiring_is_dead_lettered_with_its_reason(
     protocol = DrainProtocol(buffer)
     for _ in range(lost_replies):
         assert protocol.pop("acme", "prod") is not None
-        redis_client.zadd(buffer.keys.leases, {"m1": 0})
+        redis_client.zadd(group(buffer, "acme").leases, {"m1": 0})
         reclaimed = protocol.reclaim(max_expiries=2)
 
     # Then it comes back until its lease has expired max_expiries times, then is dead-lettered
@@ -206,7 +209,7 @@ def test_an_entry_whose_lease_keeps_expiring_is_dead_lettered_with_its_reason(
     # and an operator's retry starts its count afresh
     assert buffer.retry_failed("m1")
     assert protocol.pop("acme", "prod") is not None
-    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    redis_client.zadd(group(buffer, "acme").leases, {"m1": 0})
     assert protocol.reclaim(max_expiries=2).requeued == ["m1"]
 
 
@@ -220,10 +223,10 @@ def test_a_drainer_dead_letters_an_entry_whose_lease_expired_once_too_often(
     protocol = DrainProtocol(buffer)
     for _ in range(MAX_LEASE_EXPIRIES - 1):
         assert protocol.pop("acme", "prod") is not None
-        redis_client.zadd(buffer.keys.leases, {"m1": 0})
+        redis_client.zadd(group(buffer, "acme").leases, {"m1": 0})
         assert protocol.reclaim(max_expiries=MAX_LEASE_EXPIRIES).requeued == ["m1"]
     assert protocol.pop("acme", "prod") is not None
-    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    redis_client.zadd(group(buffer, "acme").leases, {"m1": 0})
     provider, reader = metrics()
     handled: list[str] = []
 
@@ -246,7 +249,7 @@ def test_one_lease_expiry_does_not_dead_letter_with_a_single_attempt(
     buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
     buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
     assert DrainProtocol(buffer).pop("acme", "prod") is not None
-    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    redis_client.zadd(group(buffer, "acme").leases, {"m1": 0})
     handled: list[str] = []
 
     # When a drainer allowing one handler attempt reclaims it and drains
@@ -290,7 +293,7 @@ def test_renewing_an_entry_acked_meanwhile_reports_no_lost_lease(
     keeper = LeaseKeeper(protocol)
     keeper.hold([acked, taken])
     assert protocol.ack_entries([acked]).removed == 1
-    buffer.client.zadd(buffer.keys.leases, {"taken": 0})
+    buffer.client.zadd(group(buffer, "acme").leases, {"taken": 0})
     assert protocol.reclaim_expired() == ["taken"]
     assert protocol.pop("acme", "prod") is not None
 
@@ -310,7 +313,7 @@ def test_an_empty_owner_token_renews_and_acks_nothing(buffer: MollifierBuffer) -
     protocol = DrainProtocol(buffer)
     entry = protocol.pop("acme", "prod")
     assert entry is not None
-    buffer.client.zadd(buffer.keys.leases, {"m1": 0})
+    buffer.client.zadd(group(buffer, "acme").leases, {"m1": 0})
     ownerless = dataclasses.replace(entry, lease_owner="")
 
     # When a renewal and a batch ack name an empty owner
@@ -318,7 +321,7 @@ def test_an_empty_owner_token_renews_and_acks_nothing(buffer: MollifierBuffer) -
     assert protocol.ack_entries([ownerless]).removed == 0
 
     # Then neither applied: the lease is still expired, and the entry is still there
-    assert buffer.client.zscore(buffer.keys.leases, "m1") == 0
+    assert buffer.client.zscore(group(buffer, "acme").leases, "m1") == 0
     assert protocol.reclaim_expired() == ["m1"]
 
 
@@ -343,7 +346,7 @@ def test_after_an_outage_that_outlasted_the_lease_a_drainer_acks_before_it_recla
         assert handled == ["m1"]
         # and whose lease lapsed meanwhile (the outage was longer than the lease less its renewal)
         disposable_redis.start()
-        client.zadd(buffer.keys.leases, {"m1": 0})
+        client.zadd(group(buffer, "acme").leases, {"m1": 0})
 
         # When its next tick runs (reclaiming is due)
         drainer.run_once()
@@ -375,7 +378,7 @@ def test_after_an_outage_a_drainer_renews_what_it_holds_before_it_reclaims(
     with pytest.raises(Exception, match="ConnectionError"):
         keeper.renew()
     disposable_redis.start()
-    client.zadd(buffer.keys.leases, {"m1": 0})
+    client.zadd(group(buffer, "acme").leases, {"m1": 0})
 
     # When the drainer's housekeeping reclaims
     Housekeeping(protocol, buffer, telemetry=Telemetry(), reclaim_interval_ms=1, leases=keeper).run(
@@ -385,7 +388,7 @@ def test_after_an_outage_a_drainer_renews_what_it_holds_before_it_reclaims(
     # Then the entry was renewed first, not reclaimed
     held = buffer.get("m1")
     assert held is not None and held.status is EntryStatus.DRAINING
-    assert (client.zscore(buffer.keys.leases, "m1") or 0) > 0
+    assert (client.zscore(group(buffer, "acme").leases, "m1") or 0) > 0
     client.close()
 
 
@@ -422,5 +425,5 @@ def test_a_requeue_or_release_that_meets_redis_down_is_retried_not_left_to_expir
     for message_id in ("failed", "untried"):
         entry = buffer.get(message_id)
         assert entry is not None and entry.status is EntryStatus.QUEUED
-        assert client.hget(buffer.keys.entry(message_id), "leases_expired") is None
+        assert client.hget(entry_key(buffer, message_id, "acme"), "leases_expired") is None
     client.close()

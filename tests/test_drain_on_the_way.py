@@ -14,6 +14,7 @@ from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.pace import DrainPace
 from dramatiq_mollifier.models import BufferEntry
 
+from .layout_helpers import key_space
 from .mollifier_helpers import eventually
 
 pytestmark = pytest.mark.redis
@@ -79,7 +80,7 @@ def test_a_worker_may_start_a_message_before_its_drainer_reports_it_written(
     pace.landed(["x", "y", "z"])  # the report comes later: x is not counted again
 
     assert pace.in_use() == 2
-    assert sorted(redis_client.zrange(f"{key_prefix}:drain:outstanding", 0, -1)) == [b"y", b"z"]
+    assert sorted(redis_client.zrange(key_space(redis_client, key_prefix).outstanding, 0, -1)) == [b"y", b"z"]
 
 
 class Gate:
@@ -117,7 +118,7 @@ def test_two_drainers_keep_the_broker_fed_while_one_is_slow_to_write(
     # When the first drainer's handlers hold 16 messages on their way (its writes are slow)
     holder = threading.Thread(target=drainers[0].run_once, daemon=True)
     holder.start()
-    on_the_way = f"{key_prefix}:drain:outstanding:on-the-way"
+    on_the_way = f"{key_space(redis_client, key_prefix).outstanding}:on-the-way"
     eventually(
         lambda: slow.waiting >= 1 and redis_client.zcard(on_the_way) == 16,
         what="the slow drainer to hold 16 messages",

@@ -11,6 +11,7 @@ from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
 from dramatiq_mollifier.drain.rotation import OrgEnvRotation
 from dramatiq_mollifier.models import BufferEntry
 
+from .layout_helpers import orgs_of_one_group
 from .mollifier_helpers import eventually
 
 
@@ -226,8 +227,8 @@ def test_cursor_state_stays_bounded_as_orgs_come_and_go(buffer: MollifierBuffer)
     drainer = MollifierDrainer(buffer, log)
     drainer.rotation.max_env_cursors = 50
 
-    for i in range(200):
-        seed(buffer, f"org{i}", f"env{i}", 1)
+    for i, org in enumerate(orgs_of_one_group(buffer, 200, "org")):
+        seed(buffer, org, f"env{i}", 1)
         assert drainer.run_once() == DrainResult(1, 0)
         assert drainer.rotation.cursor_count == min(i + 1, 50)
 

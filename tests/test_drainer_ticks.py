@@ -14,6 +14,7 @@ from dramatiq_mollifier.errors import UndeliverableEntryError
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
 from dramatiq_mollifier.telemetry import Telemetry
 
+from .layout_helpers import group
 from .mollifier_helpers import counts, data_points, metrics, total, wait_for_leases_to_expire
 
 
@@ -214,7 +215,7 @@ def test_reclaim_is_throttled_to_the_reclaim_interval(
     buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
     assert DrainProtocol(buffer).pop("acme", "prod") is not None
     # Force the lease into the past: only a reclaim can bring the entry back.
-    redis_client.zadd(buffer.keys.leases, {"m1": 0})
+    redis_client.zadd(group(buffer, "acme").leases, {"m1": 0})
 
     assert drainer.run_once() == DrainResult(0, 0, empty=True)
     assert MollifierDrainer(buffer, Recorder()).run_once() == DrainResult(1, 0)

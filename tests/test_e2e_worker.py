@@ -26,7 +26,7 @@ from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.models import EntryStatus
 
-from .mollifier_helpers import eventually
+from .mollifier_helpers import eventually, leased_ids
 
 pytestmark = pytest.mark.e2e
 
@@ -74,10 +74,10 @@ class Worker:
 
 
 @pytest.fixture
-def environment(redis_url: str, key_prefix: str) -> dict[str, str]:
+def environment(redis_url: str, broker_url: str, key_prefix: str) -> dict[str, str]:
     return {
         **os.environ,
-        "E2E_REDIS_URL": redis_url,
+        "E2E_REDIS_URL": broker_url,
         "MOLLIFIER_ENABLED": "true",
         "MOLLIFIER_ENABLED_ORGS": "*",
         "MOLLIFIER_REDIS_URL": redis_url,
@@ -126,27 +126,30 @@ def seed(buffer: MollifierBuffer, count: int) -> list[str]:
 def settled(client: redis.Redis, buffer: MollifierBuffer) -> bool:
     """Nothing buffered, leased, queued, delayed or in flight: no duplicate can still show up."""
     in_broker = client.hlen(f"dramatiq:{QUEUE_NAME}.msgs") + client.hlen(f"dramatiq:{QUEUE_NAME}.DQ.msgs")
-    return buffer.depth() == 0 and client.zcard(buffer.keys.leases) == 0 and in_broker == 0
+    return buffer.depth() == 0 and not leased_ids(buffer) and in_broker == 0
 
 
 def draining(buffer: MollifierBuffer, ids: list[str]) -> list[str]:
     """Ids with a lease or in DRAINING status."""
-    leased = {raw.decode() for raw in buffer.client.zrange(buffer.keys.leases, 0, -1)}
+    leased = leased_ids(buffer)
     entries = [buffer.get(message_id) for message_id in ids]
     return sorted(leased | {e.message_id for e in entries if e and e.status is EntryStatus.DRAINING})
 
 
 def test_a_diverted_burst_is_drained_and_processed_exactly_once(
+    *,  # fixtures by name
     environment: dict[str, str],
     workers: Callable[..., Worker],
     redis_client: redis.Redis,
+    broker_client: redis.Redis,
     redis_url: str,
+    broker_url: str,
     key_prefix: str,
 ) -> None:
     settings = MollifierSettings(
         enabled=True, enabled_orgs={"*"}, redis_url=redis_url, key_prefix=key_prefix, trip_threshold=50
     )
-    producer = RedisBroker(url=redis_url)
+    producer = RedisBroker(url=broker_url)
     mollifier = Mollifier(settings, client=redis_client)
     producer.add_middleware(mollifier)
     record = dramatiq.actor(lambda n: None, actor_name="record", queue_name=QUEUE_NAME, broker=producer)
@@ -157,12 +160,12 @@ def test_a_diverted_burst_is_drained_and_processed_exactly_once(
     assert diverted >= 300
 
     worker = workers(environment)
-    eventually(lambda: redis_client.llen(PROCESSED_KEY) >= len(sent), 25, "every message to be processed")
-    eventually(lambda: settled(redis_client, mollifier.buffer), 15, "a duplicate, if any, to show up")
+    eventually(lambda: broker_client.llen(PROCESSED_KEY) >= len(sent), 25, "every message to be processed")
+    eventually(lambda: settled(broker_client, mollifier.buffer), 15, "a duplicate, if any, to show up")
     worker.terminate()
     assert worker.wait(15) == 0
 
-    counts = Counter(processed(redis_client))
+    counts = Counter(processed(broker_client))
     assert sorted(counts) == sorted(sent)
     assert [mid for mid, n in counts.items() if n > 1] == []
     assert mollifier.buffer.depth() == 0
@@ -174,13 +177,13 @@ def test_sigterm_while_draining_exits_in_time_leaving_nothing_draining_or_lost(
     environment: dict[str, str],
     workers: Callable[..., Worker],
     buffer: MollifierBuffer,
-    redis_client: redis.Redis,
+    broker_client: redis.Redis,
 ) -> None:
     ids = seed(buffer, 200)
     # A slow broker: each re-enqueue takes 100 ms, four at a time, so draining takes ~5 s.
     slow = {**environment, "E2E_REDELIVERY_SLEEP_MS": "100", "MOLLIFIER_DRAIN_CONCURRENCY": "4"}
     worker = workers(slow)
-    eventually(lambda: redis_client.llen(PROCESSED_KEY) >= 10, 15, "draining to start")
+    eventually(lambda: broker_client.llen(PROCESSED_KEY) >= 10, 15, "draining to start")
 
     began = time.monotonic()
     worker.terminate()
@@ -196,11 +199,11 @@ def test_sigterm_while_draining_exits_in_time_leaving_nothing_draining_or_lost(
 
     # Nothing lost: a fresh worker finishes the job, and a clean stop made no duplicate.
     worker = workers(environment)
-    eventually(lambda: redis_client.llen(PROCESSED_KEY) >= len(ids), 20, "the rest to be processed")
-    eventually(lambda: settled(redis_client, buffer), 15, "a duplicate, if any, to show up")
+    eventually(lambda: broker_client.llen(PROCESSED_KEY) >= len(ids), 20, "the rest to be processed")
+    eventually(lambda: settled(broker_client, buffer), 15, "a duplicate, if any, to show up")
     worker.terminate()
     assert worker.wait(15) == 0
-    counts = Counter(processed(redis_client))
+    counts = Counter(processed(broker_client))
     assert sorted(counts) == sorted(ids)
     assert [mid for mid, n in counts.items() if n > 1] == []
 
@@ -209,7 +212,7 @@ def test_sigkill_mid_drain_then_restart_processes_every_message_at_least_once(
     environment: dict[str, str],
     workers: Callable[..., Worker],
     buffer: MollifierBuffer,
-    redis_client: redis.Redis,
+    broker_client: redis.Redis,
 ) -> None:
     ids = seed(buffer, 200)
     leased = {**environment, "MOLLIFIER_DRAIN_LEASE_MS": "1500"}
@@ -221,7 +224,7 @@ def test_sigkill_mid_drain_then_restart_processes_every_message_at_least_once(
         "MOLLIFIER_DRAIN_MAX_OUTSTANDING": "0",
     }
     worker = workers(slow)
-    eventually(lambda: redis_client.llen(PROCESSED_KEY) >= 20, 15, "draining to start")
+    eventually(lambda: broker_client.llen(PROCESSED_KEY) >= 20, 15, "draining to start")
 
     worker.kill()
     worker.wait(5)
@@ -230,11 +233,11 @@ def test_sigkill_mid_drain_then_restart_processes_every_message_at_least_once(
     assert in_doubt  # the kill left leased entries behind for the restart to reclaim
 
     worker = workers(leased)
-    eventually(lambda: set(processed(redis_client)) >= set(ids), 25, "every message to be processed")
+    eventually(lambda: set(processed(broker_client)) >= set(ids), 25, "every message to be processed")
     worker.terminate()
     assert worker.wait(15) == 0
 
-    counts = Counter(processed(redis_client))
+    counts = Counter(processed(broker_client))
     duplicates = {mid: n for mid, n in counts.items() if n > 1}
     print(f"processed {len(counts)} messages, {sum(counts.values())} times; duplicates: {duplicates}")
     assert set(counts) == set(ids)

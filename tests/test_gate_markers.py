@@ -13,6 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import dq_name
 
 from dramatiq_mollifier import Mollifier, MollifierConfigurationError, MollifierSettings
+from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.handler import make_drain_handler
 from dramatiq_mollifier.models import EntryStatus
@@ -131,7 +132,7 @@ def test_a_diverted_send_returns_a_message_that_says_so_and_logs_the_setting_to_
 
 
 def test_a_client_that_decodes_responses_is_refused_at_construction(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = client_from_url(redis_url, decode_responses=True)
 
     with pytest.raises(MollifierConfigurationError, match="decode_responses=False"):
         Mollifier(MollifierSettings(enabled=True), client=client)

@@ -11,10 +11,10 @@ from typing import Any
 
 import dramatiq
 import pytest
-import redis
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_mollifier import Mollifier
+from dramatiq_mollifier.buffer.clients import client_from_url
 
 from .mollifier_helpers import add_mollifier
 
@@ -46,7 +46,7 @@ def producer(mollifier: Mollifier, actor: Any, barrier: Any, results: Any) -> No
 def produce(mollifier: Mollifier, actor: Any, barrier: Any, results: Any) -> None:
     """Its share of the burst, then paced sends until it learns of the trip."""
     hold = mollifier.buffer.keys.tenant("acme", "burst").trip_hold
-    client = redis.Redis.from_url(mollifier.settings.redis_url)
+    client = client_from_url(mollifier.settings.redis_url)
 
     def send() -> bool:
         return not actor.send_with_options(org_id="acme", env_id="burst").options.get("mollified", False)

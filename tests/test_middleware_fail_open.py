@@ -21,8 +21,8 @@ SEND_BOUND_S = 2.5
 
 
 @pytest.fixture
-def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url, namespace=f"dq-{key_prefix}")
+def broker(broker_url: str, key_prefix: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=broker_url, namespace=f"dq-{key_prefix}")
     yield broker
     broker.flush_all()
     broker.close()

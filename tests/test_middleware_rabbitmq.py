@@ -12,6 +12,7 @@ import pytest
 import redis
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from .layout_helpers import key_space
 from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, total
 
 pytestmark = pytest.mark.rabbitmq
@@ -105,9 +106,8 @@ def test_a_retried_publish_is_one_message_with_one_decision(
 
 
 def mollifier_count(client: redis.Redis, key_prefix: str) -> int:
-    from dramatiq_mollifier.buffer.keys import KeySpace
 
-    return int(client.get(KeySpace(key_prefix).tenant("acme", "default").trip_counter) or 0)
+    return int(client.get(key_space(client, key_prefix).tenant("acme", "default").trip_counter) or 0)
 
 
 def test_a_retried_publish_in_dual_write_leaves_one_buffer_entry(

@@ -18,8 +18,8 @@ from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, eventually
 
 
 @pytest.fixture
-def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url, namespace=f"dq-{key_prefix}")
+def broker(broker_url: str, key_prefix: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=broker_url, namespace=f"dq-{key_prefix}")
     broker.emit_after("process_boot")
     yield broker
     broker.flush_all()
@@ -34,8 +34,8 @@ def add_redis_mollifier(
     return add_mollifier(broker, client, key_prefix, **{**defaults, **settings})
 
 
-def on_redis_broker(broker: RedisBroker, client: redis.Redis, queue_name: str) -> list[dramatiq.Message[Any]]:
-    payloads = client.hvals(f"{broker.namespace}:{queue_name}.msgs")
+def on_redis_broker(broker: RedisBroker, queue_name: str) -> list[dramatiq.Message[Any]]:
+    payloads = broker.client.hvals(f"{broker.namespace}:{queue_name}.msgs")
     return [dramatiq.Message.decode(payload) for payload in payloads]
 
 
@@ -50,7 +50,7 @@ def test_a_burst_puts_exactly_threshold_on_the_redis_broker_and_the_rest_in_the_
     sent = [ingest.send_with_options(args=(n,), org_id="acme", env_id="prod") for n in range(60)]
 
     assert all(isinstance(message, dramatiq.Message) for message in sent)
-    on_broker = {m.message_id for m in on_redis_broker(broker, redis_client, ingest.queue_name)}
+    on_broker = {m.message_id for m in on_redis_broker(broker, ingest.queue_name)}
     sent_ids = {m.message_id for m in sent}
     diverted = sent_ids - on_broker
     assert len(on_broker) == THRESHOLD

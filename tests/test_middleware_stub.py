@@ -15,6 +15,7 @@ from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.gate import interception
 from dramatiq_mollifier.models import STATE_DRAINED, STATE_OPTION, marker
 
+from .layout_helpers import entry_key
 from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, metrics, total
 
 
@@ -199,7 +200,7 @@ def test_dual_write_puts_the_message_on_the_broker_and_a_copy_with_a_ttl_in_the_
     assert [m.message_id for m in on_stub_broker(broker)] == [sent.message_id]
     entry = mollifier.buffer.get(sent.message_id)
     assert entry is not None
-    ttl = redis_client.ttl(mollifier.buffer.keys.entry(sent.message_id))
+    ttl = redis_client.ttl(entry_key(mollifier.buffer, sent.message_id, "acme"))
     assert 0 < ttl <= 600
     assert decisions(reader) == {("mollify", "per_env_rate", True): 1}
 

@@ -106,8 +106,8 @@ def test_stop_frees_what_is_pending(redis_client: redis.Redis, key_prefix: str) 
 
 
 @pytest.fixture
-def broker(redis_url: str, key_prefix: str) -> Iterator[RedisBroker]:
-    broker = RedisBroker(url=redis_url, namespace=f"dq-{key_prefix}")
+def broker(broker_url: str, key_prefix: str) -> Iterator[RedisBroker]:
+    broker = RedisBroker(url=broker_url, namespace=f"dq-{key_prefix}")
     broker.emit_after("process_boot")
     yield broker
     broker.flush_all()

@@ -8,9 +8,11 @@ import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.models import Tenant, TripDecision
 
+from .layout_helpers import all_keys, entry_key, group, org_beside
 from .mollifier_helpers import eventually, wait_past, wait_server_ms
 
 
@@ -51,7 +53,7 @@ def test_one_hundred_concurrent_evaluations_get_counts_one_to_one_hundred(
     start = threading.Barrier(100)
 
     def evaluate_once() -> None:
-        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        client = client_from_url(redis_url, socket_timeout=5)
         try:
             buffer = MollifierBuffer(client, key_prefix=key_prefix)
             start.wait()
@@ -160,11 +162,13 @@ def test_tripped_lists_envs_with_a_live_hold_and_forgets_expired_ones(
     assert buffer.tripped() == [Tenant("a", "prod"), Tenant("b", "dev")]
 
     # Past a's hold and its registry deadline (at most 1.5 holds), on the server's clock
-    a_deadline = redis_client.zscore(buffer.keys.tripped, buffer.keys.tenant("a", "prod").tripped_member)
+    a_deadline = redis_client.zscore(
+        group(buffer, "a").tripped, buffer.keys.tenant("a", "prod").tripped_member
+    )
     assert a_deadline is not None
     wait_past(buffer, a_deadline)
     assert buffer.tripped() == [Tenant("b", "dev")]
-    assert redis_client.zcard(buffer.keys.tripped) == 1
+    assert sum(redis_client.zcard(space.tripped) for space in buffer.keys.groups) == 1
 
 
 def test_trip_and_accept_stores_nothing_while_not_tripped(
@@ -178,7 +182,7 @@ def test_trip_and_accept_stores_nothing_while_not_tripped(
     assert buffer.get("m1") is None
     assert buffer.depth() == 0
     # only the window counter exists
-    assert redis_client.keys("*") == [buffer.keys.tenant("o", "e").trip_counter.encode()]
+    assert all_keys(redis_client) == [buffer.keys.tenant("o", "e").trip_counter.encode()]
 
 
 def test_trip_and_accept_accepts_once_tripped_and_stays_idempotent(buffer: MollifierBuffer) -> None:
@@ -229,20 +233,23 @@ def test_trip_and_accept_respects_entry_ttl(redis_client: redis.Redis, key_prefi
         "m1", org_id="o", env_id="e", payload=b"x", window_ms=1_000, threshold=0, hold_ms=1_000
     )
 
-    assert 0 < redis_client.pttl(buffer.keys.entry("m1")) <= 30_000
+    assert 0 < redis_client.pttl(entry_key(buffer, "m1")) <= 30_000
 
 
 def test_the_tripped_registry_forgets_expired_holds_without_being_listed(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
     evaluate(buffer, "a", "prod", threshold=0, hold_ms=30)
-    a_deadline = redis_client.zscore(buffer.keys.tripped, buffer.keys.tenant("a", "prod").tripped_member)
+    a_deadline = redis_client.zscore(
+        group(buffer, "a").tripped, buffer.keys.tenant("a", "prod").tripped_member
+    )
     assert a_deadline is not None
     wait_past(buffer, a_deadline)
 
-    evaluate(buffer, "b", "prod", threshold=0, hold_ms=10_000)
+    b = org_beside(buffer, "a", "b")  # its evaluation is the one that sees a's registry
+    evaluate(buffer, b, "prod", threshold=0, hold_ms=10_000)
 
-    assert redis_client.zrange(buffer.keys.tripped, 0, -1) == [b"1:b:prod"]
+    assert redis_client.zrange(group(buffer, "a").tripped, 0, -1) == [f"{len(b)}:{b}:prod".encode()]
 
 
 def test_a_tripped_env_writes_the_registry_once_per_half_hold_not_on_every_send(
@@ -253,7 +260,7 @@ def test_a_tripped_env_writes_the_registry_once_per_half_hold_not_on_every_send(
     options = {"threshold": 0, "hold_ms": 3_600_000}
     t = buffer.keys.tenant("o", "e")
     evaluate(buffer, **options)
-    score = redis_client.zscore(buffer.keys.tripped, t.tripped_member)
+    score = redis_client.zscore(group(buffer).tripped, t.tripped_member)
     assert score is not None
 
     for _ in range(5):
@@ -261,7 +268,7 @@ def test_a_tripped_env_writes_the_registry_once_per_half_hold_not_on_every_send(
 
     # Then the registry is as the first trip left it, and its deadline still covers the marker,
     # whose value is that deadline
-    assert redis_client.zscore(buffer.keys.tripped, t.tripped_member) == score
+    assert redis_client.zscore(group(buffer).tripped, t.tripped_member) == score
     assert redis_client.get(t.trip_hold) == b"%d" % score
     server_ms = redis_client.time()
     now_ms = server_ms[0] * 1000 + server_ms[1] // 1000
@@ -274,13 +281,13 @@ def test_the_registry_moves_its_deadline_when_the_hold_would_outlive_it(
     options = {"threshold": 0, "hold_ms": 100}
     member = buffer.keys.tenant("o", "e").tripped_member
     evaluate(buffer, **options)
-    first = redis_client.zscore(buffer.keys.tripped, member)
+    first = redis_client.zscore(group(buffer).tripped, member)
     assert first is not None
 
     # Re-armed more than half a hold later (on the server's clock): the deadline moves with it
     wait_server_ms(redis_client, 60)
     evaluate(buffer, **options)
-    later = redis_client.zscore(buffer.keys.tripped, member)
+    later = redis_client.zscore(group(buffer).tripped, member)
     assert later is not None
     assert later > first
     assert buffer.tripped() == [Tenant("o", "e")]

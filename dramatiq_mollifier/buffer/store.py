@@ -320,6 +320,11 @@ class MollifierBuffer(BufferAdmin):
             by_group.setdefault(id(t.space), []).append(i)
         calls: list[tuple[Sequence[str | bytes], Sequence[str | int | bytes]]] = []
         order: list[int] = []
+        if keys.group_count and global_threshold:
+            # The fleet-wide window lives under {fleet}, not in whichever group comes first.
+            fleet_keys = (keys.tripped, keys.depth, keys.global_trip_counter, keys.global_trip_hold)
+            calls.append((fleet_keys, settings))
+            settings = (window, limit, hold, b"0", b"0")
         for indexes in by_group.values() or [[]]:
             space = tenants[indexes[0]].space if indexes else keys
             head = (space.tripped, space.depth, space.global_trip_counter, space.global_trip_hold)

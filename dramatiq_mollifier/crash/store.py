@@ -25,7 +25,7 @@ from typing import Any, Literal
 import redis
 
 from ..breaker import CircuitBreaker
-from ..buffer.clients import client_from_url
+from ..buffer.clients import client_from_url, is_cluster
 from ..buffer.keys import escape
 from ..buffer.store import connection_retry
 from .evidence import Evidence
@@ -212,6 +212,17 @@ class CrashStore:
             return 0
 
         def run() -> int:
+            if is_cluster(self.client):
+                # Each record is a slot of its own, and a cluster pipeline refuses scripts: one
+                # call per message the process runs (a handful, once per heartbeat).
+                return sum(
+                    int(
+                        self._refresh(
+                            keys=[self.message_key(message_id)], args=[token + " ", self.record_ttl_ms]
+                        )
+                    )
+                    for message_id, token in deliveries
+                )
             with self.client.pipeline(transaction=False) as pipe:
                 for message_id, token in deliveries:
                     key = self.message_key(message_id)

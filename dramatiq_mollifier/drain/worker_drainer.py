@@ -13,11 +13,13 @@ and retries with backoff, and never takes the worker down.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import dramatiq
 import redis
 
 from ..buffer import MollifierBuffer
+from ..buffer.clients import is_cluster
 from ..buffer.health import layout_problem
 from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
@@ -148,7 +150,11 @@ class WorkerDrainer:
             if self._client is not None:
                 # The drainer's own connections: closed now rather than by the garbage collector
                 # (a later start reconnects on first use).
-                self._client.connection_pool.disconnect()
+                client: Any = self._client
+                if is_cluster(client):
+                    client.disconnect_connection_pools()  # a RedisCluster has a pool per node
+                else:
+                    client.connection_pool.disconnect()
             logger.info("mollifier.drainer stopped")
         else:
             logger.warning(

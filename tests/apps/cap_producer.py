@@ -1,8 +1,9 @@
 """A producer process for the cross-process cap tests: sends ``CAP_COUNT`` messages for
 acme/prod through the Mollifier and prints how many sends raised ``BufferCapExceededError``.
 
-Configured from the environment: ``CAP_REDIS_URL``, ``CAP_COUNT``, ``CAP_START_KEY`` (a Redis key
-to wait for, so that both processes send at the same time) and ``MOLLIFIER_*``.
+Configured from the environment: ``CAP_BROKER_URL`` (the RedisBroker's), ``CAP_COUNT``,
+``CAP_START_KEY`` (a key of the Mollifier's Redis to wait for, so that both processes send at the
+same time) and ``MOLLIFIER_*``.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ import os
 import time
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from dramatiq_mollifier import BufferCapExceededError, Mollifier
+from dramatiq_mollifier.buffer.clients import client_from_url
 
-REDIS_URL = os.environ["CAP_REDIS_URL"]
+BROKER_URL = os.environ["CAP_BROKER_URL"]
 
 
 def main() -> None:
-    broker = RedisBroker(url=REDIS_URL)
+    broker = RedisBroker(url=BROKER_URL)
     broker.add_middleware(Mollifier())
     actor = dramatiq.actor(lambda n: None, actor_name="ingest", broker=broker)
-    client = redis.Redis.from_url(REDIS_URL)
+    client = client_from_url(os.environ["MOLLIFIER_REDIS_URL"])
     deadline = time.monotonic() + 20
     while not client.exists(os.environ["CAP_START_KEY"]):
         if time.monotonic() > deadline:

@@ -20,10 +20,10 @@ import time
 from typing import Any
 
 import dramatiq
-import redis
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.middleware import Middleware
 
+from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.crash import CrashRetries, WorkerCrashed, identity
 
 if os.environ.get("CRASH_HOST"):
@@ -36,7 +36,7 @@ QUEUE = os.environ["CRASH_QUEUE"]
 #: Tiny backoffs (ms) so a retry is prompt.
 BACKOFF: dict[str, Any] = {"min_backoff": 10, "max_backoff": 50}
 
-counters = redis.Redis.from_url(os.environ["CRASH_REDIS_URL"])
+counters = client_from_url(os.environ["CRASH_REDIS_URL"])
 
 
 def make_broker() -> Broker:

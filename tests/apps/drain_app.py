@@ -2,7 +2,7 @@
 
 Configured from the environment, as a deployment would be:
 
-- ``E2E_REDIS_URL``: the Redis of the broker and of the processed-ids list.
+- ``E2E_REDIS_URL``: the Redis of the broker and of the processed-ids list (a single server).
 - ``E2E_REDELIVERY_SLEEP_MS``: how long each re-enqueue of a drained message takes (a slow
   broker), so that a test can signal the worker while it is draining. Defaults to 0.
 - ``E2E_HEARTBEAT_TIMEOUT_MS``: the RedisBroker's heartbeat timeout, after which the messages of
