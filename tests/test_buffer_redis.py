@@ -350,6 +350,7 @@ def test_a_pooled_connection_the_server_dropped_does_not_surface(redis_url: str,
         admin.close()
 
 
+@pytest.mark.single_server(reason="the connection a plain client's sending thread keeps")
 def test_an_error_reply_keeps_the_pooled_connection(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:

@@ -16,6 +16,10 @@ from dramatiq_mollifier.buffer.scripts import execute
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from tests.mollifier_helpers import eventually
 
+# On a cluster the scripts reach each node through a plain client of its own (cluster_io), whose
+# pool these tests are about; here they build that plain client from the server's URL.
+pytestmark = pytest.mark.single_server(reason="a plain client's own pool: the connections a thread keeps")
+
 MakeClient = Callable[..., redis.Redis]
 
 
