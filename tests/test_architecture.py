@@ -114,6 +114,14 @@ def test_every_module_is_under_400_lines() -> None:
     assert {name: lines for name, lines in sizes.items() if lines > 400} == {}
 
 
+def test_every_test_and_benchmark_module_is_under_400_lines() -> None:
+    root = Path(__file__).resolve().parent.parent
+    paths = [*(root / "tests").rglob("*.py"), *(root / "benchmarks").glob("*.py")]
+    assert len(paths) > 50
+    sizes = {str(p.relative_to(root)): len(p.read_text(encoding="utf-8").splitlines()) for p in paths}
+    assert {name: lines for name, lines in sizes.items() if lines > 400} == {}
+
+
 def test_the_library_never_imports_the_dashboard() -> None:
     # The dashboard's web framework is an extra: only the command line may reach for it.
     offenders = sorted(
