@@ -148,17 +148,3 @@ def test_dead_neighbours_evidence_is_published_once_and_live_ones_are_left(tmp_p
     assert count == 1
     assert published["9f2"].fatal_signal == "SIGBUS"
     assert [p.name for p in tmp_path.iterdir()] == [f"{me.pid}-{me.start_ticks}.crash"]
-
-
-def test_a_process_that_has_begun_to_exit_is_not_alive(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Between closing its sockets (the broker redelivers) and becoming a zombie, a dying process
-    # is still running ("R") with the kernel's PF_EXITING flag (0x4) in field 9 of its stat line.
-    me = ProcessIdentity.current()
-    real = Path(f"/proc/{me.pid}/stat").read_text()
-    head, tail = real.rsplit(")", 1)
-    fields = tail.split()
-    assert same_process_alive(me.pid, me.start_ticks)
-    fields[6] = str(int(fields[6]) | 0x4)
-    dying = f"{head}) {' '.join(fields)}\n"
-    monkeypatch.setattr("dramatiq_mollifier.crash.identity._read", lambda path: dying)
-    assert not same_process_alive(me.pid, me.start_ticks)

@@ -60,10 +60,6 @@ def process_start_ticks(pid: int) -> int | None:
     return 0
 
 
-#: The kernel's flag (``/proc/<pid>/stat`` field 9) for a task that has begun to exit.
-_PF_EXITING = 0x4
-
-
 def same_process_alive(pid: int, start_ticks: int) -> bool:
     """Whether the process (``pid``, ``start_ticks``) of this host is still running."""
     fields = _stat_fields(pid)
@@ -71,10 +67,6 @@ def same_process_alive(pid: int, start_ticks: int) -> bool:
         return process_start_ticks(pid) is not None  # no /proc: the PID alone decides
     if fields[0] in ("Z", "X"):
         return False  # exited already; its PID is only held until its parent reaps it
-    if int(fields[6]) & _PF_EXITING:
-        # Dying: the kernel closes its sockets (the broker then redelivers at once) before it
-        # turns into a zombie, so a sibling can judge it in between.
-        return False
     return start_ticks == 0 or int(fields[19]) == start_ticks
 
 
