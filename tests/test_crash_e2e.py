@@ -65,10 +65,10 @@ def test_segfaulting_actor_runs_max_retries_plus_one_times_then_is_dead_lettered
     assert dead.options["retries"] == 2
     assert "WorkerCrashed" in dead.options["traceback"]
     assert "Segmentation fault" in dead.options["traceback"]
-    # And the normal messages alongside ran once each, none dead-lettered
+    # And the normal messages alongside all ran, none dead-lettered. (One that finished just
+    # before a crash may run twice: its ack died with the process, as with Dramatiq alone.)
     assert supervisor.run_until(lambda: count(redis_client, "normal-runs") >= 6, timeout_s=15)
     assert supervisor.terminate() == 0
-    assert count(redis_client, "normal-runs") == 6
     assert set(redis_dead_letters(app)) == {crashing}
     assert supervisor.exit_codes.count(1) == 3  # the CLI exited once per crash (RET_KILLED)
     assert in_flight_records(redis_client, app) == []
@@ -167,9 +167,10 @@ def test_rabbitmq_segfaulting_actor_counts_hold(
         assert sorted(crashes(redis_client, app)) == sorted(
             [f"{twice} SIGSEGV native_crash"] * 3 + [f"{never} SIGSEGV native_crash"]
         )
+        # (A normal message that finished just before a crash may run twice: its ack died with
+        # the process. The crashing messages' counts above hold even so: see crash/repeats.py.)
         assert supervisor.run_until(lambda: count(redis_client, "normal-runs") >= 2, timeout_s=15)
         assert supervisor.terminate() == 0
-        assert count(redis_client, "normal-runs") == 2
         assert in_flight_records(redis_client, app) == []
     finally:
         supervisor.terminate()

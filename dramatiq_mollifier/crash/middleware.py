@@ -9,8 +9,9 @@ backoff to it like to any other failure.
 Whether that process is gone, and how it died, is :class:`~.judge.Judge`'s call, made without
 waiting. While the earlier process may still be running the message (it refreshed its record or
 its heartbeat within ``liveness_timeout_ms``), the earlier record is put back for a later delivery
-to judge and this delivery runs without one. This process's own side (heartbeat, evidence file,
-the records it refreshes) is :class:`~.process.WorkerProcess`.
+to judge and this delivery runs without one. A redelivery of an attempt that is already over (its
+ack or nack died with its worker process) is not run again: see :mod:`.repeats`. This process's
+own side (heartbeat, evidence file, the records it refreshes) is :class:`~.process.WorkerProcess`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from dramatiq import Worker
+from dramatiq import Message, Worker
 from dramatiq.broker import Broker, MessageProxy
 from dramatiq.errors import ActorNotFound
-from dramatiq.middleware import Middleware, TimeLimit
+from dramatiq.middleware import Middleware, SkipMessage, TimeLimit
 from opentelemetry import metrics
 
 from ..breaker import CircuitOpenError
@@ -38,6 +39,7 @@ from .evidence import default_evidence_dir
 from .identity import host_id
 from .judge import Judge, Unjudged
 from .process import Delivery, WorkerProcess, now_ms
+from .repeats import RepeatLog, attempt_of
 from .store import CrashStore, DeliveryRecord, Previous, client_for
 
 __all__ = [
@@ -151,6 +153,7 @@ class CrashRetries(Middleware):
             description="Deliveries that found an earlier one's process silent for less than "
             "the liveness timeout: not judged, the earlier record left in place.",
         )
+        self._repeats = RepeatLog(instruments)
         self._fail_open = instruments.create_counter(
             "mollifier.crash_fail_open",
             unit="{event}",
@@ -209,12 +212,26 @@ class CrashRetries(Middleware):
             started_ms=now,
             ttl_ms=self.record_ttl_ms,
         )
+        attempt = attempt_of(message)
+        self._repeats.started(message.message_id, attempt)
         try:
-            previous = self.store.enter(message.message_id, record)
+            entered = self.store.enter(
+                message.message_id,
+                record,
+                attempt=attempt.number,
+                publish_id=attempt.publish_id,
+                redelivered=attempt.redelivered,
+            )
         except redis.RedisError:
             self._failed_open("enter")
             return
+        if entered.repeat is not None:
+            self._repeats.refused(message.message_id, attempt, entered.repeat)
+            if entered.repeat == "failed":
+                message.fail()  # rejected again: its first rejection may have died with its process
+            raise SkipMessage(f"attempt {attempt.number} of this message is over ({entered.repeat})")
         self.process.track(delivery)
+        previous = entered.previous
         if previous is None:
             return
         try:
@@ -241,6 +258,24 @@ class CrashRetries(Middleware):
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._end(message)
+
+    def after_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
+        attempt = attempt_of(message)
+        if attempt.number < 1:
+            return
+        try:  # a retry is in the broker: every earlier attempt is over
+            self.store.conclude(message.message_id, "superseded", attempt.number - 1)
+        except redis.RedisError:
+            self._failed_open("conclude")
+
+    def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        attempt = self._repeats.current(message.message_id)
+        if attempt is None:
+            return
+        try:
+            self.store.conclude(message.message_id, "failed", attempt.number, attempt.publish_id)
+        except redis.RedisError:
+            self._failed_open("conclude")
 
     def _end(self, message: MessageProxy) -> None:
         delivery = self.process.untrack()

@@ -9,6 +9,9 @@ Keys, all under ``key_prefix``:
   ``lua/release.lua`` on the way out only while it still holds our token.
 * ``<prefix>:crash:proc:<proc id>``: a worker process's heartbeat and, once it is known to be dead,
   the evidence of how it died, for workers on other hosts to judge its records by.
+* ``{<prefix>:crash:msg:<message id>}:done`` (in the record's slot): the message's attempts that
+  are over (``lua/conclude.lua``), so a redelivery of one whose ack or nack died with its worker
+  process is not run again (``lua/enter.lua`` refuses it).
 
 Methods raise ``redis.RedisError``; the middleware, which fails open, is the boundary that
 catches it. Every call goes through a circuit breaker: while Redis is unreachable or stalled,
@@ -34,6 +37,7 @@ __all__ = [
     "DEFAULT_SOCKET_TIMEOUT_MS",
     "CrashStore",
     "DeliveryRecord",
+    "Entered",
     "Previous",
     "ProcState",
     "ProcStatus",
@@ -113,6 +117,17 @@ class Previous:
 
 
 @dataclass(frozen=True)
+class Entered:
+    """What ``enter`` did with a delivery."""
+
+    #: The record an earlier delivery left, if any.
+    previous: Previous | None = None
+    #: Set (and nothing written) when the delivery repeats an attempt that is over:
+    #: ``"superseded"`` (a retry of it is in the broker) or ``"failed"`` (it was rejected).
+    repeat: Literal["superseded", "failed"] | None = None
+
+
+@dataclass(frozen=True)
 class ProcState:
     """What Redis knows about a worker process."""
 
@@ -178,6 +193,7 @@ class CrashStore:
         self.record_ttl_ms = record_ttl_ms
         lua = resources.files(__package__).joinpath("lua")
         self._enter = client.register_script(lua.joinpath("enter.lua").read_text())
+        self._conclude = client.register_script(lua.joinpath("conclude.lua").read_text())
         self._refresh = client.register_script(lua.joinpath("refresh.lua").read_text())
         self._restore = client.register_script(lua.joinpath("restore.lua").read_text())
         self._release = client.register_script(lua.joinpath("release.lua").read_text())
@@ -189,13 +205,47 @@ class CrashStore:
     def proc_key(self, proc_id: str) -> str:
         return f"{self.key_prefix}:crash:proc:{proc_id}"
 
-    def enter(self, message_id: str, record: DeliveryRecord) -> Previous | None:
-        """Write ``record`` as the message's delivery in flight; the earlier record, if any."""
+    def done_key(self, message_id: str) -> str:
+        """The message's concluded attempts, named so they share the record's cluster slot."""
+        key = self.message_key(message_id)
+        opening = key.find("{")
+        tagged = opening != -1 and key.find("}", opening + 1) > opening + 1
+        if tagged or "}" in key:
+            # The prefix's hash tag decides the slot of both (ids are percent-encoded, braces
+            # too). A prefix with a "}" and no tag puts them in two slots of a cluster.
+            return f"{key}:done"
+        return f"{{{key}}}:done"  # the whole record key as the tag: the record's own slot
+
+    def enter(
+        self,
+        message_id: str,
+        record: DeliveryRecord,
+        *,
+        attempt: int = 0,
+        publish_id: str = "",
+        redelivered: bool = False,
+    ) -> Entered:
+        """Write ``record`` as the message's delivery in flight and return the earlier record, if
+        any; unless ``attempt`` (its ``retries`` option) is already over, then write nothing."""
         found = self.breaker.call(
-            self._enter, keys=[self.message_key(message_id)], args=[record.encode(), self.record_ttl_ms]
+            self._enter,
+            keys=[self.message_key(message_id), self.done_key(message_id)],
+            args=[record.encode(), self.record_ttl_ms, attempt, publish_id, int(redelivered)],
         )
-        previous, pttl = found[0], int(found[1])
-        return Previous(previous, pttl) if isinstance(previous, (bytes, str)) else None
+        previous, pttl, repeat = found[0], int(found[1]), found[2] if len(found) > 2 else None
+        if isinstance(repeat, (bytes, str)):
+            return Entered(repeat="failed" if _text(repeat) == "failed" else "superseded")
+        return Entered(Previous(previous, pttl) if isinstance(previous, (bytes, str)) else None)
+
+    def conclude(
+        self, message_id: str, kind: Literal["superseded", "failed"], attempt: int, publish_id: str = ""
+    ) -> None:
+        """Remember that ``attempt`` of the message is over (see ``lua/conclude.lua``)."""
+        self.breaker.call(
+            self._conclude,
+            keys=[self.done_key(message_id)],
+            args=[kind, attempt, publish_id, self.record_ttl_ms],
+        )
 
     def restore(self, message_id: str, token: str, previous: Previous) -> bool:
         """Put ``previous`` back, with the time to live it had, while the record is still ours."""
