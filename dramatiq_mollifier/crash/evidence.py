@@ -20,6 +20,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,9 @@ class EvidenceFile:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # O_APPEND: our lines and faulthandler's report share the file without clobbering.
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        # The heartbeat thread writes while a shutdown may close: a write after the close would
+        # hit a closed descriptor, or a reused one that belongs to another file.
+        self._lock = threading.Lock()
         self._faulthandler = install_faulthandler
         self._had_faulthandler = faulthandler.is_enabled()
         self.write(f"dramatiq-mollifier proc={proc_id} oom_kills={oom_kill_count()}")
@@ -161,12 +165,14 @@ class EvidenceFile:
 
     def write(self, line: str) -> None:
         """Append one line (a no-op once closed)."""
-        if self._fd is not None:
-            os.write(self._fd, line.encode("utf-8", "replace") + b"\n")
+        with self._lock:
+            if self._fd is not None:
+                os.write(self._fd, line.encode("utf-8", "replace") + b"\n")
 
     def close(self, *, keep: bool) -> None:
         """Stop writing; delete the file unless ``keep`` (evidence for the next process)."""
-        fd, self._fd = self._fd, None
+        with self._lock:
+            fd, self._fd = self._fd, None
         if fd is None:
             return
         if self._faulthandler:
