@@ -144,6 +144,7 @@ def test_message_abandoned_by_a_shutdown_timeout_is_retried_as_sigterm(
 
 
 @pytest.mark.rabbitmq
+@pytest.mark.timeout(150)  # four crash-and-restart cycles; a restart takes 10 s or more under load
 def test_rabbitmq_segfaulting_actor_counts_hold(
     rabbitmq_url: str, redis_url: str, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
@@ -159,7 +160,7 @@ def test_rabbitmq_segfaulting_actor_counts_hold(
         def both_dead_lettered() -> bool:
             return {twice, never} <= set(rabbitmq_dead_letters(rabbitmq_url, app))
 
-        done = supervisor.run_until(both_dead_lettered, timeout_s=50)
+        done = supervisor.run_until(both_dead_lettered, timeout_s=100)
 
         assert done, supervisor.log()
         assert count(redis_client, "crash2-runs") == 3
