@@ -23,7 +23,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from redis.crc import key_slot
 
 from dramatiq_mollifier.crash import CrashRetries
+from dramatiq_mollifier.crash.middleware import DEFAULT_REPEAT_WINDOW_MS
 from dramatiq_mollifier.crash.store import CrashStore
+from dramatiq_mollifier.errors import MollifierConfigurationError
 
 from .crash_helpers import points, run_worker
 
@@ -96,8 +98,8 @@ def test_a_retried_attempt_delivered_again_is_acked_without_running(
     assert runs == [0, 1, 2]
 
 
-def test_a_failed_attempt_redelivered_is_failed_again_without_running_but_a_fresh_publish_runs(
-    broker: StubBroker, reader: InMemoryMetricReader
+def test_a_failed_attempt_redelivered_is_failed_again_without_running_but_a_late_fresh_publish_runs(
+    broker: StubBroker, reader: InMemoryMetricReader, redis_client: redis.Redis
 ) -> None:
     # Given an actor without retries whose message failed and was rejected (RedisBroker publish "p1")
     runs: list[str] = []
@@ -121,10 +123,22 @@ def test_a_failed_attempt_redelivered_is_failed_again_without_running_but_a_fres
     assert [m.message_id for m in broker.dead_letters] == [message_id, message_id]
     assert points(reader, "mollifier.crash_repeats") == {(("kind", "failed"),): 1}
 
-    # And a fresh publish of the dead letter (an operator sending it again) runs
+    # And a fresh publish of it within repeat_window_ms (a delay queue publishing it again) too
     broker.enqueue(delivery(message_id, "doomed", redis_message_id="p2"))
     run_worker(broker)
+    assert runs == ["ran"]
+    assert points(reader, "mollifier.crash_repeats") == {(("kind", "failed"),): 2}
+
+    # But once the window is over (the failure's time moved back by it), a fresh publish of the
+    # dead letter (an operator sending it again) runs, while the failed publish still does not
+    store = next(m for m in broker.middleware if isinstance(m, CrashRetries)).store
+    failed_at = int(redis_client.hget(store.done_key(message_id), "failed_at") or 0)
+    redis_client.hset(store.done_key(message_id), "failed_at", failed_at - DEFAULT_REPEAT_WINDOW_MS)
+    broker.enqueue(delivery(message_id, "doomed", redis_message_id="p1"))
+    broker.enqueue(delivery(message_id, "doomed", redis_message_id="p3"))
+    run_worker(broker)
     assert runs == ["ran", "ran"]
+    assert points(reader, "mollifier.crash_repeats") == {(("kind", "failed"),): 3}
 
 
 @pytest.mark.parametrize("key_prefix_value", ["mollifier", "{tenant-a}:mollifier", "app.v2"])
@@ -135,3 +149,11 @@ def test_the_concluded_attempts_share_the_records_cluster_slot(
     store = CrashStore(redis_client, key_prefix=key_prefix_value, record_ttl_ms=60_000)
 
     assert key_slot(store.done_key(message_id).encode()) == key_slot(store.message_key(message_id).encode())
+
+
+@pytest.mark.parametrize("window_ms", [-1, 7 * 86_400_000 + 1])
+def test_a_repeat_window_outside_its_bounds_is_refused_by_name(
+    redis_client: redis.Redis, window_ms: int
+) -> None:
+    with pytest.raises(MollifierConfigurationError, match="repeat_window_ms"):
+        CrashRetries(client=redis_client, key_prefix="p", repeat_window_ms=window_ms)

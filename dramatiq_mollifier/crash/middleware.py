@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL_MS",
     "DEFAULT_LIVENESS_TIMEOUT_MS",
     "DEFAULT_RECORD_TTL_MS",
+    "DEFAULT_REPEAT_WINDOW_MS",
     "CrashRetries",
 ]
 
@@ -55,6 +56,8 @@ DEFAULT_RECORD_TTL_MS = 7 * 86_400_000
 DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000
 #: How long a heartbeat key lives unrefreshed: 10 seconds.
 DEFAULT_LIVENESS_TIMEOUT_MS = 10_000
+#: How long after an attempt failed any new delivery of it is taken as a repeat: 1 minute.
+DEFAULT_REPEAT_WINDOW_MS = 60_000
 
 
 logger = logging.getLogger(__name__)
@@ -80,6 +83,11 @@ class CrashRetries(Middleware):
         unrefreshed before a delivery it held is judged crashed without evidence. A process frozen
         or cut off from Redis for longer is judged crashed too: keep it above the longest pause
         you expect. Defaults to 10 seconds.
+      repeat_window_ms: How long after an attempt was failed (dead-lettered) any delivery of
+        that same attempt is refused as a repeat, even a fresh publish (a delay queue publishes a
+        due message again when the ack of its first publish died with its process). Later, only a
+        redelivery of the failed publish itself is refused. See :mod:`.repeats`. Defaults to
+        1 minute.
       retry_oom_kills: Retry a crash known to be an out-of-memory kill under the actor's policy.
         Defaults to False: the message is failed (dead-lettered) at once.
       retry_time_limit_kills: Retry a crash of a message that was running past its time limit.
@@ -99,6 +107,7 @@ class CrashRetries(Middleware):
         record_ttl_ms: int = DEFAULT_RECORD_TTL_MS,
         heartbeat_interval_ms: int = DEFAULT_HEARTBEAT_INTERVAL_MS,
         liveness_timeout_ms: int = DEFAULT_LIVENESS_TIMEOUT_MS,
+        repeat_window_ms: int = DEFAULT_REPEAT_WINDOW_MS,
         retry_oom_kills: bool = False,
         retry_time_limit_kills: bool = False,
         evidence_dir: str | Path | None = None,
@@ -119,6 +128,9 @@ class CrashRetries(Middleware):
             )
         if record_ttl_ms <= liveness_timeout_ms:
             raise MollifierConfigurationError("record_ttl_ms must exceed liveness_timeout_ms")
+        if not 0 <= repeat_window_ms <= record_ttl_ms:
+            raise MollifierConfigurationError("repeat_window_ms must be between 0 and record_ttl_ms")
+        self.repeat_window_ms = repeat_window_ms
         self.key_prefix = key_prefix
         self.record_ttl_ms = record_ttl_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -221,6 +233,7 @@ class CrashRetries(Middleware):
                 attempt=attempt.number,
                 publish_id=attempt.publish_id,
                 redelivered=attempt.redelivered,
+                repeat_window_ms=self.repeat_window_ms,
             )
         except redis.RedisError:
             self._failed_open("enter")

@@ -10,10 +10,12 @@ So each attempt that is over is remembered, in the message's ``done`` hash (``lu
 
 * **superseded**: a retry of attempt N was enqueued (``after_enqueue`` sees ``retries`` N+1), so
   every delivery of attempts 0..N is a repeat. It is acked without running.
-* **failed**: attempt N was rejected (``after_nack``). A delivery of attempt N is a repeat only
-  when the broker says it is the same publish: the same ``redis_message_id`` (RedisBroker), or the
-  redelivery flag (RabbitMQ). It is failed again without running. A fresh publish of the same
-  message (an operator re-sending a dead letter) runs.
+* **failed**: attempt N was rejected (``after_nack``). A delivery of attempt N is a repeat when
+  the broker says it is the same publish (the same ``redis_message_id`` on RedisBroker, the
+  redelivery flag on RabbitMQ), or when it comes within ``repeat_window_ms`` of the failure (a
+  delay queue publishes a due message again when the ack of its first publish was lost). It is
+  failed again without running, so it still reaches the dead letters. After the window, a fresh
+  publish of the same message (an operator re-sending a dead letter) runs.
 
 Successful attempts are not remembered (that would cost a write per message): a message that
 succeeded just before its worker died may still run twice, as with Dramatiq alone.

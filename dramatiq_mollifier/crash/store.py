@@ -224,13 +224,21 @@ class CrashStore:
         attempt: int = 0,
         publish_id: str = "",
         redelivered: bool = False,
+        repeat_window_ms: int = 0,
     ) -> Entered:
         """Write ``record`` as the message's delivery in flight and return the earlier record, if
         any; unless ``attempt`` (its ``retries`` option) is already over, then write nothing."""
         found = self.breaker.call(
             self._enter,
             keys=[self.message_key(message_id), self.done_key(message_id)],
-            args=[record.encode(), self.record_ttl_ms, attempt, publish_id, int(redelivered)],
+            args=[
+                record.encode(),
+                self.record_ttl_ms,
+                attempt,
+                publish_id,
+                int(redelivered),
+                repeat_window_ms,
+            ],
         )
         previous, pttl, repeat = found[0], int(found[1]), found[2] if len(found) > 2 else None
         if isinstance(repeat, (bytes, str)):

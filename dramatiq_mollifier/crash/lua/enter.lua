@@ -8,6 +8,7 @@
 -- ARGV[3]  this delivery's attempt: the message's ``retries`` option (0 when absent)
 -- ARGV[4]  the id the broker gave this publish ("" when it gives none)
 -- ARGV[5]  "1" when the broker flags this delivery as a redelivery, else "0"
+-- ARGV[6]  how long after a failure any delivery of the failed attempt is a repeat, in ms
 --
 -- Returns {previous record or false, its remaining time to live in ms or -2, false}, or, for a
 -- repeat, {false, -2, "superseded" | "failed"} with nothing written. The owner of a record sets
@@ -16,13 +17,17 @@
 -- alone.
 
 local attempt = tonumber(ARGV[3])
-local marks = redis.call('HMGET', KEYS[2], 'superseded', 'failed', 'failed_by')
+local marks = redis.call('HMGET', KEYS[2], 'superseded', 'failed', 'failed_by', 'failed_at')
 if marks[1] and attempt <= tonumber(marks[1]) then
     return {false, -2, 'superseded'}
 end
 if marks[2] and attempt == tonumber(marks[2]) then
+    -- The same publish (its nack was lost), or any copy soon after the failure (a delay queue
+    -- publishes a due message again when the ack of its first publish was lost).
     local by = marks[3] or ''
-    if (by ~= '' and by == ARGV[4]) or (by == '' and ARGV[5] == '1') then
+    local now = redis.call('TIME')
+    local age_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(marks[4] or '0')
+    if (by ~= '' and by == ARGV[4]) or ARGV[5] == '1' or age_ms < tonumber(ARGV[6]) then
         return {false, -2, 'failed'}
     end
 end
