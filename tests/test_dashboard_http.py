@@ -371,8 +371,8 @@ def test_a_served_dashboard_stops_when_its_trigger_pipe_is_gone(
     with caplog.at_level(logging.WARNING, logger="dramatiq_mollifier.dashboard.serve"):
         server.stop()
     assert not server._thread.is_alive()
+    # (Its closed= field is not checked: whether the loop closed the trigger first is a race.)
     assert "mollifier.dashboard_stop_without_trigger" in caplog.text
-    assert "closed=False" in caplog.text
     assert trigger._closed and not server._server._map
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(server.url, timeout=5)
