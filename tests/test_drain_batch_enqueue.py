@@ -17,7 +17,7 @@ from dramatiq.middleware import Middleware, MiddlewareError
 
 from dramatiq_mollifier.drain.batch_enqueue import PipelinedRedisEnqueue, pipelined_enqueue_for
 from dramatiq_mollifier.drain.handler import make_drain_handler
-from dramatiq_mollifier.drain.handler_pool import HandlerPool
+from dramatiq_mollifier.drain.handler_pool import MANY_CHUNK_MIN, HandlerPool
 from dramatiq_mollifier.models import STATE_DRAINED, STATE_OPTION, BufferEntry, EntryStatus
 
 pytestmark = pytest.mark.redis
@@ -207,3 +207,36 @@ def test_the_pool_hands_a_chunk_to_the_handlers_many(broker: RedisBroker) -> Non
     assert [error for _, error in done] == [None] * 10
     assert chunks == [10]
     assert broker.client.llen(f"{broker.namespace}:drained") == 10
+
+
+def test_a_batch_handler_gets_chunks_of_at_least_32_however_parallel_the_pool(broker: RedisBroker) -> None:
+    """Handlers that wait on the broker make the parallelism grow; a batch handler's pop still
+    goes out in chunks of at least MANY_CHUNK_MIN, not one round trip per entry or two."""
+
+    @dramatiq.actor(broker=broker, queue_name="drained")
+    def ingest(n: int) -> None:
+        pass
+
+    handler = make_drain_handler(broker)
+    chunks: list[int] = []
+    lock = threading.Lock()
+    many = handler.many
+
+    def counting(entries: Any) -> list[BaseException | None]:
+        with lock:
+            chunks.append(len(entries))
+        return many(entries)
+
+    handler.many = counting  # type: ignore[method-assign]
+    pool = HandlerPool(16, handler, lambda completion: None)
+    pool.parallelism.value = 16  # as after windows of handlers waiting on I/O
+    pool.submit([entry_for(ingest.message(n)) for n in range(MANY_CHUNK_MIN)])
+    assert len(pool.take(MANY_CHUNK_MIN)) == MANY_CHUNK_MIN
+    assert chunks == [MANY_CHUNK_MIN]
+    pool.submit([entry_for(ingest.message(n)) for n in range(2 * MANY_CHUNK_MIN)])
+    done = pool.take(2 * MANY_CHUNK_MIN)
+    pool.close()
+
+    assert [error for _, error in done] == [None] * 2 * MANY_CHUNK_MIN
+    assert sorted(chunks) == [MANY_CHUNK_MIN] * 3
+    assert broker.client.llen(f"{broker.namespace}:drained") == 3 * MANY_CHUNK_MIN
