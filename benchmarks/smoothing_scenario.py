@@ -163,7 +163,7 @@ def _purge(amqp_url: str, queue_name: str) -> None:
 
 
 _OURS = {"MOLLIFIER_REDIS_URL", "MOLLIFIER_ENABLED", "MOLLIFIER_ENABLED_ORGS", "MOLLIFIER_DRAINER_ENABLED"}
-# Drain settings pass through: bench_smoothing.py --set lets one try other values.
+# Drain settings pass through (MOLLIFIER_DRAIN_*): bench_smoothing.py --set lets one try other values.
 
 
 class Sampler:

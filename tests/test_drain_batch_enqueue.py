@@ -17,7 +17,7 @@ from dramatiq.middleware import Middleware, MiddlewareError
 
 from dramatiq_mollifier.drain.batch_enqueue import PipelinedRedisEnqueue, pipelined_enqueue_for
 from dramatiq_mollifier.drain.handler import make_drain_handler
-from dramatiq_mollifier.drain.handler_pool import HandlerPool
+from dramatiq_mollifier.drain.handler_pool import MANY_CHUNK_MIN, HandlerPool
 from dramatiq_mollifier.models import STATE_DRAINED, STATE_OPTION, BufferEntry, EntryStatus
 
 pytestmark = pytest.mark.redis
@@ -100,7 +100,9 @@ def test_a_chunk_goes_out_in_one_round_trip_and_a_real_worker_runs_every_message
     broker.client.pipeline = original  # type: ignore[method-assign]
 
     assert results == [None] * 25
-    assert writes == [25], "the chunk's 25 writes went out in one pipeline"
+    assert writes == [1], "the chunk's 25 messages went out in one script call"
+    heartbeat = broker.client.zscore(f"{broker.namespace}:__heartbeats__", broker.broker_id)
+    assert heartbeat is not None, "the enqueuing broker's heartbeat, as dispatch.lua registers it"
     assert seen(broker).before == [m.message_id for m in messages]
     assert seen(broker).after == [m.message_id for m in messages]
 
@@ -130,6 +132,30 @@ def test_drained_copies_keep_their_identity_and_carry_the_marker(broker: RedisBr
     assert all(m.options[STATE_OPTION] == STATE_DRAINED for m in queued)
     assert all(m.options["org_id"] == "acme" for m in queued)
     assert len({m.options["redis_message_id"] for m in queued}) == 3
+
+
+def test_a_chunk_for_two_queues_is_one_call_per_queue_each_in_its_order(broker: RedisBroker) -> None:
+    @dramatiq.actor(broker=broker, queue_name="drained")
+    def ingest(n: int) -> None:
+        pass
+
+    @dramatiq.actor(broker=broker, queue_name="other")
+    def report(n: int) -> None:
+        pass
+
+    broker.client.config_resetstat()
+    messages = [(ingest if n % 3 else report).message(n) for n in range(12)]
+    assert make_drain_handler(broker).many([entry_for(m) for m in messages]) == [None] * 12
+
+    calls = broker.client.info("commandstats")["cmdstat_evalsha"]["calls"]
+    assert calls == 2, "one script call per queue, not one per message"
+    for queue, sent in (
+        ("drained", [m for m in messages if m.queue_name == "drained"]),
+        ("other", [m for m in messages if m.queue_name == "other"]),
+    ):
+        ids = broker.client.lrange(f"{broker.namespace}:{queue}", 0, -1)
+        stored = broker.client.hmget(f"{broker.namespace}:{queue}.msgs", ids)
+        assert [dramatiq.Message.decode(raw).message_id for raw in stored] == [m.message_id for m in sent]
 
 
 def test_a_message_a_middleware_refuses_fails_alone(broker: RedisBroker) -> None:
@@ -207,3 +233,36 @@ def test_the_pool_hands_a_chunk_to_the_handlers_many(broker: RedisBroker) -> Non
     assert [error for _, error in done] == [None] * 10
     assert chunks == [10]
     assert broker.client.llen(f"{broker.namespace}:drained") == 10
+
+
+def test_a_batch_handler_gets_chunks_of_at_least_32_however_parallel_the_pool(broker: RedisBroker) -> None:
+    """Handlers that wait on the broker make the parallelism grow; a batch handler's pop still
+    goes out in chunks of at least MANY_CHUNK_MIN, not one round trip per entry or two."""
+
+    @dramatiq.actor(broker=broker, queue_name="drained")
+    def ingest(n: int) -> None:
+        pass
+
+    handler = make_drain_handler(broker)
+    chunks: list[int] = []
+    lock = threading.Lock()
+    many = handler.many
+
+    def counting(entries: Any) -> list[BaseException | None]:
+        with lock:
+            chunks.append(len(entries))
+        return many(entries)
+
+    handler.many = counting  # type: ignore[method-assign]
+    pool = HandlerPool(16, handler, lambda completion: None)
+    pool.parallelism.value = 16  # as after windows of handlers waiting on I/O
+    pool.submit([entry_for(ingest.message(n)) for n in range(MANY_CHUNK_MIN)])
+    assert len(pool.take(MANY_CHUNK_MIN)) == MANY_CHUNK_MIN
+    assert chunks == [MANY_CHUNK_MIN]
+    pool.submit([entry_for(ingest.message(n)) for n in range(2 * MANY_CHUNK_MIN)])
+    done = pool.take(2 * MANY_CHUNK_MIN)
+    pool.close()
+
+    assert [error for _, error in done] == [None] * 2 * MANY_CHUNK_MIN
+    assert sorted(chunks) == [MANY_CHUNK_MIN] * 3
+    assert broker.client.llen(f"{broker.namespace}:drained") == 3 * MANY_CHUNK_MIN

@@ -243,8 +243,10 @@ def test_drain_telemetry_counts_results_time_in_buffer_and_depth(buffer: Mollifi
 
 
 def test_the_drained_log_names_the_message_its_tenant_age_and_sha256(
-    buffer: MollifierBuffer, caplog: pytest.LogCaptureFixture
+    redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The audit line of a dual_write copy, at INFO: operators join it with mollifier.buffered."""
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix, mode="dual_write")
     buffer.accept("m'1", org_id="acme", env_id="prod", payload=b"hello")
     caplog.set_level("INFO", logger="dramatiq_mollifier.drain")
 
@@ -253,3 +255,22 @@ def test_the_drained_log_names_the_message_its_tenant_age_and_sha256(
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mollifier.drained")]
     assert "message_id=\"m'1\" org_id='acme' env_id='prod' attempts=0 age_ms=" in line
     assert line.endswith("sha256=2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824")
+
+
+def test_a_divert_entry_is_audited_at_debug_not_on_the_info_hot_path(
+    buffer: MollifierBuffer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A burst drains message by message: its audit line is DEBUG, so INFO logs stay quiet."""
+    for n in range(3):
+        buffer.accept(f"m{n}", org_id="acme", env_id="prod", payload=b"hello")
+    caplog.set_level("INFO", logger="dramatiq_mollifier.drain")
+
+    MollifierDrainer(buffer, Recorder()).run_once()
+
+    assert not [r for r in caplog.records if r.getMessage().startswith("mollifier.drained")]
+    buffer.accept("m3", org_id="acme", env_id="prod", payload=b"hello")
+    caplog.set_level("DEBUG", logger="dramatiq_mollifier.drain")
+    MollifierDrainer(buffer, Recorder()).run_once()
+    (record,) = [r for r in caplog.records if r.getMessage().startswith("mollifier.drained")]
+    assert record.levelname == "DEBUG"
+    assert "message_id='m3'" in record.getMessage() and "sha256=" in record.getMessage()

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from ..buffer.drain_protocol import DrainProtocol
 from ..models import BufferEntry
+from ..settings import MollifierMode
 from ..telemetry import DrainResultKind, Telemetry
 from .leases import LeaseKeeper
 
@@ -110,12 +111,20 @@ class Acks:
     def record_acked(self, entries: Sequence[BufferEntry]) -> None:
         self._telemetry.record_drained(DrainResultKind.ACKED, len(entries))
         now_ms = time.time() * 1000
-        log = logger.isEnabledFor(logging.INFO)
+        # The audit line: at INFO for a dual_write copy (operators join it with
+        # mollifier.buffered before trusting divert), at DEBUG for a divert entry, the hot path
+        # of a burst: one formatted line (and sha256) per message cost the worker process about
+        # a tenth of a drained message's CPU, and Dramatiq's parent process as much again to
+        # forward it. Enable DEBUG on this logger to audit divert too.
+        audit = logger.isEnabledFor(logging.INFO)
+        audit_divert = audit and logger.isEnabledFor(logging.DEBUG)
         for entry in entries:
             age_ms = max(0.0, now_ms - entry.created_at.timestamp() * 1000)
             self._telemetry.record_time_in_buffer(age_ms)
-            if log:
-                logger.info(
+            divert = entry.mode == MollifierMode.DIVERT.value
+            if audit and (audit_divert or not divert):
+                logger.log(
+                    logging.DEBUG if divert else logging.INFO,
                     "mollifier.drained message_id=%r org_id=%r env_id=%r attempts=%d age_ms=%d sha256=%s",
                     entry.message_id,
                     entry.org_id,

@@ -1,18 +1,20 @@
-"""Drained messages onto a ``RedisBroker`` in one round trip per batch, not one per message.
+"""Drained messages onto a ``RedisBroker`` in one script call per chunk, not one per message.
 
 ``RedisBroker.enqueue`` runs its dispatch script once per message: a round trip whose client
 side (packing, a pooled connection, the reply's parsing, a switch of the interpreter lock while
 the thread waits) was the largest part of a drained message's CPU cost in the worker process
-that drains, about a fifth of that process's busy time in ``bench_smoothing.py``. The drainer
-has a whole batch of messages at hand, so :class:`PipelinedRedisEnqueue` does what
-``RedisBroker.enqueue`` does for each of them (a fresh ``redis_message_id``, the middleware's
-``before_enqueue`` and ``after_enqueue``, the same dispatch script with the same arguments) but
-sends the script calls in one pipeline.
+that drains, about a fifth of that process's busy time in ``bench_smoothing.py``, and whose
+server side (a script call, the heartbeat, the script's set-up) came on top of the Redis work a
+drained message already costs. The drainer has a whole chunk of messages at hand, so
+:class:`PipelinedRedisEnqueue` does what ``RedisBroker.enqueue`` does for each of them (a fresh
+``redis_message_id``, the middleware's ``before_enqueue`` and ``after_enqueue``) and writes them
+with ``lua/enqueue_batch.lua``: what dispatch.lua's enqueue writes (the heartbeat, the queue's
+hash and list), once per queue of the chunk, the calls in one pipeline.
 
-It reads the broker's dispatch arguments (``scripts``, ``namespace``, ``broker_id``,
-``heartbeat_timeout``, ``dead_message_ttl`` and the two per-call helpers) as Dramatiq 2 defines
-them; :func:`pipelined_enqueue_for` returns None for a broker that lacks any of them (another
-broker, another Dramatiq), and the drainer then enqueues message by message as before.
+It reads the broker's ``client``, ``namespace`` and ``broker_id`` as Dramatiq 2 defines them, and
+needs its dispatch script (the keys it writes are that script's); :func:`pipelined_enqueue_for`
+returns None for a broker that lacks any of them (another broker, another Dramatiq), and the
+drainer then enqueues message by message as before.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from importlib import resources
 from typing import Any
 
 import dramatiq
@@ -34,12 +37,12 @@ logger = logging.getLogger(__name__)
 #: the exception that kept it from the broker (the message was not written).
 EnqueueMany = Callable[[Sequence[dramatiq.Message[Any]]], list[BaseException | None]]
 
-_NEEDED = ("client", "scripts", "namespace", "broker_id", "heartbeat_timeout", "dead_message_ttl")
-_HELPERS = ("_should_do_maintenance", "_max_unpack_size")
+_NEEDED = ("client", "scripts", "namespace", "broker_id")
 
 
 class PipelinedRedisEnqueue:
-    """``RedisBroker.enqueue`` for many messages at once, with one pipelined round trip.
+    """``RedisBroker.enqueue`` for many messages at once: one script call per queue of the chunk,
+    the calls in one pipelined round trip.
 
     A message whose ``before_enqueue`` raises is not written and gets that exception; a failure
     of the round trip itself (the broker unreachable) is every message's. Only undelayed messages
@@ -48,56 +51,57 @@ class PipelinedRedisEnqueue:
 
     def __init__(self, broker: Any) -> None:
         self._broker = broker
-        self._script = broker.scripts["dispatch"]
-        self._keys = [broker.namespace]
+        source = resources.files(__package__).joinpath("lua/enqueue_batch.lua").read_text(encoding="utf-8")
+        self._script = broker.client.register_script(source)
+        self._heartbeats = f"{broker.namespace}:__heartbeats__"
 
     def __call__(self, messages: Sequence[dramatiq.Message[Any]]) -> list[BaseException | None]:
         broker = self._broker
         results: list[BaseException | None] = [None] * len(messages)
-        ready: list[tuple[int, dramatiq.Message[Any], list[Any]]] = []
+        # Queue name -> (index, message, its redis message id) in the chunk's order.
+        queues: dict[str, list[tuple[int, dramatiq.Message[Any], str]]] = {}
         for index, sent in enumerate(messages):
-            message = sent.copy(options={"redis_message_id": str(uuid.uuid4())})
+            redis_message_id = str(uuid.uuid4())
+            message = sent.copy(options={"redis_message_id": redis_message_id})
             try:
                 broker.emit_before("enqueue", message, None)
             except Exception as exc:
                 results[index] = exc
                 continue
-            args = [
-                "enqueue",
-                current_millis(),
-                message.queue_name,
-                broker.broker_id,
-                broker.heartbeat_timeout,
-                broker.dead_message_ttl,
-                broker._should_do_maintenance("enqueue"),
-                broker._max_unpack_size(),
-                message.options["redis_message_id"],
-                message.encode(),
-            ]
-            ready.append((index, message, args))
-        if not ready:
+            queues.setdefault(message.queue_name, []).append((index, message, redis_message_id))
+        if not queues:
             return results
         pipe = broker.client.pipeline(transaction=False)
-        for _, _, args in ready:
-            pipe.evalsha(self._script.sha, 1, *self._keys, *args)
+        now_ms = current_millis()
+        calls: list[tuple[list[tuple[int, dramatiq.Message[Any], str]], tuple[str, ...], list[Any]]] = []
+        for queue_name, ready in queues.items():
+            queue = f"{broker.namespace}:{queue_name}"
+            keys: tuple[str, ...] = (self._heartbeats, queue, f"{queue}.msgs")
+            args: list[Any] = [now_ms, broker.broker_id]
+            for _, message, redis_message_id in ready:
+                args += (redis_message_id, message.encode())
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            calls.append((ready, keys, args))
         try:
             replies = pipe.execute(raise_on_error=False)
         except Exception as exc:
-            for index, _, _ in ready:
-                results[index] = exc
+            for ready in queues.values():
+                for index, _, _ in ready:
+                    results[index] = exc
             return results
-        for (index, message, args), reply in zip(ready, replies, strict=True):
+        for (ready, keys, args), reply in zip(calls, replies, strict=True):
+            outcome = reply
             if isinstance(reply, redis.exceptions.NoScriptError):
                 # A restarted server forgot the script: the script object loads it again.
                 try:
-                    self._script(keys=self._keys, args=args)
+                    outcome = self._script(keys=keys, args=args)
                 except Exception as exc:
-                    results[index] = exc
-                    continue
-            elif isinstance(reply, Exception):
-                results[index] = reply
-                continue
-            broker.emit_after("enqueue", message, None)
+                    outcome = exc
+            for index, message, _ in ready:
+                if isinstance(outcome, Exception):
+                    results[index] = outcome
+                else:
+                    broker.emit_after("enqueue", message, None)
         return results
 
 
@@ -109,9 +113,7 @@ def pipelined_enqueue_for(broker: dramatiq.Broker) -> EnqueueMany | None:
         return None
     if not isinstance(broker, RedisBroker):
         return None
-    if not all(hasattr(broker, name) for name in (*_NEEDED, *_HELPERS)) or "dispatch" not in getattr(
-        broker, "scripts", {}
-    ):
+    if not all(hasattr(broker, name) for name in _NEEDED) or "dispatch" not in getattr(broker, "scripts", {}):
         logger.info("mollifier.drainer enqueues message by message: this RedisBroker lacks a dispatch script")
         return None
     return PipelinedRedisEnqueue(broker)

@@ -10,12 +10,18 @@ from collections.abc import Callable, Sequence
 from ..models import BufferEntry
 from .parallelism import AdaptiveParallelism
 
-__all__ = ["BatchHandler", "Completion", "DrainHandler", "HandlerPool", "NotStarted"]
+__all__ = ["MANY_CHUNK_MIN", "BatchHandler", "Completion", "DrainHandler", "HandlerPool", "NotStarted"]
 
 #: Called once per popped entry; raising means the attempt failed.
 DrainHandler = Callable[[BufferEntry], None]
 #: A handler's optional ``many``: handles a chunk at once, one result per entry (None: success).
 BatchHandler = Callable[[Sequence[BufferEntry]], list[BaseException | None]]
+
+#: Entries per chunk at least, for a batch handler: its chunk goes to the broker in one round
+#: trip (or one hand-over), so splitting a pop into chunks of one or two entries (as the
+#: parallelism would, the handlers waiting on I/O) multiplies round trips, thread wake-ups and
+#: switches of the interpreter lock: what a drained message costs the worker process.
+MANY_CHUNK_MIN = 32
 
 #: What a pool thread hands back: the entry and the handler's exception (None on success).
 Completion = tuple[BufferEntry, BaseException | None]
@@ -34,7 +40,8 @@ class HandlerPool:
     on a small machine costs about as much as a fast handler.
 
     A handler with a ``many`` attribute (:class:`~.handler.BrokerDrainHandler`) gets each chunk
-    in one call, so it can write the chunk to the broker in one round trip.
+    in one call, so it can write the chunk to the broker in one round trip; its chunks hold at
+    least :data:`MANY_CHUNK_MIN` entries (a smaller batch is one chunk).
 
     :meth:`stop_starting` makes the threads skip what is left of their chunks: those entries come
     back as :class:`NotStarted`. Once abandoned (``stop`` ran out of time), a handler that
@@ -67,6 +74,8 @@ class HandlerPool:
         if not entries:
             return
         chunks = min(self.parallelism.update(), len(entries))
+        if self._many is not None:
+            chunks = min(chunks, max(1, len(entries) // MANY_CHUNK_MIN))
         step = -(-len(entries) // chunks)
         self.in_flight += len(entries)
         # Each entry in flight before this batch is in at most one chunk.
