@@ -13,8 +13,11 @@ pipelined 200 per batch by 6 threads (each call its own script, one slot each). 
 pop up to 100 entries per env and ack them (``pop_many``, ``ack_entries``), no broker. Server
 microseconds per message come from ``INFO commandstats`` (EVALSHA and LRANGE, the commands sent;
 the commands a script runs are inside its EVALSHA's time), summed over the primaries. Under a
-CPU cap a command's time includes any throttling it met, so the shares of server time are
-noisier than the shares of commands.
+CPU cap a command's time is wall-clock time and includes any throttling (or, on a busy machine,
+any preemption) it met, so the shares of that time are noisier than the shares of commands. The
+share of the work is therefore also given as each server process's CPU time (``INFO cpu``, user
++ system, which a stall does not inflate): the work the primary actually did, its network I/O
+included.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from dramatiq_mollifier.buffer.scripts import run_pipelined
 from dramatiq_mollifier.embedded import EmbeddedCluster, find_server_binary
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
+CFS_PERIOD_US = 10_000
 ORGS = 256
 BATCH = 200
 THREADS = 6
@@ -54,8 +58,10 @@ class CpuCap:
             return
         group = CGROUP_ROOT / f"mollifier-bench-{os.getpid()}-{len(self.groups)}"
         group.mkdir()
-        (group / "cpu.cfs_period_us").write_text("100000")
-        (group / "cpu.cfs_quota_us").write_text(str(self.percent * 1000))
+        # A 10 ms period (not the default 100 ms): a server that used up its quota stalls for at
+        # most 9 ms rather than 90, so the stalls inflating the commands it was running are short.
+        (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+        (group / "cpu.cfs_quota_us").write_text(str(max(1000, self.percent * CFS_PERIOD_US // 100)))
         (group / "tasks").write_text(str(pid))
         self.groups.append(group)
 
@@ -72,16 +78,23 @@ class CpuCap:
 TOP_LEVEL = ("cmdstat_evalsha", "cmdstat_lrange")
 
 
-def commandstats_usec(cluster: EmbeddedCluster) -> tuple[list[int], list[int]]:
-    """Server microseconds spent in (and calls of) the benchmark's commands so far, per primary."""
-    usec, calls = [], []
+def commandstats_usec(cluster: EmbeddedCluster) -> tuple[list[int], list[int], list[float]]:
+    """Server microseconds spent in (and calls of) the benchmark's commands so far, and each
+    server process's CPU seconds (``INFO cpu``: user + system), per primary."""
+    usec, calls, cpu = [], [], []
     for node in cluster.primaries:
         client = cluster.client(node)
         stats = client.info("commandstats")
         usec.append(sum(int(stats[name]["usec"]) for name in TOP_LEVEL if name in stats))
         calls.append(sum(int(stats[name]["calls"]) for name in TOP_LEVEL if name in stats))
+        info = client.info("cpu")
+        cpu.append(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]))
         client.close()
-    return usec, calls
+    return usec, calls, cpu
+
+
+def _minus(after: list[float], before: list[float]) -> list[float]:
+    return [b - a for a, b in zip(before, after, strict=True)]
 
 
 def reset_stats(cluster: EmbeddedCluster) -> None:
@@ -176,26 +189,29 @@ def main() -> int:
         results: dict[str, dict[int, list[float]]] = {"divert": {1: [], 2: []}, "drain": {1: [], 2: []}}
         shares: dict[str, list[float]] = {"divert": [], "drain": []}
         call_shares: dict[str, list[float]] = {"divert": [], "drain": []}
+        cpu_shares: dict[str, list[float]] = {"divert": [], "drain": []}
         per_msg: dict[str, dict[int, list[float]]] = {"divert": {1: [], 2: []}, "drain": {1: [], 2: []}}
         for round_no in range(args.rounds):
             order = (1, 2) if round_no % 2 == 0 else (2, 1)
             for primaries in order:
                 cluster, buffer = clusters[primaries], buffers[primaries]
                 reset_stats(cluster)
+                _, _, cpu_before = commandstats_usec(cluster)
                 results["divert"][primaries].append(divert(buffer, args.messages, f"r{round_no}"))
-                after_divert, divert_calls = commandstats_usec(cluster)
+                after_divert, divert_calls, cpu_divert = commandstats_usec(cluster)
                 results["drain"][primaries].append(drain(buffer, args.messages))
-                after_drain, drain_calls = commandstats_usec(cluster)
+                after_drain, drain_calls, cpu_drain = commandstats_usec(cluster)
                 drain_usec = [b - a for a, b in zip(after_divert, after_drain, strict=True)]
                 drain_calls = [b - a for a, b in zip(divert_calls, drain_calls, strict=True)]
-                for phase, spent, calls in (
-                    ("divert", after_divert, divert_calls),
-                    ("drain", drain_usec, drain_calls),
+                for phase, spent, calls, cpu in (
+                    ("divert", after_divert, divert_calls, _minus(cpu_divert, cpu_before)),
+                    ("drain", drain_usec, drain_calls, _minus(cpu_drain, cpu_divert)),
                 ):
                     per_msg[phase][primaries].append(sum(spent) / args.messages)
                     if primaries == 2:
                         shares[phase].append(max(spent) / sum(spent))
                         call_shares[phase].append(max(calls) / sum(calls))
+                        cpu_shares[phase].append(max(cpu) / sum(cpu))
             last = {phase: (results[phase][1][-1], results[phase][2][-1]) for phase in results}
             print(
                 f"round {round_no + 1}: divert {last['divert'][0]:,.0f} -> {last['divert'][1]:,.0f}/s, "
@@ -209,8 +225,11 @@ def main() -> int:
                 f"{phase}: 1 primary {one:,.0f}/s, 2 primaries "
                 f"{two:,.0f}/s; median ratio {statistics.median(ratios):.2f}x "
                 f"(rounds {', '.join(f'{r:.2f}' for r in ratios)}; goal >= 1.7x); largest primary's share "
-                f"{statistics.median(shares[phase]):.2f} of server time (goal <= 0.55), "
-                f"{statistics.median(call_shares[phase]):.2f} of commands; server us/message "
+                f"{statistics.median(shares[phase]):.2f} of server time (rounds "
+                f"{', '.join(f'{s:.2f}' for s in shares[phase])}; goal <= 0.55), "
+                f"{statistics.median(call_shares[phase]):.2f} of commands, "
+                f"{statistics.median(cpu_shares[phase]):.2f} of server CPU time (rounds "
+                f"{', '.join(f'{s:.2f}' for s in cpu_shares[phase])}); server us/message "
                 f"{statistics.median(per_msg[phase][1]):.1f} (1 primary), "
                 f"{statistics.median(per_msg[phase][2]):.1f} (2)"
             )

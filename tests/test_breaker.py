@@ -145,13 +145,22 @@ def test_a_thousand_gated_sends_to_a_sick_redis_cost_a_few_calls(
     took = time.monotonic() - started
 
     # Then they all reached the broker, with a few calls' worth of waiting (a call times out
-    # after 500 ms; without the breaker a stalled Redis cost about 1 s per send)
-    print(f"{SENDS} sends took {took:.3f} s")
-    assert took < 3.0
-    assert queue_size(broker, ingest.queue_name) == SENDS
+    # after 500 ms; without the breaker a stalled Redis cost about 1 s per send): beyond what as
+    # many sends the gate leaves alone cost now (on a loaded machine, seconds), a few timeouts
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}-plain", mollifier=False)
+    def plain() -> None: ...
+
+    started = time.monotonic()
+    for _ in range(SENDS):
+        plain.send()
+    baseline = time.monotonic() - started
     counted = decisions(reader)
     failed = counted[("pass_through", "fail_open_trip", True)]
+    print(f"{SENDS} sends took {took:.3f} s, {baseline:.3f} s ungated; {failed} trip calls failed")
     assert 1 <= failed <= 3
+    # (one flags read and each failed trip call may wait out a 500 ms timeout)
+    assert took < 2 * baseline + 0.6 * (failed + 1) + 0.5
+    assert queue_size(broker, ingest.queue_name) == SENDS
     assert counted[("pass_through", "fail_open_breaker", True)] == SENDS // 2 - failed
     assert counted[("pass_through", "not_enrolled", False)] == SENDS // 2
     assert fail_opens(reader)[("breaker",)] == SENDS // 2 - failed

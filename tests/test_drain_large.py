@@ -111,12 +111,18 @@ def test_twenty_five_messages_of_five_megabytes_drain_through_a_real_worker(
     worker = dramatiq.Worker(broker, worker_threads=2, worker_timeout=100)
     worker.start()
     try:
-        # Then every message is processed, and nothing is left or dead-lettered
-        eventually(lambda: len(sizes) == 25, timeout_s=120, what="25 large messages to be processed")
+        # Then every message is processed, and nothing is left or dead-lettered. (At least once: a
+        # 5 MB accept whose reply outlasted the send's socket timeout on a loaded machine failed
+        # open to the broker with its entry written, and that entry is drained too.)
+        eventually(
+            lambda: len(sizes) >= 25 and mollifier.buffer.depth() == 0,
+            timeout_s=120,
+            what="25 large messages to be processed and the buffer emptied",
+        )
     finally:
         worker.stop()
         broker.close()
-    assert sizes == [len(blob)] * 25
+    assert len(sizes) >= 25 and set(sizes) == {len(blob)}
     assert mollifier.buffer.depth() == 0
     assert mollifier.buffer.failed() == []
 

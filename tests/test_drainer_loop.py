@@ -12,12 +12,17 @@ from dramatiq_mollifier.drain.drainer import MAX_BACKOFF_MS, MollifierDrainer, b
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
 
+from .layout_helpers import orgs_of_one_group
 from .mollifier_helpers import drainer_threads, eventually, leased_ids
 
 
 def seed(buffer: MollifierBuffer, count: int, *, orgs: int = 1, envs: int = 1) -> None:
+    # Orgs of one slot group, so every lease is in one key and leased_ids() reads them all at one
+    # instant (read group by group, on a cluster, it could count an entry leased after another
+    # group's acked ones: more in flight than there ever were at once).
+    names = orgs_of_one_group(buffer, orgs, "org")
     for i in range(count):
-        buffer.accept(f"m{i}", org_id=f"org{i % orgs}", env_id=f"env{i % envs}", payload=b"x")
+        buffer.accept(f"m{i}", org_id=names[i % orgs], env_id=f"env{i % envs}", payload=b"x")
 
 
 def test_entries_in_flight_never_exceed_the_concurrency_cap(

@@ -22,12 +22,28 @@ from redis.sentinel import Sentinel
 
 from ..redis_urls import CLUSTER_SLOT_GROUPS
 
-__all__ = ["client_from_url", "is_cluster", "is_cluster_url", "slot_groups_for"]
+__all__ = ["ClusterClient", "client_from_url", "is_cluster", "is_cluster_url", "slot_groups_for"]
 
 _CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 # Keywords RedisCluster does not take (it has its own retry and protocol handling in old versions).
 _NOT_FOR_CLUSTER = ("single_connection_client",)
+
+
+class ClusterClient(RedisCluster):
+    """The ``RedisCluster`` a cluster URL gives: its :meth:`close` also closes the connections of
+    every node's pool. redis-py's leaves them open (a node's ``Redis`` does not own its pool), for
+    the garbage collector to close at some later moment."""
+
+    def close(self) -> None:
+        manager = getattr(self, "nodes_manager", None)
+        nodes = []
+        if manager is not None:
+            nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        super().close()
+        for node in nodes:
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()
 
 
 def is_cluster_url(url: str) -> bool:
@@ -56,7 +72,7 @@ def client_from_url(url: str, **kwargs: Any) -> Any:
         plain = url.replace("+cluster://", "://", 1)
         # A cluster has database 0 only: redis-py refuses a /0 path on some versions.
         parts = urlsplit(plain)
-        return RedisCluster.from_url(parts._replace(path="").geturl(), **kwargs)
+        return ClusterClient.from_url(parts._replace(path="").geturl(), **kwargs)
     if scheme in _SENTINEL_SCHEMES:
         return _sentinel_client(url, **kwargs)
     return redis.Redis.from_url(url, **kwargs)

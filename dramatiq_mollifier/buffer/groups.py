@@ -20,8 +20,11 @@ from .keys import KeySpace
 
 __all__ = ["EMPTY_GROUP_RECHECK_S", "GroupWindows", "by_group", "placeholder_org"]
 
-#: A group found without queued work is read again after this long, not on every tick: an idle
-#: tick then costs no command per group. Work accepted meanwhile waits at most this long.
+#: A group found without queued work and without entries in flight is read again after this
+#: long, not on every tick: an idle tick then costs no command per group. Work accepted meanwhile
+#: waits at most this long. A group with entries in flight (leased: being handled, or held out a
+#: retry delay by some drainer) is read again on the next tick, since they may come back at any
+#: moment, when a retry delay ends or a drainer gives them back.
 EMPTY_GROUP_RECHECK_S = 1.0
 
 
@@ -45,7 +48,7 @@ def placeholder_org(keys: KeySpace, group: KeySpace) -> str:
 class GroupWindows:
     """The drainer's window of orgs over every group, in one pipelined round trip per node.
 
-    A group found with no org is skipped for :data:`EMPTY_GROUP_RECHECK_S`.
+    A group found with no org and no lease is skipped for :data:`EMPTY_GROUP_RECHECK_S`.
     """
 
     def __init__(self, groups: Sequence[KeySpace], *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -68,16 +71,17 @@ class GroupWindows:
                 else:
                     pipe.zrangebylex(orgs, b"(" + bound, "+", 0, limit)
                     pipe.zrangebylex(orgs, "-", b"[" + bound, 0, limit)
+                pipe.exists(self._groups[i].leases)
             replies = pipe.execute()
-        step = 1 if bound is None else 2
+        step = 2 if bound is None else 3
         later: list[list[str]] = []
         wrapped: list[list[str]] = []
         for n, i in enumerate(probed):
-            parts = replies[n * step : (n + 1) * step]
-            if not any(parts):
+            *parts, in_flight = replies[n * step : (n + 1) * step]
+            if not any(parts) and not in_flight:
                 self._skip_until[i] = now + EMPTY_GROUP_RECHECK_S
             later.append(sorted(texts(parts[0])))
-            if step == 2:
+            if step == 3:
                 wrapped.append(sorted(texts(parts[1])))
         merged = list(heapq.merge(*later))[:limit]
         if len(merged) < limit and wrapped:

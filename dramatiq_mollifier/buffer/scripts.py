@@ -24,6 +24,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from . import cluster_io, held
+from .clients import ClusterClient
 
 __all__ = [
     "SCRIPT_NAMES",
@@ -173,9 +174,13 @@ def direct_path_allowed(client: Any) -> bool:
     return not hasattr(type(client).execute_command, "__wrapped__")
 
 
+_PLAIN_CLUSTERS = (RedisCluster, ClusterClient)
+
+
 def _plain_cluster(client: Any) -> bool:
-    """An exact ``RedisCluster`` without wrapped ``execute_command`` (tracing would be skipped)."""
-    return type(client) is RedisCluster and not hasattr(type(client).execute_command, "__wrapped__")
+    """An exact ``RedisCluster`` (or the package's :class:`~.clients.ClusterClient`) without
+    wrapped ``execute_command`` (tracing would be skipped)."""
+    return type(client) in _PLAIN_CLUSTERS and not hasattr(type(client).execute_command, "__wrapped__")
 
 
 def force_command_path(client: Any) -> None:

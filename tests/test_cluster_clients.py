@@ -1,0 +1,45 @@
+"""The cluster client a URL gives closes what it opened: redis-py's ``RedisCluster.close()`` leaves
+each node's pooled connections open for the garbage collector (which, in the test suite, closed
+them at random moments and failed whichever test ran, with a ResourceWarning)."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.clients import ClusterClient, client_from_url
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.embedded import EmbeddedCluster
+
+
+def open_connections(cluster: EmbeddedCluster) -> int:
+    total = 0
+    for node in cluster.primaries:
+        client = cluster.client(node)
+        try:
+            total += int(client.info("clients")["connected_clients"]) - 1  # this one
+        finally:
+            client.close()
+    return total
+
+
+def test_closing_a_cluster_client_closes_every_node_connection(redis_cluster: EmbeddedCluster) -> None:
+    gc.collect()  # what earlier tests left to the collector is closed before counting
+    before = open_connections(redis_cluster)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        client = client_from_url(redis_cluster.url, socket_timeout=5)
+        assert isinstance(client, ClusterClient)
+        buffer = MollifierBuffer(client, key_prefix="closing")
+        for n in range(50):  # orgs on every primary
+            buffer.accept(f"m{n}", org_id=f"org{n}", env_id="prod", payload=b"x")
+        assert DrainProtocol(buffer).pop_many("org1", "prod", 10)
+        assert open_connections(redis_cluster) >= before + len(redis_cluster.primaries)
+
+        client.close()
+
+        assert open_connections(redis_cluster) == before
+        del client, buffer
+        gc.collect()
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
