@@ -30,6 +30,7 @@ from typing import Protocol
 
 from ..breaker import CircuitBreaker
 from ..models import Tenant, TripDecision, TripWindow
+from .forks import ForkMark
 
 __all__ = ["FoldBackend", "LocalTrip", "Verdict"]
 
@@ -149,7 +150,7 @@ class LocalTrip:
     def _reset(self) -> None:
         """Forget everything: at construction, and in a forked child (the parent's counts,
         knowledge and thread stay with the parent, which folds what it counted)."""
-        self._pid = os.getpid()
+        self._mark = ForkMark()
         self._lock = threading.Lock()
         # Held across a fold: folds of one process reach Redis in the order they took their counts,
         # so a fold's reply includes every count this process took before it.
@@ -165,7 +166,7 @@ class LocalTrip:
 
     def count(self, tenant: Tenant, enrolled: bool) -> Verdict:
         """Count one send of ``tenant`` (unless the fused script will) and say what is known. No I/O."""
-        if self._pid != os.getpid():  # a fork the hook below did not see (a C-level fork)
+        if self._mark.forked():  # a fork the hook below did not see (a C-level fork)
             self._reset()
         now = self._clock()
         with self._lock:
