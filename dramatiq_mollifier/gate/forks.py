@@ -47,6 +47,12 @@ class ForkMark:
         self._page = _wipe_on_fork_page()
 
     @property
+    def page(self) -> mmap.mmap | None:
+        """The page (its first byte is 0 in a forked child), for a caller that reads it inline;
+        None where the process id is compared instead."""
+        return self._page
+
+    @property
     def wipes_on_fork(self) -> bool:
         """Whether the check reads the page (no system call) rather than the process id."""
         return self._page is not None

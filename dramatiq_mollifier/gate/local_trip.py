@@ -151,6 +151,7 @@ class LocalTrip:
         """Forget everything: at construction, and in a forked child (the parent's counts,
         knowledge and thread stay with the parent, which folds what it counted)."""
         self._mark = ForkMark()
+        self._fork_page = self._mark.page  # read on every count: no call when the page is there
         self._lock = threading.Lock()
         # Held across a fold: folds of one process reach Redis in the order they took their counts,
         # so a fold's reply includes every count this process took before it.
@@ -166,7 +167,9 @@ class LocalTrip:
 
     def count(self, tenant: Tenant, enrolled: bool) -> Verdict:
         """Count one send of ``tenant`` (unless the fused script will) and say what is known. No I/O."""
-        if self._mark.forked():  # a fork the hook below did not see (a C-level fork)
+        # A fork the hook below did not see (a C-level fork): the page reads 0 in a forked child.
+        page = self._fork_page
+        if page[0] == 0 if page is not None else self._mark.forked():
             self._reset()
         now = self._clock()
         with self._lock:
