@@ -8,7 +8,6 @@ message (marker, diversion); this module never touches a broker.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -37,14 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = ["OPT_OUT_OPTION", "Decision", "Gate", "GateBackend", "TenantResolver"]
 
-logger = logging.getLogger(__name__)
-
 #: The actor (or message) option that opts out of the gate when False.
 OPT_OUT_OPTION = "mollifier"
 
 #: Derives the tenant of a message; None means "no tenant, never divert".
 TenantResolver = Callable[[dramatiq.Message[Any]], Tenant | None]
-
 
 _T = TypeVar("_T")
 
@@ -184,22 +180,19 @@ class Gate:
     def decide(
         self, message: dramatiq.Message[Any], delay: int | None = None, *, intercepted: bool = True
     ) -> Decision:
-        """Run the cascade for ``message`` and count the decision (exactly once).
-
-        ``intercepted`` says whether the broker write can be skipped; if not, the message bypasses.
-        """
+        """Run the cascade for ``message`` and count the decision (exactly once). ``intercepted``
+        says whether the broker write can be skipped; if not, the message bypasses."""
         decision = self._decide(message, delay, intercepted)
         self._count_decision(1, decision.attributes)
         return decision
 
     def _decide(self, message: dramatiq.Message[Any], delay: int | None, intercepted: bool) -> Decision:
         options = message.options
-        if STATE_OPTION in options:
-            state = marker_of(options, message.message_id)
-            if state == STATE_DRAINED:
-                return _BYPASS_DRAINED
-            if state == STATE_ADMITTED:
-                return _BYPASS_ADMITTED
+        state = marker_of(options, message.message_id) if STATE_OPTION in options else None
+        if state == STATE_DRAINED:
+            return _BYPASS_DRAINED
+        if state == STATE_ADMITTED:
+            return _BYPASS_ADMITTED
         if delay is not None:
             return _BYPASS_DELAYED
         opt_in = options.get(OPT_OUT_OPTION)
@@ -222,8 +215,7 @@ class Gate:
             return _BYPASS_UNINTERCEPTED
         holds = self._holds
         limits = holds.limits(tenant) if holds is not None else None
-        if limits is not None and limits.paused:
-            assert holds is not None
+        if holds is not None and limits is not None and limits.paused:
             return holds.accept(message, tenant, limits, _BUFFER_ERROR)
         org_id = tenant.org_id
         enrolled = self._enrols_all or org_id in self._enrolled_orgs or self._runtime_enrolled(org_id)
