@@ -184,3 +184,17 @@ def test_fail_open_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -
 
     assert caplog.text.count("mollifier fail-open (trip)") == 1
     assert fail_opens(reader) == {("trip",): 100}
+
+
+def test_an_unhashable_tenant_id_fails_open_with_its_reason() -> None:
+    # The gate reads the default resolver's cache by the option values before anything else
+    backend = StubBackend(tripped=False)
+    gate, reader, _ = make_gate(backend)
+    gate.decide(message(org_id="acme", env_id="prod"))  # a cached pair
+
+    decision = gate.decide(message(org_id=["acme"], env_id="prod"))
+    decision_with_env = gate.decide(message(org_id="acme", env_id={"prod": 1}))
+
+    assert (decision.reason.value, decision_with_env.reason.value) == ("fail_open_tenant",) * 2
+    assert not decision.divert and not decision_with_env.divert
+    assert fail_opens(reader) == {("tenant",): 2}

@@ -8,7 +8,6 @@ message (marker, diversion); this module never touches a broker.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -37,14 +36,11 @@ if TYPE_CHECKING:
 
 __all__ = ["OPT_OUT_OPTION", "Decision", "Gate", "GateBackend", "TenantResolver"]
 
-logger = logging.getLogger(__name__)
-
 #: The actor (or message) option that opts out of the gate when False.
 OPT_OUT_OPTION = "mollifier"
 
 #: Derives the tenant of a message; None means "no tenant, never divert".
 TenantResolver = Callable[[dramatiq.Message[Any]], Tenant | None]
-
 
 _T = TypeVar("_T")
 
@@ -143,6 +139,9 @@ class Gate:
         self._runtime_enrolled = runtime_enrolled
         self._resolver = tenant
         self._option_tenants = OptionTenants()
+        self._tenant_cache = self._option_tenants.cache
+        self._count_decision = telemetry.decisions.add
+        self._shadow_mode = settings.shadow_mode
         # Static enrolment, read per send: "every org" or a set of orgs.
         self._enrols_all = ALL_ORGS in settings.enabled_orgs
         self._enrolled_orgs = frozenset(settings.enabled_orgs)
@@ -167,6 +166,7 @@ class Gate:
             )
         else:
             self._trip = ExactTrip(backend=backend, clock=clock, **trip)
+        self._count = self._trip.count
 
     @property
     def trip(self) -> LocalTrip | ExactTrip:
@@ -180,12 +180,10 @@ class Gate:
     def decide(
         self, message: dramatiq.Message[Any], delay: int | None = None, *, intercepted: bool = True
     ) -> Decision:
-        """Run the cascade for ``message`` and count the decision (exactly once).
-
-        ``intercepted`` says whether the broker write can be skipped; if not, the message bypasses.
-        """
+        """Run the cascade for ``message`` and count the decision (exactly once). ``intercepted``
+        says whether the broker write can be skipped; if not, the message bypasses."""
         decision = self._decide(message, delay, intercepted)
-        self._telemetry.record_decision_attributes(decision.attributes)
+        self._count_decision(1, decision.attributes)
         return decision
 
     def _decide(self, message: dramatiq.Message[Any], delay: int | None, intercepted: bool) -> Decision:
@@ -198,13 +196,21 @@ class Gate:
         if delay is not None:
             return _BYPASS_DELAYED
         opt_in = options.get(OPT_OUT_OPTION)
-        if opt_in is False or (opt_in is None and message.actor_name in self._opted_out):
+        if opt_in is False or (opt_in is None and self._opted_out and message.actor_name in self._opted_out):
             return _BYPASS_OPT_OUT
-        tenant: Any = self._resolve_tenant(message)
+        tenant: Any = None
+        if self._resolver is None:
+            # The default resolver's cache, read here first: this is every send's path.
+            try:
+                tenant = self._tenant_cache.get((options.get("org_id"), options.get("env_id")))
+            except TypeError:  # an unhashable id: the resolver says it is invalid
+                tenant = None
         if tenant is None:
-            return _BYPASS_NO_TENANT
-        if tenant is _TENANT_FAILED:
-            return _TENANT_ERROR
+            tenant = self._resolve_tenant(message)
+            if tenant is None:
+                return _BYPASS_NO_TENANT
+            if tenant is _TENANT_FAILED:
+                return _TENANT_ERROR
         if not intercepted:
             return _BYPASS_UNINTERCEPTED
         holds = self._holds
@@ -213,10 +219,10 @@ class Gate:
             return holds.accept(message, tenant, limits, _BUFFER_ERROR)
         org_id = tenant.org_id
         enrolled = self._enrols_all or org_id in self._enrolled_orgs or self._runtime_enrolled(org_id)
-        if not enrolled and not self._settings.shadow_mode:
+        if not enrolled and not self._shadow_mode:
             return _NOT_ENROLLED
         # No I/O: the local evaluator counts here; the exact one says "evaluate" or "fused".
-        verdict = self._trip.count(tenant, enrolled)
+        verdict = self._count(tenant, enrolled)
         if verdict is _V_BELOW:
             return _BELOW[enrolled]
         if verdict is _V_TRIPPED or (verdict is _V_GLOBAL and not enrolled):

@@ -30,6 +30,7 @@ from typing import Protocol
 
 from ..breaker import CircuitBreaker
 from ..models import Tenant, TripDecision, TripWindow
+from .forks import ForkMark
 
 __all__ = ["FoldBackend", "LocalTrip", "Verdict"]
 
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 MAX_ENVS = 10_000
 #: How long the fold thread waits with nothing to fold before it exits (a send restarts it).
 IDLE_EXIT_S = 1.0
+#: How far apart the folds are while every env this process counts is below half its threshold
+#: (and the fleet below half the ceiling): ``trip_fold_interval_ms`` if longer, at most the window.
+SLOW_FOLD_INTERVAL_MS = 100
 
 
 class Verdict(enum.Enum):
@@ -129,8 +133,13 @@ class LocalTrip:
         self._backend = backend
         self._trip = {"window_ms": window_ms, "threshold": threshold, "hold_ms": hold_ms}
         self._threshold = threshold
+        # An env's estimate at or over this folds every fold_interval_ms, not SLOW_FOLD_INTERVAL_MS.
+        self._half = (threshold + 1) // 2
+        self._global_half = (global_threshold + 1) // 2
         self._window_s = window_ms / 1000
         self._interval_s = fold_interval_ms / 1000
+        slow_ms = max(fold_interval_ms, min(SLOW_FOLD_INTERVAL_MS, window_ms))
+        self._slow_s = slow_ms / 1000
         self._global_threshold = global_threshold
         self._breaker = breaker
         self._on_error = on_error
@@ -141,7 +150,8 @@ class LocalTrip:
     def _reset(self) -> None:
         """Forget everything: at construction, and in a forked child (the parent's counts,
         knowledge and thread stay with the parent, which folds what it counted)."""
-        self._pid = os.getpid()
+        self._mark = ForkMark()
+        self._fork_page = self._mark.page  # read on every count: no call when the page is there
         self._lock = threading.Lock()
         # Held across a fold: folds of one process reach Redis in the order they took their counts,
         # so a fold's reply includes every count this process took before it.
@@ -149,10 +159,17 @@ class LocalTrip:
         self._envs: dict[Tenant, _Window] = {}
         self._fleet = _Window()
         self._running = False
+        # Some env's estimate (or the fleet's, under a ceiling) is at half its threshold or more:
+        # the fold thread folds every fold_interval_ms rather than every slow interval.
+        self._fast = False
+        # Set when an estimate reaches half while the thread waits out a slow interval.
+        self._hurry = threading.Event()
 
     def count(self, tenant: Tenant, enrolled: bool) -> Verdict:
         """Count one send of ``tenant`` (unless the fused script will) and say what is known. No I/O."""
-        if self._pid != os.getpid():  # a fork the hook below did not see (a C-level fork)
+        # A fork the hook below did not see (a C-level fork): the page reads 0 in a forked child.
+        page = self._fork_page
+        if page[0] == 0 if page is not None else self._mark.forked():
             self._reset()
         now = self._clock()
         with self._lock:
@@ -160,9 +177,12 @@ class LocalTrip:
             if env is None:
                 env = self._add(tenant)
             fleet = self._fleet
-            over_ceiling = self._global_threshold and (
-                fleet.hold_end > now or fleet.estimate(now) >= self._global_threshold
-            )
+            over_ceiling = False
+            if self._global_threshold:
+                total = fleet.estimate(now)
+                over_ceiling = fleet.hold_end > now or total >= self._global_threshold
+                if total + 1 >= self._global_half and not self._fast:  # this send counted
+                    self._speed_up()
             if enrolled and not over_ceiling and (env.diverting or env.hold_end > now):
                 env.diverting = True
                 return _DIVERTING
@@ -175,8 +195,11 @@ class LocalTrip:
             if env.hold_end > now:
                 return _TRIPPED
             # env.estimate(now), written out: this is every send's path
-            if (env.fleet if now < env.end else 0) + env.pending + env.in_flight > self._threshold:
+            estimate = (env.fleet if now < env.end else 0) + env.pending + env.in_flight
+            if estimate > self._threshold:
                 return _CROSSED if enrolled else _TRIPPED
+            if estimate >= self._half and not self._fast:
+                self._speed_up()
             return _BELOW
 
     def evaluate(self, tenant: Tenant) -> TripDecision:
@@ -227,8 +250,14 @@ class LocalTrip:
                 batch = [(tenant, env, env.pending) for tenant, env in self._envs.items() if env.pending]
                 self._take(batch)
             if batch:
-                self._fold_or_report(batch)
+                self._fold_or_report(batch, every_env=True)
         return bool(batch)
+
+    @property
+    def fold_interval_s(self) -> float:
+        """How long the fold thread waits before its next fold, as things stand: the fold
+        interval while some estimate is at half its threshold or more, else the slow one."""
+        return self._interval_s if self._fast else self._slow_s
 
     # Internals ------------------------------------------------------------------------------
     def _add(self, tenant: Tenant) -> _Window:
@@ -240,6 +269,11 @@ class LocalTrip:
                 self._envs.clear()
         env = self._envs[tenant] = _Window()
         return env
+
+    def _speed_up(self) -> None:
+        """An estimate reached half its threshold (under the lock): fold now, then every interval."""
+        self._fast = True
+        self._hurry.set()
 
     def _take(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
         """Move the batch's counts from pending to in flight (under the lock)."""
@@ -257,7 +291,9 @@ class LocalTrip:
                 env.in_flight -= n
             self._fleet.in_flight -= sum(n for _, _, n in batch)
 
-    def _fold(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
+    def _fold(self, batch: list[tuple[Tenant, _Window, int]], *, every_env: bool = False) -> None:
+        """Fold ``batch`` and learn the replies. ``every_env``: the batch holds every env with
+        counts, so the replies decide alone whether the next folds come fast or slow."""
         counts = [(tenant.org_id, tenant.env_id, n) for tenant, _, n in batch]
         try:
             fleet, windows = self._backend.fold_trip_counts(
@@ -269,20 +305,27 @@ class LocalTrip:
         now = self._clock()
         with self._lock:
             total = 0
+            fast = False
             for (_, env, n), window in zip(batch, windows, strict=True):
                 env.in_flight -= n
                 total += n
                 env.learn(window, now, self._threshold)
+                fast = fast or env.estimate(now) >= self._half
             self._fleet.in_flight -= total
             if self._global_threshold:
                 self._fleet.learn(fleet, now, self._global_threshold)
+                fast = fast or self._fleet.estimate(now) >= self._global_half
+            if every_env or fast:
+                self._fast = fast or any(
+                    env.estimate(now) >= self._half for env in self._envs.values() if env.pending
+                )
 
-    def _fold_or_report(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
+    def _fold_or_report(self, batch: list[tuple[Tenant, _Window, int]], *, every_env: bool) -> None:
         if not self._breaker.allow():
             self._drop(batch)  # fail open: these sends are not counted
             return
         try:
-            self._fold(batch)
+            self._fold(batch, every_env=every_env)
         except Exception as exc:
             self._breaker.record(exc)
             self._on_error(exc)
@@ -300,7 +343,12 @@ class LocalTrip:
     def _run(self) -> None:
         idle_since = self._clock()
         while True:
+            # Never more often than every fold interval; while every estimate is below half its
+            # threshold, every slow interval, unless a send's estimate reaches half meanwhile.
             time.sleep(self._interval_s)
+            if not self._fast:
+                self._hurry.wait(self._slow_s - self._interval_s)
+            self._hurry.clear()
             if self.flush():
                 idle_since = self._clock()
                 continue

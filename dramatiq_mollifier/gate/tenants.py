@@ -32,6 +32,12 @@ class OptionTenants:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, Any], Tenant] = {}
 
+    @property
+    def cache(self) -> Mapping[tuple[Any, Any], Tenant]:
+        """The (``org_id``, ``env_id``) option values -> Tenant pairs built so far (the gate reads
+        it first on every send: a hit is what :meth:`of` would return)."""
+        return self._cache
+
     def of(self, options: Mapping[str, Any]) -> Tenant | None:
         org_id = options.get("org_id")
         env_id = options.get("env_id")

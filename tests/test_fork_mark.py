@@ -1,0 +1,100 @@
+"""The fork check on every send of the local trip evaluator: any fork (a C-level one, which runs
+no Python fork hook, included) is seen, without a system call per check where Linux allows."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from typing import Any
+
+import pytest
+
+from dramatiq_mollifier.breaker import CircuitBreaker
+from dramatiq_mollifier.gate import forks, local_trip
+from dramatiq_mollifier.gate.forks import ForkMark
+from dramatiq_mollifier.gate.local_trip import LocalTrip
+from dramatiq_mollifier.models import Tenant
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_WIPEONFORK is Linux's")
+
+
+def c_level_fork() -> int:
+    """fork(2) straight from libc, holding the GIL: no Python fork hook runs (as in uwsgi)."""
+    return int(ctypes.PyDLL(None).fork())
+
+
+class _NoFold:
+    def fold_trip_counts(self, counts: Any, **trip: int) -> Any:
+        raise AssertionError("no fold expected")
+
+
+def local() -> LocalTrip:
+    trip = LocalTrip(
+        backend=_NoFold(),
+        window_ms=60_000,
+        threshold=1_000,
+        hold_ms=60_000,
+        fold_interval_ms=1_000,
+        breaker=CircuitBreaker("test"),
+        on_error=lambda exc: None,
+    )
+    trip._running = True  # no fold thread: the counts stay pending
+    return trip
+
+
+@linux_only
+def test_the_mark_sees_a_c_level_fork_without_reading_the_process_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    mark = ForkMark()
+    assert mark.wipes_on_fork
+    calls = []
+    monkeypatch.setattr(forks.os, "getpid", lambda: calls.append(1) or 0)
+    assert not mark.forked()
+    assert calls == []
+    monkeypatch.undo()
+
+    pid = c_level_fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if mark.forked() and ForkMark().forked() is False else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert not mark.forked()  # the parent is still itself
+
+
+def test_without_the_page_the_mark_compares_the_process_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forks, "_wipe_on_fork_page", lambda: None)
+    mark = ForkMark()
+    assert not mark.wipes_on_fork
+    assert not mark.forked()
+    monkeypatch.setattr(forks.os, "getpid", lambda: -1)
+    assert mark.forked()
+
+
+@linux_only
+def test_a_local_count_makes_no_system_call_for_the_fork_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    trip = local()
+    calls = []
+    monkeypatch.setattr(local_trip.os, "getpid", lambda: calls.append(1) or 0)
+    monkeypatch.setattr(forks.os, "getpid", lambda: calls.append(1) or 0)
+    for _ in range(10):
+        trip.count(Tenant("acme", "prod"), True)
+    assert calls == []
+    assert trip._envs[Tenant("acme", "prod")].pending == 10
+
+
+@linux_only
+def test_a_c_level_forked_child_starts_with_no_counts() -> None:
+    trip = local()
+    for _ in range(5):
+        trip.count(Tenant("acme", "prod"), True)
+    pid = c_level_fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            trip.count(Tenant("acme", "prod"), True)
+            code = 0 if trip._envs[Tenant("acme", "prod")].pending == 1 and trip._fleet.pending == 1 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert trip._envs[Tenant("acme", "prod")].pending == 5
