@@ -3,9 +3,9 @@ no Python fork hook, included) is seen, without a system call per check where Li
 
 from __future__ import annotations
 
-import ctypes
-import os
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +16,17 @@ from dramatiq_mollifier.gate.forks import ForkMark
 from dramatiq_mollifier.gate.local_trip import LocalTrip
 from dramatiq_mollifier.models import Tenant
 
+REPO = Path(__file__).resolve().parent.parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_WIPEONFORK is Linux's")
 
 
-def c_level_fork() -> int:
-    """fork(2) straight from libc, holding the GIL: no Python fork hook runs (as in uwsgi)."""
-    return int(ctypes.PyDLL(None).fork())
+def c_fork_child(case: str) -> int:
+    """Exit status of ``tests/apps/c_fork_child.py``: fork(2) from libc, no Python fork hook (as in
+    uwsgi), in a process of its own (not this one, whose threads could hang the child)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.apps.c_fork_child", case], cwd=REPO, timeout=60, check=False
+    )
+    return done.returncode
 
 
 class _NoFold:
@@ -53,12 +58,7 @@ def test_the_mark_sees_a_c_level_fork_without_reading_the_process_id(monkeypatch
     assert calls == []
     monkeypatch.undo()
 
-    pid = c_level_fork()
-    if pid == 0:  # pragma: no cover - the child
-        os._exit(0 if mark.forked() and ForkMark().forked() is False else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert not mark.forked()  # the parent is still itself
+    assert c_fork_child("mark") == 0
 
 
 def test_without_the_page_the_mark_compares_the_process_id(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,17 +84,4 @@ def test_a_local_count_makes_no_system_call_for_the_fork_check(monkeypatch: pyte
 
 @linux_only
 def test_a_c_level_forked_child_starts_with_no_counts() -> None:
-    trip = local()
-    for _ in range(5):
-        trip.count(Tenant("acme", "prod"), True)
-    pid = c_level_fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 1
-        try:
-            trip.count(Tenant("acme", "prod"), True)
-            code = 0 if trip._envs[Tenant("acme", "prod")].pending == 1 and trip._fleet.pending == 1 else 2
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert trip._envs[Tenant("acme", "prod")].pending == 5
+    assert c_fork_child("counts") == 0
