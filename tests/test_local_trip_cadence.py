@@ -13,6 +13,7 @@ import pytest
 
 from dramatiq_mollifier import MollifierBuffer
 from dramatiq_mollifier.breaker import CircuitBreaker
+from dramatiq_mollifier.gate import local_trip as local_trip_module
 from dramatiq_mollifier.gate.local_trip import SLOW_FOLD_INTERVAL_MS, LocalTrip
 from dramatiq_mollifier.models import Tenant, TripWindow
 
@@ -94,9 +95,11 @@ def test_far_below_the_threshold_a_process_folds_every_slow_interval(folds: Reco
 
 @pytest.mark.redis
 def test_at_half_the_threshold_a_process_folds_at_once_then_every_fold_interval(
-    folds: RecordingFolds,
+    folds: RecordingFolds, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a process folding slowly, its env below half its threshold
+    # Given a process folding slowly (every 2 s here, so "at once" is told from "at the next slow
+    # fold" with room for a loaded machine), its env below half its threshold
+    monkeypatch.setattr(local_trip_module, "SLOW_FOLD_INTERVAL_MS", 2_000)
     trip = local_trip(folds)
     for _ in range(THRESHOLD // 2 - 1):
         trip.count(ENV, True)
@@ -109,12 +112,12 @@ def test_at_half_the_threshold_a_process_folds_at_once_then_every_fold_interval(
         trip.count(ENV, True)
 
     # Then it folds without waiting out the slow interval, and from then on every fold interval
-    soon = SLOW_FOLD_INTERVAL_MS / 1000 * 0.9
+    soon = 2_000 / 1000 * 0.9
     eventually(lambda: bool(folds.since(started)), timeout_s=soon, what="a fold before the slow interval")
     assert trip.fold_interval_s == FOLD_MS / 1000
     fast_started = time.monotonic()
     send_for(trip, ENV, 0.4)
-    assert len(folds.since(fast_started)) >= 0.4 * 1000 / SLOW_FOLD_INTERVAL_MS * 2, folds.since(fast_started)
+    assert len(folds.since(fast_started)) >= 0.4 * 1000 / 100 * 2, folds.since(fast_started)
 
 
 @pytest.mark.redis
