@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -67,9 +68,12 @@ class _Held:
             pool.release(connection)
 
     def __del__(self) -> None:
-        # At interpreter shutdown (module globals gone) there is nothing to give back.
+        # At interpreter shutdown there is nothing to give back, and the pool's lock may be held
+        # forever by a daemon thread that finalization stopped inside it: giving back would hang
+        # the exit (a drainer process did, after SIGTERM). The socket closes with the process.
         with contextlib.suppress(Exception):
-            self.release()
+            if not sys.is_finalizing():
+                self.release()
 
 
 class _PoolState:
