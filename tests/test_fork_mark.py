@@ -6,15 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from dramatiq_mollifier.breaker import CircuitBreaker
 from dramatiq_mollifier.gate import forks, local_trip
 from dramatiq_mollifier.gate.forks import ForkMark
-from dramatiq_mollifier.gate.local_trip import LocalTrip
 from dramatiq_mollifier.models import Tenant
+
+from .apps.c_fork_child import idle_local_trip
 
 REPO = Path(__file__).resolve().parent.parent
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_WIPEONFORK is Linux's")
@@ -27,25 +26,6 @@ def c_fork_child(case: str) -> int:
         [sys.executable, "-m", "tests.apps.c_fork_child", case], cwd=REPO, timeout=60, check=False
     )
     return done.returncode
-
-
-class _NoFold:
-    def fold_trip_counts(self, counts: Any, **trip: int) -> Any:
-        raise AssertionError("no fold expected")
-
-
-def local() -> LocalTrip:
-    trip = LocalTrip(
-        backend=_NoFold(),
-        window_ms=60_000,
-        threshold=1_000,
-        hold_ms=60_000,
-        fold_interval_ms=1_000,
-        breaker=CircuitBreaker("test"),
-        on_error=lambda exc: None,
-    )
-    trip._running = True  # no fold thread: the counts stay pending
-    return trip
 
 
 @linux_only
@@ -72,7 +52,7 @@ def test_without_the_page_the_mark_compares_the_process_id(monkeypatch: pytest.M
 
 @linux_only
 def test_a_local_count_makes_no_system_call_for_the_fork_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    trip = local()
+    trip = idle_local_trip()
     calls = []
     monkeypatch.setattr(local_trip.os, "getpid", lambda: calls.append(1) or 0)
     monkeypatch.setattr(forks.os, "getpid", lambda: calls.append(1) or 0)

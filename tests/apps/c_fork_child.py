@@ -44,6 +44,21 @@ class _NoFold:
         raise AssertionError("no fold expected")
 
 
+def idle_local_trip() -> LocalTrip:
+    """A local trip evaluator without its fold thread: every count stays pending."""
+    trip = LocalTrip(
+        backend=_NoFold(),
+        window_ms=60_000,
+        threshold=1_000,
+        hold_ms=60_000,
+        fold_interval_ms=1_000,
+        breaker=CircuitBreaker("test"),
+        on_error=lambda exc: None,
+    )
+    trip._running = True  # no fold thread: the counts stay pending
+    return trip
+
+
 def mark() -> int:
     """The mark sees the fork in the child (a new mark there does not); the parent is itself."""
     fork_mark = ForkMark()
@@ -57,16 +72,7 @@ def mark() -> int:
 
 def counts() -> int:
     """A forked child starts with no counts; the parent keeps its own."""
-    trip = LocalTrip(
-        backend=_NoFold(),
-        window_ms=60_000,
-        threshold=1_000,
-        hold_ms=60_000,
-        fold_interval_ms=1_000,
-        breaker=CircuitBreaker("test"),
-        on_error=lambda exc: None,
-    )
-    trip._running = True  # no fold thread: the counts stay pending
+    trip = idle_local_trip()
     for _ in range(5):
         trip.count(ACME, True)
 
