@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -100,6 +101,26 @@ def eventually(condition: Callable[[], bool], timeout_s: float = 10.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.01)
+
+
+def in_forked_child(child: Callable[[], int]) -> tuple[int, int]:
+    """Run ``child()`` in a forked child; its exit status (0 when it returned, 2 when it raised)
+    and the number it returned, passed back through a pipe (0 when it raised)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 2
+        try:
+            os.close(read)
+            os.write(write, b"%d" % child())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    value = int(os.read(read, 64) or b"0")
+    os.close(read)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), value
 
 
 def drainer_threads() -> set[threading.Thread]:

@@ -267,36 +267,25 @@ def test_the_rules_view_refreshes_in_the_background_and_stops_with_its_owner(buf
 
 
 def test_a_forked_child_reads_the_rules_with_a_thread_of_its_own(buffer: MollifierBuffer) -> None:
-    import os
     import threading
 
     from dramatiq_mollifier.buffer.rules import RulesView
 
-    from .mollifier_helpers import eventually
+    from .mollifier_helpers import eventually, in_forked_child
 
     view = RulesView(lambda: read_rules(buffer.client, buffer.keys), refresh_ms=20)
     view.current()  # the parent's refresh thread
-    read, write = os.pipe()
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 2
-        try:
-            os.close(read)
-            # The fork hook made the child's first read start its own thread, which sees a pause
-            view.current()
-            threads = [t for t in threading.enumerate() if t.name == "mollifier-rules-refresh"]
-            buffer.controls.pause("child-org")
-            eventually(lambda: view.current().org_paused("child-org"), 5, "the pause in the child")
-            os.write(write, b"%d" % len(threads))
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    threads_in_child = int(os.read(read, 16) or b"0")
-    os.close(read)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    def child() -> int:
+        # The fork hook made the child's first read start its own thread, which sees a pause
+        view.current()
+        threads = [t for t in threading.enumerate() if t.name == "mollifier-rules-refresh"]
+        buffer.controls.pause("child-org")
+        eventually(lambda: view.current().org_paused("child-org"), 5, "the pause in the child")
+        return len(threads)
+
+    status, threads_in_child = in_forked_child(child)
+    assert status == 0
     assert threads_in_child == 1
 
 

@@ -4,7 +4,6 @@ so many that the pool's other users starve."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 
@@ -14,7 +13,7 @@ import redis
 from dramatiq_mollifier.buffer import held
 from dramatiq_mollifier.buffer.scripts import execute
 from dramatiq_mollifier.embedded import EmbeddedRedis
-from tests.mollifier_helpers import eventually
+from tests.mollifier_helpers import eventually, in_forked_child
 
 # On a cluster the scripts reach each node through a plain client of its own (cluster_io), whose
 # pool these tests are about; here they build that plain client from the server's URL.
@@ -131,23 +130,10 @@ def test_a_blocking_pool_is_never_held(redis_url: str) -> None:
 def test_a_forked_child_never_uses_the_parents_connection(make_redis_client: MakeClient) -> None:
     client = make_redis_client()
     parent_id = client_id(client)
-    read, write = os.pipe()
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 2
-        try:
-            os.close(read)
-            os.write(write, b"%d" % client_id(client))
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    child_id = int(os.read(read, 64) or b"0")
-    os.close(read)
-    _, status = os.waitpid(pid, 0)
+    status, child_id = in_forked_child(lambda: client_id(client))
 
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert status == 0
     assert child_id not in (0, parent_id)
     # The parent's connection still works: the child did not close or reuse it
     assert client_id(client) == parent_id
