@@ -273,11 +273,11 @@ class CrashRetries(Middleware):
         self._end(message)
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
-        attempt = attempt_of(message)
-        if attempt.number < 1:
+        retries = message.options.get("retries")  # read alone: this runs on every enqueue
+        if not isinstance(retries, int) or retries < 1:
             return
         try:  # a retry is in the broker: every earlier attempt is over
-            self.store.conclude(message.message_id, "superseded", attempt.number - 1)
+            self.store.conclude(message.message_id, "superseded", retries - 1)
         except redis.RedisError:
             self._failed_open("conclude")
 
