@@ -266,3 +266,90 @@ def test_a_batch_handler_gets_chunks_of_at_least_32_however_parallel_the_pool(br
     assert [error for _, error in done] == [None] * 2 * MANY_CHUNK_MIN
     assert sorted(chunks) == [MANY_CHUNK_MIN] * 3
     assert broker.client.llen(f"{broker.namespace}:drained") == 3 * MANY_CHUNK_MIN
+
+
+def test_a_drained_message_costs_no_copy_and_no_call_to_a_middleware_without_enqueue_hooks(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU a drained message costs: decoded afresh, it is marked in place (not copied, then
+    copied again for its redis_message_id), and the enqueue hooks go to the middleware that
+    define them only, not through every middleware's no-op."""
+
+    @dramatiq.actor(broker=broker, queue_name="drained")
+    def ingest(n: int) -> None:
+        pass
+
+    messages = [ingest.message(n) for n in range(5)]
+    entries = [entry_for(m) for m in messages]
+    calls = {"copy": 0, "no-op hook": 0}
+    copy = dramatiq.Message.copy
+
+    def counted_copy(self: dramatiq.Message[Any], **attributes: Any) -> dramatiq.Message[Any]:
+        calls["copy"] += 1
+        return copy(self, **attributes)
+
+    def no_op(self: Middleware, broker: dramatiq.Broker, message: Any, delay: Any = None) -> None:
+        calls["no-op hook"] += 1
+
+    monkeypatch.setattr(dramatiq.Message, "copy", counted_copy)
+    monkeypatch.setattr(Middleware, "before_enqueue", no_op)
+    monkeypatch.setattr(Middleware, "after_enqueue", no_op)
+    assert sum(type(m).before_enqueue is no_op for m in broker.middleware) > 3, "the broker's defaults"
+
+    assert make_drain_handler(broker).many(entries) == [None] * 5
+
+    assert calls == {"copy": 0, "no-op hook": 0}
+    assert seen(broker).before == seen(broker).after == [m.message_id for m in messages]
+    raw = broker.client.hvals(f"{broker.namespace}:drained.msgs")
+    written = sorted(dramatiq.Message.decode(r).message_id for r in raw)
+    assert written == sorted(m.message_id for m in messages)
+    assert all(m.options.get(STATE_OPTION) is None for m in messages), "the sent messages untouched"
+
+
+def test_a_middleware_added_after_the_first_chunk_gets_the_next_chunks_hooks(broker: RedisBroker) -> None:
+    @dramatiq.actor(broker=broker, queue_name="drained")
+    def ingest(n: int) -> None:
+        pass
+
+    handler = make_drain_handler(broker)
+    assert handler.many([entry_for(ingest.message(0))]) == [None]
+    late = Seen()
+    broker.add_middleware(late)
+    message = ingest.message(1)
+
+    assert handler.many([entry_for(message)]) == [None]
+
+    assert late.before == late.after == [message.message_id]
+    assert seen(broker).before[-1] == message.message_id
+
+
+class Faulty(Middleware):
+    """Raises an ordinary exception in both enqueue hooks: Dramatiq logs it and goes on."""
+
+    def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        raise RuntimeError("a bug in a middleware")
+
+    def after_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
+        raise RuntimeError("a bug in a middleware")
+
+
+def test_an_ordinary_hook_error_is_logged_and_the_message_written_as_emit_before_does(
+    broker: RedisBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    @dramatiq.actor(broker=broker, queue_name="drained")
+    def ingest(n: int) -> None:
+        pass
+
+    broker.add_middleware(Faulty())
+    message = ingest.message(1)
+
+    with caplog.at_level("CRITICAL"):
+        assert make_drain_handler(broker).many([entry_for(message)]) == [None]
+
+    assert broker.client.llen(f"{broker.namespace}:drained") == 1
+    assert seen(broker).after == [message.message_id], "the hooks after the faulty one still ran"
+    failures = [r for r in caplog.records if "Unexpected failure" in r.getMessage()]
+    assert [r.getMessage().split(" of ")[0] for r in failures] == [
+        "Unexpected failure in before_enqueue",
+        "Unexpected failure in after_enqueue",
+    ]

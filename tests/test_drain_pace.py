@@ -10,7 +10,7 @@ import redis
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
-from dramatiq_mollifier.drain.pace import DrainPace
+from dramatiq_mollifier.drain.pace import Claim, DrainPace
 from dramatiq_mollifier.models import BufferEntry
 
 from .mollifier_helpers import eventually
@@ -163,3 +163,38 @@ def test_reclaimed_entries_give_back_the_slots_their_dead_drainer_held(
 
     # Then it drained them at once instead of waiting for the dead drainer's slots to expire
     assert sorted(broker.ids) == sorted(entry.message_id for entry in popped)
+
+
+def test_a_claim_the_budget_cuts_short_ends_the_tick_and_the_next_org_goes_first(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Claiming again right after a short claim would get the slot or two freed meanwhile: a
+    pop, a broker write, an ack and the budget's round trips for a message or two, which made a
+    drained message cost about twice the round trips under the adaptive budget."""
+    # Given two orgs with work and a budget of 7, fewer than a drainer asks for at once
+    seed(buffer, "a", 50)
+    seed(buffer, "b", 50)
+    broker = Broker()
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=7)
+    claims: list[tuple[int, int]] = []
+    claim = pace.claim
+
+    def counted(wanted: int, *, own: int = 0) -> Claim:
+        granted = claim(wanted, own=own)
+        claims.append((wanted, granted.granted))
+        return granted
+
+    pace.claim = counted  # type: ignore[method-assign]
+    drainer = MollifierDrainer(buffer, broker, batch_size=20, pace=pace)
+
+    # When a tick drains: it took the 7 slots in one claim and stopped, paced (no second claim
+    # for what was freed meanwhile, no claim for b that could only come back empty)
+    assert drainer.run_once() == DrainResult(drained=7, failed=0, paced=True)
+    assert claims == [(16, 7)]
+    assert {message_id[0] for message_id in broker.ids} == {"a"}
+
+    # Then once the workers started them, b is served first: a had its visit
+    pace.release(broker.ids)
+    assert drainer.run_once() == DrainResult(drained=7, failed=0, paced=True)
+    assert {message_id[0] for message_id in broker.ids[7:]} == {"b"}
+    assert claims[1:] == [(16, 7)]

@@ -210,13 +210,18 @@ class MollifierDrainer:
                     # The budget ran out before this org got anything: it goes first next time.
                     break
                 self._rotation.visited(org_id)
+                if tick.spent:  # this org got the last of the budget: the next goes first next tick
+                    break
         finally:
             self._collect(pool, tick, until=0)
-            self._idle = tick.drained + tick.failed == 0 and not tick.paced
+            self._idle = tick.drained + tick.failed == 0 and not (tick.paced or tick.spent)
         return tick.result(empty=not window)
 
     def _visit(self, pool: HandlerPool, tick: Tick, org_id: str, envs: list[str]) -> int | None:
         """One env visit of a turn: entries popped, -1 if paced before any, None if abandoned."""
+        if tick.spent:  # a weighted org's next visit, the budget used up: resumed next tick
+            tick.paced = True
+            return -1
         popped = tick.popped
         if not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
             return None
@@ -237,7 +242,9 @@ class MollifierDrainer:
                     # Once an org got part of a batch, it had its turn: the next org goes first.
                     tick.paced = remaining == self.batch_size
                     return True
-                limit = claim.granted
+                # Fewer slots than asked: the budget is used up; claiming again now would get a
+                # slot or two (round trips for a message or two). The tick ends after this pop.
+                tick.spent, limit = claim.granted < limit, claim.granted
             entries: list[BufferEntry] | None = None
             try:
                 entries = self._buffer.pop_many(org_id, env_id, limit, max_bytes=self.batch_max_bytes)
@@ -253,16 +260,14 @@ class MollifierDrainer:
                 self._hooks.popped(entries)
             pool.submit(entries)
             tick.popped += len(entries)
-            if len(entries) < limit:
+            if tick.spent or len(entries) < limit:
                 return True
             remaining -= len(entries)
         return True
 
     def _collect(self, pool: HandlerPool, tick: Tick, *, until: int) -> bool:
-        """Settle completions once at most ``until`` entries are in flight. False if abandoned.
-
-        The completions are gathered first and settled together: one ack round trip for all.
-        """
+        """Settle completions (together: one ack round trip) once at most ``until`` entries are
+        in flight. False if abandoned."""
         done: list[Completion] = []
         try:
             while pool.in_flight > until:
@@ -280,21 +285,19 @@ class MollifierDrainer:
                     lands = [(e.message_id, error is None and e.mode != "dual_write") for e, error in done]
                     self._pace.landed([i for i, ok in lands if ok], [i for i, ok in lands if not ok])
                 drained, failed = self._settler.settle(done)
-                tick.drained += drained
-                tick.failed += failed
+                tick.drained, tick.failed = tick.drained + drained, tick.failed + failed
 
     # Pacing ---------------------------------------------------------------------------------
     def _claim(self, tick: Tick, wanted: int, *, own: int) -> Claim | None:
-        """Slots of the drain budget for up to ``wanted`` entries, ``own`` of this drainer's
-        being on their way already; None when there is no pace."""
+        """Up to ``wanted`` slots of the budget (``own``: this drainer's on their way); None: no pace."""
         if self._pace is None:
             return None
         claim = self._pace.try_claim(wanted, own=own)
-        if claim is None:
-            tick.failed += 1
-            return Claim(0, 0, "")
-        self._telemetry.record_outstanding(claim.in_use, budget=claim.budget)
-        return claim
+        if claim is not None:
+            self._telemetry.record_outstanding(claim.in_use, budget=claim.budget)
+            return claim
+        tick.failed += 1
+        return Claim(0, 0, "")
 
     # The loop -------------------------------------------------------------------------------
     def start(self) -> None:

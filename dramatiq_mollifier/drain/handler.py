@@ -115,7 +115,10 @@ class BrokerDrainHandler:
             raise EntryCancelled(f"buffered message {entry.message_id!r} has a pending abort")
         if self._is_cancelled is not None and self._is_cancelled(entry):
             raise EntryCancelled(f"buffered message {entry.message_id!r} was cancelled")
-        return message.copy(options=marker(STATE_DRAINED, message.message_id))
+        # Decoded afresh from the entry: the message is this handler's own, marked in place (a
+        # copy per drained message was a twentieth of the drain's interpreter time).
+        message.options.update(marker(STATE_DRAINED, message.message_id))
+        return message
 
 
 def _outcome(handler: DrainHandler, entry: BufferEntry) -> BaseException | None:

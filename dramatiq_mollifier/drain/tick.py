@@ -22,13 +22,17 @@ class DrainResult(NamedTuple):
 class Tick:
     """Counters of one tick, while it runs."""
 
-    __slots__ = ("drained", "failed", "paced", "popped")
+    __slots__ = ("drained", "failed", "paced", "popped", "spent")
 
     def __init__(self) -> None:
         self.drained = 0
         self.failed = 0
+        #: The budget stopped a visit before it got anything (that org goes first next tick).
         self.paced = False
         self.popped = 0
+        #: A claim got fewer slots than it asked for: the budget is used up for now, so the tick
+        #: ends after that visit (another claim now would get a slot or two, or none).
+        self.spent = False
 
     def result(self, *, empty: bool) -> DrainResult:
-        return DrainResult(self.drained, self.failed, self.paced, empty=empty)
+        return DrainResult(self.drained, self.failed, self.paced or self.spent, empty=empty)
