@@ -39,6 +39,7 @@ from dramatiq_mollifier.embedded import EmbeddedCluster, find_server_binary
 
 CGROUP_ROOT = Path("/sys/fs/cgroup/cpu")
 CFS_PERIOD_US = 10_000
+MIN_QUOTA_US = 1_000
 ORGS = 256
 BATCH = 200
 THREADS = 6
@@ -60,8 +61,10 @@ class CpuCap:
         group.mkdir()
         # A 10 ms period (not the default 100 ms): a server that used up its quota stalls for at
         # most 9 ms rather than 90, so the stalls inflating the commands it was running are short.
-        (group / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-        (group / "cpu.cfs_quota_us").write_text(str(max(1000, self.percent * CFS_PERIOD_US // 100)))
+        # The kernel's smallest quota is 1 ms, so a cap under 10% takes a longer period.
+        period = max(CFS_PERIOD_US, MIN_QUOTA_US * 100 // self.percent)
+        (group / "cpu.cfs_period_us").write_text(str(period))
+        (group / "cpu.cfs_quota_us").write_text(str(self.percent * period // 100))
         (group / "tasks").write_text(str(pid))
         self.groups.append(group)
 
@@ -163,6 +166,8 @@ def main() -> int:
     parser.add_argument("--cpu-percent", type=int, default=10)
     parser.add_argument("--server")
     args = parser.parse_args()
+    if not 1 <= args.cpu_percent <= 100:
+        parser.error(f"--cpu-percent must be between 1 and 100, got {args.cpu_percent}")
     binary = find_server_binary(args.server)
     if binary is None:
         print("no redis-server or valkey-server", file=sys.stderr)
