@@ -7,13 +7,9 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-import dramatiq
 import pytest
 import redis
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
@@ -26,45 +22,9 @@ from dramatiq_mollifier.drain.hooks import DrainHooks
 from dramatiq_mollifier.models import BufferEntry
 from dramatiq_mollifier.telemetry import Telemetry
 
+from .controls_helpers import App, seed
 from .layout_helpers import command_calls
 from .mollifier_helpers import counts, eventually, metrics
-
-QUEUE = "work"
-
-
-class App:
-    """A RedisBroker with an actor that records (org, message id) of each message it processes."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.broker = RedisBroker(url=redis_url)
-        self.broker.add_middleware(CurrentMessage())
-        self.processed: list[tuple[str, str]] = []
-        self._lock = threading.Lock()
-
-        def record(n: int) -> None:
-            message = CurrentMessage.get_current_message()
-            assert message is not None
-            with self._lock:
-                self.processed.append((message.options["org_id"], message.message_id))
-
-        self.actor = dramatiq.actor(record, actor_name="record", queue_name=QUEUE, broker=self.broker)
-        self.worker: dramatiq.Worker | None = None
-
-    def message(self, org: str, env: str = "prod") -> dramatiq.Message[Any]:
-        return self.actor.message_with_options(args=(0,), org_id=org, env_id=env)
-
-    def start_worker(self, threads: int = 4) -> None:
-        self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)
-        self.worker.start()
-
-    def orgs(self) -> Counter[str]:
-        with self._lock:
-            return Counter(org for org, _ in self.processed)
-
-    def close(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-        self.broker.close()
 
 
 @pytest.fixture
@@ -72,15 +32,6 @@ def app(broker_url: str) -> Iterator[App]:
     app = App(broker_url)
     yield app
     app.close()
-
-
-def seed(buffer: MollifierBuffer, app: App, org: str, count: int, env: str = "prod") -> list[str]:
-    ids = []
-    for _ in range(count):
-        message = app.message(org, env)
-        assert buffer.accept(message.message_id, org_id=org, env_id=env, payload=message.encode())
-        ids.append(message.message_id)
-    return ids
 
 
 def test_a_cancel_that_races_a_drain_wins_and_the_message_is_never_processed(
