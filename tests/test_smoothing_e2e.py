@@ -16,14 +16,19 @@ from dramatiq_mollifier.embedded import EmbeddedRedis
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
+BURST = 6_000
+
 
 def test_quiet_tenants_do_not_wait_behind_a_burst(disposable_redis: EmbeddedRedis, tmp_path: Path) -> None:
     url = disposable_redis.url
-    without = run_scenario(redis_url=url, mollified=False, burst=3_000, log=tmp_path / "without.log")
-    with_ = run_scenario(redis_url=url, mollified=True, burst=3_000, log=tmp_path / "with.log")
+    # A burst of 6,000: without the mollifier the quiet p99 is then 3 s or more here, so one
+    # scheduling stall of the loaded machine (up to a second, seen under parallel test runs) in
+    # the mollified run does not decide the verdict; with 3,000 it did, now and then.
+    without = run_scenario(redis_url=url, mollified=False, burst=BURST, log=tmp_path / "without.log")
+    with_ = run_scenario(redis_url=url, mollified=True, burst=BURST, log=tmp_path / "with.log")
 
     # Everything was processed both times, and quiet messages were measured both times
-    assert without.burst_processed == with_.burst_processed == 3_000
+    assert without.burst_processed == with_.burst_processed == BURST
     assert len(without.quiet_waits_ms) >= 10 and len(with_.quiet_waits_ms) >= 10
     # The burst waited in the buffer, not in the broker queue (how much of it the buffer held at
     # once depends on how fast this machine lets the producer send: a share, not a count)

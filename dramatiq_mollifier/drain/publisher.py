@@ -12,6 +12,7 @@ handler threads it runs and however often it is restarted. Brokers with a shared
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -21,7 +22,15 @@ import dramatiq
 from ..settings import default_of
 from .batch_enqueue import EnqueueMany, pipelined_enqueue_for
 
-__all__ = ["DEFAULT_BROKER_CONNECTIONS", "SharedPublisher", "enqueue_for", "writers_for"]
+__all__ = [
+    "DEFAULT_BROKER_CONNECTIONS",
+    "SharedPublisher",
+    "enqueue_for",
+    "warn_without_publish_confirms",
+    "writers_for",
+]
+
+logger = logging.getLogger(__name__)
 
 #: Broker connections a drainer's handlers share on a per-thread-connection broker.
 DEFAULT_BROKER_CONNECTIONS: int = default_of("drain_broker_connections")
@@ -96,6 +105,25 @@ def writers_for(
     round trip, see :mod:`.batch_enqueue`), else the broker's own ``enqueue`` and no chunk writer.
     """
     if per_thread_connections(broker):
+        warn_without_publish_confirms(broker)
         publisher = SharedPublisher(broker, connections=connections)
         return publisher.enqueue, publisher.enqueue_many
     return broker.enqueue, pipelined_enqueue_for(broker)
+
+
+def warn_without_publish_confirms(broker: dramatiq.Broker) -> bool:
+    """Warn (and say True) when ``broker`` is a RabbitMQ broker that publishes without confirms.
+
+    The drainer acks a buffered entry once ``enqueue`` returned. Without confirms (Dramatiq's
+    default) that means the publish was written to the socket, not that RabbitMQ has it: a
+    connection lost at that moment loses the message, and in ``divert`` mode the buffer held the
+    only copy.
+    """
+    if getattr(broker, "confirm_delivery", True):
+        return False
+    logger.warning(
+        "mollifier.drainer: this RabbitmqBroker publishes without confirms, so a drained message "
+        "whose publish is lost with its connection is lost (the buffer acks it once enqueue "
+        "returns); create it with RabbitmqBroker(..., confirm_delivery=True)"
+    )
+    return True
