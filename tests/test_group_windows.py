@@ -53,3 +53,25 @@ def test_a_group_whose_entries_are_all_in_flight_is_read_on_the_next_tick(groupe
     # Then this drainer sees it on its next tick, not a recheck interval later
     assert windows.org_window(grouped.client, None, 10) == ["acme"]
     assert windows.org_window(grouped.client, "acme", 10) == ["acme"]
+
+
+def test_while_a_group_has_work_an_org_arriving_in_an_empty_group_is_seen_on_the_next_tick(
+    grouped: MollifierBuffer,
+) -> None:
+    # Given a drainer busy with one group's org, the other groups found empty
+    busy = "acme"
+    late = next(
+        f"late{k}"
+        for k in range(1000)
+        if grouped.keys.group_of(f"late{k}") is not grouped.keys.group_of(busy)
+    )
+    grouped.accept("m1", org_id=busy, env_id="prod", payload=b"x")
+    clock = Clock()
+    windows = GroupWindows(grouped.keys.groups, clock=clock)
+    assert windows.org_window(grouped.client, None, 10) == [busy]
+    # When an org's work arrives in a group found empty a moment ago
+    grouped.accept("m2", org_id=late, env_id="prod", payload=b"x")
+    # Then the next tick's window has it, with no time passing (it gets its turn in this
+    # rotation, not after the busy org drained on alone for a recheck interval)
+    # (after the cursor "acme": "late..." first, then the window wraps round to "acme")
+    assert windows.org_window(grouped.client, busy, 10) == [late, busy]

@@ -20,11 +20,12 @@ from .keys import KeySpace
 
 __all__ = ["EMPTY_GROUP_RECHECK_S", "GroupWindows", "by_group", "placeholder_org"]
 
-#: A group found without queued work and without entries in flight is read again after this
-#: long, not on every tick: an idle tick then costs no command per group. Work accepted meanwhile
-#: waits at most this long. A group with entries in flight (leased: being handled, or held out a
-#: retry delay by some drainer) is read again on the next tick, since they may come back at any
-#: moment, when a retry delay ends or a drainer gives them back.
+#: While no group has work (queued or in flight), a group found empty is read again after this
+#: long, not on every tick: an idle tick then costs no command per group, and work accepted
+#: meanwhile waits at most this long (an accept's wake-up ends the wait sooner). While any group
+#: has work, every group is read on every tick (in the same round trip per node): an org whose
+#: work arrives in a group found empty a moment before gets its turn in the next rotation, not a
+#: second later, after the busy groups' orgs drained on alone.
 EMPTY_GROUP_RECHECK_S = 1.0
 
 
@@ -48,7 +49,8 @@ def placeholder_org(keys: KeySpace, group: KeySpace) -> str:
 class GroupWindows:
     """The drainer's window of orgs over every group, in one pipelined round trip per node.
 
-    A group found with no org and no lease is skipped for :data:`EMPTY_GROUP_RECHECK_S`.
+    While no group has an org or a lease, the groups found so are skipped for
+    :data:`EMPTY_GROUP_RECHECK_S`; while any has, every group is read on every tick.
     """
 
     def __init__(self, groups: Sequence[KeySpace], *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -76,13 +78,19 @@ class GroupWindows:
         step = 2 if bound is None else 3
         later: list[list[str]] = []
         wrapped: list[list[str]] = []
+        empty: list[int] = []
         for n, i in enumerate(probed):
             *parts, in_flight = replies[n * step : (n + 1) * step]
             if not any(parts) and not in_flight:
-                self._skip_until[i] = now + EMPTY_GROUP_RECHECK_S
+                empty.append(i)
             later.append(sorted(texts(parts[0])))
             if step == 3:
                 wrapped.append(sorted(texts(parts[1])))
+        if len(empty) == len(probed):  # idle: probe the empty groups about once a second
+            for i in empty:
+                self._skip_until[i] = now + EMPTY_GROUP_RECHECK_S
+        else:  # busy: every group on the next tick
+            self._skip_until = [0.0] * len(self._groups)
         merged = list(heapq.merge(*later))[:limit]
         if len(merged) < limit and wrapped:
             merged += list(heapq.merge(*wrapped))[: limit - len(merged)]
