@@ -88,23 +88,16 @@ class PipelinedRedisEnqueue:
             self._hooks_of = ids
         return self._before, self._after
 
-    def _emit_before(self, message: dramatiq.Message[Any]) -> None:
-        broker = self._broker
-        for hook in self._before:
+    def _emit(self, signal: str, hooks: list[_Hook], message: dramatiq.Message[Any]) -> None:
+        """Call ``hooks`` as ``Broker.emit_before``/``emit_after`` do: an exception is logged, but
+        a ``MiddlewareError`` of a ``before_enqueue`` is raised (the message is not written)."""
+        for hook in hooks:
             try:
-                hook(broker, message, None)
-            except MiddlewareError:
-                raise
-            except Exception:
-                broker.logger.critical("Unexpected failure in before_enqueue of %r.", hook, exc_info=True)
-
-    def _emit_after(self, message: dramatiq.Message[Any]) -> None:
-        broker = self._broker
-        for hook in self._after:
-            try:
-                hook(broker, message, None)
-            except Exception:
-                broker.logger.critical("Unexpected failure in after_enqueue of %r.", hook, exc_info=True)
+                hook(self._broker, message, None)
+            except Exception as exc:
+                if signal == "before_enqueue" and isinstance(exc, MiddlewareError):
+                    raise
+                self._broker.logger.critical("Unexpected failure in %s of %r.", signal, hook, exc_info=True)
 
     def __call__(self, messages: Sequence[dramatiq.Message[Any]]) -> list[BaseException | None]:
         broker = self._broker
@@ -116,8 +109,7 @@ class PipelinedRedisEnqueue:
             redis_message_id = str(uuid.uuid4())
             message.options["redis_message_id"] = redis_message_id
             try:
-                if before:
-                    self._emit_before(message)
+                self._emit("before_enqueue", before, message)
             except Exception as exc:
                 results[index] = exc
                 continue
@@ -153,8 +145,8 @@ class PipelinedRedisEnqueue:
             for index, message, _ in ready:
                 if isinstance(outcome, Exception):
                     results[index] = outcome
-                elif after:
-                    self._emit_after(message)
+                else:
+                    self._emit("after_enqueue", after, message)
         return results
 
 
