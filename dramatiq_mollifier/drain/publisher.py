@@ -111,8 +111,8 @@ def writers_for(
     return broker.enqueue, pipelined_enqueue_for(broker)
 
 
-def warn_without_publish_confirms(broker: dramatiq.Broker) -> bool:
-    """Warn (and say True) when ``broker`` is a RabbitMQ broker that publishes without confirms.
+def warn_without_publish_confirms(broker: dramatiq.Broker) -> None:
+    """Warn when ``broker`` is a RabbitMQ broker that publishes without confirms.
 
     The drainer acks a buffered entry once ``enqueue`` returned. Without confirms (Dramatiq's
     default) that means the publish was written to the socket, not that RabbitMQ has it: a
@@ -120,10 +120,9 @@ def warn_without_publish_confirms(broker: dramatiq.Broker) -> bool:
     only copy.
     """
     if getattr(broker, "confirm_delivery", True):
-        return False
+        return
     logger.warning(
         "mollifier.drainer: this RabbitmqBroker publishes without confirms, so a drained message "
         "whose publish is lost with its connection is lost (the buffer acks it once enqueue "
         "returns); create it with RabbitmqBroker(..., confirm_delivery=True)"
     )
-    return True
