@@ -22,10 +22,10 @@ __all__ = ["EMPTY_GROUP_RECHECK_S", "GroupWindows", "by_group", "placeholder_org
 
 #: While no group has work (queued or in flight), a group found empty is read again after this
 #: long, not on every tick: an idle tick then costs no command per group, and work accepted
-#: meanwhile waits at most this long (an accept's wake-up ends the wait sooner). While any group
-#: has work, every group is read on every tick (in the same round trip per node): an org whose
-#: work arrives in a group found empty a moment before gets its turn in the next rotation, not a
-#: second later, after the busy groups' orgs drained on alone.
+#: meanwhile waits at most this long. While any group has work, every group is read on every
+#: tick (in the same round trip per node): an org whose work arrives in a group found empty a
+#: moment before gets its turn in the next rotation, not a second later, after the busy groups'
+#: orgs drained on alone.
 EMPTY_GROUP_RECHECK_S = 1.0
 
 
