@@ -99,6 +99,7 @@ def test_a_chunk_goes_to_rabbitmq_in_one_hand_over_and_each_message_keeps_its_re
 ) -> None:
     from dramatiq.middleware import Middleware, MiddlewareError
 
+    from dramatiq_mollifier.drain.amqp_chunks import ChunkedAmqpPublish
     from dramatiq_mollifier.drain.publisher import SharedPublisher, writers_for
 
     class Refused(MiddlewareError):
@@ -118,6 +119,8 @@ def test_a_chunk_goes_to_rabbitmq_in_one_hand_over_and_each_message_keeps_its_re
     assert enqueue_many is not None
     publisher = enqueue_many.__self__  # type: ignore[attr-defined]
     assert isinstance(publisher, SharedPublisher)
+    # The chunk is published with one flush on the publisher thread (see test_drain_amqp_chunks)
+    assert isinstance(publisher._publish_many, ChunkedAmqpPublish)
     handed_over: list[int] = []
     submit = publisher._executor.submit
 

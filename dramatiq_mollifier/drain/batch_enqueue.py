@@ -13,10 +13,8 @@ hash and list), once per queue of the chunk, the calls in one pipeline.
 
 Per message it does no more than it must: the messages it is given are the caller's own copies
 (the drain handler decodes each entry afresh), so each gets its ``redis_message_id`` in place
-rather than in one more copy, and the enqueue hooks go only to the middleware that define them,
-in the order and with the error handling of ``Broker.emit_before`` and ``emit_after``: looping
-over every middleware of the broker (a dozen, most with no enqueue hook) for every drained
-message was about a tenth of the drain's interpreter time in the worker process.
+rather than in one more copy, and the enqueue hooks go only to the middleware that define them
+(:class:`.enqueue_hooks.EnqueueHooks`).
 
 It reads the broker's ``client``, ``namespace`` and ``broker_id`` as Dramatiq 2 defines them, and
 needs its dispatch script (the keys it writes are that script's); :func:`pipelined_enqueue_for`
@@ -35,7 +33,8 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.common import current_millis
-from dramatiq.middleware import Middleware, MiddlewareError
+
+from .enqueue_hooks import EnqueueHooks
 
 __all__ = ["EnqueueMany", "PipelinedRedisEnqueue", "pipelined_enqueue_for"]
 
@@ -46,15 +45,6 @@ logger = logging.getLogger(__name__)
 EnqueueMany = Callable[[Sequence[dramatiq.Message[Any]]], list[BaseException | None]]
 
 _NEEDED = ("client", "scripts", "namespace", "broker_id")
-
-#: A middleware's enqueue hook, bound: called with the broker, the message and the delay.
-_Hook = Callable[[dramatiq.Broker, dramatiq.Message[Any], Any], object]
-
-
-def _defined(middleware: Sequence[Middleware], name: str) -> list[_Hook]:
-    """The bound ``name`` hooks of the middleware that define one (not the base's no-op)."""
-    default = getattr(Middleware, name)
-    return [getattr(m, name) for m in middleware if getattr(type(m), name, default) is not default]
 
 
 class PipelinedRedisEnqueue:
@@ -73,43 +63,20 @@ class PipelinedRedisEnqueue:
         source = resources.files(__package__).joinpath("lua/enqueue_batch.lua").read_text(encoding="utf-8")
         self._script = broker.client.register_script(source)
         self._heartbeats = f"{broker.namespace}:__heartbeats__"
-        # The middleware list the hooks were read from (ids), and the hooks: read again when the
-        # broker's middleware changed (add_middleware after the drainer started).
-        self._hooks_of: tuple[int, ...] = ()
-        self._before: list[_Hook] = []
-        self._after: list[_Hook] = []
-
-    def _hooks(self) -> tuple[list[_Hook], list[_Hook]]:
-        middleware = self._broker.middleware
-        ids = tuple(map(id, middleware))
-        if ids != self._hooks_of:
-            self._before = _defined(middleware, "before_enqueue")
-            self._after = _defined(list(reversed(middleware)), "after_enqueue")
-            self._hooks_of = ids
-        return self._before, self._after
-
-    def _emit(self, signal: str, hooks: list[_Hook], message: dramatiq.Message[Any]) -> None:
-        """Call ``hooks`` as ``Broker.emit_before``/``emit_after`` do: an exception is logged, but
-        a ``MiddlewareError`` of a ``before_enqueue`` is raised (the message is not written)."""
-        for hook in hooks:
-            try:
-                hook(self._broker, message, None)
-            except Exception as exc:
-                if signal == "before_enqueue" and isinstance(exc, MiddlewareError):
-                    raise
-                self._broker.logger.critical("Unexpected failure in %s of %r.", signal, hook, exc_info=True)
+        self._hooks = EnqueueHooks(broker)
 
     def __call__(self, messages: Sequence[dramatiq.Message[Any]]) -> list[BaseException | None]:
         broker = self._broker
         results: list[BaseException | None] = [None] * len(messages)
-        before, after = self._hooks()
+        hooks = self._hooks
+        hooks.refresh()
         # Queue name -> (index, message, its redis message id) in the chunk's order.
         queues: dict[str, list[tuple[int, dramatiq.Message[Any], str]]] = {}
         for index, message in enumerate(messages):
             redis_message_id = str(uuid.uuid4())
             message.options["redis_message_id"] = redis_message_id
             try:
-                self._emit("before_enqueue", before, message)
+                hooks.before(message)
             except Exception as exc:
                 results[index] = exc
                 continue
@@ -146,7 +113,7 @@ class PipelinedRedisEnqueue:
                 if isinstance(outcome, Exception):
                     results[index] = outcome
                 else:
-                    self._emit("after_enqueue", after, message)
+                    hooks.after(message)
         return results
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import dramatiq
 
 from ..settings import default_of
+from .amqp_chunks import chunked_publish_for
 from .batch_enqueue import EnqueueMany, pipelined_enqueue_for
 
 __all__ = [
@@ -46,13 +47,22 @@ class SharedPublisher:
     Parameters:
       broker: The broker to enqueue on.
       connections: Threads, hence broker connections, at most. Defaults to 2.
+      publish_many: Writes a chunk on the calling thread's connection (a
+        :class:`~.amqp_chunks.ChunkedAmqpPublish`). Defaults to None: ``enqueue`` per message.
     """
 
-    def __init__(self, broker: dramatiq.Broker, *, connections: int = DEFAULT_BROKER_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        broker: dramatiq.Broker,
+        *,
+        connections: int = DEFAULT_BROKER_CONNECTIONS,
+        publish_many: EnqueueMany | None = None,
+    ) -> None:
         if connections < 1:
             raise ValueError(f"connections must be at least 1, got {connections!r}")
         self._broker = broker
         self.connections = connections
+        self._publish_many = publish_many
         self._executor = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="mollifier-publish")
 
     def enqueue(self, message: dramatiq.Message[Any]) -> object:
@@ -67,6 +77,8 @@ class SharedPublisher:
         return self._executor.submit(self._publish_all, messages).result()
 
     def _publish_all(self, messages: Sequence[dramatiq.Message[Any]]) -> list[BaseException | None]:
+        if self._publish_many is not None:
+            return self._publish_many(messages)
         results: list[BaseException | None] = []
         for message in messages:
             try:
@@ -101,12 +113,13 @@ def writers_for(
 ) -> tuple[Enqueue, EnqueueMany | None]:
     """What drain handlers should call to put one message, and a chunk of messages, on
     ``broker``: a :class:`SharedPublisher`'s for a per-thread-connection broker (a chunk in one
-    hand-over to a publisher thread), a pipelined write for a ``RedisBroker`` (a chunk in one
-    round trip, see :mod:`.batch_enqueue`), else the broker's own ``enqueue`` and no chunk writer.
+    hand-over to a publisher thread and one flush, see :mod:`.amqp_chunks`), a pipelined write
+    for a ``RedisBroker`` (a chunk in one round trip, see :mod:`.batch_enqueue`), else the
+    broker's own ``enqueue`` and no chunk writer.
     """
     if per_thread_connections(broker):
         warn_without_publish_confirms(broker)
-        publisher = SharedPublisher(broker, connections=connections)
+        publisher = SharedPublisher(broker, connections=connections, publish_many=chunked_publish_for(broker))
         return publisher.enqueue, publisher.enqueue_many
     return broker.enqueue, pipelined_enqueue_for(broker)
 

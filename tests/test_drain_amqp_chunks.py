@@ -1,0 +1,156 @@
+"""Drained chunks onto a real RabbitMQ node: one flush (and one wait for confirms) per chunk, each
+message keeping its own result, a lost connection retried."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import dramatiq
+import pika
+import pytest
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from pika.adapters.blocking_connection import BlockingChannel
+
+from dramatiq_mollifier.drain.amqp_chunks import ChunkedAmqpPublish, chunked_publish_for
+
+from .mollifier_helpers import eventually
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture(params=[True, False], ids=["confirms", "no-confirms"])
+def broker(request: pytest.FixtureRequest, rabbitmq_url: str) -> Iterator[RabbitmqBroker]:
+    broker = RabbitmqBroker(url=rabbitmq_url, confirm_delivery=request.param)
+    yield broker
+    broker.close()
+
+
+def declare(broker: RabbitmqBroker, *names: str) -> list[dramatiq.Actor[Any, Any]]:
+    def ingest(n: int) -> None:
+        pass
+
+    return [
+        dramatiq.actor(ingest, broker=broker, queue_name=name, actor_name=f"ingest_{name}") for name in names
+    ]
+
+
+def ready_count(broker: RabbitmqBroker, name: str) -> int:
+    return int(broker.channel.queue_declare(name, passive=True).method.message_count)
+
+
+def delete(broker: RabbitmqBroker, *names: str) -> None:
+    for name in names:
+        for queue_name in (name, f"{name}.DQ", f"{name}.XQ"):
+            broker.channel.queue_delete(queue_name)
+
+
+def flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts BlockingChannel._flush_output calls (each runs the I/O loop until written)."""
+    calls: list[int] = []
+    original = BlockingChannel._flush_output
+
+    def counted(self: BlockingChannel, *waiters: Any) -> Any:
+        calls.append(1)
+        return original(self, *waiters)
+
+    monkeypatch.setattr(BlockingChannel, "_flush_output", counted)
+    return calls
+
+
+def test_a_chunk_is_published_with_one_flush_and_every_message_reaches_its_queue(
+    broker: RabbitmqBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given two queues' actors and a chunk of 150 messages for them
+    first, second = (f"mollifier-test-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    actor_a, actor_b = declare(broker, first, second)
+    publish = chunked_publish_for(broker)
+    assert isinstance(publish, ChunkedAmqpPublish)
+    messages = [(actor_a if n % 3 else actor_b).message(n) for n in range(150)]
+    # The channel (and confirm mode) set up, the queues declared (three declares each)
+    assert publish([actor_a.message(-1), actor_b.message(-1)]) == [None, None]
+    try:
+        calls = flushes(monkeypatch)
+        # When the chunk is published
+        results = publish(messages)
+        # Then the I/O loop ran once for the whole chunk (message by message: 150 times), with
+        # confirms waiting for all of them in that one run
+        assert len(calls) == 1
+        assert results == [None] * 150
+        # And every message is in its queue, in the chunk's order
+        expected = {
+            first: 1 + sum(1 for n in range(150) if n % 3),
+            second: 1 + sum(1 for n in range(150) if not n % 3),
+        }
+        counts = lambda: {name: ready_count(broker, name) for name in expected}  # noqa: E731
+        eventually(lambda: counts() == expected, what=f"{expected} messages, not {counts()}")
+        channel = broker.channel
+        got = []
+        for _ in range(expected[first]):
+            _, _, body = channel.basic_get(first, auto_ack=True)
+            assert body is not None
+            got.append(dramatiq.Message.decode(body).args[0])
+        assert got == [-1] + [n for n in range(150) if n % 3]
+    finally:
+        delete(broker, first, second)
+
+
+def test_with_confirms_an_unroutable_message_fails_alone(rabbitmq_url: str) -> None:
+    broker = RabbitmqBroker(url=rabbitmq_url, confirm_delivery=True)
+    kept, gone = (f"mollifier-test-{uuid.uuid4().hex[:10]}" for _ in range(2))
+    try:
+        actor_kept, actor_gone = declare(broker, kept, gone)
+        publish = ChunkedAmqpPublish(broker)
+        # Given a queue the broker declared once and someone deleted since
+        assert publish([actor_kept.message(0), actor_gone.message(0)]) == [None, None]
+        broker.channel.queue_delete(gone)
+        # When a chunk holds messages for it among others
+        results = publish([actor_kept.message(1), actor_gone.message(1), actor_kept.message(2)])
+        # Then only its message fails, as enqueue would have raised for it, and the others are in
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], pika.exceptions.UnroutableError)
+        eventually(lambda: ready_count(broker, kept) == 3)
+    finally:
+        delete(broker, kept, gone)
+        broker.close()
+
+
+def test_a_lost_connection_is_replaced_and_the_chunk_still_arrives(broker: RabbitmqBroker) -> None:
+    name = f"mollifier-test-{uuid.uuid4().hex[:10]}"
+    (actor,) = declare(broker, name)
+    publish = ChunkedAmqpPublish(broker)
+    try:
+        assert publish([actor.message(0)]) == [None]
+        # Given the thread's connection, which the publisher's channel lives on, closed under it
+        broker.connection.close()
+        # When the next chunk is published
+        results = publish([actor.message(n) for n in range(1, 21)])
+        # Then it goes out on a new connection, every message with it
+        assert results == [None] * 20
+        eventually(lambda: ready_count(broker, name) == 21)
+    finally:
+        delete(broker, name)
+
+
+def test_a_broker_that_cannot_be_reached_fails_each_message_of_the_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:1/%2F")
+    attempts: list[int] = []
+    original = RabbitmqBroker.declare_queue
+
+    def counted(self: RabbitmqBroker, queue_name: str, *, ensure: bool = False) -> None:
+        attempts.append(1)
+        original(self, queue_name, ensure=ensure)
+
+    try:
+        (actor,) = declare(broker, "mollifier-test-unreachable")
+        monkeypatch.setattr(RabbitmqBroker, "declare_queue", counted)
+        broker.queues_pending.add("mollifier-test-unreachable")
+        results = ChunkedAmqpPublish(broker)([actor.message(0), actor.message(1)])
+        # declare_queue made its own three attempts and gave up: nothing more to try
+        assert len(attempts) == 1
+        assert all(isinstance(r, dramatiq.errors.ConnectionClosed) for r in results), results
+    finally:
+        broker.close()
