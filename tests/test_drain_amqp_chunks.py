@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
-import pika
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from pika.adapters.blocking_connection import BlockingChannel
@@ -96,7 +95,9 @@ def test_a_chunk_is_published_with_one_flush_and_every_message_reaches_its_queue
         delete(broker, first, second)
 
 
-def test_with_confirms_an_unroutable_message_fails_alone(rabbitmq_url: str) -> None:
+def test_with_confirms_a_message_for_a_deleted_queue_goes_through_enqueue_which_declares_it_again(
+    rabbitmq_url: str,
+) -> None:
     broker = RabbitmqBroker(url=rabbitmq_url, confirm_delivery=True)
     kept, gone = (f"mollifier-test-{uuid.uuid4().hex[:10]}" for _ in range(2))
     try:
@@ -105,15 +106,38 @@ def test_with_confirms_an_unroutable_message_fails_alone(rabbitmq_url: str) -> N
         # Given a queue the broker declared once and someone deleted since
         assert publish([actor_kept.message(0), actor_gone.message(0)]) == [None, None]
         broker.channel.queue_delete(gone)
-        # When a chunk holds messages for it among others
+        # When a chunk holds a message for it among others
         results = publish([actor_kept.message(1), actor_gone.message(1), actor_kept.message(2)])
-        # Then only its message fails, as enqueue would have raised for it, and the others are in
-        assert results[0] is None and results[2] is None
-        assert isinstance(results[1], pika.exceptions.UnroutableError)
-        eventually(lambda: ready_count(broker, kept) == 3)
+        # Then the broker returned it unroutable, and enqueue (which declares the queue again, as
+        # it does for its own unroutable publishes) put it there: nothing failed, nothing doubled
+        assert results == [None, None, None]
+        eventually(lambda: (ready_count(broker, kept), ready_count(broker, gone)) == (3, 1))
     finally:
         delete(broker, kept, gone)
         broker.close()
+
+
+def test_a_message_pika_cannot_encode_fails_alone_as_enqueue_fails_it(broker: RabbitmqBroker) -> None:
+    name = f"mollifier-test-{uuid.uuid4().hex[:10]}"
+    (actor,) = declare(broker, name)
+    publish = ChunkedAmqpPublish(broker)
+    try:
+        # Given a chunk whose middle message has a priority AMQP cannot carry (one octet)
+        messages = [actor.message(n) for n in range(5)]
+        messages[2].options["broker_priority"] = 256
+        # When it is published
+        results = publish(messages)
+        # Then that message fails with what enqueue raises for it, and the others are in, once
+        assert [r is None for r in results] == [True, True, False, True, True]
+        with pytest.raises(type(results[2])):
+            broker.enqueue(
+                actor.message(
+                    9,
+                ).copy(options={"broker_priority": 256})
+            )
+        eventually(lambda: ready_count(broker, name) == 4)
+    finally:
+        delete(broker, name)
 
 
 def test_a_lost_connection_is_replaced_and_the_chunk_still_arrives(broker: RabbitmqBroker) -> None:
@@ -149,8 +173,32 @@ def test_a_broker_that_cannot_be_reached_fails_each_message_of_the_chunk(
         monkeypatch.setattr(RabbitmqBroker, "declare_queue", counted)
         broker.queues_pending.add("mollifier-test-unreachable")
         results = ChunkedAmqpPublish(broker)([actor.message(0), actor.message(1)])
-        # declare_queue made its own three attempts and gave up: nothing more to try
-        assert len(attempts) == 1
+        # The chunk's declare gave up (after its own three connection attempts), then the first
+        # message's enqueue did: the second fails with its error without waiting as long again
+        assert len(attempts) == 2
         assert all(isinstance(r, dramatiq.errors.ConnectionClosed) for r in results), results
     finally:
+        broker.close()
+
+
+def test_with_confirms_messages_the_broker_nacks_end_as_enqueue_ends_them(rabbitmq_url: str) -> None:
+    broker = RabbitmqBroker(url=rabbitmq_url, confirm_delivery=True)
+    name = f"mollifier-test-{uuid.uuid4().hex[:10]}"
+    try:
+        (actor,) = declare(broker, name)
+        # Given a queue that holds two messages and refuses more (the broker nacks the publish)
+        broker.queues_pending.discard(name)
+        arguments = broker._build_queue_arguments(name)
+        arguments.update({"x-max-length": 2, "x-overflow": "reject-publish"})
+        broker.channel.queue_declare(name, durable=True, arguments=arguments)
+        # When a chunk of five goes to it
+        results = ChunkedAmqpPublish(broker)([actor.message(n) for n in range(5)])
+        # Then the two it took are confirmed; the three it nacked went through enqueue, which
+        # raised what it raises for a nack (a broker connection error: the drainer backs off
+        # instead of spending the entries' attempts), the last two without trying again
+        assert results[:2] == [None, None]
+        assert all(isinstance(r, dramatiq.errors.BrokerConnectionError) for r in results[2:]), results
+        assert ready_count(broker, name) == 2
+    finally:
+        delete(broker, name)
         broker.close()
