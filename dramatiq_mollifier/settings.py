@@ -157,8 +157,8 @@ class MollifierSettings(BaseSettings):
     drain_max_outstanding: int = Field(default=1_000, ge=0, le=100_000)
     #: How long a quiet message should wait behind drained ones, in milliseconds: the drain budget
     #: is 20 plus the fleet's consumption rate times this (at most drain_max_outstanding).
-    #: 0 makes the budget drain_max_outstanding. Defaults to 100.
-    drain_target_wait_ms: int = Field(default=100, ge=0, le=60_000)
+    #: 0 makes the budget drain_max_outstanding. Defaults to 50.
+    drain_target_wait_ms: int = Field(default=50, ge=0, le=60_000)
     #: Drained messages per second, fleet-wide, at most. Defaults to 0: no rate cap.
     drain_rate_limit_per_s: int = Field(default=0, ge=0, le=1_000_000)
     #: How long a drained message may wait in the broker unstarted before its budget slot is freed
