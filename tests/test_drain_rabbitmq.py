@@ -34,9 +34,9 @@ def queue_name() -> str:
     return f"mollifier-test-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def broker(rabbitmq_url: str, queue_name: str) -> Iterator[RabbitmqBroker]:
-    broker = RabbitmqBroker(url=rabbitmq_url)
+@pytest.fixture(params=[False, True], ids=["no-confirms", "confirms"])
+def broker(request: pytest.FixtureRequest, rabbitmq_url: str, queue_name: str) -> Iterator[RabbitmqBroker]:
+    broker = RabbitmqBroker(url=rabbitmq_url, confirm_delivery=request.param)
     yield broker
     channel = broker.channel
     for name in (queue_name, f"{queue_name}.DQ", f"{queue_name}.XQ"):
@@ -85,8 +85,8 @@ def test_a_drainer_holds_a_bounded_number_of_amqp_connections_across_stop_and_st
 
     # Then it never held more than its 2 connections, and restarts opened no new ones
     assert all(0 < count <= 2 for count in added), added
-    # And every drained message reached the queue. The broker publishes without confirms
-    # (Dramatiq's default), so the count, read on another connection, can lag the last publishes.
+    # And every drained message reached the queue. Without confirms (Dramatiq's default) the
+    # count, read on another connection, can lag the last publishes.
     eventually(
         lambda: channel.queue_declare(queue_name, passive=True).method.message_count == ROUNDS * PER_ROUND,
         timeout_s=10,
