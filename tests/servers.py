@@ -161,8 +161,10 @@ class RabbitmqServer:
 
     STARTUP_TIMEOUT_S = 60
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, *, config: str = "") -> None:
         self.binary = binary
+        #: Lines of ``rabbitmq.conf`` (e.g. ``max_message_size = 65536``).
+        self.config = config
         self.port = free_port()
         self.epmd_port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="mollifier-rabbitmq-")
@@ -176,6 +178,8 @@ class RabbitmqServer:
         base = Path(self._dir.name)
         (base / "home").mkdir(exist_ok=True)
         (base / "enabled_plugins").write_text("[].\n")
+        if self.config:
+            (base / "rabbitmq.conf").write_text(self.config)
         return {
             **os.environ,
             "HOME": str(base / "home"),

@@ -13,8 +13,13 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from pika.adapters.blocking_connection import BlockingChannel
 
 from dramatiq_mollifier.drain.amqp_chunks import ChunkedAmqpPublish, chunked_publish_for
+from dramatiq_mollifier.drain.failures import is_unavailable
 
 from .mollifier_helpers import eventually
+from .servers import RabbitmqServer, find_rabbitmq_server, unavailable
+
+#: The broker of the oversized-message test refuses messages larger than this.
+MAX_MESSAGE_SIZE = 65_536
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -74,8 +79,9 @@ def test_a_chunk_is_published_with_one_flush_and_every_message_reaches_its_queue
         # When the chunk is published
         results = publish(messages)
         # Then the I/O loop ran once for the whole chunk (message by message: 150 times), with
-        # confirms waiting for all of them in that one run
-        assert len(calls) == 1
+        # confirms waiting for all of them in that one run; without confirms one more synchronous
+        # call reads a channel the broker may have closed over one of them
+        assert len(calls) == (1 if broker.confirm_delivery else 2)
         assert results == [None] * 150
         # And every message is in its queue, in the chunk's order
         expected = {
@@ -199,6 +205,51 @@ def test_with_confirms_messages_the_broker_nacks_end_as_enqueue_ends_them(rabbit
         assert results[:2] == [None, None]
         assert all(isinstance(r, dramatiq.errors.BrokerConnectionError) for r in results[2:]), results
         assert ready_count(broker, name) == 2
+    finally:
+        delete(broker, name)
+        broker.close()
+
+
+@pytest.fixture(scope="module")
+def small_messages_url() -> Iterator[str]:
+    """A RabbitMQ node of its own that closes the channel over a message larger than 64 KiB."""
+    binary = find_rabbitmq_server()
+    if binary is None:
+        unavailable("no rabbitmq-server: install Debian's rabbitmq-server")
+        return
+    node = RabbitmqServer(binary, config=f"max_message_size = {MAX_MESSAGE_SIZE}\n").start()
+    try:
+        yield node.url
+    finally:
+        node.stop()
+
+
+def test_with_confirms_a_message_the_broker_refuses_fails_alone_and_spends_its_attempts(
+    small_messages_url: str,
+) -> None:
+    broker = RabbitmqBroker(url=small_messages_url, confirm_delivery=True)
+    name = f"mollifier-test-{uuid.uuid4().hex[:10]}"
+    try:
+        (actor,) = declare(broker, name)
+        # Given a chunk of ten whose sixth message is larger than the broker takes
+        messages = [actor.message(n) for n in range(10)]
+        messages[5] = actor.message("x" * (MAX_MESSAGE_SIZE + 1_000))
+        # When it is published
+        results = ChunkedAmqpPublish(broker)(messages)
+        # Then that message alone fails, with an error that spends its attempts (the broker will
+        # never take it) instead of one that stalls the drainer as unavailable
+        assert [r is None for r in results] == [True] * 5 + [False] + [True] * 4, results
+        assert results[5] is not None and not is_unavailable(results[5])
+        # And every other message is in the queue: those after it once (the broker closed the
+        # channel over it, so the chunk's rest went through enqueue), those before it at least once
+        # (their confirms died with the channel)
+        got: list[int] = []
+        channel = broker.channel
+        eventually(lambda: ready_count(broker, name) >= 9)
+        while (delivery := channel.basic_get(name, auto_ack=True))[2] is not None:
+            got.append(dramatiq.Message.decode(delivery[2]).args[0])
+        assert set(got) == set(range(10)) - {5}
+        assert sorted(n for n in got if n > 5) == [6, 7, 8, 9]
     finally:
         delete(broker, name)
         broker.close()

@@ -70,6 +70,24 @@ def test_broker_connection_errors_are_unavailability_and_others_are_the_messages
     assert not is_unavailable(ValueError("bad payload"))
 
 
+def test_a_message_rabbitmq_closes_the_channel_over_is_the_messages_fault() -> None:
+    from pika.exceptions import AMQPConnectionError, ChannelClosedByBroker, NackError
+
+    # What RabbitmqBroker.enqueue raises, after its attempts, for a message over max_message_size
+    refused = ChannelClosedByBroker(406, "PRECONDITION_FAILED - message size 70000 is larger than 65536")
+    try:
+        raise dramatiq.errors.ConnectionClosed(refused) from None
+    except dramatiq.errors.ConnectionClosed as exc:
+        enqueue_error = exc
+    # Trying it again can never work: it spends its attempts instead of stalling the drainer
+    assert not is_unavailable(enqueue_error)
+    assert not is_unavailable(refused)
+    # A lost connection, a nack or another channel close still says the broker is unwell
+    assert is_unavailable(dramatiq.errors.ConnectionClosed(AMQPConnectionError("reset")))
+    assert is_unavailable(dramatiq.errors.ConnectionClosed(NackError([])))
+    assert is_unavailable(dramatiq.errors.ConnectionClosed(ChannelClosedByBroker(404, "NOT_FOUND")))
+
+
 def test_a_broker_outage_under_a_backlog_dead_letters_nothing_and_consumes_no_attempt(
     buffer: MollifierBuffer, disposable_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
 ) -> None:

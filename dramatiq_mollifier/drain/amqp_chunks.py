@@ -17,7 +17,11 @@ settle (a message the broker nacks or returns unroutable, one pika refuses to en
 the chunk when the channel or the connection is lost) goes again, message by message, through
 ``broker.enqueue``: it declares a deleted queue again, retries on a new connection and raises its
 own errors, so each such message ends as it would have without the chunk (``enqueue`` calls the
-``before_enqueue`` hooks again, as it does on each of its own retries). A message that had reached
+``before_enqueue`` hooks again, as it does on each of its own retries); once ``enqueue`` fails as
+the broker being unavailable, the rest of the chunk gets its error without waiting as long each.
+Without confirms, one synchronous call on the channel after the flush reads a close the broker
+sent over one of the messages (one over its ``max_message_size``), which would otherwise leave the
+channel looking open while everything written after that message vanished. A message that had reached
 the broker unconfirmed when its channel was lost may be there twice: at least once, as the
 drainer promises, the copy keeping its message id. Only undelayed messages (the drainer's).
 
@@ -29,15 +33,16 @@ the publisher then enqueues message by message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
-from dramatiq.errors import BrokerConnectionError
 
 from .enqueue_hooks import EnqueueHooks
+from .failures import is_unavailable
 
 __all__ = ["ChunkedAmqpPublish", "chunked_publish_for"]
 
@@ -134,15 +139,15 @@ class ChunkedAmqpPublish:
             if index in settled:
                 hooks.after(messages[index])
             elif unreachable is not None:
-                # enqueue spent its attempts on a new connection: the rest would only wait as long
+                # enqueue spent its attempts on the broker: the rest would only wait as long
                 results[index] = unreachable
             else:
                 try:
                     self._broker.enqueue(messages[index])
-                except BrokerConnectionError as exc:
-                    results[index] = unreachable = exc
                 except Exception as exc:
                     results[index] = exc
+                    if is_unavailable(exc):
+                        unreachable = exc
         return results
 
     def _publish(self, messages: Sequence[dramatiq.Message[Any]], ready: list[int]) -> set[int]:
@@ -181,6 +186,11 @@ class ChunkedAmqpPublish:
         try:
             if confirms is None:
                 channel._flush_output()
+                if published:
+                    # Nothing confirms the chunk, and a channel RabbitMQ closed over one message
+                    # (too large) still reads as open until its close is read: one synchronous call
+                    # reads it now, so the chunk goes through enqueue instead of its rest vanishing.
+                    channel.queue_declare(messages[published[-1]].queue_name, passive=True)
                 return set(published)
             channel._flush_output(confirms.settled)
         except Exception as exc:
@@ -188,6 +198,9 @@ class ChunkedAmqpPublish:
             self._local.channel = None
             if isinstance(exc, pika.exceptions.AMQPConnectionError):
                 del self._broker.connection  # as enqueue does: the next use opens a new one
+            elif channel.is_open:
+                with contextlib.suppress(Exception):
+                    channel.close()
             return set() if confirms is None else confirms.accepted()
         return confirms.accepted()
 

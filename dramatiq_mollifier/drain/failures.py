@@ -18,6 +18,8 @@ __all__ = ["MAX_BACKOFF_MS", "backoff_ms", "is_unavailable", "retry_delay_ms"]
 RETRY_DELAY_MS: int = default_of("drain_retry_delay_ms")
 # How far up __cause__/__context__ a wrapped error is looked for.
 _CHAIN_DEPTH = 5
+# AMQP's reply code when RabbitMQ closes a channel over a publish it refuses.
+_PRECONDITION_FAILED = 406
 
 
 def _unavailable_types() -> tuple[type[BaseException], ...]:
@@ -42,8 +44,29 @@ def _unavailable_types() -> tuple[type[BaseException], ...]:
 _UNAVAILABLE = _unavailable_types()
 
 
+def _refused_by_broker(error: BaseException) -> bool:
+    """Whether RabbitMQ closed the channel over the message itself (406, e.g. larger than its
+    ``max_message_size``): ``enqueue`` wraps that in a ``ConnectionClosed`` too, but trying the
+    message again can never succeed, so it must spend its attempts, not stall the drainer."""
+    try:
+        from pika.exceptions import ChannelClosedByBroker
+    except ImportError:  # pragma: no cover - pika comes with dramatiq[rabbitmq] only
+        return False
+    seen: BaseException | None = error
+    for _ in range(_CHAIN_DEPTH):
+        if seen is None:
+            return False
+        for candidate in (seen, getattr(seen, "message", None)):
+            if isinstance(candidate, ChannelClosedByBroker) and candidate.reply_code == _PRECONDITION_FAILED:
+                return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether ``error`` (or what it wraps) says the broker could not be reached or used."""
+    if _refused_by_broker(error):
+        return False
     seen: BaseException | None = error
     for _ in range(_CHAIN_DEPTH):
         if seen is None:
