@@ -3,27 +3,32 @@
 ``RabbitmqBroker.enqueue`` publishes through pika's ``BlockingChannel``, which runs its I/O loop
 until the socket is flushed after every message and, with publisher confirms, until the broker has
 confirmed that message before the next is sent. Measured on a loopback node (pika 1.4, CPU of the
-publishing thread): 167 µs per message without confirms; with them 323 µs and a round trip each
-(1.06 ms of wall time). In ``bench_smoothing.py`` those publishes were a fifth of the draining
-worker process's CPU, taken from the actors under the same interpreter lock. The drainer holds a
-whole chunk, so :class:`ChunkedAmqpPublish` publishes it on a channel of its own and flushes once,
-and with confirms waits once for all of the chunk's confirms: 49 and 72 µs per message (0.19 ms
-of wall time with confirms), in chunks of 40.
+publishing thread, ``bench_amqp_publish.py``): 140 to 153 µs per message without confirms; with
+them 325 µs and a round trip each (about 1 ms of wall time). In ``bench_smoothing.py`` those
+publishes were a fifth of the draining worker process's CPU, taken from the actors under the same
+interpreter lock. The drainer holds a whole chunk, so :class:`ChunkedAmqpPublish` publishes it on
+a channel of its own, flushes once and waits once for all of the chunk's confirms: about 85 µs of
+CPU and 0.2 ms of wall time per message in chunks of 40.
+
+Its channel confirms whatever the broker's ``confirm_delivery``: the drainer acks a buffered entry
+once its message is published, and in ``divert`` mode the buffer held the only copy, so a publish
+the broker never confirmed must not count. Confirms also tell which message the broker refused
+(nacked, returned unroutable, or closed the channel over, such as one over its
+``max_message_size``), where an unconfirmed channel would look open while everything written
+after such a message vanished.
 
 Each message gets what ``enqueue`` gives it: its queue declared (``declare_queue``), the
 middleware's enqueue hooks (:class:`.enqueue_hooks.EnqueueHooks`), a persistent publish with the
 message's ``broker_priority``, ``mandatory`` when the broker confirms. Whatever the chunk does not
-settle (a message the broker nacks or returns unroutable, one pika refuses to encode, the rest of
-the chunk when the channel or the connection is lost) goes again, message by message, through
+settle (a message the broker nacks or returns, one pika refuses to encode, the rest of the chunk
+when the channel or the connection is lost) goes again, message by message, through
 ``broker.enqueue``: it declares a deleted queue again, retries on a new connection and raises its
 own errors, so each such message ends as it would have without the chunk (``enqueue`` calls the
 ``before_enqueue`` hooks again, as it does on each of its own retries); once ``enqueue`` fails as
 the broker being unavailable, the rest of the chunk gets its error without waiting as long each.
-Without confirms, one synchronous call on the channel after the flush reads a close the broker
-sent over one of the messages (one over its ``max_message_size``), which would otherwise leave the
-channel looking open while everything written after that message vanished. A message that had reached
-the broker unconfirmed when its channel was lost may be there twice: at least once, as the
-drainer promises, the copy keeping its message id. Only undelayed messages (the drainer's).
+A message that had reached the broker unconfirmed when its channel was lost may be there twice:
+at least once, as the drainer promises, the copy keeping its message id. Only undelayed messages
+(the drainer's).
 
 It drives pika's ``BlockingChannel`` through two of its internals, ``_impl`` (the asynchronous
 channel underneath) and ``_flush_output`` (run the I/O loop until flushed and a condition holds),
@@ -151,7 +156,8 @@ class ChunkedAmqpPublish:
         return results
 
     def _publish(self, messages: Sequence[dramatiq.Message[Any]], ready: list[int]) -> set[int]:
-        """Publish ``ready`` with one flush (with confirms: one wait); the indexes the broker has."""
+        """Publish ``ready`` with one flush and one wait for the confirms; the indexes the broker
+        confirmed."""
         import pika
 
         try:
@@ -162,9 +168,8 @@ class ChunkedAmqpPublish:
             logger.debug("mollifier.drainer: no channel for a chunk (%r), publishing one by one", exc)
             return set()
         impl = channel._impl
-        published: list[int] = []
-        if confirms is not None:
-            confirms.start()
+        mandatory = bool(self._broker.confirm_delivery)  # as enqueue publishes
+        confirms.start()
         for index in ready:
             message = messages[index]
             try:
@@ -176,22 +181,12 @@ class ChunkedAmqpPublish:
                     properties=pika.BasicProperties(
                         delivery_mode=2, priority=message.options.get("broker_priority")
                     ),
-                    mandatory=confirms is not None,
+                    mandatory=mandatory,
                 )
             except Exception:  # one pika cannot encode, a channel closed under us: enqueue decides
                 continue
-            published.append(index)
-            if confirms is not None:
-                confirms.sent(index, body)
+            confirms.sent(index, body)
         try:
-            if confirms is None:
-                channel._flush_output()
-                if published:
-                    # Nothing confirms the chunk, and a channel RabbitMQ closed over one message
-                    # (too large) still reads as open until its close is read: one synchronous call
-                    # reads it now, so the chunk goes through enqueue instead of its rest vanishing.
-                    channel.queue_declare(messages[published[-1]].queue_name, passive=True)
-                return set(published)
             channel._flush_output(confirms.settled)
         except Exception as exc:
             logger.debug("mollifier.drainer: a chunk's channel failed (%r), the rest one by one", exc)
@@ -201,23 +196,20 @@ class ChunkedAmqpPublish:
             elif channel.is_open:
                 with contextlib.suppress(Exception):
                     channel.close()
-            return set() if confirms is None else confirms.accepted()
         return confirms.accepted()
 
-    def _channel(self) -> tuple[Any, _Confirms | None]:
-        """This thread's channel (opened on first use, again after a failure) and its confirms."""
+    def _channel(self) -> tuple[Any, _Confirms]:
+        """This thread's channel (opened on first use, again after a failure), in confirm mode."""
         channel = getattr(self._local, "channel", None)
         if channel is not None and channel.is_open:
             return channel, self._local.confirms
         channel = self._broker.connection.channel()
-        confirms = None
-        if self._broker.confirm_delivery:
-            confirms = _Confirms()
-            channel._impl.confirm_delivery(
-                ack_nack_callback=confirms.on_ack_or_nack, callback=confirms.on_select_ok
-            )
-            channel._impl.add_on_return_callback(confirms.on_return)
-            channel._flush_output(lambda: confirms.selected)
+        confirms = _Confirms()
+        channel._impl.confirm_delivery(
+            ack_nack_callback=confirms.on_ack_or_nack, callback=confirms.on_select_ok
+        )
+        channel._impl.add_on_return_callback(confirms.on_return)
+        channel._flush_output(lambda: confirms.selected)
         self._local.channel, self._local.confirms = channel, confirms
         return channel, confirms
 

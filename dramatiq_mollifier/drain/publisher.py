@@ -127,15 +127,17 @@ def writers_for(
 def warn_without_publish_confirms(broker: dramatiq.Broker) -> None:
     """Warn when ``broker`` is a RabbitMQ broker that publishes without confirms.
 
-    The drainer acks a buffered entry once ``enqueue`` returned. Without confirms (Dramatiq's
-    default) that means the publish was written to the socket, not that RabbitMQ has it: a
-    connection lost at that moment loses the message, and in ``divert`` mode the buffer held the
-    only copy.
+    The drainer acks a buffered entry once its message is published. Its chunks are confirmed
+    whatever the broker's setting (:mod:`.amqp_chunks`), but a message it has to publish through
+    ``enqueue`` (after a nack, a returned message, a lost channel) is, without confirms (Dramatiq's
+    default), only written to the socket: a connection lost at that moment loses it, and in
+    ``divert`` mode the buffer held the only copy.
     """
     if getattr(broker, "confirm_delivery", True):
         return
     logger.warning(
         "mollifier.drainer: this RabbitmqBroker publishes without confirms, so a drained message "
-        "whose publish is lost with its connection is lost (the buffer acks it once enqueue "
-        "returns); create it with RabbitmqBroker(..., confirm_delivery=True)"
+        "published through enqueue (after a nack or a lost channel; chunks are confirmed anyway) "
+        "is lost if its publish is (the buffer acks it once enqueue returns); create it with "
+        "RabbitmqBroker(..., confirm_delivery=True)"
     )
