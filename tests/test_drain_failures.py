@@ -86,6 +86,9 @@ def test_a_message_rabbitmq_closes_the_channel_over_is_the_messages_fault() -> N
     assert is_unavailable(dramatiq.errors.ConnectionClosed(AMQPConnectionError("reset")))
     assert is_unavailable(dramatiq.errors.ConnectionClosed(NackError([])))
     assert is_unavailable(dramatiq.errors.ConnectionClosed(ChannelClosedByBroker(404, "NOT_FOUND")))
+    # And so does a queue declared elsewhere with other arguments: every message of it would fail
+    mismatch = ChannelClosedByBroker(406, "PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue")
+    assert is_unavailable(dramatiq.errors.ConnectionClosed(mismatch))
 
 
 def test_a_broker_outage_under_a_backlog_dead_letters_nothing_and_consumes_no_attempt(

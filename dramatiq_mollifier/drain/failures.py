@@ -18,7 +18,7 @@ __all__ = ["MAX_BACKOFF_MS", "backoff_ms", "is_unavailable", "retry_delay_ms"]
 RETRY_DELAY_MS: int = default_of("drain_retry_delay_ms")
 # How far up __cause__/__context__ a wrapped error is looked for.
 _CHAIN_DEPTH = 5
-# AMQP's reply code when RabbitMQ closes a channel over a publish it refuses.
+# AMQP's reply code when RabbitMQ closes a channel over a publish it refuses (among others).
 _PRECONDITION_FAILED = 406
 
 
@@ -44,20 +44,35 @@ def _unavailable_types() -> tuple[type[BaseException], ...]:
 _UNAVAILABLE = _unavailable_types()
 
 
-def _refused_by_broker(error: BaseException) -> bool:
-    """Whether RabbitMQ closed the channel over the message itself (406, e.g. larger than its
-    ``max_message_size``): ``enqueue`` wraps that in a ``ConnectionClosed`` too, but trying the
-    message again can never succeed, so it must spend its attempts, not stall the drainer."""
+def _channel_closed_type() -> type[BaseException] | None:
     try:
         from pika.exceptions import ChannelClosedByBroker
     except ImportError:  # pragma: no cover - pika comes with dramatiq[rabbitmq] only
+        return None
+    found: type[BaseException] = ChannelClosedByBroker
+    return found
+
+
+_CHANNEL_CLOSED_BY_BROKER = _channel_closed_type()
+
+
+def _refused_by_broker(error: BaseException) -> bool:
+    """Whether RabbitMQ closed the channel over the message itself, for its size (406, larger
+    than its ``max_message_size``): ``enqueue`` wraps that in a ``ConnectionClosed`` too, but
+    trying the message again can never succeed, so it must spend its attempts, not stall the
+    drainer. Other 406s (a queue declared with other arguments) stay the broker's."""
+    if _CHANNEL_CLOSED_BY_BROKER is None:
         return False
     seen: BaseException | None = error
     for _ in range(_CHAIN_DEPTH):
         if seen is None:
             return False
         for candidate in (seen, getattr(seen, "message", None)):
-            if isinstance(candidate, ChannelClosedByBroker) and candidate.reply_code == _PRECONDITION_FAILED:
+            if (
+                isinstance(candidate, _CHANNEL_CLOSED_BY_BROKER)
+                and getattr(candidate, "reply_code", None) == _PRECONDITION_FAILED
+                and "message size" in str(getattr(candidate, "reply_text", ""))
+            ):
                 return True
         seen = seen.__cause__ or seen.__context__
     return False
