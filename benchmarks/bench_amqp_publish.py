@@ -12,12 +12,11 @@ their ratios (chunked / per message: lower is better), the median over the round
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
+from benchmarks.bench_smoothing import rabbitmq_node
 from dramatiq_mollifier.drain.amqp_chunks import ChunkedAmqpPublish
-
-
-@contextlib.contextmanager
-def node(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from tests.servers import RabbitmqServer, find_rabbitmq_server
-
-    binary = find_rabbitmq_server()
-    if binary is None:
-        raise SystemExit("no rabbitmq-server found: install it or pass an AMQP URL")
-    server = RabbitmqServer(binary).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def timed(publish: Callable[[Any], object], batches: Sequence[Any], count: int) -> tuple[float, float]:
@@ -63,7 +46,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with node(args.url) as url:
+    with rabbitmq_node(args.url, True) as url:
+        assert url is not None
         for confirm in (False, True):
             broker = RabbitmqBroker(url=url, confirm_delivery=confirm)
             queue = f"bench-amqp-{uuid.uuid4().hex[:8]}"

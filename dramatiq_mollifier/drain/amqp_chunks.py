@@ -117,8 +117,8 @@ class ChunkedAmqpPublish:
 
     Call it on the threads that own the broker's per-thread connections (a
     :class:`~dramatiq_mollifier.drain.publisher.SharedPublisher`'s): each gets a channel of its
-    own on that connection. One result per message, in order: None when the broker has it (with
-    confirms: confirmed), else the exception that kept it off the broker.
+    own on that connection. One result per message, in order: None when the broker confirmed it
+    (or ``enqueue``, sending it again, returned), else the exception that kept it off the broker.
     """
 
     def __init__(self, broker: Any) -> None:
