@@ -44,47 +44,37 @@ def _unavailable_types() -> tuple[type[BaseException], ...]:
 _UNAVAILABLE = _unavailable_types()
 
 
-def _channel_closed_type() -> type[BaseException] | None:
+def _size_refusal_types() -> tuple[type[BaseException], ...]:
     try:
         from pika.exceptions import ChannelClosedByBroker
     except ImportError:  # pragma: no cover - pika comes with dramatiq[rabbitmq] only
-        return None
-    found: type[BaseException] = ChannelClosedByBroker
-    return found
+        return ()
+    return (ChannelClosedByBroker,)
 
 
-_CHANNEL_CLOSED_BY_BROKER = _channel_closed_type()
+_SIZE_REFUSALS = _size_refusal_types()
 
 
-def _refused_by_broker(error: BaseException) -> bool:
+def _refused_for_its_size(error: object) -> bool:
     """Whether RabbitMQ closed the channel over the message itself, for its size (406, larger
     than its ``max_message_size``): ``enqueue`` wraps that in a ``ConnectionClosed`` too, but
     trying the message again can never succeed, so it must spend its attempts, not stall the
     drainer. Other 406s (a queue declared with other arguments) stay the broker's."""
-    if _CHANNEL_CLOSED_BY_BROKER is None:
-        return False
-    seen: BaseException | None = error
-    for _ in range(_CHAIN_DEPTH):
-        if seen is None:
-            return False
-        for candidate in (seen, getattr(seen, "message", None)):
-            if (
-                isinstance(candidate, _CHANNEL_CLOSED_BY_BROKER)
-                and getattr(candidate, "reply_code", None) == _PRECONDITION_FAILED
-                and "message size" in str(getattr(candidate, "reply_text", ""))
-            ):
-                return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return (
+        isinstance(error, _SIZE_REFUSALS)
+        and getattr(error, "reply_code", None) == _PRECONDITION_FAILED
+        and "message size" in str(getattr(error, "reply_text", ""))
+    )
 
 
 def is_unavailable(error: BaseException) -> bool:
     """Whether ``error`` (or what it wraps) says the broker could not be reached or used."""
-    if _refused_by_broker(error):
-        return False
     seen: BaseException | None = error
     for _ in range(_CHAIN_DEPTH):
         if seen is None:
+            return False
+        # Dramatiq's ConnectionClosed keeps the pika error it wraps as ``message``.
+        if _refused_for_its_size(seen) or _refused_for_its_size(getattr(seen, "message", None)):
             return False
         if isinstance(seen, _UNAVAILABLE):
             return True
