@@ -65,14 +65,15 @@ class _Confirms:
     def __init__(self) -> None:
         self.selected = False
         self.next_tag = 1
+        self.start()
+
+    def start(self) -> None:
+        """Forget the last chunk (the tags keep counting: they are the channel's)."""
         self.pending: dict[int, int] = {}
         self.confirmed: set[int] = set()
         self.refused: set[int] = set()
         #: The pending messages' bodies, read only to place a returned (unroutable) message.
         self.bodies: dict[int, bytes] = {}
-
-    def start(self) -> None:
-        self.pending, self.confirmed, self.refused, self.bodies = {}, set(), set(), {}
 
     def sent(self, index: int, body: bytes) -> None:
         self.pending[self.next_tag] = index
