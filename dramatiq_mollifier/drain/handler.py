@@ -140,7 +140,7 @@ def make_drain_handler(
     """The handler that treats each entry by the mode that wrote it: re-enqueue on ``broker``
     (divert) or audit only (dual_write). ``mode`` is for entries that do not say (written by an
     older version): a fleet that mixes modes during a rollout loses and duplicates nothing.
-    ``enqueue`` puts a message on the broker (see :func:`.publisher.enqueue_for`); defaults to
+    ``enqueue`` puts a message on the broker (see :func:`.publisher.writers_for`); defaults to
     ``broker.enqueue``. ``enqueue_many`` puts a chunk's messages on the broker at once (see
     :mod:`.batch_enqueue`); defaults to a pipelined enqueue on a ``RedisBroker`` when no
     ``enqueue`` is given, else none (message by message).

@@ -7,7 +7,7 @@ whenever the drainer stops and starts again (its handler threads are new each ti
 :class:`SharedPublisher` runs every drained enqueue on at most ``connections`` threads of its own
 that live as long as it does, so the drainer holds that many broker connections, however many
 handler threads it runs and however often it is restarted. Brokers with a shared connection pool
-(Redis, the stub) need none of this: :func:`enqueue_for` returns their own ``enqueue``.
+(Redis, the stub) need none of this: :func:`writers_for` returns their own ``enqueue``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from .batch_enqueue import EnqueueMany, pipelined_enqueue_for
 __all__ = [
     "DEFAULT_BROKER_CONNECTIONS",
     "SharedPublisher",
-    "enqueue_for",
     "warn_without_publish_confirms",
     "writers_for",
 ]
@@ -97,15 +96,6 @@ def per_thread_connections(broker: dramatiq.Broker) -> bool:
     except ImportError:  # pragma: no cover - pika comes with dramatiq[rabbitmq] only
         return False
     return isinstance(broker, RabbitmqBroker)
-
-
-def enqueue_for(broker: dramatiq.Broker, *, connections: int = DEFAULT_BROKER_CONNECTIONS) -> Enqueue:
-    """What drain handlers should call to enqueue on ``broker``: a :class:`SharedPublisher`'s
-    ``enqueue`` for a per-thread-connection broker, else the broker's own.
-    """
-    if per_thread_connections(broker):
-        return SharedPublisher(broker, connections=connections).enqueue
-    return broker.enqueue
 
 
 def writers_for(
