@@ -8,8 +8,8 @@ completion time ratio, and the peak broker-queue and buffer depths.
 
 Goals (issue 10): quiet p99 ratio <= 0.05; completion ratio <= 1.1.
 
-    python benchmarks/bench_smoothing.py [--burst 10000] [--processes 1 2] [--rabbitmq [AMQP_URL]]
-        [--brokers redis rabbitmq] [--producers N] [--set NAME=VALUE ...]
+    python benchmarks/bench_smoothing.py [--burst 10000] [--processes 1 2] [--repeat N]
+        [--rabbitmq [AMQP_URL]] [--brokers redis rabbitmq] [--producers N] [--set NAME=VALUE ...]
 
 The burst is sent by as many producer processes as there are worker processes (``--producers``
 to change it), so that it outpaces the fleet and builds a backlog without the mollifier.
@@ -27,6 +27,7 @@ import contextlib
 import os
 import resource
 import shutil
+import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,9 @@ import redis
 
 from benchmarks.smoothing_scenario import Outcome, run_scenario
 from dramatiq_mollifier.embedded import EmbeddedRedis, find_server_binary
+
+P99_GOAL = 0.05
+COMPLETION_GOAL = 1.1
 
 
 def row(label: str, outcome: Outcome, cpu: tuple[float, float]) -> str:
@@ -52,6 +56,29 @@ def row(label: str, outcome: Outcome, cpu: tuple[float, float]) -> str:
             else ""
         )
         + f"\n           CPU: the run's processes {cpu[0]:5.1f} s, the Redis server {cpu[1]:4.1f} s"
+    )
+
+
+def verdict(p99_ratio: float, completion_ratio: float) -> str:
+    def met(ratio: float, goal: float) -> str:
+        return "met" if ratio <= goal else "NOT met"
+
+    return (
+        f"  quiet p99 ratio {p99_ratio:.3f} (goal <= {P99_GOAL}: {met(p99_ratio, P99_GOAL)})"
+        f"  completion ratio {completion_ratio:.2f}"
+        f" (goal <= {COMPLETION_GOAL}: {met(completion_ratio, COMPLETION_GOAL)})"
+    )
+
+
+def summary(broker: str, processes: int, ratios: list[tuple[float, float]]) -> str:
+    """The rounds of one case: each ratio's median and how many rounds met its goal."""
+    p99s, completions = [r[0] for r in ratios], [r[1] for r in ratios]
+    p99_met = sum(r <= P99_GOAL for r in p99s)
+    completion_met = sum(r <= COMPLETION_GOAL for r in completions)
+    return (
+        f"{broker}, {processes} process(es), {len(ratios)} rounds: quiet p99 ratio median "
+        f"{statistics.median(p99s):.3f} (met in {p99_met}), completion ratio median "
+        f"{statistics.median(completions):.2f} (met in {completion_met})"
     )
 
 
@@ -102,6 +129,12 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--work-ms", type=int, default=5)
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds per case, each a run without and one with; prints the ratios' medians",
+    )
+    parser.add_argument(
         "--producers",
         type=int,
         default=None,
@@ -133,37 +166,38 @@ def main() -> None:
         brokers = [(name, amqp_url if name == "rabbitmq" else None) for name in names]
         for broker, broker_url in brokers:
             for processes in args.processes:
-                runs, cpu = {}, {}
-                for mollified in (False, True):
-                    before = children_cpu_s(), server_cpu_s(client)
-                    runs[mollified] = run_scenario(
-                        redis_url=server.url,
-                        mollified=mollified,
-                        burst=args.burst,
-                        processes=processes,
-                        work_ms=args.work_ms,
-                        broker=broker,
-                        broker_url=broker_url,
-                        log=logs / f"{broker}-{processes}-{mollified}.log",
-                        producers=args.producers,
+                ratios: list[tuple[float, float]] = []
+                for round_ in range(1, args.repeat + 1):
+                    runs, cpu = {}, {}
+                    for mollified in (False, True):
+                        before = children_cpu_s(), server_cpu_s(client)
+                        runs[mollified] = run_scenario(
+                            redis_url=server.url,
+                            mollified=mollified,
+                            burst=args.burst,
+                            processes=processes,
+                            work_ms=args.work_ms,
+                            broker=broker,
+                            broker_url=broker_url,
+                            log=logs / f"{broker}-{processes}-{mollified}.log",
+                            producers=args.producers,
+                        )
+                        cpu[mollified] = (children_cpu_s() - before[0], server_cpu_s(client) - before[1])
+                    without, with_ = runs[False], runs[True]
+                    print(
+                        f"{broker}, {processes} process(es) x 8 threads, "
+                        f"burst {args.burst} from {args.producers or processes} producer(s), "
+                        f"work {args.work_ms} ms"
+                        + (f", round {round_} of {args.repeat}" if args.repeat > 1 else "")
                     )
-                    cpu[mollified] = (children_cpu_s() - before[0], server_cpu_s(client) - before[1])
-                without, with_ = runs[False], runs[True]
-                print(
-                    f"{broker}, {processes} process(es) x 8 threads, "
-                    f"burst {args.burst} from {args.producers or processes} producer(s), "
-                    f"work {args.work_ms} ms"
-                )
-                print(row("without", without, cpu[False]))
-                print(row("with", with_, cpu[True]))
-                p99_ratio = with_.p99 / without.p99
-                completion_ratio = with_.burst_completion_s / without.burst_completion_s
-                print(
-                    f"  quiet p99 ratio {p99_ratio:.3f}"
-                    f" (goal <= 0.05: {'met' if p99_ratio <= 0.05 else 'NOT met'})"
-                    f"  completion ratio {completion_ratio:.2f}"
-                    f" (goal <= 1.1: {'met' if completion_ratio <= 1.1 else 'NOT met'})"
-                )
+                    print(row("without", without, cpu[False]))
+                    print(row("with", with_, cpu[True]))
+                    ratios.append(
+                        (with_.p99 / without.p99, with_.burst_completion_s / without.burst_completion_s)
+                    )
+                    print(verdict(*ratios[-1]), flush=True)
+                if args.repeat > 1:
+                    print(summary(broker, processes, ratios), flush=True)
     shutil.rmtree(logs, ignore_errors=True)
 
 
