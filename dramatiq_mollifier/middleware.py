@@ -182,7 +182,11 @@ class Mollifier(Middleware):
             from .drain.worker_drainer import WorkerDrainer
 
             self._worker_drainer = WorkerDrainer(
-                settings=self.settings, buffer=self._buffer, telemetry=self.telemetry, rules=self.rules
+                settings=self.settings,
+                buffer=self._buffer,
+                telemetry=self.telemetry,
+                rules=self.rules,
+                middleware=self,
             )
         self._worker_drainer.start(broker)
 

@@ -186,9 +186,9 @@ class Telemetry:
             description="The drain budget: the fleet's consumption rate times the target wait, bounded.",
         )
 
-    def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool) -> None:
-        """Count one gate decision."""
-        self.decisions.add(1, decision_attributes(outcome, reason, enrolled=enrolled))
+    def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool, count: int = 1) -> None:
+        """Count ``count`` gate decisions (more than one: messages moved past the gate in Redis)."""
+        self.decisions.add(count, decision_attributes(outcome, reason, enrolled=enrolled))
 
     def record_decision_attributes(self, attributes: Mapping[str, str | bool]) -> None:
         """Count one gate decision by its :func:`decision_attributes`, computed ahead (hot path)."""

@@ -52,6 +52,7 @@ SCRIPT_NAMES = (
     "expired_leases",
     "fail",
     "fold_trip_counts",
+    "move",
     "pop",
     "purge_failed",
     "queue_heads",
@@ -131,6 +132,7 @@ class Scripts:
         self.expired_leases = register("expired_leases")
         self.fail = register("fail")
         self.fold_trip_counts = register("fold_trip_counts")
+        self.move = register("move")
         self.pop = register("pop")
         self.purge_failed = register("purge_failed")
         self.reclaim = register("reclaim")

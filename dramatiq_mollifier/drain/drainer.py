@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
-from ..errors import BufferUnavailableError
 from ..models import BufferEntry
 from ..settings import default_of
 from ..telemetry import Telemetry
+from .drain_loop import DrainLoop
 from .failures import MAX_BACKOFF_MS, backoff_ms
 from .handler_pool import Completion, DrainHandler, HandlerPool
 from .hooks import DrainHooks
@@ -28,6 +28,7 @@ from .housekeeping import Housekeeping
 from .idle import IdleWait
 from .leases import LeaseKeeper
 from .pace import Claim, DrainPace
+from .redis_move import STOP_DONE, STOP_FAILED, STOP_NOT_MOVABLE, STOP_UNKNOWN_ID, RedisMove
 from .rotation import OrgEnvRotation
 from .settling import Settler
 from .tick import DrainResult, Tick
@@ -37,11 +38,8 @@ __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", 
 
 logger = logging.getLogger(__name__)
 
-#: The wait after a tick the drain budget stopped, in ms, for a drainer with no pace of its own.
-PACE_WAIT_MS = 5
 
-
-class MollifierDrainer:
+class MollifierDrainer(DrainLoop):
     """Drains a :class:`MollifierBuffer` through ``handler``, fairly across orgs and their envs.
 
     The defaults named ``drain_*`` are those of :class:`~dramatiq_mollifier.settings.MollifierSettings`
@@ -50,11 +48,9 @@ class MollifierDrainer:
     Parameters:
       buffer: The buffer to drain.
       handler: Called with each popped entry; returning means success (the entry is acked),
-        raising means the attempt failed. Raise :class:`UndeliverableEntryError` to dead-letter
-        the entry at once.
-      concurrency: The most handlers running at once (fewer while they keep the interpreter
-        busy: see :class:`~dramatiq_mollifier.parallelism.AdaptiveParallelism`), which also
-        bounds entries popped but not yet settled. Defaults to ``drain_concurrency``'s.
+        raising means the attempt failed. :class:`UndeliverableEntryError` dead-letters at once.
+      concurrency: The most handlers running at once (fewer while they keep the interpreter busy:
+        :class:`~dramatiq_mollifier.parallelism.AdaptiveParallelism`). ``drain_concurrency``'s.
       max_attempts: Handler attempts before an entry is dead-lettered (``drain_max_attempts``'s).
       max_orgs_per_tick: Orgs visited per tick. Defaults to ``drain_max_orgs_per_tick``'s.
       poll_interval_ms: The sleep after a tick that drained nothing (``drain_poll_interval_ms``'s).
@@ -66,18 +62,17 @@ class MollifierDrainer:
         broker unavailability consumes no attempt (see :mod:`.settling`).
       unknown_actor_grace_ms: How long entries for an undeclared actor or queue are retried before
         they are dead-lettered. Defaults to ``drain_unknown_actor_grace_ms``'s.
-      pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
+      pace: The fleet-wide drain budget (:class:`~dramatiq_mollifier.drain.pace.DrainPace`).
         Defaults to None: no budget, every popped entry goes to the handler at once.
       batch_max_bytes: Payload bytes a pop returns at most, bar its first (``drain_batch_max_bytes``'s).
-      idle_wait_ms: With nothing queued, the drainer blocks on the buffer's wake-up list this
-        long at most instead of polling (see :mod:`.idle`); 0 polls. ``drain_idle_wait_ms``'s.
+      idle_wait_ms: With nothing queued, block on the buffer's wake-up list this long at most
+        instead of polling (:mod:`.idle`); 0 polls. ``drain_idle_wait_ms``'s.
       max_in_flight: Entries popped and not yet settled, at most (at least ``concurrency``); a
-        refill waits for half of them, so it is also the size of the drainer's round trips.
-        Defaults to ``concurrency``.
-      sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
-        tests inject it to observe the loop's waits.
+        refill waits for half of them. Defaults to ``concurrency``.
+      sleep: Waits the given milliseconds between ticks (tests observe the loop's waits with it).
       hooks: The operator controls (pauses, weights, fleet gauges, cancel check); see
         :class:`~dramatiq_mollifier.drain.hooks.DrainHooks`. Defaults to none.
+      move: Moves chunks onto a RedisBroker inside Redis (:mod:`.redis_move`), with ``pace``.
     """
 
     def __init__(
@@ -101,6 +96,7 @@ class MollifierDrainer:
         max_in_flight: int | None = None,
         sleep: Callable[[int], object] | None = None,
         hooks: DrainHooks | None = None,
+        move: RedisMove | None = None,
     ) -> None:
         for name, value in (
             ("concurrency", concurrency),
@@ -127,7 +123,6 @@ class MollifierDrainer:
         # With slot groups the accepts push to their group's wake-up list: idle drainers poll.
         idle_wait_ms = idle_wait_ms if buffer.slot_groups == 0 else 0
         self._idle_wait = IdleWait(buffer.client, key=buffer.keys.drain_wake, wait_ms=idle_wait_ms)
-        # Blocking between ticks (nothing queued), and whether the last block ended with a token.
         self._deep_idle = self._woken = False
         self._settler = Settler(
             self._buffer,
@@ -154,6 +149,7 @@ class MollifierDrainer:
         self.reclaim_interval_ms = self._housekeeping.reclaim_interval_ms
         self._sleep = sleep or self._wait
         self._pace = pace
+        self._move = move
         self._rotation = OrgEnvRotation(max_orgs_per_tick)
         self._turn = WeightedTurn()
         self._pool: HandlerPool | None = None
@@ -230,6 +226,7 @@ class MollifierDrainer:
     def _drain_env(self, pool: HandlerPool, tick: Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
         remaining = self.batch_size
+        move = self._move if self._move is not None and self._move.active else None
         while remaining > 0 and not self._stopping.is_set() and not self._settler.broker_unavailable:
             # Wait for a few free slots rather than one: fewer, larger pops (and acks).
             wanted = min(remaining, self._refill)
@@ -245,6 +242,18 @@ class MollifierDrainer:
                 # Fewer slots than asked: the budget is used up; claiming again now would get a
                 # slot or two (round trips for a message or two). The tick ends after this pop.
                 tick.spent, limit = claim.granted < limit, claim.granted
+                if move is not None:  # a chunk moved in Redis (see redis_move), not popped
+                    moved = move.try_move(org_id, env_id, limit, claim)
+                    self._settler.record_moved(moved.entries)
+                    tick.add_moved(moved.size, failed=moved.stop == STOP_FAILED)
+                    if moved.stop == STOP_FAILED or (
+                        moved.stop == STOP_DONE and (tick.spent or moved.size < limit)
+                    ):
+                        return True
+                    if moved.stop == STOP_NOT_MOVABLE or (moved.stop == STOP_UNKNOWN_ID and not moved.size):
+                        move = None  # the pop takes the rest of this visit
+                    remaining -= moved.size
+                    continue
             entries: list[BufferEntry] | None = None
             try:
                 entries = self._buffer.pop_many(org_id, env_id, limit, max_bytes=self.batch_max_bytes)
@@ -287,7 +296,6 @@ class MollifierDrainer:
                 drained, failed = self._settler.settle(done)
                 tick.drained, tick.failed = tick.drained + drained, tick.failed + failed
 
-    # Pacing ---------------------------------------------------------------------------------
     def _claim(self, tick: Tick, wanted: int, *, own: int) -> Claim | None:
         """Up to ``wanted`` slots of the budget (``own``: this drainer's on their way); None: no pace."""
         if self._pace is None:
@@ -299,7 +307,7 @@ class MollifierDrainer:
         tick.failed += 1
         return Claim(0, 0, "")
 
-    # The loop -------------------------------------------------------------------------------
+    # The thread -----------------------------------------------------------------------------
     def start(self) -> None:
         """Run ticks in a background thread until :meth:`stop`. Does nothing if already running."""
         with self._lock:
@@ -345,56 +353,3 @@ class MollifierDrainer:
             else:
                 logger.warning("mollifier.drainer did not stop within %d ms", timeout_ms)
             return stopped
-
-    def _wait(self, delay_ms: int) -> None:
-        self._stopping.wait(delay_ms / 1000)
-
-    def _loop(self) -> None:
-        stopping = self._stopping
-        failures = 0
-        while not stopping.is_set():
-            try:
-                result = self.run_once()
-                # Before settle_due: entries it gives back are queued work again.
-                may_block = result.empty and result.failed == 0 and self._may_block()
-                self._settler.settle_due()
-                self._settler.check_broker()
-                self._pause(result, may_block)
-            except Exception:
-                failures += 1
-                delay_ms = backoff_ms(self.poll_interval_ms, failures)
-                logger.warning(
-                    "mollifier.drain_error tick failed %d time(s) in a row; next try in %d ms",
-                    failures,
-                    delay_ms,
-                    exc_info=failures == 1,
-                )
-                self._sleep(delay_ms)
-                continue
-            if failures:
-                logger.info("mollifier.drainer recovered after %d failed tick(s)", failures)
-                failures = 0
-
-    def _pause(self, result: DrainResult, may_block: bool) -> None:
-        """The wait after a tick: brief when paced, a block on the wake-up list when idle."""
-        woken, self._woken = self._woken, False
-        self._deep_idle = self._deep_idle and result.empty
-        if woken and (result.drained or result.paced):
-            # Woken by a token, and there was work: wake the next idle drainer to join in.
-            self._idle_wait.signal()
-        if result.paced:
-            # The fleet's workers free slots as they start drained messages: look again once a
-            # part of the budget is free (a claim per part, not per message).
-            self._sleep(PACE_WAIT_MS if self._pace is None else self._pace.paced_wait_ms)
-        elif result.drained == 0 and not may_block:
-            self._sleep(self.poll_interval_ms)
-        elif result.drained == 0:
-            self._deep_idle = True
-            self._woken = self._idle_wait.wait()
-            if self._idle_wait.failed:
-                raise BufferUnavailableError("the idle wait on the wake-up list failed")
-
-    def _may_block(self) -> bool:
-        """Whether nothing is left for this drainer to do until something is queued."""
-        busy = self._settler.held or self._settler.unacked or self._stopping.is_set()
-        return self._idle_wait.enabled and not busy

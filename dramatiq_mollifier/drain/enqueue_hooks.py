@@ -48,6 +48,10 @@ class EnqueueHooks:
             self._after = _defined(list(reversed(middleware)), "after_enqueue")
             self._hooks_of = ids
 
+    def any_besides(self, owner: object) -> bool:
+        """Whether a middleware other than ``owner`` defines an enqueue hook (after :meth:`refresh`)."""
+        return any(getattr(hook, "__self__", None) is not owner for hook in (*self._before, *self._after))
+
     def before(self, message: dramatiq.Message[Any]) -> None:
         """``before_enqueue``: a ``MiddlewareError`` is raised (the message must not be written),
         any other exception logged."""

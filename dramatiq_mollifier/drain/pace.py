@@ -198,6 +198,11 @@ class DrainPace:
             logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
             return None
 
+    @property
+    def keys(self) -> tuple[str, str]:
+        """The budget's two sorted sets: drained messages in the broker, slots on their way."""
+        return self._outstanding, self._on_the_way
+
     def try_bind(self, claim: Claim, message_ids: Sequence[str]) -> None:
         """:meth:`bind`, logging a failure: the entries still go to the broker, and the budget
         undercounts until the claim's placeholders expire."""

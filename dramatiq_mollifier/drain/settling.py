@@ -29,7 +29,7 @@ from ..buffer.drain_protocol import DrainProtocol
 from ..errors import BrokerUnavailableError, EntryCancelled, UndeliverableEntryError, UnknownDestinationError
 from ..models import BufferEntry
 from ..settings import default_of
-from ..telemetry import DrainResultKind, Telemetry
+from ..telemetry import DrainResultKind, Outcome, Reason, Telemetry
 from .acks import Acks
 from .failures import RETRY_DELAY_MS, is_unavailable, retry_delay_ms
 from .handler_pool import Completion, NotStarted
@@ -120,6 +120,15 @@ class Settler:
             return 0, failed
         acked = self._acks.ack_or_keep(succeeded)
         return (0, failed + 1) if acked is None else (acked, failed)
+
+    def record_moved(self, entries: Sequence[BufferEntry]) -> None:
+        """Count entries the drainer moved onto the broker in Redis (removed there already), and
+        the gate's decision each would have met on the way (it lets drained messages through)."""
+        if entries:
+            self._acks.record_acked(entries)
+            self._telemetry.record_decision(
+                Outcome.PASS_THROUGH, Reason.DRAINED, enrolled=False, count=len(entries)
+            )
 
     @property
     def unacked(self) -> int:

@@ -34,5 +34,11 @@ class Tick:
         #: ends after that visit (another claim now would get a slot or two, or none).
         self.spent = False
 
+    def add_moved(self, moved: int, *, failed: bool) -> None:
+        """Count a chunk moved onto the broker in Redis (popped and drained at once), or a failed move."""
+        self.popped += moved
+        self.drained += moved
+        self.failed += failed
+
     def result(self, *, empty: bool) -> DrainResult:
         return DrainResult(self.drained, self.failed, self.paced or self.spent, empty=empty)

@@ -20,6 +20,7 @@ import redis
 
 from ..buffer import MollifierBuffer
 from ..buffer.clients import is_cluster
+from ..buffer.drain_protocol import DrainProtocol
 from ..buffer.health import layout_problem
 from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
@@ -32,6 +33,7 @@ from .handler import make_drain_handler
 from .hooks import DrainHooks
 from .pace import pace_for
 from .publisher import writers_for
+from .redis_move import redis_move_for
 
 __all__ = ["WorkerDrainer"]
 
@@ -47,6 +49,8 @@ class WorkerDrainer:
       buffer: The buffer to drain.
       telemetry: Where drain metrics go.
       rules: The operator's pauses and weights. Defaults to a view of its own on ``buffer``.
+      middleware: The ``Mollifier`` that runs this drainer: its enqueue hooks let drained
+        messages through untouched (see :mod:`.redis_move`). None: every hook counts.
     """
 
     def __init__(
@@ -56,8 +60,10 @@ class WorkerDrainer:
         buffer: MollifierBuffer,
         telemetry: Telemetry,
         rules: RulesView | None = None,
+        middleware: object | None = None,
     ) -> None:
         self.settings = settings
+        self.middleware = middleware
         self.buffer = buffer
         self.telemetry = telemetry
         self.rules = rules or RulesView(lambda: read_rules(buffer.client, buffer.keys))
@@ -85,6 +91,8 @@ class WorkerDrainer:
             # RabbitMQ: a few connections shared by every handler thread, kept across restarts,
             # a chunk per hand-over; RedisBroker: a chunk's messages in one round trip.
             enqueue, enqueue_many = writers_for(broker, connections=settings.drain_broker_connections)
+            # Audits (dual_write) never reach the broker: nothing to pace.
+            pace = pace_for(settings, self.buffer.client) if settings.mode is MollifierMode.DIVERT else None
             self._drainer = MollifierDrainer(
                 drain_buffer,
                 make_drain_handler(
@@ -110,10 +118,11 @@ class WorkerDrainer:
                     report_gauges=FleetGauges(self.buffer, self.telemetry).report,
                     popped=cancelled.popped,
                 ),
-                # Audits (dual_write) never reach the broker: nothing to pace.
-                pace=pace_for(settings, self.buffer.client)
-                if settings.mode is MollifierMode.DIVERT
-                else None,
+                pace=pace,
+                # A RedisBroker on the buffer's Redis: chunks move there, not through this process.
+                move=redis_move_for(
+                    broker, DrainProtocol(drain_buffer), pace, mode=settings.mode, middleware=self.middleware
+                ),
             )
         self._drainer.start()
         logger.info(
