@@ -48,9 +48,11 @@ class MollifierDrainer(DrainLoop):
     Parameters:
       buffer: The buffer to drain.
       handler: Called with each popped entry; returning means success (the entry is acked),
-        raising means the attempt failed. :class:`UndeliverableEntryError` dead-letters at once.
-      concurrency: The most handlers running at once (fewer while they keep the interpreter busy:
-        :class:`~dramatiq_mollifier.parallelism.AdaptiveParallelism`). ``drain_concurrency``'s.
+        raising means the attempt failed. Raise :class:`UndeliverableEntryError` to dead-letter
+        the entry at once.
+      concurrency: The most handlers running at once (fewer while they keep the interpreter
+        busy: see :class:`~dramatiq_mollifier.parallelism.AdaptiveParallelism`), which also
+        bounds entries popped but not yet settled. Defaults to ``drain_concurrency``'s.
       max_attempts: Handler attempts before an entry is dead-lettered (``drain_max_attempts``'s).
       max_orgs_per_tick: Orgs visited per tick. Defaults to ``drain_max_orgs_per_tick``'s.
       poll_interval_ms: The sleep after a tick that drained nothing (``drain_poll_interval_ms``'s).
@@ -62,17 +64,20 @@ class MollifierDrainer(DrainLoop):
         broker unavailability consumes no attempt (see :mod:`.settling`).
       unknown_actor_grace_ms: How long entries for an undeclared actor or queue are retried before
         they are dead-lettered. Defaults to ``drain_unknown_actor_grace_ms``'s.
-      pace: The fleet-wide drain budget (:class:`~dramatiq_mollifier.drain.pace.DrainPace`).
+      pace: The fleet-wide drain budget (see :class:`~dramatiq_mollifier.drain.pace.DrainPace`).
         Defaults to None: no budget, every popped entry goes to the handler at once.
       batch_max_bytes: Payload bytes a pop returns at most, bar its first (``drain_batch_max_bytes``'s).
-      idle_wait_ms: With nothing queued, block on the buffer's wake-up list this long at most
-        instead of polling (:mod:`.idle`); 0 polls. ``drain_idle_wait_ms``'s.
+      idle_wait_ms: With nothing queued, the drainer blocks on the buffer's wake-up list this
+        long at most instead of polling (see :mod:`.idle`); 0 polls. ``drain_idle_wait_ms``'s.
       max_in_flight: Entries popped and not yet settled, at most (at least ``concurrency``); a
-        refill waits for half of them. Defaults to ``concurrency``.
-      sleep: Waits the given milliseconds between ticks (tests observe the loop's waits with it).
+        refill waits for half of them, so it is also the size of the drainer's round trips.
+        Defaults to ``concurrency``.
+      sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
+        tests inject it to observe the loop's waits.
       hooks: The operator controls (pauses, weights, fleet gauges, cancel check); see
         :class:`~dramatiq_mollifier.drain.hooks.DrainHooks`. Defaults to none.
-      move: Moves chunks onto a RedisBroker inside Redis (:mod:`.redis_move`), with ``pace``.
+      move: Moves chunks onto a ``RedisBroker`` inside Redis, spending ``pace``'s claims (see
+        :mod:`.redis_move`). Defaults to None: every chunk is popped and goes to the handler.
     """
 
     def __init__(
@@ -296,6 +301,7 @@ class MollifierDrainer(DrainLoop):
                 drained, failed = self._settler.settle(done)
                 tick.drained, tick.failed = tick.drained + drained, tick.failed + failed
 
+    # Pacing ---------------------------------------------------------------------------------
     def _claim(self, tick: Tick, wanted: int, *, own: int) -> Claim | None:
         """Up to ``wanted`` slots of the budget (``own``: this drainer's on their way); None: no pace."""
         if self._pace is None:
@@ -307,7 +313,7 @@ class MollifierDrainer(DrainLoop):
         tick.failed += 1
         return Claim(0, 0, "")
 
-    # The thread -----------------------------------------------------------------------------
+    # The loop's thread ----------------------------------------------------------------------
     def start(self) -> None:
         """Run ticks in a background thread until :meth:`stop`. Does nothing if already running."""
         with self._lock:
