@@ -237,6 +237,31 @@ def test_what_does_not_move_goes_through_the_handler_and_order_per_env_is_kept(
             assert decoded.options["note"] == message.options["note"]
 
 
+def test_a_long_run_of_digits_in_a_payload_moves_without_stalling_redis(
+    broker_url: str, broker: RedisBroker, key_prefix: str
+) -> None:
+    # Given a message whose args hold a long run of digits (40 KB: a numeric string, say), on a
+    # buffer whose client gives up on a reply after 1 s. Finding the timestamp's digits by an
+    # unanchored pattern tried every digit of the run as a start, each scanning the run: the
+    # move kept the whole server busy for about 10 s, and the drainer saw a failure.
+    client = redis.Redis.from_url(broker_url, socket_timeout=1)
+    try:
+        buffer = MollifierBuffer(client, key_prefix=key_prefix)
+        ids = buffered(buffer, declare(broker), "7" * 40_000)
+        handler = CountingHandler(broker)
+        drainer, _, _ = drainer_for(buffer, broker, handler, key_prefix)
+
+        # When it drains
+        result = drainer.run_once()
+    finally:
+        client.close()
+
+    # Then the message moved, intact, in one call well within the client's timeout
+    assert result.drained == 1 and result.failed == 0 and handler.entries == []
+    [message] = in_broker(broker)
+    assert message["message_id"] == ids[0] and message["args"] == ["7" * 40_000]
+
+
 def test_a_foreign_enqueue_hook_or_the_debug_audit_turns_the_move_off(
     shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
