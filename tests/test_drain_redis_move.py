@@ -262,6 +262,39 @@ def test_a_long_run_of_digits_in_a_payload_moves_without_stalling_redis(
     assert message["message_id"] == ids[0] and message["args"] == ["7" * 40_000]
 
 
+@pytest.mark.parametrize("broken", ["heartbeats-of-another-type", "garbled-entry-counters"])
+def test_a_write_that_would_fail_half_way_moves_nothing_it_cannot_finish(
+    shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, broken: str
+) -> None:
+    # Given three buffered messages and a key the move writes late that would make it fail after
+    # it removed entries (Redis does not roll a script's writes back): the broker's heartbeats
+    # of another type, or the second entry's counters garbled
+    ids = buffered(shared, declare(broker), "a", "b", "c")
+    if broken == "heartbeats-of-another-type":
+        shared.client.set(f"{broker.namespace}:__heartbeats__", "not a sorted set")
+    else:
+        shared.client.hset(shared.keys.tenant("acme", "prod").space.entry(ids[1]), "attempts", "x")
+    handler = CountingHandler(broker)
+    drainer, _, _ = drainer_for(shared, broker, handler, key_prefix)
+
+    # When it drains
+    drainer.run_once()
+
+    # Then every message is either still buffered or on the broker's queue: none was taken from
+    # the buffer and left in the queue's hash without its id on the queue's list
+    client = broker.client
+    listed = {i.decode() for i in client.lrange(f"{broker.namespace}:drained", 0, -1)}
+    stored = {i.decode() for i in client.hkeys(f"{broker.namespace}:drained.msgs")}
+    assert stored == listed
+    on_broker = {json.loads(client.hget(f"{broker.namespace}:drained.msgs", i))["message_id"] for i in listed}
+    buffered_ids = [i for i in ids if shared.client.exists(shared.keys.tenant("acme", "prod").space.entry(i))]
+    for message_id in ids:
+        assert (message_id in on_broker) != (message_id in buffered_ids), message_id
+    assert shared.depth("acme", "prod") == len(buffered_ids)
+    if broken == "garbled-entry-counters":  # the one before moved; the garbled one is the pop's
+        assert ids[0] in on_broker and ids[1] in buffered_ids
+
+
 def test_a_foreign_enqueue_hook_or_the_debug_audit_turns_the_move_off(
     shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
