@@ -262,7 +262,9 @@ def test_a_long_run_of_digits_in_a_payload_moves_without_stalling_redis(
     assert message["message_id"] == ids[0] and message["args"] == ["7" * 40_000]
 
 
-@pytest.mark.parametrize("broken", ["heartbeats-of-another-type", "garbled-entry-counters"])
+@pytest.mark.parametrize(
+    "broken", ["heartbeats-of-another-type", "garbled-entry-counters", "entry-without-payload"]
+)
 def test_a_write_that_would_fail_half_way_moves_nothing_it_cannot_finish(
     shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, broken: str
 ) -> None:
@@ -272,8 +274,10 @@ def test_a_write_that_would_fail_half_way_moves_nothing_it_cannot_finish(
     ids = buffered(shared, declare(broker), "a", "b", "c")
     if broken == "heartbeats-of-another-type":
         shared.client.set(f"{broker.namespace}:__heartbeats__", "not a sorted set")
-    else:
+    elif broken == "garbled-entry-counters":
         shared.client.hset(shared.keys.tenant("acme", "prod").space.entry(ids[1]), "attempts", "x")
+    else:
+        shared.client.hdel(shared.keys.tenant("acme", "prod").space.entry(ids[1]), "payload")
     handler = CountingHandler(broker)
     drainer, _, _ = drainer_for(shared, broker, handler, key_prefix)
 
@@ -291,7 +295,7 @@ def test_a_write_that_would_fail_half_way_moves_nothing_it_cannot_finish(
     for message_id in ids:
         assert (message_id in on_broker) != (message_id in buffered_ids), message_id
     assert shared.depth("acme", "prod") == len(buffered_ids)
-    if broken == "garbled-entry-counters":  # the one before moved; the garbled one is the pop's
+    if broken != "heartbeats-of-another-type":  # the one before moved; the garbled one is the pop's
         assert ids[0] in on_broker and ids[1] in buffered_ids
 
 

@@ -135,10 +135,11 @@ while moved < limit do
     local mode = f[7]
     local queue_name, message = nil, nil
     local redis_message_id = broker_message_id(id, time)
-    -- Its frame's numbers, checked before any write of it (an error after one loses messages).
+    -- Its payload and frame's numbers, checked before any write of it (an error after one
+    -- loses messages).
     local attempts, created_at_ms = tonumber(f[5]), tonumber(f[6])
     if (mode == 'divert' or (not mode and untagged_divert)) and string.match(id, '^[%w%-]+$')
-      and attempts and created_at_ms then
+      and f[4] and attempts and created_at_ms then
       queue_name, message = drained_message(f[4], id, redis_message_id)
     end
     if not message then
