@@ -299,6 +299,60 @@ def test_a_write_that_would_fail_half_way_moves_nothing_it_cannot_finish(
         assert ids[0] in on_broker and ids[1] in buffered_ids
 
 
+def buffer_state(buffer: MollifierBuffer) -> dict[str, Any]:
+    """The buffer's queues, sets, depth counters and listing indexes (an env's oldest score as
+    whether it is its queue head's created_at_ms), without the leases' records."""
+    client, space = buffer.client, buffer.keys.tenant("acme", "prod").space
+    state: dict[str, Any] = {
+        "depth": {f: v for f, v in client.hgetall(space.depth).items() if not f.startswith(b"lease:")},
+        "orgs": client.zrange(space.orgs, 0, -1, withscores=True),
+        "index": [client.zrange(key, 0, -1, withscores=True) for key in space.index_keys[:2]],
+    }
+    for env in ("prod", "dev"):
+        tenant = buffer.keys.tenant("acme", env)
+        state[env] = client.lrange(tenant.queue, 0, -1), client.smembers(tenant.envs)
+        head = client.lindex(tenant.queue, 0)
+        created = head and client.hget(space.entry(head.decode()), "created_at_ms")
+        score = client.zscore(space.index_keys[2], f"acme\0\0{env}")
+        state[f"oldest {env}"] = score if score is None or not created else score == float(created)
+    return state
+
+
+@pytest.mark.parametrize("limit", [2, 10])
+def test_the_move_leaves_the_buffer_as_a_pop_and_its_ack_would(
+    shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, limit: int
+) -> None:
+    # Given the same entries in two buffers, two of them references left by expired entries
+    # (still counted), and another env of the same org
+    actor = declare(broker)
+    messages = [actor.message_with_options(args=(str(n),)) for n in range(7)]
+    buffers = [MollifierBuffer(shared.client, key_prefix=f"{key_prefix}-{path}") for path in ("move", "pop")]
+    for buffer in buffers:
+        for n, message in enumerate(messages):
+            env = "dev" if n == 6 else "prod"
+            buffer.accept(message.message_id, org_id="acme", env_id=env, payload=message.encode())
+        for n in (0, 3):
+            buffer.client.delete(buffer.keys.tenant("acme", "prod").space.entry(messages[n].message_id))
+
+    # When one moves a chunk and the other pops and acks as many entries
+    pace = DrainPace(shared.client, key_prefix=f"{key_prefix}-move", max_outstanding=100)
+    move = redis_move_for(broker, DrainProtocol(buffers[0]), pace, mode=MollifierMode.DIVERT, middleware=None)
+    assert move is not None
+    moved = move.move("acme", "prod", limit, pace.claim(limit))
+    popping = DrainProtocol(buffers[1])
+    popped = popping.pop_many("acme", "prod", moved.size)
+    assert popping.ack_entries(popped).refused == []
+
+    # Then both took the same entries and left the same queues, counters and indexes; the moved
+    # ones count against the budget, in the broker, and the claim's placeholders are gone
+    assert [e.message_id for e in moved.entries] == [e.message_id for e in popped]
+    assert moved.size == min(limit, 4)
+    assert buffer_state(buffers[0]) == buffer_state(buffers[1])
+    outstanding, on_the_way = pace.keys
+    assert {i.decode() for i in shared.client.zrange(outstanding, 0, -1)} == {e.message_id for e in popped}
+    assert shared.client.zcard(on_the_way) == 0
+
+
 def test_a_foreign_enqueue_hook_or_the_debug_audit_turns_the_move_off(
     shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
