@@ -57,12 +57,16 @@ for i = 12 + queue_count, #ARGV do
   entry_of[ARGV[i]] = KEYS[i + queue_count - 1]
 end
 -- A queue key of another type would fail a write half-way through: its messages do not move
--- (the handler's write reports the error).
+-- (the handler's write reports the error). So would the heartbeats: then nothing moves.
 for name, target in pairs(targets) do
   local list_type, hash_type = redis.call('TYPE', target[1]).ok, redis.call('TYPE', target[2]).ok
   if (list_type ~= 'none' and list_type ~= 'list') or (hash_type ~= 'none' and hash_type ~= 'hash') then
     targets[name] = nil
   end
+end
+local heartbeats_type = redis.call('TYPE', KEYS[10]).ok
+if heartbeats_type ~= 'none' and heartbeats_type ~= 'zset' then
+  targets = {}
 end
 
 -- The queue and the message to store for a payload that moves; nil for one that does not. (A
@@ -76,7 +80,9 @@ local function drained_message(payload, id, redis_message_id)
   if not string.find(actors, '\n' .. actor_name .. '\n', 1, true) then
     return nil
   end
-  local digits = string.find(payload, '%d+}$')
+  -- The timestamp's digits, looked for in the payload's last bytes only: an unanchored search
+  -- of the whole payload tries every digit of a long run in the args as a start (quadratic).
+  local digits = string.find(payload, '%d+}$', math.max(1, #payload - 31))
   if not digits then
     return nil
   end
@@ -129,7 +135,11 @@ while moved < limit do
     local mode = f[7]
     local queue_name, message = nil, nil
     local redis_message_id = broker_message_id(id, time)
-    if (mode == 'divert' or (not mode and untagged_divert)) and string.match(id, '^[%w%-]+$') then
+    -- Its payload and frame's numbers, checked before any write of it (an error after one
+    -- loses messages).
+    local attempts, created_at_ms = tonumber(f[5]), tonumber(f[6])
+    if (mode == 'divert' or (not mode and untagged_divert)) and string.match(id, '^[%w%-]+$')
+      and f[4] and attempts and created_at_ms then
       queue_name, message = drained_message(f[4], id, redis_message_id)
     end
     if not message then
@@ -146,7 +156,7 @@ while moved < limit do
     ids[#ids + 1] = redis_message_id
     redis.call('DEL', entry)
     moved_ids[#moved_ids + 1] = id
-    frames[#frames + 1] = struct.pack('>i4i4i8', #id, tonumber(f[5]), tonumber(f[6]))
+    frames[#frames + 1] = struct.pack('>i4i4i8', #id, attempts, created_at_ms)
     frames[#frames + 1] = id
     moved = moved + 1
   else
