@@ -17,6 +17,7 @@ __all__ = [
     "ALL_ORGS",
     "DUAL_WRITE_ENTRY_TTL_S",
     "IDLE_WAIT_MARGIN_MS",
+    "MAX_IN_FLIGHT",
     "MollifierMode",
     "MollifierSettings",
     "default_of",
@@ -40,6 +41,10 @@ IDLE_WAIT_MARGIN_MS = 1_000
 # Upper bounds. Past them a value is a mistake, and it would fail later and quietly: Redis
 # refuses an expiry that overflows (every tripped send would then fail open), a thread cannot
 # wait that long (OverflowError in the drainer's thread), a tick cannot read that many orgs.
+#: The most entries a drainer may hold popped and not yet settled. A chunk's ids go to the drain
+#: scripts as one command's arguments, which Lua's unpack() bounds at about 8,000 values (two
+#: per slot in a claim): at 4,000 every claim failed and a paced drainer never drained.
+MAX_IN_FLIGHT = 2_000
 _DAY_MS = 86_400_000
 _YEAR_S = 365 * 86_400
 
@@ -169,8 +174,9 @@ class MollifierSettings(BaseSettings):
     #: Handler threads per drainer: broker writes in flight at once. Defaults to 16.
     drain_concurrency: int = Field(default=16, gt=0, le=1_000)
     #: Entries a drainer has popped and not yet settled, at most (at least drain_concurrency): a
-    #: refill waits for half of them, so this sizes the drainer's round trips. Defaults to 64.
-    drain_max_in_flight: int = Field(default=64, gt=0, le=10_000)
+    #: refill waits for half of them, so this sizes the drainer's round trips. Defaults to 64,
+    #: at most 2,000.
+    drain_max_in_flight: int = Field(default=64, gt=0, le=MAX_IN_FLIGHT)
     #: Entries popped from one env per tick. Defaults to 100.
     drain_batch_size: int = Field(default=100, gt=0, le=10_000)
     #: Handler attempts before an entry is dead-lettered. Defaults to 3.

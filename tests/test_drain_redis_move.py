@@ -26,8 +26,9 @@ from dramatiq_mollifier.drain.redis_move import RedisMove, redis_move_for
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import STATE_DRAINED, STATE_FOR_OPTION, STATE_OPTION, BufferEntry
 from dramatiq_mollifier.settings import MollifierMode, MollifierSettings
+from dramatiq_mollifier.telemetry import Telemetry
 
-from .mollifier_helpers import eventually
+from .mollifier_helpers import decisions, eventually, metrics, total
 
 pytestmark = pytest.mark.redis
 
@@ -292,3 +293,33 @@ def test_no_move_unless_the_broker_is_a_redis_broker_on_the_buffers_database(
         )
     finally:
         elsewhere.close()
+
+
+@pytest.mark.parametrize("gate_on", [True, False], ids=["gate-on", "gate-off"])
+def test_moved_messages_count_as_drained_and_as_the_gates_bypass_only_when_the_gate_is_on(
+    shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, gate_on: bool
+) -> None:
+    # Given three buffered messages and a drainer whose telemetry a reader sees; the gate counts
+    # a decision for every enqueue while it is on (a drained one as bypass_drained), none while off
+    ids = buffered(shared, declare(broker), "a", "b", "c")
+    provider, reader = metrics()
+    pace = DrainPace(shared.client, key_prefix=key_prefix)
+    move = redis_move_for(
+        broker,
+        DrainProtocol(shared),
+        pace,
+        mode=MollifierMode.DIVERT,
+        middleware=next(m for m in broker.middleware if isinstance(m, Mollifier)),
+        gate_counts=gate_on,
+    )
+    drainer = MollifierDrainer(
+        shared, CountingHandler(broker), pace=pace, move=move, telemetry=Telemetry(provider)
+    )
+
+    # When it moves them
+    assert move is not None and move.active
+    assert drainer.run_once().drained == len(ids)
+
+    # Then they count as drained, and as the gate's decisions only while the gate is on
+    assert total(reader, "mollifier.drained") == 3
+    assert decisions(reader)[("pass_through", "bypass_drained", False)] == (3 if gate_on else 0)

@@ -10,11 +10,13 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from dramatiq_mollifier import Mollifier
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.pace import DrainPace
 from dramatiq_mollifier.drain.redis_move import redis_move_for
-from dramatiq_mollifier.settings import MollifierMode
+from dramatiq_mollifier.settings import MAX_IN_FLIGHT, MollifierMode, MollifierSettings
 
 from . import test_drain_redis_move as moving
 from .test_drain_redis_move import CountingHandler, buffered, declare, drainer_for, in_broker
@@ -140,3 +142,47 @@ def test_the_move_leaves_the_buffer_as_a_pop_and_its_ack_would(
     outstanding, on_the_way = pace.keys
     assert {i.decode() for i in shared.client.zrange(outstanding, 0, -1)} == {e.message_id for e in popped}
     assert shared.client.zcard(on_the_way) == 0
+
+
+@pytest.mark.parametrize("moves", [True, False], ids=["moved", "popped"])
+def test_a_chunk_of_the_largest_size_allowed_drains_through_every_budget_script(
+    shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, moves: bool
+) -> None:
+    # Given as many buffered messages as a drainer may hold in flight, and a budget for all of
+    # them: each chunk's slots and ids go to the claim, bind, landed and move scripts as one
+    # command's arguments (at 4,000 Lua's unpack() failed every claim: nothing ever drained)
+    ids = buffered(shared, declare(broker), *(str(i) for i in range(MAX_IN_FLIGHT)))
+    handler = CountingHandler(broker)
+    pace = DrainPace(shared.client, key_prefix=key_prefix, max_outstanding=2 * MAX_IN_FLIGHT)
+    mollifier = next(m for m in broker.middleware if isinstance(m, Mollifier))
+    move = redis_move_for(
+        broker, DrainProtocol(shared), pace, mode=MollifierMode.DIVERT, middleware=mollifier
+    )
+    drainer = MollifierDrainer(
+        shared,
+        handler,
+        pace=pace,
+        move=move if moves else None,
+        max_in_flight=MAX_IN_FLIGHT,
+        batch_size=MAX_IN_FLIGHT,
+    )
+
+    # When it drains once
+    result = drainer.run_once()
+
+    # Then every message is on the broker once (in order when moved; the handler threads write
+    # their parts of a pop side by side), each counted against the budget
+    assert result.failed == 0 and result.drained == MAX_IN_FLIGHT
+    written = [m["message_id"] for m in in_broker(broker)]
+    assert written == ids if moves else sorted(written) == sorted(ids)
+    assert (handler.entries == []) is moves
+    assert shared.client.zcard(pace.keys[0]) == MAX_IN_FLIGHT and shared.client.zcard(pace.keys[1]) == 0
+
+
+def test_settings_and_the_drainer_refuse_more_in_flight_than_a_script_call_takes(
+    shared: MollifierBuffer,
+) -> None:
+    with pytest.raises(ValueError, match="drain_max_in_flight"):
+        MollifierSettings(drain_max_in_flight=MAX_IN_FLIGHT + 1)
+    with pytest.raises(ValueError, match="max_in_flight must be at most"):
+        MollifierDrainer(shared, lambda entry: None, max_in_flight=MAX_IN_FLIGHT + 1)

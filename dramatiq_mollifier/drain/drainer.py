@@ -18,7 +18,7 @@ from collections.abc import Callable
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
 from ..models import BufferEntry
-from ..settings import default_of
+from ..settings import MAX_IN_FLIGHT, default_of
 from ..telemetry import Telemetry
 from .drain_loop import DrainLoop
 from .failures import MAX_BACKOFF_MS, backoff_ms
@@ -69,9 +69,9 @@ class MollifierDrainer(DrainLoop):
       batch_max_bytes: Payload bytes a pop returns at most, bar its first (``drain_batch_max_bytes``'s).
       idle_wait_ms: With nothing queued, the drainer blocks on the buffer's wake-up list this
         long at most instead of polling (see :mod:`.idle`); 0 polls. ``drain_idle_wait_ms``'s.
-      max_in_flight: Entries popped and not yet settled, at most (at least ``concurrency``); a
-        refill waits for half of them, so it is also the size of the drainer's round trips.
-        Defaults to ``concurrency``.
+      max_in_flight: Entries popped and not yet settled, at most (at least ``concurrency``, at most
+        :data:`~dramatiq_mollifier.settings.MAX_IN_FLIGHT`); a refill waits for half of them, so
+        it is also the size of the drainer's round trips. Defaults to ``concurrency``.
       sleep: Waits the given milliseconds between ticks. Defaults to waiting on the stop event;
         tests inject it to observe the loop's waits.
       hooks: The operator controls (pauses, weights, fleet gauges, cancel check); see
@@ -121,6 +121,8 @@ class MollifierDrainer(DrainLoop):
         self.batch_size = batch_size
         self.batch_max_bytes = batch_max_bytes
         self.max_in_flight = max(concurrency, max_in_flight or concurrency)
+        if self.max_in_flight > MAX_IN_FLIGHT:
+            raise ValueError(f"max_in_flight must be at most {MAX_IN_FLIGHT}, got {self.max_in_flight!r}")
         self._refill = max(1, self.max_in_flight // 2)
         self._telemetry = telemetry or Telemetry()
         self._leases = LeaseKeeper(self._buffer)
@@ -249,7 +251,7 @@ class MollifierDrainer(DrainLoop):
                 tick.spent, limit = claim.granted < limit, claim.granted
                 if move is not None:  # a chunk moved in Redis (see redis_move), not popped
                     moved = move.try_move(org_id, env_id, limit, claim)
-                    self._settler.record_moved(moved.entries)
+                    self._settler.record_moved(moved.entries, gate_counts=move.gate_counts)
                     tick.add_moved(moved.size, failed=moved.stop == STOP_FAILED)
                     if moved.stop == STOP_FAILED or (
                         moved.stop == STOP_DONE and (tick.spent or moved.size < limit)

@@ -88,11 +88,22 @@ class RedisMove:
       mode: The drainer's mode, for entries that do not record theirs.
       middleware: The broker's ``Mollifier``: its enqueue hooks let drained messages through
         untouched, so they need not run. Any other middleware's hook stops the move.
+      gate_counts: Whether the gate is on, so counts a decision for every enqueue (a moved
+        message's too, as ``bypass_drained``). Defaults to True.
     """
 
     def __init__(
-        self, broker: Any, buffer: DrainProtocol, pace: DrainPace, *, mode: MollifierMode, middleware: object
+        self,
+        broker: Any,
+        buffer: DrainProtocol,
+        pace: DrainPace,
+        *,
+        mode: MollifierMode,
+        middleware: object,
+        gate_counts: bool = True,
     ) -> None:
+        #: Whether the gate would have counted each moved message's decision (it is on).
+        self.gate_counts = gate_counts
         self._broker = broker
         self._middleware = middleware
         self._buffer = buffer
@@ -189,6 +200,7 @@ def redis_move_for(
     *,
     mode: MollifierMode,
     middleware: object,
+    gate_counts: bool = True,
 ) -> RedisMove | None:
     """A :class:`RedisMove` when ``broker`` is a ``RedisBroker`` on ``buffer``'s server and
     database, outside Redis Cluster, with Dramatiq's JSON encoder and no ``Abortable``; else None
@@ -205,7 +217,7 @@ def redis_move_for(
         return None
     if not _same_database(broker.client, buffer.client):
         return None
-    return RedisMove(broker, buffer, pace, mode=mode, middleware=middleware)
+    return RedisMove(broker, buffer, pace, mode=mode, middleware=middleware, gate_counts=gate_counts)
 
 
 def _same_database(broker_client: Any, buffer_client: Any) -> bool:

@@ -121,11 +121,12 @@ class Settler:
         acked = self._acks.ack_or_keep(succeeded)
         return (0, failed + 1) if acked is None else (acked, failed)
 
-    def record_moved(self, entries: Sequence[BufferEntry]) -> None:
-        """Count entries the drainer moved onto the broker in Redis (removed there already), and
-        the gate's decision each would have met on the way (it lets drained messages through)."""
+    def record_moved(self, entries: Sequence[BufferEntry], *, gate_counts: bool) -> None:
+        """Count entries the drainer moved onto the broker in Redis (removed there already), and,
+        when the gate is on (``gate_counts``), the decision each would have met on the way."""
         if entries:
             self._acks.record_acked(entries)
+        if entries and gate_counts:
             self._telemetry.record_decision(
                 Outcome.PASS_THROUGH, Reason.DRAINED, enrolled=False, count=len(entries)
             )

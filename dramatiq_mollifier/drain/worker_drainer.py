@@ -121,7 +121,12 @@ class WorkerDrainer:
                 pace=pace,
                 # A RedisBroker on the buffer's Redis: chunks move there, not through this process.
                 move=redis_move_for(
-                    broker, DrainProtocol(drain_buffer), pace, mode=settings.mode, middleware=self.middleware
+                    broker,
+                    DrainProtocol(drain_buffer),
+                    pace,
+                    mode=settings.mode,
+                    middleware=self.middleware,
+                    gate_counts=settings.enabled,
                 ),
             )
         self._drainer.start()
