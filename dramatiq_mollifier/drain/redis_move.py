@@ -12,9 +12,9 @@ of its own), spliced into Dramatiq's JSON at the end of its options.
 
 It only runs where it changes nothing but the cost (:func:`redis_move_for`): the broker is a
 ``RedisBroker`` whose client reaches the buffer's server and database, outside Redis Cluster
-(the script touches the broker's keys and the buffer's), with Dramatiq's JSON encoder, and no
-middleware but the ``Mollifier`` hooks ``before_enqueue``/``after_enqueue`` (the move calls no
-hook) and none is ``Abortable`` (its pending-abort check runs in the handler). It is checked on
+(the script touches the broker's keys and the buffer's), with Dramatiq's JSON encoder, no
+middleware but the ``Mollifier`` defining ``before_enqueue``/``after_enqueue`` (the move calls no
+hook), and no ``Abortable`` (its pending-abort check runs in the handler). It is checked on
 every call, since middleware may be added late, and so is the DEBUG audit line of divert entries
 (it needs each payload's sha256): while either asks for the handler, the drainer pops as before.
 An entry that does not move (a ``dual_write`` copy, a queue or actor this worker does not
