@@ -22,6 +22,18 @@ def fill(buffer: MollifierBuffer, org: str, env: str, count: int, start: int = 0
     return ids
 
 
+def next_server_millisecond(buffer: MollifierBuffer) -> None:
+    """Return once the Redis server's clock (which stamps accepts) is in a later millisecond."""
+
+    def server_ms() -> int:
+        seconds, micros = buffer.client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    start = server_ms()
+    while server_ms() <= start:
+        pass
+
+
 def test_lookup_in_each_state(buffer: MollifierBuffer) -> None:
     controls = buffer.controls
     ids = fill(buffer, "acme", "prod", 3)
@@ -200,6 +212,9 @@ def test_tenants_pages_rows_with_every_column(buffer: MollifierBuffer, key_prefi
     settings = MollifierSettings(enabled_orgs={"acme"}, key_prefix=key_prefix, cap_per_env=500)
     controls = TenantControls(buffer.client, key_prefix=key_prefix, settings=settings)
     fill(buffer, "acme", "prod", 5)
+    # The server's clock past the last accept's millisecond: acme/prod's head is strictly older
+    # than the others (in one millisecond the "oldest" order fell back to the names).
+    next_server_millisecond(buffer)
     fill(buffer, "acme", "dev", 2)
     fill(buffer, "globex", "prod", 9)
     controls.pause("acme", "dev")
