@@ -215,17 +215,18 @@ def redis_move_for(
         return None
     if not all(hasattr(broker, name) for name in ("client", "namespace", "broker_id")):
         return None
-    if not _same_database(broker.client, buffer.client):
+    if not _same_database(broker.client, buffer.client, probe_prefix=buffer.keys.prefix):
         return None
     return RedisMove(broker, buffer, pace, mode=mode, middleware=middleware, gate_counts=gate_counts)
 
 
-def _same_database(broker_client: Any, buffer_client: Any) -> bool:
+def _same_database(broker_client: Any, buffer_client: Any, *, probe_prefix: str) -> bool:
     """Whether both clients reach one server and database: a key written through one is read
-    through the other. False for a cluster client and when either cannot be reached."""
+    through the other (under the buffer's key prefix, as every key it writes). False for a
+    cluster client and when either cannot be reached."""
     if not isinstance(broker_client, redis.Redis) or not isinstance(buffer_client, redis.Redis):
         return False
-    probe, token = f"mollifier:same-database-probe:{uuid.uuid4().hex}", uuid.uuid4().hex
+    probe, token = f"{probe_prefix}:same-database-probe:{uuid.uuid4().hex}", uuid.uuid4().hex
     try:
         buffer_client.set(probe, token, px=10_000)
         try:
