@@ -11,6 +11,7 @@ import dramatiq
 import pytest
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.utils.io_services_utils import _AsyncTransportBase
 
 from dramatiq_mollifier.drain.amqp_chunks import ChunkedAmqpPublish, chunked_publish_for
 from dramatiq_mollifier.drain.failures import is_unavailable
@@ -63,6 +64,19 @@ def flushes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the socket sends of pika's transports (one per queued buffer, partial ones again)."""
+    calls: list[int] = []
+    original = _AsyncTransportBase._sigint_safe_send
+
+    def counted(sock: Any, data: bytes) -> int:
+        calls.append(len(data))
+        return int(original(sock, data))
+
+    monkeypatch.setattr(_AsyncTransportBase, "_sigint_safe_send", staticmethod(counted))
+    return calls
+
+
 def test_a_chunk_is_published_with_one_flush_and_every_message_reaches_its_queue(
     broker: RabbitmqBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,11 +90,14 @@ def test_a_chunk_is_published_with_one_flush_and_every_message_reaches_its_queue
     assert publish([actor_a.message(-1), actor_b.message(-1)]) == [None, None]
     try:
         calls = flushes(monkeypatch)
+        sent = sends(monkeypatch)
         # When the chunk is published
         results = publish(messages)
         # Then the I/O loop ran once for the whole chunk (message by message: 150 times), waiting
         # in that one run for all of their confirms, whatever the broker's confirm_delivery
         assert len(calls) == 1
+        # And its 450 frames (method, header, body each) left in a few socket sends, not one each
+        assert 1 <= len(sent) <= 4, f"{len(sent)} sends"
         assert results == [None] * 150
         # And every message is in its queue, in the chunk's order
         expected = {
