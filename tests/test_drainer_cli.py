@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 
+from .conftest import CLUSTER_MODE
 from .mollifier_helpers import eventually
 
 pytestmark = pytest.mark.e2e
@@ -73,6 +75,14 @@ def test_drain_puts_the_buffer_on_the_broker_and_stops_cleanly_on_sigterm(
         eventually(lambda: broker_client.hlen(QUEUE_MESSAGES) >= 50 and buffer.depth() == 0, 20, "the drain")
         assert broker_client.hlen(QUEUE_MESSAGES) == 50
         assert buffer.depth() == 0
+        if not CLUSTER_MODE:
+            # The broker on the buffer's database: the chunks moved inside Redis, as a worker's
+            # drainer moves them (the move's redis_message_id is the message id and a time;
+            # RedisBroker.enqueue gives a uuid4), the app's Mollifier the only enqueue hook.
+            bodies = [json.loads(body) for body in broker_client.hvals(QUEUE_MESSAGES)]
+            assert all(
+                body["options"]["redis_message_id"].startswith(body["message_id"] + "-") for body in bodies
+            )
 
         began = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -135,8 +135,13 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # The app's Mollifier, as in a worker: the move in Redis (drain/redis_move.py) runs only when
+    # no enqueue hook but this middleware's would be skipped.
     worker_drainer = WorkerDrainer(
-        settings=mollifier.settings, buffer=mollifier.buffer, telemetry=mollifier.telemetry
+        settings=mollifier.settings,
+        buffer=mollifier.buffer,
+        telemetry=mollifier.telemetry,
+        middleware=mollifier,
     )
     worker_drainer.start(broker)
     while not stop.wait(0.5):
