@@ -10,10 +10,13 @@ Goals (issue 10): quiet p99 ratio <= 0.05; completion ratio <= 1.1.
 
     python benchmarks/bench_smoothing.py [--burst 10000] [--processes 1 2] [--repeat N]
         [--rabbitmq [AMQP_URL]] [--brokers redis rabbitmq] [--producers N] [--set NAME=VALUE ...]
+        [--separate-drainer]
 
 The burst is sent by as many producer processes as there are worker processes (``--producers``
 to change it), so that it outpaces the fleet and builds a backlog without the mollifier.
 ``--set drain_target_wait_ms=0`` (any ``drain_*`` setting) runs the mollified case with it.
+``--separate-drainer`` runs it with ``MOLLIFIER_DRAINER_ENABLED=false`` in the workers and one
+``dramatiq-mollifier drain`` process beside them: the drain off the workers' interpreter lock.
 
 Each row also gives the CPU time of the run's processes (workers, producers: their rusage) and
 of the Redis server (``INFO cpu``): what the drain costs, which on a machine short of CPU is
@@ -150,6 +153,11 @@ def main() -> None:
     parser.add_argument(
         "--brokers", nargs="+", choices=("redis", "rabbitmq"), default=None, help="which brokers"
     )
+    parser.add_argument(
+        "--separate-drainer",
+        action="store_true",
+        help="the mollified runs drain in one `dramatiq-mollifier drain` process, not in the workers",
+    )
     parser.add_argument("--server", help="Redis-compatible server binary (default: found on PATH)")
     parser.add_argument(
         "--set", nargs="+", default=[], metavar="NAME=VALUE", help="drain settings of the mollified runs"
@@ -181,6 +189,7 @@ def main() -> None:
                             broker_url=broker_url,
                             log=logs / f"{broker}-{processes}-{mollified}.log",
                             producers=args.producers,
+                            separate_drainer=args.separate_drainer,
                         )
                         cpu[mollified] = (children_cpu_s() - before[0], server_cpu_s(client) - before[1])
                     without, with_ = runs[False], runs[True]
@@ -188,6 +197,7 @@ def main() -> None:
                         f"{broker}, {processes} process(es) x 8 threads, "
                         f"burst {args.burst} from {args.producers or processes} producer(s), "
                         f"work {args.work_ms} ms"
+                        + (", drained by a process of its own" if args.separate_drainer else "")
                         + (f", round {round_} of {args.repeat}" if args.repeat > 1 else "")
                     )
                     print(row("without", without, cpu[False]))
