@@ -13,7 +13,7 @@ from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.adapters.utils.io_services_utils import _AsyncTransportBase
 
-from dramatiq_mollifier.drain.amqp_chunks import ChunkedAmqpPublish, chunked_publish_for
+from dramatiq_mollifier.drain.amqp_chunks import JOINED_BYTES, ChunkedAmqpPublish, chunked_publish_for
 from dramatiq_mollifier.drain.failures import is_unavailable
 
 from .mollifier_helpers import eventually
@@ -115,6 +115,35 @@ def test_a_chunk_is_published_with_one_flush_and_every_message_reaches_its_queue
         assert got == [-1] + [n for n in range(150) if n % 3]
     finally:
         delete(broker, first, second)
+
+
+def test_large_messages_leave_in_bounded_sends_and_arrive_whole_in_order(
+    broker: RabbitmqBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a chunk of 12 messages of 20 KB each (36 frames, 240 KB)
+    name = f"mollifier-test-{uuid.uuid4().hex[:10]}"
+    (actor,) = declare(broker, name)
+    publish = chunked_publish_for(broker)
+    assert isinstance(publish, ChunkedAmqpPublish)
+    assert publish([actor.message(-1, "")]) == [None]
+    messages = [actor.message(n, str(n) * (20_000 // len(str(n)))) for n in range(12)]
+    try:
+        sent = sends(monkeypatch)
+        # When the chunk is published
+        assert publish(messages) == [None] * 12
+        # Then its frames were joined into sends of at most JOINED_BYTES, far fewer than frames
+        assert max(sent) <= JOINED_BYTES
+        assert 4 <= len(sent) <= 12, f"{len(sent)} sends"
+        # And every message arrived whole, in order
+        eventually(lambda: ready_count(broker, name) == 13, what="13 messages on the queue")
+        got = []
+        for _ in range(13):
+            _, _, body = broker.channel.basic_get(name, auto_ack=True)
+            assert body is not None
+            got.append(dramatiq.Message.decode(body).args)
+        assert got == [(-1, "")] + [(n, str(n) * (20_000 // len(str(n)))) for n in range(12)]
+    finally:
+        delete(broker, name)
 
 
 def test_with_confirms_a_message_for_a_deleted_queue_goes_through_enqueue_which_declares_it_again(

@@ -50,9 +50,12 @@ import dramatiq
 from .enqueue_hooks import EnqueueHooks
 from .failures import is_unavailable
 
-__all__ = ["ChunkedAmqpPublish", "chunked_publish_for"]
+__all__ = ["JOINED_BYTES", "ChunkedAmqpPublish", "chunked_publish_for"]
 
 logger = logging.getLogger(__name__)
+
+#: The most a chunk's frames are joined into, in bytes, for one socket send.
+JOINED_BYTES = 65_536
 
 
 class _Confirms:
@@ -218,19 +221,32 @@ class ChunkedAmqpPublish:
 
 
 def _coalesce_writes(channel_impl: Any) -> None:
-    """Join the frames queued on the channel's transport into one buffer.
+    """Join the frames queued on the channel's transport into buffers of up to
+    :data:`JOINED_BYTES`.
 
     pika queues each frame (three per message: method, header, body) as a buffer of its own and
     sends them one ``send()`` each; a chunk of 40 cost 120 system calls, and RabbitMQ as many
-    reads. Joined, the chunk leaves in one call (pika's ``_produce`` requeues a partial send).
-    Left alone when this pika's transport keeps its buffers elsewhere.
+    reads. Joined, a chunk of small messages leaves in one call. The bound keeps what pika
+    copies on a partial send small (it requeues the rest of the buffer as a new one): a TLS
+    socket takes one record of 16 KiB per call. Left alone when this pika's transport keeps its
+    buffers elsewhere.
     """
     transport = getattr(getattr(channel_impl, "connection", None), "_transport", None)
     buffers = getattr(transport, "_tx_buffers", None)
-    if isinstance(buffers, collections.deque) and len(buffers) > 1:
-        joined = b"".join(buffers)
-        buffers.clear()
-        buffers.append(joined)
+    if not isinstance(buffers, collections.deque) or len(buffers) < 2:
+        return
+    joined: list[bytes] = []
+    piece: list[bytes] = []
+    size = 0
+    for frame in buffers:
+        if piece and size + len(frame) > JOINED_BYTES:
+            joined.append(b"".join(piece))
+            piece, size = [], 0
+        piece.append(frame)
+        size += len(frame)
+    joined.append(b"".join(piece))
+    buffers.clear()
+    buffers.extend(joined)
 
 
 def chunked_publish_for(broker: dramatiq.Broker) -> ChunkedAmqpPublish | None:
