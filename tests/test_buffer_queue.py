@@ -294,3 +294,49 @@ def test_org_window_reads_orgs_in_order_after_the_cursor_and_wraps(buffer: Molli
     assert DrainProtocol(buffer).org_window("bb", 2) == ["c", "d"]
     with pytest.raises(ValueError, match="limit"):
         DrainProtocol(buffer).org_window(None, 0)
+
+
+def test_a_peek_reads_the_ids_at_the_head_of_the_queue_in_order(buffer: MollifierBuffer) -> None:
+    protocol = DrainProtocol(buffer)
+    queue = buffer.keys.tenant("o", "e").queue
+    assert protocol.peek(queue, 5) == []
+    ids = ["m1", "odd:id/\u00fc", "x" * 300, "m4"]
+    for message_id in ids:
+        buffer.accept(message_id, org_id="o", env_id="e", payload=b"p")
+
+    assert protocol.peek(queue, 3) == ids[:3]
+    assert protocol.peek(queue, 10) == ids
+    buffer.accept("other", org_id="o", env_id="f", payload=b"p")
+    assert protocol.peek(buffer.keys.tenant("o", "f").queue, 10) == ["other"]
+
+
+def test_envs_of_reads_each_orgs_envs_in_one_round_trip_and_none_for_a_bad_key(
+    buffer: MollifierBuffer, redis_client: redis.Redis
+) -> None:
+    # Given orgs whose ids are escaped in key names, with one to three envs each, and one org
+    # whose set of envs holds something else
+    orgs = ["a", "org:1", "b c", "%41", "\u00fc", "bad"]
+    for n, org in enumerate(orgs):
+        for env in ("prod", "dev", "qa")[: n % 3 + 1]:
+            buffer.accept(f"m-{n}-{env}", org_id=org, env_id=env, payload=b"x")
+    envs_key = buffer.keys.envs("bad")
+    redis_client.delete(envs_key)
+    redis_client.set(envs_key, "not a set")
+    protocol = DrainProtocol(buffer)
+
+    # When a drainer reads them (its window first)
+    window = protocol.org_window(None, 10)
+    envs = dict(zip(window, protocol.envs_of(window), strict=True))
+
+    # Then each org has its envs, sorted, the bad key None, the others unharmed by it
+    assert sorted(window) == sorted(orgs)
+    assert envs == {
+        "a": ["prod"],
+        "org:1": ["dev", "prod"],
+        "b c": ["dev", "prod", "qa"],
+        "%41": ["prod"],
+        "\u00fc": ["dev", "prod"],
+        "bad": None,
+    }
+    assert protocol.envs_of([]) == []
+    assert protocol.envs_of(["gone"]) == [[]]

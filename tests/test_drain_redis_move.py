@@ -178,7 +178,7 @@ def test_a_real_worker_runs_each_moved_message_once_and_frees_its_slot(
 
 @pytest.mark.parametrize(
     "odd",
-    ["options-empty", "braces-in-args", "tail-in-an-option", "dual-write", "unknown-actor"],
+    ["options-empty", "braces-in-args", "tail-in-an-option", "dual-write", "unknown-actor", "escaped-id"],
 )
 def test_what_does_not_move_goes_through_the_handler_and_order_per_env_is_kept(
     shared: MollifierBuffer, broker: RedisBroker, key_prefix: str, odd: str
@@ -195,6 +195,8 @@ def test_what_does_not_move_goes_through_the_handler_and_order_per_env_is_kept(
         message = actor.message_with_options(args=('{"queue_name":"x","actor_name":"y","args":[}',))
     elif odd == "tail-in-an-option":  # moves: the options' own end is found from the end
         message = actor.message_with_options(args=("odd",), note='},"message_id":"x","message_timestamp":1}')
+    elif odd == "escaped-id":  # its entry key is percent-encoded, which the script does not build
+        message = actor.message_with_options(args=("odd",)).copy(message_id="odd:id/1")
     else:
         message = actor.message_with_options(args=("odd",))
         if odd == "unknown-actor":  # the worker does not declare it: the handler decides

@@ -25,12 +25,15 @@ __all__ = [
     "text",
     "texts",
     "to_datetime",
+    "unpack_ids",
     "unpack_popped",
     "wrap",
 ]
 
 # The header of each entry in a pop reply's frames (see lua/pop.lua).
 POP_HEADER = struct.Struct(">iiiiiiq")
+# The header of each id in a peek reply (see lua/peek.lua).
+ID_HEADER = struct.Struct(">i")
 # What a buffer call can raise: Redis errors, and replies that are not what the scripts promise
 # (they surface as these while being decoded).
 FAILURES = (
@@ -61,6 +64,17 @@ def last_error(code: bytes | None, message: bytes | None) -> tuple[str, str] | N
     if code is None:
         return None
     return text(code), text(message or b"")
+
+
+def unpack_ids(frames: bytes) -> list[str]:
+    """The ids of a peek reply (``lua/peek.lua``): each a 4-byte length, then the id."""
+    ids = []
+    at = 0
+    while at < len(frames):
+        (size,) = ID_HEADER.unpack_from(frames, at)
+        at += ID_HEADER.size
+        ids.append(frames[at : (at := at + size)].decode("utf-8"))
+    return ids
 
 
 def unpack_popped(frames: bytes, org_id: str, env_id: str, owner: str | None = None) -> Iterator[BufferEntry]:

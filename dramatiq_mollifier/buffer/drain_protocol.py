@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from ..models import BufferEntry
-from .codec import boundary, texts, unpack_popped
+from .codec import boundary, texts, unpack_ids, unpack_popped
 from .core import WRONG_TENANT, BufferCore
 from .groups import GroupWindows, by_group, placeholder_org
 from .keys import KeySpace
-from .scripts import run, run_pipelined
+from .scripts import execute_many, run, run_pipelined
 
 __all__ = ["Acked", "DrainProtocol", "Reclaimed"]
 
@@ -74,31 +74,35 @@ class DrainProtocol:
             raise ValueError(f"limit must be at least 1, got {limit}")
         if len(self.keys.groups) > 1:
             return self._groups.org_window(self.client, after, limit)
-        if after is None:
-            with boundary("org_window"):
-                return texts(self.client.zrangebylex(self.keys.orgs, "-", "+", 0, limit))
-        bound = after.encode("utf-8")
+        orgs = self.keys.orgs
+        ranges: list[tuple[str | bytes | int, ...]] = [("ZRANGEBYLEX", orgs, "-", "+", "LIMIT", 0, limit)]
+        if after is not None:
+            bound = after.encode("utf-8")
+            ranges = [
+                ("ZRANGEBYLEX", orgs, b"(" + bound, "+", "LIMIT", 0, limit),
+                ("ZRANGEBYLEX", orgs, "-", b"[" + bound, "LIMIT", 0, limit),
+            ]
         with boundary("org_window"):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.zrangebylex(self.keys.orgs, b"(" + bound, "+", 0, limit)
-            pipe.zrangebylex(self.keys.orgs, "-", b"[" + bound, 0, limit)
-            later, wrapped = pipe.execute()
-            return texts([*later, *wrapped][:limit])
+            replies = execute_many(self.client, ranges)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return texts([org for reply in replies for org in reply][:limit])
 
     def envs_of(self, org_ids: Sequence[str]) -> list[list[str] | None]:
         """:meth:`envs` of each org, in one round trip; None for an org whose envs could not be
         read (its key holds something else), so one bad key does not hide the other orgs.
         """
         with boundary("envs_of"):
-            pipe = self.client.pipeline(transaction=False)
-            for org_id in org_ids:
-                pipe.smembers(self.keys.envs(org_id))
-            return [
-                None if isinstance(reply, Exception) else sorted(texts(reply))
-                for reply in pipe.execute(raise_on_error=False)
-            ]
+            replies = execute_many(self.client, [("SMEMBERS", self.keys.envs(org_id)) for org_id in org_ids])
+            return [None if isinstance(reply, Exception) else sorted(texts(reply)) for reply in replies]
 
     # Taking and settling ----------------------------------------------------------------------
+    def peek(self, queue: str, count: int) -> list[str]:
+        """The first ``count`` ids of an env's ``queue`` (``keys.tenant(org, env).queue``), in
+        one string the client splits (``lua/peek.lua``): a pop's and a move's first look."""
+        return unpack_ids(run(self.client, self.scripts.peek, 1, queue, count))
+
     def pop(self, org_id: str, env_id: str) -> BufferEntry | None:
         """The oldest QUEUED entry of the env, moved to DRAINING under a lease, or None."""
         entries = self.pop_many(org_id, env_id, 1)
@@ -126,7 +130,7 @@ class DrainProtocol:
         with boundary("pop"):
             for _ in range(_POP_ATTEMPTS):
                 wanted = limit - len(entries)
-                ids = texts(self.client.lrange(t.queue, 0, wanted + _PEEK_SLACK - 1))
+                ids = self.peek(t.queue, wanted + _PEEK_SLACK)
                 reply = run(
                     self.client,
                     self.scripts.pop,

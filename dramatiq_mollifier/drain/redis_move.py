@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import dramatiq
 import redis
 
-from ..buffer.codec import boundary, texts, to_datetime
+from ..buffer.codec import boundary, to_datetime
 from ..buffer.drain_protocol import DrainProtocol
 from ..buffer.scripts import run
 from ..models import BufferEntry, EntryStatus
@@ -142,7 +142,7 @@ class RedisMove:
             queue_keys += (f"{broker.namespace}:{name}", f"{broker.namespace}:{name}.msgs")
         actors = "\n" + "\n".join(broker.get_declared_actors()) + "\n"
         with boundary("move"):
-            ids = texts(buffer.client.lrange(t.queue, 0, limit + _PEEK_SLACK - 1))
+            ids = buffer.peek(t.queue, limit + _PEEK_SLACK)
             keys = (
                 t.queue,
                 t.envs,
