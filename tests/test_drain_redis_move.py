@@ -195,7 +195,7 @@ def test_what_does_not_move_goes_through_the_handler_and_order_per_env_is_kept(
         message = actor.message_with_options(args=('{"queue_name":"x","actor_name":"y","args":[}',))
     elif odd == "tail-in-an-option":  # moves: the options' own end is found from the end
         message = actor.message_with_options(args=("odd",), note='},"message_id":"x","message_timestamp":1}')
-    elif odd == "escaped-id":  # its entry key is percent-encoded, which the script does not build
+    elif odd == "escaped-id":  # the script splices only [A-Za-z0-9-] ids into JSON: the pop takes it
         message = actor.message_with_options(args=("odd",)).copy(message_id="odd:id/1")
     else:
         message = actor.message_with_options(args=("odd",))
