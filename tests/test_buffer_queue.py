@@ -12,6 +12,7 @@ import redis
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.errors import BufferUnavailableError
 from dramatiq_mollifier.models import EntryStatus
 
 from .layout_helpers import entry_key, org_beside
@@ -310,7 +311,20 @@ def test_a_peek_reads_the_ids_at_the_head_of_the_queue_in_order(buffer: Mollifie
     assert protocol.peek(buffer.keys.tenant("o", "f").queue, 10) == ["other"]
 
 
-def test_envs_of_reads_each_orgs_envs_in_one_round_trip_and_none_for_a_bad_key(
+@pytest.mark.parametrize("cursor", [None, "a"])
+def test_an_unreadable_org_set_fails_the_window_as_the_buffer_being_unavailable(
+    buffer: MollifierBuffer, redis_client: redis.Redis, cursor: str | None
+) -> None:
+    # Given the orgs' sorted set replaced by something else (every group's, with slot groups)
+    for group in buffer.keys.groups:
+        redis_client.set(group.orgs, "not a sorted set")
+
+    # Then reading the window raises what every buffer call raises for Redis errors
+    with pytest.raises(BufferUnavailableError):
+        DrainProtocol(buffer).org_window(cursor, 3)
+
+
+def test_envs_of_reads_each_orgs_envs_and_none_for_a_bad_key_without_losing_the_rest(
     buffer: MollifierBuffer, redis_client: redis.Redis
 ) -> None:
     # Given orgs whose ids are escaped in key names, with one to three envs each, and one org

@@ -84,10 +84,10 @@ class DrainProtocol:
             ]
         with boundary("org_window"):
             replies = execute_many(self.client, ranges)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return texts([org for reply in replies for org in reply][:limit])
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return texts([org for reply in replies for org in reply][:limit])
 
     def envs_of(self, org_ids: Sequence[str]) -> list[list[str] | None]:
         """:meth:`envs` of each org, in one round trip; None for an org whose envs could not be

@@ -222,7 +222,8 @@ def execute(client: redis.Redis, *args: Any) -> Any:
 
 def execute_many(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
     """Send ``commands`` in one round trip, as :func:`execute` sends one: their replies in
-    order, unparsed, an error reply as its ``ResponseError`` (the replies after it still read).
+    order (unparsed on the direct path, as a pipeline parses them elsewhere), an error reply as
+    its ``ResponseError`` (the replies after it still read).
 
     A drainer's tick reads its window of orgs and their envs so: as redis-py pipelines, that
     was the largest part of the tick's client CPU (the pipeline's own bookkeeping, not the
