@@ -338,12 +338,13 @@ def test_weights_hold_under_the_fleet_drain_budget(
     eventually(lambda: len(app.processed) >= 1_500, 60, "the whole backlog to be processed")
     share = share_while_all_busy(app, ["heavy", "a", "b"], sizes)
     print(f"paced, processed while all three had work: {dict(share)}")
-    # Under the budget the heavy org got 1.77-2.12 times a light one's share in 19 runs (mean
-    # about 1.95; 1.74 once in CI), not quite 2: probably a weighted turn the budget cuts
-    # between its two visits (not examined). Unweighted, the ratio is about 1.
+    # Under the budget the heavy org got 1.77-2.12 times a light one's share in 19 quiet runs
+    # (mean about 1.95) and 1.70-1.74 in two CI runs beside the rest of the suite, not quite 2:
+    # probably a weighted turn the budget cuts between its two visits (not examined). Without
+    # the weight the ratio is about 1; these bounds tell the two apart under load.
     for light in ("a", "b"):
         ratio = share["heavy"] / share[light]
-        assert 1.7 <= ratio <= 2.2, (light, ratio)
+        assert 1.5 <= ratio <= 2.5, (light, ratio)
 
 
 def test_an_org_back_from_idle_gets_its_share_and_no_burst(app: App, buffer: MollifierBuffer) -> None:
