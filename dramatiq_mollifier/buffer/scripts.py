@@ -188,6 +188,16 @@ def _plain_cluster(client: Any) -> bool:
     return type(client) in _PLAIN_CLUSTERS and not hasattr(type(client).execute_command, "__wrapped__")
 
 
+def _direct_path(client: Any) -> bool:
+    """Whether :func:`execute` writes straight to ``client``'s connections, decided once per
+    client (and with it whether a cluster client's scripts go straight to their node)."""
+    direct = _direct.get(client)
+    if direct is None:
+        direct = _direct[client] = direct_path_allowed(client)
+        _direct_cluster[client] = _plain_cluster(client)
+    return direct
+
+
 def force_command_path(client: Any) -> None:
     """Make :func:`execute` use ``client.execute_command`` for ``client`` (for tracing users)."""
     _direct[client] = False
@@ -206,11 +216,7 @@ def execute(client: redis.Redis, *args: Any) -> Any:
     :func:`direct_path_allowed`, and not after :func:`force_command_path`; otherwise through
     ``execute_command``.
     """
-    direct = _direct.get(client)
-    if direct is None:
-        direct = _direct[client] = direct_path_allowed(client)
-        _direct_cluster[client] = _plain_cluster(client)
-    if not direct:
+    if not _direct_path(client):
         if args[0] == _EVALSHA and _direct_cluster.get(client, False):
             return cluster_io.run_one(client, execute, args)
         execute_command: Callable[..., Any] = client.execute_command
@@ -225,18 +231,14 @@ def execute_many(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list
     order (unparsed on the direct path, as a pipeline parses them elsewhere), an error reply as
     its ``ResponseError`` (the replies after it still read).
 
-    A drainer's tick reads its window of orgs and their envs so: as redis-py pipelines, that
-    was the largest part of the tick's client CPU (the pipeline's own bookkeeping, not the
+    A drainer's tick reads its window of orgs and their envs so: as redis-py pipelines, they
+    took about a third of the tick's client CPU (the pipelines' own bookkeeping, not the
     commands). A lost connection sends them all again under the connection's retry policy, as
     :func:`execute` does. Where :func:`direct_path_allowed` says no, a redis-py pipeline.
     """
     if not commands:
         return []
-    direct = _direct.get(client)
-    if direct is None:
-        direct = _direct[client] = direct_path_allowed(client)
-        _direct_cluster[client] = _plain_cluster(client)
-    if not direct:
+    if not _direct_path(client):
         pipe = client.pipeline(transaction=False)
         for command in commands:
             pipe.execute_command(*command)  # type: ignore[no-untyped-call]
@@ -319,9 +321,7 @@ def run_pipelined(
     """
     pending = list(range(len(calls)))
     replies: list[Any] = [None] * len(calls)
-    if _direct.get(client) is None:
-        _direct[client] = direct_path_allowed(client)
-        _direct_cluster[client] = _plain_cluster(client)
+    _direct_path(client)  # decides _direct_cluster too
     for _ in range(2):
         if _direct_cluster.get(client, False):
             answers = cluster_io.run_batch(

@@ -2,8 +2,8 @@
 --
 -- A pop and a move look at the head first, since they must be given the key of every entry they
 -- touch (pop.lua, move.lua). LRANGE answers one reply element per id, which redis-py's own parser
--- reads at about 8 us each on a small machine: 36 ids cost more client CPU than the rest of a
--- drainer's tick. One string is split by the client in a few microseconds.
+-- reads at about 8 us each on a small machine: 36 ids cost 209-389 us of client CPU, a quarter
+-- of a drainer's tick. One string is split by the client in a few microseconds.
 --
 -- KEYS[1]  the env's queue (list)
 -- ARGV[1]  how many ids at most
