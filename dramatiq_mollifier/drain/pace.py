@@ -82,7 +82,7 @@ DEFAULT_OUTSTANDING_TTL_MS: int = default_of("drain_outstanding_ttl_ms")
 #: target wait frees about this share of the budget: a paced drainer waits that long before it
 #: claims again. Half, not a quarter: each tick moves twice the messages for its fixed cost (the
 #: drainer's thread spent a fifth less CPU on RabbitMQ), while the broker still holds half the
-#: budget when the refill comes, more than the consumers prefetch.
+#: budget when the refill comes.
 PACED_WAIT_SHARE = 2
 
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
