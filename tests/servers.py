@@ -165,10 +165,13 @@ class RabbitmqServer:
         self.binary = binary
         #: Lines of ``rabbitmq.conf`` (e.g. ``max_message_size = 65536``).
         self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._fresh_place()
+
+    def _fresh_place(self) -> None:
         self.port = free_port()
         self.epmd_port = free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="mollifier-rabbitmq-")
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -197,6 +200,20 @@ class RabbitmqServer:
         }
 
     def start(self) -> RabbitmqServer:
+        """Start the node. One that exits or does not answer in time is tried once more on fresh
+        ports and a fresh directory (a port picked free can be taken before the node binds it);
+        a second failure raises with both attempts' output."""
+        first = self._start_once()
+        if first is None:
+            return self
+        self._fresh_place()
+        second = self._start_once()
+        if second is None:
+            return self
+        raise RuntimeError(f"rabbitmq-server did not start, twice:\n{first}\n--- then ---\n{second}")
+
+    def _start_once(self) -> str | None:
+        """None once the node answers; else what it printed (read before its directory goes)."""
         with open(Path(self._dir.name) / "stdout.log", "wb") as log:
             self._process = subprocess.Popen(
                 [self.binary],
@@ -214,12 +231,13 @@ class RabbitmqServer:
                 break
             try:
                 pika.BlockingConnection(pika.URLParameters(self.url)).close()
-                return self
+                return None
             except Exception:
                 time.sleep(0.25)
-        self.stop()
+        exit_code = self._process.poll()
         text = (Path(self._dir.name) / "stdout.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"rabbitmq-server did not start on port {self.port}:\n{text}")
+        self.stop()
+        return f"port {self.port}, exit code {exit_code}:\n{text}"
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pika
+import pytest
 import redis
 
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
-from .servers import refuse_occupied_databases
+from .servers import RabbitmqServer, refuse_occupied_databases
 
 
 def test_redis_client_talks_to_a_real_server(redis_client: redis.Redis) -> None:
@@ -65,3 +68,23 @@ def test_a_server_given_by_url_with_data_in_the_test_databases_is_refused(
     assert "db 4: 1 keys" in refusal and "db 0" not in refusal
     assert "MOLLIFIER_TEST_REDIS_FLUSH=1" in refusal
     assert refuse_occupied_databases(url, flush_allowed=True) is None
+
+
+def test_a_rabbitmq_node_that_will_not_start_is_tried_twice_and_reported_with_its_output(
+    tmp_path: Path,
+) -> None:
+    # Given a "server" that prints a line and exits at once
+    binary = tmp_path / "rabbitmq-server"
+    binary.write_text("#!/bin/sh\necho 'node failed: eaddrinuse'\nexit 3\n")
+    binary.chmod(0o755)
+    server = RabbitmqServer(str(binary))
+    first_dir = server._dir.name
+
+    # Then starting it fails after a second attempt on fresh ports, naming both attempts' output
+    with pytest.raises(RuntimeError, match="did not start, twice") as failure:
+        server.start()
+    assert str(failure.value).count("exit code 3") == 2
+    assert str(failure.value).count("node failed: eaddrinuse") == 2
+    # And neither attempt leaves its directory behind
+    assert not Path(first_dir).exists()
+    assert not Path(server._dir.name).exists()
