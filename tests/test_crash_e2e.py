@@ -188,8 +188,11 @@ def test_a_frozen_worker_on_another_host_keeps_its_message_and_no_crash_is_count
     message_id = on_a.send("held", "held", 2.0)
     try:
         a.start()
-        eventually(lambda: count(redis_client, "held:started") == 1, 20, "A to start the message")
+        # (The actor records its PID just after it counts the start: wait for the PID itself. A
+        # PID read as 0 would make os.kill stop this test's whole process group, pytest with it.)
+        eventually(lambda: count(redis_client, "held:pid:1") > 1, 20, "A to start the message")
         frozen = count(redis_client, "held:pid:1")
+        assert frozen != os.getpid()
 
         # When A's worker process is frozen (SIGSTOP) until the broker has handed the message to B
         # (RedisBroker requeues a silent worker's messages after its 3 s heartbeat timeout)
