@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,6 +109,7 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group: a kill ends its worker processes too
             )
         self.starts += 1
 
@@ -125,17 +127,23 @@ class Supervisor:
         return done()
 
     def terminate(self, timeout_s: float = 30) -> int | None:
-        """SIGTERM the CLI (a graceful shutdown) and wait for it; its exit code."""
-        process, self.process = self.process, None
+        """SIGTERM the CLI (a graceful shutdown) and wait for it; its exit code. One that does not
+        stop in time is killed with its worker processes."""
+        process = self.process
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
                 process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            # Also when a test timeout interrupts the wait: nothing of it may outlive the test.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            self.process = None
         self.exit_codes.append(process.returncode)
         return process.returncode
 

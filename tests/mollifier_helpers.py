@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -103,11 +104,21 @@ def eventually(condition: Callable[[], bool], timeout_s: float = 10.0, what: str
         time.sleep(0.01)
 
 
+def fork_with_deadline(seconds: int = 60) -> int:
+    """``os.fork()``, with a child that dies of SIGALRM after ``seconds``: a child stuck on a lock
+    it inherited would otherwise outlive the test, a copy of pytest holding its output open."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # not pytest-timeout's inherited handler
+        signal.alarm(seconds)
+    return pid
+
+
 def in_forked_child(child: Callable[[], int]) -> tuple[int, int]:
     """Run ``child()`` in a forked child; its exit status (0 when it returned, 2 when it raised)
     and the number it returned, passed back through a pipe (0 when it raised)."""
     read, write = os.pipe()
-    pid = os.fork()
+    pid = fork_with_deadline()
     if pid == 0:  # pragma: no cover - the child
         code = 2
         try:

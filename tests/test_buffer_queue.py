@@ -216,7 +216,7 @@ def test_concurrent_pops_never_hand_out_one_entry_twice(redis_url: str, key_pref
     setup.client.close()
     popped: list[str] = []
     lock = threading.Lock()
-    start = threading.Barrier(16)
+    start = threading.Barrier(16, timeout=60)  # one thread failing before it must not strand 15
 
     def drain(use_many: bool) -> None:
         client = client_from_url(redis_url, socket_timeout=5)
@@ -239,7 +239,7 @@ def test_concurrent_pops_never_hand_out_one_entry_twice(redis_url: str, key_pref
         finally:
             client.close()
 
-    threads = [threading.Thread(target=drain, args=(n % 2 == 0,)) for n in range(16)]
+    threads = [threading.Thread(target=drain, args=(n % 2 == 0,), daemon=True) for n in range(16)]
     for thread in threads:
         thread.start()
     for thread in threads:

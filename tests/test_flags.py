@@ -18,7 +18,7 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.gate.flags import OrgFlags, OrgFlagsView, flags_key, parse_flag
 
 from .fake_redis import FakeServer
-from .mollifier_helpers import add_mollifier, decisions, eventually, fail_opens
+from .mollifier_helpers import add_mollifier, decisions, eventually, fail_opens, fork_with_deadline
 
 
 def unreachable_client() -> redis.Redis:
@@ -238,7 +238,7 @@ def test_a_child_forked_during_a_refresh_refreshes_on_its_own(
     assert view._lock.acquire(blocking=False)
     view._next_refresh_at = float("inf")
 
-    pid = os.fork()
+    pid = fork_with_deadline()
     if pid == 0:  # pragma: no cover - the child
         code = 1
         try:

@@ -92,24 +92,27 @@ def test_threads_hold_at_most_a_quarter_of_a_bounded_pool(make_redis_client: Mak
     # Given a pool of 8 connections: at most 2 held at once
     client = make_redis_client(max_connections=8)
     pool = client.connection_pool
-    started, release = threading.Barrier(5), threading.Event()
+    started, release = threading.Barrier(5, timeout=30), threading.Event()
     ids: list[int] = []
 
     def sender() -> None:
         ids.append(client_id(client))
         started.wait()
-        release.wait()
+        release.wait(timeout=60)
 
     # When 4 threads send and stay alive
-    threads = [threading.Thread(target=sender) for _ in range(4)]
+    # (Daemons, and a wait that times out: a failed assertion must not leave them to hang exit.)
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(4)]
     for thread in threads:
         thread.start()
     started.wait()
 
     # Then 2 keep a connection, the other 2 checked out per call and gave theirs back
-    assert held.held_count(pool) == 2
-    assert in_use(pool) == 2
-    release.set()
+    try:
+        assert held.held_count(pool) == 2
+        assert in_use(pool) == 2
+    finally:
+        release.set()
     for thread in threads:
         thread.join()
     eventually(lambda: held.held_count(pool) == 0, what="the ended threads' connections released")
@@ -145,19 +148,21 @@ def test_a_large_pool_is_held_by_at_most_max_held_threads(
     monkeypatch.setattr(held, "MAX_HELD", 1)
     client = make_redis_client(max_connections=2**31)
     pool = client.connection_pool
-    started, release = threading.Barrier(4), threading.Event()
+    started, release = threading.Barrier(4, timeout=30), threading.Event()
 
     def sender() -> None:
         client_id(client)
         started.wait()
-        release.wait()
+        release.wait(timeout=60)
 
-    threads = [threading.Thread(target=sender) for _ in range(3)]
+    threads = [threading.Thread(target=sender, daemon=True) for _ in range(3)]
     for thread in threads:
         thread.start()
     started.wait()
 
-    assert held.held_count(pool) == 1
-    release.set()
+    try:
+        assert held.held_count(pool) == 1
+    finally:
+        release.set()
     for thread in threads:
         thread.join()

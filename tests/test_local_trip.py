@@ -22,7 +22,7 @@ from dramatiq_mollifier.gate.local_trip import LocalTrip
 from dramatiq_mollifier.models import Tenant, TripWindow
 
 from .layout_helpers import script_calls
-from .mollifier_helpers import add_mollifier, decisions, eventually, fail_opens
+from .mollifier_helpers import add_mollifier, decisions, eventually, fail_opens, fork_with_deadline
 
 TRIP = {"window_ms": 60_000, "threshold": 5, "hold_ms": 60_000}
 
@@ -278,7 +278,7 @@ def test_a_forked_child_shares_no_counts_and_folds_its_own(
         trip.count(Tenant("acme", "parent"), True)
 
     # When it forks a child that counts sends of its own
-    pid = os.fork()
+    pid = fork_with_deadline()
     if pid == 0:  # pragma: no cover - the child
         code = 2
         try:

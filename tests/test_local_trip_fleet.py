@@ -105,14 +105,22 @@ def test_forked_producers_share_one_fleet_wide_threshold_within_the_documented_b
     barrier = context.Barrier(PRODUCERS)
     results = context.Queue()
     processes = [
-        context.Process(target=producer, args=(mollifier, ingest, barrier, results)) for _ in range(PRODUCERS)
+        context.Process(target=producer, args=(mollifier, ingest, barrier, results), daemon=True)
+        for _ in range(PRODUCERS)
     ]
     for process in processes:
         process.start()
-    reports = [results.get(timeout=120) for _ in processes]
-    for process in processes:
-        process.join(timeout=30)
-        assert process.exitcode == 0
+    try:
+        reports = [results.get(timeout=120) for _ in processes]
+        for process in processes:
+            process.join(timeout=30)
+        assert [process.exitcode for process in processes] == [0] * PRODUCERS
+    finally:
+        # A producer stuck after a fork would otherwise outlive the test (and hold pytest's exit).
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
 
     # Then
     print(reports)

@@ -49,7 +49,7 @@ def test_one_hundred_concurrent_evaluations_get_counts_one_to_one_hundred(
 ) -> None:
     counts: list[int] = []
     lock = threading.Lock()
-    start = threading.Barrier(100)
+    start = threading.Barrier(100, timeout=60)  # one thread failing before it must not strand 99
 
     def evaluate_once() -> None:
         client = client_from_url(redis_url, socket_timeout=5)
@@ -63,7 +63,7 @@ def test_one_hundred_concurrent_evaluations_get_counts_one_to_one_hundred(
         finally:
             client.close()
 
-    threads = [threading.Thread(target=evaluate_once) for _ in range(100)]
+    threads = [threading.Thread(target=evaluate_once, daemon=True) for _ in range(100)]
     for thread in threads:
         thread.start()
     for thread in threads:
