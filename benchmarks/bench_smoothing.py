@@ -18,9 +18,13 @@ to change it), so that it outpaces the fleet and builds a backlog without the mo
 ``--separate-drainer`` runs it with ``MOLLIFIER_DRAINER_ENABLED=false`` in the workers and one
 ``dramatiq-mollifier drain`` process beside them: the drain off the workers' interpreter lock.
 
-Each row also gives the CPU time of the run's processes (workers, producers: their rusage) and
-of the Redis server (``INFO cpu``): what the drain costs, which on a machine short of CPU is
-what decides the completion time.
+Each row also gives the CPU time of the run's processes (workers, producers: their rusage), of
+the Redis server (``INFO cpu``) and of the whole machine from the burst's first send to its last
+message's start (``/proc/stat``: RabbitMQ and everything else included), with how many of the
+machine's cores that kept busy on average. Each round then gives the mollifier's cost: the ratio
+of the machine's CPU with and without, and the difference per burst message. Where the run
+without the mollifier already keeps every core busy, that cost is what decides the completion
+ratio; where cores are to spare, it is not.
 """
 
 from __future__ import annotations
@@ -59,6 +63,23 @@ def row(label: str, outcome: Outcome, cpu: tuple[float, float]) -> str:
             else ""
         )
         + f"\n           CPU: the run's processes {cpu[0]:5.1f} s, the Redis server {cpu[1]:4.1f} s"
+        + (
+            f"; the machine during the burst {outcome.machine_cpu_s:5.1f} s "
+            f"({outcome.machine_cpu_s / outcome.burst_completion_s:.2f} of {outcome.cores} cores busy)"
+            if outcome.machine_cpu_s
+            else ""
+        )
+    )
+
+
+def machine_cost(without: Outcome, with_: Outcome, burst: int) -> str:
+    """What the mollifier added to the whole machine's CPU during the burst, per burst message."""
+    if not (without.machine_cpu_s and with_.machine_cpu_s):
+        return ""
+    added = with_.machine_cpu_s - without.machine_cpu_s
+    return (
+        f"  machine CPU during the burst {with_.machine_cpu_s / without.machine_cpu_s:.2f}x: "
+        f"{1e6 * added / burst:+.0f} us per burst message"
     )
 
 
@@ -205,7 +226,8 @@ def main() -> None:
                     ratios.append(
                         (with_.p99 / without.p99, with_.burst_completion_s / without.burst_completion_s)
                     )
-                    print(verdict(*ratios[-1]), flush=True)
+                    print(verdict(*ratios[-1]))
+                    print(machine_cost(without, with_, args.burst), flush=True)
                 if args.repeat > 1:
                     print(summary(broker, processes, ratios), flush=True)
     shutil.rmtree(logs, ignore_errors=True)

@@ -43,6 +43,12 @@ class Outcome:
     starved_share: float = 0.0
     #: Mean broker-queue depth (RedisBroker) over the samples taken while the buffer held work.
     mean_broker_depth: float = 0.0
+    #: CPU time the whole machine spent (every process: workers, producers, Redis, RabbitMQ, the
+    #: rest) from the burst's first send to its last message's start, in seconds; 0 where
+    #: ``/proc/stat`` is not there.
+    machine_cpu_s: float = 0.0
+    #: The machine's cores (what ``machine_cpu_s`` is a share of, per second).
+    cores: int = 1
 
     def quantile(self, q: float) -> float:
         waits = sorted(self.quiet_waits_ms)
@@ -203,6 +209,22 @@ class Sampler:
             self.done.wait(0.05)
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds every core of this machine has spent busy since boot (``/proc/stat``), or 0.
+
+    Every process counts (the servers too): on a machine whose cores the run keeps busy, this,
+    not the time, is what the mollifier's work adds to.
+    """
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    # user, nice, system, (idle, iowait), irq, softirq: not steal (the hypervisor's other guests)
+    busy = sum(fields[:3]) + sum(fields[5:7])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _send_share(count: int, go: Any) -> None:
     """A helper producer (a spawned process): send ``count`` burst messages once ``go`` is set."""
     from benchmarks import smoothing_app as app
@@ -250,7 +272,7 @@ def _measure(
     helpers = [threading.Thread(target=quiet, daemon=True), threading.Thread(target=sampler.run, daemon=True)]
     for thread in helpers:
         thread.start()
-    started = time.monotonic()
+    started, cpu_at_start = time.monotonic(), machine_cpu_s()
     go.set()
     for _ in range(shares[0]):
         work.send_with_options(args=(BURST_ORG, time.time() * 1000), org_id=BURST_ORG)
@@ -260,6 +282,7 @@ def _measure(
         time.sleep(0.02)
         burst_done = int(client.get(app.BURST_DONE_KEY) or 0)
     completion_s = time.monotonic() - started
+    machine_cpu = machine_cpu_s() - cpu_at_start
     done.set()
     for thread in helpers:
         thread.join()
@@ -279,6 +302,8 @@ def _measure(
         burst_done,
         starved_share=sampler.starved_samples / samples,
         mean_broker_depth=sampler.broker_sum / samples,
+        machine_cpu_s=machine_cpu,
+        cores=os.cpu_count() or 1,
     )
 
 
