@@ -226,8 +226,8 @@ def main() -> None:
                     ratios.append(
                         (with_.p99 / without.p99, with_.burst_completion_s / without.burst_completion_s)
                     )
-                    print(verdict(*ratios[-1]))
-                    print(machine_cost(without, with_, args.burst), flush=True)
+                    cost = machine_cost(without, with_, args.burst)
+                    print(verdict(*ratios[-1]) + (f"\n{cost}" if cost else ""), flush=True)
                 if args.repeat > 1:
                     print(summary(broker, processes, ratios), flush=True)
     shutil.rmtree(logs, ignore_errors=True)
