@@ -18,6 +18,7 @@ from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.embedded import EmbeddedCluster, EmbeddedRedis, find_server_binary
 
 from .fake_redis import refused_url, silent_server  # noqa: F401 (fixtures for every test module)
+from .report_fallback import pytest_runtest_makereport  # noqa: F401 (a hook, registered by its name)
 from .servers import (
     TEST_DATABASES,
     RabbitmqServer,
