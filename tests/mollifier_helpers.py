@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -102,6 +103,24 @@ def eventually(condition: Callable[[], bool], timeout_s: float = 10.0, what: str
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.01)
+
+
+def exit_code(process: subprocess.Popen[Any], timeout_s: float) -> int:
+    """The exit code of ``process`` within ``timeout_s``; if it runs on, it is killed (no child
+    outlives the test) and AssertionError says so."""
+    try:
+        return process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"{process.args!r} still ran after {timeout_s} s: killed") from None
+
+
+def stop_process(process: subprocess.Popen[Any], timeout_s: float = 30) -> int:
+    """SIGTERM ``process`` and wait up to ``timeout_s`` for its exit code; killed past that."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    return exit_code(process, timeout_s)
 
 
 def fork_with_deadline(seconds: int = 60) -> int:

@@ -20,7 +20,7 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.health import eviction_problem
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
-from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, eventually
+from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, eventually, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -160,8 +160,12 @@ def test_two_processes_sending_at_once_never_exceed_the_cap_together(
         )
         for _ in range(2)
     ]
-    redis_client.set(f"{key_prefix}:go", 1)
-    outputs = [p.communicate(timeout=60) for p in producers]
+    try:
+        redis_client.set(f"{key_prefix}:go", 1)
+        outputs = [p.communicate(timeout=60) for p in producers]
+    finally:
+        for producer in producers:
+            stop_process(producer, 5)
     assert [p.returncode for p in producers] == [0, 0], outputs
     rejected = sum(int(out.strip().rsplit("=", 1)[1]) for out, _ in outputs)
     buffer = MollifierBuffer(redis_client, **MollifierSettings(key_prefix=key_prefix).buffer_options)

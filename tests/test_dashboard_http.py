@@ -34,6 +34,7 @@ from dramatiq_mollifier.settings import MollifierSettings
 
 from .cli_helpers import dead_letter, run_cli
 from .dashboard_helpers import TOKEN, fill, served
+from .mollifier_helpers import stop_process
 
 
 class Client:
@@ -335,8 +336,7 @@ def _check_served(process: subprocess.Popen[str]) -> None:
         with urllib.request.urlopen(url + "api/overview", timeout=10) as response:
             assert b'"depth":12' in response.read().replace(b" ", b"")
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process, 10)
 
 
 def test_the_command_will_not_listen_beyond_loopback_without_auth(

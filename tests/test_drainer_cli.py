@@ -18,7 +18,7 @@ import redis
 from dramatiq_mollifier.buffer import MollifierBuffer
 
 from .conftest import CLUSTER_MODE
-from .mollifier_helpers import eventually
+from .mollifier_helpers import eventually, exit_code
 
 pytestmark = pytest.mark.e2e
 
@@ -101,7 +101,7 @@ def test_drain_puts_the_buffer_on_the_broker_and_stops_cleanly_on_sigterm(
 def test_drain_refuses_an_app_without_the_mollifier(tmp_path: Path) -> None:
     process = drain_command("tests.apps.plain_app", log=tmp_path / "drain.log")
 
-    assert process.wait(30) == 2
+    assert exit_code(process, 30) == 2
     output = (tmp_path / "drain.log").read_text()
     assert "has no Mollifier middleware" in output
 
@@ -109,7 +109,7 @@ def test_drain_refuses_an_app_without_the_mollifier(tmp_path: Path) -> None:
 def test_drain_reports_an_app_that_cannot_be_imported(tmp_path: Path) -> None:
     process = drain_command("tests.apps.no_such_app", log=tmp_path / "drain.log")
 
-    assert process.wait(30) == 2
+    assert exit_code(process, 30) == 2
     assert "cannot import 'tests.apps.no_such_app'" in (tmp_path / "drain.log").read_text()
 
 
@@ -117,5 +117,5 @@ def test_drain_fails_loudly_on_a_bad_setting(environment: dict[str, str], tmp_pa
     bad = {**environment, "MOLLIFIER_DRAIN_SHUTDOWN_TIMEOUT_MS": "700000"}
     process = drain_command("tests.apps.drain_app", env=bad, log=tmp_path / "drain.log")
 
-    assert process.wait(30) == 2
+    assert exit_code(process, 30) == 2
     assert "drain_shutdown_timeout_ms" in (tmp_path / "drain.log").read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import redis
 
 from dramatiq_mollifier import MollifierBuffer
 
-from .mollifier_helpers import eventually, leased_ids
+from .mollifier_helpers import eventually, leased_ids, stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BURST = 800
@@ -76,8 +75,7 @@ def test_the_example_burst_is_buffered_then_processed_exactly_once(
         eventually(lambda: broker_client.hlen("example:events") >= len(expected), 60, "every event")
         eventually(lambda: settled(broker_client, redis_client), 15, "a duplicate, if any, to show up")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
+        stop_process(worker)
         log.close()
 
     # Then every event was stored exactly once, the buffer is empty and billing went through.

@@ -18,6 +18,7 @@ from dramatiq_mollifier.embedded import EmbeddedRedis, free_port
 from dramatiq_mollifier.errors import BufferUnavailableError, MollifierConfigurationError
 from dramatiq_mollifier.redis_urls import redis_url_problem
 
+from .mollifier_helpers import stop_process
 from .servers import unavailable
 
 
@@ -113,5 +114,4 @@ def test_a_sentinel_url_reaches_the_primary_sentinel_names(
         plain.close()
         assert MollifierSettings(redis_url=url).effective_slot_groups == 0
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process, 10)
