@@ -24,7 +24,9 @@ message's start (``/proc/stat``: RabbitMQ and everything else included), with ho
 machine's cores that kept busy on average. Each round then gives the mollifier's cost: the ratio
 of the machine's CPU with and without, and the difference per burst message. Where the run
 without the mollifier already keeps every core busy, that cost is what decides the completion
-ratio; where cores are to spare, it is not.
+ratio; where cores are to spare, it is not. Each row also splits the worker processes' CPU during
+the burst by thread (``benchmarks/thread_cpu.py``), and each round says what the mollifier added
+there per burst message: in its own threads, in Dramatiq's, in the rest.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -62,6 +64,11 @@ def row(label: str, outcome: Outcome, cpu: tuple[float, float]) -> str:
             if outcome.peak_buffer_depth
             else ""
         )
+        + (
+            f"\n           worker threads' CPU during the burst: {_threads(outcome)}"
+            if outcome.thread_cpu_s
+            else ""
+        )
         + f"\n           CPU: the run's processes {cpu[0]:5.1f} s, the Redis server {cpu[1]:4.1f} s"
         + (
             f"; the machine during the burst {outcome.machine_cpu_s:5.1f} s "
@@ -80,6 +87,39 @@ def machine_cost(without: Outcome, with_: Outcome, burst: int) -> str:
     return (
         f"  machine CPU during the burst {with_.machine_cpu_s / without.machine_cpu_s:.2f}x: "
         f"{1e6 * added / burst:+.0f} us per burst message"
+    )
+
+
+def _threads(outcome: Outcome) -> str:
+    by_cpu = sorted(outcome.thread_cpu_s.items(), key=lambda item: -item[1])
+    return ", ".join(f"{name} {spent:.2f} s" for name, spent in by_cpu if spent >= 0.005)
+
+
+def worker_cost(without: Outcome, with_: Outcome, burst: int) -> str:
+    """What the mollifier added to the worker processes' threads during the burst, per burst
+    message: its own threads, Dramatiq's (the same work, more interpreter-lock contention and
+    shallower fetches), the rest."""
+    if not (without.thread_cpu_s and with_.thread_cpu_s):
+        return ""
+
+    def spent(outcome: Outcome, wanted: Callable[[str], bool]) -> float:
+        return sum(cpu for name, cpu in outcome.thread_cpu_s.items() if wanted(name))
+
+    def added(wanted: Callable[[str], bool]) -> float:
+        return 1e6 * (spent(with_, wanted) - spent(without, wanted)) / burst
+
+    def mollifier(name: str) -> bool:
+        return name.startswith("mollifier-")
+
+    def dramatiq(name: str) -> bool:
+        return name.startswith("dramatiq ")
+
+    def rest(name: str) -> bool:
+        return not (mollifier(name) or dramatiq(name))
+
+    return (
+        f"  worker threads' CPU during the burst: the mollifier's {added(mollifier):+.0f} us, "
+        f"Dramatiq's {added(dramatiq):+.0f} us, the rest {added(rest):+.0f} us per burst message"
     )
 
 
@@ -226,8 +266,11 @@ def main() -> None:
                     ratios.append(
                         (with_.p99 / without.p99, with_.burst_completion_s / without.burst_completion_s)
                     )
-                    cost = machine_cost(without, with_, args.burst)
-                    print(verdict(*ratios[-1]) + (f"\n{cost}" if cost else ""), flush=True)
+                    costs = [
+                        machine_cost(without, with_, args.burst),
+                        worker_cost(without, with_, args.burst),
+                    ]
+                    print("\n".join([verdict(*ratios[-1]), *filter(None, costs)]), flush=True)
                 if args.repeat > 1:
                     print(summary(broker, processes, ratios), flush=True)
     shutil.rmtree(logs, ignore_errors=True)

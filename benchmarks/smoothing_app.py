@@ -4,7 +4,8 @@ Configured from the environment: ``SMOOTHING_BROKER`` (``redis`` or ``rabbitmq``
 ``SMOOTHING_BROKER_URL``, ``SMOOTHING_REDIS_URL`` (where the waits are recorded),
 ``SMOOTHING_WORK_MS`` (how long the actor sleeps: I/O-bound work) and ``MOLLIFIER_*``. The actor
 records ``org|wait_ms|started_at_ms`` for every message, where the wait runs from the send to the
-start of processing: what a tenant feels.
+start of processing: what a tenant feels. Each worker process reports its threads' CPU by role
+(``benchmarks/thread_cpu.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 import dramatiq
 import redis
 
+from benchmarks.thread_cpu import ThreadCpuReporter
 from dramatiq_mollifier import Mollifier
 
 QUEUE_NAME = "smoothing"
@@ -29,10 +31,11 @@ else:
     from dramatiq.brokers.redis import RedisBroker
 
     broker = RedisBroker(url=os.environ["SMOOTHING_BROKER_URL"])
+_waits = redis.Redis.from_url(os.environ["SMOOTHING_REDIS_URL"])
+broker.add_middleware(ThreadCpuReporter(_waits))
 broker.add_middleware(Mollifier())
 dramatiq.set_broker(broker)
 
-_waits = redis.Redis.from_url(os.environ["SMOOTHING_REDIS_URL"])
 _work_s = int(os.environ.get("SMOOTHING_WORK_MS", "5")) / 1000
 
 

@@ -15,11 +15,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
+
+from benchmarks import thread_cpu
 
 REPO = Path(__file__).resolve().parent.parent
 DRAMATIQ = str(Path(sys.executable).with_name("dramatiq"))
@@ -49,6 +51,10 @@ class Outcome:
     machine_cpu_s: float = 0.0
     #: The machine's cores (what ``machine_cpu_s`` is a share of, per second).
     cores: int = 1
+    #: CPU time the worker processes' threads spent over the same span, by role (Dramatiq's
+    #: actor threads and consumers, each mollifier thread: ``benchmarks/thread_cpu.py``), in
+    #: seconds.
+    thread_cpu_s: dict[str, float] = field(default_factory=dict)
 
     def quantile(self, q: float) -> float:
         waits = sorted(self.quiet_waits_ms)
@@ -272,7 +278,7 @@ def _measure(
     helpers = [threading.Thread(target=quiet, daemon=True), threading.Thread(target=sampler.run, daemon=True)]
     for thread in helpers:
         thread.start()
-    started, cpu_at_start = time.monotonic(), machine_cpu_s()
+    started, cpu_at_start, threads_at_start = time.monotonic(), machine_cpu_s(), thread_cpu.read(client)
     go.set()
     for _ in range(shares[0]):
         work.send_with_options(args=(BURST_ORG, time.time() * 1000), org_id=BURST_ORG)
@@ -283,6 +289,7 @@ def _measure(
         burst_done = int(client.get(app.BURST_DONE_KEY) or 0)
     completion_s = time.monotonic() - started
     machine_cpu = machine_cpu_s() - cpu_at_start
+    threads = {name: cpu - threads_at_start.get(name, 0.0) for name, cpu in thread_cpu.read(client).items()}
     done.set()
     for thread in helpers:
         thread.join()
@@ -304,6 +311,7 @@ def _measure(
         mean_broker_depth=sampler.broker_sum / samples,
         machine_cpu_s=machine_cpu,
         cores=os.cpu_count() or 1,
+        thread_cpu_s=threads,
     )
 
 

@@ -43,3 +43,9 @@ def test_quiet_tenants_do_not_wait_behind_a_burst(disposable_redis: EmbeddedRedi
     # than none and no more than the machine's cores could spend in that time
     assert without.machine_cpu_s > 0 and with_.machine_cpu_s > 0, (without.machine_cpu_s, with_.machine_cpu_s)
     assert with_.machine_cpu_s <= with_.burst_completion_s * with_.cores * 1.05
+    # And the workers' CPU by thread over each burst (benchmarks/thread_cpu.py): Dramatiq's actor
+    # threads in both runs, the mollifier's drainer only where the mollifier is on
+    assert without.thread_cpu_s.get("dramatiq actor threads", 0) > 0, without.thread_cpu_s
+    assert with_.thread_cpu_s.get("dramatiq actor threads", 0) > 0, with_.thread_cpu_s
+    assert with_.thread_cpu_s.get("mollifier-drainer", 0) > 0, with_.thread_cpu_s
+    assert "mollifier-drainer" not in without.thread_cpu_s, without.thread_cpu_s
