@@ -138,6 +138,7 @@ def run_scenario(
                 str(burst),
                 str(timeout_s),
                 str(producers or processes),
+                str(processes),
             ],
             cwd=REPO,
             env=env,
@@ -241,7 +242,7 @@ def _send_share(count: int, go: Any) -> None:
 
 
 def _measure(
-    client: redis.Redis, *, burst: int, broker: str, timeout_s: float, producers: int = 1
+    client: redis.Redis, *, burst: int, broker: str, timeout_s: float, producers: int = 1, workers: int = 1
 ) -> Outcome:
     import multiprocessing
 
@@ -257,12 +258,16 @@ def _measure(
 
     work = app.work
     waits_key = app.WAITS_KEY
-    # Ready: one message goes through before the clock starts.
+    # Ready: one message goes through and every worker process has booted (its thread CPU
+    # reporter wrote) before the clock starts. Waiting for the message alone started the burst
+    # while a second worker process could still be importing the app.
     work.send_with_options(args=("warmup", time.time() * 1000), org_id="warmup")
     deadline = time.monotonic() + 60
-    while client.llen(waits_key) < 1:
+    while client.llen(waits_key) < 1 or client.hlen(thread_cpu.KEY) < workers:
         if time.monotonic() > deadline:
-            raise RuntimeError("the worker never processed the warm-up message")
+            raise RuntimeError(
+                f"the warm-up message was not processed or fewer than {workers} worker processes booted"
+            )
         time.sleep(0.05)
     client.delete(waits_key)
 
@@ -316,13 +321,14 @@ def _measure(
 
 
 if __name__ == "__main__":
-    # The producer side of run_scenario: arguments broker, burst, timeout, producers; prints the
-    # outcome.
+    # The producer side of run_scenario: arguments broker, burst, timeout, producers, worker
+    # processes; prints the outcome.
     outcome = _measure(
         redis.Redis.from_url(os.environ["SMOOTHING_REDIS_URL"]),
         burst=int(sys.argv[2]),
         broker=sys.argv[1],
         timeout_s=float(sys.argv[3]),
         producers=int(sys.argv[4]),
+        workers=int(sys.argv[5]),
     )
     print(json.dumps(asdict(outcome)))
