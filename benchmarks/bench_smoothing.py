@@ -97,8 +97,8 @@ def _threads(outcome: Outcome) -> str:
 
 def worker_cost(without: Outcome, with_: Outcome, burst: int) -> str:
     """What the mollifier added to the worker processes' threads during the burst, per burst
-    message: its own threads, Dramatiq's (the same work, more interpreter-lock contention and
-    shallower fetches), the rest."""
+    message: its own threads, Dramatiq's (the same work: what changes is the contention for the
+    cores and the interpreter lock, and how many fetches a shallower queue takes), the rest."""
     if not (without.thread_cpu_s and with_.thread_cpu_s):
         return ""
 
