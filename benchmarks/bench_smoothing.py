@@ -39,7 +39,8 @@ import shutil
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -95,31 +96,25 @@ def _threads(outcome: Outcome) -> str:
     return ", ".join(f"{name} {spent:.2f} s" for name, spent in by_cpu if spent >= 0.005)
 
 
+def _thread_group(name: str) -> str:
+    if name.startswith("mollifier-"):
+        return "mollifier"
+    return "dramatiq" if name.startswith("dramatiq ") else "rest"
+
+
 def worker_cost(without: Outcome, with_: Outcome, burst: int) -> str:
     """What the mollifier added to the worker processes' threads during the burst, per burst
     message: its own threads, Dramatiq's (the same work: what changes is the contention for the
     cores and the interpreter lock, and how many fetches a shallower queue takes), the rest."""
     if not (without.thread_cpu_s and with_.thread_cpu_s):
         return ""
-
-    def spent(outcome: Outcome, wanted: Callable[[str], bool]) -> float:
-        return sum(cpu for name, cpu in outcome.thread_cpu_s.items() if wanted(name))
-
-    def added(wanted: Callable[[str], bool]) -> float:
-        return 1e6 * (spent(with_, wanted) - spent(without, wanted)) / burst
-
-    def mollifier(name: str) -> bool:
-        return name.startswith("mollifier-")
-
-    def dramatiq(name: str) -> bool:
-        return name.startswith("dramatiq ")
-
-    def rest(name: str) -> bool:
-        return not (mollifier(name) or dramatiq(name))
-
+    added: Counter[str] = Counter()
+    for outcome, sign in ((with_, 1), (without, -1)):
+        for name, cpu in outcome.thread_cpu_s.items():
+            added[_thread_group(name)] += sign * 1e6 * cpu / burst
     return (
-        f"  worker threads' CPU during the burst: the mollifier's {added(mollifier):+.0f} us, "
-        f"Dramatiq's {added(dramatiq):+.0f} us, the rest {added(rest):+.0f} us per burst message"
+        f"  worker threads' CPU during the burst: the mollifier's {added['mollifier']:+.0f} us, "
+        f"Dramatiq's {added['dramatiq']:+.0f} us, the rest {added['rest']:+.0f} us per burst message"
     )
 
 
