@@ -7,7 +7,8 @@ every ``send()`` wait that timeout. :class:`CircuitBreaker` stops the calls inst
 refused at once for ``cooldown_ms``; then exactly one call goes through as a probe, and its
 outcome closes the breaker or opens it for another cool-down.
 
-An error *reply* (a script error, a wrong type) is not an outage: Redis answered.
+An error *reply* (a script error, a wrong type) is not an outage: Redis answered. An error
+raised apart from Redis (a message that does not encode) is neither an outage nor an answer.
 """
 
 from __future__ import annotations
@@ -48,11 +49,16 @@ class CircuitOpenError(redis.RedisError):
 
 def is_outage(exc: BaseException) -> bool:
     """Whether ``exc`` (or an exception it was raised from) says Redis could not be reached in time."""
+    return _in_chain(exc, _OUTAGES)
+
+
+def _in_chain(exc: BaseException, types: tuple[type[BaseException], ...]) -> bool:
+    """Whether ``exc`` or one of the (up to four) exceptions it was raised from is of ``types``."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
             return False
-        if isinstance(seen, _OUTAGES):
+        if isinstance(seen, types):
             return True
         seen = seen.__cause__
     return False
@@ -164,11 +170,20 @@ class CircuitBreaker:
         return result
 
     def record(self, exc: BaseException | None) -> None:
-        """:meth:`record_success` unless ``exc`` is an outage (see :func:`is_outage`)."""
-        if exc is not None and is_outage(exc):
-            self.record_failure()
-        else:
+        """:meth:`record_success` when Redis answered (``exc`` None, or an error reply),
+        :meth:`record_failure` for an outage (see :func:`is_outage`), and neither for an error
+        that did not come from Redis (a message that does not encode, a bad tenant): counted as
+        a success, such errors closed the breaker during a stall, and every other send then
+        waited its timeout. A probe that ends so lets the next call probe."""
+        if exc is None:
             self.record_success()
+        elif is_outage(exc):
+            self.record_failure()
+        elif _in_chain(exc, (redis.RedisError,)) and not isinstance(exc, CircuitOpenError):  # an error reply
+            self.record_success()
+        elif self._probe_deadline is not None:
+            with self._lock:
+                self._probe_deadline = None
 
 
 _breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()

@@ -19,7 +19,7 @@ from opentelemetry.metrics import MeterProvider
 from .breaker import CircuitBreaker
 from .buffer import MollifierBuffer
 from .buffer.controls import TenantControls
-from .buffer.health import check_layout, warn_about_eviction
+from .buffer.health import check_layout, layout_problem, warn_about_eviction
 from .buffer.rules import RulesView, read_rules
 from .drain.pace import pace_for
 from .drain.slot_release import SlotReleaser
@@ -93,6 +93,10 @@ class Mollifier(Middleware):
             breaker=self.breaker,
         )
         buffer = self._buffer
+        # Nothing is diverted before the key layout is known to match the fleet's: an entry
+        # written under another layout is one no drainer reads. A forked child inherits what
+        # its parent knew, and checks for itself if that was nothing yet.
+        self._layout_confirmed = False
         #: The operator's pauses, caps and weights, re-read every 500 ms in the background.
         self.rules = RulesView(lambda: read_rules(buffer.client, buffer.keys))
         self.gate = Gate(
@@ -102,6 +106,7 @@ class Mollifier(Middleware):
             runtime_enrolled=self.flags.enrolled,
             tenant=tenant,
             breaker=self.breaker,
+            layout_confirmed=self._layout_ok,
             holds=TenantHolds(
                 self.settings,
                 backend=buffer,
@@ -113,8 +118,10 @@ class Mollifier(Middleware):
         if self._enabled:
             self.rules.current()  # starts the background refresh: a pause holds from the first send
             warn_about_eviction(buffer.client)
-            #: Checks the key layout against the one recorded; a mismatch turns the gate off.
-            self.layout_check = check_layout(buffer.client, buffer.keys, self._refuse_layout)
+            #: Checks the key layout at startup; a mismatch turns the gate off.
+            self.layout_check = check_layout(
+                buffer.client, buffer.keys, self._refuse_layout, self._layout_matches
+            )
         self._worker_drainer: WorkerDrainer | None = None
         self._controls: TenantControls | None = None
         # The drain budget: workers give a slot back when they start a drained message.
@@ -208,6 +215,32 @@ class Mollifier(Middleware):
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._slots is not None:
             self._slots.stop()
+
+    def _layout_ok(self) -> bool:
+        """Whether the key layout is known to match the fleet's (the gate asks before it calls
+        Redis); checked in the sending thread while the startup check has not answered (Redis
+        was unreachable, or this is a forked child that started before it did). Through the
+        breaker: while Redis is unreachable this costs a send what a gated send costs."""
+        if self._layout_confirmed:
+            return True
+        if not self.breaker.allow():
+            return False
+        buffer = self._buffer
+        try:
+            problem = layout_problem(buffer.client, buffer.keys)
+        except Exception as exc:
+            self.breaker.record(exc)
+            return False
+        self.breaker.record_success()
+        if problem is not None:
+            logger.error("mollifier.layout_mismatch %s", problem)
+            self._refuse_layout(problem)
+            return False
+        self._layout_matches()
+        return True
+
+    def _layout_matches(self) -> None:
+        self._layout_confirmed = True
 
     def _refuse_layout(self, problem: str) -> None:
         # Fail open: every send goes to the broker, as if the mollifier were not there.

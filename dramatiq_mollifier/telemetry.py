@@ -90,6 +90,9 @@ class FailOpenStage(str, enum.Enum):
     BUFFER_WRITE = "buffer_write"
     #: Refused at once by the open circuit breaker (no Redis call).
     BREAKER = "breaker"
+    #: Before this process knew its key layout to match the fleet's (Redis unreachable since
+    #: startup): not gated, no decision recorded.
+    LAYOUT = "layout"
 
 
 class DrainResultKind(str, enum.Enum):

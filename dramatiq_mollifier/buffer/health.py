@@ -68,9 +68,12 @@ def layout_problem(client: Any, keys: KeySpace) -> str | None:
     )
 
 
-def check_layout(client: Any, keys: KeySpace, on_problem: Callable[[str], None]) -> threading.Thread:
+def check_layout(
+    client: Any, keys: KeySpace, on_problem: Callable[[str], None], on_match: Callable[[], None]
+) -> threading.Thread:
     """Run :func:`layout_problem` in a daemon thread (startup never waits on Redis), retrying
-    every second while Redis cannot be asked; ``on_problem`` gets the reason on a mismatch."""
+    every second while Redis cannot be asked; ``on_problem`` gets the reason on a mismatch,
+    ``on_match`` is called when the layouts agree."""
 
     def check() -> None:
         while True:
@@ -82,6 +85,8 @@ def check_layout(client: Any, keys: KeySpace, on_problem: Callable[[str], None])
             if problem is not None:
                 logger.error("mollifier.layout_mismatch %s", problem)
                 on_problem(problem)
+            else:
+                on_match()
             return
 
     thread = threading.Thread(target=check, name="mollifier-layout-check", daemon=True)

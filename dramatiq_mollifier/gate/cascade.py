@@ -117,6 +117,9 @@ class Gate:
       breaker: Stops the Redis calls while Redis is unreachable or stalled; refused calls fail
         open at once (``fail_open{stage=breaker}``). Defaults to a breaker of the gate's own.
       holds: Pauses and caps (:mod:`.holds`). Defaults to none.
+      layout_confirmed: Whether the buffer's key layout is known to match the fleet's; asked
+        before any Redis call (one that may write an entry), which fails open while it says no
+        (``fail_open{stage=layout}``). Defaults to "always".
     """
 
     def __init__(
@@ -130,8 +133,10 @@ class Gate:
         clock: Callable[[], float] = time.monotonic,
         breaker: CircuitBreaker | None = None,
         holds: TenantHolds | None = None,
+        layout_confirmed: Callable[[], bool] = lambda: True,
     ) -> None:
         self._settings = settings
+        self._layout_confirmed = layout_confirmed
         self._holds = holds
         self._breaker = breaker if breaker is not None else CircuitBreaker("gate")
         self._backend = backend
@@ -216,6 +221,9 @@ class Gate:
         holds = self._holds
         limits = holds.limits(tenant) if holds is not None else None
         if holds is not None and limits is not None and limits.paused:
+            if not self._layout_confirmed():
+                self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
+                return _BUFFER_ERROR
             return holds.accept(message, tenant, limits, _BUFFER_ERROR)
         org_id = tenant.org_id
         enrolled = self._enrols_all or org_id in self._enrolled_orgs or self._runtime_enrolled(org_id)
@@ -230,6 +238,9 @@ class Gate:
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
             return _BREAKER_OPEN[enrolled]
+        if not self._layout_confirmed():
+            self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
+            return _TRIP_ERROR[enrolled]
         if limits is not None:
             # Under a cap: the trip check and the capped write are two calls (no fused script).
             assert holds is not None
@@ -266,15 +277,18 @@ class Gate:
                 exc=exc,
             )
             return _TENANT_FAILED
-        if tenant is not None and not checked(tenant):
+        if tenant is None:
+            return None
+        usable = checked(tenant)
+        if usable is None:
             self._fail_open(
                 FailOpenStage.TENANT,
-                "The tenant resolver returned %r for message %r, not a Tenant; not gated.",
+                "The tenant resolver returned %r for message %r, not a Tenant of str ids; not gated.",
                 tenant,
                 message.message_id,
             )
             return _TENANT_FAILED
-        return tenant
+        return usable
 
     def _evaluate(
         self,

@@ -28,7 +28,9 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from ..breaker import CircuitBreaker
+import redis
+
+from ..breaker import CircuitBreaker, is_outage
 from ..models import Tenant, TripDecision, TripWindow
 from .forks import ForkMark
 
@@ -43,6 +45,9 @@ IDLE_EXIT_S = 1.0
 #: How far apart the folds are while every env this process counts is below half its threshold
 #: (and the fleet below half the ceiling): ``trip_fold_interval_ms`` if longer, at most the window.
 SLOW_FOLD_INTERVAL_MS = 100
+#: How long a send waits for another thread's fold before it fails open: the send path's socket
+#: timeout (a fold that takes longer is stuck on Redis).
+FOLD_WAIT_MS = 500
 
 
 class Verdict(enum.Enum):
@@ -156,6 +161,8 @@ class LocalTrip:
         # Held across a fold: folds of one process reach Redis in the order they took their counts,
         # so a fold's reply includes every count this process took before it.
         self._fold_lock = threading.Lock()
+        # Folds that met an outage (under the fold lock): a send that waited for one does not fold.
+        self._failed_folds = 0
         self._envs: dict[Tenant, _Window] = {}
         self._fleet = _Window()
         self._running = False
@@ -203,21 +210,35 @@ class LocalTrip:
             return _BELOW
 
     def evaluate(self, tenant: Tenant) -> TripDecision:
-        """Fold ``tenant``'s counts now, in the caller's thread, and say whether it diverts.
+        """Fold ``tenant``'s counts now, in the caller's thread, and say whether it diverts, from
+        the fold's reply: held, backlogged or over the threshold (an env seen diverting before
+        and now none of these is no longer diverting, as when the fused script finds it so).
 
-        Waits for a background fold under way. Raises what the fold raised (the caller records
-        it on the breaker).
+        Waits for another thread's fold under way, at most :data:`FOLD_WAIT_MS`, and raises
+        ``redis.TimeoutError`` instead of folding when that fold met an outage: sends queued
+        behind one another's folds on a stalled Redis each waited their own timeout in turn.
+        Raises what the fold raised (the caller records it on the breaker).
         """
-        with self._fold_lock:
+        failed_before = self._failed_folds
+        if not self._fold_lock.acquire(timeout=FOLD_WAIT_MS / 1000):
+            raise redis.TimeoutError("another thread's trip fold in this process has not come back")
+        try:
+            if self._failed_folds != failed_before:
+                raise redis.TimeoutError("the trip fold this send waited for met a Redis outage")
             with self._lock:
                 env = self._envs.get(tenant)
                 if env is None:
                     env = self._add(tenant)
                 batch = [(tenant, env, env.pending)]
                 self._take(batch)
-            self._fold(batch)
-        tripped = env.diverting or env.hold_end > self._clock()
-        return TripDecision(tripped, env.fleet)
+            (window,) = self._fold(batch)
+        finally:
+            self._fold_lock.release()
+        if window.hold_ttl_ms > 0 or window.backlog > 0 or window.count > self._threshold:
+            return TripDecision(True, window.count)
+        with self._lock:
+            env.diverting = False
+        return TripDecision(False, window.count)
 
     def divert(self, tenant: Tenant) -> None:
         """The fused script (or a write for the fleet-wide ceiling) found ``tenant`` diverting."""
@@ -291,16 +312,19 @@ class LocalTrip:
                 env.in_flight -= n
             self._fleet.in_flight -= sum(n for _, _, n in batch)
 
-    def _fold(self, batch: list[tuple[Tenant, _Window, int]], *, every_env: bool = False) -> None:
-        """Fold ``batch`` and learn the replies. ``every_env``: the batch holds every env with
-        counts, so the replies decide alone whether the next folds come fast or slow."""
+    def _fold(self, batch: list[tuple[Tenant, _Window, int]], *, every_env: bool = False) -> list[TripWindow]:
+        """Fold ``batch`` (under the fold lock), learn the replies and return them. ``every_env``:
+        the batch holds every env with counts, so the replies decide alone whether the next
+        folds come fast or slow."""
         counts = [(tenant.org_id, tenant.env_id, n) for tenant, _, n in batch]
         try:
             fleet, windows = self._backend.fold_trip_counts(
                 counts, global_threshold=self._global_threshold, **self._trip
             )
-        except BaseException:
+        except BaseException as exc:
             self._drop(batch)
+            if is_outage(exc):
+                self._failed_folds += 1
             raise
         now = self._clock()
         with self._lock:
@@ -319,6 +343,7 @@ class LocalTrip:
                 self._fast = fast or any(
                     env.estimate(now) >= self._half for env in self._envs.values() if env.pending
                 )
+        return windows
 
     def _fold_or_report(self, batch: list[tuple[Tenant, _Window, int]], *, every_env: bool) -> None:
         if not self._breaker.allow():

@@ -4,7 +4,8 @@
 and hands out one :class:`~dramatiq_mollifier.Tenant` per (org, env) pair of strings, built once
 and kept (up to :data:`MAX_CACHED` pairs; the cache starts over when full). Integer ids are
 accepted and turned into strings, uncached; anything else is :data:`INVALID` (the gate fails open
-and says so). :func:`checked` vets what a custom resolver returned.
+and says so). :func:`checked` vets what a custom resolver returned (a missing env is the
+default one there too).
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ class OptionTenants:
         return INVALID  # type: ignore[no-any-return]
 
 
-def checked(tenant: object) -> bool:
-    """Whether a custom resolver's answer (other than None) is a usable Tenant."""
-    return isinstance(tenant, Tenant) and isinstance(tenant.org_id, str) and bool(tenant.org_id)
+def checked(tenant: object) -> Tenant | None:
+    """A custom resolver's answer (other than None) as a usable Tenant; None if it is not one.
+
+    An env of None or ``""`` is the default env, as for the options (``Tenant(org, None)`` is
+    what a resolver reading an optional env writes): the fold's keys are built from it, and one
+    None among a fold's envs made every fold of the process fail.
+    """
+    if not isinstance(tenant, Tenant) or not isinstance(tenant.org_id, str) or not tenant.org_id:
+        return None
+    env_id: object = tenant.env_id
+    if env_id is None or env_id == "":
+        return Tenant(tenant.org_id, DEFAULT_ENV_ID)
+    return tenant if isinstance(env_id, str) else None
