@@ -113,6 +113,7 @@ class Mollifier(Middleware):
                 telemetry=self.telemetry,
                 rules=self.rules.current,
                 breaker=self.breaker,
+                layout_confirmed=self._layout_ok,
             ),
         )
         if self._enabled:

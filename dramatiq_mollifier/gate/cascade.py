@@ -23,9 +23,27 @@ from ..models import (
     TripDecision,
     marker_of,
 )
-from ..settings import ALL_ORGS, MollifierMode, MollifierSettings, TripEvaluator
-from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry
-from .decisions import Decision
+from ..settings import ALL_ORGS, MollifierSettings, TripEvaluator
+from ..telemetry import FailOpenStage, Reason, Telemetry
+from .decisions import (
+    BELOW,
+    BREAKER_OPEN,
+    BUFFER_ERROR,
+    BYPASS_ADMITTED,
+    BYPASS_DELAYED,
+    BYPASS_DRAINED,
+    BYPASS_NO_TENANT,
+    BYPASS_OPT_OUT,
+    BYPASS_UNINTERCEPTED,
+    DUPLICATE_ID,
+    MOLLIFY,
+    NOT_ENROLLED,
+    SHADOW_GLOBAL,
+    SHADOW_LOG,
+    TENANT_ERROR,
+    TRIP_ERROR,
+    Decision,
+)
 from .exact_trip import ExactTrip, TripBackend
 from .local_trip import FoldBackend, LocalTrip, Verdict
 from .notices import GateNotices
@@ -63,33 +81,6 @@ class GateBackend(TripBackend, FoldBackend, Protocol):
     def accept(self, message_id: str, *, org_id: str, env_id: str, payload: bytes) -> bool: ...
 
 
-_PASS = Outcome.PASS_THROUGH
-_BYPASS_DRAINED = Decision(_PASS, Reason.DRAINED)
-_BYPASS_ADMITTED = Decision(_PASS, Reason.ADMITTED)
-# A delayed send is admitted: when the worker promotes it from the delay queue, it bypasses again.
-_BYPASS_DELAYED = Decision(_PASS, Reason.DELAYED, admit=True)
-_BYPASS_OPT_OUT = Decision(_PASS, Reason.ACTOR_OPT_OUT)
-_BYPASS_NO_TENANT = Decision(_PASS, Reason.NO_TENANT)
-_BYPASS_UNINTERCEPTED = Decision(_PASS, Reason.UNINTERCEPTED)
-_TENANT_ERROR = Decision(_PASS, Reason.TENANT_ERROR)
-# Messages let through undelayed carry no marker: a Dramatiq retry is always delayed, and a copy
-# of the message (a fan-out, a re-send) must be gated like any other.
-_NOT_ENROLLED = Decision(_PASS, Reason.NOT_ENROLLED)
-_SHADOW_LOG = Decision(Outcome.SHADOW_LOG, Reason.PER_ENV_RATE)
-_BELOW = {on: Decision(_PASS, Reason.BELOW_THRESHOLD, enrolled=on) for on in (False, True)}
-_TRIP_ERROR = {on: Decision(_PASS, Reason.TRIP_ERROR, enrolled=on) for on in (False, True)}
-_BREAKER_OPEN = {on: Decision(_PASS, Reason.BREAKER_OPEN, enrolled=on) for on in (False, True)}
-_BUFFER_ERROR = Decision(_PASS, Reason.BUFFER_ERROR, enrolled=True)
-# A re-send whose id the buffer already holds (queued, draining or dead-lettered) goes to the
-# broker: the buffer keeps one entry per id, and swallowing the re-send would lose it.
-_DUPLICATE_ID = Decision(_PASS, Reason.DUPLICATE_ID, enrolled=True)
-_SHADOW_GLOBAL = Decision(Outcome.SHADOW_LOG, Reason.GLOBAL_RATE)
-_MOLLIFY = {
-    (mode, reason): Decision(Outcome.MOLLIFY, reason, enrolled=True, divert=mode is MollifierMode.DIVERT)
-    for mode in MollifierMode
-    for reason in (Reason.PER_ENV_RATE, Reason.GLOBAL_RATE)
-}
-
 # Module constants: reading an Enum member off its class costs a descriptor call per send.
 _V_BELOW, _V_TRIPPED = Verdict.BELOW, Verdict.TRIPPED
 _V_GLOBAL, _V_DIVERTING = Verdict.GLOBAL, Verdict.DIVERTING
@@ -117,9 +108,8 @@ class Gate:
       breaker: Stops the Redis calls while Redis is unreachable or stalled; refused calls fail
         open at once (``fail_open{stage=breaker}``). Defaults to a breaker of the gate's own.
       holds: Pauses and caps (:mod:`.holds`). Defaults to none.
-      layout_confirmed: Whether the buffer's key layout is known to match the fleet's; asked
-        before any Redis call (one that may write an entry), which fails open while it says no
-        (``fail_open{stage=layout}``). Defaults to "always".
+      layout_confirmed: Whether the key layout is known to match the fleet's, asked before any
+        Redis call; no: fail open (``fail_open{stage=layout}``). Defaults to "always".
     """
 
     def __init__(
@@ -195,14 +185,14 @@ class Gate:
         options = message.options
         state = marker_of(options, message.message_id) if STATE_OPTION in options else None
         if state == STATE_DRAINED:
-            return _BYPASS_DRAINED
+            return BYPASS_DRAINED
         if state == STATE_ADMITTED:
-            return _BYPASS_ADMITTED
+            return BYPASS_ADMITTED
         if delay is not None:
-            return _BYPASS_DELAYED
+            return BYPASS_DELAYED
         opt_in = options.get(OPT_OUT_OPTION)
         if opt_in is False or (opt_in is None and self._opted_out and message.actor_name in self._opted_out):
-            return _BYPASS_OPT_OUT
+            return BYPASS_OPT_OUT
         tenant: Any = None
         if self._resolver is None:
             # The default resolver's cache, read here first: this is every send's path.
@@ -213,39 +203,36 @@ class Gate:
         if tenant is None:
             tenant = self._resolve_tenant(message)
             if tenant is None:
-                return _BYPASS_NO_TENANT
+                return BYPASS_NO_TENANT
             if tenant is _TENANT_FAILED:
-                return _TENANT_ERROR
+                return TENANT_ERROR
         if not intercepted:
-            return _BYPASS_UNINTERCEPTED
+            return BYPASS_UNINTERCEPTED
         holds = self._holds
         limits = holds.limits(tenant) if holds is not None else None
         if holds is not None and limits is not None and limits.paused:
-            if not self._layout_confirmed():
-                self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
-                return _BUFFER_ERROR
-            return holds.accept(message, tenant, limits, _BUFFER_ERROR)
+            return holds.accept(message, tenant, limits, BUFFER_ERROR)
         org_id = tenant.org_id
         enrolled = self._enrols_all or org_id in self._enrolled_orgs or self._runtime_enrolled(org_id)
         if not enrolled and not self._shadow_mode:
-            return _NOT_ENROLLED
+            return NOT_ENROLLED
         # No I/O: the local evaluator counts here; the exact one says "evaluate" or "fused".
         verdict = self._count(tenant, enrolled)
         if verdict is _V_BELOW:
-            return _BELOW[enrolled]
+            return BELOW[enrolled]
         if verdict is _V_TRIPPED or (verdict is _V_GLOBAL and not enrolled):
             return self._would_mollify(message, tenant, None, verdict is _V_GLOBAL)
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
-            return _BREAKER_OPEN[enrolled]
+            return BREAKER_OPEN[enrolled]
         if not self._layout_confirmed():
             self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
-            return _TRIP_ERROR[enrolled]
+            return TRIP_ERROR[enrolled]
         if limits is not None:
             # Under a cap: the trip check and the capped write are two calls (no fused script).
             assert holds is not None
             if verdict is _V_GLOBAL:
-                return holds.accept(message, tenant, limits, _BUFFER_ERROR)
+                return holds.accept(message, tenant, limits, BUFFER_ERROR)
             return self._evaluate(message, tenant, enrolled, limits)
         if verdict is _V_GLOBAL:
             return self._accept(message, tenant, Reason.GLOBAL_RATE)
@@ -301,17 +288,17 @@ class Gate:
         enrolled env pays a second one for the write (first time only)."""
         trip = self._call(FailOpenStage.TRIP, message, tenant, lambda: _checked(self._trip.evaluate(tenant)))
         if trip is _FAILED:
-            return _TRIP_ERROR[enrolled]
+            return TRIP_ERROR[enrolled]
         if not trip.tripped:
-            return _BELOW[enrolled]
+            return BELOW[enrolled]
         if not enrolled:
             return self._would_mollify(message, tenant, trip.count, False)
         self._trip.divert(tenant)
         if self._holds is not None and limits is not None:
-            return self._holds.accept(message, tenant, limits, _BUFFER_ERROR)
+            return self._holds.accept(message, tenant, limits, BUFFER_ERROR)
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
-            return _BREAKER_OPEN[True]
+            return BREAKER_OPEN[True]
         return self._accept(message, tenant, Reason.PER_ENV_RATE)
 
     def _accept(self, message: dramatiq.Message[Any], tenant: Tenant, reason: Reason) -> Decision:
@@ -325,7 +312,7 @@ class Gate:
             ),
         )
         if accepted is _FAILED:
-            return _BUFFER_ERROR
+            return BUFFER_ERROR
         if reason is Reason.GLOBAL_RATE:
             self._trip.divert(tenant)  # its backlog keeps the env diverting after the ceiling
         return self._mollified(message, tenant, bool(accepted), reason)
@@ -351,11 +338,11 @@ class Gate:
             ),
         )
         if reply is _FAILED:
-            return _TRIP_ERROR[True]
+            return TRIP_ERROR[True]
         trip, accepted = reply
         if not trip.tripped:
             self._trip.cool(tenant, trip.count)
-            return _BELOW[True]
+            return BELOW[True]
         self._trip.divert(tenant)
         return self._mollified(message, tenant, bool(accepted), Reason.PER_ENV_RATE)
 
@@ -385,17 +372,17 @@ class Gate:
         self, message: dramatiq.Message[Any], tenant: Tenant, count: int | None, fleet_wide: bool
     ) -> Decision:
         self._notices.would_mollify(message, tenant, count, fleet_wide)
-        return _SHADOW_GLOBAL if fleet_wide else _SHADOW_LOG
+        return SHADOW_GLOBAL if fleet_wide else SHADOW_LOG
 
     def _mollified(
         self, message: dramatiq.Message[Any], tenant: Tenant, accepted: bool, reason: Reason
     ) -> Decision:
         if not accepted:
             self._notices.duplicate(message, tenant)
-            return _DUPLICATE_ID
+            return DUPLICATE_ID
         self._telemetry.record_buffered(mode=self._mode)
         self._notices.buffered(message, tenant, reason is Reason.GLOBAL_RATE)
-        return _MOLLIFY[self._mode_setting, reason]
+        return MOLLIFY[self._mode_setting, reason]
 
     def _fold_failed(self, exc: Exception) -> None:
         self._fail_open(FailOpenStage.TRIP, "A background fold of trip counts failed (not counted).", exc=exc)

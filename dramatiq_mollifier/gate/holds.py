@@ -73,6 +73,7 @@ class TenantHolds:
       telemetry: Where decisions and fail-open events are counted.
       rules: The rules in force (``RulesView.current``), read without I/O.
       breaker: The gate's circuit breaker.
+      layout_confirmed: Whether the key layout is known to match the fleet's (see the gate's).
     """
 
     def __init__(
@@ -83,8 +84,10 @@ class TenantHolds:
         telemetry: Telemetry,
         rules: Callable[[], TenantRules],
         breaker: CircuitBreaker,
+        layout_confirmed: Callable[[], bool] = lambda: True,
     ) -> None:
         self._backend = backend
+        self._layout_confirmed = layout_confirmed
         self._telemetry = telemetry
         self._rules = rules
         self._breaker = breaker
@@ -121,6 +124,9 @@ class TenantHolds:
         if not self._breaker.allow():
             self._telemetry.record_fail_open(FailOpenStage.BREAKER)
             return _BREAKER_OPEN
+        if not self._layout_confirmed():
+            self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
+            return fallback
         overflow = self._overflow
         try:
             answer = self._backend.accept_capped(
