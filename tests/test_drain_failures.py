@@ -19,11 +19,14 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.failures import is_unavailable
 from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.drain.settling import Settler
 from dramatiq_mollifier.embedded import EmbeddedRedis
-from dramatiq_mollifier.models import BufferEntry
+from dramatiq_mollifier.models import BufferEntry, EntryStatus
+from dramatiq_mollifier.telemetry import Telemetry
 
 from .mollifier_helpers import eventually
 
@@ -201,3 +204,25 @@ def test_an_unknown_actor_is_dead_lettered_once_its_grace_is_over(buffer: Mollif
     assert {entry.last_error[0] for entry in buffer.failed() if entry.last_error} == {
         "UnknownDestinationError"
     }
+
+
+def test_a_last_failure_whose_text_redis_cannot_encode_is_dead_lettered_with_it(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given an entry on its last attempt
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    entry = protocol.pop("acme", "prod")
+    assert entry is not None
+    settler = Settler(protocol, telemetry=Telemetry(), max_attempts=1, is_retryable=lambda e: True)
+
+    # When its handler fails with a text holding a lone surrogate (bytes decoded with
+    # surrogateescape: a path, an environment value)
+    settler.settle([(entry, ValueError(b"bad \xff path".decode("utf-8", "surrogateescape")))])
+
+    # Then it is dead-lettered with that error, escaped (it stayed DRAINING, then went back
+    # and failed again every lease, and ended as LeaseExpired)
+    stored = buffer.get("m1")
+    assert stored is not None and stored.status is EntryStatus.FAILED
+    assert stored.last_error == ("ValueError", "bad \\udcff path")

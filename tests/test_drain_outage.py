@@ -127,3 +127,42 @@ def test_a_requeue_or_release_that_meets_redis_down_is_retried_not_left_to_expir
         assert entry is not None and entry.status is EntryStatus.QUEUED
         assert client.hget(entry_key(buffer, message_id, "acme"), "leases_expired") is None
     client.close()
+
+
+def test_a_requeue_without_a_retry_delay_that_meets_redis_down_is_retried_too(
+    disposable_redis: EmbeddedRedis,
+) -> None:
+    # Given a drainer that requeues failures at once (drain_retry_delay_ms=0), holding the lease
+    client = drain_client(redis.Redis.from_url(disposable_redis.url, protocol=3), socket_timeout_ms=5_000)
+    buffer = MollifierBuffer(client, key_prefix="settle", lease_ms=3_000)
+    buffer.accept("failed", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    failed = protocol.pop("acme", "prod")
+    assert failed is not None
+    leases = LeaseKeeper(protocol)
+    leases.hold([failed])
+    settler = Settler(
+        protocol,
+        telemetry=Telemetry(),
+        max_attempts=3,
+        is_retryable=lambda e: True,
+        retry_delay_ms=0,
+        leases=leases,
+    )
+
+    # When its handler fails while Redis is down
+    redis.Redis.from_url(disposable_redis.url).shutdown(save=True)
+    disposable_redis.stop()
+    settler.settle([(failed, RuntimeError("boom"))])
+
+    # Then the entry is held for another try, its lease still renewed (it was dropped, to come
+    # back only when the lease expired, charged as an expiry) ...
+    assert settler.held == 1 and len(leases) == 1
+    disposable_redis.start()
+    # ... and goes back once Redis is back
+    eventually(lambda: settler.settle_due() is None and settler.held == 0, what="it to go back")
+    entry = buffer.get("failed")
+    assert entry is not None and entry.status is EntryStatus.QUEUED and entry.attempts == 1
+    assert len(leases) == 0
+    assert client.hget(entry_key(buffer, "failed", "acme"), "leases_expired") is None
+    client.close()

@@ -278,15 +278,14 @@ class Settler:
                     delay_ms = retry_delay_ms(self._retry_delay_ms, entry.attempts, self._max_delay_ms)
                     self._hold(entry, delay_ms, consumes=True)
                 else:
-                    self._leases.drop([entry])
-                    self._requeue(entry)
+                    self._requeue_now(entry, last_chance=not hold)
                 kind, level, event = DrainResultKind.REQUEUED, logging.WARNING, "mollifier.drain_retry"
             else:
                 self._leases.drop([entry])
                 if not self._buffer.fail(
                     entry.message_id,
                     code=type(error).__name__,
-                    message=str(error),
+                    message=_storable(str(error)),
                     org_id=entry.org_id,
                     env_id=entry.env_id,
                     owner=entry.lease_owner,
@@ -315,6 +314,20 @@ class Settler:
             exc_info=error if kind is DrainResultKind.FAILED else None,
         )
         self._telemetry.record_drained(kind)
+
+    def _requeue_now(self, entry: BufferEntry, *, last_chance: bool) -> None:
+        """Requeue without a delay; one that meets a Redis error is held (its lease renewed) and
+        tried again from :meth:`settle_due`, as a delayed one is, unless this is the last chance
+        (then it raises, and the lease's expiry returns the entry)."""
+        try:
+            self._requeue(entry)
+        except Exception:
+            if last_chance:
+                raise
+            logger.warning("mollifier.drain_error requeueing %r", entry.message_id, exc_info=True)
+            self._again([entry], consumes=True)
+            return
+        self._leases.drop([entry])
 
     def _requeue(self, entry: BufferEntry) -> None:
         if not self._buffer.requeue(
@@ -356,3 +369,10 @@ class Settler:
         except Exception:
             logger.warning("mollifier.drain_error in is_retryable; retrying", exc_info=True)
             return True
+
+
+def _storable(text: str) -> str:
+    """``text`` as Redis can store it: an error's text may hold lone surrogates (bytes decoded
+    with ``surrogateescape``: paths, environment values), which the client refuses to encode,
+    and the entry was then never dead-lettered with its error."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
