@@ -60,6 +60,18 @@ def redis_url_problem(url: str) -> str | None:
         return f"database {db!r} is not a number"
     if "cluster" in parts.scheme and db not in ("", "0"):
         return f"a cluster has database 0 only, got {db}"
+    return _query_problem(url.replace("+cluster://", "://", 1))
+
+
+def _query_problem(url: str) -> str | None:
+    """What redis-py would refuse among the URL's query options (``?socket_timeout=abc``) when
+    the client is built, or None."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        return f"bad query option: {exc}"
     return None
 
 

@@ -12,6 +12,7 @@ from .breaker import DEFAULT_BREAKER_COOLDOWN_MS, DEFAULT_BREAKER_FAILURES
 from .errors import MollifierConfigurationError
 from .models import CapOverflow
 from .redis_urls import CLUSTER_SLOT_GROUPS, is_cluster_url, redis_url_problem
+from .setting_reports import describe, warn_about_misspelled_variables
 
 __all__ = [
     "ALL_ORGS",
@@ -83,22 +84,6 @@ def _parse_orgs(value: Any) -> Any:
     return value
 
 
-def _describe(exc: ValidationError) -> str:
-    """One line per bad setting, naming the field and its environment variable."""
-    lines = []
-    for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"])
-        reason = str(error["msg"]).removeprefix("Value error, ")
-        if field:
-            variable = f"MOLLIFIER_{field.upper()}"
-            # A URL may hold a password: never echo it.
-            got = "" if field == "redis_url" else f" (got {error['input']!r})"
-            lines.append(f"{field} ({variable}): {reason}{got}")
-        else:
-            lines.append(reason)
-    return "invalid mollifier settings: " + "; ".join(lines)
-
-
 class MollifierSettings(BaseSettings):
     """Every knob of the mollifier. Immutable; validated once when built.
 
@@ -111,7 +96,8 @@ class MollifierSettings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise MollifierConfigurationError(_describe(exc)) from exc
+            raise MollifierConfigurationError(describe(exc)) from exc
+        warn_about_misspelled_variables(f"MOLLIFIER_{name.upper()}" for name in type(self).model_fields)
 
     #: Kill switch. Off, the middleware does no work at all. Defaults to False.
     enabled: bool = False

@@ -23,6 +23,7 @@ RANKS = {
     "models": 0,
     "breaker": 0,
     "redis_urls": 0,
+    "setting_reports": 0,
     "settings": 1,
     "telemetry": 1,
     "embedded": 1,

@@ -48,6 +48,9 @@ def test_accepted_urls(url: str) -> None:
         ("redis+sentinel://s1:99999/svc", "bad Sentinel port"),
         ("redis+sentinel://s1:26379/svc/x", "not a number"),
         ("redis+cluster://:7000", "no host"),
+        # redis-py refuses these only when the client is built, without naming the setting
+        ("redis://h:6379/0?socket_timeout=abc", "bad query option"),
+        ("redis+cluster://h:7000?socket_connect_timeout=x", "bad query option"),
     ],
 )
 def test_refused_urls_say_why(url: str, problem: str) -> None:
@@ -77,6 +80,12 @@ def test_the_clients_built_for_each_kind_of_url() -> None:
     assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "svc"
     assert [(s.connection_pool.connection_kwargs["port"]) for s in pool.sentinel_manager.sentinels] == [1, 2]
     assert pool.connection_kwargs["db"] == 2
+    # A Sentinel host without a port takes Sentinel's (a ValueError from int() before)
+    default_port = client_from_url("redis+sentinel://127.0.0.1,127.0.0.1:2/svc").connection_pool
+    assert [s.connection_pool.connection_kwargs["port"] for s in default_port.sentinel_manager.sentinels] == [
+        26379,
+        2,
+    ]
     plain = client_from_url("redis://127.0.0.1:1/4")
     assert type(plain) is redis.Redis and slot_groups_for(None, plain) == 0
     assert slot_groups_for(3, plain) == 3

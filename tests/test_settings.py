@@ -157,6 +157,24 @@ def test_an_unknown_setting_is_rejected() -> None:
         MollifierSettings(trip_treshold=5)
 
 
+def test_a_misspelled_variable_is_named_with_the_setting_it_resembles(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # pydantic-settings ignores a variable that is no setting: the default stays in force
+    monkeypatch.setenv("MOLLIFIER_TRIP_TRESHOLD", "5")
+    monkeypatch.setenv("MOLLIFIER_UNRELATED_TO_ANY_SETTING", "1")  # left alone
+
+    with caplog.at_level("WARNING", logger="dramatiq_mollifier"):
+        assert MollifierSettings().trip_threshold == 100
+        MollifierSettings()
+
+    warned = [record.getMessage() for record in caplog.records]
+    assert warned == [
+        "MOLLIFIER_TRIP_TRESHOLD is not a mollifier setting and is ignored: did you mean "
+        "MOLLIFIER_TRIP_THRESHOLD?"
+    ]
+
+
 def test_a_bad_environment_value_is_rejected_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOLLIFIER_TRIP_HOLD_MS", "-3")
 

@@ -26,6 +26,8 @@ __all__ = ["ClusterClient", "client_from_url", "is_cluster", "is_cluster_url", "
 
 _CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+#: The port of a Sentinel host given without one in a ``redis+sentinel://`` URL.
+DEFAULT_SENTINEL_PORT = 26379
 # Keywords RedisCluster does not take (it has its own retry and protocol handling in old versions).
 _NOT_FOR_CLUSTER = ("single_connection_client",)
 
@@ -84,8 +86,8 @@ def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
     password = unquote(parts.password) if parts.password else None
     hosts = []
     for item in netloc.split(","):
-        host, _, port = item.rpartition(":")
-        hosts.append((host or item, int(port) if port else 26379))
+        host, sep, port = item.rpartition(":")
+        hosts.append((host, int(port)) if sep else (item, DEFAULT_SENTINEL_PORT))
     path = [part for part in parts.path.split("/") if part]
     service = unquote(path[0])
     db = int(path[1]) if len(path) > 1 else 0
