@@ -99,6 +99,26 @@ def test_a_stopped_worker_drainer_closes_its_own_connections(
         client.close()
 
 
+def test_the_drain_pace_runs_on_the_drainers_own_connections_without_retries(
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # A claim is not safe to run twice: the send path's client retries a command whose reply
+    # was lost, which would grant the claim's slots again (held until they expire).
+    declare_ingest(broker)
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    settings = MollifierSettings(enabled=True, key_prefix=key_prefix)
+    worker_drainer = WorkerDrainer(settings=settings, buffer=buffer, telemetry=Telemetry())
+    worker_drainer.start(broker)
+    try:
+        assert worker_drainer.drainer is not None
+        pace = worker_drainer.drainer._pace
+        assert pace is not None and pace.client is not redis_client
+        retry = pace.client.get_connection_kwargs()["retry"]
+        assert retry.get_retries() == 0
+    finally:
+        assert worker_drainer.stop() is True
+
+
 def test_stopping_a_worker_drainer_that_never_started_returns_at_once(redis_client: redis.Redis) -> None:
     worker_drainer = WorkerDrainer(
         settings=MollifierSettings(), buffer=MollifierBuffer(redis_client), telemetry=Telemetry()

@@ -91,8 +91,9 @@ class WorkerDrainer:
             # RabbitMQ: a few connections shared by every handler thread, kept across restarts,
             # a chunk per hand-over; RedisBroker: a chunk's messages in one round trip.
             enqueue, enqueue_many = writers_for(broker, connections=settings.drain_broker_connections)
-            # Audits (dual_write) never reach the broker: nothing to pace.
-            pace = pace_for(settings, self.buffer.client) if settings.mode is MollifierMode.DIVERT else None
+            # Audits (dual_write) never reach the broker: nothing to pace. On the drain's own
+            # connections: a claim is not safe to run twice, as the send path's retry would.
+            pace = pace_for(settings, client) if settings.mode is MollifierMode.DIVERT else None
             self._drainer = MollifierDrainer(
                 drain_buffer,
                 make_drain_handler(
