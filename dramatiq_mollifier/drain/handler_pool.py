@@ -77,13 +77,20 @@ class HandlerPool:
         if self._many is not None:
             chunks = min(chunks, max(1, len(entries) // MANY_CHUNK_MIN))
         step = -(-len(entries) // chunks)
-        self.in_flight += len(entries)
         # Each entry in flight before this batch is in at most one chunk.
-        wanted_threads = min(self.size, self.in_flight - len(entries) + chunks)
+        wanted_threads = min(self.size, self.in_flight + chunks)
         while len(self._threads) < wanted_threads:
             thread = threading.Thread(target=self._run, name="mollifier-drain-handler", daemon=True)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had (a process at its limit): fewer do the work
+                break
             self._threads.append(thread)
+        self.in_flight += len(entries)
+        if not self._threads:
+            # Nothing can run them: they go back untried, or the tick would wait for them forever.
+            self._hand_back(entries, [NotStarted() for _ in entries])
+            return
         for start in range(0, len(entries), step):
             self._work.put(entries[start : start + step])
 
@@ -112,6 +119,8 @@ class HandlerPool:
         started_cpu_s = time.thread_time()
         try:
             errors = self._many(chunk)
+            if len(errors) != len(chunk):  # a thread that died of it would never hand back
+                raise TypeError(f"the drain handler's many() gave {len(errors)} results for {len(chunk)}")
         except BaseException as exc:
             errors = [exc] * len(chunk)
         with self._lock:
