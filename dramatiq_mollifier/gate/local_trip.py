@@ -232,13 +232,13 @@ class LocalTrip:
                 batch = [(tenant, env, env.pending)]
                 self._take(batch)
             (window,) = self._fold(batch)
+            tripped = window.hold_ttl_ms > 0 or window.backlog > 0 or window.count > self._threshold
+            if not tripped:  # under the fold lock: a later fold's divert() comes after this
+                with self._lock:
+                    env.diverting = False
         finally:
             self._fold_lock.release()
-        if window.hold_ttl_ms > 0 or window.backlog > 0 or window.count > self._threshold:
-            return TripDecision(True, window.count)
-        with self._lock:
-            env.diverting = False
-        return TripDecision(False, window.count)
+        return TripDecision(tripped, window.count)
 
     def divert(self, tenant: Tenant) -> None:
         """The fused script (or a write for the fleet-wide ceiling) found ``tenant`` diverting."""
