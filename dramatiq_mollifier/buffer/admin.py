@@ -60,7 +60,7 @@ class BufferAdmin(BufferCore):
     def get(self, message_id: str) -> BufferEntry | None:
         """The entry, in any status, or None."""
         with boundary("get"):
-            if len(self.keys.groups) == 1:
+            if not self.keys.group_count:  # slot_groups=1 has a group of its own, not these names
                 fields = self.client.hgetall(self.keys.entry(message_id))
                 return entry_from_hash(message_id, fields) if fields else None
             pipe = self.client.pipeline(transaction=False)

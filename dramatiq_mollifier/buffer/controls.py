@@ -53,6 +53,8 @@ __all__ = ["TENANT_SORTS", "CancelOutcome", "TenantControls"]
 
 # Queue ids cancelled per pipelined round trip by cancel_tenant.
 _CANCEL_BATCH = 500
+# Rounds of cancel_tenant at most: each after one that cancelled something (a drainer at work).
+_CANCEL_ROUNDS = 5
 _STATES = {b"QUEUED": "queued", b"DRAINING": "draining", b"FAILED": "dead_lettered"}
 # cancel.lua's answers: cancelled, only a vanished entry's queue reference removed, too late.
 _CANCELLED, _REFERENCE, _TOO_LATE = 1, 2, 3
@@ -175,6 +177,9 @@ class TenantControls:
 
         Entries a drainer already committed to its broker write are too late: left alone, not
         counted. Messages sent meanwhile are buffered as usual: pause the tenant first to stop them.
+        A drainer at work meanwhile shifts the queue under the pages read (it takes the head) and
+        may put an in-flight entry back after the leases were read: each round that cancelled
+        anything is followed by another, up to :data:`_CANCEL_ROUNDS`.
         """
         _check_tenant(org_id, env_id)
         cancelled = 0
@@ -184,9 +189,12 @@ class TenantControls:
                 if env_id is not None
                 else sorted(texts(self.client.smembers(self.keys.envs(org_id))))
             )
-            for env in envs:
-                cancelled += self._cancel_queue(org_id, env)
-            cancelled += self._cancel_draining(org_id, env_id)
+            for _ in range(_CANCEL_ROUNDS):
+                found = sum(self._cancel_queue(org_id, env) for env in envs)
+                found += self._cancel_draining(org_id, env_id)
+                cancelled += found
+                if not found:
+                    break
         return cancelled
 
     def _cancel_known(self, targets: Sequence[tuple[str, str, str]]) -> dict[str, int]:

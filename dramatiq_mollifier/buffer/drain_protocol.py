@@ -72,7 +72,7 @@ class DrainProtocol:
         """
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        if len(self.keys.groups) > 1:
+        if self.keys.group_count:  # even one group: its keys are not the one-server names
             return self._groups.org_window(self.client, after, limit)
         orgs = self.keys.orgs
         ranges: list[tuple[str | bytes | int, ...]] = [("ZRANGEBYLEX", orgs, "-", "+", "LIMIT", 0, limit)]

@@ -185,6 +185,10 @@ class Settler:
                 len(entries),
                 exc_info=True,
             )
+        finally:
+            # Renewed forever otherwise (renew.lua does not report a gone entry), and a failed
+            # removal above must let the lease expire rather than hold the entry ten leases.
+            self._leases.drop(entries)
 
     def check_broker(self) -> None:
         """Raise :class:`BrokerUnavailableError` once after a handler found the broker
