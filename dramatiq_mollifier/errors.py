@@ -10,6 +10,7 @@ __all__ = [
     "BufferUnavailableError",
     "CrashNotRetried",
     "EntryCancelled",
+    "InvalidArgumentError",
     "MollifierConfigurationError",
     "MollifierError",
     "UndeliverableEntryError",
@@ -24,6 +25,11 @@ class MollifierError(Exception):
 
 class MollifierConfigurationError(MollifierError, ValueError):
     """A setting has an impossible value. The message names the setting."""
+
+
+class InvalidArgumentError(MollifierError, ValueError):
+    """An operator control was given an argument outside its domain (an empty org id, a cap out
+    of bounds). The CLI reports it as a usage error."""
 
 
 class BufferUnavailableError(MollifierError):

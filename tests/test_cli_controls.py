@@ -180,3 +180,24 @@ def test_failed_list_reads_only_the_entries_it_prints(
     assert reads() - before == 5  # one read per printed entry, none of the 55 others
     assert "dead-00" in result.out and "... and 55 more" in result.out
     redis_client.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("pause", ""),
+        ("resume", ""),
+        ("cancel", "--org", ""),
+        ("cancel", "--org", "acme", "--env", ""),
+        ("caps", "set", "", "5"),
+        ("caps", "set", "acme", "2000000000"),
+        ("weights", "set", "", "2"),
+    ],
+)
+def test_a_bad_org_env_or_limit_is_a_usage_error_in_one_line(
+    capsys: pytest.CaptureFixture[str], connection: tuple[str, ...], argv: tuple[str, ...]
+) -> None:
+    # A traceback and exit code 1 ("problem found") before
+    result = run_cli(capsys, *argv, *connection)
+    assert result.code == 2
+    assert result.err.startswith("dramatiq-mollifier: error: ") and result.err.count("\n") == 1

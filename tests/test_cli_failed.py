@@ -185,3 +185,18 @@ def test_purge_everything_needs_yes(
     assert "Purged 3 dead letters." in result.out
     assert failed_ids(buffer) == set()
     assert buffer.depth() == 1  # queued work is not a dead letter
+
+
+def test_retrying_one_dead_letter_named_twice_retries_it_once_without_an_error(
+    capsys: pytest.CaptureFixture[str], redis_client: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    dead_letter(buffer, "a1", "acme", "prod")
+
+    result = run_cli(
+        capsys, "failed", "retry", "a1", "a1", "--redis-url", redis_url, "--key-prefix", key_prefix
+    )
+
+    # It said "no dead letter with id 'a1'" for the second and exited 1
+    assert "Retried 1 dead letter:" in result.out
+    assert (result.code, result.err) == (0, "")

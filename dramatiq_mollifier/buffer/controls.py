@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from ..errors import MollifierConfigurationError
+from ..errors import InvalidArgumentError, MollifierConfigurationError
 from ..models import MessageLookup, PausedTenant, TenantCap, TenantPage
 from ..settings import MollifierSettings
 from .clients import slot_groups_for
@@ -75,9 +75,9 @@ class CancelOutcome(NamedTuple):
 
 def _check_tenant(org_id: str, env_id: str | None) -> None:
     if not isinstance(org_id, str) or not org_id:
-        raise ValueError(f"expected a non-empty org id, got {org_id!r}")
+        raise InvalidArgumentError(f"expected a non-empty org id, got {org_id!r}")
     if env_id is not None and (not isinstance(env_id, str) or not env_id):
-        raise ValueError(f"expected a non-empty env id or None, got {env_id!r}")
+        raise InvalidArgumentError(f"expected a non-empty env id or None, got {env_id!r}")
 
 
 class TenantControls:
@@ -281,7 +281,7 @@ class TenantControls:
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= 1_000_000_000
         ):
-            raise ValueError(f"limit must be an int from 0 to 1,000,000,000 or None, got {limit!r}")
+            raise InvalidArgumentError(f"limit must be an int from 0 to 1,000,000,000 or None, got {limit!r}")
         with boundary("set_cap"):
             if limit is None:
                 self.client.hdel(self.keys.caps, field)
@@ -307,7 +307,9 @@ class TenantControls:
         if weight is not None and (
             isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= MAX_WEIGHT
         ):
-            raise ValueError(f"weight must be an int from 1 to {MAX_WEIGHT} or None, got {weight!r}")
+            raise InvalidArgumentError(
+                f"weight must be an int from 1 to {MAX_WEIGHT} or None, got {weight!r}"
+            )
         with boundary("set_weight"):
             if weight is None:
                 self.client.hdel(self.keys.weights, org_id)
@@ -333,9 +335,9 @@ class TenantControls:
         envs. Sorted by depth or age, a filtered page reads every env the filter matches.
         """
         if offset < 0 or limit < 1:
-            raise ValueError(f"offset must be >= 0 and limit >= 1, got {offset} and {limit}")
+            raise InvalidArgumentError(f"offset must be >= 0 and limit >= 1, got {offset} and {limit}")
         if sort not in TENANT_SORTS:
-            raise ValueError(f"sort must be one of {TENANT_SORTS}, got {sort!r}")
+            raise InvalidArgumentError(f"sort must be one of {TENANT_SORTS}, got {sort!r}")
         with boundary("tenants"):
             return tenant_page(
                 self._listing, self.keys, self.settings, offset=offset, limit=limit, filter=filter, sort=sort

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from ..console import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_UNAVAILABLE, CommandError
-from ..errors import BufferUnavailableError, MollifierConfigurationError
+from ..errors import BufferUnavailableError, InvalidArgumentError, MollifierConfigurationError
 from ..settings import MollifierSettings
 
 __all__ = [
@@ -81,7 +81,7 @@ def command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Nam
             return func(args)
         except CommandError as exc:
             return _fail(str(exc), exc.exit_code)
-        except MollifierConfigurationError as exc:
+        except (MollifierConfigurationError, InvalidArgumentError) as exc:
             return _fail(str(exc), EXIT_CONFIG)
         except (BufferUnavailableError, redis.RedisError) as exc:
             return _fail(f"Redis failed during the command: {exc}", EXIT_UNAVAILABLE)

@@ -132,7 +132,8 @@ def _list(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
 
 
 def _retry(buffer: MollifierBuffer, args: argparse.Namespace) -> int:
-    ids = args.message_ids or buffer.failed_ids(args.org, args.env)
+    # An id given twice is retried once (the second would find no dead letter and say so).
+    ids = list(dict.fromkeys(args.message_ids)) or buffer.failed_ids(args.org, args.env)
     retried = 0
     unknown = []
     for message_id in ids:
