@@ -36,7 +36,7 @@ Current thread 0x00007f (most recent call first):
 )
 def test_native_crash_signals_are_named_and_retried_under_the_policy(error: str, signal_name: str) -> None:
     proc_id, evidence = parse_evidence(FAULTHANDLER_REPORT.format(error=error), oom_kills_now=3)
-    verdict = classify(evidence, message_id="m")
+    verdict = classify(evidence, message_id="m", token="t")
     assert proc_id == "9f2"
     assert (verdict.signal_name, verdict.cause, verdict.retry) == (signal_name, CrashCause.NATIVE_CRASH, True)
     assert verdict.last_words.startswith(f"Fatal Python error: {error}")
@@ -45,25 +45,25 @@ def test_native_crash_signals_are_named_and_retried_under_the_policy(error: str,
 
 def test_an_unrecognised_fatal_error_is_unknown() -> None:
     _, evidence = parse_evidence(FAULTHANDLER_REPORT.format(error="Something new"), oom_kills_now=3)
-    assert classify(evidence, message_id="m").cause is CrashCause.UNKNOWN
+    assert classify(evidence, message_id="m", token="t").cause is CrashCause.UNKNOWN
 
 
 def test_no_evidence_at_all_is_unknown_and_retried() -> None:
-    verdict = classify(None, message_id="m")
+    verdict = classify(None, message_id="m", token="t")
     assert (verdict.signal_name, verdict.cause, verdict.retry) == ("unknown", CrashCause.UNKNOWN, True)
 
 
 def test_an_interrupted_shutdown_is_sigterm_and_retried() -> None:
     _, evidence = parse_evidence("dramatiq-mollifier proc=p oom_kills=0\nshutdown\n", oom_kills_now=0)
-    verdict = classify(evidence, message_id="m")
+    verdict = classify(evidence, message_id="m", token="t")
     assert (verdict.signal_name, verdict.cause, verdict.retry) == ("SIGTERM", CrashCause.SHUTDOWN, True)
 
 
 def test_an_oom_kill_after_boot_is_not_retried_by_default() -> None:
     _, evidence = parse_evidence("dramatiq-mollifier proc=p oom_kills=2\n", oom_kills_now=3)
-    verdict = classify(evidence, message_id="m")
+    verdict = classify(evidence, message_id="m", token="t")
     assert (verdict.signal_name, verdict.cause, verdict.retry) == ("SIGKILL", CrashCause.OOM, False)
-    assert classify(evidence, message_id="m", retry_oom_kills=True).retry
+    assert classify(evidence, message_id="m", token="t", retry_oom_kills=True).retry
 
 
 def test_oom_kills_before_boot_or_unknown_counts_are_no_evidence() -> None:
@@ -72,28 +72,31 @@ def test_oom_kills_before_boot_or_unknown_counts_are_no_evidence() -> None:
         assert not evidence.oom_killed
 
 
-def test_a_kill_while_this_message_overran_its_time_limit_is_not_retried_by_default() -> None:
-    text = "dramatiq-mollifier proc=p oom_kills=0\noverrun m1\n"
+def test_a_kill_while_this_delivery_overran_its_time_limit_is_not_retried_by_default() -> None:
+    text = "dramatiq-mollifier proc=p oom_kills=0\noverrun m1 t1\n"
     _, evidence = parse_evidence(text, oom_kills_now=0)
-    verdict = classify(evidence, message_id="m1")
+    verdict = classify(evidence, message_id="m1", token="t1")
     assert (verdict.cause, verdict.retry) == (CrashCause.TIME_LIMIT, False)
-    assert classify(evidence, message_id="m1", retry_time_limit_kills=True).retry
+    assert classify(evidence, message_id="m1", token="t1", retry_time_limit_kills=True).retry
     # Another message of the same process that did not overrun is merely unknown.
-    assert classify(evidence, message_id="m2").cause is CrashCause.UNKNOWN
+    assert classify(evidence, message_id="m2", token="t2").cause is CrashCause.UNKNOWN
+    # So is a later attempt of the same message killed without overrunning (it was dead-lettered
+    # as a time-limit kill, its retries left unused)
+    assert classify(evidence, message_id="m1", token="t9").cause is CrashCause.UNKNOWN
 
 
 def test_the_strongest_evidence_wins() -> None:
-    evidence = Evidence(fatal_signal="SIGSEGV", shutdown=True, oom_killed=True, overruns=frozenset({"m"}))
-    assert classify(evidence, message_id="m").cause is CrashCause.NATIVE_CRASH
-    evidence = Evidence(shutdown=True, oom_killed=True, overruns=frozenset({"m"}))
-    assert classify(evidence, message_id="m").cause is CrashCause.OOM
-    evidence = Evidence(shutdown=True, overruns=frozenset({"m"}))
-    assert classify(evidence, message_id="m").cause is CrashCause.SHUTDOWN
+    evidence = Evidence(fatal_signal="SIGSEGV", shutdown=True, oom_killed=True, overruns=frozenset({"m t"}))
+    assert classify(evidence, message_id="m", token="t").cause is CrashCause.NATIVE_CRASH
+    evidence = Evidence(shutdown=True, oom_killed=True, overruns=frozenset({"m t"}))
+    assert classify(evidence, message_id="m", token="t").cause is CrashCause.OOM
+    evidence = Evidence(shutdown=True, overruns=frozenset({"m t"}))
+    assert classify(evidence, message_id="m", token="t").cause is CrashCause.SHUTDOWN
 
 
 def test_every_verdict_signal_is_in_the_bounded_set() -> None:
     cases = [None, Evidence(), Evidence(fatal_signal="SIGWHAT"), Evidence(oom_killed=True)]
-    assert {classify(e, message_id="m").signal_name for e in cases} <= SIGNALS
+    assert {classify(e, message_id="m", token="t").signal_name for e in cases} <= SIGNALS
 
 
 def test_worker_crashed_is_a_middleware_error_and_not_retried_is_a_skip() -> None:

@@ -30,6 +30,7 @@ from dramatiq_mollifier.crash import CrashRetries, CrashVerdict
 from dramatiq_mollifier.crash.evidence import Evidence, evidence_path, read_evidence
 from dramatiq_mollifier.crash.identity import ProcessIdentity
 from dramatiq_mollifier.crash.judge import Unjudged
+from dramatiq_mollifier.crash.process import Delivery
 from dramatiq_mollifier.crash.store import ProcState
 from dramatiq_mollifier.embedded import free_port
 from dramatiq_mollifier.errors import MollifierConfigurationError
@@ -202,6 +203,33 @@ def test_clearing_a_record_spares_a_later_delivery_of_the_same_message(crash_ret
     assert crash_retries.store.get_record("m") is None
 
 
+def test_a_record_whose_release_failed_is_released_again_before_a_clean_exit(
+    crash_retries: CrashRetries, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a delivery that ended while Redis failed its release (the record stayed, and after a
+    # clean restart the message's next delivery judged it a crash: a retry used up, unrun)
+    identity = crash_retries.process.boot()
+    record = record_of(identity)
+    crash_retries.store.enter("m", record)
+    real_release = crash_retries.store.release
+    failures = [redis.ConnectionError("Redis stalled")]
+
+    def release(message_id: str, token: str) -> bool:
+        if failures:
+            raise failures.pop()
+        return real_release(message_id, token)
+
+    monkeypatch.setattr(crash_retries.store, "release", release)
+    crash_retries.process.release(Delivery("m", record.token, None))
+    assert crash_retries.store.get_record("m") is not None
+
+    # When the process shuts down cleanly
+    crash_retries.process.end_shutdown()
+
+    # Then the record is gone: nothing is left for a later delivery to judge
+    assert crash_retries.store.get_record("m") is None
+
+
 def test_a_message_overrunning_its_time_limit_is_marked_in_the_evidence_file(
     crash_retries: CrashRetries, tmp_path: Path
 ) -> None:
@@ -220,9 +248,10 @@ def test_a_message_overrunning_its_time_limit_is_marked_in_the_evidence_file(
     worker.start()
     try:
         broker.join("default", timeout=10_000, fail_fast=False)
-        # Then, while the process lives, its evidence file names the overrunning message
+        # Then, while the process lives, its evidence file names the overrunning delivery
         evidence = read_evidence(tmp_path / "evidence", identity.pid, identity.start_ticks)
-        assert evidence is not None and sent.message_id in evidence.overruns
+        assert evidence is not None
+        assert [overrun.split(" ")[0] for overrun in evidence.overruns] == [sent.message_id]
     finally:
         worker.stop()
         broker.close()

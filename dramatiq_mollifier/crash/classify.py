@@ -45,13 +45,16 @@ def classify(
     evidence: Evidence | None,
     *,
     message_id: str,
+    token: str,
     retry_oom_kills: bool = False,
     retry_time_limit_kills: bool = False,
 ) -> CrashVerdict:
-    """Classify the crashed attempt of ``message_id`` from what its process left behind.
+    """Classify the crashed attempt of ``message_id`` (its delivery ``token``) from what its
+    process left behind.
 
     The strongest evidence wins: a fatal signal report, then an out-of-memory kill, then a
-    shutdown in progress, then a time-limit overrun of this very message, else unknown.
+    shutdown in progress, then a time-limit overrun of this very delivery (an earlier attempt's
+    overrun in the same process says nothing of this one), else unknown.
     Only out-of-memory and time-limit kills skip the retry policy, and only unless allowed.
     """
     if evidence is None:
@@ -63,6 +66,6 @@ def classify(
         return CrashVerdict("SIGKILL", CrashCause.OOM, retry=retry_oom_kills)
     if evidence.shutdown:
         return CrashVerdict("SIGTERM", CrashCause.SHUTDOWN, retry=True)
-    if message_id in evidence.overruns:
+    if f"{message_id} {token}" in evidence.overruns:
         return CrashVerdict("unknown", CrashCause.TIME_LIMIT, retry=retry_time_limit_kills)
     return CrashVerdict("unknown", CrashCause.UNKNOWN, retry=True)

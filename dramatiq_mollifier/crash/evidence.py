@@ -7,7 +7,8 @@ Each worker process keeps one small file, named for its PID and start time, in `
   SIGSEGV, SIGBUS, SIGILL, SIGFPE or SIGABRT (``Fatal Python error: Segmentation fault`` and the
   Python stacks of its threads): Python code cannot run in a segfaulting process, C can;
 * a ``shutdown`` line when Dramatiq began a graceful shutdown (SIGTERM, SIGHUP);
-* an ``overrun <message id>`` line when a message ran past its time limit and kept running.
+* an ``overrun <message id> <delivery token>`` line when a delivery ran past its time limit and
+  kept running.
 
 A clean exit deletes the file. A file left behind belongs to a process that died.
 """
@@ -90,7 +91,7 @@ class Evidence:
     shutdown: bool = False
     #: Whether its memory cgroup counted an out-of-memory kill after it booted.
     oom_killed: bool = False
-    #: Ids of messages that ran past their time limit in that process.
+    #: ``<message id> <delivery token>`` of each delivery that ran past its time limit there.
     overruns: frozenset[str] = field(default_factory=frozenset)
     #: The start of faulthandler's report (stacks of the crashed process), or "".
     last_words: str = ""
@@ -104,7 +105,7 @@ def parse_evidence(text: str, *, oom_kills_now: int) -> tuple[str | None, Eviden
     fatal = _FATAL.search(text)
     fatal_signal = FATAL_ERRORS.get(fatal.group(1)) if fatal else None
     last_words = text[fatal.start() : fatal.start() + LAST_WORDS_CHARS] if fatal else ""
-    overruns = frozenset(m.group(1) for m in re.finditer(r"^overrun (.+)$", text, re.MULTILINE))
+    overruns = frozenset(f"{m[1]} {m[2]}" for m in re.finditer(r"^overrun (.+) (\S+)$", text, re.MULTILINE))
     evidence = Evidence(
         fatal_signal=fatal_signal,
         shutdown=re.search(r"^shutdown$", text, re.MULTILINE) is not None,

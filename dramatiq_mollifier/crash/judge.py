@@ -70,7 +70,7 @@ class Judge:
                 except redis.RedisError:
                     state = None
                 evidence = state.evidence if state is not None else None
-            return self._classify(evidence, message_id)
+            return self._classify(evidence, message_id, prior.token)
         return self._remote(prior, message_id, silent_ms=silent_ms)
 
     def _remote(self, prior: DeliveryRecord, message_id: str, *, silent_ms: int) -> CrashVerdict | Unjudged:
@@ -79,11 +79,11 @@ class Judge:
         except redis.RedisError:
             return Unjudged.UNDECIDED
         if state is not None and state.status == "dead":
-            return self._classify(state.evidence, message_id)
+            return self._classify(state.evidence, message_id, prior.token)
         if silent_ms < self.liveness_timeout_ms:
             return Unjudged.UNDECIDED
         if state is None:  # its heartbeat expired too: silent for the whole bound
-            return self._classify(None, message_id)
+            return self._classify(None, message_id, prior.token)
         return Unjudged.ALIVE
 
     def _proc_state(self, proc_id: str) -> ProcState | None:
@@ -97,10 +97,11 @@ class Judge:
         except (ValueError, KeyError, TypeError):
             return None
 
-    def _classify(self, evidence: Evidence | None, message_id: str) -> CrashVerdict:
+    def _classify(self, evidence: Evidence | None, message_id: str, token: str) -> CrashVerdict:
         return classify(
             evidence,
             message_id=message_id,
+            token=token,
             retry_oom_kills=self.retry_oom_kills,
             retry_time_limit_kills=self.retry_time_limit_kills,
         )

@@ -294,10 +294,7 @@ class CrashRetries(Middleware):
         delivery = self.process.untrack()
         if delivery is None or delivery.message_id != message.message_id:
             return  # our before hook did not run for it (an earlier middleware raised)
-        try:
-            self.store.release(message.message_id, delivery.token)
-        except redis.RedisError:
-            self._failed_open("release")
+        self.process.release(delivery)
 
     # Judgement ------------------------------------------------------------------------------
     def judge(self, prior: DeliveryRecord, message_id: str, *, silent_ms: int) -> CrashVerdict | Unjudged:

@@ -77,6 +77,10 @@ class WorkerProcess:
         self._failed_open = failed_open
         self._lock = threading.Lock()
         self._inflight: dict[int, Delivery] = {}  # by worker thread id
+        # (message id, token) of ended deliveries whose record a failed release left behind:
+        # released again on each heartbeat and at shutdown, or a later delivery would judge the
+        # record of a process that exited cleanly as a crash.
+        self._unreleased: list[tuple[str, str]] = []
         self.identity: ProcessIdentity | None = None
         self._evidence: EvidenceFile | None = None
         self._heartbeat: Heartbeat | None = None
@@ -94,6 +98,7 @@ class WorkerProcess:
                 return identity
             identity = self.identity = ProcessIdentity.current()
             self._inflight.clear()  # a forked child runs none of its parent's deliveries
+            self._unreleased.clear()
             self._neighbours_published = False
             try:
                 self._evidence = EvidenceFile(
@@ -124,6 +129,27 @@ class WorkerProcess:
         with self._lock:
             return self._inflight.pop(threading.get_ident(), None)
 
+    def release(self, delivery: Delivery) -> None:
+        """Delete the record of ``delivery``, which ended; kept to try again if Redis fails."""
+        self._release_all([(delivery.message_id, delivery.token)])
+
+    def _release_all(self, deliveries: list[tuple[str, str]]) -> None:
+        store = self._store()
+        for at, (message_id, token) in enumerate(deliveries):
+            try:
+                store.release(message_id, token)
+            except redis.RedisError:
+                self._failed_open("release")
+                with self._lock:
+                    self._unreleased.extend(deliveries[at:])
+                return
+
+    def _release_again(self) -> None:
+        with self._lock:
+            pending, self._unreleased = self._unreleased, []
+        if pending:
+            self._release_all(pending)
+
     def beat_once(self) -> None:
         """Refresh the heartbeat and in-flight records, mark overruns, publish dead neighbours."""
         identity = self.identity
@@ -141,9 +167,11 @@ class WorkerProcess:
             ]
             for delivery in overrun:
                 delivery.overrun_marked = True
+        self._release_again()
         for delivery in overrun:
             if self._evidence is not None:
-                self._evidence.write(f"overrun {delivery.message_id}")
+                # The delivery, not only the message: a later attempt of it may die otherwise.
+                self._evidence.write(f"overrun {delivery.message_id} {delivery.token}")
         try:
             store = self._store()
             state = ProcState("stopping" if self._stopping else "running", now)
@@ -175,6 +203,7 @@ class WorkerProcess:
             self.identity = self._evidence = self._heartbeat = None
         if heartbeat is not None:
             heartbeat.stop(self.heartbeat_interval_ms)
+        self._release_again()
         if identity is not None:
             try:
                 if abandoned:
