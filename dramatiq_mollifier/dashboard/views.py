@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from ..buffer.controls import TENANT_SORTS
 from .app import state
 from .data import entry_summary, lookup_summary, now_ms, overview, tenant_detail
+from .security import local_target
 
 __all__ = ["CONFIRMATIONS", "DEAD_LETTER_LIMIT", "PAGE_SIZE", "blueprint"]
 
@@ -97,7 +98,7 @@ def tenants() -> str:
 @blueprint.get("/tenant")
 def tenant() -> str:
     s = state()
-    org = request.args.get("org", "").strip()
+    org = request.args.get("org", "")  # as given: see actions.py on stripped ids
     detail = tenant_detail(s.buffer, s.controls, s.listing, s.settings, org) if org else None
     return render_template(
         "tenant.html", org=org, d=detail, now=now_ms(s.buffer.client), entry_summary=entry_summary
@@ -114,8 +115,8 @@ def lookup() -> str:
 @blueprint.get("/dead-letters")
 def dead_letters() -> str:
     s = state()
-    org = request.args.get("org", "").strip() or None
-    env = (request.args.get("env", "").strip() or None) if org else None
+    org = request.args.get("org") or None
+    env = (request.args.get("env") or None) if org else None
     page = s.buffer.failed_page(org, env, limit=DEAD_LETTER_LIMIT)
     now = now_ms(s.buffer.client)
     return render_template(
@@ -143,4 +144,7 @@ def confirm() -> tuple[str, int] | str:
     if action not in CONFIRMATIONS:
         return render_template("message.html", text=f"unknown action {action!r}"), 400
     fields = {key: value for key, value in request.args.items() if key != "action" and value}
-    return render_template("confirm.html", action=action, text=CONFIRMATIONS[action], fields=fields)
+    back = local_target(fields.get("next"), request) or url_for("views.index")
+    return render_template(
+        "confirm.html", action=action, text=CONFIRMATIONS[action], fields=fields, back=back
+    )
