@@ -226,9 +226,13 @@ class MollifierDrainer(DrainLoop):
             tick.paced = True
             return -1
         popped = tick.popped
-        if not self._drain_env(pool, tick, org_id, self._rotation.pick_env(org_id, envs)):
+        env_id = self._rotation.pick_env(org_id, envs)
+        if not self._drain_env(pool, tick, org_id, env_id):
             return None
-        return -1 if tick.paced else tick.popped - popped
+        if tick.paced:  # the org keeps its turn, and so does this env
+            self._rotation.keep_env(org_id, envs, env_id)
+            return -1
+        return tick.popped - popped
 
     def _drain_env(self, pool: HandlerPool, tick: Tick, org_id: str, env_id: str) -> bool:
         """Pop up to a batch from the env, never past the free slots. False if abandoned."""
@@ -251,6 +255,8 @@ class MollifierDrainer(DrainLoop):
                 tick.spent, limit = claim.granted < limit, claim.granted
                 if move is not None:  # a chunk moved in Redis (see redis_move), not popped
                     moved = move.try_move(org_id, env_id, limit, claim)
+                    if self._pace is not None:
+                        self._pace.refund(claim, used=moved.size)
                     self._settler.record_moved(moved.entries, gate_counts=move.gate_counts)
                     tick.add_moved(moved.size, failed=moved.stop == STOP_FAILED)
                     if moved.stop == STOP_FAILED or (

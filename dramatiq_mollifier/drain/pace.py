@@ -54,6 +54,7 @@ __all__ = [
     "DEFAULT_MAX_OUTSTANDING",
     "DEFAULT_OUTSTANDING_TTL_MS",
     "DEFAULT_TARGET_WAIT_MS",
+    "MAX_PACED_WAIT_MS",
     "MIN_OUTSTANDING",
     "RATE_WINDOW_MS",
     "Claim",
@@ -84,6 +85,11 @@ DEFAULT_OUTSTANDING_TTL_MS: int = default_of("drain_outstanding_ttl_ms")
 #: drainer's thread spent a fifth less CPU on RabbitMQ), while the broker still holds half the
 #: budget when the refill comes.
 PACED_WAIT_SHARE = 2
+#: The longest a paced drainer waits, whatever the target: a longer wait let the consumption
+#: rate's window lapse between refills (free.lua forgets a rate after four quiet windows), and
+#: the budget stayed at its floor (at a target of 1,000 ms: 40 drained messages a second for a
+#: fleet that starts 1,000).
+MAX_PACED_WAIT_MS = 2 * RATE_WINDOW_MS
 
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
@@ -159,6 +165,7 @@ class DrainPace:
         self._bind = _script(client, "bind")
         self._free = _script(client, "free")
         self._landed = _script(client, "landed")
+        self._refund = _script(client, "refund")
         self._token = f"~{uuid.uuid4().hex}:"
         self._claims = itertools.count(1)
         self._release_paused_until = 0.0
@@ -168,10 +175,11 @@ class DrainPace:
         """How long a drainer the budget stopped waits before it claims again, in ms: half of
         ``target_wait_ms``, so about half the budget is free by then and the broker still holds
         the other half (each claim then moves a refill, not a message or two, and an idle fleet
-        of drainers does not poll the budget every few milliseconds); 5 ms for a fixed budget."""
+        of drainers does not poll the budget every few milliseconds), at most
+        :data:`MAX_PACED_WAIT_MS`; 5 ms for a fixed budget."""
         if self.target_wait_ms == 0:
             return 5
-        return max(5, self.target_wait_ms // PACED_WAIT_SHARE)
+        return min(MAX_PACED_WAIT_MS, max(5, self.target_wait_ms // PACED_WAIT_SHARE))
 
     def claim(self, wanted: int, *, own: int = 0) -> Claim:
         """Take up to ``wanted`` slots (fewer when the budget or the rate says so); ``own``: the
@@ -224,6 +232,18 @@ class DrainPace:
             keys=(self._on_the_way,),
             args=(claim.prefix, claim.granted, self.outstanding_ttl_ms, *message_ids),
         )
+        self.refund(claim, used=len(message_ids))
+
+    def refund(self, claim: Claim, *, used: int) -> None:
+        """Under a rate cap, give back the tokens of the claim's slots that carried no message
+        (``used`` did): spent for nothing, they kept other orgs' claims empty. Never raises."""
+        unused = claim.granted - used
+        if not self.rate_per_s or unused <= 0:
+            return
+        try:
+            self._run(self._refund, keys=(self._rate,), args=(unused, self.rate_per_s))
+        except Exception:  # the bucket refills by itself within a second
+            logger.debug("mollifier.pace could not give back %d rate token(s)", unused, exc_info=True)
 
     def landed(self, written: Sequence[str], given_back: Sequence[str] = ()) -> None:
         """Report a batch of broker writes: ``written`` ids now count against the budget,

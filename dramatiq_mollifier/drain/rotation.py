@@ -58,6 +58,16 @@ class OrgEnvRotation:
         """``org_id`` had its turn this tick: the next window starts after it."""
         self._org_cursor = org_id
 
+    def keep_env(self, org_id: str, envs: Sequence[str], env_id: str) -> None:
+        """``env_id`` (picked from ``envs``) got nothing, the budget being full: the org's next
+        pick is that env again, not the one after it (which starved an env of an org whose
+        visits alternated between a refill and a full budget)."""
+        index = bisect.bisect_left(envs, env_id)
+        if index == 0:
+            self._env_cursors.pop(org_id, None)
+        else:
+            self._env_cursors[org_id] = envs[index - 1]
+
     def pick_env(self, org_id: str, envs: Sequence[str]) -> str:
         """The env of ``org_id`` that comes after the one picked last time, from ``envs`` (sorted)."""
         cursors = self._env_cursors
