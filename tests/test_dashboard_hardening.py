@@ -6,8 +6,10 @@ dashboard (waitress) over real HTTP against the session's real Redis; each faile
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.controls import TenantControls
 from dramatiq_mollifier.dashboard import create_app
 from dramatiq_mollifier.dashboard.app import close_app
+from dramatiq_mollifier.dashboard.series import DepthSeries
 from dramatiq_mollifier.settings import MollifierSettings
 
 from .cli_helpers import dead_letter
@@ -282,3 +285,44 @@ def test_a_confirmed_purge_of_one_org_never_purges_every_org(
         form = forms_of(page)[0]
         assert browser.request("POST", form["action"], dict(form["fields"]), bearer)[0] in (303, 400)
     assert len(buffer.failed()) == 2, f"left: {[e.message_id for e in buffer.failed()]}"
+
+
+def test_a_post_to_a_page_is_405_not_the_csrf_check(
+    redis_client: redis.Redis, redis_url: str, key_prefix: str
+) -> None:
+    with served(redis_client, redis_url, key_prefix) as server:
+        status = Http(port_of(server)).request(
+            "POST", "/tenants", {}, headers={"Authorization": f"Bearer {TOKEN}"}
+        )[0]
+    assert status == 405
+
+
+def test_the_chart_api_answers_redis_failures_in_json(
+    redis_url: str, key_prefix: str, refused_url: str
+) -> None:
+    # A dashboard whose Redis refuses connections: the page's poll of /api/overview reads JSON
+    settings = MollifierSettings(redis_url=refused_url, key_prefix=key_prefix)
+    dash = create_app(settings=settings, token=TOKEN)
+    try:
+        with serve_wsgi(dash) as port:
+            status, headers, body = Http(port).request(
+                "GET", "/api/overview", headers={"Authorization": f"Bearer {TOKEN}"}
+            )
+    finally:
+        close_app(dash)
+    assert status == 503 and headers["Content-Type"] == "application/json"
+    assert json.loads(body)["error"].startswith("Redis failed")
+
+
+def test_reading_the_chart_never_waits_for_a_sample() -> None:
+    # A depth read that hangs (a stalled Redis: a socket timeout) is the sampler thread's wait,
+    # not the request's (the first sample was taken inline: /api/overview took two timeouts)
+    release = threading.Event()
+    series = DepthSeries(buffer_depth=lambda: int(release.wait(5)), broker_depth=None, interval_ms=100)
+    try:
+        started = time.monotonic()
+        assert series.samples() == []
+        assert time.monotonic() - started < 2.5
+    finally:
+        release.set()
+        series.close()

@@ -130,7 +130,8 @@ def create_app(
     def protect() -> None:
         protection = state().protection
         protection.check_access(request)
-        if request.method not in ("GET", "HEAD", "OPTIONS"):
+        # A method the route does not take answers 405 (routing), not the CSRF check's 403.
+        if request.method not in ("GET", "HEAD", "OPTIONS") and request.routing_exception is None:
             protection.check_csrf(request)
 
     @app.after_request
@@ -147,9 +148,11 @@ def create_app(
 
     @app.errorhandler(BufferUnavailableError)
     @app.errorhandler(redis.RedisError)
-    def unavailable(exc: Exception) -> tuple[str, int]:
-        from flask import render_template
+    def unavailable(exc: Exception) -> tuple[Any, int]:
+        from flask import jsonify, render_template
 
+        if request.path.startswith("/api/"):  # the chart's poll reads JSON, errors included
+            return jsonify(error=f"Redis failed: {exc}"), 503
         return render_template("message.html", text=f"Redis failed: {exc}"), 503
 
     app.jinja_env.globals["csrf_token"] = csrf_token

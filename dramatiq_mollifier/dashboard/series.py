@@ -99,9 +99,11 @@ class DepthSeries:
                 return
             self._thread = threading.Thread(target=self._run, name="mollifier-dashboard-series", daemon=True)
             self._thread.start()
-        self.sample()
 
     def _run(self) -> None:
+        # The first sample too, off the request: on a stalled Redis it waited a socket timeout
+        # before the page's own reads waited theirs (20 s for /api/overview).
+        self.sample()
         while not self._stop.wait(self.interval_ms / 1000):
             if time.monotonic() - self._read_at > self._idle_s:
                 return  # nobody watches: the next read starts it again
