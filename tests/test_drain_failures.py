@@ -20,9 +20,11 @@ from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.drain.actor_registry import ActorRegistry
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.failures import is_unavailable
 from dramatiq_mollifier.drain.handler import make_drain_handler
+from dramatiq_mollifier.drain.hooks import DrainHooks
 from dramatiq_mollifier.drain.settling import Settler
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import BufferEntry, EntryStatus
@@ -226,3 +228,66 @@ def test_a_last_failure_whose_text_redis_cannot_encode_is_dead_lettered_with_it(
     stored = buffer.get("m1")
     assert stored is not None and stored.status is EntryStatus.FAILED
     assert stored.last_error == ("ValueError", "bad \\udcff path")
+
+
+def test_fleets_split_by_module_give_each_other_their_messages_back_untried(buffer: MollifierBuffer) -> None:
+    # Given two worker fleets on one buffer that import different actor modules (billing,
+    # search), past the grace for an actor the billing drainer does not declare
+    billing, search = StubBroker(), StubBroker()
+    for broker, name in ((billing, "charge"), (search, "index")):
+        dramatiq.actor(lambda n: None, broker=broker, actor_name=name, queue_name="default")
+    drainers = []
+    for broker in (billing, search):
+        registry = ActorRegistry(buffer.client, buffer.keys.drain_actors, broker.get_declared_actors)
+        registry.announce()
+        hooks = DrainHooks(report_gauges=registry.announce, declared_elsewhere=registry.declares)
+        drainers.append(
+            MollifierDrainer(
+                buffer,
+                make_drain_handler(broker),
+                poll_interval_ms=10,
+                retry_delay_ms=20,
+                unknown_actor_grace_ms=0,
+                hooks=hooks,
+            )
+        )
+    sent = seed(buffer, 200, actor_name="index")
+    for drainer in drainers:
+        drainer.start()
+    try:
+        # When both drain
+        eventually(lambda: buffer.depth() == 0, timeout_s=30, what="the buffer drained")
+    finally:
+        for drainer in drainers:
+            assert drainer.stop(5_000)
+        billing.close()
+
+    # Then the search fleet delivered every one (the billing drainer dead-lettered those it popped)
+    assert buffer.failed() == []
+    delivered = {dramatiq.Message.decode(raw).message_id for raw in search.queues["default"].queue}
+    search.close()
+    assert delivered == sent
+
+
+def test_an_actor_no_live_drainer_declares_is_still_dead_lettered_after_the_grace(
+    buffer: MollifierBuffer,
+) -> None:
+    # Given a drainer whose registry knows no other fleet (another app on this prefix)
+    broker = StubBroker()
+    dramatiq.actor(lambda n: None, broker=broker, actor_name="charge", queue_name="default")
+    registry = ActorRegistry(buffer.client, buffer.keys.drain_actors, broker.get_declared_actors)
+    registry.announce()
+    drainer = MollifierDrainer(
+        buffer,
+        make_drain_handler(broker),
+        unknown_actor_grace_ms=0,
+        hooks=DrainHooks(declared_elsewhere=registry.declares),
+    )
+    seed(buffer, 3, actor_name="index")
+    try:
+        drainer.run_once()
+    finally:
+        drainer.stop(5_000)
+        broker.close()
+    # Then its entries are dead-lettered as before
+    assert len(buffer.failed()) == 3

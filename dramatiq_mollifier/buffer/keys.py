@@ -274,6 +274,8 @@ class KeySpace:
         self.drain_rate = f"{prefix}:drain:rate"
         #: The fleet's consumption rate, which sizes the drain budget.
         self.drain_consumed = f"{prefix}:drain:consumed"
+        #: The actors each live drainer's process declares (hash: actor -> last announced, ms).
+        self.drain_actors = f"{prefix}:drain:actors"
         #: What idle drainers block on: the first accept into a buffer without queued work pushes.
         self.drain_wake = f"{prefix}:drain:wake"
         #: The tenant listing's indexes (by org and env, by depth, by oldest queued entry).

@@ -142,6 +142,7 @@ class MollifierDrainer(DrainLoop):
             # Entries given back untried: another drainer may take them (one that declares
             # their actor, say), so idle ones wake.
             wake=self._idle_wait.signal,
+            declared_elsewhere=self._hooks.declared_elsewhere,
         )
         self._housekeeping = Housekeeping(
             self._buffer,

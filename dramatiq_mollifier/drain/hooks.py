@@ -25,8 +25,11 @@ class DrainHooks:
       (``FleetGauges.report``). Defaults to the drainer setting the depth gauge itself.
     popped: Told of each batch right before it goes to the handlers (``CancelCheck.popped``).
       Defaults to nothing.
+    declared_elsewhere: Whether a live drainer of the fleet declares an actor this process does
+      not (``ActorRegistry.declares``): its entries go back untried. Defaults to "no".
     """
 
     rules: Callable[[], TenantRules] = _no_rules
     report_gauges: Callable[[], object] | None = None
     popped: Callable[[Sequence[BufferEntry]], None] | None = None
+    declared_elsewhere: Callable[[str], bool] | None = None

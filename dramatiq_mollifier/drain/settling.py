@@ -60,6 +60,9 @@ class Settler:
         its own (renewed by nobody).
       wake: Called by :meth:`settle_due` after entries went back untried (queued work again).
         Defaults to nothing.
+      declared_elsewhere: Whether a live drainer of the fleet declares an actor this one does
+        not (:class:`~.actor_registry.ActorRegistry`): an entry for it goes back untried, outside
+        the grace. Defaults to "no".
       clock: Monotonic seconds. Defaults to ``time.monotonic``.
     """
 
@@ -74,9 +77,11 @@ class Settler:
         unknown_actor_grace_ms: int = UNKNOWN_ACTOR_GRACE_MS,
         leases: LeaseKeeper | None = None,
         wake: Callable[[], None] = lambda: None,
+        declared_elsewhere: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._buffer = protocol
+        self._declared_elsewhere = declared_elsewhere
         self._leases = leases if leases is not None else LeaseKeeper(protocol)
         self._wake = wake
         self._telemetry = telemetry
@@ -235,6 +240,14 @@ class Settler:
         with self._held_lock:
             heapq.heappush(self._held, (self._clock() + delay_ms / 1000, next(self._order), entry, consumes))
 
+    def _for_another(self, error: UnknownDestinationError) -> bool:
+        if self._declared_elsewhere is None or error.actor_name is None:
+            return False
+        try:
+            return self._declared_elsewhere(error.actor_name)
+        except Exception:
+            return False
+
     def _within_grace(self, error: UnknownDestinationError) -> bool:
         """Whether entries for the error's actor are still in their grace (logged once per episode)."""
         now = self._clock()
@@ -266,6 +279,10 @@ class Settler:
                     error,
                 )
             self.broker_unavailable = True
+            self.release([entry], last_chance=not hold)
+            return
+        if isinstance(error, UnknownDestinationError) and self._for_another(error):
+            # Another fleet's actor (workers split by module): for its drainers, no attempt spent.
             self.release([entry], last_chance=not hold)
             return
         try:

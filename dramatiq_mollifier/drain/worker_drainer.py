@@ -25,6 +25,7 @@ from ..buffer.health import layout_problem
 from ..buffer.rules import RulesView, read_rules
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import Telemetry
+from .actor_registry import ActorRegistry
 from .cancel_check import CancelCheck
 from .connections import drain_client
 from .drainer import MollifierDrainer
@@ -94,6 +95,14 @@ class WorkerDrainer:
             # Audits (dual_write) never reach the broker: nothing to pace. On the drain's own
             # connections: a claim is not safe to run twice, as the send path's retry would.
             pace = pace_for(settings, client) if settings.mode is MollifierMode.DIVERT else None
+            # Which actors this process delivers, announced for drainers of split fleets.
+            actors = ActorRegistry(client, drain_buffer.keys.drain_actors, broker.get_declared_actors)
+            gauges = FleetGauges(self.buffer, self.telemetry)
+
+            def report() -> None:  # about once a second, from the drainer's housekeeping
+                gauges.report()
+                actors.announce()
+
             self._drainer = MollifierDrainer(
                 drain_buffer,
                 make_drain_handler(
@@ -116,8 +125,9 @@ class WorkerDrainer:
                 telemetry=self.telemetry,
                 hooks=DrainHooks(
                     rules=self.rules.current,
-                    report_gauges=FleetGauges(self.buffer, self.telemetry).report,
+                    report_gauges=report,
                     popped=cancelled.popped,
+                    declared_elsewhere=actors.declares,
                 ),
                 pace=pace,
                 # A RedisBroker on the buffer's Redis: chunks move there, not through this process.
