@@ -117,10 +117,10 @@ def test_an_error_that_is_not_redis_s_does_not_close_the_breaker_during_a_stall(
 
 
 def test_a_resolver_env_of_none_is_the_default_env_and_the_folds_go_on(
-    broker: StubBroker, redis_url: str, key_prefix: str
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str
 ) -> None:
     # Given a custom resolver that gives env None when the option is absent
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client
     provider, _ = metrics()
     mollifier = Mollifier(
         MollifierSettings(
@@ -154,11 +154,11 @@ def test_a_resolver_env_of_none_is_the_default_env_and_the_folds_go_on(
 
 @pytest.mark.parametrize("cap", [None, 100_000])
 def test_an_env_whose_trip_and_backlog_are_over_passes_again_capped_or_not(
-    broker: StubBroker, redis_url: str, key_prefix: str, cap: int | None
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str, cap: int | None
 ) -> None:
     # Given an env that tripped and was drained, with a cap never reached (its writes then take
     # the capped path: a trip check, then a capped write)
-    client = redis.Redis.from_url(redis_url)
+    client = redis_client
     mollifier, _ = add_mollifier(
         broker,
         client,
