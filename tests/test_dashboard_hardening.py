@@ -118,43 +118,45 @@ def port_of(server: Any) -> int:
 
 
 # 1. Mounted under a prefix (the README's own example), redirects and "back" links leave it -----
+@contextmanager
+def mounted(client: redis.Redis, redis_url: str, key_prefix: str) -> Iterator[int]:
+    """The dashboard mounted under /mollifier in a host WSGI app, served: its port."""
+    settings = MollifierSettings(redis_url=redis_url, key_prefix=key_prefix)
+    dash = create_app(settings=settings, client=client, token=TOKEN)
+    try:
+        with serve_wsgi(DispatcherMiddleware(_host_app, {"/mollifier": dash})) as port:
+            yield port
+    finally:
+        close_app(dash)
+
+
 def test_mounted_under_a_prefix_the_redirects_stay_under_it(
     buffer: MollifierBuffer, redis_client: redis.Redis, redis_url: str, key_prefix: str
 ) -> None:
     fill(buffer, [("acme", "prod", 2)])
-    settings = MollifierSettings(redis_url=redis_url, key_prefix=key_prefix)
-    dash = create_app(settings=settings, client=redis_client, token=TOKEN)
-    try:
-        with serve_wsgi(DispatcherMiddleware(_host_app, {"/mollifier": dash})) as port:
-            browser = Http(port)
-            # Opening the dashboard with ?token= (as the README says) redirects out of the mount
-            status, headers, _ = browser.request("GET", f"/mollifier/tenants?sort=depth&token={TOKEN}")
-            assert status == 303
-            assert headers["Location"].startswith("/mollifier/"), headers["Location"]
-    finally:
-        close_app(dash)
+    with mounted(redis_client, redis_url, key_prefix) as port:
+        browser = Http(port)
+        # Opening the dashboard with ?token= (as the README says) redirected out of the mount
+        status, headers, _ = browser.request("GET", f"/mollifier/tenants?sort=depth&token={TOKEN}")
+        assert status == 303
+        assert headers["Location"].startswith("/mollifier/"), headers["Location"]
 
 
 def test_mounted_under_a_prefix_an_action_returns_to_the_dashboard(
     buffer: MollifierBuffer, redis_client: redis.Redis, redis_url: str, key_prefix: str
 ) -> None:
     fill(buffer, [("acme", "prod", 2)])
-    settings = MollifierSettings(redis_url=redis_url, key_prefix=key_prefix)
-    dash = create_app(settings=settings, client=redis_client, token=TOKEN)
-    try:
-        with serve_wsgi(DispatcherMiddleware(_host_app, {"/mollifier": dash})) as port:
-            browser = Http(port)
-            bearer = {"Authorization": f"Bearer {TOKEN}"}
-            status, _, page = browser.request("GET", "/mollifier/tenants", headers=bearer)
-            assert status == 200
-            pause = next(f for f in forms_of(page) if f["action"].endswith("/actions/pause"))
-            # Submit the Pause button exactly as the page renders it
-            status, headers, _ = browser.request("POST", pause["action"], dict(pause["fields"]), bearer)
-            assert status == 303
-            location = headers["Location"]
-            assert location.startswith("/mollifier/"), f"sent to the host app: {location}"
-    finally:
-        close_app(dash)
+    with mounted(redis_client, redis_url, key_prefix) as port:
+        browser = Http(port)
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        status, _, page = browser.request("GET", "/mollifier/tenants", headers=bearer)
+        assert status == 200
+        pause = next(f for f in forms_of(page) if f["action"].endswith("/actions/pause"))
+        # Submit the Pause button exactly as the page renders it
+        status, headers, _ = browser.request("POST", pause["action"], dict(pause["fields"]), bearer)
+        assert status == 303
+        location = headers["Location"]
+        assert location.startswith("/mollifier/"), f"sent to the host app: {location}"
 
 
 # 2. Ids with surrounding whitespace: the action acts on another tenant -------------------------
