@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["CLUSTER_SLOT_GROUPS", "is_cluster_url", "redis_url_problem"]
+__all__ = ["CLUSTER_SLOT_GROUPS", "SENTINEL_AUTH_OPTIONS", "is_cluster_url", "redis_url_problem"]
 
 #: ``slot_groups`` when unset and the URL names a cluster: several groups per primary of a
 #: cluster of a few primaries, so the buffer's load spreads over them.
 CLUSTER_SLOT_GROUPS = 16
+#: Query options of a Sentinel URL that are the Sentinels' credentials, not the primary's options.
+SENTINEL_AUTH_OPTIONS = ("sentinel_username", "sentinel_password")
 
 _URL_SCHEMES = (
     "redis://",
@@ -41,7 +43,7 @@ def redis_url_problem(url: str) -> str | None:
     except ValueError as exc:
         return f"bad port: {exc}"
     if parts.scheme == "unix":
-        return None
+        return _query_problem(url)
     if not parts.hostname:
         return "no host"
     path = [part for part in parts.path.split("/") if part]
@@ -54,13 +56,26 @@ def redis_url_problem(url: str) -> str | None:
             return "no service name: redis+sentinel://host:port/SERVICE[/DB]"
         if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
             return f"database {'/'.join(path[1:])!r} is not a number"
-        return None
+        names = [name for name, _ in parse_qsl(parts.query)]
+        for name in ("db", "username", "password"):
+            if name in names:
+                return (
+                    f"query option {name!r} on a Sentinel URL: the database goes in the path "
+                    "(/SERVICE/DB), the primary's user and password before the hosts, the "
+                    "Sentinels' as sentinel_username and sentinel_password"
+                )
+        primary_query = [(n, v) for n, v in parse_qsl(parts.query) if n not in SENTINEL_AUTH_OPTIONS]
+        return _query_problem("redis://sentinel/?" + urlencode(primary_query))
     db = "/".join(path)
     if db and not db.isdigit():
         return f"database {db!r} is not a number"
     if "cluster" in parts.scheme and db not in ("", "0"):
         return f"a cluster has database 0 only, got {db}"
-    return _query_problem(url.replace("+cluster://", "://", 1))
+    problem = _query_problem(url.replace("+cluster://", "://", 1))
+    query_db = dict(parse_qsl(parts.query)).get("db", "0")
+    if problem is None and "cluster" in parts.scheme and query_db != "0":
+        return f"a cluster has database 0 only, got db={query_db} in the query"
+    return problem
 
 
 def _query_problem(url: str) -> str | None:
@@ -70,7 +85,7 @@ def _query_problem(url: str) -> str | None:
 
     try:
         parse_url(url)  # type: ignore[no-untyped-call]
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         return f"bad query option: {exc}"
     return None
 

@@ -262,6 +262,12 @@ class MollifierSettings(BaseSettings):
                 "slot_groups (MOLLIFIER_SLOT_GROUPS) must be at least 1 with a cluster URL: without "
                 "groups a script's keys fall in many slots (CROSSSLOT)"
             )
+        if self.effective_slot_groups and ("{" in self.key_prefix or "}" in self.key_prefix):
+            raise MollifierConfigurationError(
+                f"key_prefix (MOLLIFIER_KEY_PREFIX) must not contain braces with slot groups, got "
+                f"{self.key_prefix!r}: each group's hash tag follows the prefix, and a brace in it "
+                "would become the keys' hash tag instead (every group on one slot, or CROSSSLOT)"
+            )
         if self.effective_slot_groups and self.trip_global_threshold:
             raise MollifierConfigurationError(
                 "trip_global_threshold (MOLLIFIER_TRIP_GLOBAL_THRESHOLD) needs slot_groups=0: the "

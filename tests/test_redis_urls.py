@@ -14,6 +14,7 @@ from redis.sentinel import SentinelConnectionPool
 from dramatiq_mollifier import MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.clients import client_from_url, slot_groups_for
+from dramatiq_mollifier.buffer.keys import KeySpace
 from dramatiq_mollifier.embedded import EmbeddedRedis, free_port
 from dramatiq_mollifier.errors import BufferUnavailableError, MollifierConfigurationError
 from dramatiq_mollifier.redis_urls import redis_url_problem
@@ -32,6 +33,7 @@ from .servers import unavailable
         "rediss+cluster://user:pw@node:7000/0",
         "redis+sentinel://s1:26379,s2:26380/mymaster",
         "redis+sentinel://:secret@s1:26379/mymaster/3",
+        "redis+sentinel://app:pw@s1/mymaster?sentinel_password=s&socket_timeout=2",
     ],
 )
 def test_accepted_urls(url: str) -> None:
@@ -51,6 +53,12 @@ def test_accepted_urls(url: str) -> None:
         # redis-py refuses these only when the client is built, without naming the setting
         ("redis://h:6379/0?socket_timeout=abc", "bad query option"),
         ("redis+cluster://h:7000?socket_connect_timeout=x", "bad query option"),
+        # Each was accepted, then ignored or refused only when the client was built
+        ("unix:///tmp/redis.sock?socket_timeout=abc", "bad query option"),
+        ("redis+cluster://h:7000?db=3", "database 0 only"),
+        ("redis+sentinel://s1:26379/svc?socket_timeout=abc", "bad query option"),
+        ("redis+sentinel://s1:26379/svc?db=2", "query option 'db'"),
+        ("redis+sentinel://s1:26379/svc?password=x", "query option 'password'"),
     ],
 )
 def test_refused_urls_say_why(url: str, problem: str) -> None:
@@ -71,6 +79,13 @@ def test_slot_groups_default_to_the_url_kind_and_are_bounded() -> None:
         MollifierSettings(redis_url="redis+cluster://h:7000", slot_groups=0)
     with pytest.raises(MollifierConfigurationError, match="trip_global_threshold"):
         MollifierSettings(redis_url="redis+cluster://h:7000", trip_global_threshold=10)
+    # A brace in the prefix took over the groups' hash tags: CROSSSLOT, or every group on one slot
+    for prefix in ("app{}", "{mollifier}"):
+        with pytest.raises(MollifierConfigurationError, match="key_prefix"):
+            MollifierSettings(redis_url="redis+cluster://h:7000", key_prefix=prefix)
+        with pytest.raises(MollifierConfigurationError, match="braces"):
+            KeySpace(prefix, groups=4)
+    assert MollifierSettings(key_prefix="{mollifier}").key_prefix == "{mollifier}"  # no groups: no tags
 
 
 def test_the_clients_built_for_each_kind_of_url() -> None:

@@ -4,9 +4,12 @@
 - ``redis+cluster://host:port[/0]``, ``rediss+cluster://...``: a Redis or Valkey Cluster, any node
   as the seed (``redis.cluster.RedisCluster``); the slot map is refreshed after MOVED, a
   failover or a connection error, and retries are bounded by the ``retry`` given.
-- ``redis+sentinel://[:password@]host:port[,host:port...]/SERVICE[/DB]`` (``rediss+sentinel``
-  for TLS to the primary): the primary Sentinel names for SERVICE, looked up again after a
-  failover (``redis.sentinel.Sentinel.master_for``).
+- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/SERVICE[/DB][?options]``
+  (``rediss+sentinel`` for TLS to the primary): the primary Sentinel names for SERVICE, looked up
+  again after a failover (``redis.sentinel.Sentinel.master_for``). The user and password are the
+  primary's; ``sentinel_username`` and ``sentinel_password`` in the query are the Sentinels' (when
+  they have ``requirepass``); the other query options go to the primary's connections, as a
+  ``redis://`` URL's do.
 
 What each URL means is checked by :func:`~dramatiq_mollifier.settings.redis_url_problem`.
 """
@@ -14,13 +17,16 @@ What each URL means is checked by :func:`~dramatiq_mollifier.settings.redis_url_
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.sentinel import Sentinel
+from redis.connection import SSLConnection, parse_url
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
-from ..redis_urls import CLUSTER_SLOT_GROUPS
+from ..redis_urls import CLUSTER_SLOT_GROUPS, SENTINEL_AUTH_OPTIONS
 
 __all__ = ["ClusterClient", "client_from_url", "is_cluster", "is_cluster_url", "slot_groups_for"]
 
@@ -80,9 +86,24 @@ def client_from_url(url: str, **kwargs: Any) -> Any:
     return redis.Redis.from_url(url, **kwargs)
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection keeps its socket after a read timeout (its
+    ``read_response`` does not disconnect on error, unlike a plain ``Connection``): the next
+    command on it would read the late reply of the one that timed out. This one disconnects."""
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("disconnect_on_error", True)
+        return super().read_response(*args, **kwargs)
+
+
+class _SentinelSSLConnection(_SentinelConnection, SSLConnection):
+    """:class:`_SentinelConnection` over TLS (``rediss+sentinel://``)."""
+
+
 def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
     parts = urlsplit(url)
     netloc = parts.netloc.rpartition("@")[2]
+    username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     hosts = []
     for item in netloc.split(","):
@@ -91,11 +112,26 @@ def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
     path = [part for part in parts.path.split("/") if part]
     service = unquote(path[0])
     db = int(path[1]) if len(path) > 1 else 0
-    sentinel_kwargs = {
+    query = parse_qsl(parts.query)
+    # The Sentinels answer one lookup each, within the send path's timeouts and without
+    # retries: redis-py's default (retries with backoff) held a send for 8-40 s behind a
+    # Sentinel that had hung.
+    sentinel_kwargs: dict[str, Any] = {
         name: kwargs[name] for name in ("socket_timeout", "socket_connect_timeout") if name in kwargs
     }
-    if parts.scheme == "rediss+sentinel":
-        kwargs["ssl"] = True
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs, password=password, **sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client: redis.Redis = sentinel.master_for(service, db=db, password=password, **kwargs)  # type: ignore[no-untyped-call]
+    sentinel_kwargs["retry"] = Retry(NoBackoff(), 0)
+    for name, value in query:
+        if name in SENTINEL_AUTH_OPTIONS:
+            sentinel_kwargs[name.removeprefix("sentinel_")] = value
+    # The other query options are the primary's, read as redis-py reads a redis:// URL's.
+    primary_query = [(name, value) for name, value in query if name not in SENTINEL_AUTH_OPTIONS]
+    options: dict[str, Any] = parse_url("redis://sentinel/?" + urlencode(primary_query))  # type: ignore[no-untyped-call]
+    options.pop("host", None)
+    ssl = parts.scheme == "rediss+sentinel"
+    kwargs.update(options)
+    kwargs["connection_class"] = _SentinelSSLConnection if ssl else _SentinelConnection
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service, db=db, username=username, password=password, **kwargs
+    )
     return client

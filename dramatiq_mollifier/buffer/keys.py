@@ -88,6 +88,8 @@ from urllib.parse import quote
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
+from ..errors import MollifierConfigurationError
+
 __all__ = [
     "DEPTH_INDEXED_FIELD",
     "DEPTH_TOTAL_FIELD",
@@ -252,6 +254,11 @@ class KeySpace:
         self.layout = f"{prefix}:layout"
         #: Each group's key space (this one alone without slot groups).
         self.groups: tuple[KeySpace, ...] = (self,)
+        if groups and ("{" in prefix or "}" in prefix):
+            raise MollifierConfigurationError(
+                f"key_prefix {prefix!r} must not contain braces with slot groups: each group's hash "
+                "tag follows the prefix, and a brace in it would become the keys' hash tag instead"
+            )
         if groups:
             self.groups = tuple(KeySpace(f"{prefix}:{{{tag}}}") for tag in group_tags(groups))
             prefix = f"{prefix}:{{fleet}}"

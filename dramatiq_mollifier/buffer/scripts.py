@@ -276,6 +276,10 @@ def _send(
         failed = False  # an error reply (NOSCRIPT): the reply was read, the connection is sound
         raise
     finally:
+        if failed:
+            # A reply may still be on its way (a read timeout): no later command may read it.
+            # A plain Connection has disconnected already; not every connection class does.
+            connection.disconnect()
         if kept is not None:
             held.give_back(pool, kept, failed=failed)
         else:

@@ -1,0 +1,148 @@
+"""Sentinel URLs against real Sentinels: a stalled primary or Sentinel never desyncs or holds a
+send, and the URL's credentials reach the primary and the Sentinels."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.embedded import EmbeddedRedis, free_port
+from dramatiq_mollifier.errors import BufferUnavailableError
+
+from .mollifier_helpers import stop_process
+from .servers import unavailable
+
+pytestmark = pytest.mark.redis
+
+
+@contextmanager
+def sentinels(
+    binary: str,
+    primary: EmbeddedRedis,
+    directory: Path,
+    *,
+    count: int = 1,
+    conf: str = "",
+    password: str | None = None,
+) -> Iterator[list[tuple[int, subprocess.Popen[bytes]]]]:
+    """``count`` Sentinels monitoring ``primary`` as ``mymaster``, each answering for it."""
+    started: list[tuple[int, subprocess.Popen[bytes]]] = []
+    try:
+        for n in range(count):
+            port = free_port()
+            path = directory / f"sentinel-{n}.conf"
+            path.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {directory}\n"
+                f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1\n{conf}"
+            )
+            process = subprocess.Popen(
+                [binary, str(path), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            started.append((port, process))
+        for port, process in started:
+            client = redis.Redis(port=port, password=password, socket_timeout=1)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    if client.sentinel_get_master_addr_by_name("mymaster"):
+                        break
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    unavailable(f"{binary} did not run as a Sentinel on port {port}")
+                time.sleep(0.05)
+            client.close()
+        yield started
+    finally:
+        for _, process in started:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+            stop_process(process, 10)
+
+
+@contextmanager
+def stopped(pid: int | None) -> Iterator[None]:
+    """The process stopped (SIGSTOP: it holds its sockets and answers nothing) until the block ends."""
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_a_reply_that_timed_out_is_never_read_by_a_later_command(
+    disposable_redis: EmbeddedRedis, redis_binary: str, tmp_path: Path
+) -> None:
+    # redis-py's Sentinel-managed connection kept its socket after a read timeout: the next call
+    # read the reply of the one that timed out (an accept of a new id answered "already there").
+    plain = redis.Redis(port=disposable_redis.port)
+    with sentinels(redis_binary, disposable_redis, tmp_path) as started:
+        buffer = MollifierBuffer.from_url(f"redis+sentinel://127.0.0.1:{started[0][0]}/mymaster")
+        assert buffer.accept("warm-up", org_id="acme", env_id="prod", payload=b"x")
+        buffer.client.set("a", "value-of-a")
+        buffer.client.set("b", "value-of-b")
+        with stopped(disposable_redis.pid):
+            with pytest.raises(BufferUnavailableError):
+                buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+            with pytest.raises(redis.TimeoutError):
+                buffer.client.get("a")  # redis-py's own command path
+        deadline = time.monotonic() + 5
+        while not plain.exists(buffer.keys.entry("m1")):  # the stalled accept lands on resume
+            assert time.monotonic() < deadline, "the accept sent before the stall never landed"
+            time.sleep(0.02)
+        assert buffer.client.get("b") == b"value-of-b"
+        assert buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x") is False
+        assert buffer.accept("m2", org_id="acme", env_id="prod", payload=b"x") is True
+        buffer.client.close()
+    plain.close()
+
+
+def test_a_hung_sentinel_holds_a_send_for_one_socket_timeout_at_most(
+    disposable_redis: EmbeddedRedis, redis_binary: str, tmp_path: Path
+) -> None:
+    # The Sentinels' clients retried with backoff (redis-py's default): 8.5 s for a send behind
+    # one hung Sentinel of two.
+    with sentinels(redis_binary, disposable_redis, tmp_path, count=2) as started:
+        (first, first_process), (second, _) = started
+        url = f"redis+sentinel://127.0.0.1:{first},127.0.0.1:{second}/mymaster"
+        with stopped(first_process.pid):
+            buffer = MollifierBuffer.from_url(url)  # its first command looks the primary up
+            began = time.monotonic()
+            assert buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+            assert time.monotonic() - began < 1.5  # the hung Sentinel's 0.5 s, then the other's answer
+            buffer.client.close()
+
+
+def test_the_urls_credentials_reach_the_primary_and_the_sentinels(
+    disposable_redis: EmbeddedRedis, redis_binary: str, tmp_path: Path
+) -> None:
+    # The user name was dropped (the primary refused the password alone) and a Sentinel with
+    # requirepass could not be asked at all.
+    admin = redis.Redis(port=disposable_redis.port)
+    admin.acl_setuser(
+        "app", enabled=True, passwords=["+app-pw"], keys=["*"], channels=["*"], commands=["+@all"]
+    )
+    admin.acl_setuser("default", enabled=False)
+    admin.close()
+    conf = "sentinel auth-user mymaster app\nsentinel auth-pass mymaster app-pw\nrequirepass sentinel-pw\n"
+    with sentinels(redis_binary, disposable_redis, tmp_path, conf=conf, password="sentinel-pw") as started:
+        port = started[0][0]
+        url = f"redis+sentinel://app:app-pw@127.0.0.1:{port}/mymaster?sentinel_password=sentinel-pw"
+        buffer = MollifierBuffer.from_url(url)
+        assert buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+        assert buffer.depth() == 1
+        buffer.client.close()
+        without = MollifierBuffer.from_url(f"redis+sentinel://app:app-pw@127.0.0.1:{port}/mymaster")
+        with pytest.raises(BufferUnavailableError):  # the Sentinel refuses an unauthenticated lookup
+            without.accept("m2", org_id="acme", env_id="prod", payload=b"x")
+        without.client.close()
