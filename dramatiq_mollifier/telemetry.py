@@ -10,7 +10,7 @@ import enum
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any
 
@@ -34,6 +34,9 @@ METER_NAME = "dramatiq_mollifier"
 
 #: How often a recurring warning (a fail-open event) is logged at most, per kind. 10 seconds.
 LOG_INTERVAL_MS = 10_000
+#: How long a gauge's reading is exported after it was last set, in milliseconds: a process whose
+#: drainer stopped stops exporting within this. 10 seconds.
+READING_TTL_MS = 10_000
 
 
 class Outcome(str, enum.Enum):
@@ -157,37 +160,59 @@ class Telemetry:
             unit="ms",
             description="Time from accept to successful drain.",
         )
-        self.depth = instruments.create_gauge(
-            "mollifier.buffer.depth",
-            unit="{message}",
-            description="QUEUED and DRAINING entries in the buffer; reported once for the fleet.",
+        # Observable gauges over readings that expire: a synchronous gauge of the OpenTelemetry
+        # SDK exports its last value for good under cumulative temporality (the default), so a
+        # process that lost the fleet gauges' lease, or whose buffer emptied while its drainer
+        # was stopped, kept exporting an old depth beside the reporter's.
+        self._depth = _Readings()
+        self._oldest_age = _Readings()
+        self._oldest_env_age = _Readings()
+        self._dead_letters = _Readings()
+        self._outstanding = _Readings()
+        self._budget = _Readings()
+        gauges = (
+            (
+                "mollifier.buffer.depth",
+                "{message}",
+                self._depth,
+                "QUEUED and DRAINING entries in the buffer; reported once for the fleet.",
+            ),
+            (
+                "mollifier.buffer.oldest_age",
+                "ms",
+                self._oldest_age,
+                "Age of the oldest QUEUED entry (0 if none), reported once for the fleet.",
+            ),
+            (
+                "mollifier.buffer.oldest_env_age",
+                "ms",
+                self._oldest_env_age,
+                "Age of the oldest QUEUED entry of the few envs that waited longest, by rank "
+                "(1 = oldest); the envs are named in the mollifier.dwell log.",
+            ),
+            (
+                "mollifier.buffer.dead_letters",
+                "{message}",
+                self._dead_letters,
+                "FAILED entries kept in the buffer; reported once for the fleet.",
+            ),
+            (
+                "mollifier.drain.outstanding",
+                "{message}",
+                self._outstanding,
+                "Drained messages waiting in the broker, not yet started (the drain budget in use).",
+            ),
+            (
+                "mollifier.drain.budget",
+                "{message}",
+                self._budget,
+                "The drain budget: the fleet's consumption rate times the target wait, bounded.",
+            ),
         )
-        self.oldest_age = instruments.create_gauge(
-            "mollifier.buffer.oldest_age",
-            unit="ms",
-            description="Age of the oldest QUEUED entry (0 if none), reported once for the fleet.",
-        )
-        self.oldest_env_age = instruments.create_gauge(
-            "mollifier.buffer.oldest_env_age",
-            unit="ms",
-            description="Age of the oldest QUEUED entry of the few envs that waited longest, by rank "
-            "(1 = oldest); the envs are named in the mollifier.dwell log.",
-        )
-        self.dead_letters = instruments.create_gauge(
-            "mollifier.buffer.dead_letters",
-            unit="{message}",
-            description="FAILED entries kept in the buffer; reported once for the fleet.",
-        )
-        self.outstanding = instruments.create_gauge(
-            "mollifier.drain.outstanding",
-            unit="{message}",
-            description="Drained messages waiting in the broker, not yet started (the drain budget in use).",
-        )
-        self.budget = instruments.create_gauge(
-            "mollifier.drain.budget",
-            unit="{message}",
-            description="The drain budget: the fleet's consumption rate times the target wait, bounded.",
-        )
+        for name, unit, readings, description in gauges:
+            instruments.create_observable_gauge(
+                name, callbacks=[readings.observe], unit=unit, description=description
+            )
 
     def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool, count: int = 1) -> None:
         """Count ``count`` gate decisions (more than one: messages moved past the gate in Redis)."""
@@ -220,21 +245,50 @@ class Telemetry:
 
     def record_depth(self, depth: int) -> None:
         """Set the buffer depth gauge."""
-        self.depth.set(depth)
+        self._depth.replace({None: depth})
 
     def record_dwell(self, oldest_age_ms: int, env_ages_ms: list[int], dead_letters: int) -> None:
-        """Set the dwell gauges: the oldest entry's age, the oldest envs' by rank, dead letters."""
-        self.oldest_age.set(oldest_age_ms)
-        for rank, age_ms in enumerate(env_ages_ms, start=1):
-            self.oldest_env_age.set(age_ms, _attributes(rank=str(rank)))
-        self.dead_letters.set(dead_letters)
+        """Set the dwell gauges: the oldest entry's age, the oldest envs' by rank (a rank no env
+        holds any more is dropped), dead letters."""
+        self._oldest_age.replace({None: oldest_age_ms})
+        self._oldest_env_age.replace({str(rank): age for rank, age in enumerate(env_ages_ms, start=1)})
+        self._dead_letters.replace({None: dead_letters})
+
+    def forget_fleet_gauges(self) -> None:
+        """Stop exporting the fleet gauges (depth, dwell, dead letters): another process reports them."""
+        for readings in (self._depth, self._oldest_age, self._oldest_env_age, self._dead_letters):
+            readings.replace({})
 
     def record_outstanding(self, in_use: int, *, budget: int) -> None:
         """Set the drain budget gauges: drained messages in the broker not yet started, and the
         budget they are held to.
         """
-        self.outstanding.set(in_use)
-        self.budget.set(budget)
+        self._outstanding.replace({None: in_use})
+        self._budget.replace({None: budget})
+
+
+class _Readings:
+    """One gauge's latest values by ``rank`` attribute (None: no attribute), exported while
+    younger than :data:`READING_TTL_MS`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str | None, int] = {}
+        self._set_at = float("-inf")
+
+    def replace(self, values: dict[str | None, int]) -> None:
+        with self._lock:
+            self._values, self._set_at = values, time.monotonic()
+
+    def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
+        with self._lock:
+            if time.monotonic() - self._set_at > READING_TTL_MS / 1000:
+                return []
+            values = list(self._values.items())
+        return [
+            metrics.Observation(value, _attributes(rank=rank) if rank is not None else None)
+            for rank, value in values
+        ]
 
 
 class ThrottledLog:

@@ -58,6 +58,41 @@ def test_a_stale_owners_ack_is_refused_and_counted(buffer: MollifierBuffer) -> N
     assert buffer.get("m1") is None
 
 
+@pytest.mark.parametrize(("max_attempts", "doing"), [(1, "dead-lettering"), (3, "requeueing")])
+def test_a_stale_owners_failure_is_refused_and_counted_stale_not_failed_or_requeued(
+    buffer: MollifierBuffer, max_attempts: int, doing: str
+) -> None:
+    # Given an entry whose first drainer stalled past its lease: reclaimed, popped by another
+    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+    protocol = DrainProtocol(buffer)
+    stale = protocol.pop("acme", "prod")
+    assert stale is not None
+    buffer.client.zadd(group(buffer, "acme").leases, {"m1": 0})
+    assert protocol.reclaim_expired() == ["m1"]
+    current = protocol.pop("acme", "prod")
+    assert current is not None
+    provider, reader = metrics()
+    telemetry = Telemetry(provider)
+    settler = Settler(
+        protocol,
+        telemetry=telemetry,
+        max_attempts=max_attempts,
+        is_retryable=lambda e: True,
+        retry_delay_ms=0,
+    )
+
+    # When the stalled drainer's handler failed, and the current owner then delivers it
+    settler.settle([(stale, RuntimeError("broker write failed"))])
+    Settler(protocol, telemetry=telemetry, max_attempts=3, is_retryable=lambda e: True).settle(
+        [(current, None)]
+    )
+
+    # Then the message is counted once as delivered: the refused settle is stale (it was
+    # counted failed or requeued, so one message counted twice)
+    assert counts(reader, "mollifier.drained", "result") == {("stale",): 1, ("acked",): 1}, doing
+    assert buffer.get("m1") is None and buffer.failed() == []
+
+
 def test_a_batch_handled_serially_for_longer_than_its_lease_is_not_duplicated(
     redis_client: redis.Redis, key_prefix: str
 ) -> None:

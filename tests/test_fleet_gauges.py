@@ -7,8 +7,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
+from dramatiq_mollifier import telemetry as telemetry_module
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
@@ -79,6 +81,46 @@ def test_only_one_process_reports_and_another_takes_over_when_it_stops(buffer: M
     assert time.monotonic() - began < 1.5
     assert gauge(second, "mollifier.buffer.depth") == {None: 12}
     assert not one.report()
+    # ...and the first, which lost the lease, no longer exports its old values (the SDK kept a
+    # synchronous gauge's last value: a summing dashboard showed the depth twice)
+    for name in (
+        "mollifier.buffer.depth",
+        "mollifier.buffer.oldest_env_age",
+        "mollifier.buffer.dead_letters",
+    ):
+        assert gauge(first, name) == {}, name
+    assert gauge(second, "mollifier.buffer.depth") == {None: 12}
+
+
+def test_ranks_no_env_holds_any_more_are_dropped(buffer: MollifierBuffer) -> None:
+    fill(buffer)
+    provider, reader = metrics()
+    gauges = FleetGauges(buffer, Telemetry(provider), dwell_interval_ms=0)
+    assert gauges.report()
+    assert sorted(gauge(reader, "mollifier.buffer.oldest_env_age")) == ["1", "2", "3"]
+
+    # Only env d keeps queued entries: rank 1 alone, not the old ranks 2 and 3 beside it
+    drain = DrainProtocol(buffer)
+    for env in ("a", "b", "c"):
+        for entry in drain.pop_many("acme", env, 10):
+            drain.ack(entry.message_id)
+    assert gauges.report()
+    assert sorted(gauge(reader, "mollifier.buffer.oldest_env_age")) == ["1"]
+
+
+def test_a_reading_not_renewed_is_no_longer_exported(
+    buffer: MollifierBuffer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process whose drainer stopped (a worker shutting down) kept exporting its last depth.
+    provider, reader = metrics()
+    telemetry = Telemetry(provider)
+    telemetry.record_depth(7)
+    telemetry.record_outstanding(3, budget=40)
+    assert gauge(reader, "mollifier.buffer.depth") == {None: 7}
+    assert gauge(reader, "mollifier.drain.outstanding") == {None: 3}
+    monkeypatch.setattr(telemetry_module, "READING_TTL_MS", 0)
+    assert gauge(reader, "mollifier.buffer.depth") == {}
+    assert gauge(reader, "mollifier.drain.outstanding") == {}
 
 
 def test_the_drainer_reports_through_the_fleet_gauges(buffer: MollifierBuffer) -> None:

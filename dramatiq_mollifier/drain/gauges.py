@@ -3,9 +3,9 @@
 Every worker process runs a drainer, and each used to set the depth gauge with the buffer's
 total: a dashboard that sums over processes showed N times the depth. Now the process that holds a
 short Redis lease (``{p}:gauges:lease``, renewed on each report, taken over within
-``lease_ms`` when its holder dies) reports them; the others report nothing. OpenTelemetry SDKs
-export a synchronous gauge only when it was set since the last export, so a process that lost the
-lease stops showing after one export interval.
+``lease_ms`` when its holder dies) reports them; the others report nothing: a process that finds
+the lease held by another forgets its readings, and a reading not renewed stops being exported
+(``telemetry.READING_TTL_MS``).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class FleetGauges:
             with boundary("fleet_gauges"):
                 keys = self._buffer.keys
                 if not int(self._lease(keys=[keys.gauges_lease], args=[self.token, self._lease_ms])):
+                    self._telemetry.forget_fleet_gauges()  # it may have held the lease before
                     return False
                 now = self._clock()
                 if now < self._next_dwell:

@@ -3,8 +3,8 @@
 An entry whose lease expired (its drainer died, stalled past its lease, or lost a pop's reply) goes
 back to its queue; one whose lease keeps expiring (``max_expiries`` times: a reply too large to
 read, a handler that never returns) is dead-lettered with ``LeaseExpired`` instead of looping.
-An idle drainer does both less often (:data:`IDLE_HOUSEKEEPING_MS`): it then costs next to
-nothing.
+An idle drainer reclaims less often (:data:`IDLE_HOUSEKEEPING_MS`) and reads the gauges every
+:data:`IDLE_GAUGES_MS`: it then costs next to nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .leases import LeaseKeeper
 
 __all__ = [
     "DEPTH_INTERVAL_MS",
+    "IDLE_GAUGES_MS",
     "IDLE_HOUSEKEEPING_MS",
     "MAX_LEASE_EXPIRIES",
     "RECLAIM_INTERVAL_MS",
@@ -37,11 +38,14 @@ DEPTH_INTERVAL_MS = 1_000
 MAX_LEASE_EXPIRIES = 5
 #: How often an idle drainer reclaims expired leases and reads the depth, in milliseconds.
 IDLE_HOUSEKEEPING_MS = 15_000
+#: How often an idle drainer reports the fleet's gauges: within the gauges' 5 s lease, so one
+#: holder keeps it, and a depth that fell to 0 shows within seconds (15 s before).
+IDLE_GAUGES_MS = 2_000
 
 
 class Housekeeping:
     """Reclaims expired leases every ``reclaim_interval_ms`` and records the depth every second
-    (both every :data:`IDLE_HOUSEKEEPING_MS` while idle).
+    (every :data:`IDLE_HOUSEKEEPING_MS` and :data:`IDLE_GAUGES_MS` while idle).
 
     Parameters:
       protocol: The buffer's drain side.
@@ -89,7 +93,7 @@ class Housekeeping:
         if (now - self._last_reclaim) * 1000 >= (IDLE_HOUSEKEEPING_MS if idle else self.reclaim_interval_ms):
             self._last_reclaim = now
             self._reclaim()
-        if (now - self._last_depth) * 1000 >= (IDLE_HOUSEKEEPING_MS if idle else DEPTH_INTERVAL_MS):
+        if (now - self._last_depth) * 1000 >= (IDLE_GAUGES_MS if idle else DEPTH_INTERVAL_MS):
             self._last_depth = now
             if self._report_gauges is not None:
                 self._report_gauges()

@@ -298,11 +298,13 @@ class Settler:
                 if hold and self._retry_delay_ms > 0:
                     delay_ms = retry_delay_ms(self._retry_delay_ms, entry.attempts, self._max_delay_ms)
                     self._hold(entry, delay_ms, consumes=True)
+                    kind = DrainResultKind.REQUEUED
                 else:
-                    self._requeue_now(entry, last_chance=not hold)
-                kind, level, event = DrainResultKind.REQUEUED, logging.WARNING, "mollifier.drain_retry"
+                    kind = self._requeue_now(entry, last_chance=not hold)
+                level, event = logging.WARNING, "mollifier.drain_retry"
             else:
                 self._leases.drop([entry])
+                kind, level, event = DrainResultKind.FAILED, logging.ERROR, "mollifier.drain_failed"
                 if not self._buffer.fail(
                     entry.message_id,
                     code=type(error).__name__,
@@ -312,7 +314,7 @@ class Settler:
                     owner=entry.lease_owner,
                 ):
                     self._refused("dead-lettering", entry)
-                kind, level, event = DrainResultKind.FAILED, logging.ERROR, "mollifier.drain_failed"
+                    kind = DrainResultKind.STALE  # the new holder of the lease settles it
         except Exception:
             self._leases.drop([entry])
             logger.warning(
@@ -336,25 +338,29 @@ class Settler:
         )
         self._telemetry.record_drained(kind)
 
-    def _requeue_now(self, entry: BufferEntry, *, last_chance: bool) -> None:
+    def _requeue_now(self, entry: BufferEntry, *, last_chance: bool) -> DrainResultKind:
         """Requeue without a delay; one that meets a Redis error is held (its lease renewed) and
         tried again from :meth:`settle_due`, as a delayed one is, unless this is the last chance
-        (then it raises, and the lease's expiry returns the entry)."""
+        (then it raises, and the lease's expiry returns the entry). ``STALE`` when refused."""
         try:
-            self._requeue(entry)
+            requeued = self._requeue(entry)
         except Exception:
             if last_chance:
                 raise
             logger.warning("mollifier.drain_error requeueing %r", entry.message_id, exc_info=True)
             self._again([entry], consumes=True)
-            return
+            return DrainResultKind.REQUEUED
         self._leases.drop([entry])
+        return DrainResultKind.REQUEUED if requeued else DrainResultKind.STALE
 
-    def _requeue(self, entry: BufferEntry) -> None:
-        if not self._buffer.requeue(
+    def _requeue(self, entry: BufferEntry) -> bool:
+        """Requeue ``entry``; False (logged) when its lease passed to another drainer."""
+        if self._buffer.requeue(
             entry.message_id, org_id=entry.org_id, env_id=entry.env_id, owner=entry.lease_owner
         ):
-            self._refused("requeueing", entry)
+            return True
+        self._refused("requeueing", entry)
+        return False
 
     def _refused(self, doing: str, entry: BufferEntry) -> None:
         logger.info(
