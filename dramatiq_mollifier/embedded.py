@@ -96,22 +96,33 @@ class EmbeddedRedis:
             "--logfile", str(log),
             *self.extra_args,
         ]  # fmt: skip
-        self._process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        errors = Path(self._dir.name) / "server.err"
+        with open(errors, "wb") as stderr:
+            # A session of its own: a Ctrl-C at the terminal reaches the demo, which stops its
+            # worker while this server still answers, then stops the server.
+            self._process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True
+            )
         deadline = time.monotonic() + STARTUP_TIMEOUT_MS / 1000
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
         try:
             while True:
+                problem = None
                 try:
-                    client.ping()
-                    return self
+                    # Our process, not another server that holds the port (its PING answers too).
+                    if int(client.info("server")["process_id"]) == self._process.pid:
+                        return self
                 except redis.RedisError as exc:
-                    if self._process.poll() is not None or time.monotonic() > deadline:
-                        self.stop()
-                        text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                        raise RuntimeError(
-                            f"{self.binary} did not start on port {self.port}:\n{text}"
-                        ) from exc
-                    time.sleep(0.02)
+                    problem = exc
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    text = "\n".join(
+                        path.read_text(errors="replace")[-2000:] for path in (errors, log) if path.exists()
+                    )
+                    raise RuntimeError(
+                        f"{self.binary} did not start on port {self.port}:\n{text.strip()}"
+                    ) from problem
+                time.sleep(0.02)
         finally:
             client.close()
 

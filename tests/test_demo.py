@@ -206,3 +206,16 @@ def test_the_quiet_waits_leave_the_burst_out() -> None:
 
 def test_the_burst_rate_is_counted_per_bin() -> None:
     assert picture.rates([0.0, 10.0, 250.0], 0.0, 3) == [10.0, 5.0, 0.0]
+
+
+def test_the_demo_reads_no_mollifier_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A user's cap that rejects made the demo crash mid-run; its --help says it ignores them.
+    from dramatiq_mollifier.demo.app import DemoConfig
+
+    monkeypatch.setenv("MOLLIFIER_CAP_PER_ENV", "10")
+    monkeypatch.setenv("MOLLIFIER_CAP_OVERFLOW", "reject")
+    monkeypatch.setenv("MOLLIFIER_TRIP_EVALUATOR", "exact")
+    settings = DemoConfig(redis_url="redis://127.0.0.1:1/0", run_id="t").settings(drainer=True)
+    assert settings.cap_per_env is None
+    assert settings.cap_overflow.value == "pass_through"
+    assert settings.trip_evaluator.value == "local"

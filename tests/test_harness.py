@@ -88,3 +88,13 @@ def test_a_rabbitmq_node_that_will_not_start_is_tried_twice_and_reported_with_it
     # And neither attempt leaves its directory behind
     assert not Path(first_dir).exists()
     assert not Path(server._dir.name).exists()
+
+
+@pytest.mark.redis
+def test_an_embedded_server_on_a_taken_port_fails_with_its_own_error(disposable_redis: EmbeddedRedis) -> None:
+    # start() took the other server's PING for its own and returned, with a dead process.
+    second = EmbeddedRedis(disposable_redis.binary, port=disposable_redis.port)
+    with pytest.raises(RuntimeError, match=f"did not start on port {disposable_redis.port}:\n.+"):
+        second.start()
+    assert second.pid is None
+    second.close()

@@ -24,6 +24,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from ..middleware import Mollifier
 from ..models import STATE_DRAINED, STATE_OPTION
@@ -75,12 +76,12 @@ class DemoConfig:
         return cls(**json.loads(text))
 
     def settings(self, *, drainer: bool) -> MollifierSettings:
-        """The mollifier's settings, all given, so stray ``MOLLIFIER_*`` variables change nothing."""
-        return MollifierSettings(
+        """The mollifier's settings, all given: no ``MOLLIFIER_*`` variable is read."""
+        return _GivenSettings(
             enabled=self.mollified,
             shadow_mode=False,
             mode=MollifierMode.DIVERT,
-            enabled_orgs={"*"},
+            enabled_orgs=frozenset({"*"}),
             redis_url=self.redis_url,
             key_prefix=f"{self.prefix}:m",
             trip_window_ms=self.trip_window_ms,
@@ -91,6 +92,17 @@ class DemoConfig:
             # the buffer, so nothing is tuned by hand here.
             drain_shutdown_timeout_ms=10_000,
         )
+
+
+class _GivenSettings(MollifierSettings):
+    """Settings from the arguments alone: a user's ``MOLLIFIER_*`` variables (a cap that rejects,
+    another evaluator) made the demo fail or measure something else."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource, *_: Any, **__: Any
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 class DemoKeys:

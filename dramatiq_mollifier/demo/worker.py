@@ -42,7 +42,8 @@ class WorkerProcess:
             sys.executable, "-m", "dramatiq", "dramatiq_mollifier.demo.app:setup_worker",
             "--processes", "1", "--threads", str(self.threads), "--queues", DemoKeys(self.config).queue,
         ]  # fmt: skip
-        env = {**os.environ, CONFIG_VARIABLE: self.config.to_json(), "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MOLLIFIER_")}
+        env.update({CONFIG_VARIABLE: self.config.to_json(), "PYTHONUNBUFFERED": "1"})
         with open(self.log_path, "wb") as log:
             self._process = subprocess.Popen(
                 args,
@@ -76,8 +77,13 @@ class WorkerProcess:
         try:
             return process.wait(timeout=WORKER_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # the group we created: the worker and its children
-            return process.wait()
+            pass
+        finally:
+            # Past the timeout, or a second Ctrl-C during the wait: the group we created (the
+            # worker and its children) must not outlive the demo.
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+        return process.wait()
 
     def log_tail(self, lines: int = 30) -> str:
         try:
