@@ -7,6 +7,7 @@ import json
 import pytest
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 
 from .cli_helpers import dead_letter, run_cli
 
@@ -140,3 +141,23 @@ def test_stats_never_prints_a_password(
     assert result.code == 3
     assert "://user:***@" in result.err
     assert "s3cret" not in result.out + result.err
+
+
+def test_stats_lists_an_env_whose_entries_are_all_draining(
+    capsys: pytest.CaptureFixture[str], buffer: MollifierBuffer, redis_url: str, key_prefix: str
+) -> None:
+    # Its rows walked the envs with QUEUED work: an env all popped vanished, and the rows did
+    # not add up to the depth they sit under.
+    for n in range(3):
+        buffer.accept(f"a{n}", org_id="acme", env_id="a", payload=b"x")
+        buffer.accept(f"b{n}", org_id="acme", env_id="b", payload=b"x")
+    assert len(DrainProtocol(buffer).pop_many("acme", "a", 10)) == 3
+
+    for org in ([], ["--org", "acme"]):
+        result = run_cli(
+            capsys, "stats", "--json", *org, "--redis-url", redis_url, "--key-prefix", key_prefix
+        )
+        assert result.code == 0, result.err
+        stats = json.loads(result.out)
+        assert stats["depth"] == 6
+        assert [(e["env_id"], e["depth"]) for e in stats["envs"]] == [("a", 3), ("b", 3)]

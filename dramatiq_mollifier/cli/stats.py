@@ -9,6 +9,7 @@ import redis
 
 from .. import console
 from ..buffer import MollifierBuffer
+from ..buffer.listing import ListingScripts, env_depths
 from . import common
 
 DESCRIPTION = """\
@@ -48,14 +49,18 @@ def collect(buffer: MollifierBuffer, client: redis.Redis, org_id: str | None = N
     paused = [p for p in buffer.controls.paused() if org_id is None or p.org_id == org_id]
     held = {(p.org_id, p.env_id) for p in paused}
     envs = []
-    for org in [org_id] if org_id is not None else buffer.orgs():
-        for env in buffer.envs(org):
+    # Every env with QUEUED or DRAINING entries, as the total counts them (an env whose entries
+    # were all popped was left out, and the rows did not add up to the depth).
+    keys = buffer.keys if org_id is None else buffer.keys.group_of(org_id)
+    depths = env_depths(ListingScripts(buffer.client), keys)
+    for (org, env), depth in sorted(depths.items()):
+        if org_id is None or org == org_id:
             oldest = buffer.oldest_created_at(org, env)
             envs.append(
                 {
                     "org_id": org,
                     "env_id": env,
-                    "depth": buffer.depth(org, env),
+                    "depth": depth,
                     "paused": (org, None) in held or (org, env) in held,
                     "oldest_age_ms": None
                     if oldest is None

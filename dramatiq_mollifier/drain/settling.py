@@ -10,9 +10,8 @@ under this drainer's lease meanwhile, so a crash only delays it until the lease 
 
 Every call names the owner token of the pop that leased the entry: when the lease passed to
 another drainer meanwhile, the call is refused and counted (``drained{result=stale}``) instead of
-acking or failing what that drainer holds now. An ack that fails (Redis unreachable, restarted)
-is retried on the next loop iterations, within the lease, instead of being dropped: the
-entries are not delivered a second time once Redis is back.
+acking or failing what that drainer holds now. An ack that fails (Redis down) is retried on the
+next loop iterations, within the lease: the entries are not delivered twice once Redis is back.
 """
 
 from __future__ import annotations
@@ -339,9 +338,8 @@ class Settler:
         self._telemetry.record_drained(kind)
 
     def _requeue_now(self, entry: BufferEntry, *, last_chance: bool) -> DrainResultKind:
-        """Requeue without a delay; one that meets a Redis error is held (its lease renewed) and
-        tried again from :meth:`settle_due`, as a delayed one is, unless this is the last chance
-        (then it raises, and the lease's expiry returns the entry). ``STALE`` when refused."""
+        """Requeue without a delay (``STALE`` when refused); one that meets a Redis error is held and
+        tried again from :meth:`settle_due`, unless this is its last chance (then it raises)."""
         try:
             requeued = self._requeue(entry)
         except Exception:
@@ -355,19 +353,16 @@ class Settler:
 
     def _requeue(self, entry: BufferEntry) -> bool:
         """Requeue ``entry``; False (logged) when its lease passed to another drainer."""
-        if self._buffer.requeue(
-            entry.message_id, org_id=entry.org_id, env_id=entry.env_id, owner=entry.lease_owner
-        ):
-            return True
-        self._refused("requeueing", entry)
-        return False
+        at = {"org_id": entry.org_id, "env_id": entry.env_id, "owner": entry.lease_owner}
+        return self._buffer.requeue(entry.message_id, **at) or self._refused("requeueing", entry)
 
-    def _refused(self, doing: str, entry: BufferEntry) -> None:
+    def _refused(self, doing: str, entry: BufferEntry) -> bool:
         logger.info(
             "mollifier.lease_lost %s %r refused: its lease passed to another drainer (or it is gone)",
             doing,
             entry.message_id,
         )
+        return False
 
     def release(self, entries: Sequence[BufferEntry], *, last_chance: bool = True) -> None:
         """Give entries back untried (their handler never ran, or could not reach the broker).
