@@ -98,7 +98,8 @@ class SlotSpy:
 def test_every_buffer_operation_touches_one_slot_with_awkward_ids(
     cluster_client: RedisCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    buffer = MollifierBuffer(cluster_client, key_prefix="m{x}:")
+    # An awkward prefix, but no brace: braces are refused with slot groups (test_redis_urls.py)
+    buffer = MollifierBuffer(cluster_client, key_prefix="m:ü.x:")
     assert buffer.slot_groups == 16
     spy = SlotSpy(cluster_client, monkeypatch)
     drain = DrainProtocol(buffer)
