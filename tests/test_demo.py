@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -219,3 +220,23 @@ def test_the_demo_reads_no_mollifier_variable(monkeypatch: pytest.MonkeyPatch) -
     assert settings.cap_per_env is None
     assert settings.cap_overflow.value == "pass_through"
     assert settings.trip_evaluator.value == "local"
+
+
+def test_demo_refuses_a_directory_as_the_picture_and_names_a_png(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A directory was taken (matplotlib wrote DIR.png and the demo printed DIR).
+    result = run_cli(capsys, "demo", "--quick", "--png", str(tmp_path))
+    assert result.code == 2
+    assert "is a directory" in result.err
+
+
+def test_demo_with_a_busy_dashboard_port_fails_before_any_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(capsys, "demo", "--quick", "--no-png", "--dashboard", str(port))
+    assert result.code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.err
+    assert "With the mollifier" not in result.out  # it failed once the first run had begun

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -93,11 +94,31 @@ def run(args: argparse.Namespace) -> int:
     from ..demo.run import run_demo
 
     png: Path | None = None if args.no_png else args.png
-    if png is not None and not png.parent.is_dir():
-        raise console.CommandError(f"--png: no directory {str(png.parent)!r}", exit_code=console.EXIT_CONFIG)
+    if png is not None:
+        if png.is_dir():
+            raise console.CommandError(f"--png: {str(png)!r} is a directory", exit_code=console.EXIT_CONFIG)
+        if not png.parent.is_dir():
+            raise console.CommandError(
+                f"--png: no directory {str(png.parent)!r}", exit_code=console.EXIT_CONFIG
+            )
+        if png.suffix.lower() != ".png":  # matplotlib would add it (or write another format)
+            png = png.with_name(png.name + ".png")
     plan = QUICK_PLAN if args.quick else FULL_PLAN
-    watch = _dashboard(args.dashboard) if args.dashboard is not None else None
+    watch = None
+    if args.dashboard is not None:
+        _check_port_free(args.dashboard)  # now, not after the whole first run
+        watch = _dashboard(args.dashboard)
     return run_demo(plan, redis_url=args.redis_url, png=png, out=sys.stdout, watch=watch)
+
+
+def _check_port_free(port: int) -> None:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise console.CommandError(
+                f"--dashboard: cannot listen on 127.0.0.1:{port}: {exc}", exit_code=console.EXIT_CONFIG
+            ) from exc
 
 
 def _dashboard(port: int) -> Any:

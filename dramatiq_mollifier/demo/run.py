@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -238,33 +238,40 @@ def _run_once(plan: DemoPlan, config: DemoConfig, out: TextIO, *, watch: Watch |
         done = False
         sampler = DepthSampler(client, buffer, keys)
         try:
-            worker.start()
-            worker.wait_ready(client)
-            broker = build_broker(config, worker=False, extra=[recorder])
-            with watch(settings, broker) if watch is not None else nullcontext():
-                progress = Progress(out, buffer, client, keys.runs, sent)
-                progress.start()
-                sampler.start()
-                try:
-                    _send_all(broker.get_actor(ACTOR_NAME), plan, sent)
-                    done = _wait_until_done(buffer, client, keys, len(sent), plan.drain_deadline_s)
-                    time.sleep(0.3)  # a late duplicate, if any, would show up in the counts
-                finally:
-                    progress.stop()
-                    sampler.stop()
+            try:
+                worker.start()
+                worker.wait_ready(client)
+                broker = build_broker(config, worker=False, extra=[recorder])
+                with watch(settings, broker) if watch is not None else nullcontext():
+                    progress = Progress(out, buffer, client, keys.runs, sent)
+                    progress.start()
+                    sampler.start()
+                    try:
+                        _send_all(broker.get_actor(ACTOR_NAME), plan, sent)
+                        done = _wait_until_done(buffer, client, keys, len(sent), plan.drain_deadline_s)
+                        time.sleep(0.3)  # a late duplicate, if any, would show up in the counts
+                    finally:
+                        progress.stop()
+                        sampler.stop()
+            finally:
+                # Stopped before reading the records: its shutdown flushes the last drained-at times.
+                worker_code = worker.stop()
+                if broker is not None:
+                    broker.close()
+            if not done:
+                print(
+                    f"\nGave up waiting {plan.drain_deadline_s:g} s after the last send. Worker log:",
+                    file=out,
+                )
+                print(worker.log_tail(), file=out)
+            runs = client.lrange(keys.runs, 0, -1)
+            summary = report.summarize(sent, recorder.at_ms, runs, client.hgetall(keys.seen))
+            drained_at = [json.loads(raw) for raw in client.lrange(keys.drained_at, 0, -1)]
         finally:
-            # Stopped before reading the records: its shutdown flushes the last drained-at times.
-            worker_code = worker.stop()
-            if broker is not None:
-                broker.close()
-        if not done:
-            print(f"\nGave up waiting {plan.drain_deadline_s:g} s after the last send. Worker log:", file=out)
-            print(worker.log_tail(), file=out)
-        runs = client.lrange(keys.runs, 0, -1)
-        summary = report.summarize(sent, recorder.at_ms, runs, client.hgetall(keys.seen))
-        drained_at = [json.loads(raw) for raw in client.lrange(keys.drained_at, 0, -1)]
-        # On an embedded server this is cheap; on a shared one (--redis-url) it is only polite.
-        _delete_run_keys(client, config)
+            # On an embedded server this is cheap; on a shared one (--redis-url) it is only
+            # polite, interrupted (Ctrl-C) or not. A Redis gone meanwhile keeps them.
+            with suppress(redis.RedisError):
+                _delete_run_keys(client, config)
     trace = RunTrace(
         mollified=config.mollified,
         start_ms=min((r.sent_at_ms for r in sent), default=0.0),
@@ -301,11 +308,18 @@ def _comparison_line(plan: DemoPlan, with_: RunTrace, without: RunTrace) -> str:
         return ""
     peak_queue = max((queued for _, queued, _ in without.depths), default=0)
     peak_queue_with = max((queued for _, queued, _ in with_.depths), default=0)
-    return (
-        f"Without the mollifier the same traffic made the other tenants wait {p99_without:,.0f} ms (p99) "
-        f"behind a broker queue of up to {peak_queue:,}; with it {p99_with:,.0f} ms (p99), the queue "
-        f"peaking at {peak_queue_with:,} while the burst waited in the buffer."
+    line = (
+        f"Without the mollifier the same traffic made the other tenants wait {p99_without:,.0f} ms (p99 "
+        f"of their waits together) behind a broker queue of up to {peak_queue:,}; with it "
+        f"{p99_with:,.0f} ms (p99), the queue peaking at {peak_queue_with:,} while the burst waited in "
+        "the buffer."
     )
+    if p99_with >= p99_without:
+        line += (
+            "\nThis run did not show the mollifier's effect: the other tenants waited as long with it. "
+            "Was the machine busy with other work? Run the demo again on a quiet one."
+        )
+    return line
 
 
 def _burst_line(
@@ -335,8 +349,8 @@ def _burst_line(
     p99 = max((r.wait_p99_ms or 0 for r in others), default=0)
     return (
         f"The burst: {noisy.label} sent {len(sent_ms):,} messages in {pace(sent_ms)}; they reached the "
-        f"broker over {pace(reached_ms)}.\nThe other tenants waited at most {p50:,.0f} ms (p50) and "
-        f"{p99:,.0f} ms (p99) from send() to their actor starting."
+        f"broker over {pace(reached_ms)}.\nNo other tenant waited more than {p50:,.0f} ms (its p50) or "
+        f"{p99:,.0f} ms (its p99) from send() to its actor starting."
     )
 
 
