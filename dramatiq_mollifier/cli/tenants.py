@@ -40,7 +40,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--filter",
         metavar="TEXT",
-        help="only envs whose org id starts with TEXT (ORG/ENV: envs of ORG starting with ENV)",
+        help="only envs whose org id starts with TEXT (ORG/ENV: envs of ORG starting with ENV; the "
+        "first / ends the org id, so an org id with a / is reached by its prefix alone)",
     )
     parser.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N (default 0)")
     parser.add_argument("--limit", type=int, default=50, metavar="N", help="show at most N (default 50)")
