@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-__all__ = ["CLUSTER_SLOT_GROUPS", "SENTINEL_AUTH_OPTIONS", "is_cluster_url", "redis_url_problem"]
+__all__ = [
+    "CLUSTER_SLOT_GROUPS",
+    "SENTINEL_AUTH_OPTIONS",
+    "is_cluster_url",
+    "redis_url_problem",
+    "split_host_port",
+]
 
 #: ``slot_groups`` when unset and the URL names a cluster: several groups per primary of a
 #: cluster of a few primaries, so the buffer's load spreads over them.
@@ -23,19 +29,46 @@ _URL_SCHEMES = (
 )
 
 
+def split_host_port(item: str, default_port: int) -> tuple[str, int]:
+    """``host[:port]`` of a URL's comma-separated host list (``[v6]:port`` too) as (host, port)."""
+    host, sep, port = item.rpartition(":")
+    if not sep or host.endswith(":") or (item.startswith("[") and not host.endswith("]")):
+        host, port = item, ""  # no port, or a bare IPv6 address
+    return host.strip("[]"), int(port) if port else default_port
+
+
+def _hosts_problem(netloc: str, what: str) -> str | None:
+    """What is wrong with a comma-separated ``host:port`` list, or None."""
+    for item in netloc.rpartition("@")[2].split(","):
+        port = item.rpartition(":")[2]
+        if not item or item.startswith(":"):
+            return f"no host in {item!r}"
+        if ":" in item and not (port.isdigit() and 0 < int(port) < 65536):
+            return f"bad {what} port in {item!r}"
+    return None
+
+
 def redis_url_problem(url: str) -> str | None:
     """What is wrong with ``url`` as a Redis URL, or None. Shared by the settings and the CLI.
 
     Catches what redis-py would fail on late (a non-numeric or out-of-range port) or silently
     misread (a database part like ``/abc`` means db 0 to it). Takes one server (``redis://``,
-    ``rediss://``, ``unix://``), a cluster (``redis+cluster://``, ``rediss+cluster://``, any
-    node as the seed, database 0 only) and Sentinel (``redis+sentinel://host:port[,...]/SERVICE[/DB]``).
+    ``rediss://``, ``unix://``), a cluster (``redis+cluster://``, ``rediss+cluster://``, one or
+    more nodes as the seeds, database 0 only) and Sentinel (``redis+sentinel://host:port[,...]/SERVICE[/DB]``).
     """
     if not url.startswith(_URL_SCHEMES):
         return (
             "expected a redis://, rediss://, unix://, redis+cluster://, rediss+cluster:// or "
             "redis+sentinel:// URL"
         )
+    parts = urlsplit(url)
+    if "cluster" in parts.scheme and "," in parts.netloc:
+        # Several seeds: each checked, then the URL as if it named the first alone.
+        problem = _hosts_problem(parts.netloc, "seed")
+        if problem is not None:
+            return problem
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        url = parts._replace(netloc=userinfo + at + hosts.split(",")[0]).geturl()
     try:
         parts = urlsplit(url)
         if "sentinel" not in parts.scheme:
@@ -48,10 +81,9 @@ def redis_url_problem(url: str) -> str | None:
         return "no host"
     path = [part for part in parts.path.split("/") if part]
     if "sentinel" in parts.scheme:
-        for item in parts.netloc.rpartition("@")[2].split(","):
-            port = item.rpartition(":")[2]
-            if ":" in item and not (port.isdigit() and 0 < int(port) < 65536):
-                return f"bad Sentinel port in {item!r}"
+        problem = _hosts_problem(parts.netloc, "Sentinel")
+        if problem is not None:
+            return problem
         if not path:
             return "no service name: redis+sentinel://host:port/SERVICE[/DB]"
         if len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):

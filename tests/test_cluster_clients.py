@@ -7,10 +7,11 @@ from __future__ import annotations
 import gc
 import warnings
 
+from dramatiq_mollifier import MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.clients import ClusterClient, client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
-from dramatiq_mollifier.embedded import EmbeddedCluster
+from dramatiq_mollifier.embedded import EmbeddedCluster, free_port
 
 
 def open_connections(cluster: EmbeddedCluster) -> int:
@@ -43,3 +44,18 @@ def test_closing_a_cluster_client_closes_every_node_connection(redis_cluster: Em
         del client, buffer
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_a_cluster_url_with_several_seeds_starts_while_the_first_is_down(
+    redis_cluster: EmbeddedCluster,
+) -> None:
+    # A URL named one seed: with it down, Mollifier() raised at startup though the cluster ran.
+    down, up = free_port(), redis_cluster.nodes[1].port
+    url = f"redis+cluster://127.0.0.1:{down},127.0.0.1:{up}/0"
+    assert MollifierSettings(redis_url=url).effective_slot_groups == 16
+    buffer = MollifierBuffer.from_url(url)
+    try:
+        assert buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
+        assert buffer.depth() == 1
+    finally:
+        buffer.client.close()

@@ -30,6 +30,7 @@ from .servers import unavailable
         "rediss://h:6380",
         "unix:///tmp/redis.sock",
         "redis+cluster://10.0.0.1:7000",
+        "redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001,[::1]:7002/0",
         "rediss+cluster://user:pw@node:7000/0",
         "redis+sentinel://s1:26379,s2:26380/mymaster",
         "redis+sentinel://:secret@s1:26379/mymaster/3",
@@ -56,6 +57,8 @@ def test_accepted_urls(url: str) -> None:
         # Each was accepted, then ignored or refused only when the client was built
         ("unix:///tmp/redis.sock?socket_timeout=abc", "bad query option"),
         ("redis+cluster://h:7000?db=3", "database 0 only"),
+        ("redis+cluster://h1:7000,h2:abc", "bad seed port"),
+        ("redis+cluster://h1:7000,,h2:7001", "no host"),
         ("redis+sentinel://s1:26379/svc?socket_timeout=abc", "bad query option"),
         ("redis+sentinel://s1:26379/svc?db=2", "query option 'db'"),
         ("redis+sentinel://s1:26379/svc?password=x", "query option 'password'"),

@@ -1,9 +1,10 @@
 """Clients for every URL the mollifier takes: one server, Redis Cluster, Sentinel.
 
 - ``redis://``, ``rediss://``, ``unix://``: one server (``redis.Redis.from_url``).
-- ``redis+cluster://host:port[/0]``, ``rediss+cluster://...``: a Redis or Valkey Cluster, any node
-  as the seed (``redis.cluster.RedisCluster``); the slot map is refreshed after MOVED, a
-  failover or a connection error, and retries are bounded by the ``retry`` given.
+- ``redis+cluster://host:port[,host:port...][/0]``, ``rediss+cluster://...``: a Redis or Valkey
+  Cluster, any nodes as the seeds, tried in turn (``redis.cluster.RedisCluster``); the slot map
+  is refreshed after MOVED, a failover or a connection error, and retries are bounded by the
+  ``retry`` given.
 - ``redis+sentinel://[[user]:password@]host:port[,host:port...]/SERVICE[/DB][?options]``
   (``rediss+sentinel`` for TLS to the primary): the primary Sentinel names for SERVICE, looked up
   again after a failover (``redis.sentinel.Sentinel.master_for``). The user and password are the
@@ -21,12 +22,12 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
-from ..redis_urls import CLUSTER_SLOT_GROUPS, SENTINEL_AUTH_OPTIONS
+from ..redis_urls import CLUSTER_SLOT_GROUPS, SENTINEL_AUTH_OPTIONS, split_host_port
 
 __all__ = ["ClusterClient", "client_from_url", "is_cluster", "is_cluster_url", "slot_groups_for"]
 
@@ -77,10 +78,15 @@ def client_from_url(url: str, **kwargs: Any) -> Any:
     if scheme in _CLUSTER_SCHEMES:
         for name in _NOT_FOR_CLUSTER:
             kwargs.pop(name, None)
-        plain = url.replace("+cluster://", "://", 1)
+        parts = urlsplit(url.replace("+cluster://", "://", 1))
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        seeds = hosts.split(",")
+        if len(seeds) > 1:
+            # Several seeds: discovery tries each in turn, so one that is down does not stop it.
+            kwargs["startup_nodes"] = [ClusterNode(*split_host_port(seed, 6379)) for seed in seeds]  # type: ignore[no-untyped-call]
         # A cluster has database 0 only: redis-py refuses a /0 path on some versions.
-        parts = urlsplit(plain)
-        return ClusterClient.from_url(parts._replace(path="").geturl(), **kwargs)
+        first = parts._replace(netloc=userinfo + at + seeds[0], path="")
+        return ClusterClient.from_url(first.geturl(), **kwargs)
     if scheme in _SENTINEL_SCHEMES:
         return _sentinel_client(url, **kwargs)
     return redis.Redis.from_url(url, **kwargs)
@@ -105,10 +111,7 @@ def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
     netloc = parts.netloc.rpartition("@")[2]
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
-    hosts = []
-    for item in netloc.split(","):
-        host, sep, port = item.rpartition(":")
-        hosts.append((host, int(port)) if sep else (item, DEFAULT_SENTINEL_PORT))
+    hosts = [split_host_port(item, DEFAULT_SENTINEL_PORT) for item in netloc.split(",")]
     path = [part for part in parts.path.split("/") if part]
     service = unquote(path[0])
     db = int(path[1]) if len(path) > 1 else 0
