@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import pytest
@@ -198,3 +199,30 @@ def test_a_claim_the_budget_cuts_short_ends_the_tick_and_the_next_org_goes_first
     assert drainer.run_once() == DrainResult(drained=7, failed=0, paced=True)
     assert {message_id[0] for message_id in broker.ids[7:]} == {"b"}
     assert claims[1:] == [(16, 7)]
+
+
+def test_slots_that_expire_unstarted_are_named_with_what_to_do(
+    redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A drainer whose messages ran on workers of another budget (during a migration to another
+    # buffer, key prefix or slot_groups) moved one budget per drain_outstanding_ttl_ms, silently:
+    # about 2 messages a second in review.
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=5, outstanding_ttl_ms=50)
+    claim = pace.claim(5)
+    ids = [f"m{n}" for n in range(5)]
+    pace.bind(claim, ids)
+    pace.landed(ids)
+    assert pace.claim(5).granted == 0  # held: nobody frees them
+
+    def server_ms() -> int:
+        seconds, micros = redis_client.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    expiry_ms = server_ms() + 50
+    eventually(lambda: server_ms() > expiry_ms, what="the server's clock to pass the slots' deadline")
+
+    with caplog.at_level(logging.WARNING, logger="dramatiq_mollifier.drain.pace"):
+        assert pace.claim(5).granted == 5
+
+    assert "mollifier.pace_slots_expired 5 drained messages" in caplog.text
+    assert "MOLLIFIER_DRAIN_MAX_OUTSTANDING=0" in caplog.text

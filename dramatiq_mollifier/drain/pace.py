@@ -49,6 +49,7 @@ from ..buffer.clients import slot_groups_for
 from ..buffer.keys import KeySpace
 from ..buffer.scripts import run
 from ..settings import MollifierSettings, default_of
+from ..telemetry import ThrottledLog
 
 __all__ = [
     "DEFAULT_MAX_OUTSTANDING",
@@ -169,6 +170,7 @@ class DrainPace:
         self._token = f"~{uuid.uuid4().hex}:"
         self._claims = itertools.count(1)
         self._release_paused_until = 0.0
+        self._warnings = ThrottledLog(logger, interval_ms=60_000)
 
     @property
     def paced_wait_ms(self) -> int:
@@ -185,7 +187,7 @@ class DrainPace:
         """Take up to ``wanted`` slots (fewer when the budget or the rate says so); ``own``: the
         caller's slots on their way to the broker, which it counts against the budget."""
         prefix = f"{self._token}{next(self._claims)}:"
-        granted, in_use, budget, on_the_way = self._run(
+        granted, in_use, budget, on_the_way, expired = self._run(
             self._claim,
             keys=(self._outstanding, self._rate, self._consumed, self._on_the_way),
             args=(
@@ -200,6 +202,18 @@ class DrainPace:
                 own,
             ),
         )
+        if int(expired):
+            self._warnings.throttled_warning(
+                "expired",
+                "mollifier.pace_slots_expired %d drained messages were not seen starting within "
+                "drain_outstanding_ttl_ms (%d ms). Either they were lost from the broker (a purged "
+                "queue), or the workers that run them free their slots in another budget (another "
+                "buffer, key_prefix or slot_groups, as in a migration): this drainer then moves one "
+                "budget per %d ms; drain such a buffer with MOLLIFIER_DRAIN_MAX_OUTSTANDING=0",
+                int(expired),
+                self.outstanding_ttl_ms,
+                self.outstanding_ttl_ms,
+            )
         return Claim(int(granted), int(in_use), prefix, int(budget), int(on_the_way))
 
     def try_claim(self, wanted: int, *, own: int = 0) -> Claim | None:

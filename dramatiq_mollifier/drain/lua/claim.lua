@@ -27,9 +27,9 @@
 -- ARGV[7]  the budget's floor: slots for what consumers have prefetched
 -- ARGV[8]  the consumption rate's window, in ms (see free.lua)
 -- ARGV[9]  the caller's own slots on their way to the broker
--- Returns {granted, in_broker, budget, on_the_way}: the slots granted (placeholders ARGV[3] ..
--- 1..granted), the members of KEYS[1] and KEYS[4] before this claim, and the budget this claim
--- was held to.
+-- Returns {granted, in_broker, budget, on_the_way, expired}: the slots granted (placeholders
+-- ARGV[3] .. 1..granted), the members of KEYS[1] and KEYS[4] before this claim, the budget this
+-- claim was held to, and the members of KEYS[1] whose deadline had passed (never started).
 
 local outstanding, bucket, consumed, on_the_way = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local wanted, budget, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -38,7 +38,7 @@ local target_ms, floor, window_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumb
 local own = tonumber(ARGV[9]) or 0
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', outstanding, '-inf', now)
+local expired = redis.call('ZREMRANGEBYSCORE', outstanding, '-inf', now)
 redis.call('ZREMRANGEBYSCORE', on_the_way, '-inf', now)
 if target_ms > 0 then
   local state = redis.call('HMGET', consumed, 'n', 'at_ms', 'rate')
@@ -64,7 +64,7 @@ if rate > 0 and granted > 0 then
   redis.call('PEXPIRE', bucket, 60000)
 end
 if granted <= 0 then
-  return {0, in_broker, budget, moving}
+  return {0, in_broker, budget, moving, expired}
 end
 local deadline = now + ttl_ms
 local args = {}
@@ -73,4 +73,4 @@ for i = 1, granted do
   args[#args + 1] = prefix .. i
 end
 redis.call('ZADD', on_the_way, unpack(args))
-return {granted, in_broker, budget, moving}
+return {granted, in_broker, budget, moving, expired}
