@@ -8,6 +8,7 @@ starts and stops the drainer with the worker.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 import dramatiq
@@ -182,6 +183,10 @@ class Mollifier(Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if not self.settings.run_drainer:
+            if self.settings.drainer_enabled is None:  # off by the kill switch, not by choice
+                threading.Thread(
+                    target=self._warn_if_buffered, name="mollifier-boot-check", daemon=True
+                ).start()
             return
         # Every worker the broker boots drains: a process that stopped one worker and starts
         # another restarts the drainer the first one's shutdown stopped (start does nothing
@@ -208,6 +213,23 @@ class Mollifier(Middleware):
     def _started(self, message: MessageProxy) -> None:
         if self._slots is not None and message.options.get(STATE_OPTION) == STATE_DRAINED:
             self._slots.add(message.message_id)
+
+    def _warn_if_buffered(self) -> None:
+        """One look at the buffer when the kill switch also stopped the drainers: a rollback
+        that set ``enabled=false`` alone left buffered messages undelivered without a word."""
+        try:
+            depth = self._buffer.depth()
+        except Exception:
+            logger.debug("mollifier: reading the buffer's depth at worker boot failed", exc_info=True)
+            return
+        if depth:
+            logger.warning(
+                "mollifier.undrained the buffer holds %d messages and no drainer runs here "
+                "(MOLLIFIER_ENABLED=false turns the drainer off too): set "
+                "MOLLIFIER_DRAINER_ENABLED=true on these workers, or run dramatiq-mollifier drain, "
+                "to deliver them",
+                depth,
+            )
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if self._worker_drainer is not None:

@@ -145,3 +145,34 @@ def test_a_delayed_send_on_redis_is_promoted_by_the_worker_without_being_diverte
         ("pass_through", "bypass_delayed", False): 1,
         ("pass_through", "bypass_admitted", False): 1,
     }
+
+
+@pytest.mark.parametrize("drainer_enabled", [None, False])
+def test_the_kill_switch_with_a_buffer_still_full_says_what_delivers_it(
+    redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture, drainer_enabled: bool | None
+) -> None:
+    # A rollback that set MOLLIFIER_ENABLED=false alone (which turns the drainer off too) left
+    # the buffered messages undelivered, and nothing in the worker's log said so.
+    from dramatiq.brokers.stub import StubBroker
+
+    from dramatiq_mollifier import MollifierSettings
+    from dramatiq_mollifier.buffer import MollifierBuffer
+
+    buffer = MollifierBuffer(redis_client, key_prefix=key_prefix)
+    for n in range(3):
+        buffer.accept(f"m{n}", org_id="acme", env_id="prod", payload=b"x")
+    settings = MollifierSettings(enabled=False, key_prefix=key_prefix, drainer_enabled=drainer_enabled)
+    middleware = Mollifier(settings, client=redis_client)
+    broker = StubBroker()
+    broker.add_middleware(middleware)
+    with caplog.at_level("WARNING", logger="dramatiq_mollifier.middleware"):
+        middleware.after_worker_boot(broker, dramatiq.Worker(broker, worker_threads=1))
+        checks = [t for t in threading.enumerate() if t.name == "mollifier-boot-check"]
+        for check in checks:
+            check.join(10)
+    if drainer_enabled is None:
+        assert "mollifier.undrained the buffer holds 3 messages" in caplog.text
+        assert "MOLLIFIER_DRAINER_ENABLED=true" in caplog.text
+    else:  # the drainer is off by choice (a drain process elsewhere): no look, no line
+        assert checks == [] and "mollifier.undrained" not in caplog.text
+    broker.close()
