@@ -135,8 +135,13 @@ class EmbeddedRedis:
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            pass
+        finally:
+            # Past the timeout, or a Ctrl-C during the wait: the server is in a session of its
+            # own, so nothing else would stop it.
+            if process.poll() is None:
+                process.kill()
+        process.wait()
 
     def close(self) -> None:
         """Stop the server and remove its working directory."""

