@@ -137,7 +137,9 @@ class Telemetry:
     def __init__(self, meter_provider: metrics.MeterProvider | None = None) -> None:
         instruments = meter(meter_provider)
         self.decisions = instruments.create_counter(
-            "mollifier.decisions", unit="{decision}", description="Gate decisions, one per gated message."
+            "mollifier.decisions",
+            unit="{decision}",
+            description="Gate decisions, one per gated enqueue (a drained message's re-enqueue is one: bypass_drained).",
         )
         self.buffered = instruments.create_counter(
             "mollifier.buffered", unit="{message}", description="Messages written to the buffer."
@@ -168,8 +170,11 @@ class Telemetry:
         self._oldest_age = _Readings()
         self._oldest_env_age = _Readings()
         self._dead_letters = _Readings()
-        self._outstanding = _Readings()
-        self._budget = _Readings()
+        # The drain budget's two are the fleet's too: muted while another process holds the
+        # fleet gauges' lease (None: no process here reports the fleet's gauges: not muted).
+        self._fleet_reporter: bool | None = None
+        self._outstanding = _Readings(muted=lambda: self._fleet_reporter is False)
+        self._budget = _Readings(muted=lambda: self._fleet_reporter is False)
         gauges = (
             (
                 "mollifier.buffer.depth",
@@ -255,9 +260,16 @@ class Telemetry:
         self._dead_letters.replace({None: dead_letters})
 
     def forget_fleet_gauges(self) -> None:
-        """Stop exporting the fleet gauges (depth, dwell, dead letters): another process reports them."""
+        """Stop exporting the fleet gauges (depth, dwell, dead letters, the drain budget's):
+        another process reports them."""
+        self._fleet_reporter = False
         for readings in (self._depth, self._oldest_age, self._oldest_env_age, self._dead_letters):
             readings.replace({})
+
+    def record_fleet_in_use(self, in_use: int) -> None:
+        """This process reports the fleet's gauges: set the drain budget in use (0 when idle)."""
+        self._fleet_reporter = True
+        self._outstanding.replace({None: in_use})
 
     def record_outstanding(self, in_use: int, *, budget: int) -> None:
         """Set the drain budget gauges: drained messages in the broker not yet started, and the
@@ -271,10 +283,11 @@ class _Readings:
     """One gauge's latest values by ``rank`` attribute (None: no attribute), exported while
     younger than :data:`READING_TTL_MS`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, muted: Callable[[], bool] = lambda: False) -> None:
         self._lock = threading.Lock()
         self._values: dict[str | None, int] = {}
         self._set_at = float("-inf")
+        self._muted = muted
 
     def replace(self, values: dict[str | None, int]) -> None:
         with self._lock:
@@ -282,7 +295,7 @@ class _Readings:
 
     def observe(self, options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         with self._lock:
-            if time.monotonic() - self._set_at > READING_TTL_MS / 1000:
+            if self._muted() or time.monotonic() - self._set_at > READING_TTL_MS / 1000:
                 return []
             values = list(self._values.items())
         return [

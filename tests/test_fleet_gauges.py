@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from dramatiq_mollifier import telemetry as telemetry_module
@@ -16,6 +17,7 @@ from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.gauges import FleetGauges
 from dramatiq_mollifier.drain.hooks import DrainHooks
+from dramatiq_mollifier.drain.pace import DrainPace
 from dramatiq_mollifier.telemetry import Telemetry
 
 from .mollifier_helpers import data_points, eventually, metrics
@@ -137,3 +139,33 @@ def test_the_drainer_reports_through_the_fleet_gauges(buffer: MollifierBuffer) -
     (oldest,) = gauge(reader, "mollifier.buffer.oldest_age").values()
     assert oldest >= 40_000
     assert gauge(reader, "mollifier.buffer.dead_letters") == {None: 2}
+
+
+def test_the_drain_budget_in_use_is_reported_once_for_the_fleet_and_reads_0_when_idle(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Every draining process set the fleet's budget in use at its claims (a summing dashboard
+    # multiplied it), and it stayed at its last value after the drain: 22 where 0 were in use.
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=10)
+    first_provider, first = metrics()
+    second_provider, second = metrics()
+    one_telemetry, other_telemetry = Telemetry(first_provider), Telemetry(second_provider)
+    one = FleetGauges(buffer, one_telemetry, in_use=pace.in_use)
+    other = FleetGauges(buffer, other_telemetry, in_use=pace.in_use)
+    claim = pace.claim(4)
+    ids = [f"m{n}" for n in range(4)]
+    pace.bind(claim, ids)
+    pace.landed(ids)
+    for telemetry in (one_telemetry, other_telemetry):  # each drainer records its claims
+        telemetry.record_outstanding(claim.in_use, budget=claim.budget)
+
+    assert one.report()
+    assert not other.report()
+    assert gauge(first, "mollifier.drain.outstanding") == {None: 4}
+    assert gauge(first, "mollifier.drain.budget") == {None: 10}
+    assert gauge(second, "mollifier.drain.outstanding") == {}
+    assert gauge(second, "mollifier.drain.budget") == {}
+
+    pace.release(ids)  # the workers started them: nothing in use, no claim since
+    assert one.report()
+    assert gauge(first, "mollifier.drain.outstanding") == {None: 0}

@@ -44,6 +44,8 @@ class FleetGauges:
       lease_ms: The reporter's lease. Defaults to :data:`FLEET_LEASE_MS`.
       dwell_interval_ms: The least time between two dwell reads. Defaults to 5 s.
       clock: Monotonic seconds. Defaults to ``time.monotonic``.
+      in_use: Reads the drain budget in use (``DrainPace.in_use``), reported with the rest; the
+        other processes then no longer export their own view of it. Defaults to None.
     """
 
     def __init__(
@@ -54,8 +56,10 @@ class FleetGauges:
         lease_ms: int = FLEET_LEASE_MS,
         dwell_interval_ms: int = DWELL_INTERVAL_MS,
         clock: Callable[[], float] = time.monotonic,
+        in_use: Callable[[], int] | None = None,
     ) -> None:
         self._buffer = buffer
+        self._in_use = in_use
         self._telemetry = telemetry
         self._lease_ms = lease_ms
         self._dwell_s = dwell_interval_ms / 1000
@@ -78,6 +82,8 @@ class FleetGauges:
                 if not int(self._lease(keys=[keys.gauges_lease], args=[self.token, self._lease_ms])):
                     self._telemetry.forget_fleet_gauges()  # it may have held the lease before
                     return False
+                if self._in_use is not None:
+                    self._telemetry.record_fleet_in_use(self._in_use())
                 now = self._clock()
                 if now < self._next_dwell:
                     self._telemetry.record_depth(self._buffer.depth())

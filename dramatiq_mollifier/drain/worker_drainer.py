@@ -97,7 +97,9 @@ class WorkerDrainer:
             pace = pace_for(settings, client) if settings.mode is MollifierMode.DIVERT else None
             # Which actors this process delivers, announced for drainers of split fleets.
             actors = ActorRegistry(client, drain_buffer.keys.drain_actors, broker.get_declared_actors)
-            gauges = FleetGauges(self.buffer, self.telemetry)
+            gauges = FleetGauges(
+                self.buffer, self.telemetry, in_use=pace.in_use if pace is not None else None
+            )
 
             def report() -> None:  # about once a second, from the drainer's housekeeping
                 gauges.report()
