@@ -139,7 +139,8 @@ class Telemetry:
         self.decisions = instruments.create_counter(
             "mollifier.decisions",
             unit="{decision}",
-            description="Gate decisions, one per gated enqueue (a drained message's re-enqueue is one: bypass_drained).",
+            description="Gate decisions, one per gated enqueue (a drained message's re-enqueue "
+            "is one: bypass_drained).",
         )
         self.buffered = instruments.create_counter(
             "mollifier.buffered", unit="{message}", description="Messages written to the buffer."
