@@ -4,8 +4,8 @@ From the repository root, with a worker running (``dramatiq examples.app``)::
 
     REDIS_URL=redis://localhost:6379/0 python -m examples.producer --burst 3000
 
-Then watch it drain with ``dramatiq-mollifier stats --redis-url "${BUFFER_REDIS_URL:-$REDIS_URL}"`` (the CLI reads
-``MOLLIFIER_REDIS_URL``, not the example's ``REDIS_URL``).
+Then watch it drain with ``dramatiq-mollifier stats --redis-url "${BUFFER_REDIS_URL:-$REDIS_URL}"``
+(the CLI reads ``MOLLIFIER_REDIS_URL``, not the example's variables).
 """
 
 from __future__ import annotations
