@@ -33,8 +33,9 @@ from .layout_helpers import group
 from .mollifier_helpers import counts, eventually, metrics
 
 
-def test_a_stale_owners_ack_is_refused_and_counted(buffer: MollifierBuffer) -> None:
-    # Given an entry whose first drainer stalled past its lease: reclaimed, popped by another
+def popped_twice(buffer: MollifierBuffer) -> tuple[DrainProtocol, BufferEntry, BufferEntry]:
+    """Entry m1 as its first drainer holds it (stale: its lease expired and was reclaimed) and as
+    the drainer that popped it next holds it."""
     buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
     protocol = DrainProtocol(buffer)
     stale = protocol.pop("acme", "prod")
@@ -43,6 +44,12 @@ def test_a_stale_owners_ack_is_refused_and_counted(buffer: MollifierBuffer) -> N
     assert protocol.reclaim_expired() == ["m1"]
     current = protocol.pop("acme", "prod")
     assert current is not None
+    return protocol, stale, current
+
+
+def test_a_stale_owners_ack_is_refused_and_counted(buffer: MollifierBuffer) -> None:
+    # Given an entry whose first drainer stalled past its lease: reclaimed, popped by another
+    protocol, stale, current = popped_twice(buffer)
     provider, reader = metrics()
     settler = Settler(protocol, telemetry=Telemetry(provider), max_attempts=3, is_retryable=lambda e: True)
 
@@ -63,14 +70,7 @@ def test_a_stale_owners_failure_is_refused_and_counted_stale_not_failed_or_reque
     buffer: MollifierBuffer, max_attempts: int, doing: str
 ) -> None:
     # Given an entry whose first drainer stalled past its lease: reclaimed, popped by another
-    buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
-    protocol = DrainProtocol(buffer)
-    stale = protocol.pop("acme", "prod")
-    assert stale is not None
-    buffer.client.zadd(group(buffer, "acme").leases, {"m1": 0})
-    assert protocol.reclaim_expired() == ["m1"]
-    current = protocol.pop("acme", "prod")
-    assert current is not None
+    protocol, stale, current = popped_twice(buffer)
     provider, reader = metrics()
     telemetry = Telemetry(provider)
     settler = Settler(
