@@ -10,6 +10,7 @@ import enum
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from typing import Any
@@ -163,62 +164,9 @@ class Telemetry:
             unit="ms",
             description="Time from accept to successful drain.",
         )
-        # Observable gauges over readings that expire: a synchronous gauge of the OpenTelemetry
-        # SDK exports its last value for good under cumulative temporality (the default), so a
-        # process that lost the fleet gauges' lease, or whose buffer emptied while its drainer
-        # was stopped, kept exporting an old depth beside the reporter's.
-        self._depth = _Readings()
-        self._oldest_age = _Readings()
-        self._oldest_env_age = _Readings()
-        self._dead_letters = _Readings()
-        # The drain budget's two are the fleet's too: muted while another process holds the
-        # fleet gauges' lease (None: no process here reports the fleet's gauges: not muted).
-        self._fleet_reporter: bool | None = None
-        self._outstanding = _Readings(muted=lambda: self._fleet_reporter is False)
-        self._budget = _Readings(muted=lambda: self._fleet_reporter is False)
-        gauges = (
-            (
-                "mollifier.buffer.depth",
-                "{message}",
-                self._depth,
-                "QUEUED and DRAINING entries in the buffer; reported once for the fleet.",
-            ),
-            (
-                "mollifier.buffer.oldest_age",
-                "ms",
-                self._oldest_age,
-                "Age of the oldest QUEUED entry (0 if none), reported once for the fleet.",
-            ),
-            (
-                "mollifier.buffer.oldest_env_age",
-                "ms",
-                self._oldest_env_age,
-                "Age of the oldest QUEUED entry of the few envs that waited longest, by rank "
-                "(1 = oldest); the envs are named in the mollifier.dwell log.",
-            ),
-            (
-                "mollifier.buffer.dead_letters",
-                "{message}",
-                self._dead_letters,
-                "FAILED entries kept in the buffer; reported once for the fleet.",
-            ),
-            (
-                "mollifier.drain.outstanding",
-                "{message}",
-                self._outstanding,
-                "Drained messages waiting in the broker, not yet started (the drain budget in use).",
-            ),
-            (
-                "mollifier.drain.budget",
-                "{message}",
-                self._budget,
-                "The drain budget: the fleet's consumption rate times the target wait, bounded.",
-            ),
-        )
-        for name, unit, readings, description in gauges:
-            instruments.create_observable_gauge(
-                name, callbacks=[readings.observe], unit=unit, description=description
-            )
+        # Observable gauges over readings that expire (see _GaugeReadings), shared by every
+        # Telemetry of this meter provider.
+        self._gauges = _gauges_for(meter_provider, instruments)
 
     def record_decision(self, outcome: Outcome, reason: Reason, *, enrolled: bool, count: int = 1) -> None:
         """Count ``count`` gate decisions (more than one: messages moved past the gate in Redis)."""
@@ -251,33 +199,111 @@ class Telemetry:
 
     def record_depth(self, depth: int) -> None:
         """Set the buffer depth gauge."""
-        self._depth.replace({None: depth})
+        self._gauges.depth.replace({None: depth})
 
     def record_dwell(self, oldest_age_ms: int, env_ages_ms: list[int], dead_letters: int) -> None:
         """Set the dwell gauges: the oldest entry's age, the oldest envs' by rank (a rank no env
         holds any more is dropped), dead letters."""
-        self._oldest_age.replace({None: oldest_age_ms})
-        self._oldest_env_age.replace({str(rank): age for rank, age in enumerate(env_ages_ms, start=1)})
-        self._dead_letters.replace({None: dead_letters})
+        self._gauges.oldest_age.replace({None: oldest_age_ms})
+        self._gauges.oldest_env_age.replace({str(rank): age for rank, age in enumerate(env_ages_ms, start=1)})
+        self._gauges.dead_letters.replace({None: dead_letters})
 
     def forget_fleet_gauges(self) -> None:
         """Stop exporting the fleet gauges (depth, dwell, dead letters, the drain budget's):
         another process reports them."""
-        self._fleet_reporter = False
-        for readings in (self._depth, self._oldest_age, self._oldest_env_age, self._dead_letters):
+        gauges = self._gauges
+        gauges.fleet_reporter = False
+        for readings in (gauges.depth, gauges.oldest_age, gauges.oldest_env_age, gauges.dead_letters):
             readings.replace({})
 
     def record_fleet_in_use(self, in_use: int) -> None:
         """This process reports the fleet's gauges: set the drain budget in use (0 when idle)."""
-        self._fleet_reporter = True
-        self._outstanding.replace({None: in_use})
+        self._gauges.fleet_reporter = True
+        self._gauges.outstanding.replace({None: in_use})
 
     def record_outstanding(self, in_use: int, *, budget: int) -> None:
         """Set the drain budget gauges: drained messages in the broker not yet started, and the
         budget they are held to.
         """
-        self._outstanding.replace({None: in_use})
-        self._budget.replace({None: budget})
+        self._gauges.outstanding.replace({None: in_use})
+        self._gauges.budget.replace({None: budget})
+
+
+class _GaugeReadings:
+    """The fleet gauges' readings and their observable instruments, one set per meter provider:
+    the SDK registers an instrument name once and keeps the first callbacks, so every Telemetry
+    of a provider shares these (the last value set wins, as with one synchronous gauge)."""
+
+    def __init__(self, instruments: metrics.Meter) -> None:
+        # Observable gauges over readings that expire: a synchronous gauge of the OpenTelemetry
+        # SDK exports its last value for good under cumulative temporality (the default), so a
+        # process that lost the fleet gauges' lease, or whose buffer emptied while its drainer
+        # was stopped, kept exporting an old depth beside the reporter's.
+        self.depth = _Readings()
+        self.oldest_age = _Readings()
+        self.oldest_env_age = _Readings()
+        self.dead_letters = _Readings()
+        # The drain budget's two are the fleet's too: muted while another process holds the
+        # fleet gauges' lease (None: no process here reports the fleet's gauges: not muted).
+        self.fleet_reporter: bool | None = None
+        self.outstanding = _Readings(muted=lambda: self.fleet_reporter is False)
+        self.budget = _Readings(muted=lambda: self.fleet_reporter is False)
+        gauges = (
+            (
+                "mollifier.buffer.depth",
+                "{message}",
+                self.depth,
+                "QUEUED and DRAINING entries in the buffer; reported once for the fleet.",
+            ),
+            (
+                "mollifier.buffer.oldest_age",
+                "ms",
+                self.oldest_age,
+                "Age of the oldest QUEUED entry (0 if none), reported once for the fleet.",
+            ),
+            (
+                "mollifier.buffer.oldest_env_age",
+                "ms",
+                self.oldest_env_age,
+                "Age of the oldest QUEUED entry of the few envs that waited longest, by rank "
+                "(1 = oldest); the envs are named in the mollifier.dwell log.",
+            ),
+            (
+                "mollifier.buffer.dead_letters",
+                "{message}",
+                self.dead_letters,
+                "FAILED entries kept in the buffer; reported once for the fleet.",
+            ),
+            (
+                "mollifier.drain.outstanding",
+                "{message}",
+                self.outstanding,
+                "Drained messages waiting in the broker, not yet started (the drain budget in use).",
+            ),
+            (
+                "mollifier.drain.budget",
+                "{message}",
+                self.budget,
+                "The drain budget: the fleet's consumption rate times the target wait, bounded.",
+            ),
+        )
+        for name, unit, readings, description in gauges:
+            instruments.create_observable_gauge(
+                name, callbacks=[readings.observe], unit=unit, description=description
+            )
+
+
+_GAUGES: weakref.WeakKeyDictionary[Any, _GaugeReadings] = weakref.WeakKeyDictionary()
+_GAUGES_LOCK = threading.Lock()
+
+
+def _gauges_for(meter_provider: metrics.MeterProvider | None, instruments: metrics.Meter) -> _GaugeReadings:
+    provider = meter_provider if meter_provider is not None else metrics.get_meter_provider()
+    with _GAUGES_LOCK:
+        found = _GAUGES.get(provider)
+        if found is None:
+            found = _GAUGES[provider] = _GaugeReadings(instruments)
+        return found
 
 
 class _Readings:

@@ -169,3 +169,12 @@ def test_the_drain_budget_in_use_is_reported_once_for_the_fleet_and_reads_0_when
     pace.release(ids)  # the workers started them: nothing in use, no claim since
     assert one.report()
     assert gauge(first, "mollifier.drain.outstanding") == {None: 0}
+
+
+def test_two_telemetries_of_one_provider_share_the_gauges() -> None:
+    # Observable instruments register once per provider with the first callbacks: a second
+    # Mollifier in the process (another broker) would have exported nothing.
+    provider, reader = metrics()
+    Telemetry(provider).record_depth(3)
+    Telemetry(provider).record_depth(5)
+    assert gauge(reader, "mollifier.buffer.depth") == {None: 5}  # the last value set, as before
