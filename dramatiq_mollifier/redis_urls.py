@@ -40,10 +40,13 @@ def split_host_port(item: str, default_port: int) -> tuple[str, int]:
 def _hosts_problem(netloc: str, what: str) -> str | None:
     """What is wrong with a comma-separated ``host:port`` list, or None."""
     for item in netloc.rpartition("@")[2].split(","):
-        port = item.rpartition(":")[2]
         if not item or item.startswith(":"):
             return f"no host in {item!r}"
-        if ":" in item and not (port.isdigit() and 0 < int(port) < 65536):
+        try:
+            _, port = split_host_port(item, 1)  # as the clients read it
+        except ValueError:
+            port = 0
+        if not 0 < port < 65536:
             return f"bad {what} port in {item!r}"
     return None
 
