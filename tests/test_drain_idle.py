@@ -17,9 +17,11 @@ from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
+from dramatiq_mollifier.drain.housekeeping import IDLE_GAUGES_MS, Housekeeping
 from dramatiq_mollifier.drain.idle import IdleWait
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.models import BufferEntry
+from dramatiq_mollifier.telemetry import Telemetry
 
 from .mollifier_helpers import eventually
 
@@ -215,3 +217,14 @@ def test_a_dead_letter_retried_by_an_operator_wakes_an_idle_drainer(
         assert time.monotonic() - retried < 1.0
     finally:
         assert drainer.stop(5_000)
+
+
+def test_an_idle_drainer_reports_the_gauges_every_two_seconds(buffer: MollifierBuffer) -> None:
+    # Idle, it reported every 15 s: the depth read 180 for 15 s after the buffer emptied.
+    reports: list[float] = []
+    housekeeping = Housekeeping(
+        DrainProtocol(buffer), buffer, telemetry=Telemetry(), report_gauges=lambda: reports.append(0)
+    )
+    for tenth in range(0, 100):  # 10 s of idle loop iterations, a tenth of a second apart
+        housekeeping.run(tenth / 10, idle=True)
+    assert len(reports) == 5 == 10_000 // IDLE_GAUGES_MS
