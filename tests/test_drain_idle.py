@@ -86,8 +86,8 @@ def test_the_first_message_after_idle_starts_draining_within_the_poll_interval(
         handled[entry.message_id] = time.monotonic()
         seen.set()
 
-    # Given a drainer blocked for up to 5 s, polling every 500 ms when not idle
-    drainer = MollifierDrainer(drain_buffer, handler, poll_interval_ms=500, idle_wait_ms=5_000)
+    # Given a drainer blocked for up to 8 s, polling every 500 ms when not idle
+    drainer = MollifierDrainer(drain_buffer, handler, poll_interval_ms=500, idle_wait_ms=8_000)
     send_side = MollifierBuffer.from_url(disposable_redis.url, key_prefix="idle")
     drainer.start()
     try:
@@ -111,9 +111,10 @@ def test_the_first_message_after_idle_starts_draining_within_the_poll_interval(
             # When the first message of a burst is buffered (by accept, and by the gate's script)
             sent = time.monotonic()
             accept()
-            # Then it is handled within the poll interval, not the idle wait
-            assert seen.wait(5)
-            assert handled[message_id] - sent < 0.5, handled[message_id] - sent
+            # Then it is handled at once, not at the end of the idle wait (the bound leaves a
+            # loaded machine room; a drainer that slept through would miss it 3 times in 4)
+            assert seen.wait(10)
+            assert handled[message_id] - sent < 2.0, handled[message_id] - sent
     finally:
         assert drainer.stop(5_000)
         send_side.client.close()
@@ -127,7 +128,7 @@ def test_stop_ends_a_blocked_drainer_at_once(admin: redis.Redis, drain_buffer: M
     started = time.monotonic()
     assert drainer.stop(5_000)
 
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # not the 8 s wait
     eventually(lambda: blocked(admin) == 0, what="the block to end")
 
 
@@ -158,7 +159,7 @@ def test_a_woken_drainer_wakes_the_next_one_to_join_the_burst(
             drain_buffer.accept(f"m{n}", org_id=f"org{n % 10}", env_id="prod", payload=b"x")
         # Then both drain it, long before the idle wait would have woken the second
         eventually(lambda: all(handled_by.values()), timeout_s=5, what="both drainers to drain")
-        assert max(times[0] for times in handled_by.values()) - sent < 2.0
+        assert max(times[0] for times in handled_by.values()) - sent < 3.0
     finally:
         for drainer in drainers:
             assert drainer.stop(5_000)
@@ -198,14 +199,14 @@ def test_a_refused_connect_in_the_idle_wait_neither_raises_nor_ends_the_drainer(
 def test_a_dead_letter_retried_by_an_operator_wakes_an_idle_drainer(
     admin: redis.Redis, drain_buffer: MollifierBuffer
 ) -> None:
-    # Given a dead letter, and a drainer blocked on the wake-up list for up to 5 s
+    # Given a dead letter, and a drainer blocked on the wake-up list for up to 8 s
     drain_buffer.accept("m1", org_id="acme", env_id="prod", payload=b"x")
     protocol = DrainProtocol(drain_buffer)
     assert protocol.pop("acme", "prod") is not None
     assert protocol.fail("m1", code="Boom", message="boom", org_id="acme", env_id="prod")
     drain_buffer.client.delete(drain_buffer.keys.drain_wake)
     handled = threading.Event()
-    drainer = MollifierDrainer(drain_buffer, lambda entry: handled.set(), idle_wait_ms=5_000)
+    drainer = MollifierDrainer(drain_buffer, lambda entry: handled.set(), idle_wait_ms=8_000)
     drainer.start()
     try:
         eventually(lambda: blocked(admin) == 1, what="the drainer to block")
@@ -213,8 +214,8 @@ def test_a_dead_letter_retried_by_an_operator_wakes_an_idle_drainer(
         retried = time.monotonic()
         assert drain_buffer.retry_failed("m1")
         # Then the drainer wakes and drains it well within the idle wait
-        assert handled.wait(5)
-        assert time.monotonic() - retried < 1.0
+        assert handled.wait(10)
+        assert time.monotonic() - retried < 2.0
     finally:
         assert drainer.stop(5_000)
 

@@ -134,7 +134,7 @@ def test_stop_is_bounded_while_a_handler_hangs(buffer: MollifierBuffer) -> None:
 
     began = time.monotonic()
     assert drainer.stop(300) is False
-    assert time.monotonic() - began < 1.0
+    assert time.monotonic() - began < 3.0  # not the handler's 30 s
 
     # The hung entry keeps its lease; when its handler does return, it is still acked.
     entry = buffer.get("m0")
@@ -161,7 +161,7 @@ def test_stop_wakes_a_long_sleep_at_once(buffer: MollifierBuffer) -> None:
 
     began = time.monotonic()
     assert drainer.stop(5_000)
-    assert time.monotonic() - began < 0.5
+    assert time.monotonic() - began < 3.0  # not the minute's sleep
     assert not drainer.running
 
 
@@ -182,7 +182,7 @@ def test_stop_when_never_started_returns_true_at_once(buffer: MollifierBuffer) -
 
     began = time.monotonic()
     assert drainer.stop(10_000) is True
-    assert time.monotonic() - began < 0.1
+    assert time.monotonic() - began < 2.0  # not the 10 s timeout
 
 
 def test_a_stopped_drainer_can_start_again(buffer: MollifierBuffer) -> None:
