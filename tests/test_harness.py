@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pika
 import pytest
 import redis
 
-from dramatiq_mollifier.embedded import EmbeddedRedis
+from dramatiq_mollifier import embedded
+from dramatiq_mollifier.embedded import EmbeddedCluster, EmbeddedRedis, PortInUseError
 
 from .servers import RabbitmqServer, refuse_occupied_databases
 
@@ -94,7 +98,67 @@ def test_a_rabbitmq_node_that_will_not_start_is_tried_twice_and_reported_with_it
 def test_an_embedded_server_on_a_taken_port_fails_with_its_own_error(disposable_redis: EmbeddedRedis) -> None:
     # start() took the other server's PING for its own and returned, with a dead process.
     second = EmbeddedRedis(disposable_redis.binary, port=disposable_redis.port)
-    with pytest.raises(RuntimeError, match=f"did not start on port {disposable_redis.port}:\n.+"):
+    with pytest.raises(PortInUseError, match=f"did not start on port {disposable_redis.port}:\n.+"):
         second.start()
     assert second.pid is None
     second.close()
+
+
+@contextmanager
+def listening_on(port: int) -> Iterator[None]:
+    """Someone else's socket on ``port``, as when a port found free is taken before the bind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        yield
+
+
+def refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.redis
+def test_an_embedded_server_whose_free_port_was_taken_starts_on_another(redis_binary: str) -> None:
+    server = EmbeddedRedis(redis_binary)
+    taken = server.port
+    with listening_on(taken):
+        server.start()
+    try:
+        assert server.port != taken
+        with redis.Redis.from_url(server.url) as client:
+            assert client.ping()
+    finally:
+        server.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("port_kind", ["client", "bus"])
+def test_a_cluster_whose_node_port_was_taken_starts_on_other_ports(redis_binary: str, port_kind: str) -> None:
+    # A CI run failed here: a node's free port was taken before it bound, and the nodes already
+    # started were left running
+    cluster = EmbeddedCluster(redis_binary, primaries=3)
+    taken = cluster.nodes[2].port if port_kind == "client" else cluster.bus_ports[2]
+    with listening_on(taken):
+        cluster.start()
+    try:
+        assert taken not in [node.port for node in cluster.nodes] + cluster.bus_ports
+        with redis.RedisCluster.from_url(cluster.url.replace("redis+cluster", "redis")) as client:
+            assert client.set("k", b"v") and client.get("k") == b"v"
+    finally:
+        cluster.close()
+
+
+@pytest.mark.redis
+def test_a_cluster_that_cannot_start_stops_the_nodes_it_started(
+    redis_binary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(embedded, "PORT_ATTEMPTS", 1)
+    cluster = EmbeddedCluster(redis_binary, primaries=3)
+    started = [node.port for node in cluster.nodes[:2]]
+    with listening_on(cluster.nodes[2].port), pytest.raises(PortInUseError):
+        cluster.start()
+    assert all(refuses(port) for port in started)
