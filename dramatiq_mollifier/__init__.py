@@ -11,6 +11,7 @@ from .errors import (
     BufferCapExceededError,
     BufferUnavailableError,
     CrashNotRetried,
+    DuplicateMollifierError,
     InvalidArgumentError,
     MollifierConfigurationError,
     MollifierError,
@@ -60,6 +61,7 @@ __all__ = [
     # Errors
     "BufferCapExceededError",
     "BufferUnavailableError",
+    "DuplicateMollifierError",
     "CrashNotRetried",
     "InvalidArgumentError",
     "MollifierConfigurationError",

@@ -9,6 +9,7 @@ __all__ = [
     "BufferCapExceededError",
     "BufferUnavailableError",
     "CrashNotRetried",
+    "DuplicateMollifierError",
     "EntryCancelled",
     "InvalidArgumentError",
     "MollifierConfigurationError",
@@ -25,6 +26,11 @@ class MollifierError(Exception):
 
 class MollifierConfigurationError(MollifierError, ValueError):
     """A setting has an impossible value. The message names the setting."""
+
+
+class DuplicateMollifierError(MiddlewareError, MollifierConfigurationError):
+    """A second ``Mollifier`` on one broker: it would never gate (the first decides each enqueue)
+    and would run a second drainer. A ``MiddlewareError``, so Dramatiq's worker boot lets it through."""
 
 
 class InvalidArgumentError(MollifierError, ValueError):

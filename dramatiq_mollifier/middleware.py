@@ -24,6 +24,7 @@ from .buffer.health import check_layout, layout_problem, warn_about_eviction
 from .buffer.rules import RulesView, read_rules
 from .drain.pace import pace_for
 from .drain.slot_release import SlotReleaser
+from .errors import DuplicateMollifierError
 from .gate import interception
 from .gate.cascade import OPT_OUT_OPTION, Gate, TenantResolver
 from .gate.flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
@@ -157,11 +158,23 @@ class Mollifier(Middleware):
     def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         # Emitted for every actor, and replayed by add_middleware for actors declared earlier:
         # the earliest point at which this middleware sees the broker.
+        self._check_alone_on(broker)
         if not self._enabled:
             return
         interception.install(broker)
         if actor.options.get(OPT_OUT_OPTION) is False:
             self.gate.opt_out(actor.actor_name)
+
+    def _check_alone_on(self, broker: dramatiq.Broker) -> None:
+        """Refuse a second Mollifier on the broker. It raises from ``add_middleware`` after actors
+        were declared and from a worker's boot; Dramatiq logs it at CRITICAL from an actor's
+        declaration (its ``emit_after`` swallows errors)."""
+        mollifiers = [middleware for middleware in broker.middleware if isinstance(middleware, Mollifier)]
+        if len(mollifiers) > 1:
+            raise DuplicateMollifierError(
+                f"the broker has {len(mollifiers)} Mollifier middleware; add one (its settings "
+                f"cover every org and env; several buffers on one broker are not supported)"
+            )
 
     def before_enqueue(self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int) -> None:
         if not self._enabled:
@@ -180,6 +193,9 @@ class Mollifier(Middleware):
             message.options.update(marker(STATE_ADMITTED, message.message_id))
         if decision.divert:
             interception.divert(message, decision.reason.value)
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._check_alone_on(broker)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         if not self.settings.run_drainer:

@@ -12,6 +12,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.errors import DuplicateMollifierError
 from dramatiq_mollifier.gate import interception
 from dramatiq_mollifier.models import STATE_DRAINED, STATE_OPTION, marker
 
@@ -133,6 +134,35 @@ def test_the_enqueue_wrapper_is_installed_once_also_for_actors_declared_before(
     assert broker.enqueue is wrapper
     early.send_with_options(org_id="acme")
     assert broker.queues["default"].qsize() == 0
+
+
+def test_a_second_mollifier_on_one_broker_is_refused_at_startup(
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The second one never gated (the first decides each enqueue) and ran a drainer of its own.
+    # Added after an actor was declared: add_middleware raises
+    @dramatiq.actor(broker=broker)
+    def early() -> None: ...
+
+    add_mollifier(broker, redis_client, key_prefix)
+    with pytest.raises(DuplicateMollifierError, match="the broker has 2 Mollifier middleware"):
+        add_mollifier(broker, redis_client, key_prefix + "-second")
+
+    # Added before any actor: the declaration logs it (Dramatiq swallows after-hooks' errors),
+    # and a worker refuses to boot
+    other = StubBroker()
+    add_mollifier(other, redis_client, key_prefix)
+    add_mollifier(other, redis_client, key_prefix + "-second")
+
+    @dramatiq.actor(broker=other)
+    def late() -> None: ...
+
+    assert "the broker has 2 Mollifier middleware" in caplog.text
+    worker = dramatiq.Worker(other, worker_threads=1)
+    with pytest.raises(DuplicateMollifierError):
+        worker.start()
+    assert not worker.workers
+    other.close()
 
 
 def test_the_first_message_on_a_broker_without_actors_cannot_be_diverted_the_next_can(
