@@ -61,8 +61,8 @@ __all__ = [
     # Errors
     "BufferCapExceededError",
     "BufferUnavailableError",
-    "DuplicateMollifierError",
     "CrashNotRetried",
+    "DuplicateMollifierError",
     "InvalidArgumentError",
     "MollifierConfigurationError",
     "MollifierError",
