@@ -96,6 +96,40 @@ def test_sends_keep_succeeding_through_the_broker_while_the_mollifier_redis_is_d
     assert mollifier.buffer.depth() == 1
 
 
+def test_a_shared_broker_and_buffer_redis_that_goes_down_fails_sends_in_dramatiqs_enqueue_alone(
+    disposable_redis: EmbeddedRedis, key_prefix: str
+) -> None:
+    # Given one Redis for the broker and the buffer, and an env being diverted
+    broker = RedisBroker(url=disposable_redis.url, namespace=f"dq-{key_prefix}")
+    mollifier, reader = add_mollifier(
+        broker, None, key_prefix, redis_url=disposable_redis.url, trip_threshold=0, trip_hold_ms=60_000
+    )
+
+    @dramatiq.actor(broker=broker, queue_name=f"q-{key_prefix}")
+    def ingest() -> None: ...
+
+    ingest.send_with_options(org_id="acme")
+    assert mollifier.buffer.depth() == 1
+
+    # When that Redis goes down (a deploy review saw a producer die of it)
+    disposable_redis.stop()
+    errors = []
+    for _ in range(5):
+        with pytest.raises(redis.ConnectionError) as raised:
+            ingest.send_with_options(org_id="acme")
+        errors.append(raised)
+
+    # Then each send failed open in the mollifier and raised from Dramatiq's own enqueue, as
+    # it would without the mollifier: the broker is down
+    for error in errors:
+        frames = [str(frame.path) for frame in error.traceback if "/redis/" not in str(frame.path)]
+        assert frames[-1].endswith("dramatiq/brokers/redis.py"), frames
+    counted = decisions(reader)
+    assert counted[("pass_through", "fail_open_trip", True)] >= 1
+    assert sum(count for (_, reason, _), count in counted.items() if reason.startswith("fail_open")) == 5
+    broker.close()
+
+
 def stalled(url: str) -> bool:
     """Whether the server at ``url`` fails to answer a PING within 50 ms."""
     probe = redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=0.05, retry=None)
