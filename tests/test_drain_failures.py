@@ -149,6 +149,37 @@ def test_a_broker_outage_under_a_backlog_dead_letters_nothing_and_consumes_no_at
     assert all(" attempts=0 " in m for m in drained)
 
 
+def test_a_broker_outage_gives_a_popped_batch_back_in_the_order_it_was_popped(
+    buffer: MollifierBuffer, disposable_redis: EmbeddedRedis
+) -> None:
+    # Given 20 messages of one env in the buffer, and the broker's Redis down
+    broker = RedisBroker(url=disposable_redis.url)
+    declare(broker)
+    for n in range(20):
+        message: dramatiq.Message[Any] = dramatiq.Message(
+            queue_name="default", actor_name="record", args=(n,), kwargs={}, options={}
+        )
+        buffer.accept(message.message_id, org_id="acme", env_id="prod", payload=message.encode())
+    disposable_redis.stop()
+
+    # When a tick pops a batch of 10 and its pipelined broker write fails, giving it back
+    # untried (a pool of 16 handlers writes the batch as one chunk)
+    failing = MollifierDrainer(buffer, make_drain_handler(broker), concurrency=16, batch_size=10)
+    failing.run_once()
+    broker.close()
+    assert buffer.depth() == 20
+
+    # Then the batch is back at the head of the queue in its order: a drainer delivers 0..19
+    # (given back one at a time, each before the last, it was 9..0, then 10..19)
+    delivered: list[int] = []
+    recorder = MollifierDrainer(
+        buffer, lambda entry: delivered.append(dramatiq.Message.decode(entry.payload).args[0]), concurrency=1
+    )
+    while buffer.depth():
+        recorder.run_once()
+    assert delivered == list(range(20))
+
+
 @pytest.fixture(params=[None, 16], ids=["layout-default", "slot-groups-16"])
 def deploy_buffer(
     request: pytest.FixtureRequest, redis_client: redis.Redis, key_prefix: str

@@ -106,19 +106,22 @@ class Settler:
         """Ack, requeue, dead-letter or release each completion; (acked, failed) counts."""
         failed = 0
         succeeded: list[BufferEntry] = []
-        not_started: list[BufferEntry] = []
+        give_back: list[BufferEntry] = []
         cancelled: list[BufferEntry] = []
         for entry, error in batch:
             if error is None:
                 succeeded.append(entry)
             elif isinstance(error, NotStarted):
-                not_started.append(entry)
+                give_back.append(entry)
             elif isinstance(error, EntryCancelled):
                 cancelled.append(entry)
             else:
-                self._settle_failure(entry, error)
                 failed += 1
-        self.release(not_started, last_chance=False)
+                if self._settle_failure(entry, error):
+                    give_back.append(entry)
+        # In one call, so they go back to the head of their queues in the order popped: one by
+        # one, each pushed before the last, a broker outage reversed every batch.
+        self.release(give_back, last_chance=False)
         self.drop_cancelled(cancelled)
         if not succeeded:
             return 0, failed
@@ -159,8 +162,8 @@ class Settler:
                     self._acks.record_stale([entry])
                 else:
                     self._acks.record_acked([entry])
-            else:
-                self._settle_failure(entry, error, hold=False)
+            elif self._settle_failure(entry, error, hold=False):
+                self.release([entry])
         except Exception:
             self._leases.drop([entry])
             logger.warning(
@@ -264,9 +267,9 @@ class Settler:
         self._unknown[error.actor_name] = (first, now)
         return now - first < self._grace_s
 
-    def _settle_failure(self, entry: BufferEntry, error: BaseException, *, hold: bool = True) -> None:
-        """Give back, requeue or dead-letter after a handler error (logged if the buffer call
-        itself fails). ``hold``: False gives back or requeues at once, without a delay.
+    def _settle_failure(self, entry: BufferEntry, error: BaseException, *, hold: bool = True) -> bool:
+        """Requeue or dead-letter after a handler error (logged if the buffer call itself fails),
+        or True: the caller gives it back untried. ``hold``: False requeues at once, no delay.
         """
         if is_unavailable(error):
             if not self.broker_unavailable:
@@ -278,20 +281,16 @@ class Settler:
                     error,
                 )
             self.broker_unavailable = True
-            self.release([entry], last_chance=not hold)
-            return
+            return True
         if isinstance(error, UnknownDestinationError) and self._for_another(error):
-            # Another fleet's actor (workers split by module): for its drainers, no attempt spent.
-            self.release([entry], last_chance=not hold)
-            return
+            return True  # another fleet's actor (workers split by module): no attempt spent
         try:
             if isinstance(error, UnknownDestinationError) and self._within_grace(error):
+                self._telemetry.record_drained(DrainResultKind.REQUEUED)
                 if hold and self._retry_delay_ms > 0:
                     self._hold(entry, min(self._retry_delay_ms, self._max_delay_ms), consumes=False)
-                else:
-                    self.release([entry], last_chance=not hold)
-                self._telemetry.record_drained(DrainResultKind.REQUEUED)
-                return
+                    return False
+                return True
             retryable = not isinstance(error, UndeliverableEntryError) and self._retryable(error)
             if retryable and entry.attempts + 1 < self.max_attempts:
                 if hold and self._retry_delay_ms > 0:
@@ -321,7 +320,7 @@ class Settler:
                 entry.message_id,
                 exc_info=True,
             )
-            return
+            return False
         logger.log(
             level,
             "%s message_id=%r org_id=%r env_id=%r attempts=%d: %s: %s",
@@ -336,6 +335,7 @@ class Settler:
             exc_info=error if kind is DrainResultKind.FAILED else None,
         )
         self._telemetry.record_drained(kind)
+        return False
 
     def _requeue_now(self, entry: BufferEntry, *, last_chance: bool) -> DrainResultKind:
         """Requeue without a delay (``STALE`` when refused); one that meets a Redis error is held and
