@@ -17,14 +17,29 @@ from dramatiq_mollifier.embedded import EmbeddedRedis
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
 BURST = 6_000
+#: The quiet p99 without the mollifier that shows the burst backed up the broker queue.
+BACKED_UP_P99_MS = 1_000
+#: Pairs of runs at most, for one whose baseline backed up.
+ATTEMPTS = 3
 
 
 def test_quiet_tenants_do_not_wait_behind_a_burst(disposable_redis: EmbeddedRedis, tmp_path: Path) -> None:
     url = disposable_redis.url
     # A burst of 6,000: without the mollifier the quiet p99 is then 3 s or more here, so one
     # scheduling stall of the loaded machine (up to a second, seen under parallel test runs) in
-    # the mollified run does not decide the verdict; with 3,000 it did, now and then.
-    without = run_scenario(redis_url=url, mollified=False, burst=BURST, log=tmp_path / "without.log")
+    # the mollified run does not decide the verdict; with 3,000 it did, now and then. A machine
+    # loaded enough to slow the producer as much as the workers may not let the burst back up at
+    # all (a CI run saw a baseline p99 of 383 ms): such a pair shows nothing, and runs again.
+    baselines = []
+    for attempt in range(ATTEMPTS):
+        without = run_scenario(
+            redis_url=url, mollified=False, burst=BURST, log=tmp_path / f"without{attempt}.log"
+        )
+        baselines.append(without.p99)
+        if without.p99 >= BACKED_UP_P99_MS:
+            break
+    else:
+        pytest.fail(f"the burst never backed up the broker queue: baseline quiet p99s {baselines} ms")
     with_ = run_scenario(redis_url=url, mollified=True, burst=BURST, log=tmp_path / "with.log")
 
     # Everything was processed both times, and quiet messages were measured both times
