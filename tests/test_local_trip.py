@@ -317,3 +317,33 @@ def test_the_per_env_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert len(trip._envs) <= 3
     # Dropped counts are dropped from the fleet's total too
     assert trip._fleet.pending == sum(w.pending for w in trip._envs.values())
+
+
+class _QuietFold:
+    """Every env folded is below its threshold, with no hold and no backlog (pure policy)."""
+
+    def fold_trip_counts(self, counts: Any, **trip: int) -> Any:
+        return TripWindow(0, 0, 0), [TripWindow(count, 60_000, 0) for _, _, count in counts]
+
+
+def test_a_full_table_keeps_the_envs_it_saw_diverting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # They were dropped with the rest (a diverting env has no counts of its own to fold): after
+    # sends to 10,000 other envs, a backlogged env's next sends overtook its backlog
+    monkeypatch.setattr(local_trip, "MAX_ENVS", 3)
+    trip = LocalTrip(
+        backend=_QuietFold(),
+        fold_interval_ms=1_000,
+        breaker=CircuitBreaker("test"),
+        on_error=lambda exc: None,
+        **TRIP,
+    )
+    trip._running = True  # no fold thread: each count is folded below
+    backlogged = Tenant("acme", "prod")
+    trip.divert(backlogged)
+
+    for env in range(10):
+        trip.count(Tenant("acme", f"env-{env}"), True)
+        assert trip.flush()
+        assert len(trip._envs) <= 3
+
+    assert trip.count(backlogged, True) is local_trip.Verdict.DIVERTING

@@ -17,7 +17,7 @@ from dramatiq_mollifier.gate import interception
 from dramatiq_mollifier.models import STATE_DRAINED, STATE_OPTION, marker
 
 from .layout_helpers import entry_key
-from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, metrics, total
+from .mollifier_helpers import THRESHOLD, add_mollifier, decisions, eventually, metrics, total
 
 
 @pytest.fixture
@@ -163,6 +163,35 @@ def test_a_second_mollifier_on_one_broker_is_refused_at_startup(
         worker.start()
     assert not worker.workers
     other.close()
+
+
+@pytest.mark.parametrize("evaluator", ["local", "exact"])
+def test_after_a_resume_sends_join_the_paused_backlog_instead_of_overtaking_it(
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str, evaluator: str
+) -> None:
+    # The paused sends were buffered without the evaluator hearing of it: after the resume the
+    # same process passed its next sends to the broker ahead of them
+    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, trip_evaluator=evaluator)
+
+    @dramatiq.actor(broker=broker)
+    def ingest(n: int) -> None: ...
+
+    def paused() -> bool:
+        return ("acme", "prod") in mollifier.rules.current().paused
+
+    mollifier.controls.pause("acme", "prod")
+    eventually(paused, what="the pause to reach the gate")
+    for n in range(3):
+        ingest.send_with_options(args=(n,), org_id="acme", env_id="prod")
+    assert mollifier.buffer.depth("acme", "prod") == 3
+
+    mollifier.controls.resume("acme", "prod")
+    eventually(lambda: not paused(), what="the resume to reach the gate")
+    for n in range(3, 6):
+        assert ingest.send_with_options(args=(n,), org_id="acme", env_id="prod").options.get("mollified")
+
+    assert broker.queues["default"].qsize() == 0
+    assert mollifier.buffer.depth("acme", "prod") == 6
 
 
 def test_the_first_message_on_a_broker_without_actors_cannot_be_diverted_the_next_can(

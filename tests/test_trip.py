@@ -345,3 +345,22 @@ def test_an_env_with_a_backlog_keeps_diverting_below_the_threshold_until_it_is_d
         "m3", org_id="o", env_id="e", payload=b"p", threshold=1_000, **options
     )
     assert decision.tripped is False and accepted is False
+
+
+def test_evaluate_trip_says_tripped_while_the_env_has_a_backlog(buffer: MollifierBuffer) -> None:
+    # The exact evaluator's script ignored the backlog: once the hold was over, a process without
+    # a recent trip of its own sent past the env's buffered entries for as long as they lasted
+    options = {"window_ms": 10_000, "threshold": 1_000, "hold_ms": 0}
+    assert not buffer.evaluate_trip("o", "e", **options).tripped
+    buffer.accept("m0", org_id="o", env_id="e", payload=b"p")
+
+    assert buffer.evaluate_trip("o", "e", **options).tripped
+    assert not buffer.evaluate_trip("o", "other", **options).tripped  # another env is not held
+
+    drain = DrainProtocol(buffer)
+    entry = drain.pop("o", "e")
+    assert entry is not None
+    assert buffer.evaluate_trip("o", "e", **options).tripped  # draining still counts
+    drain.ack("m0", org_id="o", env_id="e")
+    decision = buffer.evaluate_trip("o", "e", **options)
+    assert not decision.tripped and decision.count == 4

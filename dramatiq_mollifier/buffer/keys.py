@@ -195,6 +195,7 @@ class TenantKeys:
         "depth_env_field",
         "depth_org_field",
         "envs",
+        "evaluate_keys",
         "failed",
         "failed_envs",
         "ids",
@@ -221,8 +222,10 @@ class TenantKeys:
         self.depth_org_field = space.depth_org_field(org_id)
         self.tripped_member = tenant_tag(org_id, env_id)
         self.depth_env_field = f"env:{self.tripped_member}"
-        #: KEYS of evaluate_trip.lua: counter, hold marker, tripped registry.
+        #: KEYS 1-3 of the trip scripts: counter, hold marker, tripped registry.
         self.trip_keys = (self.trip_counter.encode(), self.trip_hold.encode(), space.tripped.encode())
+        #: KEYS of evaluate_trip.lua: the trip keys, then the depth counters (its backlog).
+        self.evaluate_keys = (*self.trip_keys, space.depth.encode())
         #: The env's member of the listing indexes.
         self.member = tenant_member(org_id, env_id)
         #: KEYS 5-12 of evaluate_trip_and_accept.lua: queue, envs of the org, orgs, depth, wake-up,

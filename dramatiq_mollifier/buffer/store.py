@@ -251,11 +251,14 @@ class MollifierBuffer(BufferAdmin):
     def evaluate_trip(
         self, org_id: str, env_id: str, *, window_ms: int, threshold: int, hold_ms: int
     ) -> TripDecision:
-        """Count one enqueue for the env and say whether it is tripped (one round trip)."""
+        """Count one enqueue for the env and say whether it is tripped, or still has a backlog
+        (one round trip)."""
         t = self.keys.tenant(org_id, env_id)
         try:
             window, limit, hold, _ = self._encoded_trip_args(window_ms, threshold, hold_ms)
-            reply = run(self.client, self.scripts.evaluate_trip, 3, *t.trip_keys, window, limit, hold, *t.ids)
+            reply = run(
+                self.client, self.scripts.evaluate_trip, 4, *t.evaluate_keys, window, limit, hold, *t.ids
+            )
             return TripDecision(reply & 1 == 1, reply >> 1)
         except FAILURES as exc:
             raise wrap("evaluate_trip", exc) from exc

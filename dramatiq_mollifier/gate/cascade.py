@@ -15,14 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import dramatiq
 
 from ..breaker import CircuitBreaker
-from ..models import (
-    STATE_ADMITTED,
-    STATE_DRAINED,
-    STATE_OPTION,
-    Tenant,
-    TripDecision,
-    marker_of,
-)
+from ..models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, Tenant, TripDecision, marker_of
 from ..settings import ALL_ORGS, MollifierSettings, TripEvaluator
 from ..telemetry import FailOpenStage, Reason, Telemetry
 from .decisions import (
@@ -211,6 +204,8 @@ class Gate:
         holds = self._holds
         limits = holds.limits(tenant) if holds is not None else None
         if holds is not None and limits is not None and limits.paused:
+            # Diverting from here: after a resume, sends join the backlog, not overtake it.
+            self._trip.divert(tenant)
             return holds.accept(message, tenant, limits, BUFFER_ERROR)
         org_id = tenant.org_id
         enrolled = self._enrols_all or org_id in self._enrolled_orgs or self._runtime_enrolled(org_id)

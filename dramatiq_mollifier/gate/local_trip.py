@@ -283,7 +283,9 @@ class LocalTrip:
     # Internals ------------------------------------------------------------------------------
     def _add(self, tenant: Tenant) -> _Window:
         if len(self._envs) >= MAX_ENVS:
-            self._envs = {t: w for t, w in self._envs.items() if w.pending or w.in_flight}
+            # Kept: envs with counts to fold, and diverting ones (forgotten, a backlogged env's
+            # next sends would overtake its backlog until a fold learnt it again).
+            self._envs = {t: w for t, w in self._envs.items() if w.pending or w.in_flight or w.diverting}
             if len(self._envs) >= MAX_ENVS:
                 # Every env has counts: drop them (fail-open), keeping the fleet's total true.
                 self._fleet.pending -= sum(w.pending for w in self._envs.values())

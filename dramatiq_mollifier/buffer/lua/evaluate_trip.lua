@@ -1,4 +1,6 @@
 -- evaluate_trip: count one enqueue of an env in its fixed window and say whether it is tripped.
+-- Under the threshold it is tripped while its hold marker lives or while it has entries in the
+-- buffer (sticky: a new message joins the backlog instead of overtaking it on the broker).
 --
 -- Above the threshold, the hold marker is (re-)armed for the hold. Its value is the env's score
 -- in the tripped registry: a deadline no earlier than the marker's expiry, rounded up to a step
@@ -13,6 +15,7 @@
 -- KEYS[1]  the env's window counter
 -- KEYS[2]  the env's hold marker
 -- KEYS[3]  the registry of tripped envs (sorted set, score = hold deadline in ms)
+-- KEYS[4]  the depth counters
 -- ARGV[1]  window in ms (the counter's expiry, set when the counter is created)
 -- ARGV[2]  threshold: tripped when the count is strictly greater
 -- ARGV[3]  hold in ms: how long the marker lives after the last over-threshold count
@@ -26,7 +29,11 @@ if count == 1 then
   redis.call('PEXPIRE', counter, ARGV[1])
 end
 if count <= tonumber(ARGV[2]) then
-  return count * 2 + redis.call('EXISTS', hold)
+  if redis.call('EXISTS', hold) == 1
+      or (tonumber(redis.call('HGET', KEYS[4], env_field(ARGV[4], ARGV[5]))) or 0) > 0 then
+    return count * 2 + 1
+  end
+  return count * 2
 end
 local hold_ms = tonumber(ARGV[3])
 if hold_ms > 0 then
