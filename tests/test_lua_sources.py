@@ -78,7 +78,7 @@ def test_a_script_gets_the_helpers_it_calls_and_only_those() -> None:
     assert helpers("expired_leases") == ["now_ms"]
     # the enqueue hot paths define next to nothing on each run (note_queued: the one place where
     # the buffer going from no queued work to some wakes an idle drainer)
-    assert helpers("evaluate_trip") == ["tenant_tag"]
+    assert helpers("evaluate_trip") == ["tenant_tag", "env_field"]
     assert helpers("evaluate_trip_and_accept") == [
         "tenant_tag",
         "org_field",
