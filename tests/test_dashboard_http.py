@@ -7,9 +7,7 @@ import asyncio
 import base64
 import http.cookiejar
 import logging
-import os
 import re
-import subprocess
 import sys
 import time
 import urllib.error
@@ -32,9 +30,8 @@ from dramatiq_mollifier.gate.flags import OrgFlags
 from dramatiq_mollifier.models import EntryStatus
 from dramatiq_mollifier.settings import MollifierSettings
 
-from .cli_helpers import dead_letter, run_cli
+from .cli_helpers import dead_letter
 from .dashboard_helpers import TOKEN, fill, served
-from .mollifier_helpers import stop_process
 
 
 class Client:
@@ -193,6 +190,15 @@ def test_basic_auth_is_checked(redis_url: str, key_prefix: str) -> None:
     assert get("ops:s3cret") == 200
 
 
+@pytest.mark.parametrize("basic_auth", ["admin:s3cret-pass", ("ops",), ("ops", ""), ("ops", 7)])
+def test_basic_auth_that_is_not_a_user_and_password_is_refused_at_startup(
+    redis_url: str, basic_auth: Any
+) -> None:
+    # A string passed the check and was indexed: "admin:s3cret-pass" opened it to "a" and "d"
+    with pytest.raises(ValueError, match="a \\(user, password\\) pair"):
+        create_app(settings=MollifierSettings(redis_url=redis_url), basic_auth=basic_auth)
+
+
 def test_a_short_token_is_refused_at_startup(redis_url: str) -> None:
     with pytest.raises(ValueError, match="at least 16"):
         create_app(settings=MollifierSettings(redis_url=redis_url), token="short")
@@ -307,46 +313,6 @@ def test_the_chart_samples_buffer_and_broker_depth(
             idle.close()
     finally:
         broker.close()
-
-
-def test_the_command_serves_the_dashboard(buffer: MollifierBuffer, redis_url: str, key_prefix: str) -> None:
-    fill(buffer, [("acme", "prod", 12)])
-    with subprocess.Popen(
-        [*COMMAND, "dashboard", "--port", "0", "--redis-url", redis_url, "--key-prefix", key_prefix],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    ) as process:
-        _check_served(process)
-
-
-def _check_served(process: subprocess.Popen[str]) -> None:
-    try:
-        assert process.stdout is not None
-        url = None
-        deadline = time.monotonic() + 30
-        while url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            match = re.search(r"Serving on (http://\S+)", line)
-            url = match.group(1) if match else None
-        assert url is not None, process.stderr.read() if process.poll() is not None else "no address printed"
-        with urllib.request.urlopen(url + "api/overview", timeout=10) as response:
-            assert b'"depth":12' in response.read().replace(b" ", b"")
-    finally:
-        stop_process(process, 10)
-
-
-def test_the_command_will_not_listen_beyond_loopback_without_auth(
-    capsys: pytest.CaptureFixture[str], redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("MOLLIFIER_DASHBOARD_TOKEN", raising=False)
-    monkeypatch.delenv("MOLLIFIER_DASHBOARD_BASIC_AUTH", raising=False)
-    result = run_cli(capsys, "dashboard", "--host", "0.0.0.0", "--port", "0", "--redis-url", redis_url)
-    assert result.code == 2
-    assert "without a token or basic auth" in result.err
 
 
 def test_a_redis_outage_is_a_503_page_not_a_crash(refused_url: str) -> None:

@@ -58,6 +58,11 @@ def register(subparsers: Any) -> None:
         help="a Dramatiq Redis-broker queue whose depth the chart shows (repeatable)",
     )
     parser.add_argument(
+        "--broker-url",
+        metavar="URL",
+        help="the Redis broker's URL, for --broker-queue (default: the buffer's, --redis-url)",
+    )
+    parser.add_argument(
         "--broker-namespace",
         default="dramatiq",
         metavar="NS",
@@ -68,7 +73,7 @@ def register(subparsers: Any) -> None:
 
 
 def _basic_auth() -> tuple[str, str] | None:
-    raw = os.environ.get(BASIC_AUTH_VARIABLE)
+    raw = os.environ.get(BASIC_AUTH_VARIABLE, "").strip("\r\n")  # a secret file's last newline
     if not raw:
         return None
     user, colon, password = raw.partition(":")
@@ -93,14 +98,18 @@ def run(args: argparse.Namespace) -> int:
         raise console.CommandError("--port must be within 0..65535", exit_code=console.EXIT_CONFIG)
     settings = common.settings_from_args(args)
     client = console.connect(settings.redis_url)
+    broker_client = console.connect(args.broker_url) if args.broker_url else client
     broker_depth = (
-        redis_queue_depth(client, args.broker_namespace, args.broker_queue) if args.broker_queue else None
+        redis_queue_depth(broker_client, args.broker_namespace, args.broker_queue)
+        if args.broker_queue
+        else None
     )
     try:
         app = create_app(
             settings=settings,
             client=client,
-            token=os.environ.get(TOKEN_VARIABLE) or None,
+            # Stripped: a token read from a secret file ends with a newline
+            token=os.environ.get(TOKEN_VARIABLE, "").strip() or None,
             basic_auth=_basic_auth(),
             broker_depth=broker_depth,
         )

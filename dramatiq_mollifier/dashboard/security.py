@@ -96,8 +96,13 @@ class Protection:
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 16:
             raise ValueError("the dashboard token must be at least 16 characters")
-        if self.basic_auth is not None and not all(self.basic_auth):
-            raise ValueError("basic auth needs a non-empty user and password")
+        if self.basic_auth is not None and not (
+            isinstance(self.basic_auth, tuple | list)
+            and len(self.basic_auth) == 2
+            and all(isinstance(part, str) and part for part in self.basic_auth)
+        ):
+            # A string passed its check and was indexed: "admin:s3cret" let in user "a", password "d"
+            raise ValueError("basic_auth must be a (user, password) pair of non-empty strings")
 
     @property
     def authenticates(self) -> bool:
