@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import json
+import re
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
@@ -69,15 +71,30 @@ class TripEvaluator(str, enum.Enum):
     EXACT = "exact"
 
 
+#: What an org id from the list never holds: what a list written in another form leaves in it
+#: (``["acme","globex"]``, quotes an env file kept, ``acme globex``, ``acme;globex``).
+_NOT_IN_AN_ORG_ID = re.compile(r"[\s\"'\[\];]")
+
+
 def _parse_orgs(value: Any) -> Any:
-    """Accept a comma-separated string (from the environment) or any iterable of strings."""
+    """Accept a comma-separated string or a JSON list (from the environment), or any iterable of
+    strings. An id holding a quote, bracket, ';' or whitespace is refused: it would enrol nobody."""
     if isinstance(value, str):
-        value = value.split(",")
+        text = value.strip()
+        try:
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        except ValueError as exc:
+            raise MollifierConfigurationError(f"not a JSON list of org ids: {exc}") from exc
     if isinstance(value, (list, tuple, set, frozenset)):
         orgs = []
         for org in value:
             if not isinstance(org, str):
                 raise MollifierConfigurationError(f"expected strings, got {org!r}")
+            if _NOT_IN_AN_ORG_ID.search(org.strip()):
+                raise MollifierConfigurationError(
+                    f"org id {org.strip()!r} holds a quote, bracket, ';' or whitespace: list the "
+                    f"ids separated by commas (acme,globex) or as a JSON list"
+                )
             if org.strip():
                 orgs.append(org.strip())
         return frozenset(orgs)

@@ -35,6 +35,22 @@ def test_enable_sets_the_runtime_flag_the_gate_reads(
     assert "acme: runtime flag on" in result.out
 
 
+@pytest.mark.parametrize("org", ["*", "acme,globex"])
+def test_enable_refuses_what_is_not_one_org_id(
+    capsys: pytest.CaptureFixture[str],
+    redis_client: redis.Redis,
+    key_prefix: str,
+    connection: tuple[str, ...],
+    org: str,
+) -> None:
+    # Each was stored as the flag of an org nobody has, printed "(enrolled)", and enrolled nobody
+    result = run_cli(capsys, "orgs", "enable", org, *connection)
+
+    assert result.code == 2
+    assert "is not one org id" in result.err
+    assert OrgFlags(redis_client, key_prefix=key_prefix).all() == {}
+
+
 def test_disable_turns_the_flag_off(
     capsys: pytest.CaptureFixture[str],
     redis_client: redis.Redis,

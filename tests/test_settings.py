@@ -233,6 +233,22 @@ def test_enabled_orgs_from_the_environment_is_comma_separated(
     assert isinstance(settings.enabled_orgs, frozenset)
 
 
+def test_enabled_orgs_from_the_environment_may_be_a_json_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOLLIFIER_ENABLED_ORGS", '["acme", "globex"]')
+    assert MollifierSettings().enabled_orgs == {"acme", "globex"}
+
+
+@pytest.mark.parametrize("raw", ['"acme,globex"', "acme globex", "acme;globex", "[acme", "['acme']"])
+def test_enabled_orgs_in_another_list_form_is_refused_naming_the_variable(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each enrolled an org nobody has (quotes from an env file, brackets, a space or ';' as the
+    # separator), and so enrolled nobody, without a word
+    monkeypatch.setenv("MOLLIFIER_ENABLED_ORGS", raw)
+    with pytest.raises(MollifierConfigurationError, match="MOLLIFIER_ENABLED_ORGS"):
+        MollifierSettings()
+
+
 def test_star_enrols_every_org_and_a_list_enrols_its_members(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOLLIFIER_ENABLED_ORGS", "*")
     assert MollifierSettings().org_enrolled_statically("anyone")

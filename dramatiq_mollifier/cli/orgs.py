@@ -85,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.action != "list" and not all(org.strip() for org in args.org_ids):
         raise console.CommandError("an org id must not be empty", exit_code=console.EXIT_CONFIG)
+    for org in getattr(args, "org_ids", ()):  # none for list
+        # A runtime flag names one org: '*' or 'a,b' would be stored as an org nobody has
+        if org == ALL_ORGS or "," in org:
+            raise console.CommandError(
+                f"{org!r} is not one org id: give each id as an argument (orgs enable acme globex); "
+                f"every org is enrolled by MOLLIFIER_ENABLED_ORGS=*",
+                exit_code=console.EXIT_CONFIG,
+            )
     settings = common.settings_from_args(args)
     client = console.connect(settings.redis_url)
     try:
