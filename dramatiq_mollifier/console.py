@@ -27,6 +27,7 @@ from redis.retry import Retry
 
 from .buffer import MollifierBuffer
 from .buffer.clients import client_from_url
+from .buffer.health import recorded_layout_problem
 from .settings import MollifierSettings, redis_url_problem
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "EXIT_UNAVAILABLE",
     "SOCKET_TIMEOUT_S",
     "CommandError",
+    "check_layout",
     "connect",
     "format_table",
     "open_buffer",
@@ -124,9 +126,22 @@ def open_buffer(settings: MollifierSettings) -> Iterator[tuple[MollifierBuffer, 
     """The buffer the middleware of these settings writes to, and its client; closed on exit."""
     client = connect(settings.redis_url)
     try:
-        yield MollifierBuffer(client, **settings.buffer_options), client
+        buffer = MollifierBuffer(client, **settings.buffer_options)
+        check_layout(client, buffer)
+        yield buffer, client
     finally:
         client.close()
+
+
+def check_layout(client: redis.Redis, buffer: MollifierBuffer) -> None:
+    """Refuse (exit 2) a buffer whose recorded key layout is not these settings': the command
+    would read and write keys the fleet never uses (a pause that pauses nothing)."""
+    try:
+        problem = recorded_layout_problem(client, buffer.keys)
+    except redis.RedisError as exc:
+        raise CommandError(f"Redis failed: {exc}", exit_code=EXIT_UNAVAILABLE) from exc
+    if problem is not None:
+        raise CommandError(problem, exit_code=EXIT_CONFIG)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from dramatiq_mollifier import console
+from dramatiq_mollifier.buffer.keys import KeySpace
 from dramatiq_mollifier.cli import build_parser, common
 from dramatiq_mollifier.embedded import free_port
 from dramatiq_mollifier.errors import BufferUnavailableError
@@ -114,6 +116,27 @@ def test_a_redis_failure_during_a_command_is_exit_3(capsys: pytest.CaptureFixtur
 
     assert failing(argparse.Namespace()) == 3
     assert "Redis failed during the command: connection reset by peer" in capsys.readouterr().err
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize(
+    "argv", [("stats",), ("pause", "acme"), ("show", "m1"), ("failed", "list"), ("tenants",)]
+)
+def test_a_buffer_written_with_another_key_layout_is_refused(
+    capsys: pytest.CaptureFixture[str],
+    redis_client: redis.Redis,
+    redis_url: str,
+    key_prefix: str,
+    argv: tuple[str, ...],
+) -> None:
+    # The fleet runs with MOLLIFIER_SLOT_GROUPS set, the operator's shell without: stats said 0
+    # buffered, show said "not in the buffer", and pause wrote a key the fleet never reads
+    redis_client.set(KeySpace(key_prefix).layout, "slot_groups=5")
+
+    result = run_cli(capsys, *argv, "--redis-url", redis_url, "--key-prefix", key_prefix)
+
+    assert result.code == 2, result.err
+    assert "was written with slot_groups=5" in result.err and "MOLLIFIER_SLOT_GROUPS" in result.err
 
 
 def test_redact_url_hides_only_the_password() -> None:

@@ -54,11 +54,16 @@ def layout_problem(client: Any, keys: KeySpace) -> str | None:
     """Record this process's layout in the keyspace unless one is recorded (``SET NX``), and say
     why this process must not run if the recorded one differs; None when they agree. Raises
     the client's error when Redis cannot be asked."""
+    client.set(keys.layout, f"slot_groups={keys.group_count}", nx=True)
+    return recorded_layout_problem(client, keys)
+
+
+def recorded_layout_problem(client: Any, keys: KeySpace) -> str | None:
+    """:func:`layout_problem` without recording a layout when none is (an operator's tool)."""
     wanted = f"slot_groups={keys.group_count}"
-    client.set(keys.layout, wanted, nx=True)
     raw = client.get(keys.layout)
     found = raw.decode() if isinstance(raw, bytes) else str(raw)
-    if found == wanted:
+    if raw is None or found == wanted:
         return None
     return (
         f"the buffer under key prefix {keys.user_prefix!r} was written with {found}, this process "

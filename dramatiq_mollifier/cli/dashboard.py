@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from .. import console
+from ..buffer import MollifierBuffer
 from . import common
 
 DESCRIPTION = """\
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         raise console.CommandError("--port must be within 0..65535", exit_code=console.EXIT_CONFIG)
     settings = common.settings_from_args(args)
     client = console.connect(settings.redis_url)
+    console.check_layout(client, MollifierBuffer(client, **settings.buffer_options))
     broker_client = console.connect(args.broker_url) if args.broker_url else client
     broker_depth = (
         redis_queue_depth(broker_client, args.broker_namespace, args.broker_queue)
