@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,10 @@ import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from redis.sentinel import MasterNotFoundError
 
+from dramatiq_mollifier.buffer.health import misconfiguration
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
 from .mollifier_helpers import add_mollifier, decisions, eventually, fail_opens
@@ -232,3 +236,37 @@ def test_an_error_reply_from_redis_fails_open(
 
     assert queue_size(broker, ingest.queue_name) == 1
     assert decisions(reader) == {("pass_through", "fail_open_trip", True): 1}
+
+
+@pytest.mark.parametrize("path", ["/70", "/0?client_name=billing%20worker"])
+def test_a_redis_that_refuses_the_mollifier_is_reported_once_at_startup_naming_the_setting(
+    disposable_redis: EmbeddedRedis, key_prefix: str, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    # A database the server does not have, a client name Redis refuses: the mollifier turned
+    # itself off with nothing in the log until the first burst's throttled fail-open warnings
+    url = disposable_redis.url.rsplit("/", 1)[0] + path
+    broker = StubBroker()
+    with caplog.at_level(logging.ERROR, logger="dramatiq_mollifier.buffer.health"):
+        add_mollifier(broker, None, key_prefix, redis_url=url)
+        eventually(lambda: "mollifier.redis_unusable" in caplog.text, 5, "the startup report")
+    (record,) = [r for r in caplog.records if "mollifier.redis_unusable" in r.getMessage()]
+    assert "MOLLIFIER_REDIS_URL" in record.getMessage() and "refuses the mollifier" in record.getMessage()
+    broker.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "misconfigured"),
+    [
+        (redis.ConnectionError("Error 111 connecting. Connection refused."), False),
+        (redis.TimeoutError("Timeout reading from socket"), False),
+        (redis.exceptions.BusyLoadingError("loading"), False),
+        (redis.AuthenticationError("invalid username-password pair"), True),
+        (redis.ResponseError("DB index is out of range"), True),
+        (redis.exceptions.NoPermissionError("NOPERM evalsha"), True),
+        (MasterNotFoundError("No master found for 'my-master'"), True),
+    ],
+)
+def test_what_counts_as_a_misconfiguration_rather_than_an_outage(
+    error: Exception, misconfigured: bool
+) -> None:
+    assert misconfiguration(error) is misconfigured

@@ -18,10 +18,26 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
+from redis.sentinel import MasterNotFoundError
 
 from .keys import KeySpace
 
-__all__ = ["SAFE_POLICY", "check_layout", "eviction_problem", "layout_problem", "warn_about_eviction"]
+__all__ = [
+    "SAFE_POLICY",
+    "check_layout",
+    "eviction_problem",
+    "layout_problem",
+    "misconfiguration",
+    "recorded_layout_problem",
+    "warn_about_eviction",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +89,23 @@ def recorded_layout_problem(client: Any, keys: KeySpace) -> str | None:
     )
 
 
+#: How long the startup check waits on an unreachable Redis before saying so, in seconds.
+UNREACHABLE_REPORT_S = 10
+
+
+def misconfiguration(exc: BaseException) -> bool:
+    """Whether a Redis error says the settings are wrong rather than the server down."""
+    if isinstance(exc, (MasterNotFoundError, redis.AuthenticationError)):
+        return True  # a Sentinel service name, a password: subclasses of ConnectionError
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_OUTAGES)):
+        return "Invalid Database" in str(exc)
+    return isinstance(exc, (redis.RedisError, RedisClusterException))
+
+
+#: Replies of a server that is restarting or failing over, not refusing the settings.
+_OUTAGES = (ClusterDownError, TryAgainError, BusyLoadingError, ReadOnlyError)
+
+
 def check_layout(
     client: Any, keys: KeySpace, on_problem: Callable[[str], None], on_match: Callable[[], None]
 ) -> threading.Thread:
@@ -81,10 +114,24 @@ def check_layout(
     ``on_match`` is called when the layouts agree."""
 
     def check() -> None:
+        started, reported = time.monotonic(), False
         while True:
             try:
                 problem = layout_problem(client, keys)
-            except Exception:  # Redis unwell: the gate fails open meanwhile anyway
+            except Exception as exc:  # the gate fails open meanwhile anyway
+                # Said once: a Redis that refuses the mollifier (a wrong password or db, no
+                # scripting, a cluster node or an unknown Sentinel service) or that has not
+                # answered since startup is a setting to fix, not an outage to sit out
+                unreachable = time.monotonic() - started > UNREACHABLE_REPORT_S
+                if not reported and (misconfiguration(exc) or unreachable):
+                    reported = True
+                    logger.error(
+                        "mollifier.redis_unusable the buffer's Redis (MOLLIFIER_REDIS_URL) %s: %s: "
+                        "%s. Sends go to the broker undiverted until it answers",
+                        "has not answered since startup" if unreachable else "refuses the mollifier",
+                        type(exc).__name__,
+                        exc,
+                    )
                 time.sleep(1)
                 continue
             if problem is not None:
