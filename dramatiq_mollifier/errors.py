@@ -12,6 +12,7 @@ __all__ = [
     "DuplicateMollifierError",
     "EntryCancelled",
     "InvalidArgumentError",
+    "MiddlewareConfigurationError",
     "MollifierConfigurationError",
     "MollifierError",
     "UndeliverableEntryError",
@@ -28,9 +29,14 @@ class MollifierConfigurationError(MollifierError, ValueError):
     """A setting has an impossible value. The message names the setting."""
 
 
-class DuplicateMollifierError(MiddlewareError, MollifierConfigurationError):
+class MiddlewareConfigurationError(MiddlewareError, MollifierConfigurationError):
+    """A configuration mistake found in a Dramatiq hook (an actor's declaration, a worker's boot):
+    a ``MiddlewareError``, which Dramatiq's ``emit_before`` lets through instead of logging it."""
+
+
+class DuplicateMollifierError(MiddlewareConfigurationError):
     """A second ``Mollifier`` on one broker: it would never gate (the first decides each enqueue)
-    and would run a second drainer. A ``MiddlewareError``, so Dramatiq's worker boot lets it through."""
+    and would run a second drainer."""
 
 
 class InvalidArgumentError(MollifierError, ValueError):

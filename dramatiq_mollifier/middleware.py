@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
+import redis.asyncio
 from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Middleware
 from opentelemetry.metrics import MeterProvider
@@ -24,7 +25,7 @@ from .buffer.health import check_layout, layout_problem, warn_about_eviction
 from .buffer.rules import RulesView, read_rules
 from .drain.pace import pace_for
 from .drain.slot_release import SlotReleaser
-from .errors import DuplicateMollifierError
+from .errors import DuplicateMollifierError, MiddlewareConfigurationError, MollifierConfigurationError
 from .gate import interception
 from .gate.cascade import OPT_OUT_OPTION, Gate, TenantResolver
 from .gate.flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
@@ -72,6 +73,15 @@ class Mollifier(Middleware):
         meter_provider: MeterProvider | None = None,
         flag_refresh_ms: int = FLAG_REFRESH_MS,
     ) -> None:
+        if settings is not None and not isinstance(settings, MollifierSettings):
+            raise MollifierConfigurationError(
+                f"Mollifier takes a MollifierSettings instance, got {settings!r}: "
+                "Mollifier(MollifierSettings(...)), or Mollifier() to read MOLLIFIER_*"
+            )
+        if tenant is not None and not callable(tenant):
+            raise MollifierConfigurationError(
+                f"tenant must be a callable from a message to a Tenant (or None), got {tenant!r}"
+            )
         self.settings = settings if settings is not None else MollifierSettings()
         # Read first thing on every enqueue: a plain attribute, so the disabled path is one check.
         self._enabled = self.settings.enabled
@@ -165,10 +175,18 @@ class Mollifier(Middleware):
         if actor.options.get(OPT_OUT_OPTION) is False:
             self.gate.opt_out(actor.actor_name)
 
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        # Raised through the actor's declaration (a MiddlewareError): the app fails at import
+        self._check_alone_on(broker)
+        opt_in = actor.options.get(OPT_OUT_OPTION)
+        if opt_in is not None and not isinstance(opt_in, bool):  # only False opts out
+            raise MiddlewareConfigurationError(
+                f"actor {actor.actor_name!r}: {OPT_OUT_OPTION}= must be True or False, got {opt_in!r}"
+            )
+
     def _check_alone_on(self, broker: dramatiq.Broker) -> None:
-        """Refuse a second Mollifier on the broker. It raises from ``add_middleware`` after actors
-        were declared and from a worker's boot; Dramatiq logs it at CRITICAL from an actor's
-        declaration (its ``emit_after`` swallows errors)."""
+        """Refuse a second Mollifier on the broker: raised from ``add_middleware`` (actors were
+        declared), from an actor's declaration and from a worker's boot."""
         mollifiers = [middleware for middleware in broker.middleware if isinstance(middleware, Mollifier)]
         if len(mollifiers) > 1:
             raise DuplicateMollifierError(
@@ -297,7 +315,10 @@ class Mollifier(Middleware):
 
 
 def _check_client(client: redis.Redis) -> None:
-    """Warn about an injected client that could make ``send()`` hang while Redis is unwell."""
+    """Refuse an asyncio client (its calls return coroutines, never results); warn about one
+    that could make ``send()`` hang while Redis is unwell."""
+    if isinstance(client, redis.asyncio.Redis | redis.asyncio.RedisCluster):
+        raise MollifierConfigurationError("Mollifier needs a synchronous Redis client, got an asyncio one")
     options = client.get_connection_kwargs()
     retry = options.get("retry")
     retries = getattr(retry, "_retries", 0) if retry is not None else 0

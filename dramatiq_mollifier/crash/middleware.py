@@ -32,6 +32,7 @@ from opentelemetry import metrics
 
 from ..breaker import CircuitOpenError
 from ..errors import CrashNotRetried, MollifierConfigurationError, WorkerCrashed
+from ..redis_urls import redis_url_problem
 from ..settings import MollifierSettings
 from ..telemetry import ThrottledLog, meter
 from .classify import CrashVerdict
@@ -174,7 +175,11 @@ class CrashRetries(Middleware):
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> CrashRetries:
-        """Build the middleware over a new client for ``url`` with bounded socket timeouts."""
+        """Build the middleware over a new client for ``url`` with bounded socket timeouts.
+        Raises :class:`MollifierConfigurationError` for a URL the settings would refuse."""
+        problem = redis_url_problem(url)
+        if problem is not None:
+            raise MollifierConfigurationError(f"CrashRetries.from_url: {problem}")
         return cls(client=client_for(url), **kwargs)
 
     @property
