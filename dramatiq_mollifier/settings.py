@@ -71,8 +71,7 @@ class TripEvaluator(str, enum.Enum):
     EXACT = "exact"
 
 
-#: What an org id from the list never holds: what a list written in another form leaves in it
-#: (``["acme","globex"]``, quotes an env file kept, ``acme globex``, ``acme;globex``).
+#: Left in an org id by a list in another form (quotes an env file kept, ``acme globex``...).
 _NOT_IN_AN_ORG_ID = re.compile(r"[\s\"'\[\];]")
 
 
@@ -91,10 +90,8 @@ def _parse_orgs(value: Any) -> Any:
             if not isinstance(org, str):
                 raise MollifierConfigurationError(f"expected strings, got {org!r}")
             if _NOT_IN_AN_ORG_ID.search(org.strip()):
-                raise MollifierConfigurationError(
-                    f"org id {org.strip()!r} holds a quote, bracket, ';' or whitespace: list the "
-                    f"ids separated by commas (acme,globex) or as a JSON list"
-                )
+                what = "holds a quote, bracket, ';' or whitespace: list ids as acme,globex or in JSON"
+                raise MollifierConfigurationError(f"org id {org.strip()!r} {what}")
             if org.strip():
                 orgs.append(org.strip())
         return frozenset(orgs)
@@ -303,6 +300,15 @@ class MollifierSettings(BaseSettings):
                 f"{IDLE_WAIT_MARGIN_MS} ms shorter than drain_socket_timeout_ms "
                 f"({self.drain_socket_timeout_ms}): an idle drainer blocks on Redis that long, and a "
                 "reply that late would be taken for an outage"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_rate_limit(self) -> MollifierSettings:
+        if self.drain_rate_limit_per_s and not self.drain_max_outstanding:
+            raise MollifierConfigurationError(
+                f"drain_rate_limit_per_s ({self.drain_rate_limit_per_s}) needs drain_max_outstanding "
+                "above 0 (MOLLIFIER_DRAIN_MAX_OUTSTANDING): with no pace, nothing enforces the rate"
             )
         return self
 

@@ -182,6 +182,16 @@ def test_a_bad_environment_value_is_rejected_naming_the_variable(monkeypatch: py
         MollifierSettings()
 
 
+def test_a_drain_rate_limit_without_a_pace_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With drain_max_outstanding=0 (the README's migration steps) the rate cap was dropped
+    # silently: 200 actor runs in 5 s at a cap of 20/s
+    monkeypatch.setenv("MOLLIFIER_DRAIN_RATE_LIMIT_PER_S", "20")
+    monkeypatch.setenv("MOLLIFIER_DRAIN_MAX_OUTSTANDING", "0")
+    with pytest.raises(MollifierConfigurationError, match="MOLLIFIER_DRAIN_MAX_OUTSTANDING"):
+        MollifierSettings()
+    assert MollifierSettings(drain_max_outstanding=100).drain_rate_limit_per_s == 20
+
+
 def test_the_drain_shutdown_must_end_a_second_before_the_supervisors_grace_period() -> None:
     MollifierSettings(drain_shutdown_timeout_ms=29_000)
 
