@@ -92,6 +92,9 @@ def recorded_layout_problem(client: Any, keys: KeySpace) -> str | None:
 #: How long the startup check waits on an unreachable Redis before saying so, in seconds.
 UNREACHABLE_REPORT_S = 10
 
+#: Replies of a server that is restarting or failing over, not refusing the settings.
+_OUTAGES = (ClusterDownError, TryAgainError, BusyLoadingError, ReadOnlyError)
+
 
 def misconfiguration(exc: BaseException) -> bool:
     """Whether a Redis error says the settings are wrong rather than the server down."""
@@ -101,9 +104,6 @@ def misconfiguration(exc: BaseException) -> bool:
         return "Invalid Database" in str(exc)
     return isinstance(exc, (redis.RedisError, RedisClusterException))
 
-
-#: Replies of a server that is restarting or failing over, not refusing the settings.
-_OUTAGES = (ClusterDownError, TryAgainError, BusyLoadingError, ReadOnlyError)
 
 
 def check_layout(
