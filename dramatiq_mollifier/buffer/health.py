@@ -105,7 +105,6 @@ def misconfiguration(exc: BaseException) -> bool:
     return isinstance(exc, (redis.RedisError, RedisClusterException))
 
 
-
 def check_layout(
     client: Any, keys: KeySpace, on_problem: Callable[[str], None], on_match: Callable[[], None]
 ) -> threading.Thread:
