@@ -86,14 +86,14 @@ def _parse_orgs(value: Any) -> Any:
             raise MollifierConfigurationError(f"not a JSON list of org ids: {exc}") from exc
     if isinstance(value, (list, tuple, set, frozenset)):
         orgs = []
-        for org in value:
-            if not isinstance(org, str):
-                raise MollifierConfigurationError(f"expected strings, got {org!r}")
-            if _NOT_IN_AN_ORG_ID.search(org.strip()):
+        for raw in value:
+            if not isinstance(raw, str):
+                raise MollifierConfigurationError(f"expected strings, got {raw!r}")
+            if _NOT_IN_AN_ORG_ID.search(org := raw.strip()):
                 what = "holds a quote, bracket, ';' or whitespace: list ids as acme,globex or in JSON"
-                raise MollifierConfigurationError(f"org id {org.strip()!r} {what}")
-            if org.strip():
-                orgs.append(org.strip())
+                raise MollifierConfigurationError(f"org id {org!r} {what}")
+            if org:
+                orgs.append(org)
         return frozenset(orgs)
     return value
 

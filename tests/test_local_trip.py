@@ -301,16 +301,22 @@ class _NoFold:
         raise AssertionError("no fold expected")
 
 
-def test_the_per_env_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(local_trip, "MAX_ENVS", 3)
+def without_fold_thread(backend: Any) -> LocalTrip:
+    """A LocalTrip over ``backend`` whose counts fold only when the test flushes them."""
     trip = LocalTrip(
-        backend=_NoFold(),
+        backend=backend,
         fold_interval_ms=1_000,
         breaker=CircuitBreaker("test"),
         on_error=lambda exc: None,
         **TRIP,
     )
-    trip._running = True  # no fold thread: the counts stay pending
+    trip._running = True
+    return trip
+
+
+def test_the_per_env_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local_trip, "MAX_ENVS", 3)
+    trip = without_fold_thread(_NoFold())  # the counts stay pending
 
     for env in range(10):
         trip.count(Tenant("acme", f"env-{env}"), True)
@@ -330,14 +336,7 @@ def test_a_full_table_keeps_the_envs_it_saw_diverting(monkeypatch: pytest.Monkey
     # They were dropped with the rest (a diverting env has no counts of its own to fold): after
     # sends to 10,000 other envs, a backlogged env's next sends overtook its backlog
     monkeypatch.setattr(local_trip, "MAX_ENVS", 3)
-    trip = LocalTrip(
-        backend=_QuietFold(),
-        fold_interval_ms=1_000,
-        breaker=CircuitBreaker("test"),
-        on_error=lambda exc: None,
-        **TRIP,
-    )
-    trip._running = True  # no fold thread: each count is folded below
+    trip = without_fold_thread(_QuietFold())  # each count is folded below
     backlogged = Tenant("acme", "prod")
     trip.divert(backlogged)
 

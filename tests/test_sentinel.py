@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -57,24 +57,33 @@ def sentinels(
             )
             started.append((port, process))
         for port, process in started:
-            client = redis.Redis(port=port, password=password, socket_timeout=1)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    if client.sentinel_get_master_addr_by_name("mymaster"):
-                        break
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline or process.poll() is not None:
-                    unavailable(f"{binary} did not run as a Sentinel on port {port}")
-                time.sleep(0.05)
-            client.close()
+            with redis.Redis(port=port, password=password, socket_timeout=1) as client:
+                answers(
+                    lambda: bool(client.sentinel_get_master_addr_by_name("mymaster")),
+                    process,
+                    f"{binary} did not run as a Sentinel on port {port}",
+                )
         yield started
     finally:
         for _, process in started:
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGCONT)
             stop_process(process, 10)
+
+
+def answers(check: Callable[[], bool], process: subprocess.Popen[bytes], problem: str) -> None:
+    """Wait up to 10 s for ``check`` to hold (a Redis error counts as no); ``problem`` is the
+    reason given to :func:`unavailable` when it does not, or the process exits first."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            unavailable(problem)
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -166,20 +175,9 @@ def tls_primary(binary: str, directory: Path, tls: dict[str, str]) -> Iterator[i
     args += ["--dir", str(directory), *(arg for name, value in tls.items() for arg in (f"--{name}", value))]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        client = redis.Redis(
-            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=tls["tls-ca-cert-file"], socket_timeout=1
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    break
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                unavailable(f"{binary} did not serve TLS on port {port} (built without TLS?)")
-            time.sleep(0.05)
-        client.close()
+        ca = tls["tls-ca-cert-file"]
+        with redis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca, socket_timeout=1) as client:
+            answers(client.ping, process, f"{binary} did not serve TLS on port {port} (built without TLS?)")
         yield port
     finally:
         stop_process(process, 10)

@@ -83,9 +83,9 @@ def render(data: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..gate.flags import OrgFlags
 
-    if args.action != "list" and not all(org.strip() for org in args.org_ids):
-        raise console.CommandError("an org id must not be empty", exit_code=console.EXIT_CONFIG)
-    for org in getattr(args, "org_ids", ()):  # none for list
+    for org in args.org_ids if args.action != "list" else ():
+        if not org.strip():
+            raise console.CommandError("an org id must not be empty", exit_code=console.EXIT_CONFIG)
         # A runtime flag names one org: '*' or 'a,b' would be stored as an org nobody has
         if org == ALL_ORGS or "," in org:
             raise console.CommandError(
