@@ -15,6 +15,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from redis.sentinel import MasterNotFoundError
 
+from dramatiq_mollifier.buffer import health
 from dramatiq_mollifier.buffer.health import misconfiguration
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
@@ -251,6 +252,21 @@ def test_a_redis_that_refuses_the_mollifier_is_reported_once_at_startup_naming_t
         eventually(lambda: "mollifier.redis_unusable" in caplog.text, 5, "the startup report")
     (record,) = [r for r in caplog.records if "mollifier.redis_unusable" in r.getMessage()]
     assert "MOLLIFIER_REDIS_URL" in record.getMessage() and "refuses the mollifier" in record.getMessage()
+    broker.close()
+
+
+def test_a_redis_that_never_answers_is_reported_once_at_startup(
+    refused_url: str, key_prefix: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A forgotten MOLLIFIER_REDIS_URL (the default, with nothing listening) looks like an outage
+    # at every try: it is named once the startup check has waited its while (10 s; 0.5 s here)
+    monkeypatch.setattr(health, "UNREACHABLE_REPORT_S", 0.5)
+    broker = StubBroker()
+    with caplog.at_level(logging.ERROR, logger="dramatiq_mollifier.buffer.health"):
+        add_mollifier(broker, None, key_prefix, redis_url=refused_url)
+        eventually(lambda: "mollifier.redis_unusable" in caplog.text, 10, "the startup report")
+    (record,) = [r for r in caplog.records if "mollifier.redis_unusable" in r.getMessage()]
+    assert "has not answered since startup" in record.getMessage()
     broker.close()
 
 
