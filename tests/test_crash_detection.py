@@ -326,6 +326,15 @@ def test_a_bad_mollifier_setting_is_refused_when_it_is_built(monkeypatch: pytest
         ({"heartbeat_interval_ms": 1_000, "liveness_timeout_ms": 1_500}, "liveness_timeout_ms"),
         ({"record_ttl_ms": 5_000}, "record_ttl_ms"),
         ({"key_prefix": ""}, "key_prefix"),
+        # The wrong type: a string read from an environment variable and passed on as it is.
+        ({"heartbeat_interval_ms": "2000"}, "heartbeat_interval_ms must be an int"),
+        ({"record_ttl_ms": 7.5e8}, "record_ttl_ms must be an int"),
+        ({"liveness_timeout_ms": True}, "liveness_timeout_ms must be an int"),
+        ({"repeat_window_ms": None}, "repeat_window_ms must be an int"),
+        ({"retry_oom_kills": "false"}, "retry_oom_kills must be True or False"),
+        ({"retry_time_limit_kills": 1}, "retry_time_limit_kills must be True or False"),
+        ({"install_faulthandler": "no"}, "install_faulthandler must be True or False"),
+        ({"key_prefix": b"app"}, "key_prefix must be a non-empty string"),
     ],
 )
 def test_impossible_settings_are_refused_naming_the_setting(kwargs: dict[str, Any], setting: str) -> None:

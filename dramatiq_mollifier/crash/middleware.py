@@ -39,6 +39,13 @@ from .classify import CrashVerdict
 from .evidence import default_evidence_dir
 from .identity import host_id
 from .judge import Judge, Unjudged
+from .options import (
+    DEFAULT_HEARTBEAT_INTERVAL_MS,
+    DEFAULT_LIVENESS_TIMEOUT_MS,
+    DEFAULT_RECORD_TTL_MS,
+    DEFAULT_REPEAT_WINDOW_MS,
+    check_options,
+)
 from .process import Delivery, WorkerProcess, now_ms
 from .repeats import RepeatLog, attempt_of
 from .store import CrashStore, DeliveryRecord, Previous, client_for
@@ -50,15 +57,6 @@ __all__ = [
     "DEFAULT_REPEAT_WINDOW_MS",
     "CrashRetries",
 ]
-
-#: How long an in-flight record is kept for a redelivery to find: 7 days.
-DEFAULT_RECORD_TTL_MS = 7 * 86_400_000
-#: How often a worker process refreshes its heartbeat key: 2 seconds.
-DEFAULT_HEARTBEAT_INTERVAL_MS = 2_000
-#: How long a heartbeat key lives unrefreshed: 10 seconds.
-DEFAULT_LIVENESS_TIMEOUT_MS = 10_000
-#: How long after an attempt failed any new delivery of it is taken as a repeat: 1 minute.
-DEFAULT_REPEAT_WINDOW_MS = 60_000
 
 
 logger = logging.getLogger(__name__)
@@ -119,19 +117,20 @@ class CrashRetries(Middleware):
         settings = MollifierSettings() if client is None or key_prefix is None else None
         self._redis_url = settings.redis_url if settings is not None else ""
         key_prefix = settings.key_prefix if settings is not None and key_prefix is None else key_prefix
-        if not key_prefix:
-            raise MollifierConfigurationError("key_prefix must not be empty")
-        if heartbeat_interval_ms <= 0:
-            raise MollifierConfigurationError("heartbeat_interval_ms must be positive")
-        if liveness_timeout_ms < 2 * heartbeat_interval_ms:
-            raise MollifierConfigurationError(
-                "liveness_timeout_ms must be at least twice heartbeat_interval_ms"
-            )
-        if record_ttl_ms <= liveness_timeout_ms:
-            raise MollifierConfigurationError("record_ttl_ms must exceed liveness_timeout_ms")
-        if not 0 <= repeat_window_ms <= record_ttl_ms:
-            raise MollifierConfigurationError("repeat_window_ms must be between 0 and record_ttl_ms")
+        check_options(
+            key_prefix=key_prefix,
+            record_ttl_ms=record_ttl_ms,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            liveness_timeout_ms=liveness_timeout_ms,
+            repeat_window_ms=repeat_window_ms,
+            flags={
+                "retry_oom_kills": retry_oom_kills,
+                "retry_time_limit_kills": retry_time_limit_kills,
+                "install_faulthandler": install_faulthandler,
+            },
+        )
         self.repeat_window_ms = repeat_window_ms
+        assert key_prefix is not None  # checked above
         self.key_prefix = key_prefix
         self.record_ttl_ms = record_ttl_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
