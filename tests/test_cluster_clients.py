@@ -7,11 +7,15 @@ from __future__ import annotations
 import gc
 import warnings
 
-from dramatiq_mollifier import MollifierSettings
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from redis.exceptions import RedisClusterException
+
+from dramatiq_mollifier import Mollifier, MollifierConfigurationError, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.clients import ClusterClient, client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
-from dramatiq_mollifier.embedded import EmbeddedCluster, free_port
+from dramatiq_mollifier.embedded import EmbeddedCluster, EmbeddedRedis, free_port
 
 
 def open_connections(cluster: EmbeddedCluster) -> int:
@@ -59,3 +63,21 @@ def test_a_cluster_url_with_several_seeds_starts_while_the_first_is_down(
         assert buffer.depth() == 1
     finally:
         buffer.client.close()
+
+
+def test_a_cluster_url_naming_a_single_server_is_refused_naming_the_setting(
+    disposable_redis: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server outside cluster mode behind redis+cluster:// raised redis-py's RedisClusterException.
+    monkeypatch.setenv("MOLLIFIER_REDIS_URL", disposable_redis.url.replace("redis://", "redis+cluster://"))
+    broker = StubBroker()
+    with pytest.raises(MollifierConfigurationError, match=r"MOLLIFIER_REDIS_URL.*outside Redis Cluster"):
+        broker.add_middleware(Mollifier())
+    broker.close()
+
+
+def test_a_cluster_url_whose_seeds_are_all_down_is_an_outage_not_a_mistake() -> None:
+    url = f"redis+cluster://127.0.0.1:{free_port()}/0"
+    with pytest.raises(RedisClusterException) as caught:
+        client_from_url(url, socket_connect_timeout=1)
+    assert not isinstance(caught.value, MollifierConfigurationError)

@@ -24,9 +24,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import SSLConnection, parse_url
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
+from ..errors import MollifierConfigurationError
 from ..redis_urls import CLUSTER_SLOT_GROUPS, SENTINEL_AUTH_OPTIONS, split_host_port
 
 __all__ = ["ClusterClient", "client_from_url", "is_cluster", "is_cluster_url", "slot_groups_for"]
@@ -86,7 +88,15 @@ def client_from_url(url: str, **kwargs: Any) -> Any:
             kwargs["startup_nodes"] = [ClusterNode(*split_host_port(seed, 6379)) for seed in seeds]  # type: ignore[no-untyped-call]
         # A cluster has database 0 only: redis-py refuses a /0 path on some versions.
         first = parts._replace(netloc=userinfo + at + seeds[0], path="")
-        return ClusterClient.from_url(first.geturl(), **kwargs)
+        try:
+            return ClusterClient.from_url(first.geturl(), **kwargs)
+        except RedisClusterException as exc:
+            if "cluster mode is not enabled" not in str(exc).lower():
+                raise  # no seed answered: an outage, not a mistake in the URL
+            raise MollifierConfigurationError(
+                f"redis_url (MOLLIFIER_REDIS_URL): {hosts} is a server outside Redis Cluster; "
+                f"a redis+cluster:// URL needs a cluster node, redis:// names a single server"
+            ) from exc
     if scheme in _SENTINEL_SCHEMES:
         return _sentinel_client(url, **kwargs)
     return redis.Redis.from_url(url, **kwargs)
