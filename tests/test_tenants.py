@@ -6,7 +6,7 @@ import pytest
 
 from dramatiq_mollifier import Tenant
 from dramatiq_mollifier.gate import tenants
-from dramatiq_mollifier.gate.tenants import INVALID, OptionTenants
+from dramatiq_mollifier.gate.tenants import INVALID, OptionTenants, checked
 
 
 def test_options_name_the_tenant() -> None:
@@ -33,3 +33,14 @@ def test_a_pair_is_built_once_and_the_cache_is_bounded(monkeypatch: pytest.Monke
     for n in range(10):
         assert resolver.of({"org_id": f"org-{n}"}) == Tenant(f"org-{n}", "default")
         assert len(resolver._cache) <= 3
+
+
+def test_a_custom_resolvers_tenant_is_read_as_the_options_are() -> None:
+    # Tenant(42, "prod") from a resolver was refused on every send, though org_id=42 is accepted.
+    assert checked(Tenant(42, "prod")) == Tenant("42", "prod")  # type: ignore[arg-type]
+    assert checked(Tenant("acme", 7)) == Tenant("acme", "7")  # type: ignore[arg-type]
+    assert checked(Tenant("acme", None)) == Tenant("acme", "default")  # type: ignore[arg-type]
+    same = Tenant("acme", "prod")
+    assert checked(same) is same
+    for unusable in (Tenant("", "prod"), Tenant(True, "prod"), Tenant("acme", 1.5), ("acme", "prod")):
+        assert checked(unusable) is None

@@ -265,7 +265,7 @@ class Gate:
         if usable is None:
             self._fail_open(
                 FailOpenStage.TENANT,
-                "The tenant resolver returned %r for message %r, not a Tenant of str ids; not gated.",
+                "The tenant resolver returned %r for message %r, not a Tenant of str or int ids; not gated.",
                 tenant,
                 message.message_id,
             )

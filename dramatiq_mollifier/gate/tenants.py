@@ -4,8 +4,8 @@
 and hands out one :class:`~dramatiq_mollifier.Tenant` per (org, env) pair of strings, built once
 and kept (up to :data:`MAX_CACHED` pairs; the cache starts over when full). Integer ids are
 accepted and turned into strings, uncached; anything else is :data:`INVALID` (the gate fails open
-and says so). :func:`checked` vets what a custom resolver returned (a missing env is the
-default one there too).
+and says so). :func:`checked` vets what a custom resolver returned (integer ids and a missing env
+are read there as here).
 """
 
 from __future__ import annotations
@@ -65,13 +65,23 @@ class OptionTenants:
 def checked(tenant: object) -> Tenant | None:
     """A custom resolver's answer (other than None) as a usable Tenant; None if it is not one.
 
-    An env of None or ``""`` is the default env, as for the options (``Tenant(org, None)`` is
-    what a resolver reading an optional env writes): the fold's keys are built from it, and one
-    None among a fold's envs made every fold of the process fail.
+    Integer ids become strings, as in the options: ``Tenant(42, "prod")`` is org ``"42"``. An env
+    of None or ``""`` is the default env, as for the options (``Tenant(org, None)`` is what a
+    resolver reading an optional env writes): the fold's keys are built from it, and one None
+    among a fold's envs made every fold of the process fail.
     """
-    if not isinstance(tenant, Tenant) or not isinstance(tenant.org_id, str) or not tenant.org_id:
+    if not isinstance(tenant, Tenant):
         return None
+    org_id: object = tenant.org_id
     env_id: object = tenant.env_id
+    if type(org_id) is int:
+        org_id = str(org_id)
     if env_id is None or env_id == "":
-        return Tenant(tenant.org_id, DEFAULT_ENV_ID)
-    return tenant if isinstance(env_id, str) else None
+        env_id = DEFAULT_ENV_ID
+    elif type(env_id) is int:
+        env_id = str(env_id)
+    if type(org_id) is not str or not org_id or type(env_id) is not str:
+        return None
+    if org_id is tenant.org_id and env_id is tenant.env_id:
+        return tenant
+    return Tenant(org_id, env_id)
