@@ -164,13 +164,17 @@ def test_a_second_mollifier_on_one_broker_is_refused_at_startup(
     other.close()
 
 
+@pytest.mark.parametrize("enrolled", [True, False], ids=["enrolled", "not-enrolled"])
 @pytest.mark.parametrize("evaluator", ["local", "exact"])
 def test_after_a_resume_sends_join_the_paused_backlog_instead_of_overtaking_it(
-    broker: StubBroker, redis_client: redis.Redis, key_prefix: str, evaluator: str
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str, evaluator: str, enrolled: bool
 ) -> None:
     # The paused sends were buffered without the evaluator hearing of it: after the resume the
-    # same process passed its next sends to the broker ahead of them
-    mollifier, _ = add_mollifier(broker, redis_client, key_prefix, trip_evaluator=evaluator)
+    # same process passed its next sends to the broker ahead of them (an org not enrolled: always)
+    orgs = {"acme"} if enrolled else {"globex"}
+    mollifier, reader = add_mollifier(
+        broker, redis_client, key_prefix, trip_evaluator=evaluator, enabled_orgs=orgs
+    )
 
     @dramatiq.actor(broker=broker)
     def ingest(n: int) -> None: ...
@@ -191,6 +195,14 @@ def test_after_a_resume_sends_join_the_paused_backlog_instead_of_overtaking_it(
 
     assert broker.queues["default"].qsize() == 0
     assert mollifier.buffer.depth("acme", "prod") == 6
+    # Once the backlog is drained, the org's sends pass again (not enrolled: never diverted).
+    drained = drain_by_hand(mollifier, broker, "acme", "prod")
+    assert [message.args[0] for message in on_stub_broker(broker)] == list(range(6))
+    assert len(drained) == 6
+    assert not ingest.send_with_options(args=(6,), org_id="acme", env_id="prod").options.get("mollified")
+    assert broker.queues["default"].qsize() == 7
+    if not enrolled:
+        assert decisions(reader)[("pass_through", "not_enrolled", False)] == 1
 
 
 def test_the_first_message_on_a_broker_without_actors_cannot_be_diverted_the_next_can(

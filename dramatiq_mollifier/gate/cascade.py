@@ -209,8 +209,13 @@ class Gate:
             return holds.accept(message, tenant, limits, BUFFER_ERROR)
         org_id = tenant.org_id
         enrolled = self._enrols_all or org_id in self._enrolled_orgs or self._runtime_enrolled(org_id)
-        if not enrolled and not self._shadow_mode:
-            return NOT_ENROLLED
+        if not enrolled:
+            if holds is not None and holds.backlogged and tenant in holds.backlogged:
+                joined = holds.join_backlog(message, tenant, BUFFER_ERROR)
+                if joined is not None:
+                    return joined
+            if not self._shadow_mode:
+                return NOT_ENROLLED
         # No I/O: the local evaluator counts here; the exact one says "evaluate" or "fused".
         verdict = self._count(tenant, enrolled)
         if verdict is _V_BELOW:

@@ -11,6 +11,11 @@ Overflow (``cap_overflow``): ``pass_through`` sends the message to the broker (r
 ``cap_pass_through``), ``reject`` raises :class:`~dramatiq_mollifier.errors.BufferCapExceededError`
 from ``send()`` (outcome ``rejected``), ``dead_letter`` stores it as a dead letter with error code
 ``cap_exceeded`` (reason ``cap_dead_letter``), for ``failed retry`` later.
+
+After a resume, a tenant's sends join its paused backlog rather than overtake it. For an enrolled
+org the trip evaluator sees to that (a paused send marks the env diverting); for an org that is
+not enrolled, which the evaluator never sees, :meth:`TenantHolds.join_backlog` does, in each
+process that buffered sends of the env while it was paused, until the backlog is drained.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import dramatiq
 from ..breaker import CircuitBreaker
 from ..buffer.rules import TenantRules
 from ..errors import BufferCapExceededError
-from ..models import CapOverflow, Tenant
+from ..models import CapOverflow, Tenant, TripDecision
 from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
 from .decisions import Decision
@@ -37,6 +42,11 @@ logger = logging.getLogger(__name__)
 _STORED, _DUPLICATE = 1, 0
 _BREAKER_OPEN = Decision(Outcome.PASS_THROUGH, Reason.BREAKER_OPEN, enrolled=True)
 _OVER_ENV, _OVER_ORG = (2, 4), (3, 5)
+_DUPLICATE_ID = Decision(Outcome.PASS_THROUGH, Reason.DUPLICATE_ID, enrolled=True)
+#: The envs of orgs not enrolled that this process buffered while paused, remembered at most.
+MAX_BACKLOGGED = 10_000
+# A threshold no window reaches: the fused script then diverts only behind a backlog (or a hold).
+_BACKLOG_ONLY = 2**53
 
 
 class HoldBackend(Protocol):
@@ -53,6 +63,18 @@ class HoldBackend(Protocol):
         org_cap: int | None,
         dead_letter: bool,
     ) -> int: ...
+
+    def evaluate_trip_and_accept(
+        self,
+        message_id: str,
+        *,
+        org_id: str,
+        env_id: str,
+        payload: bytes,
+        window_ms: int,
+        threshold: int,
+        hold_ms: int,
+    ) -> tuple[TripDecision, bool]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +123,10 @@ class TenantHolds:
         self._capped = Decision(Outcome.MOLLIFY, Reason.PER_ENV_RATE, enrolled=True, divert=divert)
         self._dead_lettered = Decision(Outcome.MOLLIFY, Reason.CAP_DEAD_LETTER, enrolled=True, divert=divert)
         self._warnings = ThrottledLog(logger)
+        self._window_ms = settings.trip_window_ms
+        #: Envs this process buffered while paused, for :meth:`join_backlog` (the gate reads it
+        #: before calling, for orgs not enrolled: no call on their every send).
+        self.backlogged: set[Tenant] = set()
 
     def limits(self, tenant: Tenant) -> TenantLimits | None:
         """The tenant's pause and caps; None when it has none (the common case: no I/O)."""
@@ -139,21 +165,13 @@ class TenantHolds:
                 dead_letter=overflow is CapOverflow.DEAD_LETTER,
             )
         except Exception as exc:
-            self._breaker.record(exc)
-            self._telemetry.record_fail_open(FailOpenStage.BUFFER_WRITE)
-            self._warnings.throttled_warning(
-                "buffer_write",
-                "mollifier fail-open (buffer_write): could not buffer message %r of org %r env %r; "
-                "it goes to the broker. %s: %s",
-                message.message_id,
-                tenant.org_id,
-                tenant.env_id,
-                type(exc).__name__,
-                exc,
-            )
-            return fallback
+            return self._write_failed(message, tenant, exc, fallback)
         self._breaker.record_success()
         if answer == _STORED:
+            if limits.paused:
+                if len(self.backlogged) >= MAX_BACKLOGGED:
+                    self.backlogged.clear()
+                self.backlogged.add(tenant)
             self._telemetry.record_buffered(mode=self._mode)
             logger.info(
                 "mollifier.buffered message_id=%r org_id=%r env_id=%r mode=%s paused=%s",
@@ -165,8 +183,65 @@ class TenantHolds:
             )
             return self._paused if limits.paused else self._capped
         if answer == _DUPLICATE:
-            return Decision(Outcome.PASS_THROUGH, Reason.DUPLICATE_ID, enrolled=True)
+            return _DUPLICATE_ID
         return self._overflowed(message, tenant, limits, answer)
+
+    def join_backlog(
+        self, message: dramatiq.Message[Any], tenant: Tenant, fallback: Decision
+    ) -> Decision | None:
+        """Buffer ``message`` of an org not enrolled behind its env's paused backlog, in one round
+        trip; None once the backlog is drained (forgotten then: the cascade goes on as before)."""
+        if not self._breaker.allow():
+            self._telemetry.record_fail_open(FailOpenStage.BREAKER)
+            return _BREAKER_OPEN
+        if not self._layout_confirmed():
+            self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
+            return fallback
+        try:
+            trip, accepted = self._backend.evaluate_trip_and_accept(
+                message.message_id,
+                org_id=tenant.org_id,
+                env_id=tenant.env_id,
+                payload=message.encode(),
+                window_ms=self._window_ms,
+                threshold=_BACKLOG_ONLY,
+                hold_ms=0,
+            )
+        except Exception as exc:
+            return self._write_failed(message, tenant, exc, fallback)
+        self._breaker.record_success()
+        if not trip.tripped:
+            self.backlogged.discard(tenant)
+            return None
+        if not accepted:
+            return _DUPLICATE_ID
+        self._telemetry.record_buffered(mode=self._mode)
+        logger.info(
+            "mollifier.buffered message_id=%r org_id=%r env_id=%r mode=%s paused=%s",
+            message.message_id,
+            tenant.org_id,
+            tenant.env_id,
+            self._mode,
+            "backlog",
+        )
+        return self._paused
+
+    def _write_failed(
+        self, message: dramatiq.Message[Any], tenant: Tenant, exc: Exception, fallback: Decision
+    ) -> Decision:
+        self._breaker.record(exc)
+        self._telemetry.record_fail_open(FailOpenStage.BUFFER_WRITE)
+        self._warnings.throttled_warning(
+            "buffer_write",
+            "mollifier fail-open (buffer_write): could not buffer message %r of org %r env %r; "
+            "it goes to the broker. %s: %s",
+            message.message_id,
+            tenant.org_id,
+            tenant.env_id,
+            type(exc).__name__,
+            exc,
+        )
+        return fallback
 
     def _overflowed(
         self, message: dramatiq.Message[Any], tenant: Tenant, limits: TenantLimits, answer: int
