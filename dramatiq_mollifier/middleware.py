@@ -21,7 +21,7 @@ from opentelemetry.metrics import MeterProvider
 from .breaker import CircuitBreaker
 from .buffer import MollifierBuffer
 from .buffer.controls import TenantControls
-from .buffer.health import check_layout, layout_problem, warn_about_eviction
+from .buffer.health import check_layout, layout_problem, warn_about_risks
 from .buffer.rules import RulesView, read_rules
 from .drain.pace import pace_for
 from .drain.slot_release import SlotReleaser
@@ -130,7 +130,7 @@ class Mollifier(Middleware):
         )
         if self._enabled:
             self.rules.current()  # starts the background refresh: a pause holds from the first send
-            warn_about_eviction(buffer.client)
+            warn_about_risks(buffer.client, wait_replicas=self.settings.buffer_wait_replicas)
             #: Checks the key layout at startup; a mismatch turns the gate off.
             self.layout_check = check_layout(
                 buffer.client, buffer.keys, self._refuse_layout, self._layout_matches

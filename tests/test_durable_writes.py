@@ -14,13 +14,15 @@ import time
 
 import pytest
 import redis
+from dramatiq.brokers.stub import StubBroker
 
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.health import replica_problem
 from dramatiq_mollifier.embedded import EmbeddedRedis
 from dramatiq_mollifier.errors import BufferUnavailableError
 
 from .layout_helpers import command_calls, entry_key
-from .mollifier_helpers import eventually
+from .mollifier_helpers import add_mollifier, eventually
 
 
 def test_an_accept_no_replica_acknowledged_fails_and_keeps_its_entry(
@@ -67,6 +69,9 @@ def test_an_accept_waits_for_a_real_replica_and_gets_its_ack(redis_binary: str, 
                     lambda: replica_client.info("replication").get("master_link_status") == "up",
                     what="the replica to sync",
                 )
+                # The startup check counts the replica: one is enough, two are not
+                assert replica_problem(client, 1) is None
+                assert "has 1 connected replica(s)" in (replica_problem(client, 2) or "")
                 buffer = MollifierBuffer(
                     client, key_prefix=key_prefix, wait_replicas=1, wait_timeout_ms=1_000
                 )
@@ -101,3 +106,23 @@ def test_an_accept_waits_for_a_real_replica_and_gets_its_ack(redis_binary: str, 
             finally:
                 client.close()
                 replica_client.close()
+
+
+def test_a_wait_for_replicas_the_server_lacks_is_reported_at_startup(
+    redis_client: redis.Redis, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every diverted send would wait out the timeout and fail open: the burst is not smoothed.
+    # The session's servers (one, or the cluster's primaries) have no replica.
+    broker = StubBroker()
+    try:
+        with caplog.at_level("WARNING", logger="dramatiq_mollifier.buffer.health"):
+            add_mollifier(broker, redis_client, key_prefix, buffer_wait_replicas=1)
+            eventually(
+                lambda: any("mollifier.replicas_missing" in r.getMessage() for r in caplog.records),
+                what="the startup check's warning",
+            )
+        reports = [r.getMessage() for r in caplog.records if "replicas_missing" in r.getMessage()]
+        assert any("WAIT_REPLICAS) is 1" in r and "has 0 connected replica(s)" in r for r in reports)
+        assert replica_problem(redis_client, 0) is None  # the default: no wait, nothing to report
+    finally:
+        broker.close()

@@ -5,6 +5,10 @@ delete buffered entries silently when it fills up: in ``divert`` mode the buffer
 copy of each, so those messages would be lost without a trace. Only ``noeviction`` is safe: a
 full Redis then refuses writes, the gate fails open and messages go to the broker instead.
 
+A ``buffer_wait_replicas`` above the replicas the primary has makes every buffer write wait out
+``buffer_wait_timeout_ms`` and then fail open: each diverted send is slowed and goes to the broker
+anyway, so bursts are not smoothed.
+
 A process whose key layout (``slot_groups``) differs from the one recorded in the keyspace would
 write entries no drainer of the fleet reads, or read where nobody writes: it must refuse to run.
 """
@@ -27,6 +31,7 @@ from redis.exceptions import (
 )
 from redis.sentinel import MasterNotFoundError
 
+from .clients import is_cluster
 from .keys import KeySpace
 
 __all__ = [
@@ -36,7 +41,8 @@ __all__ = [
     "layout_problem",
     "misconfiguration",
     "recorded_layout_problem",
-    "warn_about_eviction",
+    "replica_problem",
+    "warn_about_risks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +51,7 @@ logger = logging.getLogger(__name__)
 SAFE_POLICY = "noeviction"
 
 
-def eviction_problem(client: redis.Redis) -> str | None:
+def eviction_problem(client: Any) -> str | None:
     """Why the server's eviction policy endangers buffered entries, or None (safe, or unknown:
     managed services often refuse ``CONFIG GET``)."""
     try:
@@ -63,6 +69,29 @@ def eviction_problem(client: redis.Redis) -> str | None:
         "keys, buffered entries (the only copy of a diverted message) among them, without a trace. "
         f"Set maxmemory-policy {SAFE_POLICY} on that Redis (a full Redis then refuses writes and "
         "the gate sends to the broker instead), and cap runaway tenants (MOLLIFIER_CAP_PER_ENV)."
+    )
+
+
+def replica_problem(client: Any, wanted: int) -> str | None:
+    """Why ``buffer_wait_replicas`` = ``wanted`` cannot be met now, or None (met, or unknown).
+    On a cluster, the primary with the fewest replicas counts."""
+    if not wanted:
+        return None
+    try:
+        if is_cluster(client):
+            replies = client.info("replication", target_nodes=client.PRIMARIES).values()
+        else:
+            replies = [client.info("replication")]
+        connected = min(int(reply.get("connected_slaves", 0)) for reply in replies)
+    except Exception:  # best effort, as for the eviction policy
+        return None
+    if connected >= wanted:
+        return None
+    return (
+        f"buffer_wait_replicas (MOLLIFIER_BUFFER_WAIT_REPLICAS) is {wanted} but the mollifier's Redis "
+        f"has {connected} connected replica(s): every buffer write will wait out "
+        "buffer_wait_timeout_ms and fail open (the message goes to the broker as well), so bursts "
+        "are not smoothed. Lower the setting or add replicas."
     )
 
 
@@ -145,16 +174,19 @@ def check_layout(
     return thread
 
 
-def warn_about_eviction(client: redis.Redis, *, background: bool = True) -> None:
-    """Log a warning if :func:`eviction_problem` finds one; in a daemon thread by default, so
-    that startup never waits on Redis."""
+def warn_about_risks(client: Any, *, wait_replicas: int = 0, background: bool = True) -> None:
+    """Log a warning for each problem :func:`eviction_problem` and :func:`replica_problem` find; in
+    a daemon thread by default, so that startup never waits on Redis."""
 
     def check() -> None:
         problem = eviction_problem(client)
         if problem is not None:
             logger.warning("mollifier.eviction_policy %s", problem)
+        problem = replica_problem(client, wait_replicas)
+        if problem is not None:
+            logger.warning("mollifier.replicas_missing %s", problem)
 
     if background:
-        threading.Thread(target=check, name="mollifier-eviction-check", daemon=True).start()
+        threading.Thread(target=check, name="mollifier-startup-check", daemon=True).start()
     else:
         check()
