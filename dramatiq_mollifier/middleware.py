@@ -19,7 +19,7 @@ from dramatiq.middleware import Middleware
 from opentelemetry.metrics import MeterProvider
 
 from .breaker import CircuitBreaker
-from .buffer import MollifierBuffer
+from .buffer import DEFAULT_SOCKET_TIMEOUT_MS, MollifierBuffer
 from .buffer.controls import TenantControls
 from .buffer.health import check_layout, layout_problem, warn_about_risks
 from .buffer.rules import RulesView, read_rules
@@ -31,6 +31,7 @@ from .gate.cascade import OPT_OUT_OPTION, Gate, TenantResolver
 from .gate.flags import FLAG_REFRESH_MS, OrgFlags, OrgFlagsView
 from .gate.holds import TenantHolds
 from .models import STATE_ADMITTED, STATE_DRAINED, STATE_OPTION, marker
+from .redis_urls import slow_timeouts
 from .settings import MollifierSettings
 from .telemetry import FailOpenStage, Telemetry, ThrottledLog
 
@@ -87,6 +88,14 @@ class Mollifier(Middleware):
         self._enabled = self.settings.enabled
         if client is None:
             self._buffer = MollifierBuffer.from_url(self.settings.redis_url, **self.settings.buffer_options)
+            slow = slow_timeouts(self.settings.redis_url, DEFAULT_SOCKET_TIMEOUT_MS)
+            if slow is not None:
+                logger.warning(
+                    "mollifier.slow_send_path MOLLIFIER_REDIS_URL sets %s: while that Redis is stalled, "
+                    "each send() may wait that long before failing open (the default is %d ms).",
+                    slow,
+                    DEFAULT_SOCKET_TIMEOUT_MS,
+                )
         else:
             _check_client(client)
             self._buffer = MollifierBuffer(client, **self.settings.buffer_options)

@@ -9,6 +9,7 @@ __all__ = [
     "SENTINEL_AUTH_OPTIONS",
     "is_cluster_url",
     "redis_url_problem",
+    "slow_timeouts",
     "split_host_port",
 ]
 
@@ -123,6 +124,21 @@ def _query_problem(url: str) -> str | None:
     except (ValueError, TypeError) as exc:
         return f"bad query option: {exc}"
     return None
+
+
+def slow_timeouts(url: str, limit_ms: int) -> str | None:
+    """Which of the URL's ``socket_timeout`` and ``socket_connect_timeout`` query options (seconds)
+    exceed ``limit_ms``, or None: each send may wait that long on a stalled Redis."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    slow = []
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        try:
+            seconds = float(query.get(name, 0))
+        except ValueError:
+            continue  # redis_url_problem names it
+        if seconds * 1000 > limit_ms:
+            slow.append(f"{name}={query[name]}")
+    return ", ".join(slow) or None
 
 
 def is_cluster_url(url: str) -> bool:

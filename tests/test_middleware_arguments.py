@@ -66,3 +66,15 @@ def test_crash_retries_from_url_checks_the_url_as_the_settings_do(url: str) -> N
     # /crash silently meant db 0; the Sentinel URL without a service raised an IndexError
     with pytest.raises(MollifierConfigurationError, match=r"CrashRetries\.from_url"):
         CrashRetries.from_url(url)
+
+
+def test_a_url_whose_timeouts_could_stall_sends_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    # The README passes the URL's query options through: an app's own REDIS_URL, copied with
+    # ?socket_timeout=5, let each send wait 5 s on a stalled Redis, and nothing said so.
+    for quick in ("", "?socket_timeout=0.2", "?socket_timeout=0.5&socket_connect_timeout=0.25"):
+        Mollifier(MollifierSettings(redis_url=f"redis://127.0.0.1:1/0{quick}"))
+    assert "slow_send_path" not in caplog.text
+
+    Mollifier(MollifierSettings(redis_url="redis://127.0.0.1:1/0?socket_timeout=5&socket_connect_timeout=2"))
+
+    assert "MOLLIFIER_REDIS_URL sets socket_timeout=5, socket_connect_timeout=2" in caplog.text
