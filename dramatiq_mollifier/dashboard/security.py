@@ -5,8 +5,8 @@ Three layers, checked before every view:
 1. **Access.** With neither a token nor basic auth configured, only loopback clients
    (``127.0.0.0/8``, ``::1``) are served, addressed by a loopback name (``Host``: ``localhost``,
    ``127.0.0.1``, ``[::1]``: a page of another site whose name was rebound to 127.0.0.1 is
-   refused) and not relayed by a proxy (``Forwarded``, ``X-Forwarded-For``, ``X-Real-IP``: a
-   proxy on the same host connects from loopback for every client); anyone else gets 403. With
+   refused) and not relayed by a proxy (``Forwarded``, ``X-Forwarded-*``, ``X-Real-IP``, ``Via``:
+   a proxy on the same host connects from loopback for every client); anyone else gets 403. With
    a token, a request must carry ``Authorization: Bearer <token>`` or a session that opened with
    ``?token=<token>`` (the token is then dropped from the address; the session holds a digest of
    the token, so a new token ends the sessions of the old one). With basic auth,
@@ -37,7 +37,16 @@ CSRF_HEADER = "X-CSRF-Token"
 _SESSION_CSRF = "csrf"
 _SESSION_AUTHED = "authed"
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
-_PROXY_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+# What proxies add for the client they relay (each alone is enough to refuse the request). The
+# server must pass them on: waitress drops Forwarded and X-Forwarded-* by default (serve.py).
+_PROXY_HEADERS = (
+    "Forwarded",
+    "X-Forwarded-For",
+    "X-Forwarded-Host",
+    "X-Forwarded-Proto",
+    "X-Real-IP",
+    "Via",
+)
 
 
 def is_loopback(address: str | None) -> bool:

@@ -47,7 +47,16 @@ def make_server(app: Flask, *, host: str = DEFAULT_HOST, port: int = DEFAULT_POR
     from waitress.server import create_server
 
     check_exposure(host, app)
-    return create_server(app, host=host, port=port, threads=DEFAULT_THREADS, ident="dramatiq-mollifier")
+    # Waitress drops Forwarded and X-Forwarded-* from untrusted peers by default; the app must see
+    # them to refuse a request a same-host proxy relayed (security.py): kept.
+    return create_server(
+        app,
+        host=host,
+        port=port,
+        threads=DEFAULT_THREADS,
+        ident="dramatiq-mollifier",
+        clear_untrusted_proxy_headers=False,
+    )
 
 
 def serve(
