@@ -173,9 +173,9 @@ class MollifierSettings(BaseSettings):
     drain_outstanding_ttl_ms: int = Field(default=10_000, gt=0, le=86_400_000)
     #: Handler threads per drainer: broker writes in flight at once. Defaults to 16.
     drain_concurrency: int = Field(default=16, gt=0, le=1_000)
-    #: Entries a drainer has popped and not yet settled, at most (at least drain_concurrency): a
-    #: refill waits for half of them, so this sizes the drainer's round trips. Defaults to 64,
-    #: at most 2,000.
+    #: Entries a drainer has popped and not yet settled, at most (refused below drain_concurrency):
+    #: a refill waits for half of them, so this sizes the drainer's round trips. Defaults to 64,
+    #: or drain_concurrency if larger; at most 2,000.
     drain_max_in_flight: int = Field(default=64, gt=0, le=MAX_IN_FLIGHT)
     #: Entries popped from one env per tick. Defaults to 100.
     drain_batch_size: int = Field(default=100, gt=0, le=10_000)
@@ -290,25 +290,24 @@ class MollifierSettings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_idle_wait(self) -> MollifierSettings:
-        if (
-            self.drain_idle_wait_ms
-            and self.drain_idle_wait_ms + IDLE_WAIT_MARGIN_MS > self.drain_socket_timeout_ms
-        ):
+    def _check_drain(self) -> MollifierSettings:
+        idle_ms, timeout_ms = self.drain_idle_wait_ms, self.drain_socket_timeout_ms
+        if idle_ms and idle_ms + IDLE_WAIT_MARGIN_MS > timeout_ms:
             raise MollifierConfigurationError(
-                f"drain_idle_wait_ms ({self.drain_idle_wait_ms}) must be at least "
-                f"{IDLE_WAIT_MARGIN_MS} ms shorter than drain_socket_timeout_ms "
-                f"({self.drain_socket_timeout_ms}): an idle drainer blocks on Redis that long, and a "
-                "reply that late would be taken for an outage"
+                f"drain_idle_wait_ms ({idle_ms}) must be at least {IDLE_WAIT_MARGIN_MS} ms shorter than "
+                f"drain_socket_timeout_ms ({timeout_ms}): an idle drainer blocks on Redis that long, "
+                "and a reply that late would be taken for an outage"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _check_rate_limit(self) -> MollifierSettings:
         if self.drain_rate_limit_per_s and not self.drain_max_outstanding:
             raise MollifierConfigurationError(
                 f"drain_rate_limit_per_s ({self.drain_rate_limit_per_s}) needs drain_max_outstanding "
                 "above 0 (MOLLIFIER_DRAIN_MAX_OUTSTANDING): with no pace, nothing enforces the rate"
+            )
+        in_flight, handlers = self.drain_max_in_flight, self.drain_concurrency
+        if "drain_max_in_flight" in self.model_fields_set and in_flight < handlers:
+            raise MollifierConfigurationError(
+                f"drain_max_in_flight (MOLLIFIER_DRAIN_MAX_IN_FLIGHT) must be at least "
+                f"drain_concurrency ({handlers}), got {in_flight}: each handler holds one entry"
             )
         return self
 

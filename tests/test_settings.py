@@ -192,6 +192,20 @@ def test_a_drain_rate_limit_without_a_pace_is_refused(monkeypatch: pytest.Monkey
     assert MollifierSettings(drain_max_outstanding=100).drain_rate_limit_per_s == 20
 
 
+def test_in_flight_entries_set_below_the_handlers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was raised to drain_concurrency silently: a user limiting a refill to 4 entries got 16.
+    refused = r"drain_max_in_flight .*at least drain_concurrency \(16\)"
+    with pytest.raises(MollifierConfigurationError, match=refused):
+        MollifierSettings(drain_max_in_flight=4)
+    monkeypatch.setenv("MOLLIFIER_DRAIN_MAX_IN_FLIGHT", "8")
+    with pytest.raises(MollifierConfigurationError, match="MOLLIFIER_DRAIN_MAX_IN_FLIGHT"):
+        MollifierSettings(drain_concurrency=10)
+    assert MollifierSettings(drain_concurrency=8).drain_max_in_flight == 8
+    # Left at its default, it is not refused: the drainer takes the larger of the two.
+    monkeypatch.delenv("MOLLIFIER_DRAIN_MAX_IN_FLIGHT")
+    assert MollifierSettings(drain_concurrency=100).drain_max_in_flight == 64
+
+
 def test_the_drain_shutdown_must_end_a_second_before_the_supervisors_grace_period() -> None:
     MollifierSettings(drain_shutdown_timeout_ms=29_000)
 
