@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
 import pytest
 import redis
 
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
-from dramatiq_mollifier.drain.drainer import DrainResult, MollifierDrainer
+from dramatiq_mollifier.drain.drainer import ENVS_READ_CHUNK, DrainResult, MollifierDrainer
 from dramatiq_mollifier.drain.pace import Claim, DrainPace
 from dramatiq_mollifier.models import BufferEntry
 
@@ -199,6 +200,52 @@ def test_a_claim_the_budget_cuts_short_ends_the_tick_and_the_next_org_goes_first
     assert drainer.run_once() == DrainResult(drained=7, failed=0, paced=True)
     assert {message_id[0] for message_id in broker.ids[7:]} == {"b"}
     assert claims[1:] == [(16, 7)]
+
+
+def test_orgs_that_leave_part_of_their_claim_unused_pass_it_to_the_next_org_in_the_same_tick(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Found at scale (2,000 orgs of 10 messages each, real workers): every tick ended after one
+    org, since its claim got fewer slots than asked, though the org used only a few of them and
+    freed the rest. The drain ran at a fifth of the workers' speed, the broker queue empty in
+    two-thirds of the samples, and a light org waited up to 45 s for a rotation."""
+    # Given ten orgs with two messages each and a budget of 7, fewer than a drainer asks for
+    for org in "abcdefghij":
+        seed(buffer, org, 2)
+    broker = Broker()
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=7)
+    drainer = MollifierDrainer(buffer, broker, batch_size=20, pace=pace)
+
+    # When a tick drains: each org takes what it has, and the next takes the rest of the budget
+    assert drainer.run_once() == DrainResult(drained=7, failed=0, paced=True)
+    assert [message_id[0] for message_id in broker.ids] == list("aabbccd")
+    assert pace.in_use() == 7
+
+    # Then d, which used its whole (short) claim, had its turn: the next tick starts at e
+    pace.release(broker.ids)
+    assert drainer.run_once() == DrainResult(drained=7, failed=0, paced=True)
+    assert [message_id[0] for message_id in broker.ids[7:]] == list("eeffggh")
+
+
+def test_a_tick_the_budget_ends_early_reads_the_envs_of_a_few_orgs_not_of_its_whole_window(
+    buffer: MollifierBuffer, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # At scale each such tick read the envs of 500 orgs to serve one: 60 SMEMBERS per message.
+    for n in range(100):
+        seed(buffer, f"org{n:03}", 5)
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=3)
+    drainer = MollifierDrainer(buffer, Broker(), batch_size=20, pace=pace)
+    read: list[str] = []
+    envs_of = drainer._buffer.envs_of
+
+    def counted(orgs: Sequence[str]) -> list[list[str] | None]:
+        read.extend(orgs)
+        return envs_of(orgs)
+
+    drainer._buffer.envs_of = counted  # type: ignore[method-assign]
+
+    assert drainer.run_once() == DrainResult(drained=3, failed=0, paced=True)
+    assert read == [f"org{n:03}" for n in range(ENVS_READ_CHUNK)]
 
 
 def test_slots_that_expire_unstarted_are_named_with_what_to_do(

@@ -96,9 +96,14 @@ def buffered(
 
 
 def drainer_for(
-    buffer: MollifierBuffer, broker: RedisBroker, handler: CountingHandler, key_prefix: str
+    buffer: MollifierBuffer,
+    broker: RedisBroker,
+    handler: CountingHandler,
+    key_prefix: str,
+    *,
+    max_outstanding: int = 100,
 ) -> tuple[MollifierDrainer, DrainPace, RedisMove | None]:
-    pace = DrainPace(buffer.client, key_prefix=key_prefix, max_outstanding=100)
+    pace = DrainPace(buffer.client, key_prefix=key_prefix, max_outstanding=max_outstanding)
     mollifier = next(m for m in broker.middleware if isinstance(m, Mollifier))
     move = redis_move_for(
         broker, DrainProtocol(buffer), pace, mode=MollifierMode.DIVERT, middleware=mollifier
@@ -142,6 +147,26 @@ def test_a_chunk_moves_inside_redis_marked_in_order_and_counted_against_the_budg
     assert shared.depth("acme", "prod") == 0 and shared.get(ids[0]) is None
     outstanding, on_the_way = pace.keys
     assert shared.client.zcard(outstanding) == 5 and shared.client.zcard(on_the_way) == 0
+
+
+def test_orgs_that_move_less_than_their_claim_pass_the_rest_to_the_next_org_in_the_same_tick(
+    shared: MollifierBuffer, broker: RedisBroker, key_prefix: str
+) -> None:
+    # Found at scale: each tick moved one org's few messages and ended (see test_drain_pace.py).
+    ingest = declare(broker)
+    for org in "abcdefghij":
+        for n in range(2):
+            message = ingest.message_with_options(args=(f"{org}{n}",))
+            shared.accept(message.message_id, org_id=org, env_id="prod", payload=message.encode())
+    handler = CountingHandler(broker)
+    drainer, pace, move = drainer_for(shared, broker, handler, key_prefix, max_outstanding=7)
+    assert move is not None and move.active
+
+    result = drainer.run_once()
+
+    assert (result.drained, result.paced) == (7, True) and handler.entries == []
+    assert [m["args"][0] for m in in_broker(broker)] == ["a0", "a1", "b0", "b1", "c0", "c1", "d0"]
+    assert pace.in_use() == 7
 
 
 def test_a_real_worker_runs_each_moved_message_once_and_frees_its_slot(

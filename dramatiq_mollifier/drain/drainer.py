@@ -13,7 +13,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..buffer import MollifierBuffer
 from ..buffer.drain_protocol import DrainProtocol
@@ -37,6 +37,11 @@ from .turns import WeightedTurn, runnable_envs
 __all__ = ["MAX_BACKOFF_MS", "DrainHandler", "DrainResult", "MollifierDrainer", "backoff_ms"]
 
 logger = logging.getLogger(__name__)
+
+#: Orgs whose envs one round trip reads as a tick goes through its window. With 2,000 orgs of
+#: small backlogs, reading the envs of the whole window (500 orgs) for each tick the budget ended
+#: after an org or two cost 60 SMEMBERS per drained message.
+ENVS_READ_CHUNK = 32
 
 
 class MollifierDrainer(DrainLoop):
@@ -198,8 +203,7 @@ class MollifierDrainer(DrainLoop):
             pool.parallelism.restart()
         rules = self._hooks.rules()
         try:
-            orgs = self._rotation.pick_orgs(window)
-            for org_id, envs in zip(orgs, self._buffer.envs_of(orgs), strict=True):
+            for org_id, envs in self._orgs_and_envs(self._rotation.pick_orgs(window)):
                 if self._stopping.is_set():
                     break
                 if envs is None:
@@ -220,6 +224,13 @@ class MollifierDrainer(DrainLoop):
             self._collect(pool, tick, until=0)
             self._idle = tick.drained + tick.failed == 0 and not (tick.paced or tick.spent)
         return tick.result(empty=not window)
+
+    def _orgs_and_envs(self, orgs: list[str]) -> Iterator[tuple[str, list[str] | None]]:
+        """Each org of the window with its envs, read :data:`ENVS_READ_CHUNK` orgs at a time: a tick
+        the budget ends after a few orgs does not read the envs of the whole window."""
+        for start in range(0, len(orgs), ENVS_READ_CHUNK):
+            chunk = orgs[start : start + ENVS_READ_CHUNK]
+            yield from zip(chunk, self._buffer.envs_of(chunk), strict=True)
 
     def _visit(self, pool: HandlerPool, tick: Tick, org_id: str, envs: list[str]) -> int | None:
         """One env visit of a turn: entries popped, -1 if paced before any, None if abandoned."""
@@ -252,7 +263,8 @@ class MollifierDrainer(DrainLoop):
                     tick.paced = remaining == self.batch_size
                     return True
                 # Fewer slots than asked: the budget is used up; claiming again now would get a
-                # slot or two (round trips for a message or two). The tick ends after this pop.
+                # slot or two (round trips for a message or two). The tick ends after this pop,
+                # unless the env leaves some of them unused (freed again): the next org takes them.
                 tick.spent, limit = claim.granted < limit, claim.granted
                 if move is not None:  # a chunk moved in Redis (see redis_move), not popped
                     moved = move.try_move(org_id, env_id, limit, claim)
@@ -260,6 +272,7 @@ class MollifierDrainer(DrainLoop):
                         self._pace.refund(claim, used=moved.size)
                     self._settler.record_moved(moved.entries, gate_counts=move.gate_counts)
                     tick.add_moved(moved.size, failed=moved.stop == STOP_FAILED)
+                    tick.spent = tick.spent and moved.size == limit
                     if moved.stop == STOP_FAILED or (
                         moved.stop == STOP_DONE and (tick.spent or moved.size < limit)
                     ):
@@ -283,7 +296,10 @@ class MollifierDrainer(DrainLoop):
                 self._hooks.popped(entries)
             pool.submit(entries)
             tick.popped += len(entries)
-            if tick.spent or len(entries) < limit:
+            if len(entries) < limit:
+                tick.spent = False  # the env is empty: its unused slots were freed (bind)
+                return True
+            if tick.spent:
                 return True
             remaining -= len(entries)
         return True
