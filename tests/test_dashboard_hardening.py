@@ -27,6 +27,7 @@ from dramatiq_mollifier.buffer.controls import TenantControls
 from dramatiq_mollifier.dashboard import create_app
 from dramatiq_mollifier.dashboard.app import close_app
 from dramatiq_mollifier.dashboard.series import DepthSeries
+from dramatiq_mollifier.dashboard.serve import stop_serving
 from dramatiq_mollifier.settings import MollifierSettings
 
 from .cli_helpers import dead_letter
@@ -91,8 +92,8 @@ def forms_of(page: str) -> list[dict[str, Any]]:
 
 @contextmanager
 def serve_wsgi(app: Any) -> Iterator[int]:
-    """Any WSGI app served by waitress on a free loopback port (stopped by this block)."""
-    from waitress import wasyncore
+    """Any WSGI app served by waitress on a free loopback port (stopped by this block, as the
+    dashboard's own server stops: its trigger's descriptor was once closed under it, EBADF)."""
     from waitress.server import create_server
 
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
@@ -101,8 +102,7 @@ def serve_wsgi(app: Any) -> Iterator[int]:
     try:
         yield server.effective_port
     finally:
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        thread.join(timeout=10)
+        stop_serving(server, thread)
         server.task_dispatcher.shutdown()
 
 

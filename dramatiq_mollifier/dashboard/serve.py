@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,15 @@ from flask import Flask
 
 from .security import is_loopback
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_THREADS", "BackgroundServer", "make_server", "serve"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_THREADS",
+    "BackgroundServer",
+    "make_server",
+    "serve",
+    "stop_serving",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +85,41 @@ def serve(
         server.close()
 
 
+def stop_serving(server: Any, thread: threading.Thread) -> None:
+    """Close every connection of a waitress ``server`` whose loop runs in ``thread``, from inside
+    that loop (woken by its trigger), and wait for the thread to end."""
+    from waitress import wasyncore
+
+    try:
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    except OSError as exc:
+        _stop_without_trigger(server, thread, exc)
+    thread.join(timeout=10)
+
+
+def _stop_without_trigger(server: Any, thread: threading.Thread, error: OSError) -> None:
+    """The trigger's pipe is gone (seen under full test runs: EBADF). Its state is logged, to
+    tell waitress closing its own trigger (``closed=True``: an error or EOF on the pipe) from a
+    descriptor closed under it by other code (``closed=False``). The loop is then stopped without
+    it: its map emptied here (the loop leaves when it finds it empty, within its select timeout,
+    1 s), and the channels closed once its thread has ended, so no socket is closed by two
+    threads at once."""
+    trigger = server.trigger
+    logger.warning(
+        "mollifier.dashboard_stop_without_trigger error=%s closed=%s trigger_in_map=%s channels=%d",
+        error,
+        getattr(trigger, "_closed", None),
+        any(d is trigger for d in list(server._map.values())),
+        len(server._map),
+    )
+    channels = list(server._map.values())
+    server._map.clear()
+    thread.join(timeout=10)
+    for channel in channels:
+        with contextlib.suppress(OSError):  # a descriptor already closed under it
+            channel.close()
+
+
 class BackgroundServer:
     """The dashboard served from a daemon thread (the demo's page, the tests' server).
 
@@ -84,8 +128,6 @@ class BackgroundServer:
     """
 
     def __init__(self, app: Flask, *, host: str = DEFAULT_HOST, port: int = 0) -> None:
-        import threading
-
         self._app = app
         self._server = make_server(app, host=host, port=port)
         self.url = _url(host, self._server.effective_port)
@@ -94,42 +136,12 @@ class BackgroundServer:
 
     def stop(self) -> None:
         """Stop serving and wait for the thread (idempotent)."""
-        from waitress import wasyncore
-
-        server = self._server
         if self._thread.is_alive():
-            try:
-                server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-            except OSError as exc:
-                self._stop_without_trigger(exc)
-            self._thread.join(timeout=10)
-        server.task_dispatcher.shutdown()
+            stop_serving(self._server, self._thread)
+        self._server.task_dispatcher.shutdown()
         from .app import close_app
 
         close_app(self._app)
-
-    def _stop_without_trigger(self, error: OSError) -> None:
-        """The trigger's pipe is gone (seen once under a full test run: EBADF). Its state is
-        logged, to tell waitress closing its own trigger (``closed=True``: an error or EOF on the
-        pipe) from a descriptor closed under it by other code (``closed=False``). The loop is
-        then stopped without it: its map emptied here (the loop leaves when it finds it empty,
-        within its select timeout, 1 s), and the channels closed once its thread has ended, so
-        no socket is closed by two threads at once."""
-        server = self._server
-        trigger = server.trigger
-        logger.warning(
-            "mollifier.dashboard_stop_without_trigger error=%s closed=%s trigger_in_map=%s channels=%d",
-            error,
-            getattr(trigger, "_closed", None),
-            any(d is trigger for d in list(server._map.values())),
-            len(server._map),
-        )
-        channels = list(server._map.values())
-        server._map.clear()
-        self._thread.join(timeout=10)
-        for channel in channels:
-            with contextlib.suppress(OSError):  # a descriptor already closed under it
-                channel.close()
 
     def __enter__(self) -> BackgroundServer:
         return self
