@@ -38,6 +38,7 @@ from .decisions import (
     Decision,
 )
 from .exact_trip import ExactTrip, TripBackend
+from .holds import FusedAcceptBackend
 from .local_trip import FoldBackend, LocalTrip, Verdict
 from .notices import GateNotices
 from .tenants import INVALID, OptionTenants, checked
@@ -56,20 +57,8 @@ TenantResolver = Callable[[dramatiq.Message[Any]], Tenant | None]
 _T = TypeVar("_T")
 
 
-class GateBackend(TripBackend, FoldBackend, Protocol):
+class GateBackend(TripBackend, FoldBackend, FusedAcceptBackend, Protocol):
     """What the gate needs from the buffer: the trip evaluation, the fold and the write."""
-
-    def evaluate_trip_and_accept(
-        self,
-        message_id: str,
-        *,
-        org_id: str,
-        env_id: str,
-        payload: bytes,
-        window_ms: int,
-        threshold: int,
-        hold_ms: int,
-    ) -> tuple[TripDecision, bool]: ...
 
     def accept(self, message_id: str, *, org_id: str, env_id: str, payload: bytes) -> bool: ...
 

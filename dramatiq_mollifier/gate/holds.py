@@ -35,7 +35,7 @@ from ..settings import MollifierMode, MollifierSettings
 from ..telemetry import FailOpenStage, Outcome, Reason, Telemetry, ThrottledLog
 from .decisions import Decision
 
-__all__ = ["HoldBackend", "TenantHolds", "TenantLimits"]
+__all__ = ["FusedAcceptBackend", "HoldBackend", "TenantHolds", "TenantLimits"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,23 @@ MAX_BACKLOGGED = 10_000
 _BACKLOG_ONLY = 2**53
 
 
-class HoldBackend(Protocol):
+class FusedAcceptBackend(Protocol):
+    """The buffer's fused script: count, then buffer only when tripped (or backlogged)."""
+
+    def evaluate_trip_and_accept(
+        self,
+        message_id: str,
+        *,
+        org_id: str,
+        env_id: str,
+        payload: bytes,
+        window_ms: int,
+        threshold: int,
+        hold_ms: int,
+    ) -> tuple[TripDecision, bool]: ...
+
+
+class HoldBackend(FusedAcceptBackend, Protocol):
     """What the holds need from the buffer."""
 
     def accept_capped(
@@ -63,18 +79,6 @@ class HoldBackend(Protocol):
         org_cap: int | None,
         dead_letter: bool,
     ) -> int: ...
-
-    def evaluate_trip_and_accept(
-        self,
-        message_id: str,
-        *,
-        org_id: str,
-        env_id: str,
-        payload: bytes,
-        window_ms: int,
-        threshold: int,
-        hold_ms: int,
-    ) -> tuple[TripDecision, bool]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +151,9 @@ class TenantHolds:
         ``fallback`` is the cascade's decision for a Redis error (fail open); over a cap, the
         overflow policy decides (``reject`` raises :class:`BufferCapExceededError`).
         """
-        if not self._breaker.allow():
-            self._telemetry.record_fail_open(FailOpenStage.BREAKER)
-            return _BREAKER_OPEN
-        if not self._layout_confirmed():
-            self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
-            return fallback
+        refused = self._refused(fallback)
+        if refused is not None:
+            return refused
         overflow = self._overflow
         try:
             answer = self._backend.accept_capped(
@@ -172,15 +173,7 @@ class TenantHolds:
                 if len(self.backlogged) >= MAX_BACKLOGGED:
                     self.backlogged.clear()
                 self.backlogged.add(tenant)
-            self._telemetry.record_buffered(mode=self._mode)
-            logger.info(
-                "mollifier.buffered message_id=%r org_id=%r env_id=%r mode=%s paused=%s",
-                message.message_id,
-                tenant.org_id,
-                tenant.env_id,
-                self._mode,
-                limits.paused,
-            )
+            self._buffered(message, tenant, limits.paused)
             return self._paused if limits.paused else self._capped
         if answer == _DUPLICATE:
             return _DUPLICATE_ID
@@ -191,12 +184,9 @@ class TenantHolds:
     ) -> Decision | None:
         """Buffer ``message`` of an org not enrolled behind its env's paused backlog, in one round
         trip; None once the backlog is drained (forgotten then: the cascade goes on as before)."""
-        if not self._breaker.allow():
-            self._telemetry.record_fail_open(FailOpenStage.BREAKER)
-            return _BREAKER_OPEN
-        if not self._layout_confirmed():
-            self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
-            return fallback
+        refused = self._refused(fallback)
+        if refused is not None:
+            return refused
         try:
             trip, accepted = self._backend.evaluate_trip_and_accept(
                 message.message_id,
@@ -215,6 +205,10 @@ class TenantHolds:
             return None
         if not accepted:
             return _DUPLICATE_ID
+        self._buffered(message, tenant, "backlog")
+        return self._paused
+
+    def _buffered(self, message: dramatiq.Message[Any], tenant: Tenant, paused: object) -> None:
         self._telemetry.record_buffered(mode=self._mode)
         logger.info(
             "mollifier.buffered message_id=%r org_id=%r env_id=%r mode=%s paused=%s",
@@ -222,9 +216,18 @@ class TenantHolds:
             tenant.org_id,
             tenant.env_id,
             self._mode,
-            "backlog",
+            paused,
         )
-        return self._paused
+
+    def _refused(self, fallback: Decision) -> Decision | None:
+        """The decision when the breaker is open or the layout unconfirmed (no Redis call), else None."""
+        if not self._breaker.allow():
+            self._telemetry.record_fail_open(FailOpenStage.BREAKER)
+            return _BREAKER_OPEN
+        if not self._layout_confirmed():
+            self._telemetry.record_fail_open(FailOpenStage.LAYOUT)
+            return fallback
+        return None
 
     def _write_failed(
         self, message: dramatiq.Message[Any], tenant: Tenant, exc: Exception, fallback: Decision
