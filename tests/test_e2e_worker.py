@@ -32,6 +32,8 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
 DRAMATIQ = str(Path(sys.executable).with_name("dramatiq"))
+# Dramatiq's gevent launcher: the drainer's threads and locks become greenlets once it patches.
+DRAMATIQ_GEVENT = str(Path(sys.executable).with_name("dramatiq-gevent"))
 # As in tests/apps/drain_app.py (which cannot be imported here: it reads its environment).
 QUEUE_NAME = "e2e"
 PROCESSED_KEY = "e2e:processed"
@@ -40,11 +42,11 @@ PROCESSED_KEY = "e2e:processed"
 class Worker:
     """``dramatiq tests.apps.drain_app`` in its own process group, its output in a file."""
 
-    def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
+    def __init__(self, env: dict[str, str], log: Path, *args: str, command: str = DRAMATIQ) -> None:
         self.log = log
         with open(log, "ab") as out:
             self.process = subprocess.Popen(
-                [DRAMATIQ, "tests.apps.drain_app", "--processes", "1", "--threads", "2", *args],
+                [command, "tests.apps.drain_app", "--processes", "1", "--threads", "2", *args],
                 cwd=REPO,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -91,8 +93,8 @@ def environment(redis_url: str, broker_url: str, key_prefix: str) -> dict[str, s
 def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     started: list[Worker] = []
 
-    def start(env: dict[str, str], *args: str) -> Worker:
-        worker = Worker(env, tmp_path / f"worker-{len(started)}.log", *args)
+    def start(env: dict[str, str], *args: str, command: str = DRAMATIQ) -> Worker:
+        worker = Worker(env, tmp_path / f"worker-{len(started)}.log", *args, command=command)
         started.append(worker)
         return worker
 
@@ -136,7 +138,9 @@ def draining(buffer: MollifierBuffer, ids: list[str]) -> list[str]:
     return sorted(leased | {e.message_id for e in entries if e and e.status is EntryStatus.DRAINING})
 
 
+@pytest.mark.parametrize("command", [DRAMATIQ, DRAMATIQ_GEVENT], ids=["threads", "gevent"])
 def test_a_diverted_burst_is_drained_and_processed_exactly_once(
+    command: str,
     *,  # fixtures by name
     environment: dict[str, str],
     workers: Callable[..., Worker],
@@ -159,7 +163,7 @@ def test_a_diverted_burst_is_drained_and_processed_exactly_once(
     print(f"diverted {diverted} of {len(sent)}")
     assert diverted >= 300
 
-    worker = workers(environment)
+    worker = workers(environment, command=command)
     eventually(lambda: broker_client.llen(PROCESSED_KEY) >= len(sent), 25, "every message to be processed")
     eventually(lambda: settled(broker_client, mollifier.buffer), 15, "a duplicate, if any, to show up")
     worker.terminate()
