@@ -86,8 +86,14 @@ class Supervisor:
     Kubernetes, supervisord) starts it again. Output goes to ``log_path``.
     """
 
-    def __init__(self, app: CrashApp, log_path: Path, *extra_args: str) -> None:
+    def __init__(self, app: CrashApp, log_path: Path, *extra_args: str, gevent: bool = False) -> None:
         self.app = app
+        # Dramatiq's gevent launcher patches the worker's threads, CrashRetries' included.
+        self.launcher = (
+            [str(Path(sys.executable).with_name("dramatiq-gevent"))]
+            if gevent
+            else [sys.executable, "-m", "dramatiq"]
+        )
         self.log_path = log_path
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
@@ -96,7 +102,7 @@ class Supervisor:
 
     def start(self) -> None:
         command = [
-            sys.executable, "-m", "dramatiq", APP,
+            *self.launcher, APP,
             "--processes", "1", "--threads", "1",
             "--path", str(REPO),
             *self.extra_args,

@@ -37,12 +37,14 @@ def app(broker_url: str, redis_url: str, tmp_path: Path) -> CrashApp:
 
 
 @pytest.fixture
-def supervisor(app: CrashApp, tmp_path: Path) -> Iterator[Supervisor]:
-    supervisor = Supervisor(app, tmp_path / "dramatiq.log")
+def supervisor(app: CrashApp, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Supervisor]:
+    # Parametrized indirectly with "gevent" to run the CLI's gevent launcher instead.
+    supervisor = Supervisor(app, tmp_path / "dramatiq.log", gevent=getattr(request, "param", "") == "gevent")
     yield supervisor
     supervisor.terminate()
 
 
+@pytest.mark.parametrize("supervisor", ["threads", "gevent"], indirect=True)
 def test_segfaulting_actor_runs_max_retries_plus_one_times_then_is_dead_lettered(
     app: CrashApp, supervisor: Supervisor, redis_client: redis.Redis
 ) -> None:
