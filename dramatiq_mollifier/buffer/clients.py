@@ -12,7 +12,9 @@
   they have ``requirepass``); the other query options go to the primary's connections, as a
   ``redis://`` URL's do.
 
-What each URL means is checked by :func:`~dramatiq_mollifier.settings.redis_url_problem`.
+What each URL means is checked by :func:`~dramatiq_mollifier.settings.redis_url_problem`. The
+connections of a one-server or Sentinel-managed client look their host up within their connect
+timeout (:mod:`.lookups`).
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import SSLConnection, parse_url
+from redis.connection import parse_url
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from ..errors import MollifierConfigurationError
 from ..redis_urls import CLUSTER_SLOT_GROUPS, SENTINEL_AUTH_OPTIONS, split_host_port
+from .lookups import BoundedLookupConnection, BoundedLookupSSLConnection
 
 __all__ = ["ClusterClient", "client_from_url", "is_cluster", "is_cluster_url", "slot_groups_for"]
 
@@ -99,10 +102,13 @@ def client_from_url(url: str, **kwargs: Any) -> Any:
             ) from exc
     if scheme in _SENTINEL_SCHEMES:
         return _sentinel_client(url, **kwargs)
+    if scheme in ("redis", "rediss") and "connection_class" not in kwargs:
+        ssl = scheme == "rediss"
+        kwargs["connection_class"] = BoundedLookupSSLConnection if ssl else BoundedLookupConnection
     return redis.Redis.from_url(url, **kwargs)
 
 
-class _SentinelConnection(SentinelManagedConnection):
+class _SentinelConnection(SentinelManagedConnection, BoundedLookupConnection):
     """redis-py's Sentinel-managed connection keeps its socket after a read timeout (its
     ``read_response`` does not disconnect on error, unlike a plain ``Connection``): the next
     command on it would read the late reply of the one that timed out. This one disconnects."""
@@ -112,7 +118,7 @@ class _SentinelConnection(SentinelManagedConnection):
         return super().read_response(*args, **kwargs)
 
 
-class _SentinelSSLConnection(_SentinelConnection, SSLConnection):
+class _SentinelSSLConnection(_SentinelConnection, BoundedLookupSSLConnection):
     """:class:`_SentinelConnection` over TLS (``rediss+sentinel://``)."""
 
 

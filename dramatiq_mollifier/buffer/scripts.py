@@ -25,6 +25,7 @@ from redis.commands.core import Script
 
 from . import cluster_io, held
 from .clients import ClusterClient
+from .lookups import BoundedLookupConnection, BoundedLookupSSLConnection
 
 __all__ = [
     "SCRIPT_NAMES",
@@ -73,7 +74,13 @@ _LIBRARY = "_lib"
 # The exact client, pool and connection types the direct path knows to be plain redis-py
 # (subclasses may override what it bypasses: instrumentation, caching, routing).
 _DIRECT_POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
-_DIRECT_CONNECTIONS = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
+_DIRECT_CONNECTIONS = (
+    redis.Connection,
+    redis.SSLConnection,
+    redis.UnixDomainSocketConnection,
+    BoundedLookupConnection,
+    BoundedLookupSSLConnection,
+)
 # client -> whether execute() may write straight to its pool (decided once per client).
 _direct: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 # cluster client -> whether scripts go straight to the node of their slot (see cluster_io).
