@@ -208,8 +208,10 @@ class DrainPace:
                 "mollifier.pace_slots_expired %d drained messages were not seen starting within "
                 "drain_outstanding_ttl_ms (%d ms). Either they were lost from the broker (a purged "
                 "queue), or the workers that run them free their slots in another budget (another "
-                "buffer, key_prefix or slot_groups, as in a migration): this drainer then moves one "
-                "budget per %d ms; drain such a buffer with MOLLIFIER_DRAIN_MAX_OUTSTANDING=0",
+                "buffer, key_prefix or slot_groups, as in a migration) or run no Mollifier (a "
+                "deploy that removed it): this drainer then moves one budget per %d ms; keep the "
+                "middleware in every worker (MOLLIFIER_ENABLED=false still frees slots), or drain "
+                "such a buffer with MOLLIFIER_DRAIN_MAX_OUTSTANDING=0",
                 int(expired),
                 self.outstanding_ttl_ms,
                 self.outstanding_ttl_ms,
