@@ -88,6 +88,22 @@ def test_actor_without_retries_is_dead_lettered_on_its_first_crash(
     assert crashes(redis_client, app) == [f"{crashing} SIGSEGV native_crash"]
 
 
+def test_a_process_dying_between_the_verdict_and_retries_does_not_run_the_actor_again(
+    app: CrashApp, supervisor: Supervisor, redis_client: redis.Redis
+) -> None:
+    # Given an actor without retries that segfaults, and a process that dies once right after
+    # CrashRetries' verdict on it and before Retries dead-letters it (a sibling thread's crash)
+    crashing = app.send("crash_then_killed", "crash-runs")
+
+    done = supervisor.run_until(lambda: crashing in redis_dead_letters(app), timeout_s=45)
+
+    # Then the next delivery judges again instead of running the actor: it ran once in all
+    assert done, supervisor.log()
+    assert count(redis_client, f"{app.prefix}:test:verdict-kills") == 2
+    assert count(redis_client, "crash-runs") == 1
+    assert in_flight_records(redis_client, app) == []
+
+
 def test_retry_when_that_refuses_a_crash_stops_it_at_once(
     app: CrashApp, supervisor: Supervisor, redis_client: redis.Redis
 ) -> None:

@@ -26,8 +26,7 @@ from typing import Any
 import redis
 from dramatiq import Message, Worker
 from dramatiq.broker import Broker, MessageProxy
-from dramatiq.errors import ActorNotFound
-from dramatiq.middleware import Middleware, SkipMessage, TimeLimit
+from dramatiq.middleware import Middleware, SkipMessage
 from opentelemetry import metrics
 
 from ..breaker import CircuitOpenError
@@ -46,7 +45,7 @@ from .options import (
     DEFAULT_REPEAT_WINDOW_MS,
     check_options,
 )
-from .process import Delivery, WorkerProcess, now_ms
+from .process import Delivery, WorkerProcess, now_ms, time_limit_ms
 from .repeats import RepeatLog, attempt_of
 from .store import CrashStore, DeliveryRecord, Previous, client_for
 
@@ -143,6 +142,9 @@ class CrashRetries(Middleware):
         self._store: CrashStore | None = None
         self._judge: Judge | None = None
         self._store_lock = threading.Lock()
+        # Deliveries that raised our verdict, by message id: their records stay until Retries
+        # has retried or failed the message (see _end).
+        self._verdicts: dict[str, Delivery] = {}
         self.process = WorkerProcess(
             store=lambda: self.store,
             evidence_dir=self.evidence_dir,
@@ -215,7 +217,7 @@ class CrashRetries(Middleware):
     def before_process_message(self, broker: Broker, message: MessageProxy) -> None:
         identity = self.process.boot()
         now = now_ms()
-        limit_ms = self._time_limit_ms(broker, message)
+        limit_ms = time_limit_ms(broker, message)
         limit_at_ms = None if limit_ms is None else now + limit_ms
         delivery = Delivery(message.message_id, uuid.uuid4().hex, limit_at_ms)
         record = DeliveryRecord(
@@ -271,10 +273,14 @@ class CrashRetries(Middleware):
         result: Any | None = None,
         exception: BaseException | None = None,
     ) -> None:
-        self._end(message)
+        self._end(message, verdict=isinstance(exception, (WorkerCrashed, CrashNotRetried)))
 
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._end(message)
+
+    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
+        if self._verdicts:  # Retries enqueues the retry of a message we gave a verdict on
+            self._conclude_verdict(message.message_id)
 
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
         retries = message.options.get("retries")  # read alone: this runs on every enqueue
@@ -286,6 +292,7 @@ class CrashRetries(Middleware):
             self._failed_open("conclude")
 
     def after_nack(self, broker: Broker, message: MessageProxy) -> None:
+        self._conclude_verdict(message.message_id)
         attempt = self._repeats.current(message.message_id)
         if attempt is None:
             return
@@ -294,11 +301,22 @@ class CrashRetries(Middleware):
         except redis.RedisError:
             self._failed_open("conclude")
 
-    def _end(self, message: MessageProxy) -> None:
+    def _end(self, message: MessageProxy, *, verdict: bool = False) -> None:
         delivery = self.process.untrack()
         if delivery is None or delivery.message_id != message.message_id:
             return  # our before hook did not run for it (an earlier middleware raised)
+        if verdict:
+            # Our verdict on an earlier crash: this record stays until Retries has retried or
+            # failed the message. A process that dies first (a sibling thread's crash) leaves it
+            # to the next delivery, which judges again instead of running the actor once more.
+            self._verdicts[message.message_id] = delivery
+            return
         self.process.release(delivery)
+
+    def _conclude_verdict(self, message_id: str) -> None:
+        delivery = self._verdicts.pop(message_id, None)
+        if delivery is not None:
+            self.process.release(delivery)
 
     # Judgement ------------------------------------------------------------------------------
     def judge(self, prior: DeliveryRecord, message_id: str, *, silent_ms: int) -> CrashVerdict | Unjudged:
@@ -367,20 +385,6 @@ class CrashRetries(Middleware):
         raise CrashNotRetried(text, signal_name=verdict.signal_name, cause=verdict.cause.value)
 
     # Helpers --------------------------------------------------------------------------------
-    @staticmethod
-    def _time_limit_ms(broker: Broker, message: MessageProxy) -> int | None:
-        """The message's time limit if a TimeLimit middleware enforces one, else None."""
-        enforcer = next((m for m in broker.middleware if isinstance(m, TimeLimit)), None)
-        if enforcer is None:
-            return None
-        limit = message.options.get("time_limit")
-        if limit is None:
-            try:
-                limit = broker.get_actor(message.actor_name).options.get("time_limit")
-            except ActorNotFound:
-                limit = None
-        return int(limit if limit is not None else enforcer.time_limit)
-
     def _failed_open(self, stage: str) -> None:
         """Count a Redis error let pass (in its ``except`` block); one line per stage per interval.
         A call the open breaker refused counts as stage ``breaker``; the breaker logs that."""

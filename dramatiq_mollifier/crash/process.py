@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from dramatiq.broker import Broker, MessageProxy
+from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import TimeLimit
 
 from .evidence import Evidence, EvidenceFile, publish_dead_neighbours
 from .heartbeat import Heartbeat
 from .identity import ProcessIdentity
 from .store import CrashStore, ProcState
 
-__all__ = ["Delivery", "WorkerProcess", "now_ms"]
+__all__ = ["Delivery", "WorkerProcess", "now_ms", "time_limit_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,20 @@ class Delivery:
     #: When the message's time limit runs out (epoch ms), if a TimeLimit middleware enforces one.
     limit_at_ms: int | None
     overrun_marked: bool = False
+
+
+def time_limit_ms(broker: Broker, message: MessageProxy) -> int | None:
+    """The message's time limit if a TimeLimit middleware enforces one, else None."""
+    enforcer = next((m for m in broker.middleware if isinstance(m, TimeLimit)), None)
+    if enforcer is None:
+        return None
+    limit = message.options.get("time_limit")
+    if limit is None:
+        try:
+            limit = broker.get_actor(message.actor_name).options.get("time_limit")
+        except ActorNotFound:
+            limit = None
+    return int(limit if limit is not None else enforcer.time_limit)
 
 
 class WorkerProcess:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import time
 from typing import Any
 
@@ -67,8 +68,21 @@ class RecordCrashes(Middleware):
             counters.rpush(f"{PREFIX}:test:crashes", entry)
 
 
+class DieAfterFirstVerdict(Middleware):
+    """Kills the process once, right after CrashRetries' verdict on ``crash_then_killed`` and
+    before Retries acts on it, as a sibling thread's crash would (its after hook runs between)."""
+
+    def after_process_message(
+        self, broker: Broker, message: MessageProxy, *, result: Any = None, exception: Any = None
+    ) -> None:
+        verdict = isinstance(exception, WorkerCrashed) and message.actor_name == "crash_then_killed"
+        if verdict and counters.incr(f"{PREFIX}:test:verdict-kills") == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 broker = make_broker()
 broker.add_middleware(RecordCrashes())
+broker.add_middleware(DieAfterFirstVerdict())
 broker.add_middleware(
     CrashRetries.from_url(
         os.environ["CRASH_REDIS_URL"],
@@ -88,6 +102,9 @@ def segfault(counter: str) -> None:
 
 crash_max2 = dramatiq.actor(actor_name="crash_max2", queue_name=QUEUE, max_retries=2, **BACKOFF)(segfault)
 crash_max0 = dramatiq.actor(actor_name="crash_max0", queue_name=QUEUE, max_retries=0, **BACKOFF)(segfault)
+crash_then_killed = dramatiq.actor(
+    actor_name="crash_then_killed", queue_name=QUEUE, max_retries=0, **BACKOFF
+)(segfault)
 crash_refused = dramatiq.actor(
     actor_name="crash_refused",
     queue_name=QUEUE,
