@@ -115,6 +115,10 @@ def test_pause_resume_and_stats_shows_what_is_paused(
 
     assert "Resumed acme (every env)" in run_cli(capsys, "resume", "acme", *connection).out
     assert "was not paused" in run_cli(capsys, "resume", "acme", *connection).out
+    # Resuming an org whose env was paused on its own says that env is still paused
+    resumed = run_cli(capsys, "resume", "globex", *connection)
+    assert resumed.code == 0 and "globex (every env) was not paused" in resumed.out
+    assert "Note: globex/prod is still paused, on its own ('resume globex --env prod')." in resumed.out
     assert json.loads(run_cli(capsys, "stats", "--json", *connection).out)["paused"] == [
         {"org_id": "globex", "env_id": "prod"}
     ]

@@ -65,10 +65,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"Resumed {name}: drainers take its backlog again (live within a second).")
             else:
                 print(f"{name} was not paused.")
-            if args.env_id is not None and any(
-                p.org_id == args.org_id and p.env_id is None for p in controls.paused()
-            ):
+            paused = [p for p in controls.paused() if p.org_id == args.org_id]
+            if args.env_id is not None and any(p.env_id is None for p in paused):
                 print(f"Note: the whole org {args.org_id} is still paused ('resume {args.org_id}').")
+            for env_id in sorted(p.env_id for p in paused if args.env_id is None and p.env_id is not None):
+                print(
+                    f"Note: {args.org_id}/{env_id} is still paused, on its own "
+                    f"('resume {args.org_id} --env {env_id}')."
+                )
         elif controls.pause(args.org_id, args.env_id):
             depth = buffer.depth(args.org_id, args.env_id)
             print(
