@@ -166,6 +166,7 @@ class DrainPace:
         self._bind = _script(client, "bind")
         self._free = _script(client, "free")
         self._landed = _script(client, "landed")
+        self._in_use = _script(client, "in_use")
         self._refund = _script(client, "refund")
         self._token = f"~{uuid.uuid4().hex}:"
         self._claims = itertools.count(1)
@@ -331,12 +332,9 @@ class DrainPace:
         return run(self.client, script, len(keys), *keys, *args)
 
     def in_use(self) -> int:
-        """Slots taken now, in the broker or on their way (expired ones included until the next
-        claim prunes them)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(self._outstanding)
-        pipe.zcard(self._on_the_way)
-        return sum(int(n) for n in pipe.execute())
+        """Slots taken now, in the broker or on their way; expired ones are not counted, though
+        only the next claim prunes them."""
+        return int(self._run(self._in_use, keys=(self._outstanding, self._on_the_way), args=()))
 
 
 def pace_for(settings: MollifierSettings, client: redis.Redis) -> DrainPace | None:
