@@ -245,6 +245,42 @@ def test_a_paused_org_is_held_while_others_drain_then_resumed_with_nothing_lost(
     assert sorted(mid for _, mid in app.processed) == expected
 
 
+def test_a_paused_tenants_delayed_sends_are_held_when_due_and_run_after_the_resume(
+    app: App, redis_url: str, key_prefix: str, redis_client: redis.Redis
+) -> None:
+    # Given a worker with the Mollifier draining, and org acme paused
+    settings = MollifierSettings(
+        enabled=True,
+        enabled_orgs={"*"},
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        drain_poll_interval_ms=20,
+        trip_threshold=1_000,
+    )
+    mollifier = Mollifier(settings, client=redis_client)
+    app.broker.add_middleware(mollifier)
+    controls = mollifier.controls
+    assert controls.pause("acme")
+    mollifier.rules.refresh()
+    app.start_worker()
+
+    # When acme and globex each send a message with a delay (as a retry or scheduled work does)
+    held = app.actor.send_with_options(args=(0,), org_id="acme", env_id="prod", delay=200)
+    other = app.actor.send_with_options(args=(0,), org_id="globex", env_id="prod", delay=200)
+    assert mollifier.buffer.depth() == 0  # a delayed send keeps its delay: it is not buffered
+
+    # Then, once due, globex's runs and acme's is held in the buffer (reason paused), not run
+    eventually(lambda: len(app.processed) >= 1, 10, "globex's delayed message to run")
+    eventually(lambda: controls.lookup(held.message_id).state == "queued", 10, "acme's to be held")
+    assert [mid for _, mid in app.processed] == [other.message_id]
+
+    # And after the resume it runs, once
+    assert controls.resume("acme")
+    eventually(lambda: len(app.processed) >= 2, 10, "acme's message to run after the resume")
+    eventually(lambda: mollifier.buffer.depth() == 0, what="the buffer to empty")
+    assert sorted(mid for _, mid in app.processed) == sorted([held.message_id, other.message_id])
+
+
 def test_a_pause_reaches_a_running_gate_within_a_second(
     app: App, redis_url: str, key_prefix: str, redis_client: redis.Redis
 ) -> None:

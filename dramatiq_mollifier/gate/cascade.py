@@ -169,7 +169,13 @@ class Gate:
         if state == STATE_DRAINED:
             return BYPASS_DRAINED
         if state == STATE_ADMITTED:
-            return BYPASS_ADMITTED
+            # Due now, promoted from the delay queue (a retry, a delayed send): it passes, unless
+            # its tenant is paused.
+            holds = self._holds
+            if holds is None or not intercepted or not holds.anything_paused():
+                return BYPASS_ADMITTED
+            held = holds.hold_if_paused(message, self._resolve_tenant(message), BUFFER_ERROR)
+            return held or BYPASS_ADMITTED
         if delay is not None:
             return BYPASS_DELAYED
         opt_in = options.get(OPT_OUT_OPTION)

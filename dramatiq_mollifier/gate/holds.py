@@ -143,6 +143,20 @@ class TenantHolds:
             return None
         return TenantLimits(paused, env_cap, org_cap)
 
+    def anything_paused(self) -> bool:
+        """Whether any org or env is paused (no I/O: the rules read in the background)."""
+        return bool(self._rules().paused)
+
+    def hold_if_paused(
+        self, message: dramatiq.Message[Any], tenant: object, fallback: Decision
+    ) -> Decision | None:
+        """Buffer ``message``, due from the delay queue, if ``tenant`` is paused; else None."""
+        limits = self.limits(tenant) if isinstance(tenant, Tenant) else None
+        if limits is None or not limits.paused:
+            return None
+        assert isinstance(tenant, Tenant)
+        return self.accept(message, tenant, limits, fallback)
+
     def accept(
         self, message: dramatiq.Message[Any], tenant: Tenant, limits: TenantLimits, fallback: Decision
     ) -> Decision:
