@@ -15,6 +15,7 @@ from dramatiq_mollifier import Mollifier, MollifierConfigurationError, Mollifier
 from dramatiq_mollifier.buffer import MollifierBuffer
 from dramatiq_mollifier.buffer.clients import ClusterClient, client_from_url
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
+from dramatiq_mollifier.buffer.lookups import BoundedLookupConnection
 from dramatiq_mollifier.embedded import EmbeddedCluster, EmbeddedRedis, free_port
 
 
@@ -48,6 +49,24 @@ def test_closing_a_cluster_client_closes_every_node_connection(redis_cluster: Em
         del client, buffer
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+def test_a_cluster_url_naming_its_seed_by_name_works_and_bounds_every_nodes_lookups(
+    redis_cluster: EmbeddedCluster,
+) -> None:
+    # The seed by host name (the nodes announce addresses): each node's connections look their
+    # host up within the connect timeout (tests/test_host_lookups.py shows what that bounds).
+    url = redis_cluster.url.replace("127.0.0.1", "localhost", 1)
+    client = client_from_url(url, socket_timeout=2, socket_connect_timeout=0.5)
+    try:
+        buffer = MollifierBuffer(client, key_prefix="by-name")
+        for n in range(20):  # orgs on every primary
+            assert buffer.accept(f"m{n}", org_id=f"org{n}", env_id="prod", payload=b"x")
+        pools = [node.redis_connection.connection_pool for node in client.get_nodes()]
+        assert len(pools) >= len(redis_cluster.primaries)
+        assert {pool.connection_class for pool in pools} == {BoundedLookupConnection}
+    finally:
+        client.close()
 
 
 def test_a_cluster_url_with_several_seeds_starts_while_the_first_is_down(

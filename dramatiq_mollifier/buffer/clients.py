@@ -13,8 +13,8 @@
   ``redis://`` URL's do.
 
 What each URL means is checked by :func:`~dramatiq_mollifier.settings.redis_url_problem`. The
-connections of a one-server or Sentinel-managed client look their host up within their connect
-timeout (:mod:`.lookups`).
+connections of a one-server, plain-text cluster or Sentinel-managed client look their host up
+within their connect timeout (:mod:`.lookups`).
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ def client_from_url(url: str, **kwargs: Any) -> Any:
             kwargs["startup_nodes"] = [ClusterNode(*split_host_port(seed, 6379)) for seed in seeds]  # type: ignore[no-untyped-call]
         # A cluster has database 0 only: redis-py refuses a /0 path on some versions.
         first = parts._replace(netloc=userinfo + at + seeds[0], path="")
+        if scheme == "redis+cluster":  # (a rediss:// URL sets redis-py's TLS class itself)
+            kwargs.setdefault("connection_class", BoundedLookupConnection)
         try:
             return ClusterClient.from_url(first.geturl(), **kwargs)
         except RedisClusterException as exc:

@@ -71,7 +71,9 @@ def _cluster_drain_client(client: RedisCluster, *, socket_timeout_ms: int) -> Re
     kwargs = {
         name: value
         for name, value in client.nodes_manager.connection_kwargs.items()
-        if not name.startswith(_POOL_STATE) and name not in ("host", "port", "retry", "retry_on_error")
+        if not name.startswith(_POOL_STATE)
+        # (connection_class: RedisCluster built from nodes hands it to Redis(), which takes none)
+        and name not in ("host", "port", "retry", "retry_on_error", "connection_class")
     }
     kwargs.update(socket_timeout=socket_timeout_ms / 1000, retry=Retry(NoBackoff(), 0))
     nodes = [ClusterNode(node.host, node.port) for node in client.get_nodes()]  # type: ignore[no-untyped-call]
