@@ -66,6 +66,9 @@ def test_a_dns_server_that_never_answers_holds_a_send_for_the_connect_timeout_at
     assert isinstance(durations, list)
     assert durations[0] < 1.5, durations
     assert max(durations[1:]) < 0.3, durations
+    # And a connection with a longer timeout (1.5 s, from the lookup's start) still waits its own
+    waited = result["longer_timeout_waited_s"]
+    assert isinstance(waited, float) and 0.5 < waited < 1.4, waited
     # And nothing is lost: every send went to the broker
     assert result["queued"] == 20
     # And a forked child does not inherit the parent's lookup (no thread of its would end it)
@@ -114,7 +117,10 @@ def test_a_named_host_is_reached_through_each_of_its_addresses_with_tls_checked_
     plain, tls, ca = named_server
     # Given a name whose first address (::1) refuses, then 127.0.0.1, where the server is
     hosts = f"127.0.0.1 localhost\n::1 {NAME}\n127.0.0.1 {NAME}\n"
-    for url in (f"redis://{NAME}:{plain}/0", f"rediss://{NAME}:{tls}/0?ssl_ca_certs={ca}"):
+    for url in (
+        f"redis://{NAME}:{plain}/0",
+        f"rediss://{NAME}:{tls}/0?ssl_ca_certs={ca}&ssl_check_hostname=true",
+    ):
         # When sends are diverted through a URL that names it (over TLS: the certificate is
         # issued for the name, not for the address connected to)
         result = probe(tmp_path, hosts, "by-name", url)

@@ -306,8 +306,11 @@ def test_a_drained_message_that_fails_is_retried_through_the_delay_queue_without
     assert mollifier.buffer.depth() == 0
     assert decisions(reader) == {
         ("mollify", "per_env_rate", True): 1,
-        # the drained enqueue, the retry (delayed) and its promotion from the delay queue
-        ("pass_through", "bypass_drained", False): 3,
+        # the drained enqueue, then the retry (delayed: admitted, so that a pause would hold it
+        # when due) and its promotion from the delay queue
+        ("pass_through", "bypass_drained", False): 1,
+        ("pass_through", "bypass_delayed", False): 1,
+        ("pass_through", "bypass_admitted", False): 1,
     }
 
 

@@ -6,8 +6,9 @@ opened a connection to the buffer waited 20 s before failing open, and the next 
 long again before the circuit breaker opened. Here the lookup runs in a thread of its own and
 the connection waits for it ``socket_connect_timeout`` at most, then fails as a connect that
 timed out does (an outage: the send fails open). Connections that come while a lookup of the
-host is under way share it, so a DNS outage holds one thread per host, and once one of them has
-waited its timeout for it the others fail at once until it ends. An answer is reused for
+host and port is under way share it, so a DNS outage holds one thread per host and port, and
+each waits its own timeout counted from the lookup's start: once the send path's 0.5 s is over,
+its next connections fail at once until the lookup ends. An answer is reused for
 :data:`ANSWER_REUSE_S`: one that came too late serves the next connection (the breaker's
 probe), and a burst of new connections makes one lookup.
 """
@@ -36,9 +37,8 @@ class _Lookup:
         self.done = threading.Event()
         self.addresses: list[str] = []
         self.error: OSError | None = None
+        self.started_at = time.monotonic()
         self.finished_at = 0.0
-        # Set when a connection gave up waiting: the next ones do not wait for it again.
-        self.overdue = False
         thread = threading.Thread(target=self._run, args=(host, port), name="mollifier-lookup", daemon=True)
         thread.start()
 
@@ -89,8 +89,9 @@ def addresses(host: str, port: int, timeout_s: float | None) -> list[str]:
         lookup = _registry.lookups.get(key)
         if lookup is None or not lookup.reusable(time.monotonic()):
             lookup = _registry.lookups[key] = _Lookup(host, port)
-    if not lookup.done.wait(0 if lookup.overdue else timeout_s):
-        lookup.overdue = True
+    # Each connection waits out its own timeout, counted from the lookup's start.
+    wait_s = None if timeout_s is None else max(0.0, lookup.started_at + timeout_s - time.monotonic())
+    if not lookup.done.wait(wait_s):
         raise TimeoutError(f"looking up {host!r} took more than {timeout_s} s")
     if lookup.error is not None:
         raise lookup.error

@@ -143,7 +143,7 @@ class CrashRetries(Middleware):
         self._judge: Judge | None = None
         self._store_lock = threading.Lock()
         # Deliveries that raised our verdict, by message id: their records stay until Retries
-        # has retried or failed the message (see _end).
+        # has retried (after_enqueue) or failed (after_nack) the message (see _end).
         self._verdicts: dict[str, Delivery] = {}
         self.process = WorkerProcess(
             store=lambda: self.store,
@@ -278,11 +278,9 @@ class CrashRetries(Middleware):
     def after_skip_message(self, broker: Broker, message: MessageProxy) -> None:
         self._end(message)
 
-    def before_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
-        if self._verdicts:  # Retries enqueues the retry of a message we gave a verdict on
-            self._conclude_verdict(message.message_id)
-
     def after_enqueue(self, broker: Broker, message: Message[Any], delay: int) -> None:
+        if self._verdicts:  # the retry of a message we gave a verdict on is in the broker
+            self._conclude_verdict(message.message_id)
         retries = message.options.get("retries")  # read alone: this runs on every enqueue
         if not isinstance(retries, int) or retries < 1:
             return

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import SSLConnection
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
@@ -76,5 +77,7 @@ def _cluster_drain_client(client: RedisCluster, *, socket_timeout_ms: int) -> Re
         and name not in ("host", "port", "retry", "retry_on_error", "connection_class")
     }
     kwargs.update(socket_timeout=socket_timeout_ms / 1000, retry=Retry(NoBackoff(), 0))
+    if issubclass(client.nodes_manager.connection_kwargs.get("connection_class", object), SSLConnection):
+        kwargs["ssl"] = True  # a rediss+cluster:// URL says TLS by its class alone
     nodes = [ClusterNode(node.host, node.port) for node in client.get_nodes()]  # type: ignore[no-untyped-call]
     return RedisCluster(startup_nodes=nodes, **kwargs)

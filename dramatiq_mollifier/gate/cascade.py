@@ -167,7 +167,8 @@ class Gate:
         options = message.options
         state = marker_of(options, message.message_id) if STATE_OPTION in options else None
         if state == STATE_DRAINED:
-            return BYPASS_DRAINED
+            # A retry of a drained message is delayed: admitted, so a pause holds it when due.
+            return BYPASS_DRAINED if delay is None else BYPASS_DELAYED
         if state == STATE_ADMITTED:
             # Due now, promoted from the delay queue (a retry, a delayed send): it passes, unless
             # its tenant is paused.

@@ -17,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+from urllib.parse import urlsplit
 
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
@@ -63,6 +64,13 @@ def blackhole(url: str) -> dict[str, object]:
         began = time.monotonic()
         ingest.send_with_options(org_id="acme", env_id="prod")
         durations.append(time.monotonic() - began)
+    # Another client of the same host with a longer connect timeout (1.5 s) waits out its own,
+    # counted from the lookup's start, not the send path's 0.5 s.
+    began = time.monotonic()
+    with contextlib.suppress(TimeoutError):
+        target = urlsplit(url)
+        lookups.addresses(str(target.hostname), int(target.port or 6379), 1.5)
+    other_wait_s = time.monotonic() - began
     plain.join()
     child = os.fork()
     if child == 0:
@@ -72,6 +80,7 @@ def blackhole(url: str) -> dict[str, object]:
         "durations": durations,
         "queued": broker.queues["default"].qsize(),
         "plain_lookup_s": raw["seconds"],
+        "longer_timeout_waited_s": other_wait_s,
         "parent_lookups": len(lookups._registry.lookups),
         "child_starts_clean": os.waitstatus_to_exitcode(status) == 0,
     }
