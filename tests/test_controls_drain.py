@@ -19,7 +19,7 @@ from dramatiq_mollifier.drain.cancel_check import CancelCheck
 from dramatiq_mollifier.drain.drainer import MollifierDrainer
 from dramatiq_mollifier.drain.handler import make_drain_handler
 from dramatiq_mollifier.drain.hooks import DrainHooks
-from dramatiq_mollifier.models import STATE_DRAINED, BufferEntry, marker
+from dramatiq_mollifier.models import BufferEntry
 from dramatiq_mollifier.telemetry import Telemetry
 
 from .controls_helpers import App, seed
@@ -242,48 +242,6 @@ def test_a_paused_org_is_held_while_others_drain_then_resumed_with_nothing_lost(
     expected = sorted([*others, *held, *held_env, sent.message_id])
     eventually(lambda: len(app.processed) >= len(expected), 20, "the resumed tenants to drain")
     eventually(lambda: buffer.depth() == 0, what="the buffer to empty")
-    assert sorted(mid for _, mid in app.processed) == expected
-
-
-def test_a_paused_tenants_delayed_sends_are_held_when_due_and_run_after_the_resume(
-    app: App, redis_url: str, key_prefix: str, redis_client: redis.Redis
-) -> None:
-    # Given a worker with the Mollifier draining, and org acme paused
-    settings = MollifierSettings(
-        enabled=True,
-        enabled_orgs={"*"},
-        redis_url=redis_url,
-        key_prefix=key_prefix,
-        drain_poll_interval_ms=20,
-        trip_threshold=1_000,
-    )
-    mollifier = Mollifier(settings, client=redis_client)
-    app.broker.add_middleware(mollifier)
-    controls = mollifier.controls
-    assert controls.pause("acme")
-    mollifier.rules.refresh()
-    app.start_worker()
-
-    # When acme and globex each send a message with a delay (as a retry or scheduled work does)
-    held = app.actor.send_with_options(args=(0,), org_id="acme", env_id="prod", delay=200)
-    other = app.actor.send_with_options(args=(0,), org_id="globex", env_id="prod", delay=200)
-    # and Retries re-enqueues a message of acme's that a drainer had delivered (its marker kept)
-    retried = app.message("acme")
-    retried.options.update(marker(STATE_DRAINED, retried.message_id))
-    app.broker.enqueue(retried, delay=200)
-    assert mollifier.buffer.depth() == 0  # a delayed send keeps its delay: it is not buffered
-
-    # Then, once due, globex's runs and acme's two are held in the buffer (paused), not run
-    eventually(lambda: len(app.processed) >= 1, 10, "globex's delayed message to run")
-    both = (held.message_id, retried.message_id)
-    eventually(lambda: {controls.lookup(mid).state for mid in both} == {"queued"}, 10, "acme's to be held")
-    assert [mid for _, mid in app.processed] == [other.message_id]
-
-    # And after the resume they run, once each
-    assert controls.resume("acme")
-    eventually(lambda: len(app.processed) >= 3, 10, "acme's messages to run after the resume")
-    eventually(lambda: mollifier.buffer.depth() == 0, what="the buffer to empty")
-    expected = sorted([held.message_id, retried.message_id, other.message_id])
     assert sorted(mid for _, mid in app.processed) == expected
 
 
