@@ -172,11 +172,9 @@ class Gate:
         if state == STATE_ADMITTED:
             # Due now, promoted from the delay queue (a retry, a delayed send): it passes, unless
             # its tenant is paused.
-            holds = self._holds
-            if holds is None or not intercepted or not holds.anything_paused():
+            if self._holds is None or not intercepted:
                 return BYPASS_ADMITTED
-            held = holds.hold_if_paused(message, self._resolve_tenant(message), BUFFER_ERROR)
-            return held or BYPASS_ADMITTED
+            return self._holds.held_when_due(message, self._resolve_tenant, BUFFER_ERROR) or BYPASS_ADMITTED
         if delay is not None:
             return BYPASS_DELAYED
         opt_in = options.get(OPT_OUT_OPTION)

@@ -143,18 +143,24 @@ class TenantHolds:
             return None
         return TenantLimits(paused, env_cap, org_cap)
 
-    def anything_paused(self) -> bool:
-        """Whether any org or env is paused (no I/O: the rules read in the background)."""
-        return bool(self._rules().paused)
-
-    def hold_if_paused(
-        self, message: dramatiq.Message[Any], tenant: object, fallback: Decision
+    def held_when_due(
+        self,
+        message: dramatiq.Message[Any],
+        tenant_of: Callable[[dramatiq.Message[Any]], object],
+        fallback: Decision,
     ) -> Decision | None:
-        """Buffer ``message``, due from the delay queue, if ``tenant`` is paused; else None."""
-        limits = self.limits(tenant) if isinstance(tenant, Tenant) else None
+        """Buffer ``message``, due from the delay queue, if its tenant is paused; else None.
+
+        With nothing paused anywhere (the rules, read in the background) the tenant is not
+        looked up at all."""
+        if not self._rules().paused:
+            return None
+        tenant = tenant_of(message)
+        if not isinstance(tenant, Tenant):
+            return None
+        limits = self.limits(tenant)
         if limits is None or not limits.paused:
             return None
-        assert isinstance(tenant, Tenant)
         return self.accept(message, tenant, limits, fallback)
 
     def accept(
