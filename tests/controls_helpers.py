@@ -8,9 +8,11 @@ from collections import Counter
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
+from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
 
 QUEUE = "work"
@@ -36,6 +38,21 @@ class App:
 
     def message(self, org: str, env: str = "prod") -> dramatiq.Message[Any]:
         return self.actor.message_with_options(args=(0,), org_id=org, env_id=env)
+
+    def add_draining_mollifier(self, redis_url: str, key_prefix: str, client: redis.Redis) -> Mollifier:
+        """A Mollifier that drains in this app's worker, as deployed; every org enrolled, a
+        threshold no test reaches."""
+        settings = MollifierSettings(
+            enabled=True,
+            enabled_orgs={"*"},
+            redis_url=redis_url,
+            key_prefix=key_prefix,
+            drain_poll_interval_ms=20,
+            trip_threshold=1_000,
+        )
+        mollifier = Mollifier(settings, client=client)
+        self.broker.add_middleware(mollifier)
+        return mollifier
 
     def start_worker(self, threads: int = 4) -> None:
         self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=50)

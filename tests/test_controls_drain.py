@@ -207,21 +207,12 @@ def test_a_paused_org_is_held_while_others_drain_then_resumed_with_nothing_lost(
     app: App, buffer: MollifierBuffer, redis_url: str, key_prefix: str, redis_client: redis.Redis
 ) -> None:
     # A worker with the Mollifier draining, as deployed
-    settings = MollifierSettings(
-        enabled=True,
-        enabled_orgs={"*"},
-        redis_url=redis_url,
-        key_prefix=key_prefix,
-        drain_poll_interval_ms=20,
-        trip_threshold=1_000,
-    )
-    mollifier = Mollifier(settings, client=redis_client)
-    app.broker.add_middleware(mollifier)
+    mollifier = app.add_draining_mollifier(redis_url, key_prefix, redis_client)
     held = seed(buffer, app, "paused-org", 50)
     held_env = seed(buffer, app, "acme", 20, env="dev")
     others = seed(buffer, app, "acme", 50) + seed(buffer, app, "globex", 50)
     controls = mollifier.controls
-    assert controls.settings is settings
+    assert controls.settings is mollifier.settings
     assert controls.pause("paused-org")
     assert controls.pause("acme", "dev")
     mollifier.rules.refresh()

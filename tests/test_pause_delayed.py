@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from dramatiq_mollifier import Mollifier, MollifierSettings
 from dramatiq_mollifier.models import STATE_DRAINED, marker
 
 from .controls_helpers import App
@@ -29,16 +28,7 @@ def test_a_paused_tenants_delayed_sends_are_held_when_due_and_run_after_the_resu
     app: App, redis_url: str, key_prefix: str, redis_client: redis.Redis
 ) -> None:
     # Given a worker with the Mollifier draining, and org acme paused
-    settings = MollifierSettings(
-        enabled=True,
-        enabled_orgs={"*"},
-        redis_url=redis_url,
-        key_prefix=key_prefix,
-        drain_poll_interval_ms=20,
-        trip_threshold=1_000,
-    )
-    mollifier = Mollifier(settings, client=redis_client)
-    app.broker.add_middleware(mollifier)
+    mollifier = app.add_draining_mollifier(redis_url, key_prefix, redis_client)
     controls = mollifier.controls
     assert controls.pause("acme")
     mollifier.rules.refresh()
