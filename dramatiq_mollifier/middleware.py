@@ -145,6 +145,7 @@ class Mollifier(Middleware):
                 buffer.client, buffer.keys, self._refuse_layout, self._layout_matches
             )
         self._worker_drainer: WorkerDrainer | None = None
+        self._draining = False
         self._controls: TenantControls | None = None
         # The drain budget: workers give a slot back when they start a drained message.
         pace = pace_for(self.settings, self._buffer.client)
@@ -223,17 +224,21 @@ class Mollifier(Middleware):
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         self._check_alone_on(broker)
+        # The drainer is built here, before Dramatiq's consumers run, and only started once they
+        # do: see WorkerDrainer.prepare for why boot work must not run after them.
+        self._draining = self.settings.run_drainer and self._worker_drainer_for().prepare(broker)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        if not self.settings.run_drainer:
-            if self.settings.drainer_enabled is None:  # off by the kill switch, not by choice
-                threading.Thread(
-                    target=self._warn_if_buffered, name="mollifier-boot-check", daemon=True
-                ).start()
-            return
-        # Every worker the broker boots drains: a process that stopped one worker and starts
-        # another restarts the drainer the first one's shutdown stopped (start does nothing
-        # while it still runs).
+        if self._draining:
+            # Every worker the broker boots drains: a process that stopped one worker and starts
+            # another restarts the drainer the first one's shutdown stopped (start does nothing
+            # while it still runs).
+            self._worker_drainer_for().start(broker)
+        elif not self.settings.run_drainer and self.settings.drainer_enabled is None:
+            # Off by the kill switch, not by choice: say so if messages are left buffered.
+            threading.Thread(target=self._warn_if_buffered, name="mollifier-boot-check", daemon=True).start()
+
+    def _worker_drainer_for(self) -> WorkerDrainer:
         if self._worker_drainer is None:
             from .drain.worker_drainer import WorkerDrainer
 
@@ -244,7 +249,7 @@ class Mollifier(Middleware):
                 rules=self.rules,
                 middleware=self,
             )
-        self._worker_drainer.start(broker)
+        return self._worker_drainer
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._started(message)

@@ -224,3 +224,30 @@ def test_drainer_enabled_false_keeps_a_worker_from_draining(
     finally:
         worker.stop()
     assert mollifier.buffer.depth() == 1
+
+
+def test_the_drainer_is_built_before_the_workers_consumers_run(
+    broker: StubBroker, redis_client: redis.Redis, key_prefix: str
+) -> None:
+    """Boot work done once consumers run delays the ready event the `dramatiq` CLI waits for, while
+    messages already run; one that kills the process then can freeze the CLI (see prepare)."""
+    settings = MollifierSettings(enabled=True, enabled_orgs={"*"}, key_prefix=key_prefix)
+    mollifier = Mollifier(settings, client=redis_client)
+    broker.add_middleware(mollifier)
+    seen: dict[str, object] = {}
+
+    class Probe(dramatiq.Middleware):  # its before hook runs right after the Mollifier's
+        def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+            drainer = mollifier.drainer
+            seen.update(built=drainer is not None, running=drainer is not None and drainer.running)
+            seen["consumers"] = len(worker.consumers)
+
+    broker.add_middleware(Probe())
+    declare_ingest(broker)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=100)
+    worker.start()
+    try:
+        assert seen == {"built": True, "running": False, "consumers": 0}
+        assert mollifier.drainer is not None and mollifier.drainer.running
+    finally:
+        worker.stop()
