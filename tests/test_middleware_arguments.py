@@ -78,3 +78,30 @@ def test_a_url_whose_timeouts_could_stall_sends_is_warned_about(caplog: pytest.L
     Mollifier(MollifierSettings(redis_url="redis://127.0.0.1:1/0?socket_timeout=5&socket_connect_timeout=2"))
 
     assert "MOLLIFIER_REDIS_URL sets socket_timeout=5, socket_connect_timeout=2" in caplog.text
+
+
+def test_crash_retries_placed_before_retries_fails_at_import_and_at_boot() -> None:
+    # Retries' after hook ran first: the verdict's record stayed in memory for good, and a
+    # sibling thread's crash in between let the next delivery run the actor past max_retries.
+    def crash_retries() -> CrashRetries:
+        return CrashRetries(client=redis.Redis(port=1, socket_timeout=0.5, retry=None), key_prefix="t")
+
+    placed_before = "CrashRetries is placed before Retries on the broker: add it after"
+    declared = StubBroker()
+    dramatiq.actor(lambda: None, actor_name="ingest", broker=declared)
+    with pytest.raises(MiddlewareConfigurationError, match=placed_before):
+        declared.add_middleware(crash_retries(), before=dramatiq.middleware.Retries)
+
+    undeclared = StubBroker()
+    undeclared.add_middleware(crash_retries(), before=dramatiq.middleware.Retries)
+    with pytest.raises(MiddlewareConfigurationError, match=placed_before):
+        dramatiq.actor(lambda: None, actor_name="ingest", broker=undeclared)
+    with pytest.raises(MiddlewareConfigurationError, match=placed_before):
+        dramatiq.Worker(undeclared, worker_threads=1).start()
+
+    appended = StubBroker()
+    dramatiq.actor(lambda: None, actor_name="ingest", broker=appended)
+    appended.add_middleware(crash_retries())  # where add_middleware puts it: accepted
+    assert isinstance(appended.middleware[-1], CrashRetries)
+    for broker in (declared, undeclared, appended):
+        broker.close()

@@ -44,6 +44,7 @@ from .options import (
     DEFAULT_RECORD_TTL_MS,
     DEFAULT_REPEAT_WINDOW_MS,
     check_options,
+    check_placement,
 )
 from .process import Delivery, WorkerProcess, now_ms, time_limit_ms
 from .repeats import RepeatLog, attempt_of
@@ -200,7 +201,13 @@ class CrashRetries(Middleware):
         return store
 
     # Process lifecycle ----------------------------------------------------------------------
+    def before_declare_actor(self, broker: Broker, actor: Any) -> None:
+        check_placement(broker, self)  # a MiddlewareError: the app fails at import
+
+    after_declare_actor = before_declare_actor  # add_middleware runs it for each declared actor
+
     def before_worker_boot(self, broker: Broker, worker: Worker) -> None:
+        check_placement(broker, self)
         self.process.boot()
 
     def before_worker_shutdown(self, broker: Broker, worker: Worker) -> None:
@@ -359,8 +366,7 @@ class CrashRetries(Middleware):
     def _crashed(self, message: MessageProxy, prior: DeliveryRecord, verdict: CrashVerdict) -> None:
         action = "retry_policy" if verdict.retry else "failed"
         self._crashes.add(1, {"signal": verdict.signal_name, "cause": verdict.cause.value, "action": action})
-        message.options["crash_signal"] = verdict.signal_name
-        message.options["crash_cause"] = verdict.cause.value
+        message.options.update(crash_signal=verdict.signal_name, crash_cause=verdict.cause.value)
         logger.error(
             "mollifier.worker_crashed message_id=%r pid=%d host=%s signal=%s cause=%s action=%s",
             message.message_id,

@@ -7,7 +7,10 @@ true.
 
 from __future__ import annotations
 
-from ..errors import MollifierConfigurationError
+from dramatiq.broker import Broker
+from dramatiq.middleware import Middleware, Retries
+
+from ..errors import MiddlewareConfigurationError, MollifierConfigurationError
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL_MS",
@@ -15,6 +18,7 @@ __all__ = [
     "DEFAULT_RECORD_TTL_MS",
     "DEFAULT_REPEAT_WINDOW_MS",
     "check_options",
+    "check_placement",
 ]
 
 #: How long an in-flight record is kept for a redelivery to find: 7 days.
@@ -61,3 +65,20 @@ def check_options(
         raise MollifierConfigurationError("record_ttl_ms must exceed liveness_timeout_ms")
     if not 0 <= repeat_window_ms <= record_ttl_ms:
         raise MollifierConfigurationError("repeat_window_ms must be between 0 and record_ttl_ms")
+
+
+def check_placement(broker: Broker, crash_retries: Middleware) -> None:
+    """Refuse ``CrashRetries`` placed before Retries, raising a ``MiddlewareError``.
+
+    Dramatiq runs after-hooks in reverse order, so Retries would retry or dead-letter a crashed
+    message before ``CrashRetries`` has kept that delivery's record: the record would then stay
+    in the process's memory for good, and a sibling thread's crash in between would let the
+    next delivery run the actor again, past ``max_retries``.
+    """
+    order = broker.middleware
+    retries = [index for index, middleware in enumerate(order) if isinstance(middleware, Retries)]
+    if retries and crash_retries in order and order.index(crash_retries) < retries[0]:
+        raise MiddlewareConfigurationError(
+            "CrashRetries is placed before Retries on the broker: add it after (broker."
+            "add_middleware(CrashRetries()) appends it) so a crash verdict reaches Retries first"
+        )
