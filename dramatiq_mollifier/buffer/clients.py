@@ -151,8 +151,8 @@ def _sentinel_client(url: str, **kwargs: Any) -> redis.Redis:
     ssl = parts.scheme == "rediss+sentinel"
     kwargs.update(options)
     kwargs["connection_class"] = _SentinelSSLConnection if ssl else _SentinelConnection
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call,unused-ignore]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
         service, db=db, username=username, password=password, **kwargs
     )
     return client
