@@ -80,7 +80,7 @@ class WorkerDrainer:
         """Build the drainer without starting it; False if the key layout refuses it.
 
         The middleware calls this from ``before_worker_boot``, before Dramatiq's consumers run.
-        Work done in ``after_worker_boot`` (imports, connections, the layout check: 30 to 50 ms)
+        Work done in ``after_worker_boot`` (imports, connections, the layout check: 30 to 55 ms)
         delays the ready event the ``dramatiq`` CLI waits for while messages already run, and
         a message that kills the process while it sets that event leaves the event's lock,
         shared with the main process, held for good: the CLI froze in 24 of 52 restarts of a
