@@ -14,7 +14,7 @@ from . import common
 DESCRIPTION = """\
 Serve the web dashboard: the buffer's depth and a live chart, every tenant (sortable, filterable),
 a message lookup, the dead letters, and actions (enrol, pause, resume, cancel, retry, purge) with a
-confirmation step for destructive ones. Needs pip install 'dramatiq-mollifier[dashboard]'.
+confirmation step for destructive ones. Needs pip install -e '.[dashboard]' in a checkout.
 
 It listens on 127.0.0.1 unless told otherwise, and then serves loopback clients only. To listen on
 another address, give a token (MOLLIFIER_DASHBOARD_TOKEN, at least 16 characters; open
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         from ..dashboard.broker_depth import redis_queue_depth
     except ImportError as exc:
         raise console.CommandError(
-            f"the dashboard needs its extra: pip install 'dramatiq-mollifier[dashboard]' ({exc})",
+            f"the dashboard needs its extra: pip install -e '.[dashboard]' in a checkout ({exc})",
             exit_code=console.EXIT_CONFIG,
         ) from exc
     if not 0 <= args.port <= 65535:

@@ -83,7 +83,7 @@ def register(subparsers: Any) -> None:
         metavar="PORT",
         help=f"serve the web dashboard on 127.0.0.1:PORT (default {DASHBOARD_PORT}) while the burst "
         f"is smoothed; the burst starts {DASHBOARD_HEAD_START_S:g} s after it is up "
-        "(needs pip install 'dramatiq-mollifier[dashboard]')",
+        "(needs pip install -e '.[dashboard]' in a checkout)",
     )
     parser.set_defaults(func=run)
 
@@ -128,7 +128,7 @@ def _dashboard(port: int) -> Any:
         from ..dashboard.serve import BackgroundServer
     except ImportError as exc:
         raise console.CommandError(
-            f"--dashboard needs its extra: pip install 'dramatiq-mollifier[dashboard]' ({exc})",
+            f"--dashboard needs its extra: pip install -e '.[dashboard]' in a checkout ({exc})",
             exit_code=console.EXIT_CONFIG,
         ) from exc
 

@@ -1,6 +1,6 @@
 """A web dashboard for operators: the buffer, every tenant, the dead letters, and actions on them.
 
-Install with ``pip install 'dramatiq-mollifier[dashboard]'``. Serve it alone with
+Install with ``pip install -e '.[dashboard]'`` in a checkout. Serve it alone with
 ``dramatiq-mollifier dashboard`` (see :mod:`.serve`), or mount :func:`create_app` (WSGI) or
 :func:`create_asgi_app` (ASGI) in your own application. The library never imports this package.
 """
