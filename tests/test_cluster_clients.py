@@ -8,44 +8,45 @@ import gc
 import warnings
 
 import pytest
+import redis
 from dramatiq.brokers.stub import StubBroker
 from redis.exceptions import RedisClusterException
 
 from dramatiq_mollifier import Mollifier, MollifierConfigurationError, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.buffer.clients import ClusterClient, client_from_url
+from dramatiq_mollifier.buffer.clients import client_from_url
+from dramatiq_mollifier.buffer.cluster_client import ClusterClient
 from dramatiq_mollifier.buffer.drain_protocol import DrainProtocol
 from dramatiq_mollifier.buffer.lookups import BoundedLookupConnection
 from dramatiq_mollifier.embedded import EmbeddedCluster, EmbeddedRedis, free_port
 
 
-def open_connections(cluster: EmbeddedCluster) -> int:
+def open_connections(cluster: EmbeddedCluster, name: str) -> int:
+    """Connections named ``name`` on the primaries (other tests' background reads may come and go)."""
     total = 0
     for node in cluster.primaries:
         client = cluster.client(node)
         try:
-            total += int(client.info("clients")["connected_clients"]) - 1  # this one
+            total += sum(1 for entry in client.client_list() if entry.get("name") == name)
         finally:
             client.close()
     return total
 
 
 def test_closing_a_cluster_client_closes_every_node_connection(redis_cluster: EmbeddedCluster) -> None:
-    gc.collect()  # what earlier tests left to the collector is closed before counting
-    before = open_connections(redis_cluster)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        client = client_from_url(redis_cluster.url, socket_timeout=5)
+        client = client_from_url(redis_cluster.url, socket_timeout=5, client_name="closing-check")
         assert isinstance(client, ClusterClient)
         buffer = MollifierBuffer(client, key_prefix="closing")
         for n in range(50):  # orgs on every primary
             buffer.accept(f"m{n}", org_id=f"org{n}", env_id="prod", payload=b"x")
         assert DrainProtocol(buffer).pop_many("org1", "prod", 10)
-        assert open_connections(redis_cluster) >= before + len(redis_cluster.primaries)
+        assert open_connections(redis_cluster, "closing-check") >= len(redis_cluster.primaries)
 
         client.close()
 
-        assert open_connections(redis_cluster) == before
+        assert open_connections(redis_cluster, "closing-check") == 0
         del client, buffer
         gc.collect()
     assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
@@ -96,7 +97,13 @@ def test_a_cluster_url_naming_a_single_server_is_refused_naming_the_setting(
 
 
 def test_a_cluster_url_whose_seeds_are_all_down_is_an_outage_not_a_mistake() -> None:
-    url = f"redis+cluster://127.0.0.1:{free_port()}/0"
+    # The client starts unconnected (tests/test_cluster_outage_at_start.py); each use is an
+    # outage, which the send path fails open on, not a mistake in the URL.
+    client = client_from_url(f"redis+cluster://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    assert isinstance(client, ClusterClient) and not client.connected
     with pytest.raises(RedisClusterException) as caught:
-        client_from_url(url, socket_connect_timeout=1)
+        client.ping()
+    assert isinstance(caught.value, redis.ConnectionError)
     assert not isinstance(caught.value, MollifierConfigurationError)
+    client.close()  # nothing was opened: nothing to connect for
+    assert not client.connected

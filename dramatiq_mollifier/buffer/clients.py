@@ -2,8 +2,9 @@
 
 - ``redis://``, ``rediss://``, ``unix://``: one server (``redis.Redis.from_url``).
 - ``redis+cluster://host:port[,host:port...][/0]``, ``rediss+cluster://...``: a Redis or Valkey
-  Cluster, any nodes as the seeds, tried in turn (``redis.cluster.RedisCluster``); the slot map
-  is refreshed after MOVED, a failover or a connection error, and retries are bounded by the
+  Cluster, any nodes as the seeds, tried in turn (a ``redis.cluster.RedisCluster``, which
+  connects on first use when no seed answers at start: :mod:`.cluster_client`); the slot map is
+  refreshed after MOVED, a failover or a connection error, and retries are bounded by the
   ``retry`` given.
 - ``redis+sentinel://[[user]:password@]host:port[,host:port...]/SERVICE[/DB][?options]``
   (``rediss+sentinel`` for TLS to the primary): the primary Sentinel names for SERVICE, looked up
@@ -32,9 +33,10 @@ from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from ..errors import MollifierConfigurationError
 from ..redis_urls import CLUSTER_SLOT_GROUPS, SENTINEL_AUTH_OPTIONS, split_host_port
+from .cluster_client import ClusterClient
 from .lookups import BoundedLookupConnection, BoundedLookupSSLConnection
 
-__all__ = ["ClusterClient", "client_from_url", "is_cluster", "is_cluster_url", "slot_groups_for"]
+__all__ = ["client_from_url", "is_cluster", "is_cluster_url", "slot_groups_for"]
 
 _CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
@@ -42,22 +44,6 @@ _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 DEFAULT_SENTINEL_PORT = 26379
 # Keywords RedisCluster does not take (it has its own retry and protocol handling in old versions).
 _NOT_FOR_CLUSTER = ("single_connection_client",)
-
-
-class ClusterClient(RedisCluster):
-    """The ``RedisCluster`` a cluster URL gives: its :meth:`close` also closes the connections of
-    every node's pool. redis-py's leaves them open (a node's ``Redis`` does not own its pool), for
-    the garbage collector to close at some later moment."""
-
-    def close(self) -> None:
-        manager = getattr(self, "nodes_manager", None)
-        nodes = []
-        if manager is not None:
-            nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
-        super().close()
-        for node in nodes:
-            if node.redis_connection is not None:
-                node.redis_connection.connection_pool.disconnect()
 
 
 def is_cluster_url(url: str) -> bool:
@@ -97,7 +83,7 @@ def client_from_url(url: str, **kwargs: Any) -> Any:
             return ClusterClient.from_url(first.geturl(), **kwargs)
         except RedisClusterException as exc:
             if "cluster mode is not enabled" not in str(exc).lower():
-                raise  # no seed answered: an outage, not a mistake in the URL
+                raise
             raise MollifierConfigurationError(
                 f"redis_url (MOLLIFIER_REDIS_URL): {hosts} is a server outside Redis Cluster; "
                 f"a redis+cluster:// URL needs a cluster node, redis:// names a single server"

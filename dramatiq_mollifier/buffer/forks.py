@@ -3,7 +3,8 @@
 A thread of the parent (a background fold) may have held a pool's lock when the process forked;
 redis-py resets a pool only after taking that lock, so the child would wait forever. The child
 has one thread, so each pool's locks are replaced rather than awaited (``reset()`` itself takes
-the pool's lock in redis-py 8). A cluster client has one pool per node: each is reset.
+the pool's lock in redis-py 8). A cluster client has one pool per node: each is reset; one that
+has not connected yet has no pool, only the lock of a connect that may have been under way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import weakref
 from typing import Any
 
 from .clients import is_cluster
+from .cluster_client import ClusterClient
 
 __all__ = ["register"]
 
@@ -28,6 +30,9 @@ def register(client: Any) -> None:
 
 def _after_fork_in_child() -> None:
     for client in list(_clients):
+        if isinstance(client, ClusterClient) and not client.connected:
+            client.reset_after_fork()
+            continue
         if is_cluster(client):
             nodes = client.get_nodes()
             pools = [node.redis_connection.connection_pool for node in nodes if node.redis_connection]

@@ -24,7 +24,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from . import cluster_io, held
-from .clients import ClusterClient
+from .cluster_client import ClusterClient
 from .lookups import BoundedLookupConnection, BoundedLookupSSLConnection
 
 __all__ = [
@@ -190,7 +190,7 @@ _PLAIN_CLUSTERS = (RedisCluster, ClusterClient)
 
 
 def _plain_cluster(client: Any) -> bool:
-    """An exact ``RedisCluster`` (or the package's :class:`~.clients.ClusterClient`) without
+    """An exact ``RedisCluster`` (or the package's :class:`~.cluster_client.ClusterClient`) without
     wrapped ``execute_command`` (tracing would be skipped)."""
     return type(client) in _PLAIN_CLUSTERS and not hasattr(type(client).execute_command, "__wrapped__")
 

@@ -21,6 +21,7 @@ from redis.connection import SSLConnection
 from redis.retry import Retry
 from redis.sentinel import SentinelConnectionPool
 
+from ..buffer.cluster_client import ClusterClient
 from ..errors import MollifierConfigurationError
 
 __all__ = ["drain_client"]
@@ -68,7 +69,12 @@ def drain_client(client: Any, *, socket_timeout_ms: int) -> Any:
 def _cluster_drain_client(client: RedisCluster, *, socket_timeout_ms: int) -> RedisCluster:
     """A cluster client of its own over the same nodes: socket timeout ``socket_timeout_ms`` and no
     retry after a connection error or timeout (a pop must not run twice). Redirections (MOVED,
-    ASK) and TRYAGAIN are still followed: the server did not run the command."""
+    ASK) and TRYAGAIN are still followed: the server did not run the command.
+
+    Before any seed answered (a worker booted during a cluster outage), the nodes are not known
+    yet: the drain client is then one for the same URL and seeds, which connects on first use."""
+    if isinstance(client, ClusterClient) and not client.connected:
+        return client.with_options(socket_timeout=socket_timeout_ms / 1000, retry=Retry(NoBackoff(), 0))
     kwargs = {
         name: value
         for name, value in client.nodes_manager.connection_kwargs.items()

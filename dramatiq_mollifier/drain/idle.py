@@ -62,6 +62,8 @@ class IdleWait:
     @property
     def enabled(self) -> bool:
         """Whether the drainer blocks when idle (else it polls)."""
+        if not isinstance(self._client, redis.Redis):  # (a cluster client has a pool per node)
+            return False
         pool = getattr(self._client, "connection_pool", None)
         return self.wait_ms > 0 and isinstance(pool, redis.ConnectionPool)
 

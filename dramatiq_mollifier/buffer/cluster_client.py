@@ -1,0 +1,147 @@
+"""The cluster client a ``redis+cluster://`` URL gives: it starts while every seed is down.
+
+redis-py's ``RedisCluster`` connects in its constructor (it asks a seed for the slot map) and
+raises when no seed answers, so an app whose mollifier named a cluster could not even be
+imported during a cluster outage: a web server could not start, though its sends would only
+have failed open. :class:`ClusterClient` keeps such a client unconnected instead, and connects
+on first use. Until a seed answers, each use raises :class:`ClusterUnreachable` (a
+``redis.ConnectionError``), which every caller already takes for an outage: the send path fails
+open, the background checks and the drainer retry. One caller at a time tries to connect, at
+most once per :data:`RECONNECT_INTERVAL_MS`; the others fail at once instead of waiting.
+
+The client stays a ``RedisCluster`` (the package routes scripts and picks its drain client by
+that type). Its connected attributes are missing until it connects: ``__getattr__``, which
+Python calls only for a missing attribute, is where it connects, so a connected client pays
+nothing for this.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
+
+__all__ = ["RECONNECT_INTERVAL_MS", "ClusterClient", "ClusterUnreachable"]
+
+logger = logging.getLogger(__name__)
+
+#: After a failed connect, uses fail at once for this long before one tries again, in ms.
+RECONNECT_INTERVAL_MS = 1_000
+
+
+class ClusterUnreachable(RedisClusterException, redis.ConnectionError):
+    """No seed of a cluster client has answered yet; raised by each use until one does."""
+
+
+def _no_seed_answered(exc: Exception) -> bool:
+    # (redis-py says "cannot be connected" for a seed outside cluster mode too: a mistake.)
+    text = str(exc).lower()
+    return "cannot be connected" in text and "cluster mode is not enabled" not in text
+
+
+class ClusterClient(RedisCluster):
+    """A ``RedisCluster`` that connects on first use when no seed answers at construction, and
+    whose :meth:`close` also closes the connections of every node's pool (redis-py's leaves them
+    open, a node's ``Redis`` not owning its pool, for the garbage collector to close at some
+    later moment).
+
+    Any other failure to start (a seed outside cluster mode) raises as ``RedisCluster``'s does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._arguments = (args, kwargs)
+        self._unconnected = True
+        self._connecting = threading.Lock()
+        self._failed_at = 0.0
+        self._failure = ""
+        try:
+            super().__init__(*args, **kwargs)
+        except RedisClusterException as exc:
+            if not _no_seed_answered(exc):
+                raise
+            self._failed(exc)
+            logger.warning(
+                "mollifier.cluster_unreachable no seed of the Redis Cluster answered (%s): the "
+                "client connects on first use; until then the mollifier fails open",
+                exc,
+            )
+        else:
+            self._unconnected = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether a seed has answered (the client has its slot map)."""
+        return not self.__dict__.get("_unconnected", False)
+
+    def with_options(self, **options: Any) -> ClusterClient:
+        """A new client for the same URL and seeds, with ``options`` over this one's keywords."""
+        args, kwargs = self._arguments
+        return ClusterClient(*args, **{**kwargs, **options})
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a connect under way in the parent's thread is not under way here."""
+        self._connecting = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for a missing attribute: before the client connected, one that RedisCluster's
+        # constructor sets once a seed answers (nodes_manager, commands_parser...).
+        if name.startswith("__") or not self.__dict__.get("_unconnected", False):
+            raise AttributeError(name)
+        self._connect()
+        return object.__getattribute__(self, name)
+
+    def _connect(self) -> None:
+        waited_s = time.monotonic() - self._failed_at
+        if waited_s < RECONNECT_INTERVAL_MS / 1000 or not self._connecting.acquire(blocking=False):
+            raise ClusterUnreachable(f"no seed of the Redis Cluster has answered yet: {self._failure}")
+        try:
+            if not self._unconnected:
+                return  # another thread connected meanwhile
+            args, kwargs = self._arguments
+            try:
+                super().__init__(*args, **kwargs)
+            except Exception as exc:
+                self._failed(exc)
+                if _no_seed_answered(exc):
+                    raise ClusterUnreachable(str(exc)) from exc
+                raise
+            self._unconnected = False
+            logger.info("mollifier.cluster_connected a seed of the Redis Cluster answered")
+        finally:
+            self._connecting.release()
+
+    def _failed(self, exc: Exception) -> None:
+        self._failed_at = time.monotonic()
+        self._failure = str(exc)
+
+    def get_connection_kwargs(self) -> dict[str, Any]:
+        """The nodes' connection keywords; before a seed answered, the keywords given."""
+        if not self.connected:
+            return dict(self._arguments[1])
+        return super().get_connection_kwargs()  # type: ignore[no-untyped-call,no-any-return,unused-ignore]
+
+    def disconnect_connection_pools(self) -> None:
+        if self.connected:  # (else there is no pool)
+            super().disconnect_connection_pools()  # type: ignore[no-untyped-call,unused-ignore]
+
+    def __repr__(self) -> str:
+        if not self.connected:
+            return f"<{type(self).__name__} (no seed has answered yet)>"
+        return super().__repr__()
+
+    def close(self) -> None:
+        if not self.connected:
+            return  # nothing was opened
+        manager = getattr(self, "nodes_manager", None)
+        nodes = []
+        if manager is not None:
+            nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        super().close()
+        for node in nodes:
+            if node.redis_connection is not None:
+                node.redis_connection.connection_pool.disconnect()

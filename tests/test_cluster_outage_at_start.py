@@ -1,0 +1,153 @@
+"""An app or a worker started while every seed of its Redis Cluster is down.
+
+redis-py's cluster client connects in its constructor, so ``Mollifier()`` raised at the app's
+import: a web server could not start during a cluster outage, though its sends would only have
+failed open. Each test starts a cluster of its own, after the process under test has started.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+
+from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.cluster_client import ClusterClient, ClusterUnreachable
+from dramatiq_mollifier.embedded import EmbeddedCluster
+
+from .mollifier_helpers import eventually
+from .test_e2e_worker import PROCESSED_KEY, QUEUE_NAME, Worker, processed, workers  # noqa: F401
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def cluster_not_started(redis_binary: str) -> Iterator[EmbeddedCluster]:
+    """A cluster whose ports are chosen and whose nodes are not running yet."""
+    cluster = EmbeddedCluster(redis_binary, primaries=3)
+    yield cluster
+    cluster.close()
+
+
+def start_on_its_ports(cluster: EmbeddedCluster) -> None:
+    # Not start(): on a port taken meanwhile it moves to others, away from the URL under test.
+    cluster._start_on_ports()
+
+
+def stop_background_reads(mollifier: Mollifier) -> None:
+    """End what would go on reading the test's cluster after the test: its ports may be the next
+    cluster's."""
+    mollifier.rules.close()
+    mollifier.buffer.client.close()
+
+
+def seeds_url(cluster: EmbeddedCluster) -> str:
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in cluster.primaries)
+
+
+def test_an_app_starts_during_the_outage_sends_fail_open_and_divert_once_a_seed_answers(
+    cluster_not_started: EmbeddedCluster,
+) -> None:
+    settings = MollifierSettings(
+        enabled=True, enabled_orgs={"acme"}, redis_url=seeds_url(cluster_not_started), trip_threshold=5
+    )
+    broker = StubBroker()
+    started = time.monotonic()
+    mollifier = Mollifier(settings)  # raised RedisClusterException here before
+    try:
+        diverts_once_a_seed_answers(mollifier, broker, cluster_not_started, started)
+    finally:
+        stop_background_reads(mollifier)
+        broker.close()
+
+
+def diverts_once_a_seed_answers(
+    mollifier: Mollifier, broker: StubBroker, cluster: EmbeddedCluster, started: float
+) -> None:
+    settings = mollifier.settings
+    broker.add_middleware(mollifier)
+    ping = dramatiq.actor(lambda n: None, actor_name="ping", broker=broker)
+    sent = [ping.send_with_options(args=(n,), org_id="acme") for n in range(50)]
+    took_s = time.monotonic() - started
+    client = mollifier.buffer.client
+    assert isinstance(client, ClusterClient) and not client.connected
+    assert [m for m in sent if m.options.get("mollified")] == []
+    assert broker.queues["default"].qsize() == 50  # every send failed open, onto the broker
+    assert took_s < 2, took_s
+    with pytest.raises(ClusterUnreachable):
+        client.ping()
+
+    start_on_its_ports(cluster)
+    diverted: list[str] = []
+
+    def a_send_diverts() -> bool:
+        message = ping.send_with_options(args=(0,), org_id="acme")
+        if message.options.get("mollified"):
+            diverted.append(message.message_id)
+        return len(diverted) >= 10
+
+    eventually(a_send_diverts, 20, "sends to be diverted once the cluster answers")
+    assert client.connected
+    reader = MollifierBuffer.from_url(settings.redis_url, key_prefix=settings.key_prefix)
+    try:
+        assert reader.depth() == len(diverted)
+        assert {reader.get(message_id) is not None for message_id in diverted} == {True}
+    finally:
+        reader.client.close()
+
+
+def test_a_worker_booted_during_the_outage_drains_once_a_seed_answers(
+    cluster_not_started: EmbeddedCluster,
+    workers: Callable[..., Worker],  # noqa: F811
+    broker_url: str,
+    broker_client: redis.Redis,
+) -> None:
+    url = seeds_url(cluster_not_started)
+    env = {
+        **os.environ,
+        "E2E_REDIS_URL": broker_url,
+        "MOLLIFIER_ENABLED": "true",
+        "MOLLIFIER_ENABLED_ORGS": "*",
+        "MOLLIFIER_REDIS_URL": url,
+        "MOLLIFIER_DRAIN_POLL_INTERVAL_MS": "50",
+        "MOLLIFIER_DRAIN_SHUTDOWN_TIMEOUT_MS": "3000",
+    }
+    worker = workers(env)
+    eventually(lambda: "ready for action" in worker.output(), 30, "the worker to boot")
+    assert "mollifier.cluster_unreachable" in worker.output()
+
+    start_on_its_ports(cluster_not_started)
+    settings = MollifierSettings(enabled=True, enabled_orgs={"*"}, redis_url=url, trip_threshold=20)
+    producer = RedisBroker(url=broker_url)
+    mollifier = Mollifier(settings)
+    try:
+        sends_are_drained_by(worker, mollifier, producer, broker_client)
+    finally:
+        stop_background_reads(mollifier)
+        producer.close()
+
+
+def sends_are_drained_by(
+    worker: Worker, mollifier: Mollifier, producer: RedisBroker, broker_client: redis.Redis
+) -> None:
+    producer.add_middleware(mollifier)
+    record = dramatiq.actor(lambda n: None, actor_name="record", queue_name=QUEUE_NAME, broker=producer)
+    sent = [record.send_with_options(args=(n,), org_id="acme", env_id="prod") for n in range(300)]
+    diverted = [m.message_id for m in sent if m.options.get("mollified")]
+    print(f"diverted {len(diverted)} of {len(sent)}")
+    assert len(diverted) >= 200
+
+    eventually(lambda: broker_client.llen(PROCESSED_KEY) >= len(sent), 30, "every message to be processed")
+    counts = Counter(processed(broker_client))
+    assert sorted(counts) == sorted(m.message_id for m in sent)
+    assert mollifier.buffer.depth() == 0
+    worker.terminate()
+    assert worker.wait(15) == 0
