@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from redis.exceptions import RedisClusterException
 
 __all__ = [
     "DEFAULT_BREAKER_COOLDOWN_MS",
@@ -40,7 +41,8 @@ DEFAULT_BREAKER_FAILURES = 3
 #: How long an open breaker refuses calls before one probe: 5 seconds.
 DEFAULT_BREAKER_COOLDOWN_MS = 5_000
 
-_OUTAGES = (redis.ConnectionError, redis.TimeoutError, OSError)
+# (A cluster client raises RedisClusterException, no RedisError, when no node answers.)
+_OUTAGES = (redis.ConnectionError, redis.TimeoutError, OSError, RedisClusterException)
 
 
 class CircuitOpenError(redis.RedisError):

@@ -16,6 +16,7 @@ import dramatiq
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from redis.exceptions import RedisClusterException
 
 from dramatiq_mollifier import CrashRetries
 from dramatiq_mollifier.breaker import CircuitBreaker, CircuitOpenError, is_outage
@@ -80,6 +81,13 @@ def test_an_error_reply_is_not_an_outage() -> None:
     assert not is_outage(reply)
     assert is_outage(redis.ConnectionError("refused"))
     assert not breaker.is_open
+
+
+def test_a_cluster_client_with_no_node_answering_is_an_outage() -> None:
+    # redis-py's cluster client raises this, no RedisError, once every node it knew is gone.
+    assert is_outage(
+        RedisClusterException("Redis Cluster cannot be connected. Please provide at least one reachable node")
+    )
 
 
 def test_a_probe_that_never_reports_is_given_up_on() -> None:

@@ -7,7 +7,9 @@ failed open. Each test starts a cluster of its own, after the process under test
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,10 +20,11 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 
-from dramatiq_mollifier import Mollifier, MollifierSettings
+from dramatiq_mollifier import CrashRetries, Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
-from dramatiq_mollifier.buffer.cluster_client import ClusterClient, ClusterUnreachable
-from dramatiq_mollifier.embedded import EmbeddedCluster
+from dramatiq_mollifier.buffer.cluster_client import RECONNECT_INTERVAL_MS, ClusterClient, ClusterUnreachable
+from dramatiq_mollifier.drain.connections import drain_client
+from dramatiq_mollifier.embedded import EmbeddedCluster, EmbeddedRedis, free_port
 
 from .mollifier_helpers import eventually
 from .test_e2e_worker import PROCESSED_KEY, QUEUE_NAME, Worker, processed, workers  # noqa: F401
@@ -151,3 +154,62 @@ def sends_are_drained_by(
     assert mollifier.buffer.depth() == 0
     worker.terminate()
     assert worker.wait(15) == 0
+
+
+def test_an_app_starts_while_its_cluster_is_being_formed(cluster_not_started: EmbeddedCluster) -> None:
+    # Nodes up with no slots yet (a cluster being created): redis-py raised "All slots are not
+    # covered" (redis-py 5.0: an IndexError) from Mollifier() and from CrashRetries.from_url.
+    for node in cluster_not_started.nodes:
+        node.start()
+    url = seeds_url(cluster_not_started)
+    mollifier = Mollifier(MollifierSettings(enabled=True, enabled_orgs={"*"}, redis_url=url))
+    crash_retries = CrashRetries.from_url(url)
+    try:
+        for client in (mollifier.buffer.client, crash_retries.store.client):
+            assert isinstance(client, ClusterClient) and not client.connected
+            time.sleep(RECONNECT_INTERVAL_MS / 1000)  # the next use tries again
+            with pytest.raises(ClusterUnreachable):
+                client.ping()
+    finally:
+        stop_background_reads(mollifier)
+
+
+def test_a_drain_client_built_before_a_seed_answered_does_not_wait_for_one_at_boot() -> None:
+    # A seed that accepts connections and never answers (a hung node): the drain client tried
+    # at once, holding the worker's boot for its 5 s reply timeout.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        buffer = MollifierBuffer.from_url(f"redis+cluster://127.0.0.1:{silent.getsockname()[1]}")
+        assert not buffer.client.connected
+        started = time.monotonic()
+        client = drain_client(buffer.client, socket_timeout_ms=5_000)
+        took_s = time.monotonic() - started
+        assert isinstance(client, ClusterClient) and not client.connected
+        assert client.get_connection_kwargs()["socket_timeout"] == 5
+        assert took_s < 1, took_s
+
+
+def test_a_seed_outside_cluster_mode_found_on_a_later_connect_is_logged_as_a_mistake(
+    redis_binary: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    buffer = MollifierBuffer.from_url(f"redis+cluster://127.0.0.1:{port}")
+    assert not buffer.client.connected
+    with EmbeddedRedis(redis_binary, port=port), caplog.at_level(logging.ERROR):
+        time.sleep(RECONNECT_INTERVAL_MS / 1000)
+        with pytest.raises(ClusterUnreachable):  # fails open, and says why
+            buffer.client.ping()
+    assert "mollifier.cluster_misconfigured a seed in MOLLIFIER_REDIS_URL" in caplog.text
+
+
+def test_crash_retries_fails_open_when_every_node_of_a_connected_cluster_is_gone(redis_binary: str) -> None:
+    # redis-py then raises RedisClusterException, no RedisError: CrashRetries' hooks let it out.
+    cluster = EmbeddedCluster(redis_binary, primaries=1).start()
+    store = CrashRetries.from_url(seeds_url(cluster)).store
+    assert store.get_record("m1") is None
+    cluster.close()
+    for _ in range(3):
+        with pytest.raises(redis.ConnectionError):
+            store.get_record("m1")
+    store.client.close()

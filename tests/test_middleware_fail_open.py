@@ -280,6 +280,9 @@ def test_a_redis_that_never_answers_is_reported_at_startup(
         (redis.ResponseError("DB index is out of range"), True),
         (redis.exceptions.NoPermissionError("NOPERM evalsha"), True),
         (MasterNotFoundError("No master found for 'my-master'"), True),
+        # A cluster forming or failing over; redis-py 5.0 leaves these plain replies.
+        (redis.ResponseError("CLUSTERDOWN The cluster is down"), False),
+        (redis.ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"), False),
     ],
 )
 def test_what_counts_as_a_misconfiguration_rather_than_an_outage(

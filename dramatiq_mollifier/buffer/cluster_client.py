@@ -38,10 +38,14 @@ class ClusterUnreachable(RedisClusterException, redis.ConnectionError):
     """No seed of a cluster client has answered yet; raised by each use until one does."""
 
 
-def _no_seed_answered(exc: Exception) -> bool:
-    # (redis-py says "cannot be connected" for a seed outside cluster mode too: a mistake.)
-    text = str(exc).lower()
-    return "cannot be connected" in text and "cluster mode is not enabled" not in text
+#: What a failed slot-map discovery raises: no seed answered, or the seeds answered without a
+#: full slot map (a cluster being formed; redis-py 5.0 then raises an IndexError).
+_DISCOVERY_FAILURES = (RedisClusterException, redis.RedisError, IndexError)
+
+
+def _outside_cluster_mode(exc: Exception) -> bool:
+    # A mistake in the URL, not an outage (redis-py says "cannot be connected" for it too).
+    return "cluster mode is not enabled" in str(exc).lower()
 
 
 class ClusterClient(RedisCluster):
@@ -59,15 +63,16 @@ class ClusterClient(RedisCluster):
         self._connecting = threading.Lock()
         self._failed_at = 0.0
         self._failure = ""
+        self._mistake_logged = False
         try:
             super().__init__(*args, **kwargs)
-        except RedisClusterException as exc:
-            if not _no_seed_answered(exc):
+        except _DISCOVERY_FAILURES as exc:
+            if _outside_cluster_mode(exc):
                 raise
             self._failed(exc)
             logger.warning(
-                "mollifier.cluster_unreachable no seed of the Redis Cluster answered (%s): the "
-                "client connects on first use; until then the mollifier fails open",
+                "mollifier.cluster_unreachable no seed of the Redis Cluster gave its slot map (%s): "
+                "the client connects on first use",
                 exc,
             )
         else:
@@ -79,9 +84,23 @@ class ClusterClient(RedisCluster):
         return not self.__dict__.get("_unconnected", False)
 
     def with_options(self, **options: Any) -> ClusterClient:
-        """A new client for the same URL and seeds, with ``options`` over this one's keywords."""
+        """A new client for the same URL and seeds, with ``options`` over this one's keywords.
+
+        A clone of a client that has not connected yet does not try now (it would hold a worker's
+        boot for its timeouts behind seeds that accept and never answer): it connects on first
+        use, with these keywords.
+        """
         args, kwargs = self._arguments
-        return ClusterClient(*args, **{**kwargs, **options})
+        if self.connected:
+            return ClusterClient(*args, **{**kwargs, **options})
+        clone: ClusterClient = object.__new__(ClusterClient)
+        # What RedisCluster's constructor set before it needed a seed (the encoder...), until
+        # the connect runs it again with the new keywords.
+        clone.__dict__.update(self.__dict__)
+        clone._arguments = (args, {**kwargs, **options})
+        clone._connecting = threading.Lock()
+        clone._failed_at = 0.0
+        return clone
 
     def reset_after_fork(self) -> None:
         """In a forked child: a connect under way in the parent's thread is not under way here."""
@@ -105,11 +124,16 @@ class ClusterClient(RedisCluster):
             args, kwargs = self._arguments
             try:
                 super().__init__(*args, **kwargs)
-            except Exception as exc:
+            except _DISCOVERY_FAILURES as exc:
                 self._failed(exc)
-                if _no_seed_answered(exc):
-                    raise ClusterUnreachable(str(exc)) from exc
-                raise
+                if _outside_cluster_mode(exc) and not self._mistake_logged:
+                    self._mistake_logged = True  # (a seed that is down may hide it at start)
+                    logger.error(
+                        "mollifier.cluster_misconfigured a seed in MOLLIFIER_REDIS_URL is a server "
+                        "outside Redis Cluster (%s): a redis+cluster:// URL needs cluster nodes",
+                        exc,
+                    )
+                raise ClusterUnreachable(str(exc)) from exc
             self._unconnected = False
             logger.info("mollifier.cluster_connected a seed of the Redis Cluster answered")
         finally:

@@ -123,6 +123,7 @@ UNREACHABLE_REPORT_S = 10
 
 #: Replies of a server that is restarting or failing over, not refusing the settings.
 _OUTAGES = (ClusterDownError, TryAgainError, BusyLoadingError, ReadOnlyError)
+_OUTAGE_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN", "READONLY")
 
 
 def misconfiguration(exc: BaseException) -> bool:
@@ -131,6 +132,8 @@ def misconfiguration(exc: BaseException) -> bool:
         return True  # a Sentinel service name, a password: subclasses of ConnectionError
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, *_OUTAGES)):
         return "Invalid Database" in str(exc)
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith(_OUTAGE_REPLIES):
+        return False  # (redis-py 5.0 leaves some of these a plain ResponseError)
     return isinstance(exc, (redis.RedisError, RedisClusterException))
 
 

@@ -21,17 +21,21 @@ calls raise :class:`~dramatiq_mollifier.breaker.CircuitOpenError` at once instea
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from ..breaker import CircuitBreaker
 from ..buffer.clients import client_from_url, is_cluster
 from ..buffer.keys import escape
 from ..buffer.store import connection_retry
 from .evidence import Evidence
+
+_T = TypeVar("_T")
 
 __all__ = [
     "DEFAULT_SOCKET_TIMEOUT_MS",
@@ -198,6 +202,16 @@ class CrashStore:
         self._restore = client.register_script(lua.joinpath("restore.lua").read_text())
         self._release = client.register_script(lua.joinpath("release.lua").read_text())
 
+    def _call(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Through the breaker; a cluster client's outage (no node answers), which is no
+        ``redis.RedisError``, raised as the ``redis.ConnectionError`` the middleware fails open on."""
+        try:
+            return self.breaker.call(function, *args, **kwargs)
+        except RedisClusterException as exc:
+            if isinstance(exc, redis.RedisError):
+                raise
+            raise redis.ConnectionError(str(exc)) from exc
+
     def message_key(self, message_id: str) -> str:
         # Percent-encoded as in ``keys.py``: an id is data and cannot reach outside the prefix.
         return f"{self.key_prefix}:crash:msg:{escape(message_id)}"
@@ -228,7 +242,7 @@ class CrashStore:
     ) -> Entered:
         """Write ``record`` as the message's delivery in flight and return the earlier record, if
         any; unless ``attempt`` (its ``retries`` option) is already over, then write nothing."""
-        found = self.breaker.call(
+        found = self._call(
             self._enter,
             keys=[self.message_key(message_id), self.done_key(message_id)],
             args=[
@@ -249,7 +263,7 @@ class CrashStore:
         self, message_id: str, kind: Literal["superseded", "failed"], attempt: int, publish_id: str = ""
     ) -> None:
         """Remember that ``attempt`` of the message is over (see ``lua/conclude.lua``)."""
-        self.breaker.call(
+        self._call(
             self._conclude,
             keys=[self.done_key(message_id)],
             args=[kind, attempt, publish_id, self.record_ttl_ms],
@@ -259,7 +273,7 @@ class CrashStore:
         """Put ``previous`` back, with the time to live it had, while the record is still ours."""
         pttl = previous.pttl_ms if previous.pttl_ms > 0 else self.record_ttl_ms
         return bool(
-            self.breaker.call(
+            self._call(
                 self._restore, keys=[self.message_key(message_id)], args=[token + " ", previous.raw, pttl]
             )
         )
@@ -287,26 +301,26 @@ class CrashStore:
                     self._refresh(keys=[key], args=[token + " ", self.record_ttl_ms], client=pipe)
                 return sum(int(done) for done in pipe.execute())
 
-        return int(self.breaker.call(run))
+        return int(self._call(run))
 
     def release(self, message_id: str, token: str) -> bool:
         """Delete the message's record if it is still the one with ``token``."""
-        return bool(self.breaker.call(self._release, keys=[self.message_key(message_id)], args=[token + " "]))
+        return bool(self._call(self._release, keys=[self.message_key(message_id)], args=[token + " "]))
 
     def get_record(self, message_id: str) -> bytes | str | None:
         """The raw record in flight for ``message_id`` (for inspection and tests)."""
-        value: bytes | str | None = self.breaker.call(self.client.get, self.message_key(message_id))
+        value: bytes | str | None = self._call(self.client.get, self.message_key(message_id))
         return value
 
     def put_proc(self, proc_id: str, state: ProcState, *, ttl_ms: int) -> None:
         """Write a process's heartbeat (``ttl_ms``: its liveness timeout) or death notice."""
-        self.breaker.call(self.client.set, self.proc_key(proc_id), state.encode(), px=ttl_ms)
+        self._call(self.client.set, self.proc_key(proc_id), state.encode(), px=ttl_ms)
 
     def get_proc(self, proc_id: str) -> ProcState | None:
         """What Redis knows of process ``proc_id``; None if nothing (never seen, or expired)."""
-        value = self.breaker.call(self.client.get, self.proc_key(proc_id))
+        value = self._call(self.client.get, self.proc_key(proc_id))
         return None if value is None else ProcState.decode(value)
 
     def forget_proc(self, proc_id: str) -> None:
         """Delete a process's heartbeat (clean exit)."""
-        self.breaker.call(self.client.delete, self.proc_key(proc_id))
+        self._call(self.client.delete, self.proc_key(proc_id))
