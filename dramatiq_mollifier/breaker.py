@@ -3,7 +3,8 @@
 The mollifier's Redis is not critical: when it is down or stalled, messages go to the broker as
 if the package were not there (fail-open). Failing open after each call's own timeout still makes
 every ``send()`` wait that timeout. :class:`CircuitBreaker` stops the calls instead: after
-``failure_threshold`` consecutive outages (a connection error or a timeout), every caller is
+``failure_threshold`` consecutive outages (a connection error, a timeout, a cluster client with
+no node answering), every caller is
 refused at once for ``cooldown_ms``; then exactly one call goes through as a probe, and its
 outcome closes the breaker or opens it for another cool-down.
 

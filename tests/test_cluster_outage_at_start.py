@@ -19,9 +19,11 @@ import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from redis.exceptions import RedisClusterException
 
 from dramatiq_mollifier import CrashRetries, Mollifier, MollifierSettings
 from dramatiq_mollifier.buffer import MollifierBuffer
+from dramatiq_mollifier.buffer.clients import client_from_url
 from dramatiq_mollifier.buffer.cluster_client import RECONNECT_INTERVAL_MS, ClusterClient, ClusterUnreachable
 from dramatiq_mollifier.drain.connections import drain_client
 from dramatiq_mollifier.embedded import EmbeddedCluster, EmbeddedRedis, free_port
@@ -60,7 +62,10 @@ def test_an_app_starts_during_the_outage_sends_fail_open_and_divert_once_a_seed_
     cluster_not_started: EmbeddedCluster,
 ) -> None:
     settings = MollifierSettings(
-        enabled=True, enabled_orgs={"acme"}, redis_url=seeds_url(cluster_not_started), trip_threshold=5
+        enabled=True,
+        enabled_orgs={"acme"},
+        redis_url=seeds_url(cluster_not_started) + "?socket_timeout=0.4",
+        trip_threshold=5,
     )
     broker = StubBroker()
     started = time.monotonic()
@@ -88,6 +93,7 @@ def diverts_once_a_seed_answers(
     with pytest.raises(ClusterUnreachable):
         client.ping()
 
+    drain = drain_client(client, socket_timeout_ms=5_000)  # as a worker booted now builds it
     start_on_its_ports(cluster)
     diverted: list[str] = []
 
@@ -99,6 +105,9 @@ def diverts_once_a_seed_answers(
 
     eventually(a_send_diverts, 20, "sends to be diverted once the cluster answers")
     assert client.connected
+    drain.ping()  # its first use connects it, with its own timeout over the URL's
+    assert drain.connected and drain.get_connection_kwargs()["socket_timeout"] == 5
+    drain.close()
     reader = MollifierBuffer.from_url(settings.redis_url, key_prefix=settings.key_prefix)
     try:
         assert reader.depth() == len(diverted)
@@ -162,16 +171,18 @@ def test_an_app_starts_while_its_cluster_is_being_formed(cluster_not_started: Em
     for node in cluster_not_started.nodes:
         node.start()
     url = seeds_url(cluster_not_started)
-    mollifier = Mollifier(MollifierSettings(enabled=True, enabled_orgs={"*"}, redis_url=url))
-    crash_retries = CrashRetries.from_url(url)
-    try:
-        for client in (mollifier.buffer.client, crash_retries.store.client):
-            assert isinstance(client, ClusterClient) and not client.connected
-            time.sleep(RECONNECT_INTERVAL_MS / 1000)  # the next use tries again
-            with pytest.raises(ClusterUnreachable):
-                client.ping()
-    finally:
-        stop_background_reads(mollifier)
+    Mollifier(MollifierSettings(redis_url=url))  # (disabled: no background reads to stop)
+    assert not CrashRetries.from_url(url).store.client.connected
+    client = client_from_url(url)
+    assert isinstance(client, ClusterClient) and not client.connected
+    with pytest.raises(ClusterUnreachable) as refused:
+        client.ping()
+    assert refused.value.__cause__ is None  # within the interval: refused without a try
+    time.sleep(RECONNECT_INTERVAL_MS / 1000)  # (the interval is the client's own, not a wait)
+    with pytest.raises(ClusterUnreachable) as tried:
+        client.ping()
+    assert tried.value.__cause__ is not None  # a connect was tried, and failed as an outage
+    assert len(client.get_connection_kwargs()["startup_nodes"]) == 3  # each try builds its own
 
 
 def test_a_drain_client_built_before_a_seed_answered_does_not_wait_for_one_at_boot() -> None:
@@ -203,8 +214,11 @@ def test_a_seed_outside_cluster_mode_found_on_a_later_connect_is_logged_as_a_mis
     assert "mollifier.cluster_misconfigured a seed in MOLLIFIER_REDIS_URL" in caplog.text
 
 
-def test_crash_retries_fails_open_when_every_node_of_a_connected_cluster_is_gone(redis_binary: str) -> None:
-    # redis-py then raises RedisClusterException, no RedisError: CrashRetries' hooks let it out.
+def test_the_crash_store_raises_a_lost_cluster_as_a_connection_error(
+    redis_binary: str,
+) -> None:
+    # redis-py then raises RedisClusterException, no RedisError, which CrashRetries' hooks (they
+    # catch redis.RedisError) let out: Dramatiq logged them CRITICAL, the delivery untracked.
     cluster = EmbeddedCluster(redis_binary, primaries=1).start()
     store = CrashRetries.from_url(seeds_url(cluster)).store
     assert store.get_record("m1") is None
@@ -213,3 +227,14 @@ def test_crash_retries_fails_open_when_every_node_of_a_connected_cluster_is_gone
         with pytest.raises(redis.ConnectionError):
             store.get_record("m1")
     store.client.close()
+
+
+def test_a_wrong_password_still_raises_at_construction(redis_binary: str) -> None:
+    # A mistake, not an outage: as loud as before clients started unconnected.
+    options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    with EmbeddedRedis(redis_binary, extra_args=options) as node:
+        admin = redis.Redis(host="127.0.0.1", port=node.port)
+        admin.config_set("requirepass", "s3cret")
+        admin.close()
+        with pytest.raises(RedisClusterException, match=r"(?i)password|auth"):
+            client_from_url(f"redis+cluster://:wrong@127.0.0.1:{node.port}")

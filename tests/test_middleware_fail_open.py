@@ -283,6 +283,12 @@ def test_a_redis_that_never_answers_is_reported_at_startup(
         # A cluster forming or failing over; redis-py 5.0 leaves these plain replies.
         (redis.ResponseError("CLUSTERDOWN The cluster is down"), False),
         (redis.ResponseError("TRYAGAIN Multiple keys request during rehashing of slot"), False),
+        (
+            redis.ResponseError(
+                "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."
+            ),
+            False,
+        ),
     ],
 )
 def test_what_counts_as_a_misconfiguration_rather_than_an_outage(

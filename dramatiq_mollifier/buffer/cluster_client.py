@@ -21,9 +21,10 @@ import logging
 import threading
 import time
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
-from redis.cluster import RedisCluster
+from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 
 __all__ = ["RECONNECT_INTERVAL_MS", "ClusterClient", "ClusterUnreachable"]
@@ -40,12 +41,15 @@ class ClusterUnreachable(RedisClusterException, redis.ConnectionError):
 
 #: What a failed slot-map discovery raises: no seed answered, or the seeds answered without a
 #: full slot map (a cluster being formed; redis-py 5.0 then raises an IndexError).
-_DISCOVERY_FAILURES = (RedisClusterException, redis.RedisError, IndexError)
+_DISCOVERY_FAILURES = (RedisClusterException, redis.ConnectionError, redis.TimeoutError, IndexError)
+#: What a seed says of a mistake in the URL rather than an outage (redis-py reports each as
+#: "cannot be connected" too): a server outside cluster mode, a wrong user or password.
+_MISTAKES = ("cluster mode is not enabled", "username-password", "authentication required", "noauth")
 
 
-def _outside_cluster_mode(exc: Exception) -> bool:
-    # A mistake in the URL, not an outage (redis-py says "cannot be connected" for it too).
-    return "cluster mode is not enabled" in str(exc).lower()
+def _mistake(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(mistake in text for mistake in _MISTAKES)
 
 
 class ClusterClient(RedisCluster):
@@ -54,7 +58,8 @@ class ClusterClient(RedisCluster):
     open, a node's ``Redis`` not owning its pool, for the garbage collector to close at some
     later moment).
 
-    Any other failure to start (a seed outside cluster mode) raises as ``RedisCluster``'s does.
+    A mistake in the URL (a seed outside cluster mode, a wrong password) raises at construction
+    as ``RedisCluster``'s does; met on a later connect, it is logged at ERROR and fails open.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -65,9 +70,9 @@ class ClusterClient(RedisCluster):
         self._failure = ""
         self._mistake_logged = False
         try:
-            super().__init__(*args, **kwargs)
+            self._attempt()
         except _DISCOVERY_FAILURES as exc:
-            if _outside_cluster_mode(exc):
+            if _mistake(exc):
                 raise
             self._failed(exc)
             logger.warning(
@@ -75,8 +80,6 @@ class ClusterClient(RedisCluster):
                 "the client connects on first use",
                 exc,
             )
-        else:
-            self._unconnected = False
 
     @property
     def connected(self) -> bool:
@@ -84,20 +87,28 @@ class ClusterClient(RedisCluster):
         return not self.__dict__.get("_unconnected", False)
 
     def with_options(self, **options: Any) -> ClusterClient:
-        """A new client for the same URL and seeds, with ``options`` over this one's keywords.
+        """A new client for the same URL and seeds, with ``options`` over this one's keywords
+        and the URL's query options (as a connected client's nodes give them).
 
         A clone of a client that has not connected yet does not try now (it would hold a worker's
         boot for its timeouts behind seeds that accept and never answer): it connects on first
         use, with these keywords.
         """
         args, kwargs = self._arguments
-        if self.connected:
-            return ClusterClient(*args, **{**kwargs, **options})
-        clone: ClusterClient = object.__new__(ClusterClient)
-        # What RedisCluster's constructor set before it needed a seed (the encoder...), until
-        # the connect runs it again with the new keywords.
-        clone.__dict__.update(self.__dict__)
-        clone._arguments = (args, {**kwargs, **options})
+        kwargs = {**kwargs, **options}
+        url = kwargs.get("url")
+        if url is not None:  # (RedisCluster lets the URL's query options override its keywords)
+            parts = urlsplit(url)
+            query = [(name, value) for name, value in parse_qsl(parts.query) if name not in options]
+            kwargs["url"] = parts._replace(query=urlencode(query)).geturl()
+        with self._connecting:  # not half-way through a connect
+            if self.connected:
+                return ClusterClient(*args, **kwargs)
+            clone: ClusterClient = object.__new__(ClusterClient)
+            # What RedisCluster's constructor set before it needed a seed (the encoder...),
+            # until the connect runs it again with the new keywords.
+            clone.__dict__.update(self.__dict__)
+        clone._arguments = (args, kwargs)
         clone._connecting = threading.Lock()
         clone._failed_at = 0.0
         return clone
@@ -115,29 +126,47 @@ class ClusterClient(RedisCluster):
         return object.__getattribute__(self, name)
 
     def _connect(self) -> None:
-        waited_s = time.monotonic() - self._failed_at
-        if waited_s < RECONNECT_INTERVAL_MS / 1000 or not self._connecting.acquire(blocking=False):
+        if not self._connecting.acquire(blocking=False):
             raise ClusterUnreachable(f"no seed of the Redis Cluster has answered yet: {self._failure}")
         try:
             if not self._unconnected:
                 return  # another thread connected meanwhile
-            args, kwargs = self._arguments
+            if time.monotonic() - self._failed_at < RECONNECT_INTERVAL_MS / 1000:
+                raise ClusterUnreachable(f"no seed of the Redis Cluster has answered yet: {self._failure}")
             try:
-                super().__init__(*args, **kwargs)
+                self._attempt()
             except _DISCOVERY_FAILURES as exc:
                 self._failed(exc)
-                if _outside_cluster_mode(exc) and not self._mistake_logged:
+                if _mistake(exc) and not self._mistake_logged:
                     self._mistake_logged = True  # (a seed that is down may hide it at start)
                     logger.error(
-                        "mollifier.cluster_misconfigured a seed in MOLLIFIER_REDIS_URL is a server "
-                        "outside Redis Cluster (%s): a redis+cluster:// URL needs cluster nodes",
+                        "mollifier.cluster_misconfigured a seed in MOLLIFIER_REDIS_URL refuses the "
+                        "mollifier (%s): a redis+cluster:// URL needs cluster nodes and their password",
                         exc,
                     )
                 raise ClusterUnreachable(str(exc)) from exc
-            self._unconnected = False
             logger.info("mollifier.cluster_connected a seed of the Redis Cluster answered")
         finally:
             self._connecting.release()
+
+    def _attempt(self) -> None:
+        """Run RedisCluster's constructor; on failure, undo what it built after the slot map."""
+        args, kwargs = self._arguments
+        seeds = kwargs.get("startup_nodes")
+        if seeds:  # (RedisCluster appends the URL's host to the list it is given)
+            kwargs = {**kwargs, "startup_nodes": [ClusterNode(seed.host, seed.port) for seed in seeds]}  # type: ignore[no-untyped-call]
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            names = list(self.__dict__)
+            if "nodes_manager" in names:  # found the slot map, failed after: its pools go too
+                for node in self.nodes_manager.nodes_cache.values():
+                    if node.redis_connection is not None:
+                        node.redis_connection.connection_pool.disconnect()
+                for name in names[names.index("nodes_manager") :]:
+                    del self.__dict__[name]
+            raise
+        self._unconnected = False
 
     def _failed(self, exc: Exception) -> None:
         self._failed_at = time.monotonic()
@@ -153,18 +182,11 @@ class ClusterClient(RedisCluster):
         if self.connected:  # (else there is no pool)
             super().disconnect_connection_pools()  # type: ignore[no-untyped-call,unused-ignore]
 
-    def __repr__(self) -> str:
-        if not self.connected:
-            return f"<{type(self).__name__} (no seed has answered yet)>"
-        return super().__repr__()
-
     def close(self) -> None:
         if not self.connected:
             return  # nothing was opened
-        manager = getattr(self, "nodes_manager", None)
-        nodes = []
-        if manager is not None:
-            nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
+        manager = self.nodes_manager
+        nodes = [*manager.nodes_cache.values(), *manager.startup_nodes.values()]
         super().close()
         for node in nodes:
             if node.redis_connection is not None:

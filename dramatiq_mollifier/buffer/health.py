@@ -123,7 +123,7 @@ UNREACHABLE_REPORT_S = 10
 
 #: Replies of a server that is restarting or failing over, not refusing the settings.
 _OUTAGES = (ClusterDownError, TryAgainError, BusyLoadingError, ReadOnlyError)
-_OUTAGE_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "LOADING", "MASTERDOWN", "READONLY")
+_OUTAGE_REPLIES = ("CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN")
 
 
 def misconfiguration(exc: BaseException) -> bool:
