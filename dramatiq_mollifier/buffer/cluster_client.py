@@ -126,13 +126,14 @@ class ClusterClient(RedisCluster):
         return object.__getattribute__(self, name)
 
     def _connect(self) -> None:
+        refused = ClusterUnreachable(f"no seed of the Redis Cluster has answered yet: {self._failure}")
         if not self._connecting.acquire(blocking=False):
-            raise ClusterUnreachable(f"no seed of the Redis Cluster has answered yet: {self._failure}")
+            raise refused
         try:
             if not self._unconnected:
                 return  # another thread connected meanwhile
             if time.monotonic() - self._failed_at < RECONNECT_INTERVAL_MS / 1000:
-                raise ClusterUnreachable(f"no seed of the Redis Cluster has answered yet: {self._failure}")
+                raise refused
             try:
                 self._attempt()
             except _DISCOVERY_FAILURES as exc:
