@@ -231,7 +231,15 @@ def test_the_crash_store_raises_a_lost_cluster_as_a_connection_error(
 
 def test_a_wrong_password_still_raises_at_construction(redis_binary: str) -> None:
     # A mistake, not an outage: as loud as before clients started unconnected.
-    options = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+    # (The bus port defaults to the port + 10000, out of range for high free ports.)
+    options = (
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-port",
+        str(free_port()),
+    )
     with EmbeddedRedis(redis_binary, extra_args=options) as node:
         admin = redis.Redis(host="127.0.0.1", port=node.port)
         admin.config_set("requirepass", "s3cret")
