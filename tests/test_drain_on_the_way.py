@@ -1,5 +1,6 @@
 """The budget counts drained messages in the broker; messages on their way count only for their
-own drainer (and against twice the budget in all), on a real Redis."""
+own drainer (and against twice the budget in all), or for every drainer when the caller moves in
+Redis, on a real Redis."""
 
 from __future__ import annotations
 
@@ -39,6 +40,28 @@ def test_another_drainers_messages_on_their_way_do_not_use_the_budget(
     # empty while the first one's handlers hold most of it
     other = second.claim(10)
     assert (other.granted, other.in_use, other.on_the_way) == (10, 0, 10)
+
+
+def test_a_drainer_that_moves_in_redis_counts_every_drainers_messages_on_their_way(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a drainer holding 8 slots of a budget of 10 on their way (claimed, not yet moved)
+    first, second = pace_of(redis_client, key_prefix, 10), pace_of(redis_client, key_prefix, 10)
+    held = first.claim(8, moves=True)
+    assert held.granted == 8
+
+    # Then a second drainer that moves in Redis gets only the 2 left: two such drainers claiming
+    # at once would otherwise put twice the budget in the broker
+    other = second.claim(10, moves=True)
+    assert (other.granted, other.in_use, other.on_the_way) == (2, 0, 8)
+
+    # And once the first one's messages are in the broker, the budget stays full, not overfull
+    ids = [f"a-{i}" for i in range(8)]
+    first.bind(held, ids)
+    first.landed(ids)
+    assert second.claim(10, moves=True).granted == 0
+    first.release(ids[:3])
+    assert second.claim(10, moves=True).granted == 3
 
 
 def test_written_messages_count_against_the_budget(redis_client: redis.Redis, key_prefix: str) -> None:

@@ -181,8 +181,8 @@ def test_a_claim_the_budget_cuts_short_ends_the_tick_and_the_next_org_goes_first
     claims: list[tuple[int, int]] = []
     claim = pace.claim
 
-    def counted(wanted: int, *, own: int = 0) -> Claim:
-        granted = claim(wanted, own=own)
+    def counted(wanted: int, *, own: int = 0, moves: bool = False) -> Claim:
+        granted = claim(wanted, own=own, moves=moves)
         claims.append((wanted, granted.granted))
         return granted
 

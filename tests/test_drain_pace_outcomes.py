@@ -74,8 +74,8 @@ def test_a_long_target_wait_still_learns_the_fleets_rate(
     budgets: list[int] = []
     claim = pace.claim
 
-    def counted(wanted: int, *, own: int = 0) -> Claim:
-        granted = claim(wanted, own=own)
+    def counted(wanted: int, *, own: int = 0, moves: bool = False) -> Claim:
+        granted = claim(wanted, own=own, moves=moves)
         budgets.append(granted.budget)
         return granted
 

@@ -149,6 +149,23 @@ def test_a_chunk_moves_inside_redis_marked_in_order_and_counted_against_the_budg
     assert shared.client.zcard(outstanding) == 5 and shared.client.zcard(on_the_way) == 0
 
 
+def test_another_drainers_slots_on_their_way_limit_the_move(
+    shared: MollifierBuffer, broker: RedisBroker, key_prefix: str
+) -> None:
+    # Given five buffered messages, a budget of 4, and another drainer that claimed 3 slots and
+    # is about to move its messages
+    buffered(shared, declare(broker), "a", "b", "c", "d", "e")
+    drainer, _, move = drainer_for(shared, broker, CountingHandler(broker), key_prefix, max_outstanding=4)
+    assert move is not None and move.active
+    DrainPace(shared.client, key_prefix=key_prefix, max_outstanding=4).claim(3, moves=True)
+
+    # When this drainer drains
+    drainer.run_once()
+
+    # Then it moves one: the broker gets no more than the budget once the other's three land
+    assert len(in_broker(broker)) == 1 and shared.depth("acme", "prod") == 4
+
+
 def test_orgs_that_move_less_than_their_claim_pass_the_rest_to_the_next_org_in_the_same_tick(
     shared: MollifierBuffer, broker: RedisBroker, key_prefix: str
 ) -> None:

@@ -256,7 +256,7 @@ class MollifierDrainer(DrainLoop):
             if not self._collect(pool, tick, until=self.max_in_flight - wanted):
                 return False
             limit = min(remaining, self.max_in_flight - pool.in_flight)
-            claim = self._claim(tick, limit, own=pool.in_flight)
+            claim = self._claim(tick, limit, own=pool.in_flight, moves=move is not None)
             if claim is not None:
                 if claim.granted == 0:
                     # Once an org got part of a batch, it had its turn: the next org goes first.
@@ -327,11 +327,12 @@ class MollifierDrainer(DrainLoop):
                 tick.drained, tick.failed = tick.drained + drained, tick.failed + failed
 
     # Pacing ---------------------------------------------------------------------------------
-    def _claim(self, tick: Tick, wanted: int, *, own: int) -> Claim | None:
-        """Up to ``wanted`` slots of the budget (``own``: this drainer's on their way); None: no pace."""
+    def _claim(self, tick: Tick, wanted: int, *, own: int, moves: bool) -> Claim | None:
+        """Up to ``wanted`` slots of the budget (``own``: this drainer's on their way; ``moves``:
+        it moves in Redis, see :meth:`DrainPace.claim`); None: no pace."""
         if self._pace is None:
             return None
-        claim = self._pace.try_claim(wanted, own=own)
+        claim = self._pace.try_claim(wanted, own=own, moves=moves)
         if claim is not None:
             self._telemetry.record_outstanding(claim.in_use, budget=claim.budget)
             return claim

@@ -24,7 +24,9 @@ other drainers': counting every drainer's left the broker queue empty whenever t
 handlers held most of a small budget (two drainers, two refills each), and counting none let one
 drainer claim the budget twice over before its first writes landed. All on-the-way slots together
 are bounded by a second budget's worth, so the broker holds at most the budget plus what the
-other drainers are writing at that moment.
+other drainers are writing at that moment. A drainer that moves in Redis counts every drainer's:
+its slots are on their way for two round trips, and two such drainers claiming at once filled the
+broker past the budget.
 
 Each slot is a member of a sorted set, scored with a deadline: a message that never starts (it
 was lost from the broker, its queue purged, its drainer died) frees its slot when the deadline
@@ -184,9 +186,11 @@ class DrainPace:
             return 5
         return min(MAX_PACED_WAIT_MS, max(5, self.target_wait_ms // PACED_WAIT_SHARE))
 
-    def claim(self, wanted: int, *, own: int = 0) -> Claim:
+    def claim(self, wanted: int, *, own: int = 0, moves: bool = False) -> Claim:
         """Take up to ``wanted`` slots (fewer when the budget or the rate says so); ``own``: the
-        caller's slots on their way to the broker, which it counts against the budget."""
+        caller's slots on their way to the broker, which it counts against the budget. ``moves``:
+        the caller moves its messages inside Redis (``drain/redis_move.py``), so every drainer's
+        slots on their way count: theirs land within a round trip or two."""
         prefix = f"{self._token}{next(self._claims)}:"
         granted, in_use, budget, on_the_way, expired = self._run(
             self._claim,
@@ -201,6 +205,7 @@ class DrainPace:
                 self.min_outstanding,
                 RATE_WINDOW_MS,
                 own,
+                int(moves),
             ),
         )
         if int(expired):
@@ -219,10 +224,10 @@ class DrainPace:
             )
         return Claim(int(granted), int(in_use), prefix, int(budget), int(on_the_way))
 
-    def try_claim(self, wanted: int, *, own: int = 0) -> Claim | None:
+    def try_claim(self, wanted: int, *, own: int = 0, moves: bool = False) -> Claim | None:
         """:meth:`claim`, or None when Redis fails (logged): the drainer pops nothing this time."""
         try:
-            return self.claim(wanted, own=own)
+            return self.claim(wanted, own=own, moves=moves)
         except Exception:
             logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
             return None

@@ -7,8 +7,12 @@
 -- against the budget, not the other drainers': a quiet message does not wait behind messages
 -- not yet written, and counting every drainer's left the broker queue empty while two drainers'
 -- handlers held most of a small budget. All of them together count against twice the budget,
--- so what the fleet's drainers hold at once stays bounded however many they are. A member whose deadline has passed is dropped (a message lost from the
--- broker, a purged queue, a drainer that died), so a leak heals within ARGV[4] ms. Placeholders
+-- so what the fleet's drainers hold at once stays bounded however many they are. A caller that
+-- moves its messages inside Redis (drain/redis_move.py) holds slots on their way for two round
+-- trips only, and counts every drainer's (ARGV[10]): two such drainers claiming at once put up to
+-- twice the budget in the broker, and a quiet message waited behind it. A member whose deadline
+-- has passed is dropped (a message lost from the broker, a purged queue, a drainer that died), so
+-- a leak heals within ARGV[4] ms. Placeholders
 -- are bound to message ids by bind.lua once the caller knows which entries it popped, so two
 -- drainers can never both take the last slot.
 --
@@ -27,6 +31,8 @@
 -- ARGV[7]  the budget's floor: slots for what consumers have prefetched
 -- ARGV[8]  the consumption rate's window, in ms (see free.lua)
 -- ARGV[9]  the caller's own slots on their way to the broker
+-- ARGV[10] 1 when every drainer's slots on their way count against the budget (a caller that
+--          moves in Redis), else 0
 -- Returns {granted, in_broker, budget, on_the_way, expired}: the slots granted (placeholders
 -- ARGV[3] .. 1..granted), the members of KEYS[1] and KEYS[4] before this claim, the budget this
 -- claim was held to, and the members of KEYS[1] whose deadline had passed (never started).
@@ -36,6 +42,7 @@ local wanted, budget, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local ttl_ms, rate = tonumber(ARGV[4]), tonumber(ARGV[5])
 local target_ms, floor, window_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local own = tonumber(ARGV[9]) or 0
+local count_all = ARGV[10] == '1'
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local expired = redis.call('ZREMRANGEBYSCORE', outstanding, '-inf', now)
@@ -53,6 +60,9 @@ end
 local in_broker = redis.call('ZCARD', outstanding)
 local moving = redis.call('ZCARD', on_the_way)
 local granted = math.min(wanted, budget - in_broker - own, 2 * budget - in_broker - moving)
+if count_all then
+  granted = math.min(granted, budget - in_broker - moving)
+end
 if rate > 0 and granted > 0 then
   -- A token bucket holding at most one second of the rate.
   local state = redis.call('HMGET', bucket, 'tokens', 'at_ms')
