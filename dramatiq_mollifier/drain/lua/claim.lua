@@ -12,9 +12,8 @@
 -- trips only, and counts every drainer's (ARGV[10]): two such drainers claiming at once put up to
 -- twice the budget in the broker, and a quiet message waited behind it. A member whose deadline
 -- has passed is dropped (a message lost from the broker, a purged queue, a drainer that died), so
--- a leak heals within ARGV[4] ms. Placeholders
--- are bound to message ids by bind.lua once the caller knows which entries it popped, so two
--- drainers can never both take the last slot.
+-- a leak heals within ARGV[4] ms. Placeholders are bound to message ids by bind.lua once the
+-- caller knows which entries it popped, so two drainers can never both take the last slot.
 --
 -- KEYS[1]  drained messages in the broker (sorted set: member = message id, score = deadline ms)
 -- KEYS[2]  the drain-rate bucket (hash: tokens, at_ms); only read when ARGV[5] > 0
