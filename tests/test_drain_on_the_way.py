@@ -55,13 +55,31 @@ def test_a_drainer_that_moves_in_redis_counts_every_drainers_messages_on_their_w
     other = second.claim(10, moves=True)
     assert (other.granted, other.in_use, other.on_the_way) == (2, 0, 8)
 
-    # And once the first one's messages are in the broker, the budget stays full, not overfull
-    ids = [f"a-{i}" for i in range(8)]
-    first.bind(held, ids)
+    # And once both drainers' messages are in the broker, the budget is full, not overfull
+    ids = [f"a-{i}" for i in range(8)] + ["b-0", "b-1"]
+    first.bind(held, ids[:8])
+    second.bind(other, ids[8:])
     first.landed(ids)
     assert second.claim(10, moves=True).granted == 0
     first.release(ids[:3])
     assert second.claim(10, moves=True).granted == 3
+
+
+def test_a_movers_claim_that_is_never_spent_holds_the_budget_for_a_second_at_most(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given slots that live 10 s, and two claims never spent (their drainer died before moving)
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=10, outstanding_ttl_ms=10_000)
+    pace.claim(4, moves=True)
+    pace.claim(4)
+
+    # Then the mover's placeholders are due within a second, every mover counting them; the
+    # handler path's keep the slot lifetime (its writes may take that long)
+    seconds, micros = redis_client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    members = redis_client.zrange(pace.keys[1], 0, -1, withscores=True)
+    deadlines = sorted(score - now_ms for _, score in members)
+    assert all(0 < d <= 1_000 for d in deadlines[:4]) and all(9_000 < d <= 10_000 for d in deadlines[4:])
 
 
 def test_written_messages_count_against_the_budget(redis_client: redis.Redis, key_prefix: str) -> None:

@@ -25,8 +25,8 @@ handlers held most of a small budget (two drainers, two refills each), and count
 drainer claim the budget twice over before its first writes landed. All on-the-way slots together
 are bounded by a second budget's worth, so the broker holds at most the budget plus what the
 other drainers are writing at that moment. A drainer that moves in Redis counts every drainer's:
-its slots are on their way for two round trips, and two such drainers claiming at once filled the
-broker past the budget.
+its own slots are on their way for two round trips, and two such drainers claiming at once filled
+the broker past the budget.
 
 Each slot is a member of a sorted set, scored with a deadline: a message that never starts (it
 was lost from the broker, its queue purged, its drainer died) frees its slot when the deadline
@@ -189,8 +189,10 @@ class DrainPace:
     def claim(self, wanted: int, *, own: int = 0, moves: bool = False) -> Claim:
         """Take up to ``wanted`` slots (fewer when the budget or the rate says so); ``own``: the
         caller's slots on their way to the broker, which it counts against the budget. ``moves``:
-        the caller moves its messages inside Redis (``drain/redis_move.py``), so every drainer's
-        slots on their way count: theirs land within a round trip or two."""
+        the caller moves its messages inside Redis (``drain/redis_move.py``), so its slots land
+        within two round trips and it counts every drainer's on their way (a handler-path
+        drainer's too, in a fleet that mixes both); its placeholders live 1 s at most, so a
+        claim never spent does not hold the fleet's budget for ``outstanding_ttl_ms``."""
         prefix = f"{self._token}{next(self._claims)}:"
         granted, in_use, budget, on_the_way, expired = self._run(
             self._claim,

@@ -31,7 +31,7 @@
 -- ARGV[8]  the consumption rate's window, in ms (see free.lua)
 -- ARGV[9]  the caller's own slots on their way to the broker
 -- ARGV[10] 1 when every drainer's slots on their way count against the budget (a caller that
---          moves in Redis), else 0
+--          moves in Redis; its placeholders then live 1 s at most), else 0
 -- Returns {granted, in_broker, budget, on_the_way, expired}: the slots granted (placeholders
 -- ARGV[3] .. 1..granted), the members of KEYS[1] and KEYS[4] before this claim, the budget this
 -- claim was held to, and the members of KEYS[1] whose deadline had passed (never started).
@@ -42,6 +42,8 @@ local ttl_ms, rate = tonumber(ARGV[4]), tonumber(ARGV[5])
 local target_ms, floor, window_ms = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local own = tonumber(ARGV[9]) or 0
 local count_all = ARGV[10] == '1'
+-- How long a mover's placeholders live, in ms, at most (see the deadline below).
+local MOVE_CLAIM_MS = 1000
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local expired = redis.call('ZREMRANGEBYSCORE', outstanding, '-inf', now)
@@ -76,6 +78,12 @@ if granted <= 0 then
   return {0, in_broker, budget, moving, expired}
 end
 local deadline = now + ttl_ms
+if count_all then
+  -- Every mover counts these, and the move gives them up within its call: a claim that is
+  -- never spent (its drainer died, its reply was lost) must not hold the fleet's budget for
+  -- a whole slot lifetime.
+  deadline = now + math.min(ttl_ms, MOVE_CLAIM_MS)
+end
 local args = {}
 for i = 1, granted do
   args[#args + 1] = deadline
