@@ -4,9 +4,8 @@ The mollifier's Redis is not critical: when it is down or stalled, messages go t
 if the package were not there (fail-open). Failing open after each call's own timeout still makes
 every ``send()`` wait that timeout. :class:`CircuitBreaker` stops the calls instead: after
 ``failure_threshold`` consecutive outages (a connection error, a timeout, a cluster client with
-no node answering), every caller is
-refused at once for ``cooldown_ms``; then exactly one call goes through as a probe, and its
-outcome closes the breaker or opens it for another cool-down.
+no node answering), every caller is refused at once for ``cooldown_ms``; then exactly one call
+goes through as a probe, and its outcome closes the breaker or opens it for another cool-down.
 
 An error *reply* (a script error, a wrong type) is not an outage: Redis answered. An error
 raised apart from Redis (a message that does not encode) is neither an outage nor an answer.

@@ -220,13 +220,17 @@ def test_the_crash_store_raises_a_lost_cluster_as_a_connection_error(
     # redis-py then raises RedisClusterException, no RedisError, which CrashRetries' hooks (they
     # catch redis.RedisError) let out: Dramatiq logged them CRITICAL, the delivery untracked.
     cluster = EmbeddedCluster(redis_binary, primaries=1).start()
-    store = CrashRetries.from_url(seeds_url(cluster)).store
-    assert store.get_record("m1") is None
-    cluster.close()
-    for _ in range(3):
-        with pytest.raises(redis.ConnectionError):
-            store.get_record("m1")
-    store.client.close()
+    try:
+        store = CrashRetries.from_url(seeds_url(cluster)).store
+        assert store.get_record("m1") is None
+    finally:
+        cluster.close()
+    try:
+        for _ in range(3):
+            with pytest.raises(redis.ConnectionError):
+                store.get_record("m1")
+    finally:
+        store.client.close()
 
 
 def test_a_wrong_password_still_raises_at_construction(redis_binary: str) -> None:
