@@ -11,6 +11,8 @@ in the buffer (sticky). What the gate does with a send, without any I/O:
 - an env whose estimated window count (the fleet's count at the last fold, plus this process's
   sends not yet folded) goes over the threshold is folded at once, in the send, and diverted
   if the fleet's window says so: a process never lets more than the threshold through alone;
+  so is one whose estimate plus the other processes' sends at their last pace goes over it
+  (:class:`~dramatiq_mollifier.gate.window_view.WindowView`);
 - anything else passes.
 
 Nothing is shared across a fork: a child starts with no counts, no knowledge and no thread
@@ -33,6 +35,7 @@ import redis
 from ..breaker import CircuitBreaker, is_outage
 from ..models import Tenant, TripDecision, TripWindow
 from .forks import ForkMark
+from .window_view import WindowView
 
 __all__ = ["FoldBackend", "LocalTrip", "Verdict"]
 
@@ -84,31 +87,6 @@ class FoldBackend(Protocol):
     ) -> tuple[TripWindow, list[TripWindow]]: ...
 
 
-class _Window:
-    """One window as this process sees it: the fleet's count at the last fold, and its own."""
-
-    __slots__ = ("diverting", "end", "fleet", "hold_end", "in_flight", "pending")
-
-    def __init__(self) -> None:
-        self.pending = 0  # counted here, not folded yet
-        self.in_flight = 0  # in a fold whose reply has not come back
-        self.fleet = 0  # the window's count in Redis at the last fold
-        self.end = float("-inf")  # when that window ends (clock)
-        self.hold_end = float("-inf")  # when its hold marker expires (clock)
-        self.diverting = False  # seen tripped or backlogged: the fused script decides
-
-    def estimate(self, now: float) -> int:
-        """A lower bound of the fleet's count in the current window (this process's sends in)."""
-        return (self.fleet if now < self.end else 0) + self.pending + self.in_flight
-
-    def learn(self, window: TripWindow, now: float, threshold: int) -> None:
-        self.fleet = window.count
-        self.end = now + max(window.window_ttl_ms, 0) / 1000
-        self.hold_end = now + window.hold_ttl_ms / 1000 if window.hold_ttl_ms > 0 else float("-inf")
-        if window.hold_ttl_ms > 0 or window.backlog > 0 or window.count > threshold:
-            self.diverting = True
-
-
 class LocalTrip:
     """Per-process trip counts, folded into the fleet's windows off the send path.
 
@@ -143,6 +121,7 @@ class LocalTrip:
         self._global_half = (global_threshold + 1) // 2
         self._window_s = window_ms / 1000
         self._interval_s = fold_interval_ms / 1000
+        self._spans = {"window_s": self._window_s, "min_s": self._interval_s}
         slow_ms = max(fold_interval_ms, min(SLOW_FOLD_INTERVAL_MS, window_ms))
         self._slow_s = slow_ms / 1000
         self._global_threshold = global_threshold
@@ -163,13 +142,13 @@ class LocalTrip:
         self._fold_lock = threading.Lock()
         # Folds that met an outage (under the fold lock): a send that waited for one does not fold.
         self._failed_folds = 0
-        self._envs: dict[Tenant, _Window] = {}
-        self._fleet = _Window()
+        self._envs: dict[Tenant, WindowView] = {}
+        self._fleet = WindowView()
         self._running = False
         # Some env's estimate (or the fleet's, under a ceiling) is at half its threshold or more:
         # the fold thread folds every fold_interval_ms rather than every slow interval.
         self._fast = False
-        # Set when an estimate reaches half while the thread waits out a slow interval.
+        # Wakes the fold thread: an estimate reached half, or sends took half an env's headroom.
         self._hurry = threading.Event()
 
     def count(self, tenant: Tenant, enrolled: bool) -> Verdict:
@@ -205,7 +184,12 @@ class LocalTrip:
             estimate = (env.fleet if now < env.end else 0) + env.pending + env.in_flight
             if estimate > self._threshold:
                 return _CROSSED if enrolled else _TRIPPED
-            if estimate >= self._half and not self._fast:
+            if env.others_per_s and enrolled and env.predict(now) > self._threshold:
+                return _CROSSED  # the other processes' pace says the fleet is over: fold to know
+            if env.pending >= env.hurry_at:
+                env.hurried()
+                self._hurry.set()
+            elif estimate >= self._half and not self._fast:
                 self._speed_up()
             return _BELOW
 
@@ -257,7 +241,7 @@ class LocalTrip:
                 return
             env.diverting = False
             env.hold_end = float("-inf")
-            env.fleet = count
+            env.fleet, env.at = count, now
             if env.end <= now:
                 env.end = now + self._window_s  # not known: assume the longest (a higher estimate)
 
@@ -281,7 +265,7 @@ class LocalTrip:
         return self._interval_s if self._fast else self._slow_s
 
     # Internals ------------------------------------------------------------------------------
-    def _add(self, tenant: Tenant) -> _Window:
+    def _add(self, tenant: Tenant) -> WindowView:
         if len(self._envs) >= MAX_ENVS:
             # Kept: envs with counts to fold, and diverting ones (forgotten, a backlogged env's
             # next sends would overtake its backlog until a fold learnt it again).
@@ -290,7 +274,7 @@ class LocalTrip:
                 # Every env has counts: drop them (fail-open), keeping the fleet's total true.
                 self._fleet.pending -= sum(w.pending for w in self._envs.values())
                 self._envs.clear()
-        env = self._envs[tenant] = _Window()
+        env = self._envs[tenant] = WindowView()
         return env
 
     def _speed_up(self) -> None:
@@ -298,7 +282,7 @@ class LocalTrip:
         self._fast = True
         self._hurry.set()
 
-    def _take(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
+    def _take(self, batch: list[tuple[Tenant, WindowView, int]]) -> None:
         """Move the batch's counts from pending to in flight (under the lock)."""
         total = 0
         for _, env, n in batch:
@@ -308,13 +292,15 @@ class LocalTrip:
         self._fleet.pending -= total
         self._fleet.in_flight += total
 
-    def _drop(self, batch: list[tuple[Tenant, _Window, int]]) -> None:
+    def _drop(self, batch: list[tuple[Tenant, WindowView, int]]) -> None:
         with self._lock:
             for _, env, n in batch:
                 env.in_flight -= n
             self._fleet.in_flight -= sum(n for _, _, n in batch)
 
-    def _fold(self, batch: list[tuple[Tenant, _Window, int]], *, every_env: bool = False) -> list[TripWindow]:
+    def _fold(
+        self, batch: list[tuple[Tenant, WindowView, int]], *, every_env: bool = False
+    ) -> list[TripWindow]:
         """Fold ``batch`` (under the fold lock), learn the replies and return them. ``every_env``:
         the batch holds every env with counts, so the replies decide alone whether the next
         folds come fast or slow."""
@@ -335,11 +321,11 @@ class LocalTrip:
             for (_, env, n), window in zip(batch, windows, strict=True):
                 env.in_flight -= n
                 total += n
-                env.learn(window, now, self._threshold)
+                env.learn(window, now, self._threshold, folded=n, **self._spans)
                 fast = fast or env.estimate(now) >= self._half
             self._fleet.in_flight -= total
             if self._global_threshold:
-                self._fleet.learn(fleet, now, self._global_threshold)
+                self._fleet.learn(fleet, now, self._global_threshold, folded=total, **self._spans)
                 fast = fast or self._fleet.estimate(now) >= self._global_half
             if every_env or fast:
                 self._fast = fast or any(
@@ -347,7 +333,7 @@ class LocalTrip:
                 )
         return windows
 
-    def _fold_or_report(self, batch: list[tuple[Tenant, _Window, int]], *, every_env: bool) -> None:
+    def _fold_or_report(self, batch: list[tuple[Tenant, WindowView, int]], *, every_env: bool) -> None:
         if not self._breaker.allow():
             self._drop(batch)  # fail open: these sends are not counted
             return
@@ -370,11 +356,10 @@ class LocalTrip:
     def _run(self) -> None:
         idle_since = self._clock()
         while True:
-            # Never more often than every fold interval; while every estimate is below half its
-            # threshold, every slow interval, unless a send's estimate reaches half meanwhile.
-            time.sleep(self._interval_s)
-            if not self._fast:
-                self._hurry.wait(self._slow_s - self._interval_s)
+            # Every fold interval, or every slow interval while every estimate is below half its
+            # threshold; at once when a send hurries it: its estimate reached half, or its env's
+            # unfolded sends took half the headroom the last fold left (once per fold).
+            self._hurry.wait(self.fold_interval_s)
             self._hurry.clear()
             if self.flush():
                 idle_since = self._clock()

@@ -1,0 +1,84 @@
+"""One trip window as one producer process sees it (``trip_evaluator=local``).
+
+A process knows the fleet's count of an env's window only as of its last fold, plus its own sends
+since. Two things narrow what the other processes can send past the threshold meanwhile:
+
+- **their pace**: each fold's reply says how much the others added since this process's last
+  fold, so the process extrapolates their sends to now, and folds at once (in the send) when that
+  prediction goes over the threshold. A wrong prediction costs one fold, whose reply corrects the
+  pace (an idle fleet predicts nothing);
+- **the headroom**: once the window is at half the threshold or more, this process wakes its fold
+  thread when its own unfolded sends reach half of what the last fold left below the threshold,
+  instead of waiting out the fold interval. Two producers that start a burst together each saw
+  the other's sends only at their next fold, and let 150 through a threshold of 100.
+"""
+
+from __future__ import annotations
+
+from ..models import TripWindow
+
+__all__ = ["WindowView"]
+
+_NEVER = float("inf")
+
+
+class WindowView:
+    """One window: the fleet's count at the last fold, this process's own sends, the others' pace."""
+
+    __slots__ = (
+        "at",
+        "diverting",
+        "end",
+        "fleet",
+        "hold_end",
+        "hurry_at",
+        "in_flight",
+        "others_per_s",
+        "pending",
+    )
+
+    def __init__(self) -> None:
+        self.pending = 0  # counted here, not folded yet
+        self.in_flight = 0  # in a fold whose reply has not come back
+        self.fleet = 0  # the window's count in Redis at the last fold
+        self.end = float("-inf")  # when that window ends (clock)
+        self.hold_end = float("-inf")  # when its hold marker expires (clock)
+        self.diverting = False  # seen tripped or backlogged: the fused script decides
+        self.at = 0.0  # when the last fold's reply came (clock)
+        self.others_per_s = 0.0  # the other processes' sends per second, between the last folds
+        self.hurry_at: float = _NEVER  # pending sends that wake the fold thread (half the headroom)
+
+    def estimate(self, now: float) -> int:
+        """A lower bound of the fleet's count in the current window (this process's sends in)."""
+        return (self.fleet if now < self.end else 0) + self.pending + self.in_flight
+
+    def predict(self, now: float) -> float:
+        """:meth:`estimate` plus what the others sent since the last fold, at their last pace."""
+        if now >= self.end:
+            return self.pending + self.in_flight
+        return self.fleet + self.others_per_s * (now - self.at) + self.pending + self.in_flight
+
+    def learn(
+        self, window: TripWindow, now: float, threshold: int, *, folded: int, window_s: float, min_s: float
+    ) -> None:
+        """Take a fold's reply: ``folded`` of this process's sends were in it. ``window_s`` is the
+        window's length; ``min_s`` the shortest span a pace is measured over (the fold interval:
+        the others' counts arrive a fold at a time)."""
+        end = now + max(window.window_ttl_ms, 0) / 1000
+        if now < self.end and window.count >= self.fleet + folded:
+            others, since = window.count - self.fleet - folded, self.at  # the same window
+        else:
+            others, since = window.count - folded, end - window_s  # a new one: since it began
+        self.others_per_s = max(others, 0) / max(now - since, min_s)
+        self.fleet = window.count
+        self.end = end
+        self.at = now
+        self.hold_end = now + window.hold_ttl_ms / 1000 if window.hold_ttl_ms > 0 else float("-inf")
+        if window.hold_ttl_ms > 0 or window.backlog > 0 or window.count > threshold:
+            self.diverting = True
+        half = (threshold + 1) // 2
+        self.hurry_at = max(1, (threshold - window.count) // 2) if window.count >= half else _NEVER
+
+    def hurried(self) -> None:
+        """This process's sends took half the headroom: the fold thread is woken once per fold."""
+        self.hurry_at = _NEVER
