@@ -127,10 +127,12 @@ def test_forked_producers_share_one_fleet_wide_threshold_within_the_documented_b
     assert all("error" not in report for report in reports), reports
     passed = sum(r["share_passed"] + r["passed_after_trip"] + r["passed_later"] for r in reports)
     sent = PRODUCERS * (SHARE + AFTER + 1) + sum(r["passed_after_trip"] for r in reports)
-    # Phase one: every share passed, since no producer alone went over the threshold: the fleet
-    # overshot it (the documented bound: at most threshold per process and window)
-    assert [r["share_passed"] for r in reports] == [SHARE] * PRODUCERS
-    assert THRESHOLD < PRODUCERS * SHARE <= passed <= PRODUCERS * THRESHOLD
+    # Phase one: the fleet let at least the threshold through, and at most every share (a
+    # producer that folded before its last send may have learned the fleet over); overall the
+    # documented bound, at most the threshold per process and window
+    shares_passed = sum(r["share_passed"] for r in reports)
+    assert THRESHOLD <= shares_passed <= PRODUCERS * SHARE
+    assert shares_passed <= passed <= PRODUCERS * THRESHOLD
     # Phase two: every producer learned the trip from its own background fold
     assert all(r["passed_after_trip"] < THRESHOLD for r in reports)
     # Phase three: a producer that has seen the env diverting keeps its later sends behind the

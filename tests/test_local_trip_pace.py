@@ -14,6 +14,7 @@ import pytest
 from dramatiq_mollifier import MollifierBuffer
 from dramatiq_mollifier.breaker import CircuitBreaker
 from dramatiq_mollifier.gate.local_trip import LocalTrip, Verdict
+from dramatiq_mollifier.gate.window_view import HEADROOM_SHARE
 from dramatiq_mollifier.models import Tenant
 
 from .mollifier_helpers import eventually
@@ -47,7 +48,7 @@ def send(trip: LocalTrip, n: int) -> list[Verdict]:
 
 
 @pytest.mark.redis
-def test_a_process_folds_once_its_sends_took_half_the_headroom_its_last_fold_left(
+def test_a_process_folds_once_its_sends_took_a_share_of_the_headroom_its_last_fold_left(
     buffer: MollifierBuffer,
 ) -> None:
     # Given two producers folding every 5 s, one of which saw the window at 50 at its last fold,
@@ -55,18 +56,36 @@ def test_a_process_folds_once_its_sends_took_half_the_headroom_its_last_fold_lef
     first, second = producer(buffer, fold_interval_ms=5_000), producer(buffer, fold_interval_ms=5_000)
     assert set(send(first, 50)) == {Verdict.BELOW}
     first.flush()
-    eventually(lambda: window_count(buffer) == 50, what="the first producer's fold")
+    eventually(lambda: window_count(buffer) == 50, what="the first producer's folds")
     send(second, THRESHOLD // 2 + 1)
     second.flush()
-    eventually(lambda: window_count(buffer) == 101, what="the second producer's fold")
+    eventually(lambda: window_count(buffer) == 101, what="the second producer's folds")
 
-    # When the first sends half of the 50 its fold left below the threshold
-    assert set(send(first, 25)) == {Verdict.BELOW}
+    # When the first sends its share (a quarter) of the 50 its fold left below the threshold
+    share = 50 // HEADROOM_SHARE
+    assert set(send(first, share)) == {Verdict.BELOW}
 
     # Then it folds at once, not at its next fold interval, and learns the env diverting: the
-    # next send goes to the fused script instead of passing (without this, 25 more would pass)
-    eventually(lambda: window_count(buffer) == 126, timeout_s=2, what="a fold before the 5 s interval")
+    # next send goes to the fused script instead of passing (without this, 38 more would pass)
+    eventually(
+        lambda: window_count(buffer) == 101 + share, timeout_s=2, what="a fold before the 5 s interval"
+    )
     eventually(lambda: first.count(ENV, True) is Verdict.DIVERTING, timeout_s=2, what="the trip learned")
+
+
+@pytest.mark.redis
+def test_the_first_fold_comes_after_a_share_of_the_threshold_not_half_of_it(buffer: MollifierBuffer) -> None:
+    # Given a producer folding every 5 s, which has not folded yet
+    only = producer(buffer, fold_interval_ms=5_000)
+
+    # When it sends a quarter of the threshold
+    send(only, THRESHOLD // HEADROOM_SHARE)
+
+    # Then its fold thread folds them at once: producers that start a burst together learn of
+    # one another after a quarter of the threshold each, not after half of it
+    eventually(
+        lambda: window_count(buffer) == THRESHOLD // HEADROOM_SHARE, timeout_s=2, what="the first fold"
+    )
 
 
 @pytest.mark.redis

@@ -143,7 +143,7 @@ class LocalTrip:
         # Folds that met an outage (under the fold lock): a send that waited for one does not fold.
         self._failed_folds = 0
         self._envs: dict[Tenant, WindowView] = {}
-        self._fleet = WindowView()
+        self._fleet = WindowView(self._global_threshold)
         self._running = False
         # Some env's estimate (or the fleet's, under a ceiling) is at half its threshold or more:
         # the fold thread folds every fold_interval_ms rather than every slow interval.
@@ -189,7 +189,7 @@ class LocalTrip:
             if env.pending >= env.hurry_at:
                 env.hurried()
                 self._hurry.set()
-            elif estimate >= self._half and not self._fast:
+            if estimate >= self._half and not self._fast:
                 self._speed_up()
             return _BELOW
 
@@ -274,7 +274,7 @@ class LocalTrip:
                 # Every env has counts: drop them (fail-open), keeping the fleet's total true.
                 self._fleet.pending -= sum(w.pending for w in self._envs.values())
                 self._envs.clear()
-        env = self._envs[tenant] = WindowView()
+        env = self._envs[tenant] = WindowView(self._threshold)
         return env
 
     def _speed_up(self) -> None:

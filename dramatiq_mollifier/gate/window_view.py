@@ -7,19 +7,25 @@ since. Two things narrow what the other processes can send past the threshold me
   fold, so the process extrapolates their sends to now, and folds at once (in the send) when that
   prediction goes over the threshold. A wrong prediction costs one fold, whose reply corrects the
   pace (an idle fleet predicts nothing);
-- **the headroom**: once the window is at half the threshold or more, this process wakes its fold
-  thread when its own unfolded sends reach half of what the last fold left below the threshold,
-  instead of waiting out the fold interval. Two producers that start a burst together each saw
-  the other's sends only at their next fold, and let 150 through a threshold of 100.
+- **the headroom**: this process wakes its fold thread when its own unfolded sends reach a
+  quarter of what its last fold left below the threshold (of the whole threshold, before its
+  first fold), instead of waiting out the fold interval. Producers that start a burst
+  together each saw the others' sends only at their first fold, after half the threshold of their
+  own (when their estimate woke the fold thread): two let 150 through a threshold of 100, four
+  about 240. A quarter: the first folds come after a quarter of the threshold from each. It adds
+  folds only for an env that this process sends a quarter of its headroom within one fold
+  interval: one near its threshold, or one a burst is taking over it.
 """
 
 from __future__ import annotations
 
 from ..models import TripWindow
 
-__all__ = ["WindowView"]
+__all__ = ["HEADROOM_SHARE", "WindowView"]
 
 _NEVER = float("inf")
+#: The share of the headroom a process's own unfolded sends may take before it folds.
+HEADROOM_SHARE = 4
 
 
 class WindowView:
@@ -37,7 +43,7 @@ class WindowView:
         "pending",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, threshold: int) -> None:
         self.pending = 0  # counted here, not folded yet
         self.in_flight = 0  # in a fold whose reply has not come back
         self.fleet = 0  # the window's count in Redis at the last fold
@@ -46,7 +52,8 @@ class WindowView:
         self.diverting = False  # seen tripped or backlogged: the fused script decides
         self.at = 0.0  # when the last fold's reply came (clock)
         self.others_per_s = 0.0  # the other processes' sends per second, between the last folds
-        self.hurry_at: float = _NEVER  # pending sends that wake the fold thread (half the headroom)
+        # Pending sends that wake the fold thread: a share of the headroom the last fold left.
+        self.hurry_at: float = max(1, threshold // HEADROOM_SHARE)
 
     def estimate(self, now: float) -> int:
         """A lower bound of the fleet's count in the current window (this process's sends in)."""
@@ -76,9 +83,9 @@ class WindowView:
         self.hold_end = now + window.hold_ttl_ms / 1000 if window.hold_ttl_ms > 0 else float("-inf")
         if window.hold_ttl_ms > 0 or window.backlog > 0 or window.count > threshold:
             self.diverting = True
-        half = (threshold + 1) // 2
-        self.hurry_at = max(1, (threshold - window.count) // 2) if window.count >= half else _NEVER
+        self.hurry_at = max(1, (threshold - window.count) // HEADROOM_SHARE)
 
     def hurried(self) -> None:
-        """This process's sends took half the headroom: the fold thread is woken once per fold."""
+        """This process's sends took their share of the headroom: the fold thread is woken once
+        per fold."""
         self.hurry_at = _NEVER
