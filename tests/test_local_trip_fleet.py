@@ -127,12 +127,11 @@ def test_forked_producers_share_one_fleet_wide_threshold_within_the_documented_b
     assert all("error" not in report for report in reports), reports
     passed = sum(r["share_passed"] + r["passed_after_trip"] + r["passed_later"] for r in reports)
     sent = PRODUCERS * (SHARE + AFTER + 1) + sum(r["passed_after_trip"] for r in reports)
-    # Phase one: the fleet let at least the threshold through, and at most every share (a
-    # producer that folded before its last send may have learned the fleet over); overall the
-    # documented bound, at most the threshold per process and window
-    shares_passed = sum(r["share_passed"] for r in reports)
-    assert THRESHOLD <= shares_passed <= PRODUCERS * SHARE
-    assert shares_passed <= passed <= PRODUCERS * THRESHOLD
+    # Phase one: nothing diverted before the fleet's count was over the threshold (a producer
+    # that folded before its share's last send may have learned it over); overall the documented
+    # bound, at most the threshold per process and window
+    assert sum(r["share_passed"] for r in reports) >= THRESHOLD
+    assert passed <= PRODUCERS * THRESHOLD
     # Phase two: every producer learned the trip from its own background fold
     assert all(r["passed_after_trip"] < THRESHOLD for r in reports)
     # Phase three: a producer that has seen the env diverting keeps its later sends behind the

@@ -1,6 +1,6 @@
 """What a producer process learns from each fold about the others, on a real Redis (the local
-trip evaluator, ``gate/window_view.py``): it folds early once its own sends took half the headroom
-its last fold left, and at once in the send when the others' pace says the fleet is over.
+trip evaluator, ``gate/window_view.py``): it folds early once its own sends took a quarter of the
+headroom its last fold left, and at once in the send when the others' pace says the fleet is over.
 
 Two :class:`LocalTrip` instances on one buffer stand for two producer processes: each counts and
 folds on its own, and they share only the fleet's windows in Redis."""
@@ -92,25 +92,26 @@ def test_the_first_fold_comes_after_a_share_of_the_threshold_not_half_of_it(buff
 def test_a_process_folds_in_the_send_when_the_others_pace_takes_the_fleet_over(
     buffer: MollifierBuffer,
 ) -> None:
-    # Given two producers on one clock: the first sent 40, then the second 40 (which its fold
-    # saw arrive from the others over the window so far)
+    # Given two producers on one clock, each sending fewer than a quarter of the threshold (no
+    # background fold comes by): the first sent 20, then the second 20, which its fold saw
+    # arrive from the others over the window so far
     now = [1_000.0]
     first = producer(buffer, fold_interval_ms=10_000, clock=lambda: now[0])
     second = producer(buffer, fold_interval_ms=10_000, clock=lambda: now[0])
-    send(first, 40)
+    send(first, 20)
     first.flush()
-    send(second, 40)
+    send(second, 20)
     second.flush()
-    assert window_count(buffer) == 80
+    assert window_count(buffer) == 40
 
-    # When 5 s pass (the others' pace of 40 per 10 s, its shortest span, says 20 more came) and
-    # the second sends: 81 known, 101 predicted
-    now[0] += 5
+    # When 30 s pass (the others' pace: 20 per 10 s, the shortest span a pace is measured over,
+    # says 60 more came) and the second sends: 41 known, 101 predicted
+    now[0] += 30
 
     # Then the send folds to know (CROSSED), where the counts it knows alone would let it pass
     assert second.count(ENV, True) is Verdict.CROSSED
     decision = second.evaluate(ENV)
-    assert (decision.tripped, decision.count) == (False, 81)
+    assert (decision.tripped, decision.count) == (False, 41)
 
     # And the fold's reply corrected the pace (the first sent nothing): no fold per send after a
     # wrong prediction, and the first's own sends were never predicted over

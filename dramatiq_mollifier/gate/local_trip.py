@@ -121,9 +121,9 @@ class LocalTrip:
         self._global_half = (global_threshold + 1) // 2
         self._window_s = window_ms / 1000
         self._interval_s = fold_interval_ms / 1000
-        self._spans = {"window_s": self._window_s, "min_s": self._interval_s}
         slow_ms = max(fold_interval_ms, min(SLOW_FOLD_INTERVAL_MS, window_ms))
         self._slow_s = slow_ms / 1000
+        self._spans = {"window_s": self._window_s, "min_s": self._interval_s}
         self._global_threshold = global_threshold
         self._breaker = breaker
         self._on_error = on_error
@@ -148,7 +148,7 @@ class LocalTrip:
         # Some env's estimate (or the fleet's, under a ceiling) is at half its threshold or more:
         # the fold thread folds every fold_interval_ms rather than every slow interval.
         self._fast = False
-        # Wakes the fold thread: an estimate reached half, or sends took half an env's headroom.
+        # Wakes the fold thread: an estimate reached half, or sends took a share of the headroom.
         self._hurry = threading.Event()
 
     def count(self, tenant: Tenant, enrolled: bool) -> Verdict:
@@ -184,8 +184,15 @@ class LocalTrip:
             estimate = (env.fleet if now < env.end else 0) + env.pending + env.in_flight
             if estimate > self._threshold:
                 return _CROSSED if enrolled else _TRIPPED
-            if env.others_per_s and enrolled and env.predict(now) > self._threshold:
-                return _CROSSED  # the other processes' pace says the fleet is over: fold to know
+            # The others' sends since the last fold, at their last pace (enrolled orgs: a shadow
+            # org's verdict is never checked by a fold), written out: every send's path.
+            if (
+                enrolled
+                and env.others_per_s
+                and now < env.end
+                and estimate + env.others_per_s * (now - env.at) > self._threshold
+            ):
+                return _CROSSED  # the fleet is over as far as the others' pace says: fold to know
             if env.pending >= env.hurry_at:
                 env.hurried()
                 self._hurry.set()
@@ -244,6 +251,7 @@ class LocalTrip:
             env.fleet, env.at = count, now
             if env.end <= now:
                 env.end = now + self._window_s  # not known: assume the longest (a higher estimate)
+            env.arm(self._threshold)
 
     def flush(self) -> bool:
         """Fold every count now, in the caller's thread; False when there was nothing to fold.
@@ -296,6 +304,7 @@ class LocalTrip:
         with self._lock:
             for _, env, n in batch:
                 env.in_flight -= n
+                env.others_per_s = 0.0  # no fold in each send while Redis fails: the pace is stale
             self._fleet.in_flight -= sum(n for _, _, n in batch)
 
     def _fold(
@@ -358,7 +367,7 @@ class LocalTrip:
         while True:
             # Every fold interval, or every slow interval while every estimate is below half its
             # threshold; at once when a send hurries it: its estimate reached half, or its env's
-            # unfolded sends took half the headroom the last fold left (once per fold).
+            # unfolded sends took a quarter of the headroom the last fold left (once per fold).
             self._hurry.wait(self.fold_interval_s)
             self._hurry.clear()
             if self.flush():

@@ -59,31 +59,37 @@ class WindowView:
         """A lower bound of the fleet's count in the current window (this process's sends in)."""
         return (self.fleet if now < self.end else 0) + self.pending + self.in_flight
 
-    def predict(self, now: float) -> float:
-        """:meth:`estimate` plus what the others sent since the last fold, at their last pace."""
-        if now >= self.end:
-            return self.pending + self.in_flight
-        return self.fleet + self.others_per_s * (now - self.at) + self.pending + self.in_flight
-
     def learn(
         self, window: TripWindow, now: float, threshold: int, *, folded: int, window_s: float, min_s: float
     ) -> None:
         """Take a fold's reply: ``folded`` of this process's sends were in it. ``window_s`` is the
-        window's length; ``min_s`` the shortest span a pace is measured over (the fold interval:
-        the others' counts arrive a fold at a time)."""
+        window's length; ``min_s`` the shortest span a pace is measured over (the fold
+        interval: the others' counts arrive a fold at a time)."""
         end = now + max(window.window_ttl_ms, 0) / 1000
+        # Counts only grow within a window: a smaller one is a new window. (A new window already
+        # past the old count passes for the same one, and the others' pace is taken low.)
         if now < self.end and window.count >= self.fleet + folded:
             others, since = window.count - self.fleet - folded, self.at  # the same window
         else:
             others, since = window.count - folded, end - window_s  # a new one: since it began
-        self.others_per_s = max(others, 0) / max(now - since, min_s)
+        span, others = now - since, max(others, 0)
+        # A span shorter than min_s says little alone (an early fold, or one in a send, may see
+        # none of the others' folds): the last pace fills the rest of min_s.
+        if span >= min_s:
+            self.others_per_s = others / span
+        else:
+            self.others_per_s = (others + self.others_per_s * (min_s - max(span, 0))) / min_s
         self.fleet = window.count
         self.end = end
         self.at = now
         self.hold_end = now + window.hold_ttl_ms / 1000 if window.hold_ttl_ms > 0 else float("-inf")
         if window.hold_ttl_ms > 0 or window.backlog > 0 or window.count > threshold:
             self.diverting = True
-        self.hurry_at = max(1, (threshold - window.count) // HEADROOM_SHARE)
+        self.arm(threshold)
+
+    def arm(self, threshold: int) -> None:
+        """Wake the fold thread once this process's sends take their share of the headroom."""
+        self.hurry_at = max(1, (threshold - self.fleet) // HEADROOM_SHARE)
 
     def hurried(self) -> None:
         """This process's sends took their share of the headroom: the fold thread is woken once
