@@ -26,7 +26,7 @@ ENV = Tenant("acme", "burst")
 def producer(
     buffer: MollifierBuffer, *, fold_interval_ms: int, clock: Callable[[], float] | None = None
 ) -> LocalTrip:
-    """One process's evaluator; a fold interval long enough that no background fold comes by it."""
+    """One producer process's evaluator on ``buffer``."""
     return LocalTrip(
         backend=buffer,
         window_ms=60_000,
