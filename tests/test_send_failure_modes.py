@@ -87,9 +87,12 @@ def test_concurrent_sends_over_the_threshold_on_a_stalled_redis_each_wait_one_ti
         sender.join()
 
     # Then every message reached the broker, and none waited for the others' folds in turn
-    # (they did: 0.5, 1.0, ... 6.0 s)
+    # (they did: 0.5, 1.0, ... 6.0 s). The sends end together, about one timeout in; the bounds
+    # are loose because a shared machine once held the whole process 1.3 s (all 12 ended at
+    # 1.79 to 1.96 s, CI on 5b0b417): in turn, the spread would be 5.5 s and the last 6 s.
     assert len(broker.queues["default"].queue) == threads + 1
-    assert max(took) < 3 * TIMEOUT_S, sorted(took)
+    assert max(took) - min(took) < 2 * TIMEOUT_S, sorted(took)
+    assert max(took) < threads / 2 * TIMEOUT_S, sorted(took)
 
 
 def test_an_error_that_is_not_redis_s_does_not_close_the_breaker_during_a_stall(
