@@ -59,6 +59,7 @@ __all__ = [
     "DEFAULT_TARGET_WAIT_MS",
     "MAX_PACED_WAIT_MS",
     "MIN_OUTSTANDING",
+    "MIN_PACED_WAIT_MS",
     "RATE_WINDOW_MS",
     "Claim",
     "DrainPace",
@@ -93,6 +94,9 @@ PACED_WAIT_SHARE = 2
 #: the budget stayed at its floor (at a target of 1,000 ms: 40 drained messages a second for a
 #: fleet that starts 1,000).
 MAX_PACED_WAIT_MS = 2 * RATE_WINDOW_MS
+
+#: The shortest wait of a paced drainer, in ms (see :attr:`DrainPace.paced_wait_ms`).
+MIN_PACED_WAIT_MS = 5
 
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
@@ -174,17 +178,44 @@ class DrainPace:
         self._claims = itertools.count(1)
         self._release_paused_until = 0.0
         self._warnings = ThrottledLog(logger, interval_ms=60_000)
+        self._wait_ms = self._longest_wait_ms()
+        # In the broker or on the way after this drainer's last claim, and when it was made.
+        self._level = 0
+        self._claimed_at = 0.0
 
     @property
     def paced_wait_ms(self) -> int:
-        """How long a drainer the budget stopped waits before it claims again, in ms: half of
-        ``target_wait_ms``, so about half the budget is free by then and the broker still holds
-        the other half (each claim then moves a refill, not a message or two, and an idle fleet
-        of drainers does not poll the budget every few milliseconds), at most
-        :data:`MAX_PACED_WAIT_MS`; 5 ms for a fixed budget."""
+        """How long a drainer the budget stopped waits before it claims again, in ms: long
+        enough that about half of what it left in the broker is consumed by then, so the broker
+        still holds the other half (each claim then moves a refill, not a message or two, and an
+        idle fleet of drainers does not poll the budget every few milliseconds).
+
+        At most half of ``target_wait_ms`` (and :data:`MAX_PACED_WAIT_MS`), which a budget sized
+        by the consumption rate takes to half empty. A fleet that consumed three quarters of it
+        within the wait halves the wait (down to :data:`MIN_PACED_WAIT_MS`); one that consumed
+        less than half doubles it back. At a burst's start the rate (and the budget) trails the
+        workers, which emptied the broker within the wait and sat idle until the next refill.
+        :data:`MIN_PACED_WAIT_MS` for a fixed budget."""
+        return self._wait_ms
+
+    def _longest_wait_ms(self) -> int:
         if self.target_wait_ms == 0:
-            return 5
-        return min(MAX_PACED_WAIT_MS, max(5, self.target_wait_ms // PACED_WAIT_SHARE))
+            return MIN_PACED_WAIT_MS
+        return min(MAX_PACED_WAIT_MS, max(MIN_PACED_WAIT_MS, self.target_wait_ms // PACED_WAIT_SHARE))
+
+    def _measure_wait(self, level: int, granted: int) -> None:
+        """Adapt :attr:`paced_wait_ms` to the share of the last claim's level consumed since:
+        ``level`` is what the broker holds and the drainers are writing now (fleet-wide)."""
+        left, now = self._level, time.monotonic()
+        waited = (now - self._claimed_at) * 1000 >= self._wait_ms / 2
+        self._level, self._claimed_at = level + granted, now
+        # Claims in one tick, a moment apart, say nothing of the workers' pace.
+        if not waited or left <= 0 or self.target_wait_ms == 0:
+            return
+        if level * 4 <= left:
+            self._wait_ms = max(MIN_PACED_WAIT_MS, self._wait_ms // 2)
+        elif level * 2 > left:
+            self._wait_ms = min(self._longest_wait_ms(), self._wait_ms * 2)
 
     def claim(self, wanted: int, *, own: int = 0, moves: bool = False) -> Claim:
         """Take up to ``wanted`` slots (fewer when the budget or the rate says so); ``own``: the
@@ -224,6 +255,7 @@ class DrainPace:
                 self.outstanding_ttl_ms,
                 self.outstanding_ttl_ms,
             )
+        self._measure_wait(int(in_use) + int(on_the_way), int(granted))
         return Claim(int(granted), int(in_use), prefix, int(budget), int(on_the_way))
 
     def try_claim(self, wanted: int, *, own: int = 0, moves: bool = False) -> Claim | None:
