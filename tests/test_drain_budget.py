@@ -63,6 +63,65 @@ def test_started_messages_measure_the_consumption_rate(redis_client: redis.Redis
     assert pace.claim(0).budget == expected
 
 
+def test_the_first_rate_is_known_a_quarter_window_after_the_first_starts(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
+    # Given a burst's first drained messages started: no rate yet, the budget is its floor
+    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=1_000, target_wait_ms=100)
+    started(pace, MIN_OUTSTANDING, "a")
+
+    # When more start a little over a quarter of the rate window later
+    time.sleep(RATE_WINDOW_MS / 4 / 1000 * 1.2)
+    started(pace, 10, "b")
+
+    # Then the fleet's rate sizes the budget (it used to wait a whole window at the floor)
+    assert pace.claim(0).budget > MIN_OUTSTANDING
+
+
+def hold(redis_client: redis.Redis, key_prefix: str, count: int) -> tuple[DrainPace, list[str]]:
+    """``count`` drained messages in the broker, held by a fixed budget on the same keys."""
+    holder = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=count)
+    claim = holder.claim(count)
+    ids = [f"held-{i}" for i in range(claim.granted)]
+    holder.bind(claim, ids)
+    return holder, ids
+
+
+def window_closed_by(
+    redis_client: redis.Redis, key_prefix: str, rate: float, starts: int
+) -> tuple[float, float, float]:
+    """A window of ``RATE_WINDOW_MS`` open after a rate of ``rate``, closed by ``starts`` starts.
+
+    Returns the new rate and the bounds of the window's own rate (the close's server time is
+    known to within the release call)."""
+    keys = key_space(redis_client, key_prefix)
+    holder, ids = hold(redis_client, key_prefix, starts)
+    opened = int(server_ms(redis_client)) - RATE_WINDOW_MS
+    redis_client.hset(keys.drain_consumed, mapping={"n": 0, "at_ms": opened, "rate": rate})
+    # free.lua's clock: whole milliseconds
+    before = math.floor(server_ms(redis_client))
+    holder.release(ids)
+    after = math.floor(server_ms(redis_client))
+    # (less a hair for the 14 digits Lua keeps of a float)
+    fresh_low = starts * 1000 / (after - opened) * (1 - 1e-9)
+    fresh_high = starts * 1000 / (before - opened) * (1 + 1e-9)
+    return float(redis_client.hget(keys.drain_consumed, "rate") or 0), fresh_low, fresh_high
+
+
+def test_a_faster_window_replaces_the_rate_at_once(redis_client: redis.Redis, key_prefix: str) -> None:
+    # A window about three times faster than the rate (a burst's start: the budget let more through)
+    rate, fresh_low, fresh_high = window_closed_by(redis_client, key_prefix, 1_000, 300)
+
+    # Its own rate, not a blend with the old one (which trailed the fleet a window per step)
+    assert fresh_low <= rate <= fresh_high
+
+
+def test_a_slower_window_is_blended_with_the_rate(redis_client: redis.Redis, key_prefix: str) -> None:
+    rate, fresh_low, fresh_high = window_closed_by(redis_client, key_prefix, 5_000, 100)
+
+    assert (5_000 + fresh_low) / 2 <= rate <= (5_000 + fresh_high) / 2
+
+
 def test_the_budget_never_passes_its_ceiling(redis_client: redis.Redis, key_prefix: str) -> None:
     keys = key_space(redis_client, key_prefix)
     now_ms = int(server_ms(redis_client))

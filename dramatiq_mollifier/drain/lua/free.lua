@@ -1,9 +1,12 @@
 -- free: give back the slots of drained messages that workers started, and count the starts.
 --
 -- The count feeds the fleet's consumption rate, which sizes the adaptive budget (claim.lua): a
--- window of at least ARGV[1] ms is closed on the first free after it ends, and its rate (starts
--- per second) blended with the previous one. Only slots that were still held count: a message
--- started twice (redelivered) is counted once.
+-- window of at least ARGV[1] ms is closed on the first free after it ends (a quarter of that
+-- while no rate is known), and its rate (starts per second) replaces the previous one if it is
+-- faster, else is blended with it. The starts are what the budget lets through, so at a burst's
+-- start the rate trails the workers: waiting a whole window for a first rate, and blending a
+-- faster one, kept the budget low for a few hundred ms while the workers sat idle. Only slots
+-- that were still held count: a message started twice (redelivered) is counted once.
 --
 -- KEYS[1]  drained messages in the broker (see claim.lua)
 -- KEYS[2]  the consumption rate (hash: n = starts in the open window, at_ms = its start,
@@ -37,9 +40,9 @@ local elapsed = now - at_ms
 if elapsed > 4 * window_ms then
   -- After a quiet spell the old rate says nothing: measure afresh (0 means no rate yet).
   n, at_ms, rate = freed, now, 0
-elseif elapsed >= window_ms then
+elseif elapsed >= window_ms or (rate == 0 and elapsed * 4 >= window_ms) then
   local fresh = n * 1000 / elapsed
-  if rate == 0 then
+  if fresh >= rate then
     rate = fresh
   else
     rate = (rate + fresh) / 2
