@@ -28,6 +28,8 @@ DRAMATIQ = str(Path(sys.executable).with_name("dramatiq"))
 QUEUE_NAME = "smoothing"  # smoothing_app.QUEUE_NAME (not imported here: it builds a broker)
 QUIET_ORGS = ("quiet-a", "quiet-b", "quiet-c")
 BURST_ORG = "burst"
+#: The burst's head, in ms from its first send (see ``Outcome.head_starts``).
+HEAD_MS = 750
 
 
 @dataclass
@@ -55,6 +57,10 @@ class Outcome:
     #: actor threads and consumers, each mollifier thread: ``benchmarks/thread_cpu.py``), in
     #: seconds.
     thread_cpu_s: dict[str, float] = field(default_factory=dict)
+    #: Burst messages started in the burst's first ``HEAD_MS``: how fast the workers got going.
+    #: Without the mollifier the producers fill the queue at once; with it the drain budget
+    #: starts at its floor and must catch up with the workers.
+    head_starts: int = 0
 
     def quantile(self, q: float) -> float:
         waits = sorted(self.quiet_waits_ms)
@@ -284,6 +290,7 @@ def _measure(
     for thread in helpers:
         thread.start()
     started, cpu_at_start, threads_at_start = time.monotonic(), machine_cpu_s(), thread_cpu.read(client)
+    head_ends_ms = time.time() * 1000 + HEAD_MS
     go.set()
     for _ in range(shares[0]):
         work.send_with_options(args=(BURST_ORG, time.time() * 1000), org_id=BURST_ORG)
@@ -301,10 +308,13 @@ def _measure(
     for process in helpers_procs:
         process.join(30)
     quiet_waits = []
+    head_starts = 0
     for item in client.lrange(waits_key, 0, -1):
-        org, wait_ms, _ = item.decode().split("|")
+        org, wait_ms, started_ms = item.decode().split("|")
         if org in QUIET_ORGS:
             quiet_waits.append(float(wait_ms))
+        elif org == BURST_ORG and float(started_ms) < head_ends_ms:
+            head_starts += 1
     samples = max(1, sampler.buffered_samples)
     return Outcome(
         quiet_waits,
@@ -317,6 +327,7 @@ def _measure(
         machine_cpu_s=machine_cpu,
         cores=os.cpu_count() or 1,
         thread_cpu_s=threads,
+        head_starts=head_starts,
     )
 
 
