@@ -28,6 +28,10 @@ other drainers are writing at that moment. A drainer that moves in Redis counts 
 its own slots are on their way for two round trips, and two such drainers claiming at once filled
 the broker past the budget.
 
+A drainer the budget stopped waits before it claims again: half the target wait, shorter while
+the workers empty what each claim left within it (a burst's start, when the rate trails the
+workers; ``drain/paced_wait.py``).
+
 Each slot is a member of a sorted set, scored with a deadline: a message that never starts (it
 was lost from the broker, its queue purged, its drainer died) frees its slot when the deadline
 passes, so a leak heals by itself. An optional ``rate_per_s`` caps the fleet's drain rate as well,
@@ -52,6 +56,7 @@ from ..buffer.keys import KeySpace
 from ..buffer.scripts import run
 from ..settings import MollifierSettings, default_of
 from ..telemetry import ThrottledLog
+from .paced_wait import PacedWait
 
 __all__ = [
     "DEFAULT_MAX_OUTSTANDING",
@@ -59,7 +64,6 @@ __all__ = [
     "DEFAULT_TARGET_WAIT_MS",
     "MAX_PACED_WAIT_MS",
     "MIN_OUTSTANDING",
-    "MIN_PACED_WAIT_MS",
     "RATE_WINDOW_MS",
     "Claim",
     "DrainPace",
@@ -84,19 +88,16 @@ RATE_WINDOW_MS = 100
 #: How long a drained message may sit in the broker unstarted before its slot is freed anyway.
 DEFAULT_OUTSTANDING_TTL_MS: int = default_of("drain_outstanding_ttl_ms")
 #: An adaptive budget holds about ``target_wait_ms`` of the fleet's work, so this share of the
-#: target wait frees about this share of the budget: a paced drainer waits that long before it
-#: claims again. Half, not a quarter: each tick moves twice the messages for its fixed cost (the
-#: drainer's thread spent a fifth less CPU on RabbitMQ), while the broker still holds half the
-#: budget when the refill comes.
+#: target wait frees about this share of the budget: a paced drainer waits that long at most
+#: before it claims again (``drain/paced_wait.py``). Half, not a quarter: each tick moves twice
+#: the messages for its fixed cost (the drainer's thread spent a fifth less CPU on RabbitMQ),
+#: while the broker still holds half the budget when the refill comes.
 PACED_WAIT_SHARE = 2
 #: The longest a paced drainer waits, whatever the target: a longer wait let the consumption
 #: rate's window lapse between refills (free.lua forgets a rate after four quiet windows), and
 #: the budget stayed at its floor (at a target of 1,000 ms: 40 drained messages a second for a
 #: fleet that starts 1,000).
 MAX_PACED_WAIT_MS = 2 * RATE_WINDOW_MS
-
-#: The shortest wait of a paced drainer, in ms (see :attr:`DrainPace.paced_wait_ms`).
-MIN_PACED_WAIT_MS = 5
 
 #: After a failed release, releases are skipped for this long (the slots heal by their deadline),
 #: so a sick Redis does not cost every drained message a socket timeout.
@@ -178,44 +179,15 @@ class DrainPace:
         self._claims = itertools.count(1)
         self._release_paused_until = 0.0
         self._warnings = ThrottledLog(logger, interval_ms=60_000)
-        self._wait_ms = self._longest_wait_ms()
-        # In the broker or on the way after this drainer's last claim, and when it was made.
-        self._level = 0
-        self._claimed_at = 0.0
+        longest_ms = min(MAX_PACED_WAIT_MS, target_wait_ms // PACED_WAIT_SHARE) if target_wait_ms else 0
+        self._paced_wait = PacedWait(longest_ms=longest_ms)
 
     @property
     def paced_wait_ms(self) -> int:
-        """How long a drainer the budget stopped waits before it claims again, in ms: long
-        enough that about half of what it left in the broker is consumed by then, so the broker
-        still holds the other half (each claim then moves a refill, not a message or two, and an
-        idle fleet of drainers does not poll the budget every few milliseconds).
-
-        At most half of ``target_wait_ms`` (and :data:`MAX_PACED_WAIT_MS`), which a budget sized
-        by the consumption rate takes to half empty. A fleet that consumed three quarters of it
-        within the wait halves the wait (down to :data:`MIN_PACED_WAIT_MS`); one that consumed
-        less than half doubles it back. At a burst's start the rate (and the budget) trails the
-        workers, which emptied the broker within the wait and sat idle until the next refill.
-        :data:`MIN_PACED_WAIT_MS` for a fixed budget."""
-        return self._wait_ms
-
-    def _longest_wait_ms(self) -> int:
-        if self.target_wait_ms == 0:
-            return MIN_PACED_WAIT_MS
-        return min(MAX_PACED_WAIT_MS, max(MIN_PACED_WAIT_MS, self.target_wait_ms // PACED_WAIT_SHARE))
-
-    def _measure_wait(self, level: int, granted: int) -> None:
-        """Adapt :attr:`paced_wait_ms` to the share of the last claim's level consumed since:
-        ``level`` is what the broker holds and the drainers are writing now (fleet-wide)."""
-        left, now = self._level, time.monotonic()
-        waited = (now - self._claimed_at) * 1000 >= self._wait_ms / 2
-        self._level, self._claimed_at = level + granted, now
-        # Claims in one tick, a moment apart, say nothing of the workers' pace.
-        if not waited or left <= 0 or self.target_wait_ms == 0:
-            return
-        if level * 4 <= left:
-            self._wait_ms = max(MIN_PACED_WAIT_MS, self._wait_ms // 2)
-        elif level * 2 > left:
-            self._wait_ms = min(self._longest_wait_ms(), self._wait_ms * 2)
+        """How long a drainer the budget stopped waits before it claims again, in ms: half of
+        ``target_wait_ms`` (at most :data:`MAX_PACED_WAIT_MS`), shorter while the workers empty
+        what each claim left within the wait (``drain/paced_wait.py``); 5 ms for a fixed budget."""
+        return self._paced_wait.wait_ms
 
     def claim(self, wanted: int, *, own: int = 0, moves: bool = False) -> Claim:
         """Take up to ``wanted`` slots (fewer when the budget or the rate says so); ``own``: the
@@ -255,7 +227,9 @@ class DrainPace:
                 self.outstanding_ttl_ms,
                 self.outstanding_ttl_ms,
             )
-        self._measure_wait(int(in_use) + int(on_the_way), int(granted))
+        self._paced_wait.claimed(
+            level=int(in_use) + int(on_the_way), granted=int(granted), budget=int(budget)
+        )
         return Claim(int(granted), int(in_use), prefix, int(budget), int(on_the_way))
 
     def try_claim(self, wanted: int, *, own: int = 0, moves: bool = False) -> Claim | None:
@@ -263,6 +237,7 @@ class DrainPace:
         try:
             return self.claim(wanted, own=own, moves=moves)
         except Exception:
+            self._paced_wait.reset()
             logger.warning("mollifier.drain_error claiming drain budget", exc_info=True)
             return None
 
@@ -291,9 +266,12 @@ class DrainPace:
         self.refund(claim, used=len(message_ids))
 
     def refund(self, claim: Claim, *, used: int) -> None:
-        """Under a rate cap, give back the tokens of the claim's slots that carried no message
-        (``used`` did): spent for nothing, they kept other orgs' claims empty. Never raises."""
+        """Report how many of the claim's slots carried a message (``used``). The rest were not
+        consumed (the paced wait must not count them so), and under a rate cap their tokens go
+        back: spent for nothing, they kept other orgs' claims empty. Never raises."""
         unused = claim.granted - used
+        if unused > 0:
+            self._paced_wait.unused(unused)
         if not self.rate_per_s or unused <= 0:
             return
         try:
