@@ -116,33 +116,6 @@ def test_a_faster_window_replaces_the_rate_at_once(redis_client: redis.Redis, ke
     assert fresh_low <= rate <= fresh_high
 
 
-def test_a_window_a_little_faster_than_the_rate_is_blended_with_it(
-    redis_client: redis.Redis, key_prefix: str
-) -> None:
-    # Under half again as fast (a window that happens to run high): no upward lean of the rate
-    rate, fresh_low, fresh_high = window_closed_by(redis_client, key_prefix, 2_500, 300)
-
-    assert (2_500 + fresh_low) / 2 <= rate <= (2_500 + fresh_high) / 2
-
-
-def test_the_first_early_window_counts_only_the_starts_after_it_opened(
-    redis_client: redis.Redis, key_prefix: str
-) -> None:
-    # Given a window opened by 20 starts (gathered before it opened, as the slot releaser does)
-    pace = DrainPace(redis_client, key_prefix=key_prefix, max_outstanding=1_000, target_wait_ms=100)
-    started(pace, MIN_OUTSTANDING, "a")
-    opened_by = math.floor(server_ms(redis_client))
-
-    # When 10 more start a little over a quarter of the window later
-    time.sleep(RATE_WINDOW_MS / 4 / 1000 * 1.2)
-    closed_after = math.floor(server_ms(redis_client))
-    started(pace, 10, "b")
-
-    # Then the rate is those 10 over the window (30 over it would be three times too fast)
-    rate = float(redis_client.hget(key_space(redis_client, key_prefix).drain_consumed, "rate") or 0)
-    assert 0 < rate <= 10_000 / (closed_after - opened_by) * (1 + 1e-9)
-
-
 def test_a_slower_window_is_blended_with_the_rate(redis_client: redis.Redis, key_prefix: str) -> None:
     rate, fresh_low, fresh_high = window_closed_by(redis_client, key_prefix, 5_000, 100)
 

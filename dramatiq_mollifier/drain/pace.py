@@ -180,7 +180,8 @@ class DrainPace:
         self._release_paused_until = 0.0
         self._warnings = ThrottledLog(logger, interval_ms=60_000)
         longest_ms = min(MAX_PACED_WAIT_MS, target_wait_ms // PACED_WAIT_SHARE) if target_wait_ms else 0
-        self._paced_wait = PacedWait(longest_ms=longest_ms)
+        adaptive = bool(target_wait_ms) and not rate_per_s
+        self._paced_wait = PacedWait(longest_ms=longest_ms, adaptive=adaptive)
 
     @property
     def paced_wait_ms(self) -> int:
@@ -227,9 +228,7 @@ class DrainPace:
                 self.outstanding_ttl_ms,
                 self.outstanding_ttl_ms,
             )
-        self._paced_wait.claimed(
-            level=int(in_use) + int(on_the_way), granted=int(granted), budget=int(budget)
-        )
+        self._paced_wait.claimed(level=int(in_use) + int(on_the_way), granted=int(granted))
         return Claim(int(granted), int(in_use), prefix, int(budget), int(on_the_way))
 
     def try_claim(self, wanted: int, *, own: int = 0, moves: bool = False) -> Claim | None:

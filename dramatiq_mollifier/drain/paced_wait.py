@@ -8,7 +8,7 @@ At a burst's start the budget is its floor and then trails the workers (the rate
 and the budget limits them): the workers emptied the broker well within that wait and sat idle
 until the next refill (``bench_smoothing.py``: about 900 burst messages started in the burst's
 first 750 ms with two worker processes, against about 1,400 without the mollifier). So
-:class:`PacedWait` measures each wait: a drainer that finds three quarters of a full budget
+:class:`PacedWait` measures each wait: a drainer that finds three quarters of what it left
 consumed by its next claim halves its wait, one that finds less than half consumed doubles it
 back.
 """
@@ -28,32 +28,31 @@ class PacedWait:
 
     Parameters:
       longest_ms: The longest wait (and the first), in ms: half the target wait for a budget
-        sized by the consumption rate; :data:`MIN_PACED_WAIT_MS` for a fixed budget (the wait
-        then never changes).
+        sized by the consumption rate.
+      adaptive: False keeps the longest wait: a fixed budget, or a rate cap, whose tokens, not
+        the workers, decide how much each claim gets.
     """
 
-    def __init__(self, *, longest_ms: int) -> None:
+    def __init__(self, *, longest_ms: int, adaptive: bool = True) -> None:
         self.longest_ms = max(MIN_PACED_WAIT_MS, longest_ms)
+        self.adaptive = adaptive
         self.wait_ms = self.longest_ms
         # What the last claim left in the broker or on the way (fleet-wide), when, and whether
-        # that filled the budget: a claim the rate cap or a small backlog cut short says nothing
-        # of how fast the workers go.
+        # the backlog left some of its slots unused (then it says nothing of the workers' pace).
         self._level = 0
         self._at = 0.0
-        self._filled = False
+        self._short = False
 
-    def claimed(self, *, level: int, granted: int, budget: int) -> None:
+    def claimed(self, *, level: int, granted: int) -> None:
         """A claim found ``level`` slots taken (in the broker or on their way) and got ``granted``."""
         now = time.monotonic()
-        left, filled, elapsed_ms = self._level, self._filled, (now - self._at) * 1000
-        self._level, self._at, self._filled = level + granted, now, level + granted >= budget
+        left, short, elapsed_ms = self._level, self._short, (now - self._at) * 1000
+        self._level, self._at, self._short = level + granted, now, False
         # Claims a moment apart (one tick) say nothing of the workers' pace, and after a longer
         # gap (an idle drainer, a slow tick) the level is stale: the next wait is measured instead.
-        if (
-            not filled
-            or left <= 0
-            or not self.wait_ms / 2 <= elapsed_ms <= 2 * self.wait_ms + MIN_PACED_WAIT_MS
-        ):
+        if not self.adaptive or short or left <= 0:
+            return
+        if not self.wait_ms / 2 <= elapsed_ms <= 2 * self.wait_ms + MIN_PACED_WAIT_MS:
             return
         if level * 4 <= left:
             self.wait_ms = max(MIN_PACED_WAIT_MS, self.wait_ms // 2)
@@ -61,10 +60,10 @@ class PacedWait:
             self.wait_ms = min(self.longest_ms, self.wait_ms * 2)
 
     def unused(self, count: int) -> None:
-        """``count`` slots of the last claim carried nothing (freed again): not consumed, and the
-        backlog, not the budget, was the limit."""
-        self._level, self._filled = max(0, self._level - count), False
+        """``count`` slots of the last claim carried nothing (freed again): the backlog, not the
+        budget, was the limit, so the next claim measures nothing."""
+        self._level, self._short = max(0, self._level - count), True
 
     def reset(self) -> None:
         """Back to the longest wait (a failed claim: nothing was measured)."""
-        self.wait_ms, self._level, self._filled = self.longest_ms, 0, False
+        self.wait_ms, self._level = self.longest_ms, 0
