@@ -17,15 +17,13 @@ from ..errors import BufferUnavailableError
 from .failures import backoff_ms
 from .idle import IdleWait
 from .pace import DrainPace
+from .paced_wait import MIN_PACED_WAIT_MS
 from .settling import Settler
 from .tick import DrainResult
 
-__all__ = ["PACE_WAIT_MS", "DrainLoop"]
+__all__ = ["DrainLoop"]
 
 logger = logging.getLogger(__name__)
-
-#: The wait after a tick the drain budget stopped, in ms, for a drainer with no pace of its own.
-PACE_WAIT_MS = 5
 
 
 class DrainLoop:
@@ -84,7 +82,7 @@ class DrainLoop:
         if result.paced:
             # The fleet's workers free slots as they start drained messages: look again once a
             # part of the budget is free (a claim per part, not per message).
-            self._sleep(PACE_WAIT_MS if self._pace is None else self._pace.paced_wait_ms)
+            self._sleep(MIN_PACED_WAIT_MS if self._pace is None else self._pace.paced_wait_ms)
         elif result.drained == 0 and not may_block:
             self._sleep(self.poll_interval_ms)
         elif result.drained == 0:
