@@ -142,16 +142,30 @@ def verdict(p99_ratio: float, completion_ratio: float) -> str:
     )
 
 
-def summary(broker: str, processes: int, ratios: list[tuple[float, float]]) -> str:
+def floor_line(floor_ratio: float, completion_ratio: float) -> str:
+    """The floor's completion against the run without, and the mollifier's against the floor's:
+    over the goal, the floor says the goal is out of reach for any buffer in Redis here."""
+    reach = f" (over {COMPLETION_GOAL}: out of reach here)" if floor_ratio > COMPLETION_GOAL else ""
+    return (
+        f"  floor (the cheapest buffer in Redis, unpaced): completion ratio {floor_ratio:.3f}{reach};"
+        f" the mollifier's against the floor's {completion_ratio / floor_ratio:.2f}"
+    )
+
+
+def summary(broker: str, processes: int, ratios: list[tuple[float, float]], floors: list[float]) -> str:
     """The rounds of one case: each ratio's median and how many rounds met its goal."""
     p99s, completions = [r[0] for r in ratios], [r[1] for r in ratios]
     p99_met = sum(r <= P99_GOAL for r in p99s)
     completion_met = sum(r <= COMPLETION_GOAL for r in completions)
-    return (
+    line = (
         f"{broker}, {processes} process(es), {len(ratios)} rounds: quiet p99 ratio median "
         f"{statistics.median(p99s):.3f} (met in {p99_met}), completion ratio median "
         f"{statistics.median(completions):.2f} (met in {completion_met})"
     )
+    if floors:
+        floor_met = sum(r <= COMPLETION_GOAL for r in floors)
+        line += f"; the floor's median {statistics.median(floors):.2f} (at or under the goal in {floor_met})"
+    return line
 
 
 def children_cpu_s() -> float:
@@ -227,6 +241,11 @@ def main() -> None:
         action="store_true",
         help="the mollified runs drain in one `dramatiq-mollifier drain` process, not in the workers",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="each round also runs the burst through the cheapest buffer in Redis (floor_drain.py)",
+    )
     parser.add_argument("--server", help="Redis-compatible server binary (default: found on PATH)")
     parser.add_argument(
         "--set", nargs="+", default=[], metavar="NAME=VALUE", help="drain settings of the mollified runs"
@@ -244,24 +263,26 @@ def main() -> None:
         for broker, broker_url in brokers:
             for processes in args.processes:
                 ratios: list[tuple[float, float]] = []
+                floors: list[float] = []
                 for round_ in range(1, args.repeat + 1):
                     runs, cpu = {}, {}
-                    for mollified in (False, True):
+                    for case in ("without", "with", "floor") if args.floor else ("without", "with"):
                         before = children_cpu_s(), server_cpu_s(client)
-                        runs[mollified] = run_scenario(
+                        runs[case] = run_scenario(
                             redis_url=server.url,
-                            mollified=mollified,
+                            mollified=case == "with",
+                            floor=case == "floor",
                             burst=args.burst,
                             processes=processes,
                             work_ms=args.work_ms,
                             broker=broker,
                             broker_url=broker_url,
-                            log=logs / f"{broker}-{processes}-{mollified}.log",
+                            log=logs / f"{broker}-{processes}-{case}.log",
                             producers=args.producers,
                             separate_drainer=args.separate_drainer,
                         )
-                        cpu[mollified] = (children_cpu_s() - before[0], server_cpu_s(client) - before[1])
-                    without, with_ = runs[False], runs[True]
+                        cpu[case] = (children_cpu_s() - before[0], server_cpu_s(client) - before[1])
+                    without, with_ = runs["without"], runs["with"]
                     print(
                         f"{broker}, {processes} process(es) x 8 threads, "
                         f"burst {args.burst} from {args.producers or processes} producer(s), "
@@ -269,8 +290,8 @@ def main() -> None:
                         + (", drained by a process of its own" if args.separate_drainer else "")
                         + (f", round {round_} of {args.repeat}" if args.repeat > 1 else "")
                     )
-                    print(row("without", without, cpu[False]))
-                    print(row("with", with_, cpu[True]))
+                    for case, outcome in runs.items():
+                        print(row(case, outcome, cpu[case]))
                     ratios.append(
                         (with_.p99 / without.p99, with_.burst_completion_s / without.burst_completion_s)
                     )
@@ -279,9 +300,12 @@ def main() -> None:
                         machine_cost(without, with_, args.burst),
                         worker_cost(without, with_, args.burst),
                     ]
+                    if "floor" in runs:
+                        floors.append(runs["floor"].burst_completion_s / without.burst_completion_s)
+                        costs.append(floor_line(floors[-1], ratios[-1][1]))
                     print("\n".join([verdict(*ratios[-1]), *filter(None, costs)]), flush=True)
                 if args.repeat > 1:
-                    print(summary(broker, processes, ratios), flush=True)
+                    print(summary(broker, processes, ratios, floors), flush=True)
     shutil.rmtree(logs, ignore_errors=True)
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from benchmarks import thread_cpu
+from benchmarks.floor_drain import floor_send
 
 REPO = Path(__file__).resolve().parent.parent
 DRAMATIQ = str(Path(sys.executable).with_name("dramatiq"))
@@ -89,6 +90,7 @@ def run_scenario(
     timeout_s: float = 300.0,
     separate_drainer: bool = False,
     producers: int | None = None,
+    floor: bool = False,
 ) -> Outcome:
     """Start a worker, burst ``burst`` messages beside three quiet orgs at 10/s, and measure.
 
@@ -99,7 +101,12 @@ def run_scenario(
 
     ``separate_drainer``: the workers do not drain (``MOLLIFIER_DRAINER_ENABLED=false``); one
     ``dramatiq-mollifier drain`` process does, as a deployment with CPU-bound workers would.
+
+    ``floor``: without the mollifier, the burst goes through ``floor_drain.py`` instead: what the
+    cheapest buffer in Redis costs.
     """
+    if floor and mollified:
+        raise ValueError("the floor is a run without the mollifier")
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     if broker == "rabbitmq":
@@ -110,6 +117,7 @@ def run_scenario(
         "SMOOTHING_BROKER_URL": broker_url or redis_url,
         "SMOOTHING_REDIS_URL": redis_url,
         "SMOOTHING_WORK_MS": str(work_ms),
+        "SMOOTHING_FLOOR": "1" if floor else "0",
         "MOLLIFIER_REDIS_URL": redis_url,
         "MOLLIFIER_ENABLED": "true" if mollified else "false",
         "MOLLIFIER_ENABLED_ORGS": "*",
@@ -244,6 +252,14 @@ def _send_share(count: int, go: Any) -> None:
 
     go.wait()
     for _ in range(count):
+        _send_burst_message(app)
+
+
+def _send_burst_message(app: Any) -> None:
+    if app.FLOOR:
+        message = app.work.message_with_options(args=(BURST_ORG, time.time() * 1000), org_id=BURST_ORG)
+        floor_send(app.waits, message)
+    else:
         app.work.send_with_options(args=(BURST_ORG, time.time() * 1000), org_id=BURST_ORG)
 
 
@@ -293,7 +309,7 @@ def _measure(
     head_ends_ms = time.time() * 1000 + HEAD_MS
     go.set()
     for _ in range(shares[0]):
-        work.send_with_options(args=(BURST_ORG, time.time() * 1000), org_id=BURST_ORG)
+        _send_burst_message(app)
     deadline = started + timeout_s
     burst_done = 0
     while burst_done < burst and time.monotonic() < deadline:
