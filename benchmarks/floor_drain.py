@@ -22,10 +22,13 @@ import redis
 from dramatiq_mollifier.drain.amqp_chunks import ChunkedAmqpPublish
 from dramatiq_mollifier.drain.batch_enqueue import PipelinedRedisEnqueue
 
-__all__ = ["CHUNK", "LIST_KEY", "FloorDrain", "floor_send"]
+__all__ = ["CHUNK", "DRAINED_KEY", "LIST_KEY", "FloorDrain", "floor_send"]
 
 #: The list the floor's producers push to and its drainers pop from.
 LIST_KEY = "smoothing:floor"
+#: How many messages the floor's drainers popped, counted before each chunk's write (so before
+#: any of it can start): what shows the burst went through the list.
+DRAINED_KEY = "smoothing:floor-drained"
 #: Messages per pop and per broker write (the mollifier's claims averaged about 40 on RabbitMQ).
 CHUNK = 40
 
@@ -53,4 +56,5 @@ class FloorDrain(dramatiq.Middleware):
             if not bodies:
                 time.sleep(0.002)
                 continue
+            client.incrby(DRAINED_KEY, len(bodies))
             write([dramatiq.Message.decode(body) for body in bodies])

@@ -31,14 +31,15 @@ INTERVAL_S = 0.05
 
 
 def role(thread: threading.Thread) -> str:
-    """What a thread does: Dramatiq's actor threads and consumers, each mollifier thread by its
-    name (numbered pool threads together), the main thread, anything else."""
+    """What a thread does: Dramatiq's actor threads and consumers, each mollifier thread (and the
+    floor's, ``floor_drain.py``) by its name (numbered pool threads together), the main thread,
+    anything else."""
     kind = type(thread).__name__.lstrip("_")
     if kind == "WorkerThread":
         return "dramatiq actor threads"
     if kind == "ConsumerThread":
         return "dramatiq consumers"
-    if thread.name.startswith("mollifier-"):
+    if thread.name.startswith(("mollifier-", "floor-")):
         return re.sub(r"[_-]\d+$", "", thread.name)
     return "main" if thread is threading.main_thread() else "other"
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import redis
 
+from benchmarks.floor_drain import DRAINED_KEY, LIST_KEY
 from benchmarks.smoothing_scenario import run_scenario
 from dramatiq_mollifier.embedded import EmbeddedRedis
 
@@ -64,3 +66,24 @@ def test_quiet_tenants_do_not_wait_behind_a_burst(disposable_redis: EmbeddedRedi
     assert with_.thread_cpu_s.get("dramatiq actor threads", 0) > 0, with_.thread_cpu_s
     assert with_.thread_cpu_s.get("mollifier-drainer", 0) > 0, with_.thread_cpu_s
     assert "mollifier-drainer" not in without.thread_cpu_s, without.thread_cpu_s
+
+
+def test_the_floor_sends_the_whole_burst_through_its_list_in_redis(
+    disposable_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    """``bench_smoothing.py --floor`` compares the mollifier with the cheapest buffer in Redis: a
+    floor whose burst went straight to the broker would be no floor at all."""
+    url = disposable_redis.url
+    floor = run_scenario(redis_url=url, mollified=False, floor=True, burst=1_000, log=tmp_path / "floor.log")
+
+    assert floor.burst_processed == 1_000
+    # Every burst message went through the floor's list, drained by its thread in the workers
+    client = redis.Redis.from_url(url)
+    assert int(client.get(DRAINED_KEY) or 0) == 1_000
+    assert client.llen(LIST_KEY) == 0
+    assert floor.thread_cpu_s.get("floor-drain", 0) > 0, floor.thread_cpu_s
+    # And nothing went through the mollifier, which is off in the floor's run
+    assert floor.peak_buffer_depth == 0
+    assert "mollifier-drainer" not in floor.thread_cpu_s, floor.thread_cpu_s
+    with pytest.raises(ValueError, match="without the mollifier"):
+        run_scenario(redis_url=url, mollified=True, floor=True)
