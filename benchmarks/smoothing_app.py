@@ -4,10 +4,9 @@ Configured from the environment: ``SMOOTHING_BROKER`` (``redis`` or ``rabbitmq``
 ``SMOOTHING_BROKER_URL``, ``SMOOTHING_REDIS_URL`` (where the waits are recorded),
 ``SMOOTHING_WORK_MS`` (how long the actor sleeps: I/O-bound work), ``SMOOTHING_FLOOR`` (``1``: the
 burst goes through ``floor_drain.py``, the cheapest store-and-forward through Redis) and
-``MOLLIFIER_*``. The actor
-records ``org|wait_ms|started_at_ms`` for every message, where the wait runs from the send to the
-start of processing: what a tenant feels. Each worker process reports its threads' CPU by role
-(``benchmarks/thread_cpu.py``).
+``MOLLIFIER_*``. The actor records ``org|wait_ms|started_at_ms`` for every message, where the wait
+runs from the send to the start of processing: what a tenant feels. Each worker process reports
+its threads' CPU by role (``benchmarks/thread_cpu.py``).
 """
 
 from __future__ import annotations
