@@ -10,13 +10,16 @@ Goals (issue 10): quiet p99 ratio <= 0.05; completion ratio <= 1.1.
 
     python benchmarks/bench_smoothing.py [--burst 10000] [--processes 1 2] [--repeat N]
         [--rabbitmq [AMQP_URL]] [--brokers redis rabbitmq] [--producers N] [--set NAME=VALUE ...]
-        [--separate-drainer]
+        [--separate-drainer] [--floor]
 
 The burst is sent by as many producer processes as there are worker processes (``--producers``
 to change it), so that it outpaces the fleet and builds a backlog without the mollifier.
 ``--set drain_target_wait_ms=0`` (any ``drain_*`` setting) runs the mollified case with it.
 ``--separate-drainer`` runs it with ``MOLLIFIER_DRAINER_ENABLED=false`` in the workers and one
 ``dramatiq-mollifier drain`` process beside them: the drain off the workers' interpreter lock.
+``--floor`` runs each round a third time, through the cheapest buffer in Redis there is
+(``floor_drain.py``), the three runs taking turns at going first: on RabbitMQ, where the floor is
+a lower bound, a floor over the completion goal puts the goal out of reach on the machine.
 
 Each row also gives the CPU time of the run's processes (workers, producers: their rusage), of
 the Redis server (``INFO cpu``) and of the whole machine from the burst's first send to its last
@@ -140,6 +143,16 @@ def verdict(p99_ratio: float, completion_ratio: float) -> str:
         f"  completion ratio {completion_ratio:.2f}"
         f" (goal <= {COMPLETION_GOAL}: {met(completion_ratio, COMPLETION_GOAL)})"
     )
+
+
+def cases_of_round(round_: int, *, floor: bool) -> tuple[str, ...]:
+    """The runs of a round, in order: without, then with the mollifier; with ``--floor``, the
+    three take turns at going first, so that no case always meets the machine's drift last."""
+    if not floor:
+        return ("without", "with")
+    cases = ("without", "with", "floor")
+    shift = (round_ - 1) % len(cases)
+    return cases[shift:] + cases[:shift]
 
 
 def floor_line(broker: str, floor_ratio: float, completion_ratio: float) -> str:
@@ -270,7 +283,7 @@ def main() -> None:
                 floors: list[float] = []
                 for round_ in range(1, args.repeat + 1):
                     runs, cpu = {}, {}
-                    for case in ("without", "with", "floor") if args.floor else ("without", "with"):
+                    for case in cases_of_round(round_, floor=args.floor):
                         before = children_cpu_s(), server_cpu_s(client)
                         runs[case] = run_scenario(
                             redis_url=server.url,
@@ -294,8 +307,8 @@ def main() -> None:
                         + (", drained by a process of its own" if args.separate_drainer else "")
                         + (f", round {round_} of {args.repeat}" if args.repeat > 1 else "")
                     )
-                    for case, outcome in runs.items():
-                        print(row(case, outcome, cpu[case]))
+                    for case in sorted(runs, key=("without", "with", "floor").index):
+                        print(row(case, runs[case], cpu[case]))
                     ratios.append(
                         (with_.p99 / without.p99, with_.burst_completion_s / without.burst_completion_s)
                     )
